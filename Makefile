@@ -1,0 +1,62 @@
+# berth: a pod sandbox controller for containerd.
+#
+#   make build   containerd (with berth), shim, ctr, runc, images -> bin/
+#   make up      run that containerd in the foreground under _output/
+#   make test    unit tests, then integration tests (root, real containerd)
+#   make lint    gofmt, go vet, staticcheck
+
+GO          ?= go
+BIN         := $(CURDIR)/bin
+OUT         := $(CURDIR)/_output
+CONTAINERD_VERSION := v2.4.2
+VERSION     ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
+PKG_VERSION := github.com/containerd/containerd/v2/version
+LDFLAGS     := -X $(PKG_VERSION).Version=$(CONTAINERD_VERSION)+berth.$(VERSION) -X $(PKG_VERSION).Package=github.com/berth-dev/berth
+STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
+
+PAUSE_IMAGE   := localhost/berth/pause:1
+BUSYBOX_IMAGE := localhost/berth/busybox:1
+BUSYBOX       ?= /bin/busybox
+
+.PHONY: build binaries images up test unit integration lint clean
+
+build: binaries images
+
+binaries:
+	$(GO) build -tags "urfave_cli_no_docs no_btrfs" -ldflags "$(LDFLAGS)" -o $(BIN)/containerd ./cmd/containerd
+	CGO_ENABLED=0 $(GO) build -tags "urfave_cli_no_docs no_grpc" -ldflags "$(LDFLAGS) -extldflags -static" \
+		-o $(BIN)/containerd-shim-runc-v2 github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2
+	$(GO) build -tags urfave_cli_no_docs -ldflags "$(LDFLAGS)" -o $(BIN)/ctr github.com/containerd/containerd/v2/cmd/ctr
+	cd tools/runc && CGO_ENABLED=1 $(GO) build -trimpath -tags "seccomp urfave_cli_no_docs" -o $(BIN)/runc github.com/opencontainers/runc
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w" -o $(BIN)/berth-pause ./cmd/berth-pause
+	$(GO) build -o $(BIN)/berth-image ./cmd/berth-image
+
+# The pause image holds only berth-pause, run as nobody. The test image is
+# Debian's static busybox (package busybox-static).
+images: binaries
+	mkdir -p $(BIN)/images
+	$(BIN)/berth-image -o $(BIN)/images/pause.tar -name $(PAUSE_IMAGE) \
+		-entrypoint /pause -user 65535:65535 $(BIN)/berth-pause=/pause
+	$(BIN)/berth-image -o $(BIN)/images/busybox.tar -name $(BUSYBOX_IMAGE) \
+		-entrypoint "/bin/sh" \
+		$(foreach c,sh sleep cat ls hostname id readlink echo true ps wc grep top head,-link /bin/$(c)=busybox) \
+		$(BUSYBOX)=/bin/busybox
+
+up: build
+	hack/up.sh $(OUT) $(BIN)
+
+test: unit integration
+
+unit:
+	$(GO) test -race -count=1 ./store/... ./events/... ./podsandbox/... ./controller/... ./plugin/...
+
+integration:
+	$(GO) test -count=1 -timeout 30m -v ./integration/... -args -bin $(BIN)
+
+lint:
+	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); exit 1; }
+	$(GO) vet ./...
+	$(GO) run $(STATICCHECK) ./...
+
+clean:
+	rm -rf $(BIN) $(OUT)

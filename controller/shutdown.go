@@ -1,0 +1,49 @@
+package controller
+
+import (
+	"context"
+	"fmt"
+
+	containerd "github.com/containerd/containerd/v2/client"
+	"github.com/containerd/log"
+	"github.com/opencontainers/selinux/go-selinux"
+)
+
+// Shutdown deletes everything the sandbox has: its pause task (by stopping
+// it, if CRI did not), container, snapshot, files and entry. It succeeds
+// for an unknown sandbox, so a repeated call is harmless.
+func (c *Controller) Shutdown(ctx context.Context, id string) error {
+	ctx = log.WithLogger(ctx, log.G(ctx).WithField("sandbox_id", id))
+	ctx, cancel := context.WithTimeout(ctx, c.config.StopTimeout+cleanupTimeout)
+	defer cancel()
+	unlock, err := c.locks.lock(ctx, id)
+	if err != nil {
+		return fmt.Errorf("shutdown sandbox %q: %w", id, err)
+	}
+	defer unlock()
+
+	sb, err := c.store.Get(id)
+	if err != nil {
+		return ignoreNotFound(err)
+	}
+	// CRI stops a sandbox before it removes it, except when it rolls back a
+	// RunPodSandbox that failed after Start.
+	if err := c.stop(ctx, sb); err != nil {
+		return fmt.Errorf("shutdown sandbox %q: %w", id, err)
+	}
+	inst := sb.Status().Instance
+	if inst != nil {
+		if err := ignoreNotFound(inst.Container.Delete(ctx, containerd.WithSnapshotCleanup)); err != nil {
+			return fmt.Errorf("shutdown sandbox %q: delete pause container: %w", id, err)
+		}
+	}
+	if err := c.config.Dirs.Files(id).Remove(); err != nil {
+		return fmt.Errorf("shutdown sandbox %q: %w", id, err)
+	}
+	if inst != nil {
+		selinux.ReleaseLabel(inst.ProcessLabel)
+	}
+	c.forget(sb)
+	log.G(ctx).Debug("sandbox shut down")
+	return nil
+}

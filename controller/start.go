@@ -1,0 +1,259 @@
+package controller
+
+import (
+	"context"
+	"fmt"
+	"maps"
+	"time"
+
+	containerd "github.com/containerd/containerd/v2/client"
+	"github.com/containerd/containerd/v2/core/containers"
+	"github.com/containerd/containerd/v2/core/sandbox"
+	"github.com/containerd/containerd/v2/core/snapshots"
+	"github.com/containerd/containerd/v2/pkg/cio"
+	"github.com/containerd/errdefs"
+	"github.com/containerd/log"
+	"github.com/containerd/typeurl/v2"
+	"github.com/distribution/reference"
+	runtimespec "github.com/opencontainers/runtime-spec/specs-go"
+	"github.com/opencontainers/selinux/go-selinux"
+
+	"github.com/berth-dev/berth/podsandbox"
+	"github.com/berth-dev/berth/store"
+)
+
+// Start makes and starts the pause container of a created sandbox. On
+// failure it removes everything it made, including the sandbox's entry: CRI
+// calls no Shutdown for a sandbox whose Start failed.
+func (c *Controller) Start(ctx context.Context, id string) (sandbox.ControllerInstance, error) {
+	ctx = log.WithLogger(ctx, log.G(ctx).WithField("sandbox_id", id))
+	unlock, err := c.locks.lock(ctx, id)
+	if err != nil {
+		return sandbox.ControllerInstance{}, err
+	}
+	defer unlock()
+
+	sb, err := c.store.Get(id)
+	if err != nil {
+		return sandbox.ControllerInstance{}, err
+	}
+	if state := sb.Status().State; state != store.StateCreated {
+		return sandbox.ControllerInstance{}, fmt.Errorf("sandbox %q is %s, not created: %w", id, state, errdefs.ErrFailedPrecondition)
+	}
+
+	var undo rollback
+	inst, err := c.start(ctx, sb, &undo)
+	if err != nil {
+		undo.run(ctx)
+		c.forget(sb)
+		return sandbox.ControllerInstance{}, fmt.Errorf("start sandbox %q: %w", id, err)
+	}
+	return inst, nil
+}
+
+// start does Start's work, pushing the undo of each step it completes.
+func (c *Controller) start(ctx context.Context, sb *store.Sandbox, undo *rollback) (sandbox.ControllerInstance, error) {
+	rt, err := c.runtime(sb.Metadata)
+	if err != nil {
+		return sandbox.ControllerInstance{}, err
+	}
+	snapshotter := rt.Snapshotter
+	if snapshotter == "" {
+		snapshotter = c.config.CRI.Snapshotter
+	}
+	image, err := c.pauseImage(ctx, snapshotter)
+	if err != nil {
+		return sandbox.ControllerInstance{}, err
+	}
+	imageSpec, err := image.Spec(ctx)
+	if err != nil {
+		return sandbox.ControllerInstance{}, fmt.Errorf("read pause image config: %w", err)
+	}
+
+	files := c.config.Dirs.Files(sb.ID)
+	spec, err := podsandbox.GenerateSpec(podsandbox.SpecConfig{
+		ID:                      sb.ID,
+		Config:                  sb.Config,
+		Image:                   imageSpec.Config,
+		ImageName:               image.Name(),
+		NetNSPath:               sb.NetNSPath,
+		Files:                   files,
+		PodAnnotations:          rt.PodAnnotations,
+		EnableUnprivilegedPorts: c.config.CRI.EnableUnprivilegedPorts,
+		EnableUnprivilegedICMP:  c.config.CRI.EnableUnprivilegedICMP,
+		RestrictOOMScoreAdj:     c.config.CRI.RestrictOOMScoreAdj,
+		SeccompEnabled:          c.config.SeccompEnabled,
+	})
+	if err != nil {
+		return sandbox.ControllerInstance{}, err
+	}
+	undo.push("release selinux label", func(context.Context) error {
+		selinux.ReleaseLabel(spec.ProcessLabel)
+		return nil
+	})
+
+	undo.push("remove sandbox files", func(context.Context) error { return files.Remove() })
+	if err := files.Create(sb.Config, c.config.HostFiles); err != nil {
+		return sandbox.ControllerInstance{}, err
+	}
+
+	var specAny typeurl.Any
+	container, err := c.client.NewContainer(ctx, sb.ID,
+		containerd.WithSnapshotter(snapshotter),
+		containerd.WithNewSnapshot(sb.ID, image,
+			snapshots.WithLabels(snapshots.FilterInheritedLabels(sb.Config.GetAnnotations()))),
+		containerd.WithNewSpec(spec.Opts...),
+		containerd.WithContainerLabels(containerLabels(sb)),
+		containerd.WithContainerExtension(ExtensionConfig, sb.Config),
+		containerd.WithRuntime(rt.Type, sb.Runtime.Options),
+		// Keep the spec the options produced: no round trip to read it back.
+		func(_ context.Context, _ *containerd.Client, c *containers.Container) error {
+			specAny = c.Spec
+			return nil
+		},
+	)
+	if err != nil {
+		return sandbox.ControllerInstance{}, fmt.Errorf("create pause container: %w", err)
+	}
+	undo.push("delete pause container", func(ctx context.Context) error {
+		return ignoreNotFound(container.Delete(ctx, containerd.WithSnapshotCleanup))
+	})
+	info, err := container.Info(ctx, containerd.WithoutRefreshedMetadata)
+	if err != nil {
+		return sandbox.ControllerInstance{}, fmt.Errorf("pause container info: %w", err)
+	}
+	var ociSpec runtimespec.Spec
+	if err := typeurl.UnmarshalTo(specAny, &ociSpec); err != nil {
+		return sandbox.ControllerInstance{}, fmt.Errorf("decode pause spec: %w", err)
+	}
+
+	var taskOpts []containerd.NewTaskOpts
+	if rt.Path != "" {
+		taskOpts = append(taskOpts, containerd.WithRuntimePath(rt.Path))
+	}
+	task, err := container.NewTask(ctx, cio.NullIO, taskOpts...)
+	if err != nil {
+		return sandbox.ControllerInstance{}, fmt.Errorf("create pause task: %w", err)
+	}
+	undo.push("delete pause task", func(ctx context.Context) error { return c.deleteTask(ctx, task) })
+
+	// Wait before Start, so an exit right after Start is not missed. The
+	// wait outlives this call, hence its own context; the undo cancels it.
+	waitCtx, cancelWait := context.WithCancel(context.WithoutCancel(ctx))
+	undo.push("stop waiting for pause task", func(context.Context) error { cancelWait(); return nil })
+	exitCh, err := task.Wait(waitCtx)
+	if err != nil {
+		return sandbox.ControllerInstance{}, fmt.Errorf("wait for pause task: %w", err)
+	}
+	if err := task.Start(ctx); err != nil {
+		return sandbox.ControllerInstance{}, fmt.Errorf("start pause task: %w", err)
+	}
+
+	inst := &store.Instance{
+		Container:    container,
+		Task:         task,
+		Spec:         &ociSpec,
+		Image:        image.Name(),
+		Snapshotter:  snapshotter,
+		RuntimeType:  rt.Type,
+		ProcessLabel: spec.ProcessLabel,
+	}
+	pid := task.Pid()
+	if err := sb.Update(func(s store.Status) (store.Status, error) {
+		s.State, s.Pid, s.CreatedAt, s.Instance = store.StateReady, pid, info.CreatedAt, inst
+		return s, nil
+	}); err != nil {
+		return sandbox.ControllerInstance{}, fmt.Errorf("record started sandbox: %w", err)
+	}
+	go c.waitExit(waitCtx, cancelWait, sb, exitCh)
+	log.G(ctx).WithField("pid", pid).Debug("sandbox started")
+
+	labels := maps.Clone(sb.Config.GetLabels())
+	if labels == nil {
+		labels = map[string]string{}
+	}
+	labels[instanceLabelSELinux] = spec.ProcessLabel
+	labels[instanceLabelRuntimeType] = rt.Type
+	return sandbox.ControllerInstance{
+		SandboxID: sb.ID,
+		Pid:       pid,
+		CreatedAt: info.CreatedAt,
+		Labels:    labels,
+		Spec:      specAny,
+	}, nil
+}
+
+// pauseImage returns the pause image CRI pinned, unpacked for snapshotter.
+// CRI pulls it before Start unless the handler disables that; berth does
+// not pull.
+func (c *Controller) pauseImage(ctx context.Context, snapshotter string) (containerd.Image, error) {
+	ref := c.config.CRI.SandboxImage
+	named, err := reference.ParseDockerRef(ref)
+	if err != nil {
+		return nil, fmt.Errorf("pause image %q: %w: %w", ref, errdefs.ErrInvalidArgument, err)
+	}
+	image, err := c.client.GetImage(ctx, named.String())
+	if err != nil {
+		return nil, fmt.Errorf("pause image %q is not present: %w", named, err)
+	}
+	unpacked, err := image.IsUnpacked(ctx, snapshotter)
+	if err != nil {
+		return nil, fmt.Errorf("check pause image %q is unpacked: %w", named, err)
+	}
+	if !unpacked {
+		if err := image.Unpack(ctx, snapshotter); err != nil {
+			return nil, fmt.Errorf("unpack pause image %q: %w", named, err)
+		}
+	}
+	return image, nil
+}
+
+// containerLabels are the pause container's labels: the pod's, plus berth's
+// own, which say whose container it is and what Create was given.
+func containerLabels(sb *store.Sandbox) map[string]string {
+	l := maps.Clone(sb.Config.GetLabels())
+	if l == nil {
+		l = map[string]string{}
+	}
+	l[LabelKind] = LabelKindSandbox
+	l[LabelRuntimeHandler] = sb.RuntimeHandler
+	l[LabelNetNS] = sb.NetNSPath
+	return l
+}
+
+// cleanupTimeout bounds each undo and cleanup step, which run on a context
+// the caller cannot cancel: a half-made sandbox must not be left behind
+// because the caller gave up.
+const cleanupTimeout = 30 * time.Second
+
+// rollback is a stack of undo steps.
+type rollback []undoStep
+
+type undoStep struct {
+	what string
+	fn   func(context.Context) error
+}
+
+func (r *rollback) push(what string, fn func(context.Context) error) {
+	*r = append(*r, undoStep{what, fn})
+}
+
+// run undoes the steps, last first. Failures are logged: there is nobody to
+// return them to, and later steps still run.
+func (r rollback) run(ctx context.Context) {
+	ctx = context.WithoutCancel(ctx)
+	for i := len(r) - 1; i >= 0; i-- {
+		stepCtx, cancel := context.WithTimeout(ctx, cleanupTimeout)
+		if err := r[i].fn(stepCtx); err != nil {
+			log.G(ctx).WithError(err).WithField("step", r[i].what).Error("roll back sandbox start")
+		}
+		cancel()
+	}
+}
+
+func ignoreNotFound(err error) error {
+	if errdefs.IsNotFound(err) {
+		return nil
+	}
+	return err
+}

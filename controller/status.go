@@ -1,0 +1,117 @@
+package controller
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+
+	"github.com/containerd/containerd/v2/core/sandbox"
+	"github.com/containerd/containerd/v2/pkg/netns"
+	"github.com/containerd/typeurl/v2"
+	runtimespec "github.com/opencontainers/runtime-spec/specs-go"
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/berth-dev/berth/store"
+)
+
+// Wait blocks until the sandbox's exit has been handled and returns it. CRI
+// treats any error as an exit, so Wait fails only for an unknown sandbox or
+// when ctx ends.
+func (c *Controller) Wait(ctx context.Context, id string) (sandbox.ExitStatus, error) {
+	sb, err := c.store.Get(id)
+	if err != nil {
+		return sandbox.ExitStatus{}, err
+	}
+	s, err := sb.Wait(ctx)
+	if err != nil {
+		return sandbox.ExitStatus{}, fmt.Errorf("wait for sandbox %q: %w", id, err)
+	}
+	return sandbox.ExitStatus{ExitStatus: s.ExitStatus, ExitedAt: s.ExitedAt}, nil
+}
+
+// Status answers from memory, without a call to containerd or the shim.
+func (c *Controller) Status(_ context.Context, id string, verbose bool) (sandbox.ControllerStatus, error) {
+	sb, err := c.store.Get(id)
+	if err != nil {
+		return sandbox.ControllerStatus{}, err
+	}
+	s := sb.Status()
+	cs := sandbox.ControllerStatus{
+		SandboxID: id,
+		Pid:       s.Pid,
+		State:     s.State.CRI(),
+		CreatedAt: s.CreatedAt,
+		ExitedAt:  s.ExitedAt,
+	}
+	if verbose {
+		info, err := verboseInfo(sb, s)
+		if err != nil {
+			return sandbox.ControllerStatus{}, fmt.Errorf("sandbox %q verbose status: %w", id, err)
+		}
+		cs.Info = map[string]string{"info": info}
+	}
+	return cs, nil
+}
+
+// sandboxInfo is the verbose status CRI merges pod resources into. Its JSON
+// keys are those of containerd's podsandbox SandboxInfo, which CRI decodes.
+type sandboxInfo struct {
+	Pid            uint32                       `json:"pid"`
+	Status         string                       `json:"processStatus"`
+	NetNSClosed    bool                         `json:"netNamespaceClosed"`
+	Image          string                       `json:"image"`
+	SnapshotKey    string                       `json:"snapshotKey"`
+	Snapshotter    string                       `json:"snapshotter"`
+	RuntimeHandler string                       `json:"runtimeHandler"`
+	RuntimeType    string                       `json:"runtimeType"`
+	RuntimeOptions any                          `json:"runtimeOptions"`
+	Config         *runtimeapi.PodSandboxConfig `json:"config"`
+	RuntimeSpec    *runtimespec.Spec            `json:"runtimeSpec"`
+}
+
+func verboseInfo(sb *store.Sandbox, s store.Status) (string, error) {
+	info := sandboxInfo{
+		Pid:            s.Pid,
+		Status:         processStatus(s.State),
+		RuntimeHandler: sb.RuntimeHandler,
+		Config:         sb.Config,
+	}
+	if sb.NetNSPath != "" {
+		closed, err := netns.LoadNetNS(sb.NetNSPath).Closed()
+		if err != nil {
+			return "", fmt.Errorf("check network namespace: %w", err)
+		}
+		info.NetNSClosed = closed
+	}
+	if sb.Runtime.Options != nil {
+		opts, err := typeurl.UnmarshalAny(sb.Runtime.Options)
+		if err != nil {
+			return "", fmt.Errorf("decode runtime options: %w", err)
+		}
+		info.RuntimeOptions = opts
+	}
+	if inst := s.Instance; inst != nil {
+		info.Image = inst.Image
+		info.SnapshotKey = sb.ID
+		info.Snapshotter = inst.Snapshotter
+		info.RuntimeType = inst.RuntimeType
+		info.RuntimeSpec = inst.Spec
+	}
+	b, err := json.Marshal(info)
+	if err != nil {
+		return "", err
+	}
+	return string(b), nil
+}
+
+// processStatus names the pause process's state as containerd's task
+// statuses do.
+func processStatus(s store.State) string {
+	switch s {
+	case store.StateReady:
+		return "running"
+	case store.StateNotReady:
+		return "stopped"
+	}
+	return "created"
+}

@@ -1,0 +1,65 @@
+package controller
+
+import (
+	"context"
+	"fmt"
+	"syscall"
+
+	"github.com/containerd/containerd/v2/core/sandbox"
+	"github.com/containerd/errdefs"
+	"github.com/containerd/log"
+
+	"github.com/berth-dev/berth/store"
+)
+
+// Stop kills the pause task and returns once its exit has been handled, so
+// CRI can tear down the pod network knowing no pause process holds it. It
+// succeeds for a sandbox that is already stopped, never started, or unknown.
+func (c *Controller) Stop(ctx context.Context, id string, opts ...sandbox.StopOpt) error {
+	ctx = log.WithLogger(ctx, log.G(ctx).WithField("sandbox_id", id))
+	var o sandbox.StopOptions
+	for _, opt := range opts {
+		opt(&o)
+	}
+	timeout := c.config.StopTimeout
+	if o.Timeout != nil && *o.Timeout < timeout {
+		timeout = *o.Timeout
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+
+	unlock, err := c.locks.lock(ctx, id)
+	if err != nil {
+		return fmt.Errorf("stop sandbox %q: %w", id, err)
+	}
+	defer unlock()
+
+	sb, err := c.store.Get(id)
+	if errdefs.IsNotFound(err) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	return c.stop(ctx, sb)
+}
+
+// stop does Stop's work with the sandbox's lock held.
+func (c *Controller) stop(ctx context.Context, sb *store.Sandbox) error {
+	status := sb.Status()
+	if status.State == store.StateReady {
+		// The exit handler deletes the task; Stop only kills it.
+		if err := status.Instance.Task.Kill(ctx, syscall.SIGKILL); err != nil && !errdefs.IsNotFound(err) {
+			return fmt.Errorf("stop sandbox %q: kill pause task: %w", sb.ID, err)
+		}
+		if _, err := sb.Wait(ctx); err != nil {
+			return fmt.Errorf("stop sandbox %q: exit not handled yet: %w", sb.ID, err)
+		}
+	}
+	// No process uses the pod's /dev/shm any more; app containers have their
+	// own bind of it, which keeps it alive until they are gone.
+	if err := c.config.Dirs.Files(sb.ID).UnmountShm(); err != nil {
+		return fmt.Errorf("stop sandbox %q: %w", sb.ID, err)
+	}
+	return nil
+}

@@ -1,0 +1,408 @@
+package events
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"slices"
+	"sync"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"github.com/containerd/errdefs"
+)
+
+var errFail = errors.New("attempt failed")
+
+// run is one recorded attempt run, at a time relative to the recorder's start.
+type run struct {
+	name string
+	at   time.Duration
+	ok   bool
+}
+
+// recorder records attempt runs. Create it inside the synctest bubble so that
+// its start is on the bubble's clock.
+type recorder struct {
+	start time.Time
+	mu    sync.Mutex
+	runs  []run
+}
+
+func newRecorder() *recorder {
+	return &recorder{start: time.Now()}
+}
+
+// attempt returns an attempt that fails its first fails runs; fails < 0 fails
+// forever. If gate is not nil, each run first waits for it.
+func (r *recorder) attempt(name string, fails int, gate <-chan struct{}) Attempt {
+	n := 0
+	return func(ctx context.Context) error {
+		if gate != nil {
+			<-gate
+		}
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		ok := fails >= 0 && n >= fails
+		n++
+		r.runs = append(r.runs, run{name: name, at: time.Since(r.start), ok: ok})
+		if !ok {
+			return errFail
+		}
+		return nil
+	}
+}
+
+func (r *recorder) get() []run {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return slices.Clone(r.runs)
+}
+
+func (r *recorder) check(t *testing.T, want ...run) {
+	t.Helper()
+	if got := r.get(); !slices.Equal(got, want) {
+		t.Fatalf("runs:\n got %v\nwant %v", got, want)
+	}
+}
+
+func started(cfg Config) *Monitor {
+	m := New(cfg)
+	m.Start()
+	return m
+}
+
+func TestNewDefaults(t *testing.T) {
+	if got := New(Config{}).cfg; got != DefaultConfig() {
+		t.Fatalf("New(Config{}) uses %+v, want %+v", got, DefaultConfig())
+	}
+	cfg := Config{InitialDelay: 2 * time.Second, Factor: 3, MaxDelay: time.Minute, AttemptTimeout: time.Second}
+	if got := New(cfg).cfg; got != cfg {
+		t.Fatalf("New(%+v) uses %+v", cfg, got)
+	}
+}
+
+func TestFirstRetryAfterInitialDelay(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		m := started(Config{InitialDelay: 3 * time.Second})
+		defer m.Stop()
+		r := newRecorder()
+
+		m.Retry(t.Context(), "a", r.attempt("a", 0, nil))
+		if !m.Pending("a") {
+			t.Fatal("a not pending after Retry")
+		}
+		time.Sleep(3*time.Second - time.Nanosecond)
+		synctest.Wait()
+		r.check(t)
+
+		time.Sleep(time.Nanosecond)
+		synctest.Wait()
+		r.check(t, run{"a", 3 * time.Second, true})
+		if m.Pending("a") {
+			t.Fatal("a still pending after it succeeded")
+		}
+	})
+}
+
+func TestBackoff(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		m := started(Config{MaxDelay: 10 * time.Second})
+		defer m.Stop()
+		r := newRecorder()
+
+		m.Retry(t.Context(), "a", r.attempt("a", -1, nil))
+		time.Sleep(45 * time.Second)
+		synctest.Wait()
+		// Delays 1s, 2s, 4s, 8s, then capped at 10s.
+		var want []run
+		for _, at := range []time.Duration{1, 3, 7, 15, 25, 35, 45} {
+			want = append(want, run{"a", at * time.Second, false})
+		}
+		r.check(t, want...)
+		if !m.Pending("a") {
+			t.Fatal("a not pending while it keeps failing")
+		}
+	})
+}
+
+func TestFailThenSucceed(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		m := started(Config{})
+		defer m.Stop()
+		r := newRecorder()
+
+		const fails = 4
+		m.Retry(t.Context(), "a", r.attempt("a", fails, nil))
+		time.Sleep(time.Hour)
+		synctest.Wait()
+		r.check(t,
+			run{"a", 1 * time.Second, false},
+			run{"a", 3 * time.Second, false},
+			run{"a", 7 * time.Second, false},
+			run{"a", 15 * time.Second, false},
+			run{"a", 31 * time.Second, true},
+		)
+		if m.Pending("a") {
+			t.Fatal("a still pending after it succeeded")
+		}
+
+		// The key was forgotten: a new retry starts at InitialDelay again.
+		m.Retry(t.Context(), "a", r.attempt("a again", 0, nil))
+		time.Sleep(time.Second)
+		synctest.Wait()
+		if got := r.get(); got[len(got)-1] != (run{"a again", time.Hour + time.Second, true}) {
+			t.Fatalf("retry of a forgotten key ran as %v, want at 1h1s", got[len(got)-1])
+		}
+	})
+}
+
+func TestOrder(t *testing.T) {
+	t.Run("appended and requeued", func(t *testing.T) {
+		synctest.Test(t, func(t *testing.T) {
+			m := started(Config{})
+			defer m.Stop()
+			r := newRecorder()
+			gate := make(chan struct{})
+
+			m.Retry(t.Context(), "k", r.attempt("a1", 0, gate))
+			time.Sleep(time.Second / 2)
+			// Joins the waiting queue, so runs at the same time as a1.
+			m.Retry(t.Context(), "k", r.attempt("a2", 1, nil))
+			m.Retry(t.Context(), "k", r.attempt("a3", 0, nil))
+			time.Sleep(time.Second / 2)
+			synctest.Wait() // a1 is running, held by gate.
+			m.Retry(t.Context(), "k", r.attempt("a4", 0, nil))
+			close(gate)
+			time.Sleep(time.Hour)
+			synctest.Wait()
+			// a2 failed: it and a3 go back ahead of a4, which was appended
+			// while the batch ran.
+			r.check(t,
+				run{"a1", time.Second, true},
+				run{"a2", time.Second, false},
+				run{"a2", 3 * time.Second, true},
+				run{"a3", 3 * time.Second, true},
+				run{"a4", 3 * time.Second, true},
+			)
+		})
+	})
+
+	t.Run("appended after success", func(t *testing.T) {
+		synctest.Test(t, func(t *testing.T) {
+			m := started(Config{})
+			defer m.Stop()
+			r := newRecorder()
+			gate := make(chan struct{})
+
+			m.Retry(t.Context(), "k", r.attempt("a1", 0, gate))
+			time.Sleep(5 * time.Second)
+			m.Retry(t.Context(), "k", r.attempt("a2", 0, nil))
+			close(gate)
+			synctest.Wait()
+			// a2 waited behind a1, not for a delay of its own.
+			r.check(t,
+				run{"a1", 5 * time.Second, true},
+				run{"a2", 5 * time.Second, true},
+			)
+			if m.Pending("k") {
+				t.Fatal("k still pending after its attempts succeeded")
+			}
+		})
+	})
+}
+
+func TestManyKeys(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		m := started(Config{})
+		defer m.Stop()
+		r := newRecorder()
+
+		const keys = 100
+		for i := range keys {
+			key := fmt.Sprint(i)
+			m.Retry(t.Context(), key, r.attempt(key, i%4, nil))
+		}
+		// The slowest keys fail 3 times: they succeed at 1+2+4+8 = 15s.
+		time.Sleep(15 * time.Second)
+		synctest.Wait()
+
+		runs := make(map[string]int)
+		for _, ru := range r.get() {
+			runs[ru.name]++
+		}
+		for i := range keys {
+			key := fmt.Sprint(i)
+			if runs[key] != i%4+1 {
+				t.Errorf("key %s ran %d times, want %d", key, runs[key], i%4+1)
+			}
+			if m.Pending(key) {
+				t.Errorf("key %s still pending", key)
+			}
+		}
+	})
+}
+
+func TestKeysIndependent(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		m := started(Config{AttemptTimeout: time.Hour})
+		defer m.Stop()
+		r := newRecorder()
+
+		blocked := func(ctx context.Context) error {
+			<-ctx.Done()
+			return ctx.Err()
+		}
+		m.Retry(t.Context(), "a", blocked)
+		time.Sleep(time.Second)
+		synctest.Wait() // a is running, and stays so.
+
+		m.Retry(t.Context(), "b", r.attempt("b", 0, nil))
+		time.Sleep(time.Second)
+		synctest.Wait()
+		r.check(t, run{"b", 2 * time.Second, true})
+		if !m.Pending("a") {
+			t.Fatal("a not pending while its attempt runs")
+		}
+	})
+}
+
+func TestAttemptTimeout(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		m := started(Config{AttemptTimeout: 3 * time.Second})
+		defer m.Stop()
+		start := time.Now()
+
+		type end struct {
+			at  time.Duration
+			err error
+		}
+		ends := make(chan end, 2)
+		m.Retry(t.Context(), "a", func(ctx context.Context) error {
+			<-ctx.Done()
+			ends <- end{time.Since(start), ctx.Err()}
+			return ctx.Err()
+		})
+		time.Sleep(time.Hour)
+		synctest.Wait()
+
+		// Runs at 1s, times out at 4s; runs again at 6s, times out at 9s.
+		for _, want := range []time.Duration{4 * time.Second, 9 * time.Second} {
+			got := <-ends
+			if got.at != want || !errors.Is(got.err, context.DeadlineExceeded) {
+				t.Fatalf("attempt ended at %v with %v, want %v with %v", got.at, got.err, want, context.DeadlineExceeded)
+			}
+		}
+	})
+}
+
+func TestStop(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		m := started(Config{})
+		r := newRecorder()
+
+		var inFlight error
+		m.Retry(t.Context(), "a", func(ctx context.Context) error {
+			<-ctx.Done()
+			inFlight = ctx.Err()
+			return inFlight
+		})
+		// Queued behind the running attempt, and on a key still waiting.
+		m.Retry(t.Context(), "a", r.attempt("a2", 0, nil))
+		time.Sleep(time.Second)
+		m.Retry(t.Context(), "b", r.attempt("b", 0, nil))
+		synctest.Wait()
+
+		m.Stop()
+		if !errors.Is(inFlight, context.Canceled) {
+			t.Fatalf("in-flight attempt ended with %v, want %v", inFlight, context.Canceled)
+		}
+		m.Retry(t.Context(), "c", r.attempt("c", 0, nil))
+		time.Sleep(time.Hour)
+		synctest.Wait()
+		r.check(t)
+		for _, key := range []string{"a", "b", "c"} {
+			if m.Pending(key) {
+				t.Errorf("%s pending after Stop", key)
+			}
+		}
+		m.Stop()
+	})
+}
+
+// TestStopRestOfBatch checks that Stop waits for an attempt that ignores its
+// context, and that the attempts queued after it do not run.
+func TestStopRestOfBatch(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		m := started(Config{})
+		r := newRecorder()
+		gate := make(chan struct{})
+
+		m.Retry(t.Context(), "a", r.attempt("a1", 0, gate))
+		m.Retry(t.Context(), "a", r.attempt("a2", 0, nil))
+		time.Sleep(time.Second)
+		synctest.Wait() // a1 is running, held by gate.
+
+		stopped := make(chan struct{})
+		go func() {
+			m.Stop()
+			close(stopped)
+		}()
+		synctest.Wait()
+		select {
+		case <-stopped:
+			t.Fatal("Stop returned while an attempt was running")
+		default:
+		}
+		close(gate)
+		<-stopped
+		r.check(t, run{"a1", time.Second, true})
+	})
+}
+
+func TestStopBeforeStart(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		m := New(Config{})
+		m.Stop()
+		m.Start()
+		r := newRecorder()
+		m.Retry(t.Context(), "a", r.attempt("a", 0, nil))
+		time.Sleep(time.Hour)
+		synctest.Wait()
+		r.check(t)
+	})
+}
+
+func TestConfigValidate(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		cfg   Config
+		valid bool
+	}{
+		{"zero", Config{}, true},
+		{"defaults", DefaultConfig(), true},
+		{"factor 1", Config{Factor: 1}, true},
+		{"initial equals max", Config{InitialDelay: time.Minute, MaxDelay: time.Minute}, true},
+		{"negative initial delay", Config{InitialDelay: -1}, false},
+		{"negative max delay", Config{MaxDelay: -1}, false},
+		{"negative attempt timeout", Config{AttemptTimeout: -1}, false},
+		{"factor below 1", Config{Factor: 0.5}, false},
+		{"negative factor", Config{Factor: -2}, false},
+		{"NaN factor", Config{Factor: math.NaN()}, false},
+		{"initial above max", Config{InitialDelay: 2 * time.Minute, MaxDelay: time.Minute}, false},
+		{"initial above default max", Config{InitialDelay: time.Hour}, false},
+		{"default initial above max", Config{MaxDelay: time.Second / 2}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := tc.cfg.Validate()
+			if tc.valid && err != nil {
+				t.Fatalf("Validate(%+v) = %v, want nil", tc.cfg, err)
+			}
+			if !tc.valid && !errdefs.IsInvalidArgument(err) {
+				t.Fatalf("Validate(%+v) = %v, want invalid argument", tc.cfg, err)
+			}
+		})
+	}
+}

@@ -1,0 +1,90 @@
+// Package plugin registers berth with containerd as the sandbox controller
+// "berth". A CRI runtime handler selects it with sandboxer = "berth".
+//
+// Its init must never fail hard: containerd's CRI plugin loads every sandbox
+// controller, and one that fails with an error other than
+// plugin.ErrSkipPlugin takes all of CRI down with it.
+package plugin
+
+import (
+	"fmt"
+
+	containerd "github.com/containerd/containerd/v2/client"
+	"github.com/containerd/containerd/v2/pkg/seccomp"
+	"github.com/containerd/containerd/v2/plugins"
+	"github.com/containerd/log"
+	"github.com/containerd/platforms"
+	"github.com/containerd/plugin"
+	"github.com/containerd/plugin/registry"
+
+	"github.com/berth-dev/berth/controller"
+	"github.com/berth-dev/berth/events"
+	"github.com/berth-dev/berth/podsandbox"
+)
+
+// ID is berth's plugin ID, the value of a runtime handler's sandboxer.
+const ID = "berth"
+
+func init() {
+	registry.Register(&plugin.Registration{
+		Type:   plugins.SandboxControllerPlugin,
+		ID:     ID,
+		Config: DefaultConfig(),
+		// Everything the in-memory containerd client and CRI's config need
+		// must be initialised first.
+		Requires: []plugin.Type{
+			plugins.EventPlugin,
+			plugins.LeasePlugin,
+			plugins.SandboxStorePlugin,
+			plugins.TransferPlugin,
+			plugins.MountManagerPlugin,
+			plugins.ServicePlugin,
+			plugins.CRIServicePlugin,
+		},
+		InitFn: func(ic *plugin.InitContext) (any, error) {
+			c, err := initController(ic)
+			if err != nil {
+				log.G(ic.Context).WithError(err).Error("berth sandbox controller disabled")
+				return nil, fmt.Errorf("%w: %w", plugin.ErrSkipPlugin, err)
+			}
+			return c, nil
+		},
+	})
+}
+
+func initController(ic *plugin.InitContext) (*controller.Controller, error) {
+	cfg, ok := ic.Config.(*Config)
+	if !ok {
+		return nil, fmt.Errorf("unexpected config type %T", ic.Config)
+	}
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("invalid config: %w", err)
+	}
+	cri, criRoot, criState, err := loadCRIConfig(ic)
+	if err != nil {
+		return nil, err
+	}
+	client, err := containerd.New("",
+		containerd.WithDefaultNamespace(controller.Namespace),
+		containerd.WithDefaultPlatform(platforms.Default()),
+		containerd.WithInMemoryServices(ic),
+	)
+	if err != nil {
+		return nil, fmt.Errorf("containerd client: %w", err)
+	}
+	monitor := events.New(cfg.ExitRetry.Events())
+	monitor.Start()
+	return controller.New(controller.Config{
+		CRI: cri,
+		Dirs: podsandbox.Dirs{
+			Root:     ic.Properties[plugins.PropertyRootDir],
+			State:    ic.Properties[plugins.PropertyStateDir],
+			CRIRoot:  criRoot,
+			CRIState: criState,
+		},
+		StopTimeout:    cfg.StopTimeout.Duration(),
+		ExitTimeout:    cfg.ExitRetry.AttemptTimeout.Duration(),
+		SeccompEnabled: seccomp.IsEnabled(),
+		HostFiles:      podsandbox.DefaultHostFiles,
+	}, client, monitor), nil
+}

@@ -1,0 +1,176 @@
+// Package store holds berth's in-memory view of the sandboxes it owns: what
+// CRI asked for, the live containerd handles of the pause container and task,
+// and the sandbox's state. Status, Wait and Platform are answered from here
+// without a round trip to containerd or the shim.
+package store
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	containerd "github.com/containerd/containerd/v2/client"
+	"github.com/containerd/containerd/v2/core/sandbox"
+	runtimespec "github.com/opencontainers/runtime-spec/specs-go"
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+)
+
+// State is the lifecycle state of a sandbox.
+//
+//	          Create            Start            exit handled
+//	(none) ----------> Created --------> Ready --------------> NotReady
+//	                      |                                       |
+//	                      | Start failed: entry removed           | Shutdown: entry removed
+//	                      v                                       v
+//	                   (none)                                  (none)
+//
+// A sandbox leaves Ready only through Exit, which runs once per sandbox.
+type State int
+
+const (
+	// StateCreated: Create recorded the sandbox; nothing exists in containerd.
+	StateCreated State = iota
+	// StateReady: the pause task is running.
+	StateReady
+	// StateNotReady: the pause task exited and its exit was handled.
+	StateNotReady
+)
+
+// CRI returns the state as CRI's PodSandboxState name, the only strings CRI
+// maps to a sandbox state.
+func (s State) CRI() string {
+	if s == StateReady {
+		return runtimeapi.PodSandboxState_SANDBOX_READY.String()
+	}
+	return runtimeapi.PodSandboxState_SANDBOX_NOTREADY.String()
+}
+
+func (s State) String() string {
+	switch s {
+	case StateCreated:
+		return "created"
+	case StateReady:
+		return "ready"
+	case StateNotReady:
+		return "notready"
+	}
+	return "invalid"
+}
+
+// Metadata is what Create records. It never changes afterwards, so it is read
+// without a lock.
+type Metadata struct {
+	ID string
+	// RuntimeHandler is the CRI runtime handler the pod asked for ("" means
+	// CRI's default runtime).
+	RuntimeHandler string
+	// NetNSPath is the pod's network namespace, "" for host-network pods.
+	NetNSPath string
+	Config    *runtimeapi.PodSandboxConfig
+	Runtime   sandbox.RuntimeOpts
+	// RecordedAt is when Create ran; Start failures of entries that never
+	// started are swept by age.
+	RecordedAt time.Time
+}
+
+// Instance describes the pause container Start made. It is set once, when
+// Start succeeds (or when recovery finds the container), and read-only after.
+type Instance struct {
+	Container   containerd.Container
+	Task        containerd.Task
+	Spec        *runtimespec.Spec
+	Image       string
+	Snapshotter string
+	RuntimeType string
+	// ProcessLabel is the SELinux process label, "" without SELinux.
+	ProcessLabel string
+}
+
+// Status is the mutable part of a sandbox. It is handled as a value: Get
+// returns a copy and Update replaces it whole.
+type Status struct {
+	State      State
+	Pid        uint32
+	CreatedAt  time.Time
+	ExitStatus uint32
+	ExitedAt   time.Time
+	// Instance is nil until Start succeeds.
+	Instance *Instance
+}
+
+// Sandbox is one sandbox berth owns.
+type Sandbox struct {
+	Metadata
+
+	mu     sync.Mutex // guards status
+	status Status
+
+	// exited is closed once, by Exit, after the status says NotReady.
+	exited   chan struct{}
+	exitOnce sync.Once
+}
+
+// NewSandbox returns a sandbox in StateCreated.
+func NewSandbox(md Metadata) *Sandbox {
+	return &Sandbox{
+		Metadata: md,
+		status:   Status{State: StateCreated},
+		exited:   make(chan struct{}),
+	}
+}
+
+// Status returns a copy of the sandbox's status.
+func (s *Sandbox) Status() Status {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.status
+}
+
+// Update replaces the status with what fn returns. If fn fails, the status is
+// left as it was.
+func (s *Sandbox) Update(fn func(Status) (Status, error)) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	next, err := fn(s.status)
+	if err != nil {
+		return err
+	}
+	s.status = next
+	return nil
+}
+
+// Exit records the pause task's exit and wakes every waiter. Only the first
+// call has an effect; it reports whether this call was that one, so the
+// caller that owns an exit can tell.
+func (s *Sandbox) Exit(code uint32, at time.Time) bool {
+	first := false
+	s.exitOnce.Do(func() {
+		first = true
+		s.mu.Lock()
+		s.status.State = StateNotReady
+		s.status.Pid = 0
+		s.status.ExitStatus = code
+		s.status.ExitedAt = at
+		s.mu.Unlock()
+		// The status is updated before the channel closes, so a woken waiter
+		// always reads the exit.
+		close(s.exited)
+	})
+	return first
+}
+
+// Exited is closed once the sandbox's exit has been recorded.
+func (s *Sandbox) Exited() <-chan struct{} {
+	return s.exited
+}
+
+// Wait blocks until the sandbox exits or ctx is done, and returns the status
+// holding the exit.
+func (s *Sandbox) Wait(ctx context.Context) (Status, error) {
+	select {
+	case <-s.exited:
+		return s.Status(), nil
+	case <-ctx.Done():
+		return Status{}, ctx.Err()
+	}
+}
