@@ -22,7 +22,8 @@ func (c *Controller) Stop(ctx context.Context, id string, opts ...sandbox.StopOp
 		opt(&o)
 	}
 	timeout := c.config.StopTimeout
-	if o.Timeout != nil && *o.Timeout < timeout {
+	// The sandbox API sends a zero timeout when its caller set none.
+	if o.Timeout != nil && *o.Timeout > 0 && *o.Timeout < timeout {
 		timeout = *o.Timeout
 	}
 	ctx, cancel := context.WithTimeout(ctx, timeout)

@@ -1,0 +1,292 @@
+package integration
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/containerd/containerd/v2/core/leases"
+	"github.com/containerd/errdefs"
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+)
+
+// podOpt changes a pod config.
+type podOpt func(*runtimeapi.PodSandboxConfig)
+
+// podConfig is a minimal pod config, as kubelet would send it, with a name
+// unique to the test.
+func podConfig(t *testing.T, opts ...podOpt) *runtimeapi.PodSandboxConfig {
+	name := strings.ToLower(strings.NewReplacer("/", "-", "_", "-").Replace(t.Name()))
+	cfg := &runtimeapi.PodSandboxConfig{
+		Metadata: &runtimeapi.PodSandboxMetadata{
+			Name:      name,
+			Namespace: "berth-it",
+			Uid:       fmt.Sprintf("%s-%d", name, time.Now().UnixNano()),
+		},
+		Labels:      map[string]string{"test": name},
+		Annotations: map[string]string{},
+		Linux:       &runtimeapi.LinuxPodSandboxConfig{SecurityContext: &runtimeapi.LinuxSandboxSecurityContext{NamespaceOptions: &runtimeapi.NamespaceOption{}}},
+	}
+	for _, o := range opts {
+		o(cfg)
+	}
+	return cfg
+}
+
+func withHostname(h string) podOpt {
+	return func(c *runtimeapi.PodSandboxConfig) { c.Hostname = h }
+}
+
+func withDNS(dns *runtimeapi.DNSConfig) podOpt {
+	return func(c *runtimeapi.PodSandboxConfig) { c.DnsConfig = dns }
+}
+
+func withHostNetwork() podOpt {
+	return func(c *runtimeapi.PodSandboxConfig) {
+		c.Linux.SecurityContext.NamespaceOptions.Network = runtimeapi.NamespaceMode_NODE
+	}
+}
+
+func withSysctls(s map[string]string) podOpt {
+	return func(c *runtimeapi.PodSandboxConfig) { c.Linux.Sysctls = s }
+}
+
+func withCgroupParent(p string) podOpt {
+	return func(c *runtimeapi.PodSandboxConfig) { c.Linux.CgroupParent = p }
+}
+
+func ctxT(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(t.Context(), callTimeout)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// runPod runs a pod with the handler and registers its stop, removal and a
+// leak check for the end of the test.
+func runPod(t *testing.T, cfg *runtimeapi.PodSandboxConfig, handler string) string {
+	t.Helper()
+	resp, err := daemon.runtime.RunPodSandbox(ctxT(t), &runtimeapi.RunPodSandboxRequest{Config: cfg, RuntimeHandler: handler})
+	if err != nil {
+		t.Fatalf("RunPodSandbox(%s): %v", handler, err)
+	}
+	id := resp.GetPodSandboxId()
+	t.Cleanup(func() { removePod(t, id) })
+	return id
+}
+
+// removePod stops and removes a pod, then checks that nothing of it is left.
+func removePod(t *testing.T, id string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
+	defer cancel()
+	if _, err := daemon.runtime.StopPodSandbox(ctx, &runtimeapi.StopPodSandboxRequest{PodSandboxId: id}); err != nil {
+		t.Errorf("StopPodSandbox: %v", err)
+	}
+	if _, err := daemon.runtime.RemovePodSandbox(ctx, &runtimeapi.RemovePodSandboxRequest{PodSandboxId: id}); err != nil {
+		t.Errorf("RemovePodSandbox: %v", err)
+	}
+	assertNoLeaks(t, id)
+}
+
+func podStatus(t *testing.T, id string) *runtimeapi.PodSandboxStatusResponse {
+	t.Helper()
+	resp, err := daemon.runtime.PodSandboxStatus(ctxT(t), &runtimeapi.PodSandboxStatusRequest{PodSandboxId: id, Verbose: true})
+	if err != nil {
+		t.Fatalf("PodSandboxStatus: %v", err)
+	}
+	return resp
+}
+
+// verboseInfo decodes the JSON CRI returns as Info["info"].
+func verboseInfo(t *testing.T, info map[string]string) map[string]any {
+	t.Helper()
+	var v map[string]any
+	if err := json.Unmarshal([]byte(info["info"]), &v); err != nil {
+		t.Fatalf("verbose info is not JSON: %v: %q", err, info["info"])
+	}
+	return v
+}
+
+// podPid is the pause process's pid, from verbose status.
+func podPid(t *testing.T, id string) int {
+	t.Helper()
+	pid, _ := verboseInfo(t, podStatus(t, id).GetInfo())["pid"].(float64)
+	if pid <= 0 {
+		t.Fatalf("pod %s has no pid in its verbose status", id)
+	}
+	return int(pid)
+}
+
+// startContainer creates and starts a busybox container running cmd in the
+// pod, and registers its removal.
+func startContainer(t *testing.T, podID string, pod *runtimeapi.PodSandboxConfig, cmd ...string) string {
+	t.Helper()
+	ctx := ctxT(t)
+	resp, err := daemon.runtime.CreateContainer(ctx, &runtimeapi.CreateContainerRequest{
+		PodSandboxId: podID,
+		Config: &runtimeapi.ContainerConfig{
+			Metadata: &runtimeapi.ContainerMetadata{Name: "app"},
+			Image:    &runtimeapi.ImageSpec{Image: busyboxImage},
+			Command:  cmd,
+			Linux:    &runtimeapi.LinuxContainerConfig{},
+		},
+		SandboxConfig: pod,
+	})
+	if err != nil {
+		t.Fatalf("CreateContainer: %v", err)
+	}
+	id := resp.GetContainerId()
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
+		defer cancel()
+		if _, err := daemon.runtime.RemoveContainer(ctx, &runtimeapi.RemoveContainerRequest{ContainerId: id}); err != nil {
+			t.Errorf("RemoveContainer: %v", err)
+		}
+	})
+	if _, err := daemon.runtime.StartContainer(ctx, &runtimeapi.StartContainerRequest{ContainerId: id}); err != nil {
+		t.Fatalf("StartContainer: %v", err)
+	}
+	return id
+}
+
+// containerPid is an app container's pid, from verbose status.
+func containerPid(t *testing.T, id string) int {
+	t.Helper()
+	resp, err := daemon.runtime.ContainerStatus(ctxT(t), &runtimeapi.ContainerStatusRequest{ContainerId: id, Verbose: true})
+	if err != nil {
+		t.Fatalf("ContainerStatus: %v", err)
+	}
+	pid, _ := verboseInfo(t, resp.GetInfo())["pid"].(float64)
+	if pid <= 0 {
+		t.Fatalf("container %s has no pid", id)
+	}
+	return int(pid)
+}
+
+// execSync runs cmd in a container and returns its stdout.
+func execSync(t *testing.T, id string, cmd ...string) string {
+	t.Helper()
+	resp, err := daemon.runtime.ExecSync(ctxT(t), &runtimeapi.ExecSyncRequest{ContainerId: id, Cmd: cmd, Timeout: 30})
+	if err != nil {
+		t.Fatalf("ExecSync %v: %v", cmd, err)
+	}
+	if resp.GetExitCode() != 0 {
+		t.Fatalf("ExecSync %v: exit %d: %s", cmd, resp.GetExitCode(), resp.GetStderr())
+	}
+	return string(resp.GetStdout())
+}
+
+// nsOf is the namespace inode link of a process, e.g. "net:[4026531840]".
+func nsOf(t *testing.T, pid int, ns string) string {
+	t.Helper()
+	l, err := os.Readlink(filepath.Join("/proc", strconv.Itoa(pid), "ns", ns))
+	if err != nil {
+		t.Fatalf("read %s namespace of %d: %v", ns, pid, err)
+	}
+	return l
+}
+
+// eventually polls cond every 10ms until it holds or timeout passes.
+func eventually(t *testing.T, timeout time.Duration, what string, cond func() bool) time.Duration {
+	t.Helper()
+	start := time.Now()
+	for !cond() {
+		if time.Since(start) > timeout {
+			t.Fatalf("%s: not within %s", what, timeout)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return time.Since(start)
+}
+
+// assertNoLeaks checks that nothing of pod id is left: no containerd
+// container, snapshot or lease, no shim, no mount, no sandbox dir or link,
+// no netns.
+func assertNoLeaks(t *testing.T, id string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, err := daemon.client.ContainerService().Get(ctx, id); !errdefs.IsNotFound(err) {
+		t.Errorf("leak: containerd container %s: %v", id, err)
+	}
+	if _, err := daemon.client.SnapshotService("overlayfs").Stat(ctx, id); !errdefs.IsNotFound(err) {
+		t.Errorf("leak: snapshot %s: %v", id, err)
+	}
+	ls, err := daemon.client.LeasesService().List(ctx, "id=="+id)
+	if err != nil || len(ls) != 0 {
+		t.Errorf("leak: leases %v: %v", leaseIDs(ls), err)
+	}
+	for _, dir := range []string{daemon.criRoot(), daemon.criState(), daemon.berthRoot(), daemon.berthState()} {
+		p := filepath.Join(dir, "sandboxes", id)
+		if _, err := os.Lstat(p); !errors.Is(err, fs.ErrNotExist) {
+			t.Errorf("leak: %s: %v", p, err)
+		}
+	}
+	for _, m := range mountsUnder(daemon.dir) {
+		if strings.Contains(m, id) {
+			t.Errorf("leak: mount %s", m)
+		}
+	}
+	if pids := shimsOf(id); len(pids) > 0 {
+		t.Errorf("leak: shim processes %v for %s", pids, id)
+	}
+	netnsDir := filepath.Join(daemon.dir, "state", "io.containerd.grpc.v1.cri", "netns")
+	entries, _ := os.ReadDir(netnsDir)
+	if n := len(entries); n > livePods(t) {
+		t.Errorf("leak: %d netns files in %s for %d live pods", n, netnsDir, livePods(t))
+	}
+}
+
+func leaseIDs(ls []leases.Lease) []string {
+	var ids []string
+	for _, l := range ls {
+		ids = append(ids, l.ID)
+	}
+	return ids
+}
+
+// livePods counts the pods CRI still lists.
+func livePods(t *testing.T) int {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	resp, err := daemon.runtime.ListPodSandbox(ctx, &runtimeapi.ListPodSandboxRequest{})
+	if err != nil {
+		t.Errorf("ListPodSandbox: %v", err)
+		return 0
+	}
+	return len(resp.GetItems())
+}
+
+// shimsOf lists the pids of runc shims serving sandbox id.
+func shimsOf(id string) []int {
+	var pids []int
+	procs, _ := os.ReadDir("/proc")
+	for _, p := range procs {
+		pid, err := strconv.Atoi(p.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join("/proc", p.Name(), "cmdline"))
+		if err != nil {
+			continue
+		}
+		args := strings.Split(string(b), "\x00")
+		if !strings.HasSuffix(args[0], "containerd-shim-runc-v2") {
+			continue
+		}
+		for i := range args[:len(args)-1] {
+			if args[i] == "-id" && args[i+1] == id {
+				pids = append(pids, pid)
+			}
+		}
+	}
+	return pids
+}

@@ -1,0 +1,234 @@
+// Package integration tests berth end to end: the project's containerd
+// build with berth compiled in, runc, the runc shim and CNI plugins, driven
+// through the CRI gRPC API as kubelet drives it. It needs root and the
+// binaries `make build` puts in bin/.
+package integration
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	containerd "github.com/containerd/containerd/v2/client"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+)
+
+var (
+	binDir = flag.String("bin", "../bin", "directory with containerd, ctr, runc, the shim and images/")
+	keep   = flag.Bool("keep", false, "keep containerd's directory after the tests, for debugging")
+)
+
+const (
+	handlerBerth   = "berth"
+	handlerBuiltin = "runc"
+	pauseImage     = "localhost/berth/pause:1"
+	busyboxImage   = "localhost/berth/busybox:1"
+	// bridge and subnet of the tests' CNI network; pods get addresses here.
+	testBridge = "berthtest0"
+	testSubnet = "10.89.0.0/24"
+	// callTimeout bounds every CRI call.
+	callTimeout = 2 * time.Minute
+)
+
+// daemon is the containerd the tests run against.
+var daemon *containerdProcess
+
+func TestMain(m *testing.M) {
+	flag.Parse()
+	if os.Geteuid() != 0 {
+		fmt.Println("integration tests need root: skipped")
+		os.Exit(0)
+	}
+	var err error
+	daemon, err = startContainerd(*binDir)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "start containerd:", err)
+		if daemon != nil {
+			daemon.stop()
+		}
+		os.Exit(1)
+	}
+	code := m.Run()
+	if err := daemon.stop(); err != nil {
+		fmt.Fprintln(os.Stderr, "stop containerd:", err)
+		code = 1
+	}
+	os.Exit(code)
+}
+
+// containerdProcess is a containerd this test binary started, with its
+// config and state under dir.
+type containerdProcess struct {
+	dir     string
+	bin     string
+	cmd     *exec.Cmd
+	logPath string
+	conn    *grpc.ClientConn
+	runtime runtimeapi.RuntimeServiceClient
+	images  runtimeapi.ImageServiceClient
+	client  *containerd.Client
+}
+
+func (d *containerdProcess) socket() string { return filepath.Join(d.dir, "containerd.sock") }
+
+// criRoot and criState are CRI's directories; berthRoot and berthState are
+// berth's.
+func (d *containerdProcess) criRoot() string {
+	return filepath.Join(d.dir, "root", "io.containerd.grpc.v1.cri")
+}
+func (d *containerdProcess) criState() string {
+	return filepath.Join(d.dir, "state", "io.containerd.grpc.v1.cri")
+}
+func (d *containerdProcess) berthRoot() string {
+	return filepath.Join(d.dir, "root", "io.containerd.sandbox.controller.v1.berth")
+}
+func (d *containerdProcess) berthState() string {
+	return filepath.Join(d.dir, "state", "io.containerd.sandbox.controller.v1.berth")
+}
+
+func startContainerd(bin string) (*containerdProcess, error) {
+	bin, err := filepath.Abs(bin)
+	if err != nil {
+		return nil, err
+	}
+	dir, err := os.MkdirTemp("", "berth-it-")
+	if err != nil {
+		return nil, err
+	}
+	d := &containerdProcess{dir: dir, bin: bin, logPath: filepath.Join(dir, "containerd.log")}
+	// Tests run in the package directory; the script is the one make up uses.
+	render := exec.Command("../hack/render-config.sh", dir, bin, testBridge, testSubnet)
+	if out, err := render.CombinedOutput(); err != nil {
+		return d, fmt.Errorf("render config: %w: %s", err, out)
+	}
+	logFile, err := os.Create(d.logPath)
+	if err != nil {
+		return d, err
+	}
+	d.cmd = exec.Command(filepath.Join(bin, "containerd"), "--config", filepath.Join(dir, "config.toml"), "--log-level", "debug")
+	d.cmd.Stdout, d.cmd.Stderr = logFile, logFile
+	d.cmd.Env = append(os.Environ(), "PATH="+bin+":"+os.Getenv("PATH"))
+	// Its own process group: a signal to the test binary's group does not
+	// reach it before the tests have cleaned up.
+	d.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := d.cmd.Start(); err != nil {
+		return d, fmt.Errorf("start: %w", err)
+	}
+	if err := d.connect(); err != nil {
+		return d, err
+	}
+	for _, image := range []string{"pause.tar", "busybox.tar"} {
+		if err := d.importImage(filepath.Join(bin, "images", image)); err != nil {
+			return d, err
+		}
+	}
+	return d, nil
+}
+
+// connect waits for containerd's socket and dials CRI and containerd.
+func (d *containerdProcess) connect() error {
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		if _, err := os.Stat(d.socket()); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("containerd socket did not appear; log: %s", d.logTail())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	conn, err := grpc.NewClient("unix://"+d.socket(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return err
+	}
+	d.conn = conn
+	d.runtime = runtimeapi.NewRuntimeServiceClient(conn)
+	d.images = runtimeapi.NewImageServiceClient(conn)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		_, err := d.runtime.Version(ctx, &runtimeapi.VersionRequest{})
+		cancel()
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("CRI did not answer: %w; log: %s", err, d.logTail())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	d.client, err = containerd.New(d.socket(), containerd.WithDefaultNamespace("k8s.io"))
+	return err
+}
+
+func (d *containerdProcess) importImage(path string) error {
+	out, err := exec.Command(filepath.Join(d.bin, "ctr"), "-a", d.socket(), "-n", "k8s.io",
+		"images", "import", path).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("import %s: %w: %s", path, err, out)
+	}
+	return nil
+}
+
+// stop ends the containerd this binary started (SIGTERM, then SIGKILL) and
+// removes its directory, unmounting what is still mounted under it.
+func (d *containerdProcess) stop() error {
+	if d.client != nil {
+		d.client.Close()
+	}
+	if d.conn != nil {
+		d.conn.Close()
+	}
+	if d.cmd != nil && d.cmd.Process != nil {
+		_ = d.cmd.Process.Signal(syscall.SIGTERM)
+		done := make(chan error, 1)
+		go func() { done <- d.cmd.Wait() }()
+		select {
+		case <-done:
+		case <-time.After(30 * time.Second):
+			_ = d.cmd.Process.Kill()
+			<-done
+		}
+	}
+	if *keep {
+		fmt.Println("containerd directory kept:", d.dir)
+		return nil
+	}
+	for _, m := range mountsUnder(d.dir) {
+		_ = syscall.Unmount(m, syscall.MNT_DETACH)
+	}
+	return os.RemoveAll(d.dir)
+}
+
+// logTail is the end of containerd's log, for failure messages.
+func (d *containerdProcess) logTail() string {
+	b, _ := os.ReadFile(d.logPath)
+	if len(b) > 4000 {
+		b = b[len(b)-4000:]
+	}
+	return string(b)
+}
+
+// mountsUnder lists mount points under dir, deepest first.
+func mountsUnder(dir string) []string {
+	b, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return nil
+	}
+	var out []string
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) > 4 && strings.HasPrefix(f[4], dir) {
+			out = append([]string{f[4]}, out...)
+		}
+	}
+	return out
+}

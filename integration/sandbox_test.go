@@ -1,0 +1,337 @@
+package integration
+
+import (
+	"net"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/containerd/errdefs"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+)
+
+// TestPodLifecycle runs, inspects, stops and removes a berth pod.
+func TestPodLifecycle(t *testing.T) {
+	id := runPod(t, podConfig(t), handlerBerth)
+
+	ctx := ctxT(t)
+	pause, err := daemon.client.LoadContainer(ctx, id)
+	if err != nil {
+		t.Fatalf("pause container %s: %v", id, err)
+	}
+	labels, err := pause.Labels(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if labels["io.berth.kind"] != "sandbox" || labels["io.cri-containerd.kind"] != "" {
+		t.Errorf("pause container labels %v: want berth's own kind label and not CRI's", labels)
+	}
+
+	st := podStatus(t, id)
+	if got := st.GetStatus().GetState(); got != runtimeapi.PodSandboxState_SANDBOX_READY {
+		t.Errorf("state %v, want READY", got)
+	}
+	_, subnet, _ := net.ParseCIDR(testSubnet)
+	if ip := net.ParseIP(st.GetStatus().GetNetwork().GetIp()); ip == nil || !subnet.Contains(ip) {
+		t.Errorf("pod IP %q is not on the bridge subnet %s", st.GetStatus().GetNetwork().GetIp(), testSubnet)
+	}
+	info := verboseInfo(t, st.GetInfo())
+	if info["processStatus"] != "running" || info["runtimeSpec"] == nil {
+		t.Errorf("verbose info %v: want running with a runtime spec", info)
+	}
+
+	if _, err := daemon.runtime.StopPodSandbox(ctx, &runtimeapi.StopPodSandboxRequest{PodSandboxId: id}); err != nil {
+		t.Fatalf("StopPodSandbox: %v", err)
+	}
+	if got := podStatus(t, id).GetStatus().GetState(); got != runtimeapi.PodSandboxState_SANDBOX_NOTREADY {
+		t.Errorf("state after stop %v, want NOTREADY", got)
+	}
+	if pids := shimsOf(id); len(pids) > 0 {
+		t.Errorf("shim %v still runs after stop", pids)
+	}
+	// A second stop is harmless.
+	if _, err := daemon.runtime.StopPodSandbox(ctx, &runtimeapi.StopPodSandboxRequest{PodSandboxId: id}); err != nil {
+		t.Errorf("second StopPodSandbox: %v", err)
+	}
+}
+
+// TestControllerIdempotent calls berth's Stop and Shutdown through
+// containerd's sandbox controller API for a sandbox berth does not know,
+// and twice for one it removed.
+func TestControllerIdempotent(t *testing.T) {
+	ctx := ctxT(t)
+	ctrl := daemon.client.SandboxController(handlerBerth)
+	for _, call := range []struct {
+		name string
+		fn   func() error
+	}{
+		{"Stop", func() error { return ctrl.Stop(ctx, "no-such-sandbox") }},
+		{"Shutdown", func() error { return ctrl.Shutdown(ctx, "no-such-sandbox") }},
+	} {
+		if err := call.fn(); err != nil {
+			t.Errorf("%s of an unknown sandbox: %v", call.name, err)
+		}
+	}
+	if _, err := ctrl.Status(ctx, "no-such-sandbox", false); !errdefs.IsNotFound(err) {
+		t.Errorf("Status of an unknown sandbox: %v, want NotFound", err)
+	}
+
+	id := runPod(t, podConfig(t), handlerBerth)
+	removePod(t, id)
+	if err := ctrl.Stop(ctx, id); err != nil {
+		t.Errorf("Stop after removal: %v", err)
+	}
+	if err := ctrl.Shutdown(ctx, id); err != nil {
+		t.Errorf("Shutdown after removal: %v", err)
+	}
+}
+
+// TestContainerJoinsPod checks that an app container shares the pause
+// container's net, ipc and uts namespaces and sees the pod's hostname and
+// DNS config.
+func TestContainerJoinsPod(t *testing.T) {
+	dns := &runtimeapi.DNSConfig{
+		Servers:  []string{"192.0.2.53", "192.0.2.54"},
+		Searches: []string{"berth-it.svc.cluster.local", "svc.cluster.local"},
+		Options:  []string{"ndots:5"},
+	}
+	cfg := podConfig(t, withHostname("berth-pod"), withDNS(dns))
+	pod := runPod(t, cfg, handlerBerth)
+	ctr := startContainer(t, pod, cfg, "sleep", "3600")
+
+	pausePid, appPid := podPid(t, pod), containerPid(t, ctr)
+	for _, ns := range []string{"net", "ipc", "uts"} {
+		if p, a := nsOf(t, pausePid, ns), nsOf(t, appPid, ns); p != a {
+			t.Errorf("%s namespace: pause %s, container %s", ns, p, a)
+		}
+	}
+	if self := nsOf(t, os.Getpid(), "net"); self == nsOf(t, pausePid, "net") {
+		t.Errorf("pod shares the host network namespace")
+	}
+	if got := strings.TrimSpace(execSync(t, ctr, "hostname")); got != "berth-pod" {
+		t.Errorf("hostname %q, want berth-pod", got)
+	}
+	if got := strings.TrimSpace(execSync(t, ctr, "cat", "/etc/hostname")); got != "berth-pod" {
+		t.Errorf("/etc/hostname %q, want berth-pod", got)
+	}
+	want := "search berth-it.svc.cluster.local svc.cluster.local\nnameserver 192.0.2.53\nnameserver 192.0.2.54\noptions ndots:5\n"
+	if got := execSync(t, ctr, "cat", "/etc/resolv.conf"); got != want {
+		t.Errorf("resolv.conf:\n%s\nwant:\n%s", got, want)
+	}
+	// /dev/shm is the pod's tmpfs, shared with the pause container.
+	if got := execSync(t, ctr, "grep", " /dev/shm ", "/proc/self/mounts"); !strings.Contains(got, "tmpfs") {
+		t.Errorf("/dev/shm is not the pod's tmpfs: %q", got)
+	}
+}
+
+// TestHostNetworkPod runs a pod in the host's network namespace.
+func TestHostNetworkPod(t *testing.T) {
+	id := runPod(t, podConfig(t, withHostNetwork()), handlerBerth)
+	st := podStatus(t, id)
+	if got := st.GetStatus().GetState(); got != runtimeapi.PodSandboxState_SANDBOX_READY {
+		t.Fatalf("state %v, want READY", got)
+	}
+	if ip := st.GetStatus().GetNetwork().GetIp(); ip != "" {
+		t.Errorf("host-network pod got IP %q", ip)
+	}
+	pid := podPid(t, id)
+	for _, ns := range []string{"net", "uts"} {
+		if self, pod := nsOf(t, os.Getpid(), ns), nsOf(t, pid, ns); self != pod {
+			t.Errorf("%s namespace %s, want the host's %s", ns, pod, self)
+		}
+	}
+	if self, pod := nsOf(t, os.Getpid(), "pid"), nsOf(t, pid, "pid"); self == pod {
+		t.Errorf("host-network pod shares the host pid namespace")
+	}
+}
+
+// TestCgroupParent puts the pod under a cgroup parent.
+func TestCgroupParent(t *testing.T) {
+	parent := "/berth-it-" + strconv.FormatInt(time.Now().UnixNano(), 36)
+	t.Cleanup(func() { removeCgroup(t, parent) })
+	id := runPod(t, podConfig(t, withCgroupParent(parent)), handlerBerth)
+	b, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(podPid(t, id)), "cgroup"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := parent + "/" + id
+	found := false
+	for _, line := range strings.Split(string(b), "\n") {
+		// v1 "N:controller:/path" or v2 "0::/path".
+		if parts := strings.SplitN(line, ":", 3); len(parts) == 3 && parts[2] == want {
+			found = true
+		}
+	}
+	if !found {
+		t.Errorf("pause process cgroups:\n%s\nwant a cgroup %s", b, want)
+	}
+}
+
+// removeCgroup removes a test's cgroup parent from every hierarchy, v1 and
+// v2, once the pods in it are gone.
+func removeCgroup(t *testing.T, parent string) {
+	dirs, _ := filepath.Glob(filepath.Join("/sys/fs/cgroup", "*", parent))
+	dirs = append(dirs, filepath.Join("/sys/fs/cgroup", parent))
+	for _, d := range dirs {
+		if err := os.Remove(d); err != nil && !os.IsNotExist(err) {
+			t.Errorf("remove cgroup %s: %v", d, err)
+		}
+	}
+}
+
+// TestSafeSysctls sets namespaced sysctls on a pod; its containers see them.
+func TestSafeSysctls(t *testing.T) {
+	cfg := podConfig(t, withSysctls(map[string]string{
+		"net.ipv4.ip_unprivileged_port_start": "1024",
+		"kernel.shm_rmid_forced":              "1",
+	}))
+	pod := runPod(t, cfg, handlerBerth)
+	ctr := startContainer(t, pod, cfg, "sleep", "3600")
+	for path, want := range map[string]string{
+		"/proc/sys/net/ipv4/ip_unprivileged_port_start": "1024",
+		"/proc/sys/kernel/shm_rmid_forced":              "1",
+	} {
+		if got := strings.TrimSpace(execSync(t, ctr, "cat", path)); got != want {
+			t.Errorf("%s = %q, want %q", path, got, want)
+		}
+	}
+}
+
+// TestPauseKilled kills the pause process from outside: the pod is NOTREADY
+// within a second.
+func TestPauseKilled(t *testing.T) {
+	id := runPod(t, podConfig(t), handlerBerth)
+	pid := podPid(t, id)
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		t.Fatalf("kill pause %d: %v", pid, err)
+	}
+	took := eventually(t, time.Second, "pod NOTREADY after its pause process was killed", func() bool {
+		return podStatus(t, id).GetStatus().GetState() == runtimeapi.PodSandboxState_SANDBOX_NOTREADY
+	})
+	t.Logf("NOTREADY %s after SIGKILL", took)
+}
+
+// TestBadInput checks that bad pod configs get a clear gRPC error and leave
+// nothing behind.
+func TestBadInput(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		cfg     func(*runtimeapi.PodSandboxConfig)
+		handler string
+		code    codes.Code
+		msg     string
+	}{
+		{
+			name: "invalid sysctl",
+			cfg:  func(c *runtimeapi.PodSandboxConfig) { c.Linux.Sysctls = map[string]string{"kernel.panic": "1"} },
+			code: codes.InvalidArgument, msg: "kernel.panic",
+		},
+		{
+			name: "net sysctl with host network",
+			cfg: func(c *runtimeapi.PodSandboxConfig) {
+				withHostNetwork()(c)
+				c.Linux.Sysctls = map[string]string{"net.ipv4.ip_forward": "1"}
+			},
+			code: codes.InvalidArgument, msg: "host network",
+		},
+		{
+			name:    "unknown runtime handler",
+			handler: "no-such-handler",
+			code:    codes.Unknown, msg: "no-such-handler",
+		},
+		{
+			name: "missing metadata name",
+			cfg:  func(c *runtimeapi.PodSandboxConfig) { c.Metadata.Name = "" },
+			code: codes.InvalidArgument, msg: "name",
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := podConfig(t)
+			if tc.cfg != nil {
+				tc.cfg(cfg)
+			}
+			handler := tc.handler
+			if handler == "" {
+				handler = handlerBerth
+			}
+			before := livePods(t)
+			resp, err := daemon.runtime.RunPodSandbox(ctxT(t), &runtimeapi.RunPodSandboxRequest{Config: cfg, RuntimeHandler: handler})
+			if err == nil {
+				removePod(t, resp.GetPodSandboxId())
+				t.Fatalf("RunPodSandbox succeeded")
+			}
+			s, _ := status.FromError(err)
+			if s.Code() != tc.code || !strings.Contains(s.Message(), tc.msg) {
+				t.Errorf("error %v (%s), want code %s mentioning %q", err, s.Code(), tc.code, tc.msg)
+			}
+			if after := livePods(t); after != before {
+				t.Errorf("%d pods listed after the failure, %d before", after, before)
+			}
+			assertNothingLeft(t)
+		})
+	}
+}
+
+// TestPauseImageMissing removes the pause image: RunPodSandbox fails with
+// a clear error naming it, and leaves nothing behind.
+func TestPauseImageMissing(t *testing.T) {
+	ctx := ctxT(t)
+	if err := daemon.client.ImageService().Delete(ctx, pauseImage); err != nil {
+		t.Fatalf("delete pause image: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := daemon.importImage(filepath.Join(daemon.bin, "images", "pause.tar")); err != nil {
+			t.Fatalf("re-import pause image: %v", err)
+		}
+	})
+	_, err := daemon.runtime.RunPodSandbox(ctx, &runtimeapi.RunPodSandboxRequest{Config: podConfig(t), RuntimeHandler: handlerBerth})
+	if err == nil || !strings.Contains(err.Error(), pauseImage) {
+		t.Fatalf("RunPodSandbox without the pause image: %v, want an error naming %s", err, pauseImage)
+	}
+	t.Logf("error: %v", err)
+	assertNothingLeft(t)
+}
+
+// assertNothingLeft checks, after a failed RunPodSandbox, that no sandbox
+// of any kind is left: no containers, sandbox dirs, shims or mounts.
+func assertNothingLeft(t *testing.T) {
+	t.Helper()
+	ctx := ctxT(t)
+	if live := livePods(t); live != 0 {
+		t.Errorf("%d pods still listed", live)
+	}
+	cs, err := daemon.client.Containers(ctx)
+	if err != nil || len(cs) != 0 {
+		t.Errorf("leak: %d containerd containers: %v", len(cs), err)
+	}
+	for _, dir := range []string{daemon.criRoot(), daemon.criState(), daemon.berthRoot(), daemon.berthState()} {
+		entries, _ := os.ReadDir(filepath.Join(dir, "sandboxes"))
+		for _, e := range entries {
+			t.Errorf("leak: %s", filepath.Join(dir, "sandboxes", e.Name()))
+		}
+	}
+	ls, err := daemon.client.LeasesService().List(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range ls {
+		// A pod's lease is named after its 64-hex ID.
+		if sandboxID.MatchString(l.ID) {
+			t.Errorf("leak: lease %s", l.ID)
+		}
+	}
+	for _, m := range mountsUnder(daemon.dir) {
+		if strings.Contains(m, "/sandboxes/") || strings.Contains(m, "/netns/") {
+			t.Errorf("leak: mount %s", m)
+		}
+	}
+}
+
+var sandboxID = regexp.MustCompile(`^[0-9a-f]{64}$`)
