@@ -50,7 +50,7 @@ test: unit integration
 unit:
 	$(GO) test -race -count=1 ./store/... ./events/... ./podsandbox/... ./controller/... ./plugin/...
 
-integration:
+integration: build
 	$(GO) test -count=1 -timeout 30m -v ./integration/... -args -bin $(BIN)
 
 lint:

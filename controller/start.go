@@ -46,7 +46,8 @@ func (c *Controller) Start(ctx context.Context, id string) (sandbox.ControllerIn
 	if err != nil {
 		undo.run(ctx)
 		c.forget(sb)
-		return sandbox.ControllerInstance{}, fmt.Errorf("start sandbox %q: %w", id, err)
+		// CRI already names the sandbox and the call in its error.
+		return sandbox.ControllerInstance{}, err
 	}
 	return inst, nil
 }

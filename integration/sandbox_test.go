@@ -280,7 +280,8 @@ func TestBadInput(t *testing.T) {
 }
 
 // TestPauseImageMissing removes the pause image: RunPodSandbox fails with
-// a clear error naming it, and leaves nothing behind.
+// a clear error naming it and leaves nothing behind, both when CRI tries to
+// pull it first and when the handler leaves that to berth.
 func TestPauseImageMissing(t *testing.T) {
 	ctx := ctxT(t)
 	if err := daemon.client.ImageService().Delete(ctx, pauseImage); err != nil {
@@ -291,12 +292,19 @@ func TestPauseImageMissing(t *testing.T) {
 			t.Fatalf("re-import pause image: %v", err)
 		}
 	})
-	_, err := daemon.runtime.RunPodSandbox(ctx, &runtimeapi.RunPodSandboxRequest{Config: podConfig(t), RuntimeHandler: handlerBerth})
-	if err == nil || !strings.Contains(err.Error(), pauseImage) {
-		t.Fatalf("RunPodSandbox without the pause image: %v, want an error naming %s", err, pauseImage)
+	for handler, code := range map[string]codes.Code{
+		handlerBerth:   codes.Unknown, // CRI's pull fails: no registry here
+		"berth-nopull": codes.NotFound,
+	} {
+		t.Run(handler, func(t *testing.T) {
+			_, err := daemon.runtime.RunPodSandbox(ctx, &runtimeapi.RunPodSandboxRequest{Config: podConfig(t), RuntimeHandler: handler})
+			if s, _ := status.FromError(err); err == nil || s.Code() != code || !strings.Contains(err.Error(), pauseImage) {
+				t.Fatalf("RunPodSandbox without the pause image: %v, want code %s naming %s", err, code, pauseImage)
+			}
+			t.Logf("error: %v", err)
+			assertNothingLeft(t)
+		})
 	}
-	t.Logf("error: %v", err)
-	assertNothingLeft(t)
 }
 
 // assertNothingLeft checks, after a failed RunPodSandbox, that no sandbox

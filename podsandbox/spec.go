@@ -280,7 +280,7 @@ func seccompProfile(sc *runtimeapi.LinuxSandboxSecurityContext, enabled bool) (o
 	}
 	sp := sc.GetSeccomp()
 	if sp == nil {
-		//nolint:staticcheck // the deprecated field is still sent by older kubelets
+		//lint:ignore SA1019 older kubelets still send the deprecated field
 		switch p := sc.GetSeccompProfilePath(); {
 		case p == "unconfined":
 			sp = &runtimeapi.SecurityProfile{ProfileType: runtimeapi.SecurityProfile_Unconfined}
