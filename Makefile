@@ -3,6 +3,7 @@
 #   make build   containerd (with berth), shim, ctr, runc, images -> bin/
 #   make up      run that containerd in the foreground under _output/
 #   make test    unit tests, then integration tests (root, real containerd)
+#   make soak    1000 pod lifecycles, then a leak and growth check
 #   make lint    gofmt, go vet, staticcheck
 
 GO          ?= go
@@ -18,12 +19,13 @@ PAUSE_IMAGE   := localhost/berth/pause:1
 BUSYBOX_IMAGE := localhost/berth/busybox:1
 BUSYBOX       ?= /bin/busybox
 
-.PHONY: build binaries images up test unit integration lint clean
+.PHONY: build binaries images up test unit integration soak lint clean
 
 build: binaries images
 
 binaries:
 	$(GO) build -tags "urfave_cli_no_docs no_btrfs" -ldflags "$(LDFLAGS)" -o $(BIN)/containerd ./cmd/containerd
+	$(GO) build -tags "urfave_cli_no_docs no_btrfs berth_failpoint" -ldflags "$(LDFLAGS)" -o $(BIN)/containerd-failpoint ./cmd/containerd
 	CGO_ENABLED=0 $(GO) build -tags "urfave_cli_no_docs no_grpc" -ldflags "$(LDFLAGS) -extldflags -static" \
 		-o $(BIN)/containerd-shim-runc-v2 github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2
 	$(GO) build -tags urfave_cli_no_docs -ldflags "$(LDFLAGS)" -o $(BIN)/ctr github.com/containerd/containerd/v2/cmd/ctr
@@ -50,8 +52,16 @@ test: unit integration
 unit:
 	$(GO) test -race -count=1 ./store/... ./events/... ./podsandbox/... ./controller/... ./plugin/...
 
+# The suite runs on the release build, then its failpoint tests on the
+# build with berth's test-only failpoints. SOAK pod lifecycles soak the
+# release build (make soak runs the long version).
+SOAK ?= 100
 integration: build
-	$(GO) test -count=1 -timeout 30m -v ./integration/... -args -bin $(BIN)
+	$(GO) test -count=1 -timeout 30m -v ./integration/... -args -bin $(BIN) -soak $(SOAK)
+	$(GO) test -count=1 -timeout 10m -v -run Failpoint ./integration/... -args -bin $(BIN) -failpoints
+
+soak: build
+	$(GO) test -count=1 -timeout 60m -v -run Soak ./integration/... -args -bin $(BIN) -soak 1000
 
 lint:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); exit 1; }

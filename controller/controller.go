@@ -37,6 +37,15 @@ const (
 	ExtensionConfig = "io.berth.sandbox.config"
 )
 
+// Failpoints, in test builds only (build tag berth_failpoint): a pod
+// annotation FailpointAnnotationPrefix+<point> = "N" fails that sandbox's
+// first N passes through the point.
+const (
+	FailpointAnnotationPrefix = "io.berth.failpoint."
+	// FailpointTaskDelete fails the deletion of an exited pause task.
+	FailpointTaskDelete = "task-delete"
+)
+
 // Labels of ControllerInstance that CRI reads.
 const (
 	instanceLabelSELinux     = "selinux_label"

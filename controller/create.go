@@ -130,5 +130,7 @@ func (c *Controller) sweepAbandoned(ctx context.Context) {
 // started are woken with an unknown exit; for any other, Exit already ran.
 func (c *Controller) forget(sb *store.Sandbox) {
 	sb.Exit(unknownExitCode, time.Now())
+	sb.SetDeleted()
 	c.store.Remove(sb.ID)
+	clearFailpoints(sb.ID)
 }

@@ -3,6 +3,7 @@ package controller
 import (
 	"context"
 	"fmt"
+	"strings"
 	"time"
 
 	apitasks "github.com/containerd/containerd/api/services/tasks/v1"
@@ -10,14 +11,16 @@ import (
 	"github.com/containerd/errdefs"
 	"github.com/containerd/errdefs/pkg/errgrpc"
 	"github.com/containerd/log"
+	"github.com/containerd/ttrpc"
 
 	"github.com/berth-dev/berth/store"
 )
 
 // waitExit is the one goroutine per sandbox that waits for the pause task
-// to exit, then hands the exit to handleExit. A failed first attempt goes to
-// the retry monitor, which runs the same handler until it succeeds. cancel
-// releases the wait's context once the exit is in.
+// to exit. It records the exit at once, so Status and Wait report it without
+// delay, then deletes the task. A failed delete goes to the retry monitor,
+// which runs the same step until it succeeds. cancel releases the wait's
+// context once the exit is in.
 func (c *Controller) waitExit(ctx context.Context, cancel context.CancelFunc, sb *store.Sandbox, exitCh <-chan containerd.ExitStatus) {
 	defer cancel()
 	var e containerd.ExitStatus
@@ -34,42 +37,47 @@ func (c *Controller) waitExit(ctx context.Context, cancel context.CancelFunc, sb
 		logger.WithError(err).Warn("pause task exit status lost")
 		code, at = unknownExitCode, time.Now()
 	}
+	sb.Exit(code, at)
 	logger.WithField("exit_status", code).Debug("pause task exited")
 
-	handle := func(ctx context.Context) error { return c.handleExit(ctx, sb, code, at) }
+	deleteTask := func(ctx context.Context) error { return c.deleteExitedTask(ctx, sb) }
 	attemptCtx, cancelAttempt := context.WithTimeout(context.WithoutCancel(ctx), c.config.ExitTimeout)
 	defer cancelAttempt()
-	if err := handle(attemptCtx); err != nil {
-		logger.WithError(err).Warn("handle pause task exit; retrying")
+	if err := deleteTask(attemptCtx); err != nil {
+		logger.WithError(err).Warn("delete exited pause task; retrying")
 		// The retries outlive this goroutine's context.
-		c.monitor.Retry(context.WithoutCancel(ctx), sb.ID, handle)
+		c.monitor.Retry(context.WithoutCancel(ctx), sb.ID, deleteTask)
 	}
 }
 
-// handleExit deletes the exited pause task and records the exit, waking
-// Wait and Stop. It is the only code that deletes a started pause task, so
-// no exit is handled twice and no task is deleted twice.
-func (c *Controller) handleExit(ctx context.Context, sb *store.Sandbox, code uint32, at time.Time) error {
-	inst := sb.Status().Instance
-	if inst != nil {
+// deleteExitedTask deletes the exited pause task and its shim, then marks
+// the sandbox deleted, releasing Stop. It is the only code that deletes a
+// started pause task, so no task is deleted twice.
+func (c *Controller) deleteExitedTask(ctx context.Context, sb *store.Sandbox) error {
+	if err := failpoint(sb, FailpointTaskDelete); err != nil {
+		return err
+	}
+	if inst := sb.Status().Instance; inst != nil {
 		if err := c.deleteTask(ctx, inst.Task); err != nil {
 			return err
 		}
 	}
-	sb.Exit(code, at)
+	sb.SetDeleted()
 	return nil
 }
 
 // deleteTask deletes a pause task and its shim. A task the shim no longer
 // knows can still have a live shim connection in containerd's task service
-// (containerd#7496: a delete cancelled while the shim was unmounting), so
-// on NotFound the task service is asked to delete it as well.
+// (containerd#7496: a delete cancelled while the shim was unmounting), and a
+// dead shim answers nothing at all ("ttrpc: closed"), so in both cases the
+// task service is asked to delete the task as well: it cleans up after a
+// dead shim itself.
 func (c *Controller) deleteTask(ctx context.Context, task containerd.Task) error {
 	_, err := task.Delete(ctx, containerd.WithProcessKill)
 	if err == nil {
 		return nil
 	}
-	if !errdefs.IsNotFound(err) {
+	if !errdefs.IsNotFound(err) && !isShimGone(err) {
 		return fmt.Errorf("delete pause task: %w", err)
 	}
 	_, err = c.client.TaskService().Delete(ctx, &apitasks.DeleteTaskRequest{ContainerID: task.ID()})
@@ -77,4 +85,11 @@ func (c *Controller) deleteTask(ctx context.Context, task containerd.Task) error
 		return fmt.Errorf("delete pause task from the task service: %w", err)
 	}
 	return nil
+}
+
+// isShimGone reports whether err says the shim's connection is closed: the
+// shim died. ttrpc's error crosses containerd's API as an Unknown status
+// with its text, so the text is all there is to match.
+func isShimGone(err error) bool {
+	return errdefs.IsUnknown(err) && strings.HasSuffix(err.Error(), ttrpc.ErrClosed.Error())
 }

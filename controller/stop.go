@@ -49,12 +49,16 @@ func (c *Controller) Stop(ctx context.Context, id string, opts ...sandbox.StopOp
 func (c *Controller) stop(ctx context.Context, sb *store.Sandbox) error {
 	status := sb.Status()
 	if status.State == store.StateReady {
-		// The exit handler deletes the task; Stop only kills it.
+		// Stop only kills the task; its exit goroutine deletes it.
 		if err := status.Instance.Task.Kill(ctx, syscall.SIGKILL); err != nil && !errdefs.IsNotFound(err) {
 			return fmt.Errorf("stop sandbox %q: kill pause task: %w", sb.ID, err)
 		}
-		if _, err := sb.Wait(ctx); err != nil {
-			return fmt.Errorf("stop sandbox %q: exit not handled yet: %w", sb.ID, err)
+	}
+	if status.State != store.StateCreated {
+		select {
+		case <-sb.Deleted():
+		case <-ctx.Done():
+			return fmt.Errorf("stop sandbox %q: pause task not deleted yet (retrying in the background): %w", sb.ID, ctx.Err())
 		}
 	}
 	// No process uses the pod's /dev/shm any more; app containers have their

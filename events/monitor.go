@@ -87,6 +87,9 @@ type Attempt func(ctx context.Context) error
 // entry is a queued attempt.
 type entry struct {
 	fn Attempt
+	// ctx carries the values of Retry's context (containerd namespace,
+	// logger), but not its cancellation: a retry outlives its caller.
+	ctx context.Context
 	// log is the caller's logger, so that retries log like the first try.
 	log *log.Entry
 	// tries counts runs, including the failed one before Retry. Only the
@@ -184,7 +187,8 @@ func (m *Monitor) Stop() {
 // current delay, and after the attempts queued for key before it. After Stop,
 // Retry only logs that a is dropped.
 func (m *Monitor) Retry(ctx context.Context, key string, a Attempt) {
-	e := &entry{fn: a, log: log.G(ctx).WithField("sandbox_id", key), tries: 1}
+	l := log.G(ctx).WithField("sandbox_id", key)
+	e := &entry{fn: a, ctx: log.WithLogger(context.WithoutCancel(ctx), l), log: l, tries: 1}
 	select {
 	case m.retries <- retryReq{key: key, e: e}:
 	case <-m.ctx.Done():
@@ -317,7 +321,9 @@ func (m *Monitor) try(e *entry) error {
 		return err
 	}
 	e.tries++
-	ctx, cancel := context.WithTimeout(log.WithLogger(m.ctx, e.log), m.cfg.AttemptTimeout)
+	ctx, cancel := context.WithTimeout(e.ctx, m.cfg.AttemptTimeout)
 	defer cancel()
+	// Stop cancels running attempts.
+	defer context.AfterFunc(m.ctx, cancel)()
 	return e.fn(ctx)
 }

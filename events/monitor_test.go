@@ -269,6 +269,32 @@ func TestKeysIndependent(t *testing.T) {
 	})
 }
 
+// TestAttemptContextValues checks that an attempt's context carries the
+// values of Retry's (the containerd namespace, for one) but not its
+// cancellation: retries outlive their caller.
+func TestAttemptContextValues(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		m := started(Config{})
+		defer m.Stop()
+		type key struct{}
+		ctx, cancel := context.WithCancel(context.WithValue(t.Context(), key{}, "k8s.io"))
+		got := make(chan any, 1)
+		m.Retry(ctx, "a", func(ctx context.Context) error {
+			got <- ctx.Value(key{})
+			return ctx.Err()
+		})
+		cancel()
+		time.Sleep(time.Hour)
+		synctest.Wait()
+		if v := <-got; v != "k8s.io" {
+			t.Fatalf("attempt context value = %v, want k8s.io", v)
+		}
+		if m.Pending("a") {
+			t.Fatal("attempt failed: the caller's cancellation reached it")
+		}
+	})
+}
+
 func TestAttemptTimeout(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		m := started(Config{AttemptTimeout: 3 * time.Second})

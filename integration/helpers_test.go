@@ -238,7 +238,7 @@ func assertNoLeaks(t *testing.T, id string) {
 	if pids := shimsOf(id); len(pids) > 0 {
 		t.Errorf("leak: shim processes %v for %s", pids, id)
 	}
-	netnsDir := filepath.Join(daemon.dir, "state", "io.containerd.grpc.v1.cri", "netns")
+	netnsDir := filepath.Join(daemon.criState(), "netns")
 	entries, _ := os.ReadDir(netnsDir)
 	if n := len(entries); n > livePods(t) {
 		t.Errorf("leak: %d netns files in %s for %d live pods", n, netnsDir, livePods(t))
@@ -265,7 +265,8 @@ func livePods(t *testing.T) int {
 	return len(resp.GetItems())
 }
 
-// shimsOf lists the pids of runc shims serving sandbox id.
+// shimsOf lists the pids of this containerd's runc shims serving sandbox
+// id, or all of its shims if id is "".
 func shimsOf(id string) []int {
 	var pids []int
 	procs, _ := os.ReadDir("/proc")
@@ -282,10 +283,14 @@ func shimsOf(id string) []int {
 		if !strings.HasSuffix(args[0], "containerd-shim-runc-v2") {
 			continue
 		}
-		for i := range args[:len(args)-1] {
-			if args[i] == "-id" && args[i+1] == id {
-				pids = append(pids, pid)
+		flags := map[string]string{}
+		for i := 1; i+1 < len(args); i++ {
+			if strings.HasPrefix(args[i], "-") {
+				flags[args[i]] = args[i+1]
 			}
+		}
+		if flags["-address"] == daemon.socket() && (id == "" || flags["-id"] == id) {
+			pids = append(pids, pid)
 		}
 	}
 	return pids

@@ -25,6 +25,10 @@ import (
 var (
 	binDir = flag.String("bin", "../bin", "directory with containerd, ctr, runc, the shim and images/")
 	keep   = flag.Bool("keep", false, "keep containerd's directory after the tests, for debugging")
+	// failpoints runs the suite on bin/containerd-failpoint, berth built
+	// with its test-only failpoints; the tests that need them run only then.
+	failpoints = flag.Bool("failpoints", false, "run on containerd-failpoint and run the failpoint tests")
+	soak       = flag.Int("soak", 0, "pod lifecycles of the soak test; 0 skips it")
 )
 
 const (
@@ -114,7 +118,11 @@ func startContainerd(bin string) (*containerdProcess, error) {
 	if err != nil {
 		return d, err
 	}
-	d.cmd = exec.Command(filepath.Join(bin, "containerd"), "--config", filepath.Join(dir, "config.toml"), "--log-level", "debug")
+	binary := "containerd"
+	if *failpoints {
+		binary = "containerd-failpoint"
+	}
+	d.cmd = exec.Command(filepath.Join(bin, binary), "--config", filepath.Join(dir, "config.toml"), "--log-level", "debug")
 	d.cmd.Stdout, d.cmd.Stderr = logFile, logFile
 	d.cmd.Env = append(os.Environ(), "PATH="+bin+":"+os.Getenv("PATH"))
 	// Its own process group: a signal to the test binary's group does not

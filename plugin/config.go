@@ -48,12 +48,12 @@ type ExitRetry struct {
 func DefaultConfig() *Config {
 	d := events.DefaultConfig()
 	return &Config{
-		StopTimeout: Duration(time.Minute),
+		StopTimeout: Duration{time.Minute},
 		ExitRetry: ExitRetry{
-			InitialDelay:   Duration(d.InitialDelay),
+			InitialDelay:   Duration{d.InitialDelay},
 			Factor:         d.Factor,
-			MaxDelay:       Duration(d.MaxDelay),
-			AttemptTimeout: Duration(d.AttemptTimeout),
+			MaxDelay:       Duration{d.MaxDelay},
+			AttemptTimeout: Duration{d.AttemptTimeout},
 		},
 	}
 }
@@ -69,16 +69,29 @@ func (r ExitRetry) Events() events.Config {
 }
 
 // Validate reports every invalid setting, as errdefs.ErrInvalidArgument.
+// Every setting has a default, so a zero here was written by the operator
+// and is rejected rather than silently replaced.
 func (c *Config) Validate() error {
 	var errs []error
-	if c.StopTimeout <= 0 {
-		errs = append(errs, fmt.Errorf("stop_timeout must be positive, got %s", c.StopTimeout))
+	for _, d := range []struct {
+		key string
+		v   Duration
+	}{
+		{"stop_timeout", c.StopTimeout},
+		{"exit_retry.initial_delay", c.ExitRetry.InitialDelay},
+		{"exit_retry.max_delay", c.ExitRetry.MaxDelay},
+		{"exit_retry.attempt_timeout", c.ExitRetry.AttemptTimeout},
+	} {
+		if d.v.Duration() <= 0 {
+			errs = append(errs, fmt.Errorf("%s must be positive, got %s", d.key, d.v))
+		}
 	}
-	if c.ExitRetry.AttemptTimeout <= 0 {
-		errs = append(errs, fmt.Errorf("exit_retry.attempt_timeout must be positive, got %s", c.ExitRetry.AttemptTimeout))
+	// Written as !(>= 1) so that NaN is rejected too.
+	if !(c.ExitRetry.Factor >= 1) {
+		errs = append(errs, fmt.Errorf("exit_retry.factor must be at least 1, got %v", c.ExitRetry.Factor))
 	}
-	if err := c.ExitRetry.Events().Validate(); err != nil {
-		errs = append(errs, fmt.Errorf("exit_retry: %w", err))
+	if c.ExitRetry.InitialDelay.Duration() > c.ExitRetry.MaxDelay.Duration() {
+		errs = append(errs, fmt.Errorf("exit_retry.initial_delay %s exceeds exit_retry.max_delay %s", c.ExitRetry.InitialDelay, c.ExitRetry.MaxDelay))
 	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("%w: %w", errdefs.ErrInvalidArgument, err)
@@ -87,7 +100,9 @@ func (c *Config) Validate() error {
 }
 
 // Duration is a time.Duration written in TOML as a string such as "30s".
-type Duration time.Duration
+// It is a struct so that a bare TOML integer fails to decode instead of
+// being taken as nanoseconds.
+type Duration struct{ d time.Duration }
 
 // UnmarshalText parses a Go duration string.
 func (d *Duration) UnmarshalText(b []byte) error {
@@ -95,17 +110,17 @@ func (d *Duration) UnmarshalText(b []byte) error {
 	if err != nil {
 		return fmt.Errorf("invalid duration %q: %w", b, err)
 	}
-	*d = Duration(v)
+	d.d = v
 	return nil
 }
 
 // MarshalText writes the duration as a Go duration string, so that
 // `containerd config dump` shows it as it is written.
 func (d Duration) MarshalText() ([]byte, error) {
-	return []byte(time.Duration(d).String()), nil
+	return []byte(d.d.String()), nil
 }
 
-func (d Duration) String() string { return time.Duration(d).String() }
+func (d Duration) String() string { return d.d.String() }
 
 // Duration returns d as a time.Duration.
-func (d Duration) Duration() time.Duration { return time.Duration(d) }
+func (d Duration) Duration() time.Duration { return d.d }

@@ -7,8 +7,10 @@ import (
 	"context"
 	"fmt"
 	"maps"
+	"math"
 	"path"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -101,6 +103,11 @@ func GenerateSpec(c SpecConfig) (Spec, error) {
 	if err != nil {
 		return Spec{}, err
 	}
+	for _, g := range sc.GetSupplementalGroups() {
+		if g < 0 || g > math.MaxInt32 {
+			return Spec{}, fmt.Errorf("supplemental group %d is out of range: %w", g, errdefs.ErrInvalidArgument)
+		}
+	}
 	user, err := userString(sc, c.Image.User)
 	if err != nil {
 		return Spec{}, err
@@ -134,7 +141,6 @@ func GenerateSpec(c SpecConfig) (Spec, error) {
 		oci.WithoutMounts(devShm),
 		oci.WithMounts(sandboxMounts(c.Files, nsOpts)),
 		withSelinuxLabels(processLabel, mountLabel),
-		withSupplementalGroups(sc.GetSupplementalGroups()),
 		withSysctls(sysctls),
 		oci.WithCPUShares(sandboxCPUShares),
 		withOOMScoreAdj(sandboxOOMScoreAdj, c.RestrictOOMScoreAdj),
@@ -146,6 +152,9 @@ func GenerateSpec(c SpecConfig) (Spec, error) {
 	if user != "" {
 		opts = append(opts, oci.WithUser(user))
 	}
+	// After the user: oci.WithUser resets the additional groups. (The
+	// built-in controller applies them first and so loses them.)
+	opts = append(opts, withSupplementalGroups(sc.GetSupplementalGroups()))
 	if seccompOpt != nil {
 		opts = append(opts, seccompOpt)
 	}
@@ -296,6 +305,9 @@ func seccompProfile(sc *runtimeapi.LinuxSandboxSecurityContext, enabled bool) (o
 	if sp.GetProfileType() != runtimeapi.SecurityProfile_Localhost && sp.GetLocalhostRef() != "" {
 		return nil, fmt.Errorf("seccomp localhost_ref is only valid with profile type Localhost: %w", errdefs.ErrInvalidArgument)
 	}
+	if sp.GetProfileType() == runtimeapi.SecurityProfile_Localhost && sp.GetLocalhostRef() == "" {
+		return nil, fmt.Errorf("seccomp profile type Localhost needs a localhost_ref: %w", errdefs.ErrInvalidArgument)
+	}
 	if !enabled {
 		if sp.GetProfileType() == runtimeapi.SecurityProfile_RuntimeDefault && sc.GetSeccomp() == nil {
 			// The default was berth's choice, not the pod's.
@@ -375,13 +387,16 @@ func withSelinuxLabels(process, mount string) oci.SpecOpts {
 	}
 }
 
-// withSupplementalGroups adds numeric groups. oci.WithAppendAdditionalGroups
-// would resolve names from the rootfs, which the pod config never has.
+// withSupplementalGroups adds numeric groups the process does not have yet.
+// oci.WithAppendAdditionalGroups would resolve names from the rootfs, which
+// the pod config never has.
 func withSupplementalGroups(groups []int64) oci.SpecOpts {
 	return func(_ context.Context, _ oci.Client, _ *containers.Container, s *runtimespec.Spec) error {
 		ensureLinux(s)
 		for _, g := range groups {
-			s.Process.User.AdditionalGids = append(s.Process.User.AdditionalGids, uint32(g))
+			if !slices.Contains(s.Process.User.AdditionalGids, uint32(g)) {
+				s.Process.User.AdditionalGids = append(s.Process.User.AdditionalGids, uint32(g))
+			}
 		}
 		return nil
 	}
@@ -407,14 +422,15 @@ func withSysctls(sysctls map[string]string) oci.SpecOpts {
 func withOOMScoreAdj(adj int, restrict bool) oci.SpecOpts {
 	return func(_ context.Context, _ oci.Client, _ *containers.Container, s *runtimespec.Spec) error {
 		ensureLinux(s)
+		v := adj // each spec gets its own value
 		if restrict {
 			current, err := currentOOMScoreAdj()
 			if err != nil {
 				return err
 			}
-			adj = max(adj, current)
+			v = max(v, current)
 		}
-		s.Process.OOMScoreAdj = &adj
+		s.Process.OOMScoreAdj = &v
 		return nil
 	}
 }

@@ -115,11 +115,11 @@ func mustGenerateTestSpec(t *testing.T, c SpecConfig) *runtimespec.Spec {
 	return s
 }
 
-func securityContext(c SpecConfig) *runtimeapi.LinuxSandboxSecurityContext {
+func testSecurityContext(c SpecConfig) *runtimeapi.LinuxSandboxSecurityContext {
 	return c.Config.Linux.SecurityContext
 }
 
-func findMount(s *runtimespec.Spec, dest string) []runtimespec.Mount {
+func testFindMounts(s *runtimespec.Spec, dest string) []runtimespec.Mount {
 	var ms []runtimespec.Mount
 	for _, m := range s.Mounts {
 		if filepath.Clean(m.Destination) == dest {
@@ -129,7 +129,7 @@ func findMount(s *runtimespec.Spec, dest string) []runtimespec.Mount {
 	return ms
 }
 
-func specNamespaces(s *runtimespec.Spec) map[runtimespec.LinuxNamespaceType]string {
+func testSpecNamespaces(s *runtimespec.Spec) map[runtimespec.LinuxNamespaceType]string {
 	ns := map[runtimespec.LinuxNamespaceType]string{}
 	for _, n := range s.Linux.Namespaces {
 		ns[n.Type] = n.Path
@@ -299,13 +299,13 @@ func TestGenerateSpecNamespaces(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := specTestSpecConfig()
-			securityContext(c).NamespaceOptions = tc.ns
+			testSecurityContext(c).NamespaceOptions = tc.ns
 			s := mustGenerateTestSpec(t, c)
 
-			if got := specNamespaces(s); !maps.Equal(got, tc.want) {
+			if got := testSpecNamespaces(s); !maps.Equal(got, tc.want) {
 				t.Errorf("namespaces = %v, want %v", got, tc.want)
 			}
-			shm := findMount(s, "/dev/shm")
+			shm := testFindMounts(s, "/dev/shm")
 			if len(shm) != 1 {
 				t.Fatalf("/dev/shm mounts = %+v, want exactly one", shm)
 			}
@@ -326,7 +326,7 @@ func TestGenerateSpecMounts(t *testing.T) {
 		{"/etc/resolv.conf", specTestFiles.ResolvConf()},
 	} {
 		t.Run(tc.dest, func(t *testing.T) {
-			ms := findMount(s, tc.dest)
+			ms := testFindMounts(s, tc.dest)
 			if len(ms) != 1 {
 				t.Fatalf("%s mounts = %+v, want exactly one", tc.dest, ms)
 			}
@@ -336,12 +336,12 @@ func TestGenerateSpecMounts(t *testing.T) {
 			}
 		})
 	}
-	if ms := findMount(s, "/run"); len(ms) != 0 {
+	if ms := testFindMounts(s, "/run"); len(ms) != 0 {
 		t.Errorf("/run mounts = %+v, want none", ms)
 	}
 	// The hostname and hosts files are only for the app containers.
 	for _, dest := range []string{"/etc/hostname", "/etc/hosts"} {
-		if ms := findMount(s, dest); len(ms) != 0 {
+		if ms := testFindMounts(s, dest); len(ms) != 0 {
 			t.Errorf("%s mounts = %+v, want none", dest, ms)
 		}
 	}
@@ -481,7 +481,7 @@ func TestGenerateSpecSysctls(t *testing.T) {
 			c := specTestSpecConfig()
 			c.Config.Linux.Sysctls = tc.sysctls
 			if tc.ns != nil {
-				securityContext(c).NamespaceOptions = tc.ns
+				testSecurityContext(c).NamespaceOptions = tc.ns
 			}
 			c.EnableUnprivilegedPorts = tc.ports
 			c.EnableUnprivilegedICMP = tc.icmp
@@ -637,11 +637,10 @@ func TestGenerateSpecUser(t *testing.T) {
 		groups    []int64
 		// rootfs makes the container resolve users in a fake rootfs, as
 		// a real snapshot would.
-		rootfs       bool
-		wantUID      uint32
-		wantGID      uint32
-		wantAddGids  []uint32
-		knownGidsBug bool
+		rootfs      bool
+		wantUID     uint32
+		wantGID     uint32
+		wantAddGids []uint32
 	}{
 		{
 			name:    "no user",
@@ -706,28 +705,26 @@ func TestGenerateSpecUser(t *testing.T) {
 			wantAddGids: []uint32{10, 20},
 		},
 		{
-			name:         "supplemental groups with run_as_user",
-			uid:          &runtimeapi.Int64Value{Value: 1234},
-			gid:          &runtimeapi.Int64Value{Value: 5678},
-			groups:       []int64{10, 20},
-			wantUID:      1234,
-			wantGID:      5678,
-			wantAddGids:  []uint32{5678, 10, 20},
-			knownGidsBug: true,
+			name:        "supplemental groups with run_as_user",
+			uid:         &runtimeapi.Int64Value{Value: 1234},
+			gid:         &runtimeapi.Int64Value{Value: 5678},
+			groups:      []int64{10, 20},
+			wantUID:     1234,
+			wantGID:     5678,
+			wantAddGids: []uint32{5678, 10, 20},
 		},
 		{
-			name:         "supplemental groups with image user",
-			imageUser:    "65535:65535",
-			groups:       []int64{10, 20},
-			wantUID:      65535,
-			wantGID:      65535,
-			wantAddGids:  []uint32{65535, 10, 20},
-			knownGidsBug: true,
+			name:        "supplemental groups with image user",
+			imageUser:   "65535:65535",
+			groups:      []int64{10, 20},
+			wantUID:     65535,
+			wantGID:     65535,
+			wantAddGids: []uint32{65535, 10, 20},
 		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := specTestSpecConfig()
-			sc := securityContext(c)
+			sc := testSecurityContext(c)
 			sc.RunAsUser, sc.RunAsGroup, sc.SupplementalGroups = tc.uid, tc.gid, tc.groups
 			c.Image.User = tc.imageUser
 
@@ -748,9 +745,6 @@ func TestGenerateSpecUser(t *testing.T) {
 				t.Errorf("uid:gid = %d:%d, want %d:%d", u.UID, u.GID, tc.wantUID, tc.wantGID)
 			}
 			if !slices.Equal(u.AdditionalGids, tc.wantAddGids) {
-				if tc.knownGidsBug {
-					t.Skipf("known bug: oci.WithUser, applied after withSupplementalGroups, resets them: additional gids = %v, want %v", u.AdditionalGids, tc.wantAddGids)
-				}
 				t.Errorf("additional gids = %v, want %v", u.AdditionalGids, tc.wantAddGids)
 			}
 		})
@@ -882,9 +876,10 @@ func TestGenerateSpecSeccomp(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := specTestSpecConfig()
-			sc := securityContext(c)
+			sc := testSecurityContext(c)
 			sc.Seccomp = tc.profile
-			sc.SeccompProfilePath = tc.legacyPath //nolint:staticcheck // testing the deprecated field
+			//lint:ignore SA1019 testing the deprecated field
+			sc.SeccompProfilePath = tc.legacyPath
 			sc.Privileged = tc.privileged
 			c.SeccompEnabled = !tc.disabled
 			s := mustGenerateTestSpec(t, c)
@@ -913,7 +908,7 @@ func TestGenerateSpecSecurityDefaults(t *testing.T) {
 	if s.Process.SelinuxLabel != "" || s.Linux.MountLabel != "" {
 		t.Errorf("selinux labels = %q, %q, want none", s.Process.SelinuxLabel, s.Linux.MountLabel)
 	}
-	sys := findMount(s, "/sys")
+	sys := testFindMounts(s, "/sys")
 	if len(sys) != 1 || !slices.Contains(sys[0].Options, "ro") {
 		t.Errorf("/sys mounts = %+v, want one read-only", sys)
 	}
@@ -921,10 +916,10 @@ func TestGenerateSpecSecurityDefaults(t *testing.T) {
 
 func TestGenerateSpecPrivileged(t *testing.T) {
 	c := specTestSpecConfig()
-	securityContext(c).Privileged = true
+	testSecurityContext(c).Privileged = true
 	s := mustGenerateTestSpec(t, c)
 
-	sys := findMount(s, "/sys")
+	sys := testFindMounts(s, "/sys")
 	if len(sys) != 1 {
 		t.Fatalf("/sys mounts = %+v, want one", sys)
 	}
@@ -956,14 +951,14 @@ func TestGenerateSpecInvalid(t *testing.T) {
 		{
 			name: "target network namespace",
 			modify: func(c *SpecConfig) {
-				securityContext(*c).NamespaceOptions.Network = runtimeapi.NamespaceMode_TARGET
+				testSecurityContext(*c).NamespaceOptions.Network = runtimeapi.NamespaceMode_TARGET
 			},
 			is: errdefs.IsInvalidArgument,
 		},
 		{
 			name: "target pid namespace",
 			modify: func(c *SpecConfig) {
-				ns := securityContext(*c).NamespaceOptions
+				ns := testSecurityContext(*c).NamespaceOptions
 				ns.Pid, ns.TargetId = runtimeapi.NamespaceMode_TARGET, "other"
 			},
 			is: errdefs.IsInvalidArgument,
@@ -971,14 +966,14 @@ func TestGenerateSpecInvalid(t *testing.T) {
 		{
 			name: "target ipc namespace",
 			modify: func(c *SpecConfig) {
-				securityContext(*c).NamespaceOptions.Ipc = runtimeapi.NamespaceMode_TARGET
+				testSecurityContext(*c).NamespaceOptions.Ipc = runtimeapi.NamespaceMode_TARGET
 			},
 			is: errdefs.IsInvalidArgument,
 		},
 		{
 			name: "pod user namespace",
 			modify: func(c *SpecConfig) {
-				securityContext(*c).NamespaceOptions.UsernsOptions = &runtimeapi.UserNamespace{
+				testSecurityContext(*c).NamespaceOptions.UsernsOptions = &runtimeapi.UserNamespace{
 					Mode: runtimeapi.NamespaceMode_POD,
 					Uids: []*runtimeapi.IDMapping{{HostId: 65536, ContainerId: 0, Length: 65536}},
 					Gids: []*runtimeapi.IDMapping{{HostId: 65536, ContainerId: 0, Length: 65536}},
@@ -1003,7 +998,7 @@ func TestGenerateSpecInvalid(t *testing.T) {
 		{
 			name: "net sysctl with host network",
 			modify: func(c *SpecConfig) {
-				securityContext(*c).NamespaceOptions.Network = runtimeapi.NamespaceMode_NODE
+				testSecurityContext(*c).NamespaceOptions.Network = runtimeapi.NamespaceMode_NODE
 				c.Config.Linux.Sysctls = map[string]string{"net.core.somaxconn": "1024"}
 			},
 			is: errdefs.IsInvalidArgument,
@@ -1011,7 +1006,7 @@ func TestGenerateSpecInvalid(t *testing.T) {
 		{
 			name: "uts sysctl with host network",
 			modify: func(c *SpecConfig) {
-				securityContext(*c).NamespaceOptions.Network = runtimeapi.NamespaceMode_NODE
+				testSecurityContext(*c).NamespaceOptions.Network = runtimeapi.NamespaceMode_NODE
 				c.Config.Linux.Sysctls = map[string]string{"kernel.hostname": "foo"}
 			},
 			is: errdefs.IsInvalidArgument,
@@ -1019,7 +1014,7 @@ func TestGenerateSpecInvalid(t *testing.T) {
 		{
 			name: "shm sysctl with host ipc",
 			modify: func(c *SpecConfig) {
-				securityContext(*c).NamespaceOptions.Ipc = runtimeapi.NamespaceMode_NODE
+				testSecurityContext(*c).NamespaceOptions.Ipc = runtimeapi.NamespaceMode_NODE
 				c.Config.Linux.Sysctls = map[string]string{"kernel.shmmax": "1"}
 			},
 			is: errdefs.IsInvalidArgument,
@@ -1027,7 +1022,7 @@ func TestGenerateSpecInvalid(t *testing.T) {
 		{
 			name: "mqueue sysctl with host ipc",
 			modify: func(c *SpecConfig) {
-				securityContext(*c).NamespaceOptions.Ipc = runtimeapi.NamespaceMode_NODE
+				testSecurityContext(*c).NamespaceOptions.Ipc = runtimeapi.NamespaceMode_NODE
 				c.Config.Linux.Sysctls = map[string]string{"fs.mqueue.msg_max": "64"}
 			},
 			is: errdefs.IsInvalidArgument,
@@ -1035,7 +1030,7 @@ func TestGenerateSpecInvalid(t *testing.T) {
 		{
 			name: "run_as_group without run_as_user",
 			modify: func(c *SpecConfig) {
-				securityContext(*c).RunAsGroup = &runtimeapi.Int64Value{Value: 1000}
+				testSecurityContext(*c).RunAsGroup = &runtimeapi.Int64Value{Value: 1000}
 			},
 			is: errdefs.IsInvalidArgument,
 		},
@@ -1043,7 +1038,7 @@ func TestGenerateSpecInvalid(t *testing.T) {
 			name: "seccomp runtime default on a kernel without seccomp",
 			modify: func(c *SpecConfig) {
 				c.SeccompEnabled = false
-				securityContext(*c).Seccomp = &runtimeapi.SecurityProfile{ProfileType: runtimeapi.SecurityProfile_RuntimeDefault}
+				testSecurityContext(*c).Seccomp = &runtimeapi.SecurityProfile{ProfileType: runtimeapi.SecurityProfile_RuntimeDefault}
 			},
 			is: errdefs.IsFailedPrecondition,
 		},
@@ -1051,7 +1046,7 @@ func TestGenerateSpecInvalid(t *testing.T) {
 			name: "seccomp localhost on a kernel without seccomp",
 			modify: func(c *SpecConfig) {
 				c.SeccompEnabled = false
-				securityContext(*c).Seccomp = &runtimeapi.SecurityProfile{
+				testSecurityContext(*c).Seccomp = &runtimeapi.SecurityProfile{
 					ProfileType: runtimeapi.SecurityProfile_Localhost, LocalhostRef: "/profile.json",
 				}
 			},
@@ -1060,7 +1055,7 @@ func TestGenerateSpecInvalid(t *testing.T) {
 		{
 			name: "seccomp localhost_ref with runtime default",
 			modify: func(c *SpecConfig) {
-				securityContext(*c).Seccomp = &runtimeapi.SecurityProfile{
+				testSecurityContext(*c).Seccomp = &runtimeapi.SecurityProfile{
 					ProfileType: runtimeapi.SecurityProfile_RuntimeDefault, LocalhostRef: "/profile.json",
 				}
 			},
@@ -1099,7 +1094,7 @@ func TestGenerateSpecNilConfig(t *testing.T) {
 			c := specTestSpecConfig()
 			c.Config = tc.cfg
 			s := mustGenerateTestSpec(t, c)
-			if got := specNamespaces(s)[runtimespec.NetworkNamespace]; got != specTestNetNS {
+			if got := testSpecNamespaces(s)[runtimespec.NetworkNamespace]; got != specTestNetNS {
 				t.Errorf("network namespace = %q, want %q", got, specTestNetNS)
 			}
 			if s.Linux.Seccomp == nil {
@@ -1108,4 +1103,3 @@ func TestGenerateSpecNilConfig(t *testing.T) {
 		})
 	}
 }
-

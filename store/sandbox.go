@@ -24,7 +24,9 @@ import (
 //	                      v                                       v
 //	                   (none)                                  (none)
 //
-// A sandbox leaves Ready only through Exit, which runs once per sandbox.
+// A sandbox leaves Ready only through Exit, which runs once per sandbox. Its
+// exited pause task is deleted after that, possibly after retries; Deleted
+// says when, and only then may the sandbox's resources go.
 type State int
 
 const (
@@ -108,6 +110,9 @@ type Sandbox struct {
 	// exited is closed once, by Exit, after the status says NotReady.
 	exited   chan struct{}
 	exitOnce sync.Once
+	// deleted is closed once, by SetDeleted, when no pause task is left.
+	deleted    chan struct{}
+	deleteOnce sync.Once
 }
 
 // NewSandbox returns a sandbox in StateCreated.
@@ -116,6 +121,7 @@ func NewSandbox(md Metadata) *Sandbox {
 		Metadata: md,
 		status:   Status{State: StateCreated},
 		exited:   make(chan struct{}),
+		deleted:  make(chan struct{}),
 	}
 }
 
@@ -162,6 +168,17 @@ func (s *Sandbox) Exit(code uint32, at time.Time) bool {
 // Exited is closed once the sandbox's exit has been recorded.
 func (s *Sandbox) Exited() <-chan struct{} {
 	return s.exited
+}
+
+// SetDeleted records that the sandbox has no pause task any more: it was
+// deleted after its exit, or never made. Only the first call has an effect.
+func (s *Sandbox) SetDeleted() {
+	s.deleteOnce.Do(func() { close(s.deleted) })
+}
+
+// Deleted is closed once the sandbox has no pause task any more.
+func (s *Sandbox) Deleted() <-chan struct{} {
+	return s.deleted
 }
 
 // Wait blocks until the sandbox exits or ctx is done, and returns the status

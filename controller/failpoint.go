@@ -1,0 +1,49 @@
+//go:build berth_failpoint
+
+package controller
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+
+	"github.com/containerd/errdefs"
+
+	"github.com/berth-dev/berth/store"
+)
+
+// failpoints counts the calls of each sandbox's failpoints, keyed by
+// "<sandbox id>/<point>".
+var failpoints sync.Map
+
+// failpoint fails the first N calls of point for a sandbox whose pod has the
+// annotation FailpointAnnotationPrefix+point = "N", with an Unavailable
+// error, as a shim that did not answer would. Only test builds (build tag
+// berth_failpoint) have it; tests use it to prove retries.
+func failpoint(sb *store.Sandbox, point string) error {
+	v, ok := sb.Config.GetAnnotations()[FailpointAnnotationPrefix+point]
+	if !ok {
+		return nil
+	}
+	n, err := strconv.Atoi(strings.TrimSpace(v))
+	if err != nil {
+		return fmt.Errorf("failpoint %s: bad count %q: %w", point, v, errdefs.ErrInvalidArgument)
+	}
+	c, _ := failpoints.LoadOrStore(sb.ID+"/"+point, new(atomic.Int64))
+	if k := c.(*atomic.Int64).Add(1); k <= int64(n) {
+		return fmt.Errorf("failpoint %s: injected failure %d of %d: %w", point, k, n, errdefs.ErrUnavailable)
+	}
+	return nil
+}
+
+// clearFailpoints forgets a removed sandbox's counters.
+func clearFailpoints(id string) {
+	failpoints.Range(func(k, _ any) bool {
+		if strings.HasPrefix(k.(string), id+"/") {
+			failpoints.Delete(k)
+		}
+		return true
+	})
+}

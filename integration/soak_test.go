@@ -1,0 +1,128 @@
+package integration
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/containerd/containerd/v2/core/snapshots"
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+)
+
+// TestSoak runs -soak pod lifecycles (run, stop, remove), 8 at a time, then
+// checks that nothing leaked and that containerd's goroutines and RSS came
+// back to within 10% of where they were after a warm-up.
+func TestSoak(t *testing.T) {
+	if *soak == 0 {
+		t.Skip("needs -soak N")
+	}
+	const width, warmup = 8, 32
+	lifecycle := func(i int) error {
+		ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
+		defer cancel()
+		resp, err := daemon.runtime.RunPodSandbox(ctx, &runtimeapi.RunPodSandboxRequest{
+			Config: podConfig(t, withName(strconv.Itoa(i))), RuntimeHandler: handlerBerth,
+		})
+		if err != nil {
+			return fmt.Errorf("run %d: %w", i, err)
+		}
+		id := resp.GetPodSandboxId()
+		if _, err := daemon.runtime.StopPodSandbox(ctx, &runtimeapi.StopPodSandboxRequest{PodSandboxId: id}); err != nil {
+			return fmt.Errorf("stop %s: %w", id, err)
+		}
+		if _, err := daemon.runtime.RemovePodSandbox(ctx, &runtimeapi.RemovePodSandboxRequest{PodSandboxId: id}); err != nil {
+			return fmt.Errorf("remove %s: %w", id, err)
+		}
+		return nil
+	}
+
+	parallel(t, warmup, width, lifecycle)
+	before := sampleDaemon(t)
+	snapshotsBefore := countSnapshots(t)
+	start := time.Now()
+	parallel(t, *soak, width, func(i int) error { return lifecycle(warmup + i) })
+	took := time.Since(start)
+	// Let the last exits' goroutines finish.
+	time.Sleep(2 * time.Second)
+	after := sampleDaemon(t)
+
+	t.Logf("%d lifecycles in %s (%.1f/s); goroutines %d -> %d; RSS %d KiB -> %d KiB",
+		*soak, took.Round(time.Millisecond), float64(*soak)/took.Seconds(),
+		before.goroutines, after.goroutines, before.rssKiB, after.rssKiB)
+	if after.goroutines > before.goroutines*11/10 {
+		t.Errorf("containerd goroutines grew from %d to %d", before.goroutines, after.goroutines)
+	}
+	if after.rssKiB > before.rssKiB*11/10 {
+		t.Errorf("containerd RSS grew from %d KiB to %d KiB", before.rssKiB, after.rssKiB)
+	}
+
+	assertNothingLeft(t)
+	if n := countSnapshots(t); n != snapshotsBefore {
+		t.Errorf("leak: %d snapshots, %d before", n, snapshotsBefore)
+	}
+	if pids := shimsOf(""); len(pids) != 0 {
+		t.Errorf("leak: shims %v", pids)
+	}
+	netns, _ := os.ReadDir(filepath.Join(daemon.criState(), "netns"))
+	if len(netns) != 0 {
+		t.Errorf("leak: %d netns files", len(netns))
+	}
+}
+
+type daemonSample struct {
+	goroutines int
+	rssKiB     int
+}
+
+// sampleDaemon reads containerd's goroutine count from its pprof endpoint
+// on the debug socket, and its RSS from /proc.
+func sampleDaemon(t *testing.T) daemonSample {
+	t.Helper()
+	hc := http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		return (&net.Dialer{}).DialContext(ctx, "unix", filepath.Join(daemon.dir, "debug.sock"))
+	}}}
+	resp, err := hc.Get("http://containerd/debug/pprof/goroutine?debug=1")
+	if err != nil {
+		t.Fatalf("containerd pprof: %v", err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var s daemonSample
+	// "goroutine profile: total N"
+	if _, err := fmt.Sscanf(strings.SplitN(string(b), "\n", 2)[0], "goroutine profile: total %d", &s.goroutines); err != nil {
+		t.Fatalf("parse goroutine profile: %v", err)
+	}
+	status, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(daemon.cmd.Process.Pid), "status"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(status), "\n") {
+		if f := strings.Fields(line); len(f) >= 2 && f[0] == "VmRSS:" {
+			s.rssKiB, _ = strconv.Atoi(f[1])
+		}
+	}
+	return s
+}
+
+func countSnapshots(t *testing.T) int {
+	t.Helper()
+	n := 0
+	if err := daemon.client.SnapshotService("overlayfs").Walk(ctxT(t), func(context.Context, snapshots.Info) error {
+		n++
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}

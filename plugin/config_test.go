@@ -1,0 +1,376 @@
+package plugin
+
+import (
+	"bytes"
+	"math"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/containerd/errdefs"
+	"github.com/pelletier/go-toml/v2"
+
+	"github.com/berth-dev/berth/events"
+)
+
+func TestDefaultConfig(t *testing.T) {
+	c := DefaultConfig()
+	if err := c.Validate(); err != nil {
+		t.Fatalf("DefaultConfig().Validate() = %v", err)
+	}
+	want := Config{
+		StopTimeout: Duration{time.Minute},
+		ExitRetry: ExitRetry{
+			InitialDelay:   Duration{time.Second},
+			Factor:         2,
+			MaxDelay:       Duration{5 * time.Minute},
+			AttemptTimeout: Duration{10 * time.Second},
+		},
+	}
+	if *c != want {
+		t.Errorf("DefaultConfig() = %+v, want %+v", *c, want)
+	}
+	if got := c.ExitRetry.Events(); got != events.DefaultConfig() {
+		t.Errorf("DefaultConfig().ExitRetry.Events() = %+v, want events.DefaultConfig() %+v", got, events.DefaultConfig())
+	}
+	// Every call returns a fresh config: containerd decodes into it.
+	DefaultConfig().StopTimeout = Duration{}
+	if DefaultConfig().StopTimeout != (Duration{time.Minute}) {
+		t.Error("DefaultConfig() shares its value between calls")
+	}
+}
+
+func TestExitRetryEvents(t *testing.T) {
+	r := ExitRetry{
+		InitialDelay:   Duration{2 * time.Second},
+		Factor:         1.5,
+		MaxDelay:       Duration{time.Minute},
+		AttemptTimeout: Duration{3 * time.Second},
+	}
+	want := events.Config{
+		InitialDelay:   2 * time.Second,
+		Factor:         1.5,
+		MaxDelay:       time.Minute,
+		AttemptTimeout: 3 * time.Second,
+	}
+	if got := r.Events(); got != want {
+		t.Errorf("Events() = %+v, want %+v", got, want)
+	}
+}
+
+func TestConfigValidate(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		modify  func(*Config)
+		wantErr string // "" for a valid config
+	}{
+		{
+			name:   "default",
+			modify: func(*Config) {},
+		},
+		{
+			name:   "factor 1",
+			modify: func(c *Config) { c.ExitRetry.Factor = 1 },
+		},
+		{
+			name: "initial delay equals max delay",
+			modify: func(c *Config) {
+				c.ExitRetry.InitialDelay = Duration{time.Minute}
+				c.ExitRetry.MaxDelay = Duration{time.Minute}
+			},
+		},
+		{
+			name:   "tiny positive timeouts",
+			modify: func(c *Config) { c.StopTimeout, c.ExitRetry.AttemptTimeout = Duration{1}, Duration{1} },
+		},
+		{
+			name:    "zero stop timeout",
+			modify:  func(c *Config) { c.StopTimeout = Duration{} },
+			wantErr: "stop_timeout",
+		},
+		{
+			name:    "negative stop timeout",
+			modify:  func(c *Config) { c.StopTimeout = Duration{-time.Second} },
+			wantErr: "stop_timeout",
+		},
+		{
+			name:    "zero factor",
+			modify:  func(c *Config) { c.ExitRetry.Factor = 0 },
+			wantErr: "factor",
+		},
+		{
+			name:    "zero initial delay",
+			modify:  func(c *Config) { c.ExitRetry.InitialDelay = Duration{} },
+			wantErr: "initial_delay",
+		},
+		{
+			name:    "zero max delay",
+			modify:  func(c *Config) { c.ExitRetry.MaxDelay = Duration{} },
+			wantErr: "max_delay",
+		},
+		{
+			name:    "zero attempt timeout",
+			modify:  func(c *Config) { c.ExitRetry.AttemptTimeout = Duration{} },
+			wantErr: "attempt_timeout",
+		},
+		{
+			name:    "negative attempt timeout",
+			modify:  func(c *Config) { c.ExitRetry.AttemptTimeout = Duration{-time.Second} },
+			wantErr: "attempt_timeout",
+		},
+		{
+			name:    "factor below 1",
+			modify:  func(c *Config) { c.ExitRetry.Factor = 0.5 },
+			wantErr: "factor",
+		},
+		{
+			name:    "negative factor",
+			modify:  func(c *Config) { c.ExitRetry.Factor = -2 },
+			wantErr: "factor",
+		},
+		{
+			name:    "NaN factor",
+			modify:  func(c *Config) { c.ExitRetry.Factor = math.NaN() },
+			wantErr: "factor",
+		},
+		{
+			name: "initial delay above max delay",
+			modify: func(c *Config) {
+				c.ExitRetry.InitialDelay = Duration{time.Minute}
+				c.ExitRetry.MaxDelay = Duration{time.Second}
+			},
+			wantErr: "exceeds exit_retry.max_delay",
+		},
+		{
+			name:    "negative initial delay",
+			modify:  func(c *Config) { c.ExitRetry.InitialDelay = Duration{-time.Second} },
+			wantErr: "initial_delay",
+		},
+		{
+			name:    "negative max delay",
+			modify:  func(c *Config) { c.ExitRetry.MaxDelay = Duration{-time.Second} },
+			wantErr: "max_delay",
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := DefaultConfig()
+			tc.modify(c)
+			err := c.Validate()
+			if tc.wantErr == "" {
+				if err != nil {
+					t.Fatalf("Validate() = %v, want nil", err)
+				}
+				return
+			}
+			if err == nil {
+				t.Fatalf("Validate() = nil, want an error about %s", tc.wantErr)
+			}
+			if !errdefs.IsInvalidArgument(err) {
+				t.Errorf("Validate() = %v, want an invalid argument error", err)
+			}
+			if !strings.Contains(err.Error(), tc.wantErr) {
+				t.Errorf("Validate() = %v, want it to mention %q", err, tc.wantErr)
+			}
+		})
+	}
+}
+
+// TestConfigValidateReportsAll checks that Validate reports berth's own
+// invalid settings together with the retry config's. (events.Config.Validate
+// itself stops at its first error, so only one exit_retry error is checked.)
+func TestConfigValidateReportsAll(t *testing.T) {
+	c := DefaultConfig()
+	c.StopTimeout = Duration{}
+	c.ExitRetry.AttemptTimeout = Duration{}
+	c.ExitRetry.Factor = 0.5
+	err := c.Validate()
+	if !errdefs.IsInvalidArgument(err) {
+		t.Fatalf("Validate() = %v, want an invalid argument error", err)
+	}
+	for _, s := range []string{"stop_timeout", "attempt_timeout", "factor"} {
+		if !strings.Contains(err.Error(), s) {
+			t.Errorf("Validate() = %v, want it to mention %q", err, s)
+		}
+	}
+}
+
+// decodeConfig decodes data into a copy of the default config the way
+// containerd decodes a plugin's section: strictly, into the registration's
+// default.
+func decodeConfig(data string) (*Config, error) {
+	c := DefaultConfig()
+	err := toml.NewDecoder(bytes.NewReader([]byte(data))).DisallowUnknownFields().Decode(c)
+	return c, err
+}
+
+func TestConfigDecode(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		data   string
+		modify func(*Config) // applied to DefaultConfig() for the expected config
+	}{
+		{
+			name:   "empty",
+			data:   "",
+			modify: func(*Config) {},
+		},
+		{
+			name: "partial",
+			data: "stop_timeout = \"30s\"\n[exit_retry]\ninitial_delay = \"2s\"\n",
+			modify: func(c *Config) {
+				c.StopTimeout = Duration{30 * time.Second}
+				c.ExitRetry.InitialDelay = Duration{2 * time.Second}
+			},
+		},
+		{
+			name: "full",
+			data: `stop_timeout = "1m30s"
+[exit_retry]
+initial_delay = "500ms"
+factor = 1.5
+max_delay = "10m"
+attempt_timeout = "1h"
+`,
+			modify: func(c *Config) {
+				c.StopTimeout = Duration{90 * time.Second}
+				c.ExitRetry = ExitRetry{
+					InitialDelay:   Duration{500 * time.Millisecond},
+					Factor:         1.5,
+					MaxDelay:       Duration{10 * time.Minute},
+					AttemptTimeout: Duration{time.Hour},
+				}
+			},
+		},
+		{
+			name:   "integer factor",
+			data:   "[exit_retry]\nfactor = 3\n",
+			modify: func(c *Config) { c.ExitRetry.Factor = 3 },
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := decodeConfig(tc.data)
+			if err != nil {
+				t.Fatalf("decode: %v", err)
+			}
+			want := DefaultConfig()
+			tc.modify(want)
+			if *got != *want {
+				t.Errorf("decoded %+v, want %+v", *got, *want)
+			}
+			if err := got.Validate(); err != nil {
+				t.Errorf("decoded config invalid: %v", err)
+			}
+		})
+	}
+}
+
+func TestConfigDecodeInvalid(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		data string
+	}{
+		{name: "not a duration", data: `stop_timeout = "soon"`},
+		{name: "no unit", data: `stop_timeout = "30"`},
+		{name: "nested not a duration", data: "[exit_retry]\nmax_delay = \"5 minutes\"\n"},
+		{name: "unknown key", data: `stop_timeot = "30s"`},
+		{name: "array", data: `stop_timeout = ["30s"]`},
+		{
+			name: "integer",
+			data: `stop_timeout = 30`,
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := decodeConfig(tc.data)
+			if err == nil {
+				t.Errorf("decode %q = %+v, want an error", tc.data, *c)
+			}
+		})
+	}
+}
+
+func TestConfigEncodeRoundTrip(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		config *Config
+	}{
+		{"default", DefaultConfig()},
+		{"custom", &Config{
+			StopTimeout: Duration{90 * time.Second},
+			ExitRetry: ExitRetry{
+				InitialDelay:   Duration{250 * time.Millisecond},
+				Factor:         1.25,
+				MaxDelay:       Duration{2 * time.Hour},
+				AttemptTimeout: Duration{1500 * time.Millisecond},
+			},
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			b, err := toml.Marshal(tc.config)
+			if err != nil {
+				t.Fatalf("encode: %v", err)
+			}
+			// Durations are written the way they are read, for
+			// `containerd config dump`.
+			if want := "stop_timeout = '" + tc.config.StopTimeout.String() + "'"; !strings.Contains(string(b), want) {
+				t.Errorf("encoded config\n%s\nlacks %s", b, want)
+			}
+			got, err := decodeConfig(string(b))
+			if err != nil {
+				t.Fatalf("decode %s: %v", b, err)
+			}
+			if *got != *tc.config {
+				t.Errorf("round trip = %+v, want %+v", *got, *tc.config)
+			}
+		})
+	}
+}
+
+func TestDurationText(t *testing.T) {
+	for _, tc := range []struct {
+		text    string
+		want    time.Duration
+		wantErr bool
+	}{
+		{text: "30s", want: 30 * time.Second},
+		{text: "1m30s", want: 90 * time.Second},
+		{text: "250ms", want: 250 * time.Millisecond},
+		{text: "0", want: 0},
+		{text: "-5s", want: -5 * time.Second},
+		{text: "", wantErr: true},
+		{text: "30", wantErr: true},
+		{text: "soon", wantErr: true},
+		{text: "1d", wantErr: true},
+	} {
+		t.Run(tc.text, func(t *testing.T) {
+			d := Duration{42}
+			err := d.UnmarshalText([]byte(tc.text))
+			if tc.wantErr {
+				if err == nil {
+					t.Fatalf("UnmarshalText(%q) = nil, want an error", tc.text)
+				}
+				if d != (Duration{42}) {
+					t.Errorf("failed UnmarshalText(%q) changed the duration to %v", tc.text, d)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("UnmarshalText(%q) = %v", tc.text, err)
+			}
+			if d.Duration() != tc.want {
+				t.Errorf("UnmarshalText(%q) = %v, want %v", tc.text, d.Duration(), tc.want)
+			}
+			// MarshalText and String write what UnmarshalText reads.
+			b, err := d.MarshalText()
+			if err != nil {
+				t.Fatalf("MarshalText() = %v", err)
+			}
+			if string(b) != tc.want.String() || d.String() != tc.want.String() {
+				t.Errorf("MarshalText() = %q, String() = %q, want %q", b, d.String(), tc.want.String())
+			}
+			var back Duration
+			if err := back.UnmarshalText(b); err != nil || back != d {
+				t.Errorf("UnmarshalText(MarshalText()) = %v, %v, want %v", back, err, d)
+			}
+		})
+	}
+}
