@@ -19,9 +19,12 @@ import (
 )
 
 // TestFailpointExitRetry fails the deletion of an exited pause task three
-// times: the pod is NOTREADY at once, StopPodSandbox returns once the fourth
-// attempt deleted the task, the task is deleted exactly once, and removal
-// leaves nothing behind.
+// times: the pod is NOTREADY at once, RemovePodSandbox returns once the
+// fourth attempt deleted the task, the task is deleted exactly once, and
+// nothing is left behind.
+//
+// CRI does not call the controller's Stop for a pod it already knows is
+// NOTREADY, so it is Shutdown, not Stop, that waits for the retries here.
 func TestFailpointExitRetry(t *testing.T) {
 	if !*failpoints {
 		t.Skip("needs -failpoints")
@@ -39,17 +42,22 @@ func TestFailpointExitRetry(t *testing.T) {
 		return podStatus(t, id).GetStatus().GetState() == runtimeapi.PodSandboxState_SANDBOX_NOTREADY
 	})
 	start := time.Now()
-	if _, err := daemon.runtime.StopPodSandbox(ctxT(t), &runtimeapi.StopPodSandboxRequest{PodSandboxId: id}); err != nil {
+	ctx := ctxT(t)
+	if _, err := daemon.runtime.StopPodSandbox(ctx, &runtimeapi.StopPodSandboxRequest{PodSandboxId: id}); err != nil {
 		t.Fatalf("StopPodSandbox: %v", err)
+	}
+	if _, err := daemon.runtime.RemovePodSandbox(ctx, &runtimeapi.RemovePodSandboxRequest{PodSandboxId: id}); err != nil {
+		t.Fatalf("RemovePodSandbox: %v", err)
 	}
 	// Retries after 1s, 2s and 4s (the default backoff): the fourth
 	// attempt, 7s after the first, succeeds.
 	if took := time.Since(start); took < 5*time.Second {
-		t.Errorf("StopPodSandbox returned after %s, before the retries could have run", took)
+		t.Errorf("RemovePodSandbox returned after %s, before the retries could have run", took)
 	}
 	if n := deletes(); n != 1 {
 		t.Errorf("pause task deleted %d times, want 1", n)
 	}
+	assertNoLeaks(t, id)
 }
 
 // countTaskDeletes counts containerd's task-delete events for container id
