@@ -30,9 +30,11 @@ const Namespace = "k8s.io"
 const (
 	LabelKind        = "io.berth.kind"
 	LabelKindSandbox = "sandbox"
-	// LabelRuntimeHandler and LabelNetNS record what Create was given.
+	// LabelRuntimeHandler and LabelNetNS record what Create was given, and
+	// LabelSELinux the process label Start chose, for recovery.
 	LabelRuntimeHandler = "io.berth.sandbox.runtime-handler"
 	LabelNetNS          = "io.berth.sandbox.netns"
+	LabelSELinux        = "io.berth.sandbox.selinux-label"
 	// ExtensionConfig holds the PodSandboxConfig.
 	ExtensionConfig = "io.berth.sandbox.config"
 )

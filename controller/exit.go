@@ -80,7 +80,15 @@ func (c *Controller) deleteTask(ctx context.Context, task containerd.Task) error
 	if !errdefs.IsNotFound(err) && !isShimGone(err) {
 		return fmt.Errorf("delete pause task: %w", err)
 	}
-	_, err = c.client.TaskService().Delete(ctx, &apitasks.DeleteTaskRequest{ContainerID: task.ID()})
+	return c.deleteFromTaskService(ctx, task.ID())
+}
+
+// deleteFromTaskService asks containerd's task service to delete the task
+// of container id and shut its shim down. It also reaps a shim whose task
+// was never created: containerd keeps such a shim registered after a
+// restart that cut a NewTask short, and only this call ends it.
+func (c *Controller) deleteFromTaskService(ctx context.Context, id string) error {
+	_, err := c.client.TaskService().Delete(ctx, &apitasks.DeleteTaskRequest{ContainerID: id})
 	if err := ignoreNotFound(errgrpc.ToNative(err)); err != nil {
 		return fmt.Errorf("delete pause task from the task service: %w", err)
 	}

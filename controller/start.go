@@ -104,7 +104,7 @@ func (c *Controller) start(ctx context.Context, sb *store.Sandbox, undo *rollbac
 		containerd.WithNewSnapshot(sb.ID, image,
 			snapshots.WithLabels(snapshots.FilterInheritedLabels(sb.Config.GetAnnotations()))),
 		containerd.WithNewSpec(spec.Opts...),
-		containerd.WithContainerLabels(containerLabels(sb)),
+		containerd.WithContainerLabels(containerLabels(sb, spec.ProcessLabel)),
 		containerd.WithContainerExtension(ExtensionConfig, sb.Config),
 		containerd.WithRuntime(rt.Type, sb.Runtime.Options),
 		// Keep the spec the options produced: no round trip to read it back.
@@ -210,8 +210,9 @@ func (c *Controller) pauseImage(ctx context.Context, snapshotter string) (contai
 }
 
 // containerLabels are the pause container's labels: the pod's, plus berth's
-// own, which say whose container it is and what Create was given.
-func containerLabels(sb *store.Sandbox) map[string]string {
+// own, which say whose container it is and what recovery needs that the
+// container does not hold otherwise.
+func containerLabels(sb *store.Sandbox, processLabel string) map[string]string {
 	l := maps.Clone(sb.Config.GetLabels())
 	if l == nil {
 		l = map[string]string{}
@@ -219,6 +220,7 @@ func containerLabels(sb *store.Sandbox) map[string]string {
 	l[LabelKind] = LabelKindSandbox
 	l[LabelRuntimeHandler] = sb.RuntimeHandler
 	l[LabelNetNS] = sb.NetNSPath
+	l[LabelSELinux] = processLabel
 	return l
 }
 

@@ -63,8 +63,10 @@ func withCgroupParent(p string) podOpt {
 	return func(c *runtimeapi.PodSandboxConfig) { c.Linux.CgroupParent = p }
 }
 
+// ctxT is a context for one CRI call of a test. It is not t.Context(),
+// which ends before the test's cleanups run.
 func ctxT(t *testing.T) context.Context {
-	ctx, cancel := context.WithTimeout(t.Context(), callTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
 	t.Cleanup(cancel)
 	return ctx
 }

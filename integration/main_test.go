@@ -8,6 +8,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -114,24 +115,7 @@ func startContainerd(bin string) (*containerdProcess, error) {
 	if out, err := render.CombinedOutput(); err != nil {
 		return d, fmt.Errorf("render config: %w: %s", err, out)
 	}
-	logFile, err := os.Create(d.logPath)
-	if err != nil {
-		return d, err
-	}
-	binary := "containerd"
-	if *failpoints {
-		binary = "containerd-failpoint"
-	}
-	d.cmd = exec.Command(filepath.Join(bin, binary), "--config", filepath.Join(dir, "config.toml"), "--log-level", "debug")
-	d.cmd.Stdout, d.cmd.Stderr = logFile, logFile
-	d.cmd.Env = append(os.Environ(), "PATH="+bin+":"+os.Getenv("PATH"))
-	// Its own process group: a signal to the test binary's group does not
-	// reach it before the tests have cleaned up.
-	d.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := d.cmd.Start(); err != nil {
-		return d, fmt.Errorf("start: %w", err)
-	}
-	if err := d.connect(); err != nil {
+	if err := d.start(); err != nil {
 		return d, err
 	}
 	for _, image := range []string{"pause.tar", "busybox.tar"} {
@@ -142,11 +126,47 @@ func startContainerd(bin string) (*containerdProcess, error) {
 	return d, nil
 }
 
+// start runs containerd on d's directory and connects to it.
+func (d *containerdProcess) start() error {
+	logFile, err := os.OpenFile(d.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return err
+	}
+	defer logFile.Close()
+	binary := "containerd"
+	if *failpoints {
+		binary = "containerd-failpoint"
+	}
+	d.cmd = exec.Command(filepath.Join(d.bin, binary), "--config", filepath.Join(d.dir, "config.toml"), "--log-level", "debug")
+	d.cmd.Stdout, d.cmd.Stderr = logFile, logFile
+	d.cmd.Env = append(os.Environ(), "PATH="+d.bin+":"+os.Getenv("PATH"))
+	// Its own process group: a signal to the test binary's group does not
+	// reach it before the tests have cleaned up.
+	d.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := d.cmd.Start(); err != nil {
+		return fmt.Errorf("start: %w", err)
+	}
+	return d.connect()
+}
+
+// kill sends sig to containerd and waits for it to exit. Shims and pods
+// live on, as they do when a node's containerd crashes.
+func (d *containerdProcess) kill(sig syscall.Signal) error {
+	d.client.Close()
+	d.conn.Close()
+	if err := d.cmd.Process.Signal(sig); err != nil {
+		return err
+	}
+	_ = d.cmd.Wait()
+	return nil
+}
+
 // connect waits for containerd's socket and dials CRI and containerd.
 func (d *containerdProcess) connect() error {
-	deadline := time.Now().Add(30 * time.Second)
+	deadline := time.Now().Add(60 * time.Second)
 	for {
-		if _, err := os.Stat(d.socket()); err == nil {
+		if c, err := net.Dial("unix", d.socket()); err == nil {
+			c.Close()
 			break
 		}
 		if time.Now().After(deadline) {

@@ -19,6 +19,9 @@ import (
 //	    factor = 2.0
 //	    max_delay = "5m"
 //	    attempt_timeout = "10s"
+//	  [plugins."io.containerd.sandbox.controller.v1.berth".recovery]
+//	    parallelism = 16
+//	    sandbox_timeout = "10s"
 //
 // Everything else (pause image, snapshotter, runtime handlers) comes from
 // CRI's own config, so a handler behaves the same under berth as under the
@@ -30,6 +33,19 @@ type Config struct {
 	// ExitRetry is the backoff for exit handling that failed, e.g. because
 	// the shim did not answer the task delete.
 	ExitRetry ExitRetry `toml:"exit_retry"`
+	// Recovery bounds the reload of berth's sandboxes when containerd
+	// starts.
+	Recovery Recovery `toml:"recovery"`
+}
+
+// Recovery configures the reload of sandboxes after a containerd restart.
+type Recovery struct {
+	// Parallelism is how many sandboxes are reloaded at once. Default 16.
+	Parallelism int `toml:"parallelism"`
+	// SandboxTimeout bounds the reload of one sandbox; a sandbox whose shim
+	// does not answer in time is reported NOTREADY and its task deleted in
+	// the background. Default 10s.
+	SandboxTimeout Duration `toml:"sandbox_timeout"`
 }
 
 // ExitRetry configures the retry of failed exit handling.
@@ -55,6 +71,7 @@ func DefaultConfig() *Config {
 			MaxDelay:       Duration{d.MaxDelay},
 			AttemptTimeout: Duration{d.AttemptTimeout},
 		},
+		Recovery: Recovery{Parallelism: 16, SandboxTimeout: Duration{10 * time.Second}},
 	}
 }
 
@@ -81,10 +98,14 @@ func (c *Config) Validate() error {
 		{"exit_retry.initial_delay", c.ExitRetry.InitialDelay},
 		{"exit_retry.max_delay", c.ExitRetry.MaxDelay},
 		{"exit_retry.attempt_timeout", c.ExitRetry.AttemptTimeout},
+		{"recovery.sandbox_timeout", c.Recovery.SandboxTimeout},
 	} {
 		if d.v.Duration() <= 0 {
 			errs = append(errs, fmt.Errorf("%s must be positive, got %s", d.key, d.v))
 		}
+	}
+	if c.Recovery.Parallelism < 1 {
+		errs = append(errs, fmt.Errorf("recovery.parallelism must be at least 1, got %d", c.Recovery.Parallelism))
 	}
 	// Written as !(>= 1) so that NaN is rejected too.
 	if !(c.ExitRetry.Factor >= 1) {

@@ -26,6 +26,7 @@ func TestDefaultConfig(t *testing.T) {
 			MaxDelay:       Duration{5 * time.Minute},
 			AttemptTimeout: Duration{10 * time.Second},
 		},
+		Recovery: Recovery{Parallelism: 16, SandboxTimeout: Duration{10 * time.Second}},
 	}
 	if *c != want {
 		t.Errorf("DefaultConfig() = %+v, want %+v", *c, want)
@@ -92,6 +93,16 @@ func TestConfigValidate(t *testing.T) {
 			name:    "negative stop timeout",
 			modify:  func(c *Config) { c.StopTimeout = Duration{-time.Second} },
 			wantErr: "stop_timeout",
+		},
+		{
+			name:    "zero recovery parallelism",
+			modify:  func(c *Config) { c.Recovery.Parallelism = 0 },
+			wantErr: "recovery.parallelism",
+		},
+		{
+			name:    "zero recovery timeout",
+			modify:  func(c *Config) { c.Recovery.SandboxTimeout = Duration{} },
+			wantErr: "recovery.sandbox_timeout",
 		},
 		{
 			name:    "zero factor",

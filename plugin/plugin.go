@@ -74,7 +74,7 @@ func initController(ic *plugin.InitContext) (*controller.Controller, error) {
 	}
 	monitor := events.New(cfg.ExitRetry.Events())
 	monitor.Start()
-	return controller.New(controller.Config{
+	c := controller.New(controller.Config{
 		CRI: cri,
 		Dirs: podsandbox.Dirs{
 			Root:     ic.Properties[plugins.PropertyRootDir],
@@ -86,5 +86,15 @@ func initController(ic *plugin.InitContext) (*controller.Controller, error) {
 		ExitTimeout:    cfg.ExitRetry.AttemptTimeout.Duration(),
 		SeccompEnabled: seccomp.IsEnabled(),
 		HostFiles:      podsandbox.DefaultHostFiles,
-	}, client, monitor), nil
+	}, client, monitor)
+	// Before CRI's own recovery, which runs once every plugin has loaded and
+	// asks berth for the state of each of its sandboxes.
+	if err := c.Recover(ic.Context, controller.RecoverConfig{
+		Parallelism: cfg.Recovery.Parallelism,
+		Timeout:     cfg.Recovery.SandboxTimeout.Duration(),
+	}); err != nil {
+		c.Close()
+		return nil, err
+	}
+	return c, nil
 }

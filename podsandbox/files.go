@@ -104,11 +104,23 @@ func (f Files) Create(cfg *runtimeapi.PodSandboxConfig, host HostFiles) error {
 			return fmt.Errorf("mount shm: %w", err)
 		}
 	}
-	if err := os.Symlink(f.RootDir, f.CRIRootDir); err != nil {
-		return fmt.Errorf("link sandbox root into CRI's: %w", err)
-	}
-	if err := os.Symlink(f.StateDir, f.CRIStateDir); err != nil {
-		return fmt.Errorf("link sandbox state into CRI's: %w", err)
+	return f.link(false)
+}
+
+// Relink puts back the links into CRI's directories if they are missing,
+// after a crash. Links already there are left alone.
+func (f Files) Relink() error {
+	return f.link(true)
+}
+
+func (f Files) link(keepExisting bool) error {
+	for _, l := range []struct{ target, link string }{
+		{f.RootDir, f.CRIRootDir}, {f.StateDir, f.CRIStateDir},
+	} {
+		err := os.Symlink(l.target, l.link)
+		if err != nil && !(keepExisting && errors.Is(err, fs.ErrExist)) {
+			return fmt.Errorf("link sandbox files into CRI's directory: %w", err)
+		}
 	}
 	return nil
 }

@@ -1,0 +1,221 @@
+package integration
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+)
+
+// restartPod is a pod made before a restart, and what the test expects of
+// it after.
+type restartPod struct {
+	cfg       *runtimeapi.PodSandboxConfig
+	id        string
+	container string // "" for pods without one
+	pid       int
+	want      runtimeapi.PodSandboxState
+}
+
+// TestRestartRecovery kills containerd with SIGKILL while berth has 50
+// running pods with containers, 10 stopped pods, and 5 pods whose pause
+// process is then killed while containerd is down. After the restart every
+// pod reports the right state, app containers still run and exec, and
+// everything can be stopped and removed without leaks.
+func TestRestartRecovery(t *testing.T) {
+	const running, stopped, killed = 50, 10, 5
+	pods := make([]*restartPod, running+stopped+killed)
+	for i := range pods {
+		p := &restartPod{cfg: podConfig(t, withName(strconv.Itoa(i))), want: runtimeapi.PodSandboxState_SANDBOX_READY}
+		if i >= running {
+			p.want = runtimeapi.PodSandboxState_SANDBOX_NOTREADY
+		}
+		pods[i] = p
+	}
+	t.Cleanup(func() {
+		for _, p := range pods {
+			if p.id != "" {
+				removePod(t, p.id)
+			}
+		}
+	})
+	parallel(t, len(pods), 8, func(i int) error {
+		p := pods[i]
+		ctx := ctxT(t)
+		resp, err := daemon.runtime.RunPodSandbox(ctx, &runtimeapi.RunPodSandboxRequest{Config: p.cfg, RuntimeHandler: handlerBerth})
+		if err != nil {
+			return err
+		}
+		p.id = resp.GetPodSandboxId()
+		p.pid = podPid(t, p.id)
+		switch {
+		case i < running:
+			p.container = startContainer(t, p.id, p.cfg, "sleep", "3600")
+		case i < running+stopped:
+			_, err = daemon.runtime.StopPodSandbox(ctx, &runtimeapi.StopPodSandboxRequest{PodSandboxId: p.id})
+		}
+		return err
+	})
+
+	if err := daemon.kill(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range pods[running+stopped:] {
+		if err := syscall.Kill(p.pid, syscall.SIGKILL); err != nil {
+			t.Fatalf("kill pause %d while containerd is down: %v", p.pid, err)
+		}
+	}
+	start := time.Now()
+	if err := daemon.start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("CRI answered %s after containerd started", time.Since(start).Round(time.Millisecond))
+
+	for _, p := range pods {
+		if got := podStatus(t, p.id).GetStatus().GetState(); got != p.want {
+			t.Errorf("pod %s: %v after restart, want %v", p.cfg.GetMetadata().GetName(), got, p.want)
+		}
+	}
+	ctrl := daemon.client.SandboxController(handlerBerth)
+	for _, p := range pods[running+stopped:] {
+		// The pause process's exit, seen by its shim while containerd was
+		// down, is what berth reports.
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		exit, err := ctrl.Wait(ctx, p.id)
+		cancel()
+		if err != nil || exit.ExitStatus != 128+uint32(syscall.SIGKILL) {
+			t.Errorf("pod %s killed while containerd was down: exit %+v, %v; want status %d",
+				p.cfg.GetMetadata().GetName(), exit, err, 128+syscall.SIGKILL)
+		}
+	}
+	parallel(t, running, 8, func(i int) error {
+		p := pods[i]
+		resp, err := daemon.runtime.ContainerStatus(ctxT(t), &runtimeapi.ContainerStatusRequest{ContainerId: p.container})
+		if err != nil {
+			return err
+		}
+		if s := resp.GetStatus().GetState(); s != runtimeapi.ContainerState_CONTAINER_RUNNING {
+			return fmt.Errorf("container of %s is %v after restart", p.cfg.GetMetadata().GetName(), s)
+		}
+		if out := execSync(t, p.container, "echo", "ok"); out != "ok\n" {
+			return fmt.Errorf("exec in %s: %q", p.cfg.GetMetadata().GetName(), out)
+		}
+		return nil
+	})
+	// A new pod runs beside the recovered ones.
+	runPod(t, podConfig(t, withName("after")), handlerBerth)
+}
+
+// TestRestartDuringRunPodSandbox kills containerd in the middle of 20
+// concurrent RunPodSandbox calls. After the restart, kubelet's cleanup of
+// the half-made pods and its retry of the same configs succeed, and once
+// those pods are removed nothing is left.
+func TestRestartDuringRunPodSandbox(t *testing.T) {
+	const pods = 20
+	// Cleanups run last first: this one, after every pod's removal.
+	t.Cleanup(func() { assertNothingLeft(t) })
+	cfgs := make([]*runtimeapi.PodSandboxConfig, pods)
+	for i := range cfgs {
+		cfgs[i] = podConfig(t, withName(strconv.Itoa(i)))
+	}
+	var wg sync.WaitGroup
+	succeeded := make(chan struct{}, pods)
+	for _, cfg := range cfgs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			// Errors are expected: containerd dies under the call.
+			_, err := daemon.runtime.RunPodSandbox(context.Background(), &runtimeapi.RunPodSandboxRequest{Config: cfg, RuntimeHandler: handlerBerth})
+			if err == nil {
+				succeeded <- struct{}{}
+			}
+		}()
+	}
+	// The first pod to be ready means the others are spread over every
+	// step of RunPodSandbox, berth's Start among them.
+	select {
+	case <-succeeded:
+	case <-time.After(time.Minute):
+		t.Fatal("no RunPodSandbox succeeded")
+	}
+	if err := daemon.kill(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	wg.Wait()
+	if err := daemon.start(); err != nil {
+		t.Fatal(err)
+	}
+	removeUnrecordedNetNS(t)
+
+	// What kubelet does: remove every sandbox of the pod that is not ready,
+	// then run the pod again unless a ready sandbox is left.
+	ctx := ctxT(t)
+	list, err := daemon.runtime.ListPodSandbox(ctx, &runtimeapi.ListPodSandboxRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ready := map[string]string{}
+	var readyN, notReadyN int
+	for _, sb := range list.GetItems() {
+		if sb.GetState() == runtimeapi.PodSandboxState_SANDBOX_READY {
+			ready[sb.GetMetadata().GetName()] = sb.GetId()
+			readyN++
+			continue
+		}
+		notReadyN++
+		removePod(t, sb.GetId())
+	}
+	t.Logf("after the restart: %d pods ready, %d not ready (removed), %d never recorded",
+		readyN, notReadyN, pods-readyN-notReadyN)
+	for _, cfg := range cfgs {
+		if id, ok := ready[cfg.GetMetadata().GetName()]; ok {
+			t.Cleanup(func() { removePod(t, id) })
+			continue
+		}
+		runPod(t, cfg, handlerBerth)
+	}
+}
+
+// removeUnrecordedNetNS removes the network namespaces CRI made for a
+// RunPodSandbox but had not yet recorded in the pod's sandbox record when
+// containerd died. CRI makes and records the netns before it calls any
+// sandbox controller, so none can know of them, and CRI's own removal of the
+// pod misses them; they are logged, not counted as berth's leaks.
+func removeUnrecordedNetNS(t *testing.T) {
+	t.Helper()
+	ctx := ctxT(t)
+	records, err := daemon.client.SandboxStore().List(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	recorded := map[string]bool{}
+	for _, r := range records {
+		var md struct{ Metadata struct{ NetNSPath string } }
+		if ext, ok := r.Extensions["metadata"]; ok {
+			if err := json.Unmarshal(ext.GetValue(), &md); err == nil && md.Metadata.NetNSPath != "" {
+				recorded[filepath.Base(md.Metadata.NetNSPath)] = true
+			}
+		}
+	}
+	dir := filepath.Join(daemon.criState(), "netns")
+	entries, _ := os.ReadDir(dir)
+	for _, e := range entries {
+		if recorded[e.Name()] {
+			continue
+		}
+		p := filepath.Join(dir, e.Name())
+		t.Logf("CRI made netns %s but had not recorded it when containerd died; removing it", p)
+		_ = syscall.Unmount(p, syscall.MNT_DETACH)
+		if err := os.Remove(p); err != nil {
+			t.Errorf("remove %s: %v", p, err)
+		}
+	}
+}
