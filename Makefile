@@ -4,6 +4,7 @@
 #   make up      run that containerd in the foreground under _output/
 #   make test    unit tests, then integration tests (root, real containerd)
 #   make soak    1000 pod lifecycles, then a leak and growth check
+#   make bench-restart  containerd restart with 300 live pods, berth vs built-in
 #   make lint    gofmt, go vet, staticcheck
 
 GO          ?= go
@@ -19,7 +20,7 @@ PAUSE_IMAGE   := localhost/berth/pause:1
 BUSYBOX_IMAGE := localhost/berth/busybox:1
 BUSYBOX       ?= /bin/busybox
 
-.PHONY: build binaries images up test unit integration soak lint clean
+.PHONY: build binaries images up test unit integration soak bench-restart lint clean
 
 build: binaries images
 
@@ -59,6 +60,11 @@ SOAK ?= 100
 integration: build
 	$(GO) test -count=1 -timeout 30m -v ./integration/... -args -bin $(BIN) -soak $(SOAK)
 	$(GO) test -count=1 -timeout 10m -v -run Failpoint ./integration/... -args -bin $(BIN) -failpoints
+
+# Restart with RESTART_PODS live pods, berth's and then the built-in's.
+RESTART_PODS ?= 300
+bench-restart: build
+	$(GO) test -count=1 -timeout 60m -v -run '^$$' -bench Restart -benchtime 1x ./integration/... -args -bin $(BIN) -restart-pods $(RESTART_PODS)
 
 soak: build
 	$(GO) test -count=1 -timeout 60m -v -run Soak ./integration/... -args -bin $(BIN) -soak 1000

@@ -57,10 +57,37 @@ func (c *Controller) deleteExitedTask(ctx context.Context, sb *store.Sandbox) er
 	if err := failpoint(sb, FailpointTaskDelete); err != nil {
 		return err
 	}
-	if inst := sb.Status().Instance; inst != nil {
-		if err := c.deleteTask(ctx, inst.Task); err != nil {
-			return err
+	inst := sb.Status().Instance
+	if inst == nil {
+		sb.SetDeleted()
+		return nil
+	}
+	t := inst.Task
+	if t == nil {
+		// Recovery could not load the task in time; load it now.
+		var err error
+		if t, err = inst.Container.Task(ctx, nil); errdefs.IsNotFound(err) {
+			return c.deleteLostTask(ctx, sb)
+		} else if err != nil {
+			return fmt.Errorf("load pause task: %w", err)
 		}
+	}
+	if err := c.deleteTask(ctx, t); err != nil {
+		return err
+	}
+	sb.SetDeleted()
+	return nil
+}
+
+// deleteLostTask cleans up after a pause task containerd does not know: a
+// NewTask cut short by a containerd crash can have left a shim registered
+// and a runc container the shim lost. Both are ended.
+func (c *Controller) deleteLostTask(ctx context.Context, sb *store.Sandbox) error {
+	if err := c.deleteFromTaskService(ctx, sb.ID); err != nil {
+		return err
+	}
+	if err := deleteRuncContainer(ctx, sb.Metadata); err != nil {
+		return err
 	}
 	sb.SetDeleted()
 	return nil

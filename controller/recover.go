@@ -151,14 +151,9 @@ func (c *Controller) reattach(ctx context.Context, sb *store.Sandbox) error {
 	t, err := inst.Container.Task(ctx, nil)
 	if errdefs.IsNotFound(err) {
 		// The exit was handled before the restart, or Start never made the
-		// task; either way the exit status is gone. A shim may still be
-		// registered for it (a NewTask cut short): end it.
+		// task; either way the exit status is gone.
 		sb.Exit(unknownExitCode, time.Now())
-		if err := c.deleteFromTaskService(ctx, sb.ID); err != nil {
-			return err
-		}
-		sb.SetDeleted()
-		return nil
+		return c.deleteLostTask(ctx, sb)
 	}
 	if err != nil {
 		return fmt.Errorf("load pause task: %w", err)
@@ -215,6 +210,9 @@ func (c *Controller) removeUnloadable(ctx context.Context, container containerd.
 		err = c.deleteTask(ctx, t)
 	}
 	if err := ignoreNotFound(err); err != nil {
+		return err
+	}
+	if err := c.deleteFromTaskService(ctx, container.ID()); err != nil {
 		return err
 	}
 	if err := ignoreNotFound(container.Delete(ctx, containerd.WithSnapshotCleanup)); err != nil {

@@ -50,8 +50,19 @@ func (c *Controller) stop(ctx context.Context, sb *store.Sandbox) error {
 	status := sb.Status()
 	if status.State == store.StateReady {
 		// Stop only kills the task; its exit goroutine deletes it.
-		if err := status.Instance.Task.Kill(ctx, syscall.SIGKILL); err != nil && !errdefs.IsNotFound(err) {
-			return fmt.Errorf("stop sandbox %q: kill pause task: %w", sb.ID, err)
+		kill := func(ctx context.Context) error {
+			return ignoreNotFound(status.Instance.Task.Kill(ctx, syscall.SIGKILL))
+		}
+		if err := kill(ctx); err != nil {
+			// A wedged shim: keep killing in the background, so that the
+			// pod dies as soon as the shim answers again.
+			c.monitor.Retry(context.WithoutCancel(ctx), sb.ID, kill)
+			if ctx.Err() != nil {
+				// The shim's error text says deadline; its class is lost on
+				// the way. Give the caller the class to branch on.
+				err = fmt.Errorf("%w: %v", ctx.Err(), err)
+			}
+			return fmt.Errorf("stop sandbox %q: kill pause task (retrying in the background): %w", sb.ID, err)
 		}
 	}
 	if status.State != store.StateCreated {

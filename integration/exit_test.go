@@ -12,6 +12,8 @@ import (
 	"time"
 
 	eventtypes "github.com/containerd/containerd/api/events"
+	"github.com/containerd/containerd/v2/core/sandbox"
+	"github.com/containerd/errdefs"
 	"github.com/containerd/typeurl/v2"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
@@ -104,6 +106,42 @@ func TestShimKilled(t *testing.T) {
 	t.Logf("NOTREADY %s after SIGKILL to the shim", took)
 }
 
+// TestWedgedShim freezes a pod's shim: Stop returns within its timeout
+// with an error, Status still answers at once, and once the shim thaws the
+// background retry kills the pod, which then removes without leaks.
+func TestWedgedShim(t *testing.T) {
+	id := runPod(t, podConfig(t), handlerBerth)
+	shims := shimsOf(id)
+	if len(shims) != 1 {
+		t.Fatalf("shims of %s: %v, want one", id, shims)
+	}
+	if err := syscall.Kill(shims[0], syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	thaw := func() { _ = syscall.Kill(shims[0], syscall.SIGCONT) }
+	t.Cleanup(thaw)
+
+	start := time.Now()
+	err := daemon.client.SandboxController(handlerBerth).Stop(ctxT(t), id, sandbox.WithTimeout(2*time.Second))
+	took := time.Since(start)
+	if !errdefs.IsDeadlineExceeded(err) || took > 5*time.Second {
+		t.Fatalf("Stop with a frozen shim: %v after %s, want DeadlineExceeded after about 2s", err, took)
+	}
+	start = time.Now()
+	if got := podStatus(t, id).GetStatus().GetState(); got != runtimeapi.PodSandboxState_SANDBOX_READY {
+		t.Errorf("state with a frozen shim %v, want READY: the kill has not gone through", got)
+	}
+	if took := time.Since(start); took > time.Second {
+		t.Errorf("PodSandboxStatus took %s with a frozen shim", took)
+	}
+
+	thaw()
+	took = eventually(t, 10*time.Second, "pod NOTREADY once the shim thawed", func() bool {
+		return podStatus(t, id).GetStatus().GetState() == runtimeapi.PodSandboxState_SANDBOX_NOTREADY
+	})
+	t.Logf("NOTREADY %s after the shim thawed", took)
+}
+
 // TestConcurrentStopWhileKilled stops and removes 50 pods concurrently
 // while their pause processes are being killed: no error reaches CRI and
 // nothing leaks.
@@ -165,8 +203,16 @@ func withName(suffix string) podOpt {
 
 // parallel runs fn(0..n-1) with at most width at once and fails the test
 // with every error.
-func parallel(t *testing.T, n, width int, fn func(i int) error) {
+func parallel(t testing.TB, n, width int, fn func(i int) error) {
 	t.Helper()
+	if err := runParallel(n, width, fn); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// runParallel runs fn(0..n-1) with at most width at once and returns every
+// error.
+func runParallel(n, width int, fn func(i int) error) error {
 	var (
 		wg   sync.WaitGroup
 		mu   sync.Mutex
@@ -187,7 +233,5 @@ func parallel(t *testing.T, n, width int, fn func(i int) error) {
 		}()
 	}
 	wg.Wait()
-	if err := errors.Join(errs...); err != nil {
-		t.Fatal(err)
-	}
+	return errors.Join(errs...)
 }

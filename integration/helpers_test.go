@@ -240,6 +240,9 @@ func assertNoLeaks(t *testing.T, id string) {
 	if pids := shimsOf(id); len(pids) > 0 {
 		t.Errorf("leak: shim processes %v for %s", pids, id)
 	}
+	if pids := cgroupProcs(id); len(pids) > 0 {
+		t.Errorf("leak: processes %v still in the pause container's cgroup", pids)
+	}
 	netnsDir := filepath.Join(daemon.criState(), "netns")
 	entries, _ := os.ReadDir(netnsDir)
 	if n := len(entries); n > livePods(t) {
@@ -293,6 +296,29 @@ func shimsOf(id string) []int {
 		}
 		if flags["-address"] == daemon.socket() && (id == "" || flags["-id"] == id) {
 			pids = append(pids, pid)
+		}
+	}
+	return pids
+}
+
+// cgroupProcs lists the processes in the cgroups named after container id
+// (runc's default cgroups path under containerd is /k8s.io/<id>), in every
+// v1 hierarchy and in v2.
+func cgroupProcs(id string) []string {
+	files, _ := filepath.Glob(filepath.Join("/sys/fs/cgroup", "*", "k8s.io", id, "cgroup.procs"))
+	files = append(files, filepath.Join("/sys/fs/cgroup", "k8s.io", id, "cgroup.procs"))
+	seen := map[string]bool{}
+	var pids []string
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			continue
+		}
+		for _, pid := range strings.Fields(string(b)) {
+			if !seen[pid] {
+				seen[pid] = true
+				pids = append(pids, pid)
+			}
 		}
 	}
 	return pids

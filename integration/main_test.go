@@ -39,7 +39,7 @@ const (
 	busyboxImage   = "localhost/berth/busybox:1"
 	// bridge and subnet of the tests' CNI network; pods get addresses here.
 	testBridge = "berthtest0"
-	testSubnet = "10.89.0.0/24"
+	testSubnet = "10.89.0.0/16"
 	// callTimeout bounds every CRI call.
 	callTimeout = 2 * time.Minute
 )
@@ -110,6 +110,9 @@ func startContainerd(bin string) (*containerdProcess, error) {
 		return nil, err
 	}
 	d := &containerdProcess{dir: dir, bin: bin, logPath: filepath.Join(dir, "containerd.log")}
+	// The CNI bridge is the tests' own; one left by an earlier run may carry
+	// another subnet's address.
+	deleteBridge()
 	// Tests run in the package directory; the script is the one make up uses.
 	render := exec.Command("../hack/render-config.sh", dir, bin, testBridge, testSubnet)
 	if out, err := render.CombinedOutput(); err != nil {
@@ -230,10 +233,15 @@ func (d *containerdProcess) stop() error {
 		fmt.Println("containerd directory kept:", d.dir)
 		return nil
 	}
+	deleteBridge()
 	for _, m := range mountsUnder(d.dir) {
 		_ = syscall.Unmount(m, syscall.MNT_DETACH)
 	}
 	return os.RemoveAll(d.dir)
+}
+
+func deleteBridge() {
+	_ = exec.Command("ip", "link", "delete", testBridge).Run()
 }
 
 // logTail is the end of containerd's log, for failure messages.

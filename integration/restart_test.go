@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -110,6 +111,22 @@ func TestRestartRecovery(t *testing.T) {
 		}
 		return nil
 	})
+	// CRI mounts the pod's files into containers made after the restart
+	// from the links berth kept in CRI's directories.
+	p := pods[0]
+	ctr := startContainer(t, p.id, p.cfg, "sleep", "3600")
+	// The pod sets no hostname, so its hostname file holds the node's.
+	if node, _ := os.Hostname(); execSync(t, ctr, "cat", "/etc/hostname") != node+"\n" {
+		t.Errorf("/etc/hostname in a container made after the restart is not the pod's")
+	}
+	for _, f := range []string{"/etc/hostname", "/etc/hosts", "/etc/resolv.conf"} {
+		if got := execSync(t, ctr, "grep", " "+f+" ", "/proc/self/mounts"); got == "" {
+			t.Errorf("%s is not mounted into a container made after the restart", f)
+		}
+	}
+	if got := execSync(t, ctr, "grep", " /dev/shm ", "/proc/self/mounts"); !strings.Contains(got, "tmpfs") {
+		t.Errorf("/dev/shm in a container made after the restart is not the pod's tmpfs: %q", got)
+	}
 	// A new pod runs beside the recovered ones.
 	runPod(t, podConfig(t, withName("after")), handlerBerth)
 }

@@ -1,0 +1,92 @@
+package integration
+
+import (
+	"context"
+	"flag"
+	"strconv"
+	"syscall"
+	"testing"
+	"time"
+
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+)
+
+var restartPods = flag.Int("restart-pods", 300, "live pods per handler in BenchmarkRestart")
+
+// BenchmarkRestart measures how long containerd takes, after a SIGKILL and
+// a restart with -restart-pods live pods, until CRI reports every pod READY:
+// once with berth's pods, once with the built-in controller's, in the same
+// run. Run it with `make bench-restart`.
+func BenchmarkRestart(b *testing.B) {
+	for _, handler := range []string{handlerBerth, handlerBuiltin} {
+		b.Run(handler, func(b *testing.B) {
+			for range b.N {
+				b.StopTimer()
+				ids := make([]string, *restartPods)
+				parallel(b, len(ids), 8, func(i int) error {
+					resp, err := daemon.runtime.RunPodSandbox(context.Background(), &runtimeapi.RunPodSandboxRequest{
+						Config:         benchPodConfig(handler, i),
+						RuntimeHandler: handler,
+					})
+					ids[i] = resp.GetPodSandboxId()
+					return err
+				})
+				if err := daemon.kill(syscall.SIGKILL); err != nil {
+					b.Fatal(err)
+				}
+
+				b.StartTimer()
+				start := time.Now()
+				if err := daemon.start(); err != nil {
+					b.Fatal(err)
+				}
+				answered := time.Since(start)
+				for !allReady(ids) {
+					time.Sleep(10 * time.Millisecond)
+				}
+				ready := time.Since(start)
+				b.StopTimer()
+				b.ReportMetric(ready.Seconds(), "s-to-all-ready")
+				b.ReportMetric(answered.Seconds(), "s-to-CRI")
+				b.Logf("%s: %d pods: CRI answered after %s, all READY after %s", handler, len(ids), answered.Round(time.Millisecond), ready.Round(time.Millisecond))
+
+				parallel(b, len(ids), 8, func(i int) error {
+					ctx := context.Background()
+					if _, err := daemon.runtime.StopPodSandbox(ctx, &runtimeapi.StopPodSandboxRequest{PodSandboxId: ids[i]}); err != nil {
+						return err
+					}
+					_, err := daemon.runtime.RemovePodSandbox(ctx, &runtimeapi.RemovePodSandboxRequest{PodSandboxId: ids[i]})
+					return err
+				})
+			}
+		})
+	}
+}
+
+func benchPodConfig(handler string, i int) *runtimeapi.PodSandboxConfig {
+	name := "bench-" + handler + "-" + strconv.Itoa(i)
+	return &runtimeapi.PodSandboxConfig{
+		Metadata: &runtimeapi.PodSandboxMetadata{Name: name, Namespace: "berth-bench", Uid: name + "-" + strconv.FormatInt(time.Now().UnixNano(), 36)},
+		Linux:    &runtimeapi.LinuxPodSandboxConfig{},
+	}
+}
+
+// allReady reports whether CRI lists every pod in ids as READY.
+func allReady(ids []string) bool {
+	resp, err := daemon.runtime.ListPodSandbox(context.Background(), &runtimeapi.ListPodSandboxRequest{
+		Filter: &runtimeapi.PodSandboxFilter{State: &runtimeapi.PodSandboxStateValue{State: runtimeapi.PodSandboxState_SANDBOX_READY}},
+	})
+	if err != nil {
+		return false
+	}
+	ready := map[string]bool{}
+	for _, sb := range resp.GetItems() {
+		ready[sb.GetId()] = true
+	}
+	for _, id := range ids {
+		if !ready[id] {
+			return false
+		}
+	}
+	return true
+}
