@@ -68,6 +68,10 @@ type Runtime struct {
 	Snapshotter string
 	// PodAnnotations are the pod annotation patterns passed into the spec.
 	PodAnnotations []string
+	// BuiltinPause runs the handler's pods on berth's built-in pause (the
+	// shared rootfs at Config.BuiltinPauseRootfs) instead of the pause
+	// image. A berth setting, not CRI's.
+	BuiltinPause bool
 }
 
 // CRIConfig is the part of CRI's runtime and image config berth follows, so
@@ -100,6 +104,9 @@ type Config struct {
 	SeccompEnabled bool
 	// HostFiles are the node files a pod's hosts and resolv.conf start from.
 	HostFiles podsandbox.HostFiles
+	// BuiltinPauseRootfs is the shared rootfs of the built-in pause, ""
+	// when no handler uses it.
+	BuiltinPauseRootfs string
 }
 
 // Controller is berth's sandbox controller.

@@ -15,6 +15,7 @@ import (
 	"github.com/containerd/log"
 	"github.com/containerd/typeurl/v2"
 	"github.com/distribution/reference"
+	imagespec "github.com/opencontainers/image-spec/specs-go/v1"
 	runtimespec "github.com/opencontainers/runtime-spec/specs-go"
 	"github.com/opencontainers/selinux/go-selinux"
 
@@ -62,22 +63,19 @@ func (c *Controller) start(ctx context.Context, sb *store.Sandbox, undo *rollbac
 	if snapshotter == "" {
 		snapshotter = c.config.CRI.Snapshotter
 	}
-	image, err := c.pauseImage(ctx, snapshotter)
+	pause, err := c.pauseSource(ctx, rt, snapshotter)
 	if err != nil {
 		return sandbox.ControllerInstance{}, err
-	}
-	imageSpec, err := image.Spec(ctx)
-	if err != nil {
-		return sandbox.ControllerInstance{}, fmt.Errorf("read pause image config: %w", err)
 	}
 
 	files := c.config.Dirs.Files(sb.ID)
 	spec, err := podsandbox.GenerateSpec(podsandbox.SpecConfig{
 		ID:                      sb.ID,
 		Config:                  sb.Config,
-		Image:                   imageSpec.Config,
-		ImageName:               image.Name(),
+		Image:                   pause.config,
+		ImageName:               pause.name,
 		NetNSPath:               sb.NetNSPath,
+		Rootfs:                  pause.rootfs,
 		Files:                   files,
 		PodAnnotations:          rt.PodAnnotations,
 		EnableUnprivilegedPorts: c.config.CRI.EnableUnprivilegedPorts,
@@ -99,10 +97,17 @@ func (c *Controller) start(ctx context.Context, sb *store.Sandbox, undo *rollbac
 	}
 
 	var specAny typeurl.Any
-	container, err := c.client.NewContainer(ctx, sb.ID,
-		containerd.WithSnapshotter(snapshotter),
-		containerd.WithNewSnapshot(sb.ID, image,
-			snapshots.WithLabels(snapshots.FilterInheritedLabels(sb.Config.GetAnnotations()))),
+	var rootfsOpts []containerd.NewContainerOpts
+	if pause.image != nil {
+		rootfsOpts = append(rootfsOpts,
+			containerd.WithSnapshotter(snapshotter),
+			containerd.WithNewSnapshot(sb.ID, pause.image,
+				snapshots.WithLabels(snapshots.FilterInheritedLabels(sb.Config.GetAnnotations()))))
+	} else {
+		// The shared built-in rootfs: no snapshot.
+		snapshotter = ""
+	}
+	container, err := c.client.NewContainer(ctx, sb.ID, append(rootfsOpts,
 		containerd.WithNewSpec(spec.Opts...),
 		containerd.WithContainerLabels(containerLabels(sb, spec.ProcessLabel)),
 		containerd.WithContainerExtension(ExtensionConfig, sb.Config),
@@ -112,7 +117,7 @@ func (c *Controller) start(ctx context.Context, sb *store.Sandbox, undo *rollbac
 			specAny = c.Spec
 			return nil
 		},
-	)
+	)...)
 	if err != nil {
 		return sandbox.ControllerInstance{}, fmt.Errorf("create pause container: %w", err)
 	}
@@ -154,7 +159,7 @@ func (c *Controller) start(ctx context.Context, sb *store.Sandbox, undo *rollbac
 		Container:    container,
 		Task:         task,
 		Spec:         &ociSpec,
-		Image:        image.Name(),
+		Image:        pause.name,
 		Snapshotter:  snapshotter,
 		RuntimeType:  rt.Type,
 		ProcessLabel: spec.ProcessLabel,
@@ -182,6 +187,36 @@ func (c *Controller) start(ctx context.Context, sb *store.Sandbox, undo *rollbac
 		Labels:    labels,
 		Spec:      specAny,
 	}, nil
+}
+
+// pause is what a pause container is made from: an image, or berth's
+// built-in pause.
+type pause struct {
+	// image is nil for the built-in pause.
+	image  containerd.Image
+	config imagespec.ImageConfig
+	name   string
+	// rootfs is the built-in pause's shared rootfs, "" for an image.
+	rootfs string
+}
+
+// pauseSource returns what the handler's pause container is made from.
+func (c *Controller) pauseSource(ctx context.Context, rt Runtime, snapshotter string) (pause, error) {
+	if rt.BuiltinPause {
+		if c.config.BuiltinPauseRootfs == "" {
+			return pause{}, fmt.Errorf("built-in pause rootfs is not prepared: %w", errdefs.ErrFailedPrecondition)
+		}
+		return pause{config: podsandbox.BuiltinPauseImage, name: podsandbox.BuiltinPauseName, rootfs: c.config.BuiltinPauseRootfs}, nil
+	}
+	image, err := c.pauseImage(ctx, snapshotter)
+	if err != nil {
+		return pause{}, err
+	}
+	imageSpec, err := image.Spec(ctx)
+	if err != nil {
+		return pause{}, fmt.Errorf("read pause image config: %w", err)
+	}
+	return pause{image: image, config: imageSpec.Config, name: image.Name()}, nil
 }
 
 // pauseImage returns the pause image CRI pinned, unpacked for snapshotter.

@@ -127,15 +127,21 @@ func podPid(t *testing.T, id string) int {
 	return int(pid)
 }
 
-// startContainer creates and starts a busybox container running cmd in the
-// pod, and registers its removal.
+// startContainer creates and starts a busybox container named app running
+// cmd in the pod, and registers its removal.
 func startContainer(t *testing.T, podID string, pod *runtimeapi.PodSandboxConfig, cmd ...string) string {
+	t.Helper()
+	return startNamedContainer(t, "app", podID, pod, cmd...)
+}
+
+// startNamedContainer is startContainer with a container name of its own.
+func startNamedContainer(t *testing.T, name, podID string, pod *runtimeapi.PodSandboxConfig, cmd ...string) string {
 	t.Helper()
 	ctx := ctxT(t)
 	resp, err := daemon.runtime.CreateContainer(ctx, &runtimeapi.CreateContainerRequest{
 		PodSandboxId: podID,
 		Config: &runtimeapi.ContainerConfig{
-			Metadata: &runtimeapi.ContainerMetadata{Name: "app"},
+			Metadata: &runtimeapi.ContainerMetadata{Name: name},
 			Image:    &runtimeapi.ImageSpec{Image: busyboxImage},
 			Command:  cmd,
 			Linux:    &runtimeapi.LinuxContainerConfig{},

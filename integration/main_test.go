@@ -212,6 +212,9 @@ func (d *containerdProcess) importImage(path string) error {
 // stop ends the containerd this binary started (SIGTERM, then SIGKILL) and
 // removes its directory, unmounting what is still mounted under it.
 func (d *containerdProcess) stop() error {
+	// Pods a failed test left behind would outlive containerd: their shims
+	// and pause processes run on their own.
+	d.removeAllPods()
 	if d.client != nil {
 		d.client.Close()
 	}
@@ -238,6 +241,24 @@ func (d *containerdProcess) stop() error {
 		_ = syscall.Unmount(m, syscall.MNT_DETACH)
 	}
 	return os.RemoveAll(d.dir)
+}
+
+// removeAllPods stops and removes every pod CRI lists, best effort.
+func (d *containerdProcess) removeAllPods() {
+	if d.runtime == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	list, err := d.runtime.ListPodSandbox(ctx, &runtimeapi.ListPodSandboxRequest{})
+	if err != nil {
+		return
+	}
+	for _, sb := range list.GetItems() {
+		fmt.Fprintln(os.Stderr, "removing pod left behind:", sb.GetId())
+		_, _ = d.runtime.StopPodSandbox(ctx, &runtimeapi.StopPodSandboxRequest{PodSandboxId: sb.GetId()})
+		_, _ = d.runtime.RemovePodSandbox(ctx, &runtimeapi.RemovePodSandboxRequest{PodSandboxId: sb.GetId()})
+	}
 }
 
 func deleteBridge() {

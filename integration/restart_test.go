@@ -114,7 +114,7 @@ func TestRestartRecovery(t *testing.T) {
 	// CRI mounts the pod's files into containers made after the restart
 	// from the links berth kept in CRI's directories.
 	p := pods[0]
-	ctr := startContainer(t, p.id, p.cfg, "sleep", "3600")
+	ctr := startNamedContainer(t, "after-restart", p.id, p.cfg, "sleep", "3600")
 	// The pod sets no hostname, so its hostname file holds the node's.
 	if node, _ := os.Hostname(); execSync(t, ctr, "cat", "/etc/hostname") != node+"\n" {
 		t.Errorf("/etc/hostname in a container made after the restart is not the pod's")

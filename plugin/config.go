@@ -3,6 +3,7 @@ package plugin
 import (
 	"errors"
 	"fmt"
+	"path/filepath"
 	"time"
 
 	"github.com/containerd/errdefs"
@@ -19,6 +20,8 @@ import (
 //	    factor = 2.0
 //	    max_delay = "5m"
 //	    attempt_timeout = "10s"
+//	  builtin_pause_handlers = []
+//	  builtin_pause_binary = "/usr/local/bin/berth-pause"
 //	  [plugins."io.containerd.sandbox.controller.v1.berth".recovery]
 //	    parallelism = 16
 //	    sandbox_timeout = "10s"
@@ -36,6 +39,15 @@ type Config struct {
 	// Recovery bounds the reload of berth's sandboxes when containerd
 	// starts.
 	Recovery Recovery `toml:"recovery"`
+	// BuiltinPauseHandlers are the CRI runtime handlers whose pods run
+	// berth's built-in pause: BuiltinPauseBinary in a read-only rootfs that
+	// berth prepares once and every such pod shares, with no pause image,
+	// pull, unpack or per-pod snapshot. Pair each with CRI's
+	// disable_pause_image_pull = true. Default none.
+	BuiltinPauseHandlers []string `toml:"builtin_pause_handlers"`
+	// BuiltinPauseBinary is the static pause binary (cmd/berth-pause) the
+	// built-in pause runs. Default /usr/local/bin/berth-pause.
+	BuiltinPauseBinary string `toml:"builtin_pause_binary"`
 }
 
 // Recovery configures the reload of sandboxes after a containerd restart.
@@ -72,6 +84,9 @@ func DefaultConfig() *Config {
 			AttemptTimeout: Duration{d.AttemptTimeout},
 		},
 		Recovery: Recovery{Parallelism: 16, SandboxTimeout: Duration{10 * time.Second}},
+		// Empty, not nil, so that `containerd config dump` shows the key.
+		BuiltinPauseHandlers: []string{},
+		BuiltinPauseBinary:   "/usr/local/bin/berth-pause",
 	}
 }
 
@@ -103,6 +118,9 @@ func (c *Config) Validate() error {
 		if d.v.Duration() <= 0 {
 			errs = append(errs, fmt.Errorf("%s must be positive, got %s", d.key, d.v))
 		}
+	}
+	if len(c.BuiltinPauseHandlers) > 0 && !filepath.IsAbs(c.BuiltinPauseBinary) {
+		errs = append(errs, fmt.Errorf("builtin_pause_binary must be an absolute path, got %q", c.BuiltinPauseBinary))
 	}
 	if c.Recovery.Parallelism < 1 {
 		errs = append(errs, fmt.Errorf("recovery.parallelism must be at least 1, got %d", c.Recovery.Parallelism))

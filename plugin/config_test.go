@@ -3,6 +3,7 @@ package plugin
 import (
 	"bytes"
 	"math"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -26,9 +27,11 @@ func TestDefaultConfig(t *testing.T) {
 			MaxDelay:       Duration{5 * time.Minute},
 			AttemptTimeout: Duration{10 * time.Second},
 		},
-		Recovery: Recovery{Parallelism: 16, SandboxTimeout: Duration{10 * time.Second}},
+		Recovery:             Recovery{Parallelism: 16, SandboxTimeout: Duration{10 * time.Second}},
+		BuiltinPauseHandlers: []string{},
+		BuiltinPauseBinary:   "/usr/local/bin/berth-pause",
 	}
-	if *c != want {
+	if !reflect.DeepEqual(*c, want) {
 		t.Errorf("DefaultConfig() = %+v, want %+v", *c, want)
 	}
 	if got := c.ExitRetry.Events(); got != events.DefaultConfig() {
@@ -93,6 +96,14 @@ func TestConfigValidate(t *testing.T) {
 			name:    "negative stop timeout",
 			modify:  func(c *Config) { c.StopTimeout = Duration{-time.Second} },
 			wantErr: "stop_timeout",
+		},
+		{
+			name: "builtin pause with a relative binary",
+			modify: func(c *Config) {
+				c.BuiltinPauseHandlers = []string{"berth-builtin"}
+				c.BuiltinPauseBinary = "berth-pause"
+			},
+			wantErr: "builtin_pause_binary",
 		},
 		{
 			name:    "zero recovery parallelism",
@@ -265,7 +276,7 @@ attempt_timeout = "1h"
 			}
 			want := DefaultConfig()
 			tc.modify(want)
-			if *got != *want {
+			if !reflect.DeepEqual(got, want) {
 				t.Errorf("decoded %+v, want %+v", *got, *want)
 			}
 			if err := got.Validate(); err != nil {
@@ -313,6 +324,9 @@ func TestConfigEncodeRoundTrip(t *testing.T) {
 				MaxDelay:       Duration{2 * time.Hour},
 				AttemptTimeout: Duration{1500 * time.Millisecond},
 			},
+			Recovery:             Recovery{Parallelism: 4, SandboxTimeout: Duration{3 * time.Second}},
+			BuiltinPauseHandlers: []string{"berth-builtin"},
+			BuiltinPauseBinary:   "/opt/berth/pause",
 		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -329,7 +343,7 @@ func TestConfigEncodeRoundTrip(t *testing.T) {
 			if err != nil {
 				t.Fatalf("decode %s: %v", b, err)
 			}
-			if *got != *tc.config {
+			if !reflect.DeepEqual(got, tc.config) {
 				t.Errorf("round trip = %+v, want %+v", *got, *tc.config)
 			}
 		})

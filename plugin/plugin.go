@@ -8,6 +8,7 @@ package plugin
 
 import (
 	"fmt"
+	"path/filepath"
 
 	containerd "github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/pkg/seccomp"
@@ -64,6 +65,22 @@ func initController(ic *plugin.InitContext) (*controller.Controller, error) {
 	if err != nil {
 		return nil, err
 	}
+	root := ic.Properties[plugins.PropertyRootDir]
+	var pauseRootfs string
+	if len(cfg.BuiltinPauseHandlers) > 0 {
+		if pauseRootfs, err = podsandbox.PrepareRootfs(filepath.Join(root, "pause"), cfg.BuiltinPauseBinary); err != nil {
+			return nil, err
+		}
+	}
+	for _, h := range cfg.BuiltinPauseHandlers {
+		r, ok := cri.Runtimes[h]
+		if !ok {
+			log.G(ic.Context).WithField("runtime_handler", h).Warn("builtin_pause_handlers names a runtime handler CRI does not have")
+			continue
+		}
+		r.BuiltinPause = true
+		cri.Runtimes[h] = r
+	}
 	client, err := containerd.New("",
 		containerd.WithDefaultNamespace(controller.Namespace),
 		containerd.WithDefaultPlatform(platforms.Default()),
@@ -77,15 +94,16 @@ func initController(ic *plugin.InitContext) (*controller.Controller, error) {
 	c := controller.New(controller.Config{
 		CRI: cri,
 		Dirs: podsandbox.Dirs{
-			Root:     ic.Properties[plugins.PropertyRootDir],
+			Root:     root,
 			State:    ic.Properties[plugins.PropertyStateDir],
 			CRIRoot:  criRoot,
 			CRIState: criState,
 		},
-		StopTimeout:    cfg.StopTimeout.Duration(),
-		ExitTimeout:    cfg.ExitRetry.AttemptTimeout.Duration(),
-		SeccompEnabled: seccomp.IsEnabled(),
-		HostFiles:      podsandbox.DefaultHostFiles,
+		StopTimeout:        cfg.StopTimeout.Duration(),
+		ExitTimeout:        cfg.ExitRetry.AttemptTimeout.Duration(),
+		SeccompEnabled:     seccomp.IsEnabled(),
+		HostFiles:          podsandbox.DefaultHostFiles,
+		BuiltinPauseRootfs: pauseRootfs,
 	}, client, monitor)
 	// Before CRI's own recovery, which runs once every plugin has loaded and
 	// asks berth for the state of each of its sandboxes.

@@ -4,6 +4,7 @@
 package podsandbox
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"maps"
@@ -64,7 +65,11 @@ type SpecConfig struct {
 	ImageName string
 	// NetNSPath is the pod's network namespace; unused for host network.
 	NetNSPath string
-	Files     Files
+	// Rootfs is the pause container's rootfs: "" for the image's snapshot,
+	// mounted by the shim at the bundle's "rootfs", or the absolute path of
+	// the built-in pause's shared rootfs.
+	Rootfs string
+	Files  Files
 	// PodAnnotations are the runtime handler's pod_annotations patterns:
 	// pod annotations matching one are copied into the spec.
 	PodAnnotations []string
@@ -124,7 +129,7 @@ func GenerateSpec(c SpecConfig) (Spec, error) {
 	opts := []oci.SpecOpts{
 		oci.WithoutRunMount,
 		withoutDefaultSecuritySettings,
-		oci.WithRootFSPath(rootfsPath),
+		oci.WithRootFSPath(cmp.Or(c.Rootfs, rootfsPath)),
 		oci.WithRootFSReadonly(),
 		oci.WithEnv(c.Image.Env),
 		oci.WithProcessArgs(append(append([]string{}, c.Image.Entrypoint...), c.Image.Cmd...)...),

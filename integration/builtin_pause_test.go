@@ -1,0 +1,76 @@
+package integration
+
+import (
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/containerd/errdefs"
+)
+
+const handlerBuiltinPause = "berth-builtin"
+
+// TestBuiltinPause runs a pod and a container with berth's built-in pause
+// while containerd has no pause image at all: the pause runs from the
+// shared read-only rootfs as nobody, no snapshot is made for it, and the
+// pod removes without leaks.
+func TestBuiltinPause(t *testing.T) {
+	ctx := ctxT(t)
+	if err := daemon.client.ImageService().Delete(ctx, pauseImage); err != nil {
+		t.Fatalf("delete pause image: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := daemon.importImage(filepath.Join(daemon.bin, "images", "pause.tar")); err != nil {
+			t.Fatalf("re-import pause image: %v", err)
+		}
+	})
+
+	cfg := podConfig(t, withHostname("builtin"))
+	pod := runPod(t, cfg, handlerBuiltinPause)
+	ctr := startContainer(t, pod, cfg, "sleep", "3600")
+	if got := strings.TrimSpace(execSync(t, ctr, "hostname")); got != "builtin" {
+		t.Errorf("hostname %q, want builtin", got)
+	}
+
+	if _, err := daemon.client.SnapshotService("overlayfs").Stat(ctx, pod); !errdefs.IsNotFound(err) {
+		t.Errorf("snapshot for the built-in pause: %v, want none", err)
+	}
+	info, err := daemon.client.ContainerService().Get(ctx, pod)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.SnapshotKey != "" || info.Image != "" {
+		t.Errorf("pause container has snapshot %q and image %q, want neither", info.SnapshotKey, info.Image)
+	}
+
+	pid := strconv.Itoa(podPid(t, pod))
+	status, err := os.ReadFile(filepath.Join("/proc", pid, "status"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(status), "\n") {
+		if f := strings.Fields(line); len(f) > 1 && (f[0] == "Uid:" || f[0] == "Gid:") && f[1] != "65535" {
+			t.Errorf("pause process %s, want 65535", line)
+		}
+		if f := strings.Fields(line); len(f) > 1 && f[0] == "CapEff:" && strings.Trim(f[1], "0") != "" {
+			t.Errorf("pause process has capabilities: %s", line)
+		}
+		if f := strings.Fields(line); len(f) > 1 && f[0] == "NoNewPrivs:" && f[1] != "1" {
+			t.Errorf("pause process may gain privileges: %s", line)
+		}
+		if f := strings.Fields(line); len(f) > 1 && f[0] == "Seccomp:" && f[1] != "2" {
+			t.Errorf("pause process is not under a seccomp filter: %s", line)
+		}
+	}
+	mounts, err := os.ReadFile(filepath.Join("/proc", pid, "mountinfo"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(mounts), "\n") {
+		if f := strings.Fields(line); len(f) > 5 && f[4] == "/" && !strings.HasPrefix(f[5], "ro") {
+			t.Errorf("pause rootfs is writable: %s", line)
+		}
+	}
+}
