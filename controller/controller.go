@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/containerd/containerd/api/types"
 	containerd "github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/core/sandbox"
 	"github.com/containerd/errdefs"
@@ -35,6 +34,8 @@ const (
 	LabelRuntimeHandler = "io.berth.sandbox.runtime-handler"
 	LabelNetNS          = "io.berth.sandbox.netns"
 	LabelSELinux        = "io.berth.sandbox.selinux-label"
+	// LabelResources holds the pod resources last applied by Update, JSON.
+	LabelResources = "io.berth.sandbox.resources"
 	// ExtensionConfig holds the PodSandboxConfig.
 	ExtensionConfig = "io.berth.sandbox.config"
 )
@@ -107,6 +108,9 @@ type Config struct {
 	// BuiltinPauseRootfs is the shared rootfs of the built-in pause, ""
 	// when no handler uses it.
 	BuiltinPauseRootfs string
+	// ContainerdAddress is containerd's gRPC address; shims derive their
+	// socket from it.
+	ContainerdAddress string
 }
 
 // Controller is berth's sandbox controller.
@@ -144,16 +148,6 @@ func (c *Controller) Platform(_ context.Context, id string) (imagespec.Platform,
 		return imagespec.Platform{}, err
 	}
 	return platforms.DefaultSpec(), nil
-}
-
-// Metrics is not implemented yet; CRI does not call it.
-func (c *Controller) Metrics(context.Context, string) (*types.Metric, error) {
-	return nil, fmt.Errorf("sandbox metrics: %w", errdefs.ErrNotImplemented)
-}
-
-// Update is not implemented yet; CRI tolerates ErrNotImplemented.
-func (c *Controller) Update(context.Context, string, sandbox.Sandbox, ...string) error {
-	return fmt.Errorf("sandbox update: %w", errdefs.ErrNotImplemented)
 }
 
 // runtime resolves the CRI runtime handler of a sandbox the way CRI does.

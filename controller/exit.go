@@ -80,13 +80,18 @@ func (c *Controller) deleteExitedTask(ctx context.Context, sb *store.Sandbox) er
 }
 
 // deleteLostTask cleans up after a pause task containerd does not know: a
-// NewTask cut short by a containerd crash can have left a shim registered
-// and a runc container the shim lost. Both are ended.
+// NewTask cut short by a containerd crash can have left a shim registered,
+// a shim containerd forgot, and a runc container the shim lost. All are
+// ended.
 func (c *Controller) deleteLostTask(ctx context.Context, sb *store.Sandbox) error {
 	if err := c.deleteFromTaskService(ctx, sb.ID); err != nil {
 		return err
 	}
+	// runc first: it kills the pause process a lost shim may still run.
 	if err := deleteRuncContainer(ctx, sb.Metadata); err != nil {
+		return err
+	}
+	if err := c.shutdownLostShim(ctx, sb.ID); err != nil {
 		return err
 	}
 	sb.SetDeleted()

@@ -2,6 +2,7 @@ package controller
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -135,8 +136,15 @@ func (c *Controller) loadSandbox(ctx context.Context, container containerd.Conta
 		RuntimeType:  info.Runtime.Name,
 		ProcessLabel: info.Labels[LabelSELinux],
 	}
+	var resources *runtimeapi.LinuxContainerResources
+	if v := info.Labels[LabelResources]; v != "" {
+		resources = &runtimeapi.LinuxContainerResources{}
+		if err := json.Unmarshal([]byte(v), resources); err != nil {
+			return nil, fmt.Errorf("decode recorded pod resources: %w", err)
+		}
+	}
 	err = sb.Update(func(s store.Status) (store.Status, error) {
-		s.CreatedAt, s.Instance = info.CreatedAt, inst
+		s.CreatedAt, s.Instance, s.Resources = info.CreatedAt, inst, resources
 		return s, nil
 	})
 	return sb, err

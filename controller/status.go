@@ -67,6 +67,8 @@ type sandboxInfo struct {
 	RuntimeOptions any                          `json:"runtimeOptions"`
 	Config         *runtimeapi.PodSandboxConfig `json:"config"`
 	RuntimeSpec    *runtimespec.Spec            `json:"runtimeSpec"`
+	// Resources are the pod-level resources Update applied.
+	Resources *runtimeapi.ContainerResources `json:"resources,omitempty"`
 }
 
 func verboseInfo(sb *store.Sandbox, s store.Status) (string, error) {
@@ -75,6 +77,9 @@ func verboseInfo(sb *store.Sandbox, s store.Status) (string, error) {
 		Status:         processStatus(s.State),
 		RuntimeHandler: sb.RuntimeHandler,
 		Config:         sb.Config,
+	}
+	if s.Resources != nil {
+		info.Resources = &runtimeapi.ContainerResources{Linux: s.Resources}
 	}
 	if sb.NetNSPath != "" {
 		closed, err := netns.LoadNetNS(sb.NetNSPath).Closed()

@@ -18,14 +18,7 @@ const handlerBuiltinPause = "berth-builtin"
 // pod removes without leaks.
 func TestBuiltinPause(t *testing.T) {
 	ctx := ctxT(t)
-	if err := daemon.client.ImageService().Delete(ctx, pauseImage); err != nil {
-		t.Fatalf("delete pause image: %v", err)
-	}
-	t.Cleanup(func() {
-		if err := daemon.importImage(filepath.Join(daemon.bin, "images", "pause.tar")); err != nil {
-			t.Fatalf("re-import pause image: %v", err)
-		}
-	})
+	withoutPauseImage(t)
 
 	cfg := podConfig(t, withHostname("builtin"))
 	pod := runPod(t, cfg, handlerBuiltinPause)

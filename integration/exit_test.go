@@ -93,11 +93,8 @@ func countTaskDeletes(t *testing.T, id string) func() int {
 // and stop and removal leave nothing behind.
 func TestShimKilled(t *testing.T) {
 	id := runPod(t, podConfig(t), handlerBerth)
-	shims := shimsOf(id)
-	if len(shims) != 1 {
-		t.Fatalf("shims of %s: %v, want one", id, shims)
-	}
-	if err := syscall.Kill(shims[0], syscall.SIGKILL); err != nil {
+	shim := shimOf(t, id)
+	if err := syscall.Kill(shim, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
 	took := eventually(t, time.Second, "pod NOTREADY after its shim was killed", func() bool {
@@ -111,14 +108,11 @@ func TestShimKilled(t *testing.T) {
 // background retry kills the pod, which then removes without leaks.
 func TestWedgedShim(t *testing.T) {
 	id := runPod(t, podConfig(t), handlerBerth)
-	shims := shimsOf(id)
-	if len(shims) != 1 {
-		t.Fatalf("shims of %s: %v, want one", id, shims)
-	}
-	if err := syscall.Kill(shims[0], syscall.SIGSTOP); err != nil {
+	shim := shimOf(t, id)
+	if err := syscall.Kill(shim, syscall.SIGSTOP); err != nil {
 		t.Fatal(err)
 	}
-	thaw := func() { _ = syscall.Kill(shims[0], syscall.SIGCONT) }
+	thaw := func() { _ = syscall.Kill(shim, syscall.SIGCONT) }
 	t.Cleanup(thaw)
 
 	start := time.Now()

@@ -329,3 +329,26 @@ func cgroupProcs(id string) []string {
 	}
 	return pids
 }
+
+// shimOf is the pid of the one shim serving sandbox id.
+func shimOf(t *testing.T, id string) int {
+	t.Helper()
+	shims := shimsOf(id)
+	if len(shims) != 1 {
+		t.Fatalf("shims of %s: %v, want one", id, shims)
+	}
+	return shims[0]
+}
+
+// withoutPauseImage deletes the pause image for the rest of the test.
+func withoutPauseImage(t *testing.T) {
+	t.Helper()
+	if err := daemon.client.ImageService().Delete(ctxT(t), pauseImage); err != nil {
+		t.Fatalf("delete pause image: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := daemon.importImage(filepath.Join(daemon.bin, "images", "pause.tar")); err != nil {
+			t.Errorf("re-import pause image: %v", err)
+		}
+	})
+}

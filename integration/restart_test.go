@@ -236,3 +236,28 @@ func removeUnrecordedNetNS(t *testing.T) {
 		}
 	}
 }
+
+// TestRestartLostShim makes containerd lose a running pod's shim across a
+// restart, as it does when it dies while the shim starts (it finds the
+// shim's bundle incomplete, deletes it and forgets the shim): berth still
+// ends the shim and the pause process, and the pod removes without leaks.
+func TestRestartLostShim(t *testing.T) {
+	id := runPod(t, podConfig(t), handlerBerth)
+	shim := shimOf(t, id)
+	if err := daemon.kill(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	bootstrap := filepath.Join(daemon.dir, "state", "io.containerd.runtime.v2.task", "k8s.io", id, "bootstrap.json")
+	if err := os.Remove(bootstrap); err != nil {
+		t.Fatalf("make the shim's bundle incomplete: %v", err)
+	}
+	if err := daemon.start(); err != nil {
+		t.Fatal(err)
+	}
+	if got := podStatus(t, id).GetStatus().GetState(); got != runtimeapi.PodSandboxState_SANDBOX_NOTREADY {
+		t.Errorf("pod with a lost shim is %v, want NOTREADY", got)
+	}
+	eventually(t, 10*time.Second, "lost shim ended", func() bool {
+		return syscall.Kill(shim, 0) != nil
+	})
+}

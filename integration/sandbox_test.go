@@ -284,14 +284,7 @@ func TestBadInput(t *testing.T) {
 // pull it first and when the handler leaves that to berth.
 func TestPauseImageMissing(t *testing.T) {
 	ctx := ctxT(t)
-	if err := daemon.client.ImageService().Delete(ctx, pauseImage); err != nil {
-		t.Fatalf("delete pause image: %v", err)
-	}
-	t.Cleanup(func() {
-		if err := daemon.importImage(filepath.Join(daemon.bin, "images", "pause.tar")); err != nil {
-			t.Fatalf("re-import pause image: %v", err)
-		}
-	})
+	withoutPauseImage(t)
 	for handler, code := range map[string]codes.Code{
 		handlerBerth:   codes.Unknown, // CRI's pull fails: no registry here
 		"berth-nopull": codes.NotFound,

@@ -104,6 +104,7 @@ func initController(ic *plugin.InitContext) (*controller.Controller, error) {
 		SeccompEnabled:     seccomp.IsEnabled(),
 		HostFiles:          podsandbox.DefaultHostFiles,
 		BuiltinPauseRootfs: pauseRootfs,
+		ContainerdAddress:  ic.Properties[plugins.PropertyGRPCAddress],
 	}, client, monitor)
 	// Before CRI's own recovery, which runs once every plugin has loaded and
 	// asks berth for the state of each of its sandboxes.

@@ -98,6 +98,9 @@ type Status struct {
 	ExitedAt   time.Time
 	// Instance is nil until Start succeeds.
 	Instance *Instance
+	// Resources are the pod-level resources Update last applied, nil if
+	// none.
+	Resources *runtimeapi.LinuxContainerResources
 }
 
 // Sandbox is one sandbox berth owns.
