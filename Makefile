@@ -51,7 +51,7 @@ up: build
 test: unit integration
 
 unit:
-	$(GO) test -race -count=1 ./store/... ./events/... ./podsandbox/... ./controller/... ./plugin/...
+	$(GO) test -race -count=1 ./store/... ./events/... ./podsandbox/... ./controller/... ./plugin/... ./podcgroup/...
 
 # The suite runs on the release build, then its failpoint tests on the
 # build with berth's test-only failpoints. SOAK pod lifecycles soak the

@@ -115,11 +115,12 @@ type Config struct {
 
 // Controller is berth's sandbox controller.
 type Controller struct {
-	config  Config
-	client  *containerd.Client
-	store   *store.Store
-	monitor *events.Monitor
-	locks   *keyLock
+	config    Config
+	client    *containerd.Client
+	store     *store.Store
+	monitor   *events.Monitor
+	locks     *keyLock
+	telemetry *telemetry
 }
 
 var _ sandbox.Controller = (*Controller)(nil)
@@ -127,12 +128,14 @@ var _ sandbox.Controller = (*Controller)(nil)
 // New returns a controller. monitor retries exit handling that failed; the
 // controller stops it on Close.
 func New(cfg Config, client *containerd.Client, monitor *events.Monitor) *Controller {
+	s := store.New()
 	return &Controller{
-		config:  cfg,
-		client:  client,
-		store:   store.New(),
-		monitor: monitor,
-		locks:   newKeyLock(),
+		config:    cfg,
+		client:    client,
+		store:     s,
+		monitor:   monitor,
+		locks:     newKeyLock(),
+		telemetry: newTelemetry(s),
 	}
 }
 

@@ -46,7 +46,7 @@ func (c *Controller) waitExit(ctx context.Context, cancel context.CancelFunc, sb
 	if err := deleteTask(attemptCtx); err != nil {
 		logger.WithError(err).Warn("delete exited pause task; retrying")
 		// The retries outlive this goroutine's context.
-		c.monitor.Retry(context.WithoutCancel(ctx), sb.ID, deleteTask)
+		c.retry(context.WithoutCancel(ctx), sb.ID, deleteTask)
 	}
 }
 

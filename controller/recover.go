@@ -62,6 +62,7 @@ func (c *Controller) Recover(ctx context.Context, cfg RecoverConfig) error {
 	}
 	wg.Wait()
 	c.removeOrphanFiles(ctx)
+	c.telemetry.recovery.Set(time.Since(start).Seconds())
 	log.G(ctx).WithField("sandboxes", len(containers)).WithField("took", time.Since(start)).Info("berth recovered sandboxes")
 	return nil
 }
@@ -76,7 +77,7 @@ func (c *Controller) recoverSandbox(ctx context.Context, container containerd.Co
 		// Without its config the sandbox cannot be served: remove what is
 		// left of it. CRI reports it NOTREADY and kubelet replaces it.
 		logger.WithError(err).Error("cannot reload sandbox; removing its pause container")
-		c.monitor.Retry(ctx, id, func(ctx context.Context) error { return c.removeUnloadable(ctx, container) })
+		c.retry(ctx, id, func(ctx context.Context) error { return c.removeUnloadable(ctx, container) })
 		return
 	}
 	if err := c.store.Add(sb); err != nil {
@@ -97,7 +98,7 @@ func (c *Controller) recoverSandbox(ctx context.Context, container containerd.Co
 		// background.
 		logger.WithError(err).Warn("cannot reattach to pause task; deleting it")
 		sb.Exit(unknownExitCode, time.Now())
-		c.monitor.Retry(ctx, id, func(ctx context.Context) error { return c.deleteExitedTask(ctx, sb) })
+		c.retry(ctx, id, func(ctx context.Context) error { return c.deleteExitedTask(ctx, sb) })
 	}
 }
 
@@ -205,7 +206,7 @@ func (c *Controller) reattach(ctx context.Context, sb *store.Sandbox) error {
 	}
 	if err := c.deleteExitedTask(ctx, sb); err != nil {
 		log.G(ctx).WithError(err).Warn("delete pause task found exited; retrying")
-		c.monitor.Retry(context.WithoutCancel(ctx), sb.ID, func(ctx context.Context) error { return c.deleteExitedTask(ctx, sb) })
+		c.retry(context.WithoutCancel(ctx), sb.ID, func(ctx context.Context) error { return c.deleteExitedTask(ctx, sb) })
 	}
 	return nil
 }

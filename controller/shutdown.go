@@ -13,6 +13,7 @@ import (
 // it, if CRI did not), container, snapshot, files and entry. It succeeds
 // for an unknown sandbox, so a repeated call is harmless.
 func (c *Controller) Shutdown(ctx context.Context, id string) error {
+	defer c.telemetry.timeOperation("shutdown")()
 	ctx = log.WithLogger(ctx, log.G(ctx).WithField("sandbox_id", id))
 	ctx, cancel := context.WithTimeout(ctx, c.config.StopTimeout+cleanupTimeout)
 	defer cancel()

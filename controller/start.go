@@ -27,6 +27,7 @@ import (
 // failure it removes everything it made, including the sandbox's entry: CRI
 // calls no Shutdown for a sandbox whose Start failed.
 func (c *Controller) Start(ctx context.Context, id string) (sandbox.ControllerInstance, error) {
+	defer c.telemetry.timeOperation("start")()
 	ctx = log.WithLogger(ctx, log.G(ctx).WithField("sandbox_id", id))
 	unlock, err := c.locks.lock(ctx, id)
 	if err != nil {

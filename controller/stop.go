@@ -16,6 +16,7 @@ import (
 // CRI can tear down the pod network knowing no pause process holds it. It
 // succeeds for a sandbox that is already stopped, never started, or unknown.
 func (c *Controller) Stop(ctx context.Context, id string, opts ...sandbox.StopOpt) error {
+	defer c.telemetry.timeOperation("stop")()
 	ctx = log.WithLogger(ctx, log.G(ctx).WithField("sandbox_id", id))
 	var o sandbox.StopOptions
 	for _, opt := range opts {
@@ -56,7 +57,7 @@ func (c *Controller) stop(ctx context.Context, sb *store.Sandbox) error {
 		if err := kill(ctx); err != nil {
 			// A wedged shim: keep killing in the background, so that the
 			// pod dies as soon as the shim answers again.
-			c.monitor.Retry(context.WithoutCancel(ctx), sb.ID, kill)
+			c.retry(context.WithoutCancel(ctx), sb.ID, kill)
 			if ctx.Err() != nil {
 				// The shim's error text says deadline; its class is lost on
 				// the way. Give the caller the class to branch on.

@@ -40,6 +40,8 @@ const (
 	// bridge and subnet of the tests' CNI network; pods get addresses here.
 	testBridge = "berthtest0"
 	testSubnet = "10.89.0.0/16"
+	// testMetrics is where the tests' containerd serves Prometheus metrics.
+	testMetrics = "127.0.0.1:1339"
 	// callTimeout bounds every CRI call.
 	callTimeout = 2 * time.Minute
 )
@@ -114,7 +116,7 @@ func startContainerd(bin string) (*containerdProcess, error) {
 	// another subnet's address.
 	deleteBridge()
 	// Tests run in the package directory; the script is the one make up uses.
-	render := exec.Command("../hack/render-config.sh", dir, bin, testBridge, testSubnet)
+	render := exec.Command("../hack/render-config.sh", dir, bin, testBridge, testSubnet, testMetrics)
 	if out, err := render.CombinedOutput(); err != nil {
 		return d, fmt.Errorf("render config: %w: %s", err, out)
 	}

@@ -17,6 +17,7 @@ import (
 	"github.com/containerd/platforms"
 	"github.com/containerd/plugin"
 	"github.com/containerd/plugin/registry"
+	"github.com/docker/go-metrics"
 
 	"github.com/berth-dev/berth/controller"
 	"github.com/berth-dev/berth/events"
@@ -106,6 +107,8 @@ func initController(ic *plugin.InitContext) (*controller.Controller, error) {
 		BuiltinPauseRootfs: pauseRootfs,
 		ContainerdAddress:  ic.Properties[plugins.PropertyGRPCAddress],
 	}, client, monitor)
+	// On containerd's Prometheus endpoint ([metrics] address).
+	metrics.Register(c.MetricsNamespace())
 	// Before CRI's own recovery, which runs once every plugin has loaded and
 	// asks berth for the state of each of its sandboxes.
 	if err := c.Recover(ic.Context, controller.RecoverConfig{
