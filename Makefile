@@ -2,6 +2,7 @@
 #
 #   make build   containerd (with berth), shim, ctr, runc, images -> bin/
 #   make up      run that containerd in the foreground under _output/
+#   make install install the node binaries into $(PREFIX)/bin
 #   make test    unit tests, then integration tests (root, real containerd)
 #   make soak    1000 pod lifecycles, then a leak and growth check
 #   make bench-restart  containerd restart with 300 live pods, berth vs built-in
@@ -20,7 +21,7 @@ PAUSE_IMAGE   := localhost/berth/pause:1
 BUSYBOX_IMAGE := localhost/berth/busybox:1
 BUSYBOX       ?= /bin/busybox
 
-.PHONY: build binaries images up test unit integration soak bench-restart lint clean
+.PHONY: build binaries images install up test unit integration soak bench-restart lint clean
 
 build: binaries images
 
@@ -44,6 +45,13 @@ images: binaries
 		-entrypoint "/bin/sh" \
 		$(foreach c,sh sleep cat ls hostname id readlink echo true ps wc grep top head,-link /bin/$(c)=busybox) \
 		$(BUSYBOX)=/bin/busybox
+
+# Installs the node binaries: containerd with berth, the runc shim, ctr,
+# runc and the built-in pause binary.
+PREFIX ?= /usr/local
+install: binaries
+	install -D -m 0755 -t $(DESTDIR)$(PREFIX)/bin $(BIN)/containerd $(BIN)/containerd-shim-runc-v2 \
+		$(BIN)/ctr $(BIN)/runc $(BIN)/berth-pause
 
 up: build
 	hack/up.sh $(OUT) $(BIN)
