@@ -17,5 +17,5 @@ done
 for image in "$bin"/images/*.tar; do
   "$bin/ctr" -a "$out/containerd.sock" -n k8s.io images import "$image" >/dev/null
 done
-echo "containerd is up: CRI at unix://$out/containerd.sock (runtime handlers: runc, berth)"
+echo "containerd is up: CRI at unix://$out/containerd.sock (runtime handlers: runc, berth, berth-nopull, berth-builtin; metrics on 127.0.0.1:1338)"
 wait $pid
