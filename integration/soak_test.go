@@ -45,8 +45,11 @@ func TestSoak(t *testing.T) {
 	}
 
 	parallel(t, warmup, width, lifecycle)
-	before := sampleDaemon(t)
+	// Every connection the checks use is open before the baseline, so only
+	// containerd's own goroutines are compared.
 	snapshotsBefore := countSnapshots(t)
+	assertNothingLeft(t)
+	before := sampleDaemon(t)
 	start := time.Now()
 	parallel(t, *soak, width, func(i int) error { return lifecycle(warmup + i) })
 	took := time.Since(start)
@@ -58,7 +61,7 @@ func TestSoak(t *testing.T) {
 		*soak, took.Round(time.Millisecond), float64(*soak)/took.Seconds(),
 		before.goroutines, after.goroutines, before.rssKiB, after.rssKiB)
 	if after.goroutines > before.goroutines*11/10 {
-		t.Errorf("containerd goroutines grew from %d to %d", before.goroutines, after.goroutines)
+		t.Errorf("containerd goroutines grew from %d to %d; stacks that grew:\n%s", before.goroutines, after.goroutines, grownStacks(before.stacks, after.stacks))
 	}
 	if after.rssKiB > before.rssKiB*11/10 {
 		t.Errorf("containerd RSS grew from %d KiB to %d KiB", before.rssKiB, after.rssKiB)
@@ -80,13 +83,27 @@ func TestSoak(t *testing.T) {
 type daemonSample struct {
 	goroutines int
 	rssKiB     int
+	// stacks counts goroutines by stack, from the debug=1 profile.
+	stacks map[string]int
+}
+
+// grownStacks lists the stacks with more goroutines in after than before.
+func grownStacks(before, after map[string]int) string {
+	var b strings.Builder
+	for stack, n := range after {
+		if n > before[stack] {
+			fmt.Fprintf(&b, "%d -> %d:\n%s\n", before[stack], n, stack)
+		}
+	}
+	return b.String()
 }
 
 // sampleDaemon reads containerd's goroutine count from its pprof endpoint
 // on the debug socket, and its RSS from /proc.
 func sampleDaemon(t *testing.T) daemonSample {
 	t.Helper()
-	hc := http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+	// No keep-alive: an idle scrape connection would count as a goroutine.
+	hc := http.Client{Transport: &http.Transport{DisableKeepAlives: true, DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 		return (&net.Dialer{}).DialContext(ctx, "unix", filepath.Join(daemon.dir, "debug.sock"))
 	}}}
 	resp, err := hc.Get("http://containerd/debug/pprof/goroutine?debug=1")
@@ -98,10 +115,18 @@ func sampleDaemon(t *testing.T) daemonSample {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var s daemonSample
-	// "goroutine profile: total N"
+	s := daemonSample{stacks: map[string]int{}}
+	// "goroutine profile: total N", then "N @ addrs" and its frames per
+	// stack, stacks separated by blank lines.
 	if _, err := fmt.Sscanf(strings.SplitN(string(b), "\n", 2)[0], "goroutine profile: total %d", &s.goroutines); err != nil {
 		t.Fatalf("parse goroutine profile: %v", err)
+	}
+	for _, block := range strings.Split(string(b), "\n\n")[1:] {
+		head, frames, _ := strings.Cut(block, "\n")
+		var n int
+		if _, err := fmt.Sscanf(head, "%d @", &n); err == nil {
+			s.stacks[frames] += n
+		}
 	}
 	status, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(daemon.cmd.Process.Pid), "status"))
 	if err != nil {
