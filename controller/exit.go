@@ -40,13 +40,17 @@ func (c *Controller) waitExit(ctx context.Context, cancel context.CancelFunc, sb
 	sb.Exit(code, at)
 	logger.WithField("exit_status", code).Debug("pause task exited")
 
-	deleteTask := func(ctx context.Context) error { return c.deleteExitedTask(ctx, sb) }
 	attemptCtx, cancelAttempt := context.WithTimeout(context.WithoutCancel(ctx), c.config.ExitTimeout)
 	defer cancelAttempt()
-	if err := deleteTask(attemptCtx); err != nil {
-		logger.WithError(err).Warn("delete exited pause task; retrying")
-		// The retries outlive this goroutine's context.
-		c.retry(context.WithoutCancel(ctx), sb.ID, deleteTask)
+	c.deleteExitedOrRetry(attemptCtx, sb)
+}
+
+// deleteExitedOrRetry deletes the exited pause task within ctx and, if that
+// fails, hands the deletion to the retry monitor, whose attempts outlive ctx.
+func (c *Controller) deleteExitedOrRetry(ctx context.Context, sb *store.Sandbox) {
+	if err := c.deleteExitedTask(ctx, sb); err != nil {
+		log.G(ctx).WithError(err).Warn("delete exited pause task; retrying")
+		c.retry(context.WithoutCancel(ctx), sb.ID, func(ctx context.Context) error { return c.deleteExitedTask(ctx, sb) })
 	}
 }
 

@@ -204,24 +204,23 @@ func (c *Controller) reattach(ctx context.Context, sb *store.Sandbox) error {
 		// Created (Start was cut short) or unknown: never ready.
 		sb.Exit(unknownExitCode, time.Now())
 	}
-	if err := c.deleteExitedTask(ctx, sb); err != nil {
-		log.G(ctx).WithError(err).Warn("delete pause task found exited; retrying")
-		c.retry(context.WithoutCancel(ctx), sb.ID, func(ctx context.Context) error { return c.deleteExitedTask(ctx, sb) })
-	}
+	c.deleteExitedOrRetry(ctx, sb)
 	return nil
 }
 
 // removeUnloadable deletes a pause container berth cannot reload, with its
 // task, snapshot and files.
 func (c *Controller) removeUnloadable(ctx context.Context, container containerd.Container) error {
+	// deleteTask falls back to the task service itself; a task the shim
+	// does not know goes there directly, for a shim still registered.
 	t, err := container.Task(ctx, nil)
-	if err == nil {
+	switch {
+	case err == nil:
 		err = c.deleteTask(ctx, t)
+	case errdefs.IsNotFound(err):
+		err = c.deleteFromTaskService(ctx, container.ID())
 	}
-	if err := ignoreNotFound(err); err != nil {
-		return err
-	}
-	if err := c.deleteFromTaskService(ctx, container.ID()); err != nil {
+	if err != nil {
 		return err
 	}
 	if err := ignoreNotFound(container.Delete(ctx, containerd.WithSnapshotCleanup)); err != nil {
