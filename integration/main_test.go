@@ -30,6 +30,11 @@ var (
 	// with its test-only failpoints; the tests that need them run only then.
 	failpoints = flag.Bool("failpoints", false, "run on containerd-failpoint and run the failpoint tests")
 	soak       = flag.Int("soak", 0, "pod lifecycles of the soak test; 0 skips it")
+	// The CNI bridge, its subnet and the Prometheus address are flags so
+	// that two runs (two worktrees) can share a machine.
+	testBridge  = flag.String("bridge", "berthtest0", "CNI bridge of the tests' pod network")
+	testSubnet  = flag.String("subnet", "10.89.0.0/16", "subnet of the tests' pod network")
+	testMetrics = flag.String("metrics", "127.0.0.1:1339", "where the tests' containerd serves Prometheus metrics")
 )
 
 const (
@@ -37,11 +42,6 @@ const (
 	handlerBuiltin = "runc"
 	pauseImage     = "localhost/berth/pause:1"
 	busyboxImage   = "localhost/berth/busybox:1"
-	// bridge and subnet of the tests' CNI network; pods get addresses here.
-	testBridge = "berthtest0"
-	testSubnet = "10.89.0.0/16"
-	// testMetrics is where the tests' containerd serves Prometheus metrics.
-	testMetrics = "127.0.0.1:1339"
 	// callTimeout bounds every CRI call.
 	callTimeout = 2 * time.Minute
 )
@@ -116,7 +116,7 @@ func startContainerd(bin string) (*containerdProcess, error) {
 	// another subnet's address.
 	deleteBridge()
 	// Tests run in the package directory; the script is the one make up uses.
-	render := exec.Command("../hack/render-config.sh", dir, bin, testBridge, testSubnet, testMetrics)
+	render := exec.Command("../hack/render-config.sh", dir, bin, *testBridge, *testSubnet, *testMetrics)
 	if out, err := render.CombinedOutput(); err != nil {
 		return d, fmt.Errorf("render config: %w: %s", err, out)
 	}
@@ -264,7 +264,7 @@ func (d *containerdProcess) removeAllPods() {
 }
 
 func deleteBridge() {
-	_ = exec.Command("ip", "link", "delete", testBridge).Run()
+	_ = exec.Command("ip", "link", "delete", *testBridge).Run()
 }
 
 // logTail is the end of containerd's log, for failure messages.

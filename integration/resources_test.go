@@ -153,7 +153,7 @@ func TestPodMetrics(t *testing.T) {
 // lifecycle: berth's series are there.
 func TestPrometheusSeries(t *testing.T) {
 	removePod(t, runPod(t, podConfig(t), handlerBerth))
-	resp, err := http.Get("http://" + testMetrics + "/v1/metrics")
+	resp, err := http.Get("http://" + *testMetrics + "/v1/metrics")
 	if err != nil {
 		t.Fatalf("scrape: %v", err)
 	}

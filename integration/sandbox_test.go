@@ -38,9 +38,9 @@ func TestPodLifecycle(t *testing.T) {
 	if got := st.GetStatus().GetState(); got != runtimeapi.PodSandboxState_SANDBOX_READY {
 		t.Errorf("state %v, want READY", got)
 	}
-	_, subnet, _ := net.ParseCIDR(testSubnet)
+	_, subnet, _ := net.ParseCIDR(*testSubnet)
 	if ip := net.ParseIP(st.GetStatus().GetNetwork().GetIp()); ip == nil || !subnet.Contains(ip) {
-		t.Errorf("pod IP %q is not on the bridge subnet %s", st.GetStatus().GetNetwork().GetIp(), testSubnet)
+		t.Errorf("pod IP %q is not on the bridge subnet %s", st.GetStatus().GetNetwork().GetIp(), *testSubnet)
 	}
 	info := verboseInfo(t, st.GetInfo())
 	if info["processStatus"] != "running" || info["runtimeSpec"] == nil {
