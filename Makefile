@@ -5,6 +5,7 @@
 #   make install install the node binaries into $(PREFIX)/bin
 #   make test    unit tests, then integration tests (root, real containerd)
 #   make soak    1000 pod lifecycles, then a leak and growth check
+#   make bench   berth vs the built-in controller: latency, CPU, calls, memory
 #   make bench-restart  containerd restart with 300 live pods, berth vs built-in
 #   make lint    gofmt, go vet, staticcheck
 
@@ -21,7 +22,7 @@ PAUSE_IMAGE   := localhost/berth/pause:1
 BUSYBOX_IMAGE := localhost/berth/busybox:1
 BUSYBOX       ?= /bin/busybox
 
-.PHONY: build binaries images install up test unit integration soak bench-restart lint clean
+.PHONY: build binaries images install up test unit integration soak bench bench-restart lint clean
 
 build: binaries images
 
@@ -68,6 +69,16 @@ SOAK ?= 100
 integration: build
 	$(GO) test -count=1 -timeout 30m -v ./integration/... -args -bin $(BIN) -soak $(SOAK)
 	$(GO) test -count=1 -timeout 10m -v -run Failpoint ./integration/... -args -bin $(BIN) -failpoints
+
+# Every handler of the comparison in one containerd, in alternating blocks;
+# writes bench.json, bench.md and bench.png to BENCH_OUT. BENCH_ARGS takes
+# the benchmark's flags (-bench-handlers, -bench-serial, ...; see
+# integration/bench_test.go).
+BENCH_OUT  ?= $(OUT)/bench
+BENCH_ARGS ?=
+bench: build
+	$(GO) test -count=1 -timeout 60m -v -run '^$$' -bench Compare -benchtime 1x ./integration/... \
+		-args -bin $(BIN) -bench-out $(BENCH_OUT) $(BENCH_ARGS)
 
 # Restart with RESTART_PODS live pods, berth's and then the built-in's.
 RESTART_PODS ?= 300

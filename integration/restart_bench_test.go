@@ -63,8 +63,9 @@ func BenchmarkRestart(b *testing.B) {
 	}
 }
 
-func benchPodConfig(handler string, i int) *runtimeapi.PodSandboxConfig {
-	name := "bench-" + handler + "-" + strconv.Itoa(i)
+// benchPodConfig is pod i of a benchmark, named after prefix.
+func benchPodConfig(prefix string, i int) *runtimeapi.PodSandboxConfig {
+	name := "bench-" + prefix + "-" + strconv.Itoa(i)
 	return &runtimeapi.PodSandboxConfig{
 		Metadata: &runtimeapi.PodSandboxMetadata{Name: name, Namespace: "berth-bench", Uid: name + "-" + strconv.FormatInt(time.Now().UnixNano(), 36)},
 		Linux:    &runtimeapi.LinuxPodSandboxConfig{},

@@ -100,7 +100,7 @@ func grownStacks(before, after map[string]int) string {
 
 // sampleDaemon reads containerd's goroutine count from its pprof endpoint
 // on the debug socket, and its RSS from /proc.
-func sampleDaemon(t *testing.T) daemonSample {
+func sampleDaemon(t testing.TB) daemonSample {
 	t.Helper()
 	// No keep-alive: an idle scrape connection would count as a goroutine.
 	hc := http.Client{Transport: &http.Transport{DisableKeepAlives: true, DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {

@@ -1,0 +1,227 @@
+package integration
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/containerd/containerd/api/types/runc/options"
+	containerd "github.com/containerd/containerd/v2/client"
+	"github.com/containerd/containerd/v2/pkg/cio"
+	"github.com/containerd/containerd/v2/pkg/oci"
+	"github.com/pelletier/go-toml/v2"
+)
+
+// callCounter counts runc and shim invocations through wrappers that log
+// their arguments before they exec the real binaries. Only the "-counted"
+// copies of the handlers use the wrappers, so the latency runs pay nothing
+// for them.
+type callCounter struct {
+	dir string
+}
+
+const countedSuffix = "-counted"
+
+func (c *callCounter) runc() string    { return filepath.Join(c.dir, "runc") }
+func (c *callCounter) shim() string    { return filepath.Join(c.dir, "containerd-shim-runc-v2") }
+func (c *callCounter) runcLog() string { return c.runc() + ".log" }
+func (c *callCounter) shimLog() string { return c.shim() + ".log" }
+
+// installCounters writes the wrappers, adds a counted copy of every CRI
+// handler in stats to containerd's config and restarts containerd on it.
+func installCounters(b *testing.B, stats []*handlerStats) *callCounter {
+	c := &callCounter{dir: filepath.Join(daemon.dir, "counters")}
+	if err := os.MkdirAll(c.dir, 0o755); err != nil {
+		b.Fatal(err)
+	}
+	for path, real := range map[string]string{
+		c.runc(): filepath.Join(daemon.bin, "runc"),
+		c.shim(): filepath.Join(daemon.bin, "containerd-shim-runc-v2"),
+	} {
+		script := fmt.Sprintf("#!/bin/sh\necho \"$*\" >>%s.log\nexec %s \"$@\"\n", path, real)
+		if err := os.WriteFile(path, []byte(script), 0o755); err != nil {
+			b.Fatal(err)
+		}
+	}
+	var handlers []string
+	for _, h := range stats {
+		if !slices.Contains(handlers, h.Handler) {
+			handlers = append(handlers, h.Handler)
+		}
+	}
+	if err := addCountedHandlers(filepath.Join(daemon.dir, "config.toml"), handlers, c); err != nil {
+		b.Fatal(err)
+	}
+	if err := daemon.kill(syscall.SIGTERM); err != nil {
+		b.Fatal(err)
+	}
+	if err := daemon.start(); err != nil {
+		b.Fatal(err)
+	}
+	return c
+}
+
+// addCountedHandlers copies each handler's runtime table to
+// <handler>-counted with the wrappers as runc and shim, in the config file
+// at path. A handler that runs berth's built-in pause keeps it.
+func addCountedHandlers(path string, handlers []string, c *callCounter) error {
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	var cfg map[string]any
+	if err := toml.Unmarshal(raw, &cfg); err != nil {
+		return fmt.Errorf("parse %s: %w", path, err)
+	}
+	plugins := cfg["plugins"].(map[string]any)
+	runtimes := plugins["io.containerd.cri.v1.runtime"].(map[string]any)["containerd"].(map[string]any)["runtimes"].(map[string]any)
+	berth := plugins["io.containerd.sandbox.controller.v1.berth"].(map[string]any)
+	builtin, _ := berth["builtin_pause_handlers"].([]any)
+	for _, h := range handlers {
+		rt, ok := runtimes[h].(map[string]any)
+		if !ok {
+			return fmt.Errorf("no runtime handler %q in %s", h, path)
+		}
+		counted := map[string]any{}
+		for k, v := range rt {
+			counted[k] = v
+		}
+		opts := map[string]any{}
+		for k, v := range rt["options"].(map[string]any) {
+			opts[k] = v
+		}
+		opts["BinaryName"] = c.runc()
+		counted["options"] = opts
+		counted["runtime_path"] = c.shim()
+		runtimes[h+countedSuffix] = counted
+		if slices.Contains(builtin, any(h)) {
+			builtin = append(builtin, h+countedSuffix)
+		}
+	}
+	berth["builtin_pause_handlers"] = builtin
+	out, err := toml.Marshal(cfg)
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(path, out, 0o644)
+}
+
+// countCalls runs -bench-count lifecycles of h through the wrappers and
+// records h's runc and shim invocations per lifecycle, by subcommand.
+func countCalls(b *testing.B, c *callCounter, h *handlerStats) {
+	for _, f := range []string{c.runcLog(), c.shimLog()} {
+		if err := os.Remove(f); err != nil && !os.IsNotExist(err) {
+			b.Fatal(err)
+		}
+	}
+	for i := range *benchCount {
+		if _, err := countedLifecycle(h, c)(i); err != nil {
+			b.Fatalf("counted lifecycle of %s: %v", h.Name, err)
+		}
+	}
+	// Exits are handled after Stop returns; let their deletes land.
+	time.Sleep(time.Second)
+	h.RuncCalls = perLifecycle(c.runcLog(), runcSubcommands)
+	h.ShimCalls = perLifecycle(c.shimLog(), []string{"start", "delete"})
+}
+
+func countedLifecycle(h *handlerStats, c *callCounter) lifecycleFunc {
+	if h.Name == floorName {
+		return func(i int) (map[string][]time.Duration, error) {
+			return floorLifecycle(fmt.Sprintf("floor-counted-%d-%d", i, time.Now().UnixNano()), c.runc(), c.shim())
+		}
+	}
+	return func(i int) (map[string][]time.Duration, error) {
+		return criLifecycle(benchPodConfig(strings.ReplaceAll(h.Name, "#", "-")+"-counted", i), h.Handler+countedSuffix)
+	}
+}
+
+var runcSubcommands = []string{"create", "start", "state", "kill", "delete", "exec", "update", "events", "ps", "pause", "resume", "features", "run", "list"}
+
+// perLifecycle counts the log's lines by the first argument that is one of
+// subcommands (global flags come first), divided by -bench-count, with
+// their sum under "total".
+func perLifecycle(log string, subcommands []string) map[string]float64 {
+	raw, _ := os.ReadFile(log)
+	counts := map[string]float64{}
+	for _, line := range strings.Split(strings.TrimSpace(string(raw)), "\n") {
+		for _, arg := range strings.Fields(line) {
+			if slices.Contains(subcommands, arg) {
+				counts[arg] += 1 / float64(*benchCount)
+				counts["total"] += 1 / float64(*benchCount)
+				break
+			}
+		}
+	}
+	return counts
+}
+
+// floorLifecycle is the least any sandbox controller must do for a pod: a
+// pause container and task created, started, killed and deleted directly
+// through containerd, with no CRI and no CNI. runc and shim are the
+// binaries the task runs with; "" means the defaults.
+func floorLifecycle(id, runc, shim string) (map[string][]time.Duration, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
+	defer cancel()
+	client := daemon.client
+	lat := map[string][]time.Duration{}
+	begin := time.Now()
+	image, err := client.GetImage(ctx, pauseImage)
+	if err != nil {
+		return nil, err
+	}
+	if runc == "" {
+		runc = filepath.Join(daemon.bin, "runc")
+	}
+	var taskOpts []containerd.NewTaskOpts
+	if shim != "" {
+		taskOpts = append(taskOpts, containerd.WithRuntimePath(shim))
+	}
+	container, err := client.NewContainer(ctx, id,
+		containerd.WithImage(image),
+		containerd.WithNewSnapshot(id, image),
+		containerd.WithRuntime("io.containerd.runc.v2", &options.Options{BinaryName: runc}),
+		containerd.WithNewSpec(oci.WithImageConfig(image), oci.WithAnnotations(map[string]string{"io.kubernetes.cri.sandbox-id": id})),
+	)
+	if err != nil {
+		return nil, fmt.Errorf("floor container: %w", err)
+	}
+	task, err := container.NewTask(ctx, cio.NullIO, taskOpts...)
+	if err != nil {
+		return nil, fmt.Errorf("floor task: %w", err)
+	}
+	exited, err := task.Wait(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if err := task.Start(ctx); err != nil {
+		return nil, fmt.Errorf("floor start: %w", err)
+	}
+	lat[opRun] = []time.Duration{time.Since(begin)}
+
+	t0 := time.Now()
+	if err := task.Kill(ctx, syscall.SIGKILL); err != nil {
+		return nil, fmt.Errorf("floor kill: %w", err)
+	}
+	<-exited
+	if _, err := task.Delete(ctx); err != nil {
+		return nil, fmt.Errorf("floor task delete: %w", err)
+	}
+	lat[opStop] = []time.Duration{time.Since(t0)}
+
+	t0 = time.Now()
+	if err := container.Delete(ctx, containerd.WithSnapshotCleanup); err != nil {
+		return nil, fmt.Errorf("floor container delete: %w", err)
+	}
+	lat[opRemove] = []time.Duration{time.Since(t0)}
+	total := time.Since(begin)
+	lat[opPod] = []time.Duration{total}
+	lat[opLifecycle] = []time.Duration{total}
+	return lat, nil
+}
