@@ -34,6 +34,15 @@ func (c *Controller) Shutdown(ctx context.Context, id string) error {
 	}
 	inst := sb.Status().Instance
 	if inst != nil {
+		// The exit goroutine deletes the task after the exit Stop waited
+		// for; a container with a task cannot be deleted.
+		select {
+		case <-sb.Deleted():
+		case <-ctx.Done():
+			return fmt.Errorf("shutdown sandbox %q: pause task not deleted yet (retrying in the background): %w", id, ctx.Err())
+		}
+	}
+	if inst != nil {
 		if err := ignoreNotFound(inst.Container.Delete(ctx, containerd.WithSnapshotCleanup)); err != nil {
 			return fmt.Errorf("shutdown sandbox %q: delete pause container: %w", id, err)
 		}

@@ -12,9 +12,9 @@ import (
 	"github.com/berth-dev/berth/store"
 )
 
-// Stop kills the pause task and returns once its exit has been handled, so
-// CRI can tear down the pod network knowing no pause process holds it. It
-// succeeds for a sandbox that is already stopped, never started, or unknown.
+// Stop kills the pause task and returns once it has exited, so CRI can tear
+// down the pod network knowing no pause process holds it. It succeeds for a
+// sandbox that is already stopped, never started, or unknown.
 func (c *Controller) Stop(ctx context.Context, id string, opts ...sandbox.StopOpt) error {
 	defer c.telemetry.timeOperation("stop")()
 	ctx = log.WithLogger(ctx, log.G(ctx).WithField("sandbox_id", id))
@@ -67,10 +67,14 @@ func (c *Controller) stop(ctx context.Context, sb *store.Sandbox) error {
 		}
 	}
 	if status.State != store.StateCreated {
+		// The exit, not the task's deletion: the pause process is gone, and
+		// its exit goroutine deletes the task (runc delete, shim shutdown)
+		// while CRI tears down the pod network. Shutdown waits for that
+		// deletion.
 		select {
-		case <-sb.Deleted():
+		case <-sb.Exited():
 		case <-ctx.Done():
-			return fmt.Errorf("stop sandbox %q: pause task not deleted yet (retrying in the background): %w", sb.ID, ctx.Err())
+			return fmt.Errorf("stop sandbox %q: pause task has not exited (killing in the background): %w", sb.ID, ctx.Err())
 		}
 	}
 	// No process uses the pod's /dev/shm any more; app containers have their
