@@ -17,7 +17,6 @@ import (
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
 	"github.com/containerd/typeurl/v2"
-	runtimespec "github.com/opencontainers/runtime-spec/specs-go"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/berth-dev/berth/store"
@@ -117,9 +116,9 @@ func (c *Controller) loadSandbox(ctx context.Context, container containerd.Conta
 	if err := typeurl.UnmarshalTo(ext, &cfg); err != nil {
 		return nil, fmt.Errorf("decode pod config: %w", err)
 	}
-	var spec runtimespec.Spec
-	if err := typeurl.UnmarshalTo(info.Spec, &spec); err != nil {
-		return nil, fmt.Errorf("decode pause spec: %w", err)
+	spec, cgroupsPath, err := specRecord(info.Spec)
+	if err != nil {
+		return nil, err
 	}
 	sb := store.NewSandbox(store.Metadata{
 		ID:             info.ID,
@@ -131,7 +130,8 @@ func (c *Controller) loadSandbox(ctx context.Context, container containerd.Conta
 	})
 	inst := &store.Instance{
 		Container:    container,
-		Spec:         &spec,
+		Spec:         spec,
+		CgroupsPath:  cgroupsPath,
 		Image:        info.Image,
 		Snapshotter:  info.Snapshotter,
 		RuntimeType:  info.Runtime.Name,

@@ -145,7 +145,7 @@ func (c *Controller) Metrics(_ context.Context, id string) (*types.Metric, error
 	}
 	path := podcgroup.Path(sb.Config.GetLinux().GetCgroupParent())
 	if sb.Config.GetLinux().GetCgroupParent() == "" {
-		path = s.Instance.Spec.Linux.CgroupsPath
+		path = s.Instance.CgroupsPath
 	}
 	stats, err := podcgroup.Stats(path)
 	if err != nil {

@@ -2,6 +2,7 @@ package controller
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"maps"
 	"time"
@@ -16,7 +17,6 @@ import (
 	"github.com/containerd/typeurl/v2"
 	"github.com/distribution/reference"
 	imagespec "github.com/opencontainers/image-spec/specs-go/v1"
-	runtimespec "github.com/opencontainers/runtime-spec/specs-go"
 	"github.com/opencontainers/selinux/go-selinux"
 
 	"github.com/berth-dev/berth/podsandbox"
@@ -129,9 +129,9 @@ func (c *Controller) start(ctx context.Context, sb *store.Sandbox, undo *rollbac
 	if err != nil {
 		return sandbox.ControllerInstance{}, fmt.Errorf("pause container info: %w", err)
 	}
-	var ociSpec runtimespec.Spec
-	if err := typeurl.UnmarshalTo(specAny, &ociSpec); err != nil {
-		return sandbox.ControllerInstance{}, fmt.Errorf("decode pause spec: %w", err)
+	specJSON, cgroupsPath, err := specRecord(specAny)
+	if err != nil {
+		return sandbox.ControllerInstance{}, err
 	}
 
 	var taskOpts []containerd.NewTaskOpts
@@ -159,7 +159,8 @@ func (c *Controller) start(ctx context.Context, sb *store.Sandbox, undo *rollbac
 	inst := &store.Instance{
 		Container:    container,
 		Task:         task,
-		Spec:         &ociSpec,
+		Spec:         specJSON,
+		CgroupsPath:  cgroupsPath,
 		Image:        pause.name,
 		Snapshotter:  snapshotter,
 		RuntimeType:  rt.Type,
@@ -188,6 +189,26 @@ func (c *Controller) start(ctx context.Context, sb *store.Sandbox, undo *rollbac
 		Labels:    labels,
 		Spec:      specAny,
 	}, nil
+}
+
+// specRecord is what berth keeps of a pause container's spec: its JSON as
+// containerd stores it, and its cgroups path.
+func specRecord(spec typeurl.Any) (json.RawMessage, string, error) {
+	if spec == nil {
+		return nil, "", fmt.Errorf("pause container has no spec: %w", errdefs.ErrNotFound)
+	}
+	var s struct {
+		Linux *struct {
+			CgroupsPath string `json:"cgroupsPath"`
+		} `json:"linux"`
+	}
+	if err := json.Unmarshal(spec.GetValue(), &s); err != nil {
+		return nil, "", fmt.Errorf("decode pause spec: %w", err)
+	}
+	if s.Linux == nil {
+		return spec.GetValue(), "", nil
+	}
+	return spec.GetValue(), s.Linux.CgroupsPath, nil
 }
 
 // pause is what a pause container is made from: an image, or berth's

@@ -8,7 +8,6 @@ import (
 	"github.com/containerd/containerd/v2/core/sandbox"
 	"github.com/containerd/containerd/v2/pkg/netns"
 	"github.com/containerd/typeurl/v2"
-	runtimespec "github.com/opencontainers/runtime-spec/specs-go"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/berth-dev/berth/store"
@@ -66,7 +65,7 @@ type sandboxInfo struct {
 	RuntimeType    string                       `json:"runtimeType"`
 	RuntimeOptions any                          `json:"runtimeOptions"`
 	Config         *runtimeapi.PodSandboxConfig `json:"config"`
-	RuntimeSpec    *runtimespec.Spec            `json:"runtimeSpec"`
+	RuntimeSpec    json.RawMessage              `json:"runtimeSpec"`
 	// Resources are the pod-level resources Update applied.
 	Resources *runtimeapi.ContainerResources `json:"resources,omitempty"`
 }

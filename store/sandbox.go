@@ -6,12 +6,12 @@ package store
 
 import (
 	"context"
+	"encoding/json"
 	"sync"
 	"time"
 
 	containerd "github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/core/sandbox"
-	runtimespec "github.com/opencontainers/runtime-spec/specs-go"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 )
 
@@ -78,9 +78,14 @@ type Metadata struct {
 // Instance describes the pause container Start made. It is set once, when
 // Start succeeds (or when recovery finds the container), and read-only after.
 type Instance struct {
-	Container   containerd.Container
-	Task        containerd.Task
-	Spec        *runtimespec.Spec
+	Container containerd.Container
+	Task      containerd.Task
+	// Spec is the pause container's OCI spec as containerd stores it
+	// (JSON), kept for verbose status without decoding it: a decoded spec
+	// with a seccomp profile holds about 100 KiB per pod.
+	Spec json.RawMessage
+	// CgroupsPath is the spec's linux.cgroupsPath.
+	CgroupsPath string
 	Image       string
 	Snapshotter string
 	RuntimeType string
