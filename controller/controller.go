@@ -88,6 +88,8 @@ type CRIConfig struct {
 	RestrictOOMScoreAdj     bool
 	EnableUnprivilegedPorts bool
 	EnableUnprivilegedICMP  bool
+	// UnsetSeccompProfile is the seccomp profile of pods that name none.
+	UnsetSeccompProfile string
 }
 
 // Config is everything the controller is built from.

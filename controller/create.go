@@ -51,9 +51,6 @@ func (c *Controller) Create(ctx context.Context, info sandbox.Sandbox, opts ...s
 	if err := typeurl.UnmarshalTo(o.Options, &cfg); err != nil {
 		return fmt.Errorf("sandbox %q: decode PodSandboxConfig: %w: %w", info.ID, errdefs.ErrInvalidArgument, err)
 	}
-	if err := validateConfig(&cfg); err != nil {
-		return fmt.Errorf("sandbox %q: %w", info.ID, err)
-	}
 	handler, err := runtimeHandler(info)
 	if err != nil {
 		return fmt.Errorf("sandbox %q: %w", info.ID, err)
@@ -67,24 +64,6 @@ func (c *Controller) Create(ctx context.Context, info sandbox.Sandbox, opts ...s
 		Runtime:        info.Runtime,
 		RecordedAt:     time.Now(),
 	}))
-}
-
-// validateConfig rejects pod configs that lack what kubelet always sends:
-// the pod's name, namespace and UID name its sandbox in logs, annotations
-// and the runc shim's grouping.
-func validateConfig(cfg *runtimeapi.PodSandboxConfig) error {
-	md := cfg.GetMetadata()
-	switch {
-	case md == nil:
-		return fmt.Errorf("pod config has no metadata: %w", errdefs.ErrInvalidArgument)
-	case md.GetName() == "":
-		return fmt.Errorf("pod metadata has no name: %w", errdefs.ErrInvalidArgument)
-	case md.GetNamespace() == "":
-		return fmt.Errorf("pod metadata has no namespace: %w", errdefs.ErrInvalidArgument)
-	case md.GetUid() == "":
-		return fmt.Errorf("pod metadata has no uid: %w", errdefs.ErrInvalidArgument)
-	}
-	return nil
 }
 
 // runtimeHandler reads the runtime handler from CRI's metadata extension. A

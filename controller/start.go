@@ -74,7 +74,7 @@ func (c *Controller) start(ctx context.Context, sb *store.Sandbox, undo *rollbac
 		ID:                      sb.ID,
 		Config:                  sb.Config,
 		Image:                   pause.config,
-		ImageName:               pause.name,
+		ImageName:               pause.ref,
 		NetNSPath:               sb.NetNSPath,
 		Rootfs:                  pause.rootfs,
 		Files:                   files,
@@ -82,6 +82,7 @@ func (c *Controller) start(ctx context.Context, sb *store.Sandbox, undo *rollbac
 		EnableUnprivilegedPorts: c.config.CRI.EnableUnprivilegedPorts,
 		EnableUnprivilegedICMP:  c.config.CRI.EnableUnprivilegedICMP,
 		RestrictOOMScoreAdj:     c.config.CRI.RestrictOOMScoreAdj,
+		UnsetSeccompProfile:     c.config.CRI.UnsetSeccompProfile,
 		SeccompEnabled:          c.config.SeccompEnabled,
 	})
 	if err != nil {
@@ -96,14 +97,19 @@ func (c *Controller) start(ctx context.Context, sb *store.Sandbox, undo *rollbac
 	if err := files.Create(sb.Config, c.config.HostFiles); err != nil {
 		return sandbox.ControllerInstance{}, err
 	}
+	if spec.PinUserNamespace {
+		if err := files.PinUserNamespace(sb.NetNSPath); err != nil {
+			return sandbox.ControllerInstance{}, err
+		}
+	}
 
 	var specAny typeurl.Any
 	var rootfsOpts []containerd.NewContainerOpts
 	if pause.image != nil {
 		rootfsOpts = append(rootfsOpts,
 			containerd.WithSnapshotter(snapshotter),
-			containerd.WithNewSnapshot(sb.ID, pause.image,
-				snapshots.WithLabels(snapshots.FilterInheritedLabels(sb.Config.GetAnnotations()))))
+			containerd.WithNewSnapshot(sb.ID, pause.image, append(spec.SnapshotOpts,
+				snapshots.WithLabels(snapshots.FilterInheritedLabels(sb.Config.GetAnnotations())))...))
 	} else {
 		// The shared built-in rootfs: no snapshot.
 		snapshotter = ""
@@ -217,7 +223,9 @@ type pause struct {
 	// image is nil for the built-in pause.
 	image  containerd.Image
 	config imagespec.ImageConfig
-	name   string
+	// name is the image's name, ref the name CRI's config gives it, which
+	// may be shorter: the built-in controller puts that in the pause spec.
+	name, ref string
 	// rootfs is the built-in pause's shared rootfs, "" for an image.
 	rootfs string
 }
@@ -228,7 +236,11 @@ func (c *Controller) pauseSource(ctx context.Context, rt Runtime, snapshotter st
 		if c.config.BuiltinPauseRootfs == "" {
 			return pause{}, fmt.Errorf("built-in pause rootfs is not prepared: %w", errdefs.ErrFailedPrecondition)
 		}
-		return pause{config: podsandbox.BuiltinPauseImage, name: podsandbox.BuiltinPauseName, rootfs: c.config.BuiltinPauseRootfs}, nil
+		return pause{
+			config: podsandbox.BuiltinPauseImage,
+			name:   podsandbox.BuiltinPauseName, ref: podsandbox.BuiltinPauseName,
+			rootfs: c.config.BuiltinPauseRootfs,
+		}, nil
 	}
 	image, err := c.pauseImage(ctx, snapshotter)
 	if err != nil {
@@ -238,7 +250,7 @@ func (c *Controller) pauseSource(ctx context.Context, rt Runtime, snapshotter st
 	if err != nil {
 		return pause{}, fmt.Errorf("read pause image config: %w", err)
 	}
-	return pause{image: image, config: imageSpec.Config, name: image.Name()}, nil
+	return pause{image: image, config: imageSpec.Config, name: image.Name(), ref: c.config.CRI.SandboxImage}, nil
 }
 
 // pauseImage returns the pause image CRI pinned, unpacked for snapshotter.

@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/containerd/errdefs"
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 )
 
 const handlerBuiltinPause = "berth-builtin"
@@ -20,7 +21,11 @@ func TestBuiltinPause(t *testing.T) {
 	ctx := ctxT(t)
 	withoutPauseImage(t)
 
-	cfg := podConfig(t, withHostname("builtin"))
+	// Pods that name no seccomp profile get none, as from the built-in
+	// controller; kubelet names one.
+	cfg := podConfig(t, withHostname("builtin"), func(c *runtimeapi.PodSandboxConfig) {
+		c.Linux.SecurityContext.Seccomp = &runtimeapi.SecurityProfile{ProfileType: runtimeapi.SecurityProfile_RuntimeDefault}
+	})
 	pod := runPod(t, cfg, handlerBuiltinPause)
 	ctr := startContainer(t, pod, cfg, "sleep", "3600")
 	if got := strings.TrimSpace(execSync(t, ctr, "hostname")); got != "builtin" {

@@ -111,6 +111,12 @@ func startContainerd(bin string) (*containerdProcess, error) {
 	if err != nil {
 		return nil, err
 	}
+	// Searchable by all, as /var/lib/containerd and /run/containerd are: the
+	// root of a pod's user namespace is not the host's root and must reach
+	// its bundle and rootfs under it.
+	if err := os.Chmod(dir, 0o711); err != nil {
+		return nil, err
+	}
 	d := &containerdProcess{dir: dir, bin: bin, logPath: filepath.Join(dir, "containerd.log")}
 	// The CNI bridge is the tests' own; one left by an earlier run may carry
 	// another subnet's address.

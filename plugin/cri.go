@@ -32,6 +32,7 @@ type criRuntimeConfig struct {
 	RestrictOOMScoreAdj     bool   `json:"restrictOOMScoreAdj"`
 	EnableUnprivilegedPorts bool   `json:"enableUnprivilegedPorts"`
 	EnableUnprivilegedICMP  bool   `json:"enableUnprivilegedICMP"`
+	UnsetSeccompProfile     string `json:"unsetSeccompProfile"`
 	RootDir                 string `json:"rootDir"`
 	StateDir                string `json:"stateDir"`
 }
@@ -61,6 +62,7 @@ func loadCRIConfig(ic *plugin.InitContext) (controller.CRIConfig, string, string
 		RestrictOOMScoreAdj:     rc.RestrictOOMScoreAdj,
 		EnableUnprivilegedPorts: rc.EnableUnprivilegedPorts,
 		EnableUnprivilegedICMP:  rc.EnableUnprivilegedICMP,
+		UnsetSeccompProfile:     rc.UnsetSeccompProfile,
 	}
 	if cfg.SandboxImage == "" {
 		cfg.SandboxImage = criDefaultSandboxImage

@@ -43,6 +43,7 @@ type fakeRuntimeConfig struct {
 	RestrictOOMScoreAdj     bool   `json:"restrictOOMScoreAdj"`
 	EnableUnprivilegedPorts bool   `json:"enableUnprivilegedPorts"`
 	EnableUnprivilegedICMP  bool   `json:"enableUnprivilegedICMP"`
+	UnsetSeccompProfile     string `json:"unsetSeccompProfile"`
 	RootDir                 string `json:"rootDir"`
 	StateDir                string `json:"stateDir"`
 	// Fields berth does not read.
@@ -95,6 +96,7 @@ func TestLoadCRIConfig(t *testing.T) {
 		RestrictOOMScoreAdj:     true,
 		EnableUnprivilegedPorts: true,
 		EnableUnprivilegedICMP:  true,
+		UnsetSeccompProfile:     "runtime/default",
 		RootDir:                 "/custom/cri-root",
 		StateDir:                "/custom/cri-state",
 		ContainerdEndpoint:      "/run/containerd/containerd.sock",
@@ -142,6 +144,7 @@ func TestLoadCRIConfig(t *testing.T) {
 				RestrictOOMScoreAdj:     true,
 				EnableUnprivilegedPorts: true,
 				EnableUnprivilegedICMP:  true,
+				UnsetSeccompProfile:     "runtime/default",
 			},
 			wantRoot:  "/custom/cri-root",
 			wantState: "/custom/cri-state",

@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"github.com/containerd/containerd/v2/core/mount"
+	"github.com/containerd/containerd/v2/pkg/sys"
 	"github.com/containerd/errdefs"
 	"golang.org/x/sys/unix"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
@@ -54,6 +55,10 @@ func (f Files) Hostname() string   { return filepath.Join(f.RootDir, "hostname")
 func (f Files) Hosts() string      { return filepath.Join(f.RootDir, "hosts") }
 func (f Files) ResolvConf() string { return filepath.Join(f.RootDir, "resolv.conf") }
 func (f Files) Shm() string        { return filepath.Join(f.StateDir, "shm") }
+
+// UserNS is where the pod's user namespace is pinned, when the pause joins
+// the one CRI made the pod's netns in.
+func (f Files) UserNS() string { return filepath.Join(f.StateDir, "pinned-namespaces", "user") }
 
 // HostFiles are the host files a pod's files default to.
 type HostFiles struct {
@@ -107,6 +112,33 @@ func (f Files) Create(cfg *runtimeapi.PodSandboxConfig, host HostFiles) error {
 	return f.link(false)
 }
 
+// PinUserNamespace bind-mounts the user namespace that owns the network
+// namespace at netnsPath onto UserNS, for the pause container to join. CRI
+// made that netns in a user namespace of the pod's mappings; the pause
+// process must be in it to own its netns. Remove unmounts it.
+func (f Files) PinUserNamespace(netnsPath string) error {
+	if err := os.MkdirAll(filepath.Dir(f.UserNS()), 0o755); err != nil {
+		return fmt.Errorf("create pinned namespace directory: %w", err)
+	}
+	if err := os.WriteFile(f.UserNS(), nil, 0o444); err != nil {
+		return fmt.Errorf("create user namespace pin: %w", err)
+	}
+	netns, err := os.Open(netnsPath)
+	if err != nil {
+		return fmt.Errorf("open pod network namespace: %w", err)
+	}
+	defer netns.Close()
+	userns, err := sys.GetUsernsForNamespace(netns.Fd())
+	if err != nil {
+		return fmt.Errorf("user namespace of %s: %w", netnsPath, err)
+	}
+	defer userns.Close()
+	if err := unix.Mount(userns.Name(), f.UserNS(), "none", unix.MS_BIND, ""); err != nil {
+		return fmt.Errorf("pin user namespace: %w", err)
+	}
+	return nil
+}
+
 // Relink puts back the links into CRI's directories if they are missing,
 // after a crash. Links already there are left alone.
 func (f Files) Relink() error {
@@ -128,16 +160,16 @@ func (f Files) link(keepExisting bool) error {
 // UnmountShm unmounts the sandbox's /dev/shm. It is a no-op if it is not
 // mounted.
 func (f Files) UnmountShm() error {
-	if err := mount.UnmountAll(f.Shm(), unix.MNT_DETACH); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return fmt.Errorf("unmount shm: %w", err)
-	}
-	return nil
+	return unmount("shm", f.Shm())
 }
 
 // Remove unmounts and deletes every file of the sandbox, including the CRI
 // links. It is idempotent.
 func (f Files) Remove() error {
 	if err := f.UnmountShm(); err != nil {
+		return err
+	}
+	if err := unmount("pinned user namespace", f.UserNS()); err != nil {
 		return err
 	}
 	var errs []error
@@ -156,6 +188,14 @@ func (f Files) Remove() error {
 	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("remove sandbox files: %w", err)
+	}
+	return nil
+}
+
+// unmount unmounts everything at path; nothing there is not an error.
+func unmount(what, path string) error {
+	if err := mount.UnmountAll(path, unix.MNT_DETACH); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("unmount %s: %w", what, err)
 	}
 	return nil
 }

@@ -502,3 +502,47 @@ func TestFilesUnmountShm(t *testing.T) {
 		t.Errorf("hostname = %q after UnmountShm", got)
 	}
 }
+
+// TestFilesPinUserNamespace pins the user namespace that owns this test's
+// own network namespace (the host's), as Start does with the pod's, and
+// checks that Remove unpins it.
+func TestFilesPinUserNamespace(t *testing.T) {
+	testRequireRoot(t)
+	f := testDirs(t).Files("sb1")
+	testCleanupFiles(t, f)
+	if err := f.PinUserNamespace("/proc/self/ns/net"); err != nil {
+		t.Fatalf("PinUserNamespace: %v", err)
+	}
+	if !testMounted(t, f.UserNS()) {
+		t.Fatalf("%s is not mounted", f.UserNS())
+	}
+	var pinned, own unix.Stat_t
+	if err := unix.Stat(f.UserNS(), &pinned); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Stat("/proc/self/ns/user", &own); err != nil {
+		t.Fatal(err)
+	}
+	if pinned.Ino != own.Ino || pinned.Dev != own.Dev {
+		t.Errorf("pinned namespace %d:%d, want the netns owner %d:%d", pinned.Dev, pinned.Ino, own.Dev, own.Ino)
+	}
+	if err := f.Remove(); err != nil {
+		t.Fatalf("Remove: %v", err)
+	}
+	if testMounted(t, f.UserNS()) {
+		t.Errorf("%s still mounted after Remove", f.UserNS())
+	}
+	testNotExist(t, f.StateDir)
+}
+
+func TestFilesPinUserNamespaceNoNetns(t *testing.T) {
+	testRequireRoot(t)
+	f := testDirs(t).Files("sb1")
+	testCleanupFiles(t, f)
+	if err := f.PinUserNamespace(filepath.Join(t.TempDir(), "no-such-netns")); err == nil {
+		t.Fatal("PinUserNamespace of a missing netns succeeded")
+	}
+	if testMounted(t, f.UserNS()) {
+		t.Errorf("%s mounted after a failed pin", f.UserNS())
+	}
+}

@@ -8,20 +8,17 @@ import (
 	"context"
 	"fmt"
 	"maps"
-	"math"
 	"path"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"strings"
 
-	"github.com/containerd/containerd/v2/contrib/seccomp"
 	"github.com/containerd/containerd/v2/core/containers"
+	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/containerd/containerd/v2/pkg/oci"
 	"github.com/containerd/errdefs"
 	imagespec "github.com/opencontainers/image-spec/specs-go/v1"
 	runtimespec "github.com/opencontainers/runtime-spec/specs-go"
-	"github.com/opencontainers/selinux/go-selinux/label"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 )
 
@@ -54,6 +51,7 @@ const (
 	rootfsPath = "rootfs"
 	devShm     = "/dev/shm"
 	resolvConf = "/etc/resolv.conf"
+	sysfs      = "/sys"
 )
 
 // SpecConfig is everything the pause spec is built from.
@@ -61,7 +59,9 @@ type SpecConfig struct {
 	ID     string
 	Config *runtimeapi.PodSandboxConfig
 	// Image is the pause image's config: entrypoint, env, user, workdir.
-	Image     imagespec.ImageConfig
+	Image imagespec.ImageConfig
+	// ImageName is the pause image as the CRI config names it, for the
+	// image-name annotation.
 	ImageName string
 	// NetNSPath is the pod's network namespace; unused for host network.
 	NetNSPath string
@@ -77,47 +77,64 @@ type SpecConfig struct {
 	EnableUnprivilegedPorts bool
 	EnableUnprivilegedICMP  bool
 	RestrictOOMScoreAdj     bool
+	// UnsetSeccompProfile is CRI's unset_seccomp_profile: the seccomp
+	// profile, in the deprecated path form, of pods that ask for none.
+	UnsetSeccompProfile string
 	// SeccompEnabled says whether the kernel supports seccomp.
 	SeccompEnabled bool
 }
 
 // Spec is a generated pause spec: the options to apply to containerd's
-// default spec, and the SELinux process label chosen for the pod.
+// default spec, and what else the pause container needs.
 type Spec struct {
-	Opts         []oci.SpecOpts
+	Opts []oci.SpecOpts
+	// ProcessLabel is the SELinux process label chosen for the pod.
 	ProcessLabel string
+	// SnapshotOpts are for the pause container's rootfs snapshot: they ask
+	// the snapshotter to shift its ownership into the pod's user namespace.
+	SnapshotOpts []snapshots.Opt
+	// PinUserNamespace says that Opts put the pause process into the user
+	// namespace that owns the pod's network namespace, which the caller
+	// must pin with Files.PinUserNamespace before the task is created.
+	PinUserNamespace bool
 }
 
 // GenerateSpec returns the options that turn containerd's default spec into
-// the pause container's. It validates the pod config first, so bad input
-// fails with errdefs.ErrInvalidArgument before anything is created. The
-// caller must release ProcessLabel (label.ReleaseLabel) if it does not use
-// the spec.
+// the pause container's, the same spec containerd's built-in controller
+// makes for the pod. It checks the pod config first, so that a config the
+// built-in (or runc, later) would reject fails before anything is created,
+// with an error of the built-in's class (see unknownf). The caller must
+// release ProcessLabel (label.ReleaseLabel) if it does not use the spec.
 func GenerateSpec(c SpecConfig) (Spec, error) {
 	cfg := c.Config
 	sc := cfg.GetLinux().GetSecurityContext()
 	nsOpts := sc.GetNamespaceOptions()
+	hostNetwork := nsOpts.GetNetwork() == runtimeapi.NamespaceMode_NODE
 
 	if len(c.Image.Entrypoint) == 0 && len(c.Image.Cmd) == 0 {
-		return Spec{}, fmt.Errorf("pause image %q has no entrypoint or cmd: %w", c.ImageName, errdefs.ErrInvalidArgument)
+		return Spec{}, unknownf("pause image %q has no entrypoint or cmd", c.ImageName)
 	}
-	if err := validateNamespaces(nsOpts); err != nil {
-		return Spec{}, err
+	if hostNetwork && cfg.GetHostname() != "" {
+		// runc would refuse it once the container and task exist.
+		return Spec{}, unknownf("hostname %q is set, but a host-network pod has the node's UTS namespace and hostname", cfg.GetHostname())
 	}
-	sysctls, err := podSysctls(c)
+	userNS, err := podUserNamespace(nsOpts.GetUsernsOptions())
 	if err != nil {
 		return Spec{}, err
 	}
-	for _, g := range sc.GetSupplementalGroups() {
-		if g < 0 || g > math.MaxInt32 {
-			return Spec{}, fmt.Errorf("supplemental group %d is out of range: %w", g, errdefs.ErrInvalidArgument)
-		}
+	sysctls, err := podSysctls(c, userNS != nil)
+	if err != nil {
+		return Spec{}, err
 	}
 	user, err := userString(sc, c.Image.User)
 	if err != nil {
 		return Spec{}, err
 	}
-	seccompOpt, err := seccompProfile(sc, c.SeccompEnabled)
+	groups, err := supplementalGroups(sc.GetSupplementalGroups())
+	if err != nil {
+		return Spec{}, err
+	}
+	seccompOpt, err := seccompProfile(sc, c.UnsetSeccompProfile, c.SeccompEnabled)
 	if err != nil {
 		return Spec{}, err
 	}
@@ -142,9 +159,31 @@ func GenerateSpec(c SpecConfig) (Spec, error) {
 		opts = append(opts, oci.WithCgroup(CgroupsPath(parent, c.ID)))
 	}
 	opts = append(opts, namespaceOpts(nsOpts, c.NetNSPath)...)
+	var snapshotOpts []snapshots.Opt
+	mounts := sandboxMounts(c.Files, nsOpts)
+	if userNS != nil {
+		// CRI made the pod's netns in a user namespace of the pod's
+		// mappings: the pause process joins that one, pinned to a file.
+		// A host-network pod has none yet: runc makes it.
+		pinned := ""
+		if !hostNetwork {
+			pinned = c.Files.UserNS()
+		}
+		opts = append(opts, userNS.opts(pinned))
+		snapshotOpts = userNS.snapshotOpts()
+		if hostNetwork {
+			// A user namespace that does not own the network namespace
+			// may not mount sysfs: the host's is bound instead.
+			opts = append(opts, oci.WithoutMounts(sysfs))
+			mounts = append(mounts, runtimespec.Mount{
+				Source: sysfs, Destination: sysfs, Type: "bind",
+				Options: []string{"rbind", "rro", "nosuid", "nodev", "noexec"},
+			})
+		}
+	}
 	opts = append(opts,
 		oci.WithoutMounts(devShm),
-		oci.WithMounts(sandboxMounts(c.Files, nsOpts)),
+		oci.WithMounts(mounts),
 		withSelinuxLabels(processLabel, mountLabel),
 		withSysctls(sysctls),
 		oci.WithCPUShares(sandboxCPUShares),
@@ -154,16 +193,31 @@ func GenerateSpec(c SpecConfig) (Spec, error) {
 	if sc.GetPrivileged() {
 		opts = append(opts, withPrivileged)
 	}
-	if user != "" {
-		opts = append(opts, oci.WithUser(user))
-	}
-	// After the user: oci.WithUser resets the additional groups. (The
-	// built-in controller applies them first and so loses them.)
-	opts = append(opts, withSupplementalGroups(sc.GetSupplementalGroups()))
 	if seccompOpt != nil {
 		opts = append(opts, seccompOpt)
 	}
-	return Spec{Opts: opts, ProcessLabel: processLabel}, nil
+	if user != "" {
+		opts = append(opts, oci.WithUser(user))
+	}
+	// After the user: oci.WithUser resets the additional groups. The
+	// built-in adds them before and so loses them; berth keeps them.
+	opts = append(opts, withSupplementalGroups(groups))
+	return Spec{
+		Opts:             opts,
+		ProcessLabel:     processLabel,
+		SnapshotOpts:     snapshotOpts,
+		PinUserNamespace: userNS != nil && !hostNetwork,
+	}, nil
+}
+
+// unknownf returns an error for a pod config (or pause image) that
+// containerd's built-in controller rejects too. The built-in's errors carry
+// no errdefs class, so CRI reports them as gRPC Unknown; berth's are
+// errdefs.ErrUnknown so that kubelet sees the same code for the same pod
+// whichever controller runs it. WithMessage keeps the class's name out of
+// the text.
+func unknownf(format string, args ...any) error {
+	return errdefs.ErrUnknown.WithMessage(fmt.Sprintf(format, args...))
 }
 
 // CgroupsPath is the pause container's cgroups path under parent. A parent
@@ -177,25 +231,11 @@ func CgroupsPath(parent, id string) string {
 	return filepath.Join(parent, id)
 }
 
-// validateNamespaces rejects namespace modes the pause container cannot have.
-func validateNamespaces(ns *runtimeapi.NamespaceOption) error {
-	for name, mode := range map[string]runtimeapi.NamespaceMode{
-		"network": ns.GetNetwork(), "pid": ns.GetPid(), "ipc": ns.GetIpc(),
-	} {
-		// TARGET names another container's namespace; a pod has none yet.
-		if mode == runtimeapi.NamespaceMode_TARGET {
-			return fmt.Errorf("%s namespace mode TARGET is not valid for a pod sandbox: %w", name, errdefs.ErrInvalidArgument)
-		}
-	}
-	if u := ns.GetUsernsOptions(); u != nil && u.GetMode() == runtimeapi.NamespaceMode_POD {
-		return fmt.Errorf("pod user namespaces: %w", errdefs.ErrNotImplemented)
-	}
-	return nil
-}
-
 // namespaceOpts puts the pause process into the pod's namespaces: the
 // netns CRI made (or the host's), and new ipc, uts and pid namespaces unless
-// the pod shares the host's.
+// the pod shares the host's. Any other mode, TARGET included, means the
+// pod's own, as in the built-in controller: a pod has no other container
+// to share with yet.
 func namespaceOpts(ns *runtimeapi.NamespaceOption, netnsPath string) []oci.SpecOpts {
 	var opts []oci.SpecOpts
 	if ns.GetNetwork() == runtimeapi.NamespaceMode_NODE {
@@ -212,9 +252,6 @@ func namespaceOpts(ns *runtimeapi.NamespaceOption, netnsPath string) []oci.SpecO
 	}
 	if ns.GetIpc() == runtimeapi.NamespaceMode_NODE {
 		opts = append(opts, oci.WithHostNamespace(runtimespec.IPCNamespace))
-	}
-	if ns.GetUsernsOptions().GetMode() == runtimeapi.NamespaceMode_NODE {
-		opts = append(opts, oci.WithHostNamespace(runtimespec.UserNamespace))
 	}
 	return opts
 }
@@ -240,6 +277,16 @@ func sandboxMounts(f Files, ns *runtimeapi.NamespaceOption) []runtimespec.Mount 
 func annotations(c SpecConfig) map[string]string {
 	cfg := c.Config
 	a := map[string]string{}
+	if res := cfg.GetLinux().GetResources(); res != nil {
+		maps.Copy(a, map[string]string{
+			AnnotationSandboxCPUPeriod: strconv.FormatInt(res.GetCpuPeriod(), 10),
+			AnnotationSandboxCPUQuota:  strconv.FormatInt(res.GetCpuQuota(), 10),
+			AnnotationSandboxCPUShares: strconv.FormatInt(res.GetCpuShares(), 10),
+			AnnotationSandboxMemory:    strconv.FormatInt(res.GetMemoryLimitInBytes(), 10),
+		})
+	}
+	// Passed-through pod annotations override the resource annotations and
+	// are overridden by the identity ones, as in the built-in.
 	for k, v := range cfg.GetAnnotations() {
 		for _, pattern := range c.PodAnnotations {
 			// path.Match, not filepath.Match: keys are not file paths.
@@ -248,14 +295,6 @@ func annotations(c SpecConfig) map[string]string {
 				break
 			}
 		}
-	}
-	if res := cfg.GetLinux().GetResources(); res != nil {
-		maps.Copy(a, map[string]string{
-			AnnotationSandboxCPUPeriod: strconv.FormatInt(res.GetCpuPeriod(), 10),
-			AnnotationSandboxCPUQuota:  strconv.FormatInt(res.GetCpuQuota(), 10),
-			AnnotationSandboxCPUShares: strconv.FormatInt(res.GetCpuShares(), 10),
-			AnnotationSandboxMemory:    strconv.FormatInt(res.GetMemoryLimitInBytes(), 10),
-		})
 	}
 	maps.Copy(a, map[string]string{
 		AnnotationSandboxID:        c.ID,
@@ -267,87 +306,6 @@ func annotations(c SpecConfig) map[string]string {
 		AnnotationContainerType:    containerTypeSandbox,
 	})
 	return a
-}
-
-// userString is the user the pause process runs as: run_as_user and
-// run_as_group from the pod, else the image's USER.
-func userString(sc *runtimeapi.LinuxSandboxSecurityContext, imageUser string) (string, error) {
-	uid, gid := sc.GetRunAsUser(), sc.GetRunAsGroup()
-	switch {
-	case uid == nil && gid != nil:
-		return "", fmt.Errorf("run_as_group %d is set without run_as_user: %w", gid.GetValue(), errdefs.ErrInvalidArgument)
-	case uid == nil:
-		return imageUser, nil
-	case gid == nil:
-		return strconv.FormatInt(uid.GetValue(), 10), nil
-	}
-	return strconv.FormatInt(uid.GetValue(), 10) + ":" + strconv.FormatInt(gid.GetValue(), 10), nil
-}
-
-// seccompProfile picks the pause container's seccomp filter. Unlike the
-// built-in controller, a pod that names no profile gets the runtime default:
-// the pause process only sleeps and reaps, so the filter costs nothing and
-// narrows what a compromised pause could do.
-func seccompProfile(sc *runtimeapi.LinuxSandboxSecurityContext, enabled bool) (oci.SpecOpts, error) {
-	if sc.GetPrivileged() {
-		return nil, nil
-	}
-	sp := sc.GetSeccomp()
-	if sp == nil {
-		//lint:ignore SA1019 older kubelets still send the deprecated field
-		switch p := sc.GetSeccompProfilePath(); {
-		case p == "unconfined":
-			sp = &runtimeapi.SecurityProfile{ProfileType: runtimeapi.SecurityProfile_Unconfined}
-		case strings.HasPrefix(p, "localhost/"):
-			sp = &runtimeapi.SecurityProfile{ProfileType: runtimeapi.SecurityProfile_Localhost, LocalhostRef: strings.TrimPrefix(p, "localhost/")}
-		default:
-			sp = &runtimeapi.SecurityProfile{ProfileType: runtimeapi.SecurityProfile_RuntimeDefault}
-		}
-	}
-	if sp.GetProfileType() == runtimeapi.SecurityProfile_Unconfined {
-		return nil, nil
-	}
-	if sp.GetProfileType() != runtimeapi.SecurityProfile_Localhost && sp.GetLocalhostRef() != "" {
-		return nil, fmt.Errorf("seccomp localhost_ref is only valid with profile type Localhost: %w", errdefs.ErrInvalidArgument)
-	}
-	if sp.GetProfileType() == runtimeapi.SecurityProfile_Localhost && sp.GetLocalhostRef() == "" {
-		return nil, fmt.Errorf("seccomp profile type Localhost needs a localhost_ref: %w", errdefs.ErrInvalidArgument)
-	}
-	if !enabled {
-		if sp.GetProfileType() == runtimeapi.SecurityProfile_RuntimeDefault && sc.GetSeccomp() == nil {
-			// The default was berth's choice, not the pod's.
-			return nil, nil
-		}
-		return nil, fmt.Errorf("seccomp is not supported by the kernel: %w", errdefs.ErrFailedPrecondition)
-	}
-	switch sp.GetProfileType() {
-	case runtimeapi.SecurityProfile_RuntimeDefault:
-		return seccomp.WithDefaultProfile(), nil
-	case runtimeapi.SecurityProfile_Localhost:
-		return seccomp.WithProfile(sp.GetLocalhostRef()), nil
-	}
-	return nil, fmt.Errorf("unknown seccomp profile type %v: %w", sp.GetProfileType(), errdefs.ErrInvalidArgument)
-}
-
-// selinuxLabels reserves the pod's SELinux process and mount labels. Both are
-// "" when SELinux is disabled.
-func selinuxLabels(opt *runtimeapi.SELinuxOption) (string, string, error) {
-	if opt == nil {
-		return label.InitLabels(nil)
-	}
-	var fields []string
-	for _, f := range []struct{ key, value string }{
-		{"user", opt.GetUser()}, {"role", opt.GetRole()}, {"type", opt.GetType()}, {"level", opt.GetLevel()},
-	} {
-		if f.value != "" {
-			fields = append(fields, f.key+":"+f.value)
-		}
-	}
-	processLabel, mountLabel, err := label.InitLabels(fields)
-	if err != nil {
-		return "", "", fmt.Errorf("selinux options %v: %w: %w", fields, errdefs.ErrInvalidArgument, err)
-	}
-	return processLabel, mountLabel, nil
 }
 
 // withoutDefaultSecuritySettings drops the default spec's apparmor, seccomp
@@ -365,7 +323,9 @@ func withoutDefaultSecuritySettings(_ context.Context, _ oci.Client, _ *containe
 
 // withPrivileged gives a privileged pod a writable /sys and no SELinux
 // process label, as the built-in controller does. The label stays reserved
-// (and reported) so it can be released with the sandbox.
+// (and reported) so it can be released with the sandbox. The pause gets no
+// more capabilities than any pause: the built-in adds none (a privileged
+// pod's containers get them all), and the pause process needs none.
 func withPrivileged(_ context.Context, _ oci.Client, _ *containers.Container, s *runtimespec.Spec) error {
 	if s.Process != nil {
 		s.Process.SelinuxLabel = ""
@@ -381,30 +341,6 @@ func withPrivileged(_ context.Context, _ oci.Client, _ *containers.Container, s 
 		}
 	}
 	return nil
-}
-
-func withSelinuxLabels(process, mount string) oci.SpecOpts {
-	return func(_ context.Context, _ oci.Client, _ *containers.Container, s *runtimespec.Spec) error {
-		ensureLinux(s)
-		s.Process.SelinuxLabel = process
-		s.Linux.MountLabel = mount
-		return nil
-	}
-}
-
-// withSupplementalGroups adds numeric groups the process does not have yet.
-// oci.WithAppendAdditionalGroups would resolve names from the rootfs, which
-// the pod config never has.
-func withSupplementalGroups(groups []int64) oci.SpecOpts {
-	return func(_ context.Context, _ oci.Client, _ *containers.Container, s *runtimespec.Spec) error {
-		ensureLinux(s)
-		for _, g := range groups {
-			if !slices.Contains(s.Process.User.AdditionalGids, uint32(g)) {
-				s.Process.User.AdditionalGids = append(s.Process.User.AdditionalGids, uint32(g))
-			}
-		}
-		return nil
-	}
 }
 
 func withSysctls(sysctls map[string]string) oci.SpecOpts {

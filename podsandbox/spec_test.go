@@ -5,6 +5,7 @@ import (
 	"maps"
 	"os"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strconv"
 	"strings"
@@ -113,6 +114,14 @@ func mustGenerateTestSpec(t *testing.T, c SpecConfig) *runtimespec.Spec {
 		t.Fatalf("generate spec: %v", err)
 	}
 	return s
+}
+
+// testHostNetworkHostname clears the hostname of a host-network pod, as
+// kubelet does: it has the node's.
+func testHostNetworkHostname(c SpecConfig) {
+	if testSecurityContext(c).GetNamespaceOptions().GetNetwork() == runtimeapi.NamespaceMode_NODE {
+		c.Config.Hostname = ""
+	}
 }
 
 func testSecurityContext(c SpecConfig) *runtimeapi.LinuxSandboxSecurityContext {
@@ -285,6 +294,24 @@ func TestGenerateSpecNamespaces(t *testing.T) {
 			wantShm: "/dev/shm",
 		},
 		{
+			// TARGET names another container's namespace; a pod has none
+			// yet, so the built-in gives the pod its own.
+			name: "target modes",
+			ns: &runtimeapi.NamespaceOption{
+				Network: runtimeapi.NamespaceMode_TARGET,
+				Pid:     runtimeapi.NamespaceMode_TARGET,
+				Ipc:     runtimeapi.NamespaceMode_TARGET,
+			},
+			want: map[runtimespec.LinuxNamespaceType]string{
+				runtimespec.NetworkNamespace: specTestNetNS,
+				runtimespec.IPCNamespace:     "",
+				runtimespec.UTSNamespace:     "",
+				runtimespec.PIDNamespace:     "",
+				runtimespec.MountNamespace:   "",
+			},
+			wantShm: specTestFiles.Shm(),
+		},
+		{
 			name: "container pid",
 			ns:   &runtimeapi.NamespaceOption{Pid: runtimeapi.NamespaceMode_CONTAINER},
 			want: map[runtimespec.LinuxNamespaceType]string{
@@ -300,6 +327,7 @@ func TestGenerateSpecNamespaces(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			c := specTestSpecConfig()
 			testSecurityContext(c).NamespaceOptions = tc.ns
+			testHostNetworkHostname(c)
 			s := mustGenerateTestSpec(t, c)
 
 			if got := testSpecNamespaces(s); !maps.Equal(got, tc.want) {
@@ -413,25 +441,35 @@ func TestGenerateSpecSysctls(t *testing.T) {
 		{
 			name: "namespaced pod sysctls",
 			sysctls: map[string]string{
-				"net.core.somaxconn":      "1024",
-				"kernel.shm_rmid_forced":  "1",
-				"kernel.msgmax":           "65536",
-				"kernel.sem":              "250 32000 100 128",
-				"fs.mqueue.msg_max":       "64",
-				"kernel.hostname":         "foo",
-				"kernel.domainname":       "example.com",
-				"net.ipv4.tcp_syncookies": "1",
+				"net.core.somaxconn":             "1024",
+				"kernel.shm_rmid_forced":         "1",
+				"kernel.msgmax":                  "65536",
+				"kernel.sem":                     "250 32000 100 128",
+				"fs.mqueue.msg_max":              "64",
+				"kernel.domainname":              "example.com",
+				"net.ipv4.tcp_syncookies":        "1",
+				"net/ipv4/ip_forward":            "1",
+				"net/ipv4/conf/eth0.1/rp_filter": "0",
 			},
 			want: map[string]string{
-				"net.core.somaxconn":      "1024",
-				"kernel.shm_rmid_forced":  "1",
-				"kernel.msgmax":           "65536",
-				"kernel.sem":              "250 32000 100 128",
-				"fs.mqueue.msg_max":       "64",
-				"kernel.hostname":         "foo",
-				"kernel.domainname":       "example.com",
-				"net.ipv4.tcp_syncookies": "1",
+				"net.core.somaxconn":             "1024",
+				"kernel.shm_rmid_forced":         "1",
+				"kernel.msgmax":                  "65536",
+				"kernel.sem":                     "250 32000 100 128",
+				"fs.mqueue.msg_max":              "64",
+				"kernel.domainname":              "example.com",
+				"net.ipv4.tcp_syncookies":        "1",
+				"net/ipv4/ip_forward":            "1",
+				"net/ipv4/conf/eth0.1/rp_filter": "0",
 			},
+		},
+		{
+			// Group IDs outside the pod's mappings cannot be written.
+			name:  "no icmp default with a pod user namespace",
+			ns:    &runtimeapi.NamespaceOption{UsernsOptions: testUserns(runtimeapi.NamespaceMode_POD)},
+			ports: true,
+			icmp:  true,
+			want:  map[string]string{ports: "0"},
 		},
 		{
 			name:  "unprivileged defaults",
@@ -483,6 +521,7 @@ func TestGenerateSpecSysctls(t *testing.T) {
 			if tc.ns != nil {
 				testSecurityContext(c).NamespaceOptions = tc.ns
 			}
+			testHostNetworkHostname(c)
 			c.EnableUnprivilegedPorts = tc.ports
 			c.EnableUnprivilegedICMP = tc.icmp
 			podSysctls := maps.Clone(tc.sysctls)
@@ -565,6 +604,18 @@ func TestGenerateSpecAnnotations(t *testing.T) {
 				AnnotationSandboxCPUQuota:  "50000",
 				AnnotationSandboxCPUShares: "512",
 				AnnotationSandboxMemory:    strconv.Itoa(128 << 20),
+			}),
+		},
+		{
+			name:      "passed-through annotations override the resource ones",
+			patterns:  []string{"io.kubernetes.cri.sandbox-cpu-*"},
+			resources: &runtimeapi.LinuxContainerResources{CpuShares: 512},
+			podAnnots: map[string]string{AnnotationSandboxCPUShares: "1024"},
+			want: with(map[string]string{
+				AnnotationSandboxCPUPeriod: "0",
+				AnnotationSandboxCPUQuota:  "0",
+				AnnotationSandboxCPUShares: "1024",
+				AnnotationSandboxMemory:    "0",
 			}),
 		},
 		{
@@ -711,7 +762,7 @@ func TestGenerateSpecUser(t *testing.T) {
 			groups:      []int64{10, 20},
 			wantUID:     1234,
 			wantGID:     5678,
-			wantAddGids: []uint32{5678, 10, 20},
+			wantAddGids: []uint32{10, 20, 5678},
 		},
 		{
 			name:        "supplemental groups with image user",
@@ -719,7 +770,15 @@ func TestGenerateSpecUser(t *testing.T) {
 			groups:      []int64{10, 20},
 			wantUID:     65535,
 			wantGID:     65535,
-			wantAddGids: []uint32{65535, 10, 20},
+			wantAddGids: []uint32{10, 20, 65535},
+		},
+		{
+			name:        "duplicate supplemental groups",
+			imageUser:   "65535:65535",
+			groups:      []int64{20, 65535, 10, 20},
+			wantUID:     65535,
+			wantGID:     65535,
+			wantAddGids: []uint32{10, 20, 65535},
 		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -819,11 +878,26 @@ func TestGenerateSpecSeccomp(t *testing.T) {
 		legacyPath string
 		privileged bool
 		disabled   bool
+		unset      string // CRI's unset_seccomp_profile
 		// wantAction is the expected default action; "" wants no seccomp.
 		wantAction runtimespec.LinuxSeccompAction
 	}{
 		{
-			name:       "default when unset",
+			name: "none when unset",
+		},
+		{
+			name:       "unset_seccomp_profile when unset",
+			unset:      "runtime/default",
+			wantAction: runtimespec.ActErrno,
+		},
+		{
+			name:    "unset_seccomp_profile does not override the pod",
+			unset:   "runtime/default",
+			profile: &runtimeapi.SecurityProfile{ProfileType: runtimeapi.SecurityProfile_Unconfined},
+		},
+		{
+			name:       "legacy docker/default",
+			legacyPath: "docker/default",
 			wantAction: runtimespec.ActErrno,
 		},
 		{
@@ -882,6 +956,7 @@ func TestGenerateSpecSeccomp(t *testing.T) {
 			sc.SeccompProfilePath = tc.legacyPath
 			sc.Privileged = tc.privileged
 			c.SeccompEnabled = !tc.disabled
+			c.UnsetSeccompProfile = tc.unset
 			s := mustGenerateTestSpec(t, c)
 
 			switch {
@@ -933,134 +1008,102 @@ func TestGenerateSpecPrivileged(t *testing.T) {
 	if s.Process.SelinuxLabel != "" {
 		t.Errorf("selinux label = %q, want none", s.Process.SelinuxLabel)
 	}
+	// The built-in gives a privileged pause no more capabilities than any.
+	plain := mustGenerateTestSpec(t, specTestSpecConfig())
+	if !reflect.DeepEqual(s.Process.Capabilities, plain.Process.Capabilities) {
+		t.Errorf("capabilities = %+v, want the default %+v", s.Process.Capabilities, plain.Process.Capabilities)
+	}
 }
 
+// TestGenerateSpecInvalid checks the pod configs the built-in controller
+// (or runc, for it) rejects: berth rejects them before anything exists,
+// with the built-in's class, Unknown.
 func TestGenerateSpecInvalid(t *testing.T) {
+	sc := func(f func(*runtimeapi.LinuxSandboxSecurityContext)) func(*SpecConfig) {
+		return func(c *SpecConfig) { f(testSecurityContext(*c)) }
+	}
+	sysctl := func(ns *runtimeapi.NamespaceOption, name string) func(*SpecConfig) {
+		return func(c *SpecConfig) {
+			if ns != nil {
+				testSecurityContext(*c).NamespaceOptions = ns
+			}
+			c.Config.Linux.Sysctls = map[string]string{name: "1"}
+		}
+	}
+	userns := func(u *runtimeapi.UserNamespace) func(*SpecConfig) {
+		return sc(func(s *runtimeapi.LinuxSandboxSecurityContext) { s.NamespaceOptions.UsernsOptions = u })
+	}
+	mapping := []*runtimeapi.IDMapping{{HostId: 65536, Length: 65536}}
+	hostNet := &runtimeapi.NamespaceOption{Network: runtimeapi.NamespaceMode_NODE}
+	hostIPC := &runtimeapi.NamespaceOption{Ipc: runtimeapi.NamespaceMode_NODE}
+	notJSON := filepath.Join(t.TempDir(), "profile.json")
+	if err := os.WriteFile(notJSON, []byte("{"), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	for _, tc := range []struct {
 		name   string
 		modify func(*SpecConfig)
-		is     func(error) bool
 	}{
-		{
-			name: "no entrypoint or cmd",
-			modify: func(c *SpecConfig) {
-				c.Image.Entrypoint, c.Image.Cmd = nil, nil
-			},
-			is: errdefs.IsInvalidArgument,
-		},
-		{
-			name: "target network namespace",
-			modify: func(c *SpecConfig) {
-				testSecurityContext(*c).NamespaceOptions.Network = runtimeapi.NamespaceMode_TARGET
-			},
-			is: errdefs.IsInvalidArgument,
-		},
-		{
-			name: "target pid namespace",
-			modify: func(c *SpecConfig) {
-				ns := testSecurityContext(*c).NamespaceOptions
-				ns.Pid, ns.TargetId = runtimeapi.NamespaceMode_TARGET, "other"
-			},
-			is: errdefs.IsInvalidArgument,
-		},
-		{
-			name: "target ipc namespace",
-			modify: func(c *SpecConfig) {
-				testSecurityContext(*c).NamespaceOptions.Ipc = runtimeapi.NamespaceMode_TARGET
-			},
-			is: errdefs.IsInvalidArgument,
-		},
-		{
-			name: "pod user namespace",
-			modify: func(c *SpecConfig) {
-				testSecurityContext(*c).NamespaceOptions.UsernsOptions = &runtimeapi.UserNamespace{
-					Mode: runtimeapi.NamespaceMode_POD,
-					Uids: []*runtimeapi.IDMapping{{HostId: 65536, ContainerId: 0, Length: 65536}},
-					Gids: []*runtimeapi.IDMapping{{HostId: 65536, ContainerId: 0, Length: 65536}},
-				}
-			},
-			is: errdefs.IsNotImplemented,
-		},
-		{
-			name: "non-namespaced sysctl",
-			modify: func(c *SpecConfig) {
-				c.Config.Linux.Sysctls = map[string]string{"kernel.panic": "1"}
-			},
-			is: errdefs.IsInvalidArgument,
-		},
-		{
-			name: "vm sysctl",
-			modify: func(c *SpecConfig) {
-				c.Config.Linux.Sysctls = map[string]string{"vm.swappiness": "10"}
-			},
-			is: errdefs.IsInvalidArgument,
-		},
-		{
-			name: "net sysctl with host network",
-			modify: func(c *SpecConfig) {
-				testSecurityContext(*c).NamespaceOptions.Network = runtimeapi.NamespaceMode_NODE
-				c.Config.Linux.Sysctls = map[string]string{"net.core.somaxconn": "1024"}
-			},
-			is: errdefs.IsInvalidArgument,
-		},
-		{
-			name: "uts sysctl with host network",
-			modify: func(c *SpecConfig) {
-				testSecurityContext(*c).NamespaceOptions.Network = runtimeapi.NamespaceMode_NODE
-				c.Config.Linux.Sysctls = map[string]string{"kernel.hostname": "foo"}
-			},
-			is: errdefs.IsInvalidArgument,
-		},
-		{
-			name: "shm sysctl with host ipc",
-			modify: func(c *SpecConfig) {
-				testSecurityContext(*c).NamespaceOptions.Ipc = runtimeapi.NamespaceMode_NODE
-				c.Config.Linux.Sysctls = map[string]string{"kernel.shmmax": "1"}
-			},
-			is: errdefs.IsInvalidArgument,
-		},
-		{
-			name: "mqueue sysctl with host ipc",
-			modify: func(c *SpecConfig) {
-				testSecurityContext(*c).NamespaceOptions.Ipc = runtimeapi.NamespaceMode_NODE
-				c.Config.Linux.Sysctls = map[string]string{"fs.mqueue.msg_max": "64"}
-			},
-			is: errdefs.IsInvalidArgument,
-		},
-		{
-			name: "run_as_group without run_as_user",
-			modify: func(c *SpecConfig) {
-				testSecurityContext(*c).RunAsGroup = &runtimeapi.Int64Value{Value: 1000}
-			},
-			is: errdefs.IsInvalidArgument,
-		},
-		{
-			name: "seccomp runtime default on a kernel without seccomp",
-			modify: func(c *SpecConfig) {
-				c.SeccompEnabled = false
-				testSecurityContext(*c).Seccomp = &runtimeapi.SecurityProfile{ProfileType: runtimeapi.SecurityProfile_RuntimeDefault}
-			},
-			is: errdefs.IsFailedPrecondition,
-		},
-		{
-			name: "seccomp localhost on a kernel without seccomp",
-			modify: func(c *SpecConfig) {
-				c.SeccompEnabled = false
-				testSecurityContext(*c).Seccomp = &runtimeapi.SecurityProfile{
-					ProfileType: runtimeapi.SecurityProfile_Localhost, LocalhostRef: "/profile.json",
-				}
-			},
-			is: errdefs.IsFailedPrecondition,
-		},
-		{
-			name: "seccomp localhost_ref with runtime default",
-			modify: func(c *SpecConfig) {
-				testSecurityContext(*c).Seccomp = &runtimeapi.SecurityProfile{
-					ProfileType: runtimeapi.SecurityProfile_RuntimeDefault, LocalhostRef: "/profile.json",
-				}
-			},
-			is: errdefs.IsInvalidArgument,
-		},
+		{"no entrypoint or cmd", func(c *SpecConfig) { c.Image.Entrypoint, c.Image.Cmd = nil, nil }},
+		{"hostname with host network", func(c *SpecConfig) {
+			testSecurityContext(*c).NamespaceOptions = hostNet
+		}},
+		{"userns node with mappings", userns(&runtimeapi.UserNamespace{Mode: runtimeapi.NamespaceMode_NODE, Uids: mapping, Gids: mapping})},
+		{"userns pod without uid mapping", userns(&runtimeapi.UserNamespace{Mode: runtimeapi.NamespaceMode_POD, Gids: mapping})},
+		{"userns pod two mappings", userns(&runtimeapi.UserNamespace{
+			Mode: runtimeapi.NamespaceMode_POD, Uids: append(mapping, mapping...), Gids: mapping})},
+		{"userns pod empty mapping", userns(&runtimeapi.UserNamespace{
+			Mode: runtimeapi.NamespaceMode_POD, Uids: []*runtimeapi.IDMapping{{HostId: 65536}}, Gids: mapping})},
+		{"userns container mode", userns(&runtimeapi.UserNamespace{Mode: runtimeapi.NamespaceMode_CONTAINER})},
+		{"non-namespaced sysctl", sysctl(nil, "kernel.panic")},
+		{"vm sysctl", sysctl(nil, "vm.swappiness")},
+		{"unknown ipc-like sysctl", sysctl(nil, "kernel.msgfoo")},
+		{"kernel.hostname sysctl", sysctl(nil, "kernel.hostname")},
+		{"net sysctl with host network", sysctl(hostNet, "net.core.somaxconn")},
+		{"slashed net sysctl with host network", sysctl(hostNet, "net/core/somaxconn")},
+		{"uts sysctl with host network", sysctl(hostNet, "kernel.domainname")},
+		{"shm sysctl with host ipc", sysctl(hostIPC, "kernel.shmmax")},
+		{"mqueue sysctl with host ipc", sysctl(hostIPC, "fs.mqueue.msg_max")},
+		{"run_as_group without run_as_user", sc(func(s *runtimeapi.LinuxSandboxSecurityContext) {
+			s.RunAsGroup = &runtimeapi.Int64Value{Value: 1000}
+		})},
+		{"run_as_user out of range", sc(func(s *runtimeapi.LinuxSandboxSecurityContext) {
+			s.RunAsUser = &runtimeapi.Int64Value{Value: -1}
+		})},
+		{"supplemental group out of range", sc(func(s *runtimeapi.LinuxSandboxSecurityContext) {
+			s.SupplementalGroups = []int64{10, 1 << 32}
+		})},
+		{"seccomp runtime default on a kernel without seccomp", func(c *SpecConfig) {
+			c.SeccompEnabled = false
+			testSecurityContext(*c).Seccomp = &runtimeapi.SecurityProfile{ProfileType: runtimeapi.SecurityProfile_RuntimeDefault}
+		}},
+		{"seccomp unset_seccomp_profile on a kernel without seccomp", func(c *SpecConfig) {
+			c.SeccompEnabled, c.UnsetSeccompProfile = false, "runtime/default"
+		}},
+		{"seccomp localhost_ref with runtime default", sc(func(s *runtimeapi.LinuxSandboxSecurityContext) {
+			s.Seccomp = &runtimeapi.SecurityProfile{ProfileType: runtimeapi.SecurityProfile_RuntimeDefault, LocalhostRef: "/profile.json"}
+		})},
+		{"seccomp localhost without ref", sc(func(s *runtimeapi.LinuxSandboxSecurityContext) {
+			s.Seccomp = &runtimeapi.SecurityProfile{ProfileType: runtimeapi.SecurityProfile_Localhost}
+		})},
+		{"seccomp localhost missing", sc(func(s *runtimeapi.LinuxSandboxSecurityContext) {
+			s.Seccomp = &runtimeapi.SecurityProfile{ProfileType: runtimeapi.SecurityProfile_Localhost, LocalhostRef: "/no/such/profile.json"}
+		})},
+		{"seccomp localhost not json", sc(func(s *runtimeapi.LinuxSandboxSecurityContext) {
+			s.Seccomp = &runtimeapi.SecurityProfile{ProfileType: runtimeapi.SecurityProfile_Localhost, LocalhostRef: notJSON}
+		})},
+		{"seccomp invalid legacy path", sc(func(s *runtimeapi.LinuxSandboxSecurityContext) {
+			//lint:ignore SA1019 testing the deprecated field
+			s.SeccompProfilePath = "no-such-profile"
+		})},
+		{"seccomp invalid legacy path privileged", sc(func(s *runtimeapi.LinuxSandboxSecurityContext) {
+			//lint:ignore SA1019 testing the deprecated field
+			s.SeccompProfilePath, s.Privileged = "no-such-profile", true
+		})},
+		{"seccomp invalid unset_seccomp_profile", func(c *SpecConfig) { c.UnsetSeccompProfile = "no-such-profile" }},
+		{"selinux level", sc(func(s *runtimeapi.LinuxSandboxSecurityContext) {
+			s.SelinuxOptions = &runtimeapi.SELinuxOption{Level: "not a level"}
+		})},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := specTestSpecConfig()
@@ -1070,11 +1113,93 @@ func TestGenerateSpecInvalid(t *testing.T) {
 				selinux.ReleaseLabel(spec.ProcessLabel)
 				t.Fatal("GenerateSpec succeeded, want an error")
 			}
-			if !tc.is(err) {
-				t.Errorf("GenerateSpec error %v has the wrong kind", err)
+			if !errdefs.IsUnknown(err) || strings.HasSuffix(err.Error(), ": unknown") {
+				t.Errorf("GenerateSpec error %q: want class Unknown, without its name in the text", err)
 			}
 			if len(spec.Opts) != 0 || spec.ProcessLabel != "" {
 				t.Errorf("GenerateSpec returned %+v with its error, want the zero Spec", spec)
+			}
+		})
+	}
+}
+
+func testUserns(mode runtimeapi.NamespaceMode) *runtimeapi.UserNamespace {
+	return &runtimeapi.UserNamespace{
+		Mode: mode,
+		Uids: []*runtimeapi.IDMapping{{ContainerId: 0, HostId: 100000, Length: 65536}},
+		Gids: []*runtimeapi.IDMapping{{ContainerId: 0, HostId: 200000, Length: 65536}},
+	}
+}
+
+func TestGenerateSpecUserNamespace(t *testing.T) {
+	uids := []runtimespec.LinuxIDMapping{{ContainerID: 0, HostID: 100000, Size: 65536}}
+	gids := []runtimespec.LinuxIDMapping{{ContainerID: 0, HostID: 200000, Size: 65536}}
+	for _, tc := range []struct {
+		name        string
+		ns          *runtimeapi.NamespaceOption
+		wantUserns  bool
+		wantPath    string // of the user namespace
+		wantSysBind bool
+	}{
+		{name: "none", ns: &runtimeapi.NamespaceOption{}},
+		{name: "node", ns: &runtimeapi.NamespaceOption{UsernsOptions: &runtimeapi.UserNamespace{Mode: runtimeapi.NamespaceMode_NODE}}},
+		{
+			name:       "pod: joins the pinned namespace of the pod's netns",
+			ns:         &runtimeapi.NamespaceOption{UsernsOptions: testUserns(runtimeapi.NamespaceMode_POD)},
+			wantUserns: true, wantPath: specTestFiles.UserNS(),
+		},
+		{
+			name: "pod with host network: a new namespace, the host's sysfs",
+			ns: &runtimeapi.NamespaceOption{
+				Network: runtimeapi.NamespaceMode_NODE, UsernsOptions: testUserns(runtimeapi.NamespaceMode_POD),
+			},
+			wantUserns: true, wantSysBind: true,
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := specTestSpecConfig()
+			testSecurityContext(c).NamespaceOptions = tc.ns
+			testHostNetworkHostname(c)
+			spec, err := GenerateSpec(c)
+			if err != nil {
+				t.Fatal(err)
+			}
+			s, err := oci.GenerateSpec(specTestContext(), nil, &containers.Container{ID: c.ID}, spec.Opts...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			path, ok := testSpecNamespaces(s)[runtimespec.UserNamespace]
+			if ok != tc.wantUserns || path != tc.wantPath {
+				t.Errorf("user namespace %v at %q, want %v at %q", ok, path, tc.wantUserns, tc.wantPath)
+			}
+			if spec.PinUserNamespace != (tc.wantPath != "") {
+				t.Errorf("PinUserNamespace = %v, want %v", spec.PinUserNamespace, tc.wantPath != "")
+			}
+			if !tc.wantUserns {
+				if s.Linux.UIDMappings != nil || s.Linux.GIDMappings != nil || spec.SnapshotOpts != nil {
+					t.Errorf("mappings %v %v, snapshot opts %d, want none", s.Linux.UIDMappings, s.Linux.GIDMappings, len(spec.SnapshotOpts))
+				}
+				return
+			}
+			if !slices.Equal(s.Linux.UIDMappings, uids) || !slices.Equal(s.Linux.GIDMappings, gids) {
+				t.Errorf("mappings %v %v, want %v %v", s.Linux.UIDMappings, s.Linux.GIDMappings, uids, gids)
+			}
+			var info snapshots.Info
+			for _, o := range spec.SnapshotOpts {
+				if err := o(&info); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if info.Labels[snapshots.LabelSnapshotUIDMapping] != "0:100000:65536" || info.Labels[snapshots.LabelSnapshotGIDMapping] != "0:200000:65536" {
+				t.Errorf("snapshot labels %v, want the pod's mappings", info.Labels)
+			}
+			sys := testFindMounts(s, "/sys")
+			wantSys := runtimespec.Mount{Destination: "/sys", Type: "sysfs", Source: "sysfs", Options: []string{"nosuid", "noexec", "nodev", "ro"}}
+			if tc.wantSysBind {
+				wantSys = runtimespec.Mount{Destination: "/sys", Type: "bind", Source: "/sys", Options: []string{"rbind", "rro", "nosuid", "nodev", "noexec"}}
+			}
+			if len(sys) != 1 || !reflect.DeepEqual(sys[0], wantSys) {
+				t.Errorf("/sys mounts %+v, want %+v", sys, wantSys)
 			}
 		})
 	}
@@ -1097,8 +1222,8 @@ func TestGenerateSpecNilConfig(t *testing.T) {
 			if got := testSpecNamespaces(s)[runtimespec.NetworkNamespace]; got != specTestNetNS {
 				t.Errorf("network namespace = %q, want %q", got, specTestNetNS)
 			}
-			if s.Linux.Seccomp == nil {
-				t.Error("seccomp = nil, want the runtime default")
+			if s.Linux.Seccomp != nil {
+				t.Errorf("seccomp = %+v, want none", s.Linux.Seccomp)
 			}
 		})
 	}

@@ -6,7 +6,7 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/containerd/errdefs"
+	"github.com/moby/sys/userns"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 )
 
@@ -16,11 +16,12 @@ const (
 )
 
 // podSysctls returns the pod's sysctls plus the unprivileged-port and ICMP
-// defaults the CRI runtime config asks for, after checking that each one is
-// namespaced in a namespace the pod owns. runc would refuse the others too,
-// but only after the shim, container and snapshot exist; failing here gives
-// the caller a clear InvalidArgument and nothing to roll back.
-func podSysctls(c SpecConfig) (map[string]string, error) {
+// defaults the CRI runtime config asks for, as the built-in controller sets
+// them. It first checks each of the pod's sysctls as runc will: the
+// built-in leaves that to runc, which refuses them only after the shim,
+// container and snapshot exist; berth refuses them with the same code
+// before anything is made.
+func podSysctls(c SpecConfig, usernsEnabled bool) (map[string]string, error) {
 	ns := c.Config.GetLinux().GetSecurityContext().GetNamespaceOptions()
 	sysctls := map[string]string{}
 	for k, v := range c.Config.GetLinux().GetSysctls() {
@@ -33,34 +34,67 @@ func podSysctls(c SpecConfig) (map[string]string, error) {
 		if _, ok := sysctls[sysctlUnprivilegedPortStart]; !ok && c.EnableUnprivilegedPorts {
 			sysctls[sysctlUnprivilegedPortStart] = "0"
 		}
-		if _, ok := sysctls[sysctlPingGroupRange]; !ok && c.EnableUnprivilegedICMP {
+		// Group IDs outside the pod's mappings cannot be written in a user
+		// namespace.
+		if _, ok := sysctls[sysctlPingGroupRange]; !ok && c.EnableUnprivilegedICMP && !usernsEnabled && !userns.RunningInUserNS() {
 			sysctls[sysctlPingGroupRange] = "0 2147483647"
 		}
 	}
 	return sysctls, nil
 }
 
-// validateSysctl accepts the sysctls the kernel namespaces (the same list
-// runc checks) when the pod has its own copy of that namespace.
+// ipcSysctls are the sysctls of the IPC namespace besides fs.mqueue.*, as
+// runc lists them.
+var ipcSysctls = map[string]bool{
+	"kernel.msgmax": true, "kernel.msgmnb": true, "kernel.msgmni": true, "kernel.sem": true,
+	"kernel.shmall": true, "kernel.shmmax": true, "kernel.shmmni": true, "kernel.shm_rmid_forced": true,
+}
+
+// validateSysctl accepts a sysctl when runc (v1.3) would: it belongs to a
+// namespace the pause container has its own of. The pod's pid and user
+// namespaces own no sysctls runc allows.
 func validateSysctl(name string, ns *runtimeapi.NamespaceOption) error {
-	ipc := strings.HasPrefix(name, "fs.mqueue.") || strings.HasPrefix(name, "kernel.shm") ||
-		strings.HasPrefix(name, "kernel.msg") || name == "kernel.sem"
+	s := dotted(name)
 	switch {
-	case ipc && ns.GetIpc() == runtimeapi.NamespaceMode_NODE:
-		return fmt.Errorf("sysctl %q is not allowed: the pod shares the host's IPC namespace: %w", name, errdefs.ErrInvalidArgument)
-	case ipc:
+	case ipcSysctls[s] || strings.HasPrefix(s, "fs.mqueue."):
+		if ns.GetIpc() == runtimeapi.NamespaceMode_NODE {
+			return unknownf("sysctl %q is not allowed: the pod shares the host's IPC namespace", name)
+		}
 		return nil
-	case strings.HasPrefix(name, "net.") && ns.GetNetwork() == runtimeapi.NamespaceMode_NODE:
-		return fmt.Errorf("sysctl %q is not allowed: the pod uses the host network: %w", name, errdefs.ErrInvalidArgument)
-	case strings.HasPrefix(name, "net."):
+	case strings.HasPrefix(s, "net."):
+		if ns.GetNetwork() == runtimeapi.NamespaceMode_NODE {
+			return unknownf("sysctl %q is not allowed: the pod uses the host network", name)
+		}
 		return nil
-	case (name == "kernel.hostname" || name == "kernel.domainname") && ns.GetNetwork() == runtimeapi.NamespaceMode_NODE:
+	case s == "kernel.hostname":
+		return unknownf("sysctl %q is not allowed: the pod's hostname field sets it", name)
+	case s == "kernel.domainname" && ns.GetNetwork() == runtimeapi.NamespaceMode_NODE:
 		// A host-network pod shares the host's UTS namespace too.
-		return fmt.Errorf("sysctl %q is not allowed: the pod uses the host's UTS namespace: %w", name, errdefs.ErrInvalidArgument)
-	case name == "kernel.hostname" || name == "kernel.domainname":
+		return unknownf("sysctl %q is not allowed: the pod uses the host's UTS namespace", name)
+	case s == "kernel.domainname":
 		return nil
 	}
-	return fmt.Errorf("sysctl %q is not allowed: it is not namespaced: %w", name, errdefs.ErrInvalidArgument)
+	return unknownf("sysctl %q is not allowed: it is not in a namespace of the pod's own", name)
+}
+
+// dotted writes a sysctl name with dots between its parts, as runc reads
+// it: "net/ipv4/ip_forward" is "net.ipv4.ip_forward". A name whose first
+// separator is a dot is already dotted; one whose parts hold dots (a
+// network interface, say) has its dots and slashes swapped.
+func dotted(name string) string {
+	i := strings.IndexAny(name, "./")
+	if i < 0 || name[i] == '.' {
+		return name
+	}
+	return strings.Map(func(r rune) rune {
+		switch r {
+		case '.':
+			return '/'
+		case '/':
+			return '.'
+		}
+		return r
+	}, name)
 }
 
 func currentOOMScoreAdj() (int, error) {
