@@ -308,6 +308,9 @@ func (r *report) chart(path string) error {
 		}
 		panels = append(panels, []*plot.Plot{p})
 	}
+	if len(panels) == 0 {
+		return nil // a run of live pods only
+	}
 	img := vgimg.New(vg.Points(900), vg.Points(float64(450*len(panels))))
 	dc := draw.New(img)
 	tiles := draw.Tiles{Rows: len(panels), Cols: 1, PadY: vg.Points(10)}
