@@ -25,8 +25,8 @@ var (
 	benchOut      = flag.String("bench-out", "", "directory for bench.json, bench.md and bench.png")
 	benchHandlers = flag.String("bench-handlers", "runc,berth,berth-builtin,runc",
 		"handlers to compare; the first is the baseline of the ratios, a repeated one measures noise")
-	benchSerial   = flag.Int("bench-serial", 24, "serial lifecycles per handler")
-	benchParallel = flag.Int("bench-parallel", 48, "lifecycles per handler run 8 at a time")
+	benchSerial   = flag.Int("bench-serial", 20, "serial lifecycles per handler")
+	benchParallel = flag.Int("bench-parallel", 40, "lifecycles per handler run 8 at a time")
 	benchBlock    = flag.Int("bench-block", 8, "lifecycles per handler before the next handler's turn (serial)")
 	benchLive     = flag.String("bench-live", "100,300", "live pod counts at which containerd's RSS and goroutines are read")
 	// Each handler's live run takes about two minutes on 2 cores.
@@ -312,7 +312,8 @@ func daemonCPU(b testing.TB) time.Duration {
 
 // measureLive restarts containerd, so every handler starts from a fresh
 // process, then reads its RSS and goroutines with 0 and then each
-// -bench-live count of h's pods running, and removes them.
+// -bench-live count of h's pods running, saves a heap profile as
+// heap-<handler>.pprof, and removes the pods.
 func measureLive(b *testing.B, h *handlerStats) {
 	if err := daemon.kill(syscall.SIGTERM); err != nil {
 		b.Fatal(err)
@@ -342,6 +343,17 @@ func measureLive(b *testing.B, h *handlerStats) {
 		})
 		ids = append(ids, more...)
 		settle(len(ids))
+	}
+	// The heap with the most pods, to see what each live pod costs.
+	heap, err := debugGet("/debug/pprof/heap?gc=1")
+	if err != nil {
+		b.Fatalf("containerd heap profile: %v", err)
+	}
+	if err := os.MkdirAll(*benchOut, 0o755); err != nil {
+		b.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(*benchOut, "heap-"+h.Name+".pprof"), heap, 0o644); err != nil {
+		b.Fatal(err)
 	}
 	parallel(b, len(ids), benchWidth, func(i int) error {
 		ctx := context.Background()

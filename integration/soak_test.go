@@ -102,18 +102,9 @@ func grownStacks(before, after map[string]int) string {
 // on the debug socket, and its RSS from /proc.
 func sampleDaemon(t testing.TB) daemonSample {
 	t.Helper()
-	// No keep-alive: an idle scrape connection would count as a goroutine.
-	hc := http.Client{Transport: &http.Transport{DisableKeepAlives: true, DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-		return (&net.Dialer{}).DialContext(ctx, "unix", filepath.Join(daemon.dir, "debug.sock"))
-	}}}
-	resp, err := hc.Get("http://containerd/debug/pprof/goroutine?debug=1")
+	b, err := debugGet("/debug/pprof/goroutine?debug=1")
 	if err != nil {
 		t.Fatalf("containerd pprof: %v", err)
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatal(err)
 	}
 	s := daemonSample{stacks: map[string]int{}}
 	// "goroutine profile: total N", then "N @ addrs" and its frames per
@@ -138,6 +129,23 @@ func sampleDaemon(t testing.TB) daemonSample {
 		}
 	}
 	return s
+}
+
+// debugGet reads path from containerd's debug socket (pprof, expvar).
+func debugGet(path string) ([]byte, error) {
+	// No keep-alive: an idle scrape connection would count as a goroutine.
+	hc := http.Client{Transport: &http.Transport{DisableKeepAlives: true, DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		return (&net.Dialer{}).DialContext(ctx, "unix", filepath.Join(daemon.dir, "debug.sock"))
+	}}}
+	resp, err := hc.Get("http://containerd" + path)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("GET %s: %s", path, resp.Status)
+	}
+	return io.ReadAll(resp.Body)
 }
 
 func countSnapshots(t *testing.T) int {
