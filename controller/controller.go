@@ -29,6 +29,8 @@ const Namespace = "k8s.io"
 const (
 	LabelKind        = "io.berth.kind"
 	LabelKindSandbox = "sandbox"
+	// LabelKindStartLease marks the lease a pause snapshot is made under.
+	LabelKindStartLease = "start-lease"
 	// LabelRuntimeHandler and LabelNetNS record what Create was given, and
 	// LabelSELinux the process label Start chose, for recovery.
 	LabelRuntimeHandler = "io.berth.sandbox.runtime-handler"

@@ -60,10 +60,30 @@ func (c *Controller) Recover(ctx context.Context, cfg RecoverConfig) error {
 		}()
 	}
 	wg.Wait()
+	c.releaseStartLeases(ctx)
 	c.removeOrphanFiles(ctx)
 	c.telemetry.recovery.Set(time.Since(start).Seconds())
 	log.G(ctx).WithField("sandboxes", len(containers)).WithField("took", time.Since(start)).Info("berth recovered sandboxes")
 	return nil
+}
+
+// releaseStartLeases deletes the leases of Starts that containerd's death
+// interrupted. No Start runs before recovery ends, so every such lease is
+// stale; a snapshot that no container holds is then garbage.
+func (c *Controller) releaseStartLeases(ctx context.Context) {
+	ls := c.client.LeasesService()
+	stale, err := ls.List(ctx, fmt.Sprintf("labels.%q==%s", LabelKind, LabelKindStartLease))
+	if err != nil {
+		log.G(ctx).WithError(err).Warn("list start leases")
+		return
+	}
+	for _, l := range stale {
+		if err := ls.Delete(ctx, l); err != nil && !errdefs.IsNotFound(err) {
+			log.G(ctx).WithError(err).WithField("lease", l.ID).Warn("release start lease")
+			continue
+		}
+		log.G(ctx).WithField("lease", l.ID).Info("released the lease of an interrupted start")
+	}
 }
 
 // recoverSandbox reloads one sandbox from its pause container.

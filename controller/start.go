@@ -9,6 +9,7 @@ import (
 
 	containerd "github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/core/containers"
+	"github.com/containerd/containerd/v2/core/leases"
 	"github.com/containerd/containerd/v2/core/sandbox"
 	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/containerd/containerd/v2/pkg/cio"
@@ -103,6 +104,22 @@ func (c *Controller) start(ctx context.Context, sb *store.Sandbox, undo *rollbac
 		}
 	}
 
+	// The snapshot is made under a lease named after the sandbox (CRI has
+	// one with the bare sandbox ID): were
+	// containerd to die before the container holds the snapshot, recovery
+	// finds the lease by its label and releases the snapshot to the garbage
+	// collector, instead of the client's anonymous 24-hour lease holding it.
+	leaseCtx, releaseLease, err := c.client.WithLease(ctx, leases.WithID(startLeasePrefix+sb.ID),
+		leases.WithExpiration(startLeaseExpiry), leases.WithLabel(LabelKind, LabelKindStartLease))
+	if err != nil {
+		return sandbox.ControllerInstance{}, fmt.Errorf("create start lease: %w", err)
+	}
+	defer func() {
+		if err := releaseLease(context.WithoutCancel(ctx)); err != nil && !errdefs.IsNotFound(err) {
+			log.G(ctx).WithError(err).Warn("release start lease")
+		}
+	}()
+
 	var specAny typeurl.Any
 	var rootfsOpts []containerd.NewContainerOpts
 	if pause.image != nil {
@@ -114,7 +131,7 @@ func (c *Controller) start(ctx context.Context, sb *store.Sandbox, undo *rollbac
 		// The shared built-in rootfs: no snapshot.
 		snapshotter = ""
 	}
-	container, err := c.client.NewContainer(ctx, sb.ID, append(rootfsOpts,
+	container, err := c.client.NewContainer(leaseCtx, sb.ID, append(rootfsOpts,
 		containerd.WithNewSpec(spec.Opts...),
 		containerd.WithContainerLabels(containerLabels(sb, spec.ProcessLabel)),
 		containerd.WithContainerExtension(ExtensionConfig, sb.Config),
@@ -292,6 +309,13 @@ func containerLabels(sb *store.Sandbox, processLabel string) map[string]string {
 	l[LabelSELinux] = processLabel
 	return l
 }
+
+// startLeasePrefix and the sandbox ID name a Start's lease.
+const startLeasePrefix = "io.berth.start."
+
+// startLeaseExpiry is the longest a start lease can outlive a containerd
+// that died during Start if recovery never runs.
+const startLeaseExpiry = time.Hour
 
 // cleanupTimeout bounds each undo and cleanup step, which run on a context
 // the caller cannot cancel: a half-made sandbox must not be left behind

@@ -13,7 +13,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/containerd/containerd/v2/core/leases"
+	"github.com/containerd/errdefs"
+	"github.com/opencontainers/image-spec/identity"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/berth-dev/berth/controller"
 )
 
 // restartPod is a pod made before a restart, and what the test expects of
@@ -259,5 +264,47 @@ func TestRestartLostShim(t *testing.T) {
 	}
 	eventually(t, 10*time.Second, "lost shim ended", func() bool {
 		return syscall.Kill(shim, 0) != nil
+	})
+}
+
+// TestRestartReleasesStartLease leaves what a containerd killed in the
+// middle of Start leaves: a pause snapshot under berth's start lease, with
+// no container yet. After the restart the lease is gone and the snapshot is
+// garbage-collected.
+func TestRestartReleasesStartLease(t *testing.T) {
+	ctx := ctxT(t)
+	id := strings.Repeat("ab", 32) // a sandbox ID no pod has
+	ls := daemon.client.LeasesService()
+	lease, err := ls.Create(ctx, leases.WithID("io.berth.start."+id), leases.WithExpiration(time.Hour),
+		leases.WithLabel(controller.LabelKind, controller.LabelKindStartLease))
+	if err != nil {
+		t.Fatal(err)
+	}
+	image, err := daemon.client.GetImage(ctx, pauseImage)
+	if err != nil {
+		t.Fatal(err)
+	}
+	diffIDs, err := image.RootFS(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sn := daemon.client.SnapshotService("overlayfs")
+	if _, err := sn.Prepare(leases.WithLease(ctx, lease.ID), id, identity.ChainID(diffIDs).String()); err != nil {
+		t.Fatal(err)
+	}
+
+	if err := daemon.kill(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	if err := daemon.start(); err != nil {
+		t.Fatal(err)
+	}
+	ctx = ctxT(t)
+	if l, err := daemon.client.LeasesService().List(ctx, "id=="+lease.ID); err != nil || len(l) != 0 {
+		t.Errorf("start lease after restart: %v, %v", l, err)
+	}
+	eventually(t, 10*time.Second, "snapshot collected", func() bool {
+		_, err := daemon.client.SnapshotService("overlayfs").Stat(ctx, id)
+		return errdefs.IsNotFound(err)
 	})
 }
