@@ -62,13 +62,15 @@ test: unit integration
 unit:
 	$(GO) test -race -count=1 ./store/... ./events/... ./podsandbox/... ./controller/... ./plugin/... ./podcgroup/...
 
-# The suite runs on the release build, then its failpoint tests on the
-# build with berth's test-only failpoints, then a small make bench, so the
+# The suite runs on the release build, with berth's pods on the pause image
+# and again on the built-in pause, then its failpoint tests on the build
+# with berth's test-only failpoints, then a small make bench, so the
 # benchmark keeps working. SOAK pod lifecycles soak the
 # release build (make soak runs the long version).
 SOAK ?= 100
 integration: build
 	$(GO) test -count=1 -timeout 30m -v ./integration/... -args -bin $(BIN) -soak $(SOAK)
+	$(GO) test -count=1 -timeout 30m -v ./integration/... -args -bin $(BIN) -handler berth-builtin
 	$(GO) test -count=1 -timeout 10m -v -run Failpoint ./integration/... -args -bin $(BIN) -failpoints
 	$(GO) test -count=1 -timeout 10m -v -run '^$$' -bench Compare -benchtime 1x ./integration/... \
 		-args -bin $(BIN) -bench-out $(OUT)/bench-smoke -bench-serial 2 -bench-parallel 8 -bench-count 1 \

@@ -116,7 +116,7 @@ func TestWedgedShim(t *testing.T) {
 	t.Cleanup(thaw)
 
 	start := time.Now()
-	err := daemon.client.SandboxController(handlerBerth).Stop(ctxT(t), id, sandbox.WithTimeout(2*time.Second))
+	err := daemon.client.SandboxController(sandboxerBerth).Stop(ctxT(t), id, sandbox.WithTimeout(2*time.Second))
 	took := time.Since(start)
 	if !errdefs.IsDeadlineExceeded(err) || took > 5*time.Second {
 		t.Fatalf("Stop with a frozen shim: %v after %s, want DeadlineExceeded after about 2s", err, took)

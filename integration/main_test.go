@@ -30,6 +30,9 @@ var (
 	// with its test-only failpoints; the tests that need them run only then.
 	failpoints = flag.Bool("failpoints", false, "run on containerd-failpoint and run the failpoint tests")
 	soak       = flag.Int("soak", 0, "pod lifecycles of the soak test; 0 skips it")
+	// handlerBerth is the handler the suite runs berth's pods with: with
+	// -handler berth-builtin the whole suite runs on the built-in pause.
+	handlerBerth = "berth"
 	// The CNI bridge, its subnet and the Prometheus address are flags so
 	// that two runs (two worktrees) can share a machine.
 	testBridge  = flag.String("bridge", "berthtest0", "CNI bridge of the tests' pod network")
@@ -38,7 +41,8 @@ var (
 )
 
 const (
-	handlerBerth   = "berth"
+	// sandboxerBerth is berth's sandbox controller, by its plugin ID.
+	sandboxerBerth = "berth"
 	handlerBuiltin = "runc"
 	pauseImage     = "localhost/berth/pause:1"
 	busyboxImage   = "localhost/berth/busybox:1"
@@ -50,6 +54,7 @@ const (
 var daemon *containerdProcess
 
 func TestMain(m *testing.M) {
+	flag.StringVar(&handlerBerth, "handler", handlerBerth, "runtime handler of berth's pods: berth (pause image) or berth-builtin (built-in pause)")
 	flag.Parse()
 	if os.Geteuid() != 0 {
 		fmt.Println("integration tests need root: skipped")

@@ -63,6 +63,9 @@ func hasSupplementalGroups(c *runtimeapi.PodSandboxConfig) bool {
 // rejects must be rejected by berth with the same gRPC code, and neither may
 // leave anything behind.
 func TestSpecParity(t *testing.T) {
+	if handlerBerth != "berth" {
+		t.Skipf("handler %s: the built-in controller has only the image's pause to compare with", handlerBerth)
+	}
 	profile := filepath.Join(t.TempDir(), "seccomp.json")
 	if err := os.WriteFile(profile, []byte(`{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["sethostname"],"action":"SCMP_ACT_ERRNO"}]}`), 0o644); err != nil {
 		t.Fatal(err)

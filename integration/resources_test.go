@@ -64,7 +64,7 @@ func TestUpdatePodResources(t *testing.T) {
 		t.Fatal(err)
 	}
 	checkCgroup(t, parent, want)
-	st, err := daemon.client.SandboxController(handlerBerth).Status(ctxT(t), id, true)
+	st, err := daemon.client.SandboxController(sandboxerBerth).Status(ctxT(t), id, true)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -115,7 +115,7 @@ func TestPodMetrics(t *testing.T) {
 	// 32 MiB in the pod's /dev/shm is charged to the pod's memory.
 	startContainer(t, id, cfg, "sh", "-c", "head -c 33554432 /dev/zero > /dev/shm/fill; while :; do :; done")
 
-	ctrl := daemon.client.SandboxController(handlerBerth)
+	ctrl := daemon.client.SandboxController(sandboxerBerth)
 	read := func() *v1.Metrics {
 		t.Helper()
 		m, err := ctrl.Metrics(ctxT(t), id)

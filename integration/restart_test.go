@@ -90,7 +90,7 @@ func TestRestartRecovery(t *testing.T) {
 			t.Errorf("pod %s: %v after restart, want %v", p.cfg.GetMetadata().GetName(), got, p.want)
 		}
 	}
-	ctrl := daemon.client.SandboxController(handlerBerth)
+	ctrl := daemon.client.SandboxController(sandboxerBerth)
 	for _, p := range pods[running+stopped:] {
 		// The pause process's exit, seen by its shim while containerd was
 		// down, is what berth reports.

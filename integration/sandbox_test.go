@@ -69,7 +69,7 @@ func TestPodLifecycle(t *testing.T) {
 // and twice for one it removed.
 func TestControllerIdempotent(t *testing.T) {
 	ctx := ctxT(t)
-	ctrl := daemon.client.SandboxController(handlerBerth)
+	ctrl := daemon.client.SandboxController(sandboxerBerth)
 	for _, call := range []struct {
 		name string
 		fn   func() error
@@ -284,7 +284,7 @@ func TestPauseImageMissing(t *testing.T) {
 	ctx := ctxT(t)
 	withoutPauseImage(t)
 	for handler, code := range map[string]codes.Code{
-		handlerBerth:   codes.Unknown, // CRI's pull fails: no registry here
+		"berth":        codes.Unknown, // CRI's pull fails: no registry here
 		"berth-nopull": codes.NotFound,
 	} {
 		t.Run(handler, func(t *testing.T) {
