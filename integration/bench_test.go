@@ -333,15 +333,7 @@ func measureLive(b *testing.B, h *handlerStats) {
 		if err != nil {
 			b.Fatalf("-bench-live: %v", err)
 		}
-		more := make([]string, target-len(ids))
-		parallel(b, len(more), benchWidth, func(i int) error {
-			resp, err := daemon.runtime.RunPodSandbox(context.Background(), &runtimeapi.RunPodSandboxRequest{
-				Config: benchPodConfig("live-"+strings.ReplaceAll(h.Name, "#", "-"), len(ids)+i), RuntimeHandler: h.Handler,
-			})
-			more[i] = resp.GetPodSandboxId()
-			return err
-		})
-		ids = append(ids, more...)
+		ids = append(ids, runBenchPods(b, h.Handler, "live-"+h.Handler, len(ids), target-len(ids))...)
 		settle(len(ids))
 	}
 	// The heap with the most pods, to see what each live pod costs.
@@ -355,12 +347,5 @@ func measureLive(b *testing.B, h *handlerStats) {
 	if err := os.WriteFile(filepath.Join(*benchOut, "heap-"+h.Name+".pprof"), heap, 0o644); err != nil {
 		b.Fatal(err)
 	}
-	parallel(b, len(ids), benchWidth, func(i int) error {
-		ctx := context.Background()
-		if _, err := daemon.runtime.StopPodSandbox(ctx, &runtimeapi.StopPodSandboxRequest{PodSandboxId: ids[i]}); err != nil {
-			return err
-		}
-		_, err := daemon.runtime.RemovePodSandbox(ctx, &runtimeapi.RemovePodSandboxRequest{PodSandboxId: ids[i]})
-		return err
-	})
+	removeBenchPods(b, ids)
 }

@@ -22,15 +22,7 @@ func BenchmarkRestart(b *testing.B) {
 		b.Run(handler, func(b *testing.B) {
 			for range b.N {
 				b.StopTimer()
-				ids := make([]string, *restartPods)
-				parallel(b, len(ids), 8, func(i int) error {
-					resp, err := daemon.runtime.RunPodSandbox(context.Background(), &runtimeapi.RunPodSandboxRequest{
-						Config:         benchPodConfig(handler, i),
-						RuntimeHandler: handler,
-					})
-					ids[i] = resp.GetPodSandboxId()
-					return err
-				})
+				ids := runBenchPods(b, handler, handler, 0, *restartPods)
 				if err := daemon.kill(syscall.SIGKILL); err != nil {
 					b.Fatal(err)
 				}
@@ -50,14 +42,7 @@ func BenchmarkRestart(b *testing.B) {
 				b.ReportMetric(answered.Seconds(), "s-to-CRI")
 				b.Logf("%s: %d pods: CRI answered after %s, all READY after %s", handler, len(ids), answered.Round(time.Millisecond), ready.Round(time.Millisecond))
 
-				parallel(b, len(ids), 8, func(i int) error {
-					ctx := context.Background()
-					if _, err := daemon.runtime.StopPodSandbox(ctx, &runtimeapi.StopPodSandboxRequest{PodSandboxId: ids[i]}); err != nil {
-						return err
-					}
-					_, err := daemon.runtime.RemovePodSandbox(ctx, &runtimeapi.RemovePodSandboxRequest{PodSandboxId: ids[i]})
-					return err
-				})
+				removeBenchPods(b, ids)
 			}
 		})
 	}
@@ -70,6 +55,32 @@ func benchPodConfig(prefix string, i int) *runtimeapi.PodSandboxConfig {
 		Metadata: &runtimeapi.PodSandboxMetadata{Name: name, Namespace: "berth-bench", Uid: name + "-" + strconv.FormatInt(time.Now().UnixNano(), 36)},
 		Linux:    &runtimeapi.LinuxPodSandboxConfig{},
 	}
+}
+
+// runBenchPods runs pods from..from+n-1 named after prefix with handler, 8
+// at a time, and returns their IDs.
+func runBenchPods(b *testing.B, handler, prefix string, from, n int) []string {
+	ids := make([]string, n)
+	parallel(b, n, 8, func(i int) error {
+		resp, err := daemon.runtime.RunPodSandbox(context.Background(), &runtimeapi.RunPodSandboxRequest{
+			Config: benchPodConfig(prefix, from+i), RuntimeHandler: handler,
+		})
+		ids[i] = resp.GetPodSandboxId()
+		return err
+	})
+	return ids
+}
+
+// removeBenchPods stops and removes pods, 8 at a time.
+func removeBenchPods(b *testing.B, ids []string) {
+	parallel(b, len(ids), 8, func(i int) error {
+		ctx := context.Background()
+		if _, err := daemon.runtime.StopPodSandbox(ctx, &runtimeapi.StopPodSandboxRequest{PodSandboxId: ids[i]}); err != nil {
+			return err
+		}
+		_, err := daemon.runtime.RemovePodSandbox(ctx, &runtimeapi.RemovePodSandboxRequest{PodSandboxId: ids[i]})
+		return err
+	})
 }
 
 // allReady reports whether CRI lists every pod in ids as READY.
