@@ -41,8 +41,6 @@ func (c *Controller) Shutdown(ctx context.Context, id string) error {
 		case <-ctx.Done():
 			return fmt.Errorf("shutdown sandbox %q: pause task not deleted yet (retrying in the background): %w", id, ctx.Err())
 		}
-	}
-	if inst != nil {
 		if err := ignoreNotFound(inst.Container.Delete(ctx, containerd.WithSnapshotCleanup)); err != nil {
 			return fmt.Errorf("shutdown sandbox %q: delete pause container: %w", id, err)
 		}

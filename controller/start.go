@@ -105,10 +105,10 @@ func (c *Controller) start(ctx context.Context, sb *store.Sandbox, undo *rollbac
 	}
 
 	// The snapshot is made under a lease named after the sandbox (CRI has
-	// one with the bare sandbox ID): were
-	// containerd to die before the container holds the snapshot, recovery
-	// finds the lease by its label and releases the snapshot to the garbage
-	// collector, instead of the client's anonymous 24-hour lease holding it.
+	// one with the bare sandbox ID): were containerd to die before the
+	// container holds the snapshot, recovery finds the lease by its label
+	// and releases the snapshot to the garbage collector, instead of the
+	// client's anonymous 24-hour lease holding it.
 	leaseCtx, releaseLease, err := c.client.WithLease(ctx, leases.WithID(startLeasePrefix+sb.ID),
 		leases.WithExpiration(startLeaseExpiry), leases.WithLabel(LabelKind, LabelKindStartLease))
 	if err != nil {
@@ -221,15 +221,12 @@ func specRecord(spec typeurl.Any) (json.RawMessage, string, error) {
 		return nil, "", fmt.Errorf("pause container has no spec: %w", errdefs.ErrNotFound)
 	}
 	var s struct {
-		Linux *struct {
+		Linux struct {
 			CgroupsPath string `json:"cgroupsPath"`
 		} `json:"linux"`
 	}
 	if err := json.Unmarshal(spec.GetValue(), &s); err != nil {
 		return nil, "", fmt.Errorf("decode pause spec: %w", err)
-	}
-	if s.Linux == nil {
-		return spec.GetValue(), "", nil
 	}
 	return spec.GetValue(), s.Linux.CgroupsPath, nil
 }

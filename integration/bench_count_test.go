@@ -121,7 +121,7 @@ func countCalls(b *testing.B, c *callCounter, h *handlerStats) {
 		}
 	}
 	for i := range *benchCount {
-		if _, err := countedLifecycle(h, c)(i); err != nil {
+		if _, err := lifecycleOf(h, "counted", c)(i); err != nil {
 			b.Fatalf("counted lifecycle of %s: %v", h.Name, err)
 		}
 	}
@@ -129,17 +129,6 @@ func countCalls(b *testing.B, c *callCounter, h *handlerStats) {
 	time.Sleep(time.Second)
 	h.RuncCalls = perLifecycle(c.runcLog(), runcSubcommands)
 	h.ShimCalls = perLifecycle(c.shimLog(), []string{"start", "delete"})
-}
-
-func countedLifecycle(h *handlerStats, c *callCounter) lifecycleFunc {
-	if h.Name == floorName {
-		return func(i int) (map[string][]time.Duration, error) {
-			return floorLifecycle(fmt.Sprintf("floor-counted-%d-%d", i, time.Now().UnixNano()), c.runc(), c.shim())
-		}
-	}
-	return func(i int) (map[string][]time.Duration, error) {
-		return criLifecycle(benchPodConfig(strings.ReplaceAll(h.Name, "#", "-")+"-counted", i), h.Handler+countedSuffix)
-	}
 }
 
 var runcSubcommands = []string{"create", "start", "state", "kill", "delete", "exec", "update", "events", "ps", "pause", "resume", "features", "run", "list"}

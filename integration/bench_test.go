@@ -121,7 +121,7 @@ func BenchmarkCompare(b *testing.B) {
 	// A warm-up lifecycle per handler: the first pod of a handler loads what
 	// every later one reuses.
 	for _, h := range all {
-		if _, err := lifecycleOf(h, "warmup")(0); err != nil {
+		if _, err := lifecycleOf(h, "warmup", nil)(0); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -159,15 +159,20 @@ func newHandlerStats(name, handler string) *handlerStats {
 type lifecycleFunc func(i int) (map[string][]time.Duration, error)
 
 // lifecycleOf is a lifecycle of h's handler through CRI, or the floor's;
-// tag goes into the pods' names.
-func lifecycleOf(h *handlerStats, tag string) lifecycleFunc {
+// tag goes into the pods' names. With a counter it runs on the handler's
+// counted copy, and the floor on the counter's runc and shim wrappers.
+func lifecycleOf(h *handlerStats, tag string, counter *callCounter) lifecycleFunc {
+	handler, runc, shim := h.Handler, "", ""
+	if counter != nil {
+		handler, runc, shim = h.Handler+countedSuffix, counter.runc(), counter.shim()
+	}
 	if h.Name == floorName {
 		return func(i int) (map[string][]time.Duration, error) {
-			return floorLifecycle(fmt.Sprintf("floor-%s-%d-%d", tag, i, time.Now().UnixNano()), "", "")
+			return floorLifecycle(fmt.Sprintf("floor-%s-%d-%d", tag, i, time.Now().UnixNano()), runc, shim)
 		}
 	}
 	return func(i int) (map[string][]time.Duration, error) {
-		return criLifecycle(benchPodConfig(strings.ReplaceAll(h.Name, "#", "-")+"-"+tag, i), h.Handler)
+		return criLifecycle(benchPodConfig(strings.ReplaceAll(h.Name, "#", "-")+"-"+tag, i), handler)
 	}
 }
 
@@ -182,7 +187,7 @@ func runBlocks(b *testing.B, all []*handlerStats, mode string, n, block, width i
 			begin := time.Now()
 			var mu sync.Mutex
 			err := runParallel(count, width, func(i int) error {
-				lat, err := lifecycleOf(h, mode)(round*block + i)
+				lat, err := lifecycleOf(h, mode, nil)(round*block + i)
 				if err != nil {
 					return err
 				}
