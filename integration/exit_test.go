@@ -56,6 +56,11 @@ func TestFailpointExitRetry(t *testing.T) {
 	if took := time.Since(start); took < 5*time.Second {
 		t.Errorf("RemovePodSandbox returned after %s, before the retries could have run", took)
 	}
+	// Events reach subscribers asynchronously, possibly after
+	// RemovePodSandbox has returned: wait for the delete, then give a
+	// second one time to show up.
+	eventually(t, 5*time.Second, "the task-delete event", func() bool { return deletes() >= 1 })
+	time.Sleep(time.Second)
 	if n := deletes(); n != 1 {
 		t.Errorf("pause task deleted %d times, want 1", n)
 	}
