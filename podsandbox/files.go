@@ -93,7 +93,7 @@ func (f Files) Create(cfg *runtimeapi.PodSandboxConfig, host HostFiles) error {
 		return fmt.Errorf("write hosts: %w", err)
 	}
 	if dns := cfg.GetDnsConfig(); dns != nil {
-		if err := os.WriteFile(f.ResolvConf(), []byte(ResolvConf(dns)), 0o644); err != nil {
+		if err := os.WriteFile(f.ResolvConf(), []byte(renderResolvConf(dns)), 0o644); err != nil {
 			return fmt.Errorf("write resolv.conf: %w", err)
 		}
 	} else if err := copyFile(host.ResolvConf, f.ResolvConf()); err != nil {
@@ -200,8 +200,8 @@ func unmount(what, path string) error {
 	return nil
 }
 
-// ResolvConf renders a pod's DNS config in resolv.conf format.
-func ResolvConf(dns *runtimeapi.DNSConfig) string {
+// renderResolvConf renders a pod's DNS config in resolv.conf format.
+func renderResolvConf(dns *runtimeapi.DNSConfig) string {
 	var b strings.Builder
 	if s := dns.GetSearches(); len(s) > 0 {
 		fmt.Fprintf(&b, "search %s\n", strings.Join(s, " "))

@@ -203,8 +203,8 @@ func TestResolvConf(t *testing.T) {
 		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			if got := ResolvConf(tc.dns); got != tc.want {
-				t.Errorf("ResolvConf() = %q, want %q", got, tc.want)
+			if got := renderResolvConf(tc.dns); got != tc.want {
+				t.Errorf("renderResolvConf() = %q, want %q", got, tc.want)
 			}
 		})
 	}

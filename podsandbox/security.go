@@ -1,9 +1,10 @@
 package podsandbox
 
 import (
-	"cmp"
 	"context"
 	"encoding/json"
+	"errors"
+	"io/fs"
 	"math"
 	"os"
 	"regexp"
@@ -29,12 +30,12 @@ func userString(sc *runtimeapi.LinuxSandboxSecurityContext, imageUser string) (s
 		v    *runtimeapi.Int64Value
 	}{{"run_as_user", uid}, {"run_as_group", gid}} {
 		if id.v != nil && (id.v.GetValue() < 0 || id.v.GetValue() > math.MaxInt32) {
-			return "", unknownf("%s %d is out of range", id.name, id.v.GetValue())
+			return "", invalidf("linux.security_context."+id.name, "%d is outside 0..%d", id.v.GetValue(), math.MaxInt32)
 		}
 	}
 	switch {
 	case uid == nil && gid != nil:
-		return "", unknownf("run_as_group %d is set without run_as_user", gid.GetValue())
+		return "", invalidf("linux.security_context.run_as_group", "%d is set without run_as_user", gid.GetValue())
 	case uid == nil:
 		return imageUser, nil
 	case gid == nil:
@@ -51,7 +52,7 @@ func supplementalGroups(groups []int64) ([]uint32, error) {
 	gids := make([]uint32, 0, len(groups))
 	for _, g := range groups {
 		if g < 0 || g > math.MaxInt32 {
-			return nil, unknownf("supplemental group %d is out of range", g)
+			return nil, invalidf("linux.security_context.supplemental_groups", "%d is outside 0..%d", g, math.MaxInt32)
 		}
 		gids = append(gids, uint32(g))
 	}
@@ -84,11 +85,14 @@ func seccompProfile(sc *runtimeapi.LinuxSandboxSecurityContext, unsetProfile str
 	sp := sc.GetSeccomp()
 	if sp == nil {
 		//lint:ignore SA1019 older kubelets still send the deprecated field
-		p := cmp.Or(sc.GetSeccompProfilePath(), unsetProfile)
-		if p != "" {
-			var err error
-			if sp, err = profileFromPath(p); err != nil {
-				return nil, err
+		if p := sc.GetSeccompProfilePath(); p != "" {
+			if sp = profileFromPath(p); sp == nil {
+				return nil, invalidf("linux.security_context.seccomp_profile_path", "invalid seccomp profile %q: %s", p, profilePathForms)
+			}
+		} else if unsetProfile != "" {
+			// The node's setting, not the pod's.
+			if sp = profileFromPath(unsetProfile); sp == nil {
+				return nil, preconditionf("CRI's unset_seccomp_profile", "invalid seccomp profile %q: %s", unsetProfile, profilePathForms)
 			}
 		}
 	}
@@ -97,7 +101,7 @@ func seccompProfile(sc *runtimeapi.LinuxSandboxSecurityContext, unsetProfile str
 	}
 	if !enabled {
 		if sp != nil && sp.GetProfileType() != runtimeapi.SecurityProfile_Unconfined {
-			return nil, unknownf("seccomp profile %s is set, but the kernel does not support seccomp", sp.GetProfileType())
+			return nil, preconditionf(seccompField, "profile %s is set, but the kernel does not support seccomp", sp.GetProfileType())
 		}
 		return nil, nil
 	}
@@ -105,7 +109,7 @@ func seccompProfile(sc *runtimeapi.LinuxSandboxSecurityContext, unsetProfile str
 		return nil, nil
 	}
 	if sp.GetProfileType() != runtimeapi.SecurityProfile_Localhost && sp.GetLocalhostRef() != "" {
-		return nil, unknownf("seccomp localhost_ref %q is only valid with profile type Localhost, not %s", sp.GetLocalhostRef(), sp.GetProfileType())
+		return nil, invalidf(seccompField, "localhost_ref %q is only valid with profile type Localhost, not %s", sp.GetLocalhostRef(), sp.GetProfileType())
 	}
 	switch sp.GetProfileType() {
 	case runtimeapi.SecurityProfile_Unconfined:
@@ -119,8 +123,10 @@ func seccompProfile(sc *runtimeapi.LinuxSandboxSecurityContext, unsetProfile str
 		}
 		return withSeccomp(profile), nil
 	}
-	return nil, unknownf("unknown seccomp profile type %v", sp.GetProfileType())
+	return nil, invalidf(seccompField, "unknown profile type %v", sp.GetProfileType())
 }
+
+const seccompField = "linux.security_context.seccomp"
 
 // The deprecated profile path forms kubelets sent before the Seccomp field.
 const (
@@ -130,32 +136,39 @@ const (
 	unconfined      = "unconfined"
 )
 
-// profileFromPath turns a deprecated seccomp profile path into a profile.
-func profileFromPath(p string) (*runtimeapi.SecurityProfile, error) {
+// profilePathForms says what a deprecated seccomp profile path may be.
+var profilePathForms = "want " + runtimeDefault + ", " + unconfined + " or " + localhostPrefix + "<path>"
+
+// profileFromPath turns a deprecated seccomp profile path into a profile,
+// nil if it is none of the forms.
+func profileFromPath(p string) *runtimeapi.SecurityProfile {
 	switch {
 	case p == runtimeDefault || p == dockerDefault:
-		return &runtimeapi.SecurityProfile{ProfileType: runtimeapi.SecurityProfile_RuntimeDefault}, nil
+		return &runtimeapi.SecurityProfile{ProfileType: runtimeapi.SecurityProfile_RuntimeDefault}
 	case p == unconfined:
-		return &runtimeapi.SecurityProfile{ProfileType: runtimeapi.SecurityProfile_Unconfined}, nil
+		return &runtimeapi.SecurityProfile{ProfileType: runtimeapi.SecurityProfile_Unconfined}
 	case strings.HasPrefix(p, localhostPrefix):
-		return &runtimeapi.SecurityProfile{ProfileType: runtimeapi.SecurityProfile_Localhost, LocalhostRef: strings.TrimPrefix(p, localhostPrefix)}, nil
+		return &runtimeapi.SecurityProfile{ProfileType: runtimeapi.SecurityProfile_Localhost, LocalhostRef: strings.TrimPrefix(p, localhostPrefix)}
 	}
-	return nil, unknownf("invalid seccomp profile %q: want %s, %s or %s<path>", p, runtimeDefault, unconfined, localhostPrefix)
+	return nil
 }
 
 // loadSeccompProfile reads a localhost seccomp profile, an OCI
 // LinuxSeccomp in JSON, as containerd's seccomp.WithProfile would.
 func loadSeccompProfile(path string) (*runtimespec.LinuxSeccomp, error) {
 	if path == "" {
-		return nil, unknownf("seccomp profile type Localhost needs a localhost_ref")
+		return nil, invalidf(seccompField, "profile type Localhost needs a localhost_ref")
 	}
 	b, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, notFoundf(seccompField, "localhost profile %q does not exist", path)
+	}
 	if err != nil {
-		return nil, unknownf("cannot load seccomp profile %q: %v", path, err)
+		return nil, preconditionf(seccompField, "cannot read localhost profile %q: %v", path, err)
 	}
 	var profile runtimespec.LinuxSeccomp
 	if err := json.Unmarshal(b, &profile); err != nil {
-		return nil, unknownf("decode seccomp profile %q: %v", path, err)
+		return nil, invalidf(seccompField, "localhost profile %q is not a seccomp profile: %v", path, err)
 	}
 	return &profile, nil
 }
@@ -175,11 +188,18 @@ func withSeccomp(profile *runtimespec.LinuxSeccomp) oci.SpecOpts {
 // (sensitivity range, then categories), checked even with SELinux off.
 var selinuxLevel = regexp.MustCompile(`^s\d(-s\d)??(:c\d{1,4}(\.c\d{1,4})?(,c\d{1,4}(\.c\d{1,4})?)*)?$`)
 
+func validateSELinuxLevel(l string) error {
+	if l != "" && !selinuxLevel.MatchString(l) {
+		return invalidf("linux.security_context.selinux_options.level", "%q is not of the form s0-s0:c0.c1023", l)
+	}
+	return nil
+}
+
 // selinuxLabels reserves the pod's SELinux process and mount labels. Both are
 // "" when SELinux is disabled.
 func selinuxLabels(opt *runtimeapi.SELinuxOption) (string, string, error) {
-	if l := opt.GetLevel(); l != "" && !selinuxLevel.MatchString(l) {
-		return "", "", unknownf("selinux level %q is not of the form s0-s0:c0.c1023", l)
+	if err := validateSELinuxLevel(opt.GetLevel()); err != nil {
+		return "", "", err
 	}
 	var fields []string
 	for _, f := range []struct{ key, value string }{
@@ -191,7 +211,7 @@ func selinuxLabels(opt *runtimeapi.SELinuxOption) (string, string, error) {
 	}
 	processLabel, mountLabel, err := label.InitLabels(fields)
 	if err != nil {
-		return "", "", unknownf("selinux options %v: %v", fields, err)
+		return "", "", invalidf("linux.security_context.selinux_options", "%v: %v", fields, err)
 	}
 	return processLabel, mountLabel, nil
 }

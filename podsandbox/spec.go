@@ -4,9 +4,7 @@
 package podsandbox
 
 import (
-	"cmp"
 	"context"
-	"fmt"
 	"maps"
 	"path"
 	"path/filepath"
@@ -16,7 +14,6 @@ import (
 	"github.com/containerd/containerd/v2/core/containers"
 	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/containerd/containerd/v2/pkg/oci"
-	"github.com/containerd/errdefs"
 	imagespec "github.com/opencontainers/image-spec/specs-go/v1"
 	runtimespec "github.com/opencontainers/runtime-spec/specs-go"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
@@ -25,17 +22,17 @@ import (
 // Annotations CRI, the runc shim and NRI read from the pause spec. containerd
 // keeps them in an internal package, so they are declared here.
 const (
-	AnnotationContainerType    = "io.kubernetes.cri.container-type"
-	AnnotationSandboxID        = "io.kubernetes.cri.sandbox-id"
-	AnnotationSandboxNamespace = "io.kubernetes.cri.sandbox-namespace"
-	AnnotationSandboxUID       = "io.kubernetes.cri.sandbox-uid"
-	AnnotationSandboxName      = "io.kubernetes.cri.sandbox-name"
-	AnnotationSandboxLogDir    = "io.kubernetes.cri.sandbox-log-directory"
-	AnnotationSandboxImageName = "io.kubernetes.cri.podsandbox.image-name"
-	AnnotationSandboxCPUPeriod = "io.kubernetes.cri.sandbox-cpu-period"
-	AnnotationSandboxCPUQuota  = "io.kubernetes.cri.sandbox-cpu-quota"
-	AnnotationSandboxCPUShares = "io.kubernetes.cri.sandbox-cpu-shares"
-	AnnotationSandboxMemory    = "io.kubernetes.cri.sandbox-memory"
+	annotationContainerType    = "io.kubernetes.cri.container-type"
+	annotationSandboxID        = "io.kubernetes.cri.sandbox-id"
+	annotationSandboxNamespace = "io.kubernetes.cri.sandbox-namespace"
+	annotationSandboxUID       = "io.kubernetes.cri.sandbox-uid"
+	annotationSandboxName      = "io.kubernetes.cri.sandbox-name"
+	annotationSandboxLogDir    = "io.kubernetes.cri.sandbox-log-directory"
+	annotationSandboxImageName = "io.kubernetes.cri.podsandbox.image-name"
+	annotationSandboxCPUPeriod = "io.kubernetes.cri.sandbox-cpu-period"
+	annotationSandboxCPUQuota  = "io.kubernetes.cri.sandbox-cpu-quota"
+	annotationSandboxCPUShares = "io.kubernetes.cri.sandbox-cpu-shares"
+	annotationSandboxMemory    = "io.kubernetes.cri.sandbox-memory"
 
 	containerTypeSandbox = "sandbox"
 )
@@ -46,8 +43,8 @@ const (
 	sandboxOOMScoreAdj = -998
 	// sandboxCPUShares is the pause container's CPU weight: it only sleeps.
 	sandboxCPUShares = 2
-	// rootfsPath is the rootfs relative to the bundle, as the runc shim
-	// expects it.
+	// rootfsPath is the rootfs relative to the bundle, where the runc shim
+	// mounts the pause image's snapshot or the built-in pause's rootfs.
 	rootfsPath = "rootfs"
 	devShm     = "/dev/shm"
 	resolvConf = "/etc/resolv.conf"
@@ -65,23 +62,12 @@ type SpecConfig struct {
 	ImageName string
 	// NetNSPath is the pod's network namespace; unused for host network.
 	NetNSPath string
-	// Rootfs is the pause container's rootfs: "" for the image's snapshot,
-	// mounted by the shim at the bundle's "rootfs", or the absolute path of
-	// the built-in pause's shared rootfs.
-	Rootfs string
-	Files  Files
+	Files     Files
 	// PodAnnotations are the runtime handler's pod_annotations patterns:
 	// pod annotations matching one are copied into the spec.
 	PodAnnotations []string
-	// The CRI runtime settings the built-in controller honours too.
-	EnableUnprivilegedPorts bool
-	EnableUnprivilegedICMP  bool
-	RestrictOOMScoreAdj     bool
-	// UnsetSeccompProfile is CRI's unset_seccomp_profile: the seccomp
-	// profile, in the deprecated path form, of pods that ask for none.
-	UnsetSeccompProfile string
-	// SeccompEnabled says whether the kernel supports seccomp.
-	SeccompEnabled bool
+	RuntimeSettings
+	Node
 }
 
 // Spec is a generated pause spec: the options to apply to containerd's
@@ -101,9 +87,8 @@ type Spec struct {
 
 // GenerateSpec returns the options that turn containerd's default spec into
 // the pause container's, the same spec containerd's built-in controller
-// makes for the pod. It checks the pod config first, so that a config the
-// built-in (or runc, later) would reject fails before anything is created,
-// with an error of the built-in's class (see unknownf). The caller must
+// makes for the pod. c.Config must have passed Validate, which the
+// controller runs before anything is made for the pod. The caller must
 // release ProcessLabel (label.ReleaseLabel) if it does not use the spec.
 func GenerateSpec(c SpecConfig) (Spec, error) {
 	cfg := c.Config
@@ -112,17 +97,13 @@ func GenerateSpec(c SpecConfig) (Spec, error) {
 	hostNetwork := nsOpts.GetNetwork() == runtimeapi.NamespaceMode_NODE
 
 	if len(c.Image.Entrypoint) == 0 && len(c.Image.Cmd) == 0 {
-		return Spec{}, unknownf("pause image %q has no entrypoint or cmd", c.ImageName)
-	}
-	if hostNetwork && cfg.GetHostname() != "" {
-		// runc would refuse it once the container and task exist.
-		return Spec{}, unknownf("hostname %q is set, but a host-network pod has the node's UTS namespace and hostname", cfg.GetHostname())
+		return Spec{}, preconditionf("pause image", "%q has no entrypoint or cmd", c.ImageName)
 	}
 	userNS, err := podUserNamespace(nsOpts.GetUsernsOptions())
 	if err != nil {
 		return Spec{}, err
 	}
-	sysctls, err := podSysctls(c, userNS != nil)
+	sysctls, err := podSysctls(cfg, c.RuntimeSettings, userNS != nil)
 	if err != nil {
 		return Spec{}, err
 	}
@@ -146,7 +127,7 @@ func GenerateSpec(c SpecConfig) (Spec, error) {
 	opts := []oci.SpecOpts{
 		oci.WithoutRunMount,
 		withoutDefaultSecuritySettings,
-		oci.WithRootFSPath(cmp.Or(c.Rootfs, rootfsPath)),
+		oci.WithRootFSPath(rootfsPath),
 		oci.WithRootFSReadonly(),
 		oci.WithEnv(c.Image.Env),
 		oci.WithProcessArgs(append(append([]string{}, c.Image.Entrypoint...), c.Image.Cmd...)...),
@@ -210,16 +191,6 @@ func GenerateSpec(c SpecConfig) (Spec, error) {
 	}, nil
 }
 
-// unknownf returns an error for a pod config (or pause image) that
-// containerd's built-in controller rejects too. The built-in's errors carry
-// no errdefs class, so CRI reports them as gRPC Unknown; berth's are
-// errdefs.ErrUnknown so that kubelet sees the same code for the same pod
-// whichever controller runs it. WithMessage keeps the class's name out of
-// the text.
-func unknownf(format string, args ...any) error {
-	return errdefs.ErrUnknown.WithMessage(fmt.Sprintf(format, args...))
-}
-
 // CgroupsPath is the pause container's cgroups path under parent. A parent
 // ending in ".slice" means the systemd cgroup driver, whose runc path format
 // is "slice:prefix:name"; containerd's built-in uses the same prefix.
@@ -279,10 +250,10 @@ func annotations(c SpecConfig) map[string]string {
 	a := map[string]string{}
 	if res := cfg.GetLinux().GetResources(); res != nil {
 		maps.Copy(a, map[string]string{
-			AnnotationSandboxCPUPeriod: strconv.FormatInt(res.GetCpuPeriod(), 10),
-			AnnotationSandboxCPUQuota:  strconv.FormatInt(res.GetCpuQuota(), 10),
-			AnnotationSandboxCPUShares: strconv.FormatInt(res.GetCpuShares(), 10),
-			AnnotationSandboxMemory:    strconv.FormatInt(res.GetMemoryLimitInBytes(), 10),
+			annotationSandboxCPUPeriod: strconv.FormatInt(res.GetCpuPeriod(), 10),
+			annotationSandboxCPUQuota:  strconv.FormatInt(res.GetCpuQuota(), 10),
+			annotationSandboxCPUShares: strconv.FormatInt(res.GetCpuShares(), 10),
+			annotationSandboxMemory:    strconv.FormatInt(res.GetMemoryLimitInBytes(), 10),
 		})
 	}
 	// Passed-through pod annotations override the resource annotations and
@@ -297,13 +268,13 @@ func annotations(c SpecConfig) map[string]string {
 		}
 	}
 	maps.Copy(a, map[string]string{
-		AnnotationSandboxID:        c.ID,
-		AnnotationSandboxNamespace: cfg.GetMetadata().GetNamespace(),
-		AnnotationSandboxUID:       cfg.GetMetadata().GetUid(),
-		AnnotationSandboxName:      cfg.GetMetadata().GetName(),
-		AnnotationSandboxLogDir:    cfg.GetLogDirectory(),
-		AnnotationSandboxImageName: c.ImageName,
-		AnnotationContainerType:    containerTypeSandbox,
+		annotationSandboxID:        c.ID,
+		annotationSandboxNamespace: cfg.GetMetadata().GetNamespace(),
+		annotationSandboxUID:       cfg.GetMetadata().GetUid(),
+		annotationSandboxName:      cfg.GetMetadata().GetName(),
+		annotationSandboxLogDir:    cfg.GetLogDirectory(),
+		annotationSandboxImageName: c.ImageName,
+		annotationContainerType:    containerTypeSandbox,
 	})
 	return a
 }

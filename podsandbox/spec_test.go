@@ -72,10 +72,10 @@ func specTestSpecConfig() SpecConfig {
 			Env:        []string{"PATH=/usr/local/bin:/usr/bin:/bin", "FOO=bar"},
 			WorkingDir: "/work",
 		},
-		ImageName:      specTestImage,
-		NetNSPath:      specTestNetNS,
-		Files:          specTestFiles,
-		SeccompEnabled: true,
+		ImageName: specTestImage,
+		NetNSPath: specTestNetNS,
+		Files:     specTestFiles,
+		Node:      Node{SeccompEnabled: true},
 	}
 }
 
@@ -539,13 +539,13 @@ func TestGenerateSpecSysctls(t *testing.T) {
 
 func TestGenerateSpecAnnotations(t *testing.T) {
 	cri := map[string]string{
-		AnnotationSandboxID:        specTestID,
-		AnnotationSandboxName:      "pod-name",
-		AnnotationSandboxNamespace: "pod-namespace",
-		AnnotationSandboxUID:       "pod-uid",
-		AnnotationSandboxLogDir:    "/var/log/pods/pod-uid",
-		AnnotationSandboxImageName: specTestImage,
-		AnnotationContainerType:    "sandbox",
+		annotationSandboxID:        specTestID,
+		annotationSandboxName:      "pod-name",
+		annotationSandboxNamespace: "pod-namespace",
+		annotationSandboxUID:       "pod-uid",
+		annotationSandboxLogDir:    "/var/log/pods/pod-uid",
+		annotationSandboxImageName: specTestImage,
+		annotationContainerType:    "sandbox",
 	}
 	with := func(extra map[string]string) map[string]string {
 		m := maps.Clone(cri)
@@ -588,7 +588,7 @@ func TestGenerateSpecAnnotations(t *testing.T) {
 		{
 			name:      "pod annotations cannot override cri annotations",
 			patterns:  []string{"io.kubernetes.cri.*"},
-			podAnnots: map[string]string{AnnotationSandboxID: "forged", AnnotationContainerType: "container"},
+			podAnnots: map[string]string{annotationSandboxID: "forged", annotationContainerType: "container"},
 			want:      cri,
 		},
 		{
@@ -600,32 +600,32 @@ func TestGenerateSpecAnnotations(t *testing.T) {
 				MemoryLimitInBytes: 128 << 20,
 			},
 			want: with(map[string]string{
-				AnnotationSandboxCPUPeriod: "100000",
-				AnnotationSandboxCPUQuota:  "50000",
-				AnnotationSandboxCPUShares: "512",
-				AnnotationSandboxMemory:    strconv.Itoa(128 << 20),
+				annotationSandboxCPUPeriod: "100000",
+				annotationSandboxCPUQuota:  "50000",
+				annotationSandboxCPUShares: "512",
+				annotationSandboxMemory:    strconv.Itoa(128 << 20),
 			}),
 		},
 		{
 			name:      "passed-through annotations override the resource ones",
 			patterns:  []string{"io.kubernetes.cri.sandbox-cpu-*"},
 			resources: &runtimeapi.LinuxContainerResources{CpuShares: 512},
-			podAnnots: map[string]string{AnnotationSandboxCPUShares: "1024"},
+			podAnnots: map[string]string{annotationSandboxCPUShares: "1024"},
 			want: with(map[string]string{
-				AnnotationSandboxCPUPeriod: "0",
-				AnnotationSandboxCPUQuota:  "0",
-				AnnotationSandboxCPUShares: "1024",
-				AnnotationSandboxMemory:    "0",
+				annotationSandboxCPUPeriod: "0",
+				annotationSandboxCPUQuota:  "0",
+				annotationSandboxCPUShares: "1024",
+				annotationSandboxMemory:    "0",
 			}),
 		},
 		{
 			name:      "empty resources",
 			resources: &runtimeapi.LinuxContainerResources{},
 			want: with(map[string]string{
-				AnnotationSandboxCPUPeriod: "0",
-				AnnotationSandboxCPUQuota:  "0",
-				AnnotationSandboxCPUShares: "0",
-				AnnotationSandboxMemory:    "0",
+				annotationSandboxCPUPeriod: "0",
+				annotationSandboxCPUQuota:  "0",
+				annotationSandboxCPUShares: "0",
+				annotationSandboxMemory:    "0",
 			}),
 		},
 	} {
@@ -1018,7 +1018,10 @@ func TestGenerateSpecPrivileged(t *testing.T) {
 // TestGenerateSpecInvalid checks the pod configs the built-in controller
 // (or runc, for it) rejects: berth rejects them before anything exists,
 // with the built-in's class, Unknown.
-func TestGenerateSpecInvalid(t *testing.T) {
+// TestValidate checks that every pod config that can never run is refused
+// with the class of error kubelet should see, and that GenerateSpec refuses
+// a pause image it cannot run.
+func TestValidate(t *testing.T) {
 	sc := func(f func(*runtimeapi.LinuxSandboxSecurityContext)) func(*SpecConfig) {
 		return func(c *SpecConfig) { f(testSecurityContext(*c)) }
 	}
@@ -1027,6 +1030,7 @@ func TestGenerateSpecInvalid(t *testing.T) {
 			if ns != nil {
 				testSecurityContext(*c).NamespaceOptions = ns
 			}
+			testHostNetworkHostname(*c)
 			c.Config.Linux.Sysctls = map[string]string{name: "1"}
 		}
 	}
@@ -1040,84 +1044,169 @@ func TestGenerateSpecInvalid(t *testing.T) {
 	if err := os.WriteFile(notJSON, []byte("{"), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	meta := func(f func(*runtimeapi.PodSandboxMetadata)) func(*SpecConfig) {
+		return func(c *SpecConfig) { f(c.Config.Metadata) }
+	}
+	hostname := func(h string) func(*SpecConfig) {
+		return func(c *SpecConfig) { c.Config.Hostname = h }
+	}
+	apparmor := func(ref string, loaded ...string) func(*SpecConfig) {
+		return func(c *SpecConfig) {
+			testSecurityContext(*c).Apparmor = &runtimeapi.SecurityProfile{ProfileType: runtimeapi.SecurityProfile_Localhost, LocalhostRef: ref}
+			if loaded != nil {
+				c.AppArmorProfiles = func() (map[string]bool, error) {
+					m := map[string]bool{}
+					for _, l := range loaded {
+						m[l] = true
+					}
+					return m, nil
+				}
+			}
+		}
+	}
+	const (
+		invalid      = "invalid argument"
+		notFound     = "not found"
+		precondition = "failed precondition"
+	)
+	is := map[string]func(error) bool{
+		invalid: errdefs.IsInvalidArgument, notFound: errdefs.IsNotFound, precondition: errdefs.IsFailedPrecondition,
+	}
 	for _, tc := range []struct {
 		name   string
 		modify func(*SpecConfig)
+		want   string
+		// field is named in the error.
+		field string
 	}{
-		{"no entrypoint or cmd", func(c *SpecConfig) { c.Image.Entrypoint, c.Image.Cmd = nil, nil }},
+		{"no metadata name", meta(func(m *runtimeapi.PodSandboxMetadata) { m.Name = "" }), invalid, "metadata.name"},
+		{"no metadata namespace", meta(func(m *runtimeapi.PodSandboxMetadata) { m.Namespace = "" }), invalid, "metadata.namespace"},
+		{"no metadata uid", meta(func(m *runtimeapi.PodSandboxMetadata) { m.Uid = "" }), invalid, "metadata.uid"},
+		{"no metadata", func(c *SpecConfig) { c.Config.Metadata = nil }, invalid, "metadata.name"},
+		{"hostname too long", hostname(strings.Repeat("a", 60) + ".example"), invalid, "hostname"},
+		{"hostname with underscore", hostname("pod_1"), invalid, "hostname"},
+		{"hostname with empty label", hostname("pod..example"), invalid, "hostname"},
+		{"hostname label too long", hostname(strings.Repeat("a", 64)), invalid, "hostname"},
+		{"hostname with space", hostname("pod 1"), invalid, "hostname"},
+		{"empty sysctl name", sysctl(nil, ""), invalid, "linux.sysctls"},
+		{"sysctl name with space", sysctl(nil, "net.ipv4.ip forward"), invalid, "linux.sysctls"},
+		{"sysctl name with =", sysctl(nil, "net.ipv4.ip_forward=1"), invalid, "linux.sysctls"},
+		{"sysctl name with empty part", sysctl(nil, "net..ipv4"), invalid, "linux.sysctls"},
+		{"sysctl name with trailing dot", sysctl(nil, "net.ipv4."), invalid, "linux.sysctls"},
+		{"sysctl name escaping /proc/sys", sysctl(nil, "net/../../../etc/x"), invalid, "linux.sysctls"},
+		{"apparmor localhost missing", apparmor("no-such-profile", "other"), notFound, "linux.security_context.apparmor"},
+		{"apparmor localhost without apparmor", apparmor("no-such-profile"), notFound, "linux.security_context.apparmor"},
+		{"apparmor localhost without ref", apparmor(""), invalid, "linux.security_context.apparmor"},
 		{"hostname with host network", func(c *SpecConfig) {
 			testSecurityContext(*c).NamespaceOptions = hostNet
-		}},
-		{"userns node with mappings", userns(&runtimeapi.UserNamespace{Mode: runtimeapi.NamespaceMode_NODE, Uids: mapping, Gids: mapping})},
-		{"userns pod without uid mapping", userns(&runtimeapi.UserNamespace{Mode: runtimeapi.NamespaceMode_POD, Gids: mapping})},
+		}, invalid, "hostname"},
+		{"userns node with mappings", userns(&runtimeapi.UserNamespace{Mode: runtimeapi.NamespaceMode_NODE, Uids: mapping, Gids: mapping}), invalid, "linux.security_context.namespace_options.userns_options"},
+		{"userns pod without uid mapping", userns(&runtimeapi.UserNamespace{Mode: runtimeapi.NamespaceMode_POD, Gids: mapping}), invalid, "linux.security_context.namespace_options.userns_options"},
 		{"userns pod two mappings", userns(&runtimeapi.UserNamespace{
-			Mode: runtimeapi.NamespaceMode_POD, Uids: append(mapping, mapping...), Gids: mapping})},
+			Mode: runtimeapi.NamespaceMode_POD, Uids: append(mapping, mapping...), Gids: mapping}), invalid, "linux.security_context.namespace_options.userns_options.uids"},
 		{"userns pod empty mapping", userns(&runtimeapi.UserNamespace{
-			Mode: runtimeapi.NamespaceMode_POD, Uids: []*runtimeapi.IDMapping{{HostId: 65536}}, Gids: mapping})},
-		{"userns container mode", userns(&runtimeapi.UserNamespace{Mode: runtimeapi.NamespaceMode_CONTAINER})},
-		{"non-namespaced sysctl", sysctl(nil, "kernel.panic")},
-		{"vm sysctl", sysctl(nil, "vm.swappiness")},
-		{"unknown ipc-like sysctl", sysctl(nil, "kernel.msgfoo")},
-		{"kernel.hostname sysctl", sysctl(nil, "kernel.hostname")},
-		{"net sysctl with host network", sysctl(hostNet, "net.core.somaxconn")},
-		{"slashed net sysctl with host network", sysctl(hostNet, "net/core/somaxconn")},
-		{"uts sysctl with host network", sysctl(hostNet, "kernel.domainname")},
-		{"shm sysctl with host ipc", sysctl(hostIPC, "kernel.shmmax")},
-		{"mqueue sysctl with host ipc", sysctl(hostIPC, "fs.mqueue.msg_max")},
+			Mode: runtimeapi.NamespaceMode_POD, Uids: []*runtimeapi.IDMapping{{HostId: 65536}}, Gids: mapping}), invalid, "linux.security_context.namespace_options.userns_options.uids"},
+		{"userns container mode", userns(&runtimeapi.UserNamespace{Mode: runtimeapi.NamespaceMode_CONTAINER}), invalid, "linux.security_context.namespace_options.userns_options.mode"},
+		{"non-namespaced sysctl", sysctl(nil, "kernel.panic"), invalid, "linux.sysctls"},
+		{"vm sysctl", sysctl(nil, "vm.swappiness"), invalid, "linux.sysctls"},
+		{"unknown ipc-like sysctl", sysctl(nil, "kernel.msgfoo"), invalid, "linux.sysctls"},
+		{"kernel.hostname sysctl", sysctl(nil, "kernel.hostname"), invalid, "linux.sysctls"},
+		{"net sysctl with host network", sysctl(hostNet, "net.core.somaxconn"), invalid, "linux.sysctls"},
+		{"slashed net sysctl with host network", sysctl(hostNet, "net/core/somaxconn"), invalid, "linux.sysctls"},
+		{"uts sysctl with host network", sysctl(hostNet, "kernel.domainname"), invalid, "linux.sysctls"},
+		{"shm sysctl with host ipc", sysctl(hostIPC, "kernel.shmmax"), invalid, "linux.sysctls"},
+		{"mqueue sysctl with host ipc", sysctl(hostIPC, "fs.mqueue.msg_max"), invalid, "linux.sysctls"},
 		{"run_as_group without run_as_user", sc(func(s *runtimeapi.LinuxSandboxSecurityContext) {
 			s.RunAsGroup = &runtimeapi.Int64Value{Value: 1000}
-		})},
+		}), invalid, "linux.security_context.run_as_group"},
 		{"run_as_user out of range", sc(func(s *runtimeapi.LinuxSandboxSecurityContext) {
 			s.RunAsUser = &runtimeapi.Int64Value{Value: -1}
-		})},
+		}), invalid, "linux.security_context.run_as_user"},
 		{"supplemental group out of range", sc(func(s *runtimeapi.LinuxSandboxSecurityContext) {
 			s.SupplementalGroups = []int64{10, 1 << 32}
-		})},
+		}), invalid, "linux.security_context.supplemental_groups"},
 		{"seccomp runtime default on a kernel without seccomp", func(c *SpecConfig) {
 			c.SeccompEnabled = false
 			testSecurityContext(*c).Seccomp = &runtimeapi.SecurityProfile{ProfileType: runtimeapi.SecurityProfile_RuntimeDefault}
-		}},
+		}, precondition, "linux.security_context.seccomp"},
 		{"seccomp unset_seccomp_profile on a kernel without seccomp", func(c *SpecConfig) {
 			c.SeccompEnabled, c.UnsetSeccompProfile = false, "runtime/default"
-		}},
+		}, precondition, "linux.security_context.seccomp"},
 		{"seccomp localhost_ref with runtime default", sc(func(s *runtimeapi.LinuxSandboxSecurityContext) {
 			s.Seccomp = &runtimeapi.SecurityProfile{ProfileType: runtimeapi.SecurityProfile_RuntimeDefault, LocalhostRef: "/profile.json"}
-		})},
+		}), invalid, "linux.security_context.seccomp"},
 		{"seccomp localhost without ref", sc(func(s *runtimeapi.LinuxSandboxSecurityContext) {
 			s.Seccomp = &runtimeapi.SecurityProfile{ProfileType: runtimeapi.SecurityProfile_Localhost}
-		})},
+		}), invalid, "linux.security_context.seccomp"},
 		{"seccomp localhost missing", sc(func(s *runtimeapi.LinuxSandboxSecurityContext) {
 			s.Seccomp = &runtimeapi.SecurityProfile{ProfileType: runtimeapi.SecurityProfile_Localhost, LocalhostRef: "/no/such/profile.json"}
-		})},
+		}), notFound, "linux.security_context.seccomp"},
 		{"seccomp localhost not json", sc(func(s *runtimeapi.LinuxSandboxSecurityContext) {
 			s.Seccomp = &runtimeapi.SecurityProfile{ProfileType: runtimeapi.SecurityProfile_Localhost, LocalhostRef: notJSON}
-		})},
+		}), invalid, "linux.security_context.seccomp"},
 		{"seccomp invalid legacy path", sc(func(s *runtimeapi.LinuxSandboxSecurityContext) {
 			//lint:ignore SA1019 testing the deprecated field
 			s.SeccompProfilePath = "no-such-profile"
-		})},
+		}), invalid, "linux.security_context.seccomp_profile_path"},
 		{"seccomp invalid legacy path privileged", sc(func(s *runtimeapi.LinuxSandboxSecurityContext) {
 			//lint:ignore SA1019 testing the deprecated field
 			s.SeccompProfilePath, s.Privileged = "no-such-profile", true
-		})},
-		{"seccomp invalid unset_seccomp_profile", func(c *SpecConfig) { c.UnsetSeccompProfile = "no-such-profile" }},
+		}), invalid, "linux.security_context.seccomp_profile_path"},
+		{"seccomp invalid unset_seccomp_profile", func(c *SpecConfig) { c.UnsetSeccompProfile = "no-such-profile" }, precondition, "CRI's unset_seccomp_profile"},
 		{"selinux level", sc(func(s *runtimeapi.LinuxSandboxSecurityContext) {
 			s.SelinuxOptions = &runtimeapi.SELinuxOption{Level: "not a level"}
-		})},
+		}), invalid, "linux.security_context.selinux_options.level"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := specTestSpecConfig()
 			tc.modify(&c)
-			spec, err := GenerateSpec(c)
-			if err == nil {
-				selinux.ReleaseLabel(spec.ProcessLabel)
-				t.Fatal("GenerateSpec succeeded, want an error")
+			err := Validate(c.Config, c.RuntimeSettings, c.Node)
+			if !is[tc.want](err) || strings.HasSuffix(err.Error(), ": "+tc.want) {
+				t.Fatalf("Validate = %v: want class %s, without its name in the text", err, tc.want)
 			}
-			if !errdefs.IsUnknown(err) || strings.HasSuffix(err.Error(), ": unknown") {
-				t.Errorf("GenerateSpec error %q: want class Unknown, without its name in the text", err)
+			if !strings.HasPrefix(err.Error(), tc.field) {
+				t.Errorf("Validate = %q: want it to name %s first", err, tc.field)
 			}
-			if len(spec.Opts) != 0 || spec.ProcessLabel != "" {
-				t.Errorf("GenerateSpec returned %+v with its error, want the zero Spec", spec)
+		})
+	}
+}
+
+func TestGenerateSpecPauseImageWithoutEntrypoint(t *testing.T) {
+	c := specTestSpecConfig()
+	c.Image.Entrypoint, c.Image.Cmd = nil, nil
+	spec, err := GenerateSpec(c)
+	if !errdefs.IsFailedPrecondition(err) {
+		t.Fatalf("GenerateSpec = %v, want failed precondition", err)
+	}
+	if len(spec.Opts) != 0 || spec.ProcessLabel != "" {
+		t.Errorf("GenerateSpec returned %+v with its error, want the zero Spec", spec)
+	}
+}
+
+func TestValidateAccepts(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		modify func(*runtimeapi.PodSandboxConfig)
+	}{
+		{"typical", func(*runtimeapi.PodSandboxConfig) {}},
+		{"no hostname", func(c *runtimeapi.PodSandboxConfig) { c.Hostname = "" }},
+		{"fqdn hostname of 64 bytes", func(c *runtimeapi.PodSandboxConfig) {
+			c.Hostname = strings.Repeat("a", 31) + "." + strings.Repeat("b", 32)
+		}},
+		{"upper-case hostname", func(c *runtimeapi.PodSandboxConfig) { c.Hostname = "Pod-1" }},
+		{"slashed sysctl", func(c *runtimeapi.PodSandboxConfig) { c.Linux.Sysctls = map[string]string{"net/ipv4/ip_forward": "1"} }},
+		{"sysctl of an interface with a dot", func(c *runtimeapi.PodSandboxConfig) {
+			c.Linux.Sysctls = map[string]string{"net/ipv4/conf/eth0.100/forwarding": "1"}
+		}},
+		{"apparmor runtime default", func(c *runtimeapi.PodSandboxConfig) {
+			c.Linux.SecurityContext.Apparmor = &runtimeapi.SecurityProfile{ProfileType: runtimeapi.SecurityProfile_RuntimeDefault}
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := specTestConfig()
+			tc.modify(cfg)
+			if err := Validate(cfg, RuntimeSettings{}, Node{SeccompEnabled: true}); err != nil {
+				t.Fatalf("Validate = %v, want nil", err)
 			}
 		})
 	}

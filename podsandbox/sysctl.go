@@ -19,24 +19,26 @@ const (
 // defaults the CRI runtime config asks for, as the built-in controller sets
 // them. It first checks each of the pod's sysctls as runc will: the
 // built-in leaves that to runc, which refuses them only after the shim,
-// container and snapshot exist; berth refuses them with the same code
-// before anything is made.
-func podSysctls(c SpecConfig, usernsEnabled bool) (map[string]string, error) {
-	ns := c.Config.GetLinux().GetSecurityContext().GetNamespaceOptions()
+// container and snapshot exist; berth refuses them before anything is made.
+func podSysctls(cfg *runtimeapi.PodSandboxConfig, settings RuntimeSettings, usernsEnabled bool) (map[string]string, error) {
+	ns := cfg.GetLinux().GetSecurityContext().GetNamespaceOptions()
 	sysctls := map[string]string{}
-	for k, v := range c.Config.GetLinux().GetSysctls() {
+	for k, v := range cfg.GetLinux().GetSysctls() {
+		if err := validateSysctlName(k); err != nil {
+			return nil, err
+		}
 		if err := validateSysctl(k, ns); err != nil {
 			return nil, err
 		}
 		sysctls[k] = v
 	}
 	if ns.GetNetwork() != runtimeapi.NamespaceMode_NODE {
-		if _, ok := sysctls[sysctlUnprivilegedPortStart]; !ok && c.EnableUnprivilegedPorts {
+		if _, ok := sysctls[sysctlUnprivilegedPortStart]; !ok && settings.EnableUnprivilegedPorts {
 			sysctls[sysctlUnprivilegedPortStart] = "0"
 		}
 		// Group IDs outside the pod's mappings cannot be written in a user
 		// namespace.
-		if _, ok := sysctls[sysctlPingGroupRange]; !ok && c.EnableUnprivilegedICMP && !usernsEnabled && !userns.RunningInUserNS() {
+		if _, ok := sysctls[sysctlPingGroupRange]; !ok && settings.EnableUnprivilegedICMP && !usernsEnabled && !userns.RunningInUserNS() {
 			sysctls[sysctlPingGroupRange] = "0 2147483647"
 		}
 	}
@@ -55,26 +57,27 @@ var ipcSysctls = map[string]bool{
 // namespaces own no sysctls runc allows.
 func validateSysctl(name string, ns *runtimeapi.NamespaceOption) error {
 	s := dotted(name)
+	field := fmt.Sprintf("linux.sysctls[%q]", name)
 	switch {
 	case ipcSysctls[s] || strings.HasPrefix(s, "fs.mqueue."):
 		if ns.GetIpc() == runtimeapi.NamespaceMode_NODE {
-			return unknownf("sysctl %q is not allowed: the pod shares the host's IPC namespace", name)
+			return invalidf(field, "not allowed: the pod shares the host's IPC namespace")
 		}
 		return nil
 	case strings.HasPrefix(s, "net."):
 		if ns.GetNetwork() == runtimeapi.NamespaceMode_NODE {
-			return unknownf("sysctl %q is not allowed: the pod uses the host network", name)
+			return invalidf(field, "not allowed: the pod uses the host network")
 		}
 		return nil
 	case s == "kernel.hostname":
-		return unknownf("sysctl %q is not allowed: the pod's hostname field sets it", name)
+		return invalidf(field, "not allowed: the pod's hostname field sets it")
 	case s == "kernel.domainname" && ns.GetNetwork() == runtimeapi.NamespaceMode_NODE:
 		// A host-network pod shares the host's UTS namespace too.
-		return unknownf("sysctl %q is not allowed: the pod uses the host's UTS namespace", name)
+		return invalidf(field, "not allowed: the pod uses the host's UTS namespace")
 	case s == "kernel.domainname":
 		return nil
 	}
-	return unknownf("sysctl %q is not allowed: it is not in a namespace of the pod's own", name)
+	return invalidf(field, "not allowed: it is not in a namespace of the pod's own")
 }
 
 // dotted writes a sysctl name with dots between its parts, as runc reads

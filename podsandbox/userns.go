@@ -8,6 +8,8 @@ import (
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 )
 
+const usernsField = "linux.security_context.namespace_options.userns_options"
+
 // userNamespace is a pod's own user namespace (mode POD): its one UID and
 // one GID mapping.
 type userNamespace struct {
@@ -22,40 +24,40 @@ func podUserNamespace(opt *runtimeapi.UserNamespace) (*userNamespace, error) {
 		// A kubelet without user namespace support sends nothing.
 		return nil, nil
 	}
-	uids, err := idMapping("UID", opt.GetUids())
+	uids, err := idMapping("uids", opt.GetUids())
 	if err != nil {
 		return nil, err
 	}
-	gids, err := idMapping("GID", opt.GetGids())
+	gids, err := idMapping("gids", opt.GetGids())
 	if err != nil {
 		return nil, err
 	}
 	switch mode := opt.GetMode(); mode {
 	case runtimeapi.NamespaceMode_NODE:
 		if uids != nil || gids != nil {
-			return nil, unknownf("user namespace mode %s takes no ID mappings", mode)
+			return nil, invalidf(usernsField, "mode %s takes no ID mappings", mode)
 		}
 		return nil, nil
 	case runtimeapi.NamespaceMode_POD:
 		if uids == nil || gids == nil {
-			return nil, unknownf("user namespace mode %s needs a UID and a GID mapping", mode)
+			return nil, invalidf(usernsField, "mode %s needs a UID and a GID mapping", mode)
 		}
 		return &userNamespace{uid: *uids, gid: *gids}, nil
 	default:
-		return nil, unknownf("user namespace mode %s is not supported for a pod", mode)
+		return nil, invalidf(usernsField+".mode", "%s is not supported for a pod", mode)
 	}
 }
 
 // idMapping returns the one mapping of a pod's user namespace, nil for
 // none. Only one is supported: the snapshotter shifts the rootfs by one.
-func idMapping(kind string, m []*runtimeapi.IDMapping) (*runtimespec.LinuxIDMapping, error) {
+func idMapping(field string, m []*runtimeapi.IDMapping) (*runtimespec.LinuxIDMapping, error) {
 	switch {
 	case len(m) > 1:
-		return nil, unknownf("user namespace: %d %s mappings, only one is supported", len(m), kind)
+		return nil, invalidf(usernsField+"."+field, "%d mappings, only one is supported", len(m))
 	case len(m) == 0 || m[0] == nil:
 		return nil, nil
 	case m[0].GetLength() < 1:
-		return nil, unknownf("user namespace: %s mapping length %d is invalid", kind, m[0].GetLength())
+		return nil, invalidf(usernsField+"."+field, "mapping length %d is invalid", m[0].GetLength())
 	}
 	return &runtimespec.LinuxIDMapping{ContainerID: m[0].GetContainerId(), HostID: m[0].GetHostId(), Size: m[0].GetLength()}, nil
 }
