@@ -1,75 +1,28 @@
-// Package events handles the events of the sandboxes berth owns.
-package events
+// Package retry runs steps that failed again, with a backoff per key, until
+// they succeed. berth keys it by sandbox ID: the steps of one sandbox (a
+// kill, a task deletion, a rollback) run one at a time and in the order they
+// failed, and no sandbox ever waits on another's.
+package retry
 
 import (
 	"context"
-	"fmt"
 	"sync"
 	"time"
 
-	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
 )
 
-// Config of the retry backoff. Zero fields take the defaults.
+// Config is the backoff. Every field must be positive and InitialDelay at
+// most MaxDelay; the caller validates it (berth's plugin config does).
 type Config struct {
-	InitialDelay   time.Duration // default 1s: delay before the first retry
-	Factor         float64       // default 2: delay multiplier after each failed retry
-	MaxDelay       time.Duration // default 5m: cap of the delay
-	AttemptTimeout time.Duration // default 10s: context timeout of one attempt
-}
-
-// DefaultConfig returns the configuration zero fields stand for.
-func DefaultConfig() Config {
-	return Config{
-		InitialDelay:   time.Second,
-		Factor:         2,
-		MaxDelay:       5 * time.Minute,
-		AttemptTimeout: 10 * time.Second,
-	}
-}
-
-func (c Config) withDefaults() Config {
-	d := DefaultConfig()
-	if c.InitialDelay == 0 {
-		c.InitialDelay = d.InitialDelay
-	}
-	if c.Factor == 0 {
-		c.Factor = d.Factor
-	}
-	if c.MaxDelay == 0 {
-		c.MaxDelay = d.MaxDelay
-	}
-	if c.AttemptTimeout == 0 {
-		c.AttemptTimeout = d.AttemptTimeout
-	}
-	return c
-}
-
-// Validate reports a configuration New would run with but that makes no
-// sense. Defaults are applied first, so InitialDelay is checked against the
-// MaxDelay actually used.
-func (c Config) Validate() error {
-	for _, f := range []struct {
-		name string
-		d    time.Duration
-	}{
-		{"initial delay", c.InitialDelay},
-		{"max delay", c.MaxDelay},
-		{"attempt timeout", c.AttemptTimeout},
-	} {
-		if f.d < 0 {
-			return fmt.Errorf("%s %v is negative: %w", f.name, f.d, errdefs.ErrInvalidArgument)
-		}
-	}
-	// Written as !(>= 1) so that NaN is rejected too.
-	if c.Factor != 0 && !(c.Factor >= 1) {
-		return fmt.Errorf("factor %v is below 1: %w", c.Factor, errdefs.ErrInvalidArgument)
-	}
-	if d := c.withDefaults(); d.InitialDelay > d.MaxDelay {
-		return fmt.Errorf("initial delay %v exceeds max delay %v: %w", d.InitialDelay, d.MaxDelay, errdefs.ErrInvalidArgument)
-	}
-	return nil
+	// InitialDelay is the wait before a key's first retry.
+	InitialDelay time.Duration
+	// Factor multiplies the delay after each failed retry (>= 1).
+	Factor float64
+	// MaxDelay caps the delay.
+	MaxDelay time.Duration
+	// AttemptTimeout bounds every run of a step.
+	AttemptTimeout time.Duration
 }
 
 // next returns the delay that follows d. It compares in float64 so that a
@@ -81,42 +34,38 @@ func (c Config) next(d time.Duration) time.Duration {
 	return c.MaxDelay
 }
 
-// Attempt is one try at handling an event; returning nil means handled.
-type Attempt func(ctx context.Context) error
+// Step is one try at something that failed before; nil means done.
+type Step func(ctx context.Context) error
 
-// entry is a queued attempt.
+// entry is a queued step.
 type entry struct {
-	fn Attempt
-	// ctx carries the values of Retry's context (containerd namespace,
+	name string
+	fn   Step
+	// ctx carries the values of Add's context (containerd namespace,
 	// logger), but not its cancellation: a retry outlives its caller.
 	ctx context.Context
 	// log is the caller's logger, so that retries log like the first try.
 	log *log.Entry
-	// tries counts runs, including the failed one before Retry. Only the
+	// tries counts runs, including the failed one before Add. Only the
 	// goroutine holding the entry touches it.
 	tries int
 }
 
-// queue is the state of one key. While the key's batch runs, attempts holds
-// those queued after it; otherwise it holds the attempts waiting for due.
+// queue is the state of one key. While the key's batch runs, steps holds
+// those queued after it; otherwise it holds the steps waiting for due.
 type queue struct {
-	attempts []*entry
-	delay    time.Duration
-	due      time.Time
-	running  bool
+	steps   []*entry
+	delay   time.Duration
+	due     time.Time
+	running bool
 }
 
-type retryReq struct {
+type addReq struct {
 	key string
 	e   *entry
 }
 
-type pendingReq struct {
-	key   string
-	reply chan bool
-}
-
-// result is what a batch reports back: on failure, the failed attempt and
+// result is what a batch reports back: on failure, the failed step and
 // those after it.
 type result struct {
 	key  string
@@ -124,24 +73,22 @@ type result struct {
 	err  error
 }
 
-// Monitor retries the handling of events that failed, with a backoff per key.
-// Attempts of a key run one at a time and in order; keys never wait on each
-// other.
+// Queue retries failed steps, with a backoff per key. Steps of a key run one
+// at a time and in order; keys never wait on each other.
 //
-// One goroutine owns the queues; Retry, Pending and finished batches talk to
-// it over channels, so the queues need no lock.
-type Monitor struct {
+// One goroutine owns the queues; Add and finished batches talk to it over
+// channels, so the queues need no lock.
+type Queue struct {
 	cfg Config
 
-	// ctx is the base of every attempt's context; Stop cancels it.
+	// ctx is the base of every run's context; Stop cancels it.
 	ctx    context.Context
 	cancel context.CancelFunc
 
-	retries chan retryReq
-	pending chan pendingReq
+	adds    chan addReq
 	results chan result
 
-	start sync.Once
+	stopOnce sync.Once
 	// done is closed when the owner goroutine has returned, after every
 	// batch it started.
 	done chan struct{}
@@ -151,148 +98,124 @@ type Monitor struct {
 	running int
 }
 
-// New returns a monitor using cfg, with defaults for its zero fields. It does
-// not validate cfg; see Config.Validate.
-func New(cfg Config) *Monitor {
+// New starts a queue with cfg, which must be valid (see Config).
+func New(cfg Config) *Queue {
 	ctx, cancel := context.WithCancel(context.Background())
-	return &Monitor{
-		cfg:     cfg.withDefaults(),
+	q := &Queue{
+		cfg:     cfg,
 		ctx:     ctx,
 		cancel:  cancel,
-		retries: make(chan retryReq),
-		pending: make(chan pendingReq),
+		adds:    make(chan addReq),
 		results: make(chan result),
 		done:    make(chan struct{}),
 		queues:  make(map[string]*queue),
 	}
+	go q.run()
+	return q
 }
 
-// Start starts the goroutine that runs the retries. Retry and Pending block
-// until Start (or Stop) is called.
-func (m *Monitor) Start() {
-	m.start.Do(func() { go m.run() })
+// Stop drops every queued step, cancels the context of running ones and
+// waits for them to return. It is safe to call more than once.
+func (q *Queue) Stop() {
+	q.stopOnce.Do(q.cancel)
+	<-q.done
 }
 
-// Stop drops every queued attempt, cancels the context of running ones and
-// waits for them to return. It is safe to call more than once, and before
-// Start.
-func (m *Monitor) Stop() {
-	m.cancel()
-	// If run never started, it never will: close done in its place.
-	m.start.Do(func() { close(m.done) })
-	<-m.done
-}
-
-// Retry queues a for key. a already failed once; it runs after the key's
-// current delay, and after the attempts queued for key before it. After Stop,
-// Retry only logs that a is dropped.
-func (m *Monitor) Retry(ctx context.Context, key string, a Attempt) {
-	l := log.G(ctx).WithField("sandbox_id", key)
-	e := &entry{fn: a, ctx: log.WithLogger(context.WithoutCancel(ctx), l), log: l, tries: 1}
+// Add queues step fn, named name in logs, for key. fn already failed once;
+// it runs after the key's current delay, and after the steps queued for key
+// before it. After Stop, Add only logs that fn is dropped.
+func (q *Queue) Add(ctx context.Context, key, name string, fn Step) {
+	l := log.G(ctx).WithFields(log.Fields{"sandbox_id": key, "step": name})
+	e := &entry{name: name, fn: fn, ctx: log.WithLogger(context.WithoutCancel(ctx), l), log: l, tries: 1}
 	select {
-	case m.retries <- retryReq{key: key, e: e}:
-	case <-m.ctx.Done():
-		e.log.Warn("retry monitor stopped, dropping retry")
+	case q.adds <- addReq{key: key, e: e}:
+	case <-q.ctx.Done():
+		e.log.Warn("retry queue stopped, dropping step")
 	}
 }
 
-// Pending reports whether key has attempts queued or running.
-func (m *Monitor) Pending(key string) bool {
-	req := pendingReq{key: key, reply: make(chan bool, 1)}
-	select {
-	case m.pending <- req:
-		return <-req.reply
-	case <-m.ctx.Done():
-		return false
-	}
-}
-
-func (m *Monitor) run() {
-	defer close(m.done)
+func (q *Queue) run() {
+	defer close(q.done)
 	// A single timer, pointed at the earliest waiting key.
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
 	var wake <-chan time.Time
 	for {
 		select {
-		case r := <-m.retries:
-			m.add(r)
-		case req := <-m.pending:
-			_, ok := m.queues[req.key]
-			req.reply <- ok
-		case res := <-m.results:
-			m.finish(res)
+		case r := <-q.adds:
+			q.add(r)
+		case res := <-q.results:
+			q.finish(res)
 		case <-wake:
 			now := time.Now()
-			for key, q := range m.queues {
-				if !q.running && !q.due.After(now) {
-					m.launch(key, q)
+			for key, k := range q.queues {
+				if !k.running && !k.due.After(now) {
+					q.launch(key, k)
 				}
 			}
-		case <-m.ctx.Done():
+		case <-q.ctx.Done():
 			// Running batches see the cancelled context; wait for them.
-			for ; m.running > 0; m.running-- {
-				<-m.results
+			for ; q.running > 0; q.running-- {
+				<-q.results
 			}
 			return
 		}
-		wake = m.arm(timer)
+		wake = q.arm(timer)
 	}
 }
 
-func (m *Monitor) add(r retryReq) {
-	q, ok := m.queues[r.key]
+func (q *Queue) add(r addReq) {
+	k, ok := q.queues[r.key]
 	if !ok {
-		q = &queue{delay: m.cfg.InitialDelay, due: time.Now().Add(m.cfg.InitialDelay)}
-		m.queues[r.key] = q
+		k = &queue{delay: q.cfg.InitialDelay, due: time.Now().Add(q.cfg.InitialDelay)}
+		q.queues[r.key] = k
 	}
-	q.attempts = append(q.attempts, r.e)
+	k.steps = append(k.steps, r.e)
 }
 
-// launch hands the key's waiting attempts to a goroutine of their own, so
-// that a slow attempt holds up only its own key.
-func (m *Monitor) launch(key string, q *queue) {
-	batch := q.attempts
-	q.attempts = nil
-	q.running = true
-	m.running++
-	go m.runBatch(key, batch)
+// launch hands the key's waiting steps to a goroutine of their own, so that
+// a slow step holds up only its own key.
+func (q *Queue) launch(key string, k *queue) {
+	batch := k.steps
+	k.steps = nil
+	k.running = true
+	q.running++
+	go q.runBatch(key, batch)
 }
 
-func (m *Monitor) finish(res result) {
-	m.running--
-	q := m.queues[res.key]
-	q.running = false
+func (q *Queue) finish(res result) {
+	q.running--
+	k := q.queues[res.key]
+	k.running = false
 	if res.err == nil {
-		if len(q.attempts) == 0 {
-			delete(m.queues, res.key)
+		if len(k.steps) == 0 {
+			delete(q.queues, res.key)
 			return
 		}
-		// Attempts queued while the batch ran have waited out the key's
-		// delay already.
-		m.launch(res.key, q)
+		// Steps queued while the batch ran have waited out the key's delay
+		// already.
+		q.launch(res.key, k)
 		return
 	}
-	q.delay = m.cfg.next(q.delay)
-	q.due = time.Now().Add(q.delay)
-	q.attempts = append(res.rest, q.attempts...)
-	if m.ctx.Err() == nil {
+	k.delay = q.cfg.next(k.delay)
+	k.due = time.Now().Add(k.delay)
+	k.steps = append(res.rest, k.steps...)
+	if q.ctx.Err() == nil {
 		e := res.rest[0]
 		e.log.WithError(res.err).WithFields(log.Fields{
 			"attempt": e.tries,
-			"delay":   q.delay,
-		}).Warn("sandbox exit handling failed, will retry")
+			"delay":   k.delay,
+		}).Warn("retried step failed, will retry")
 	}
 }
 
-// arm points timer at the earliest waiting key and returns its channel, or nil
-// if no key waits. It scans every key: berth owns few sandboxes, and only
-// failed ones are here.
-func (m *Monitor) arm(timer *time.Timer) <-chan time.Time {
+// arm points timer at the earliest waiting key and returns its channel, or
+// nil if no key waits. It scans every key: only failed steps are here.
+func (q *Queue) arm(timer *time.Timer) <-chan time.Time {
 	var next time.Time
-	for _, q := range m.queues {
-		if !q.running && (next.IsZero() || q.due.Before(next)) {
-			next = q.due
+	for _, k := range q.queues {
+		if !k.running && (next.IsZero() || k.due.Before(next)) {
+			next = k.due
 		}
 	}
 	if next.IsZero() {
@@ -303,27 +226,27 @@ func (m *Monitor) arm(timer *time.Timer) <-chan time.Time {
 	return timer.C
 }
 
-// runBatch runs attempts in order until one fails, and reports to run.
-func (m *Monitor) runBatch(key string, batch []*entry) {
+// runBatch runs steps in order until one fails, and reports to run.
+func (q *Queue) runBatch(key string, batch []*entry) {
 	res := result{key: key}
 	for i, e := range batch {
-		if res.err = m.try(e); res.err != nil {
+		if res.err = q.try(e); res.err != nil {
 			res.rest = batch[i:]
 			break
 		}
 	}
-	m.results <- res
+	q.results <- res
 }
 
-func (m *Monitor) try(e *entry) error {
-	// Once stopped, run nothing more, even an attempt that ignores ctx.
-	if err := m.ctx.Err(); err != nil {
+func (q *Queue) try(e *entry) error {
+	// Once stopped, run nothing more, even a step that ignores ctx.
+	if err := q.ctx.Err(); err != nil {
 		return err
 	}
 	e.tries++
-	ctx, cancel := context.WithTimeout(e.ctx, m.cfg.AttemptTimeout)
+	ctx, cancel := context.WithTimeout(e.ctx, q.cfg.AttemptTimeout)
 	defer cancel()
-	// Stop cancels running attempts.
-	defer context.AfterFunc(m.ctx, cancel)()
+	// Stop cancels running steps.
+	defer context.AfterFunc(q.ctx, cancel)()
 	return e.fn(ctx)
 }
