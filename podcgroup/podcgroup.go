@@ -3,16 +3,24 @@
 package podcgroup
 
 import (
+	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
+	"syscall"
 
 	"github.com/containerd/cgroups/v3"
 	"github.com/containerd/cgroups/v3/cgroup1"
+	cgroup1stats "github.com/containerd/cgroups/v3/cgroup1/stats"
 	"github.com/containerd/cgroups/v3/cgroup2"
 	"github.com/containerd/errdefs"
 	runtimespec "github.com/opencontainers/runtime-spec/specs-go"
 )
+
+// unifiedRoot is where cgroup v2 is mounted.
+const unifiedRoot = "/sys/fs/cgroup"
 
 // Path is a pod's cgroup path under the hierarchy root. A systemd slice
 // name ("kubepods-burstable-pod1.slice") is expanded to its place in the
@@ -31,15 +39,56 @@ func Path(parent string) string {
 	return path
 }
 
-// Update writes resources to the cgroup at path.
+// unifiedKey is a cgroup v2 interface file a pod's resources may set:
+// "<controller>.<knob>", and not one of the cgroup.* core files.
+var unifiedKey = regexp.MustCompile(`^[a-z0-9_]+\.[a-z0-9_.]+$`)
+
+// ValidateUnified refuses cgroup v2 keys this node cannot apply: any on a
+// node without cgroup v2 (the keys would be dropped), and names that are
+// not a controller's interface file. Errors are errdefs.ErrInvalidArgument.
+func ValidateUnified(unified map[string]string) error {
+	if len(unified) == 0 {
+		return nil
+	}
+	if cgroups.Mode() != cgroups.Unified {
+		return fmt.Errorf("pod resources: unified keys need cgroup v2, and this node's pod cgroups are v1: %w", errdefs.ErrInvalidArgument)
+	}
+	for k := range unified {
+		if !unifiedKey.MatchString(k) || strings.HasPrefix(k, "cgroup.") {
+			return fmt.Errorf("pod resources: unified key %q is not a controller's interface file: %w", k, errdefs.ErrInvalidArgument)
+		}
+	}
+	return nil
+}
+
+// Update writes resources to the cgroup at path, unified keys included
+// (cgroup v2; see ValidateUnified). A memory limit below what the cgroup
+// uses is refused with errdefs.ErrFailedPrecondition before anything is
+// written: the kernel would fail it (v1) or OOM-kill the pod to meet it
+// (v2).
 func Update(path string, resources *runtimespec.LinuxResources) error {
 	if cgroups.Mode() == cgroups.Unified {
 		m, err := cgroup2.Load(path)
 		if err != nil {
 			return fmt.Errorf("load cgroup %s: %w", path, err)
 		}
+		if resources.Memory != nil && resources.Memory.Limit != nil {
+			st, err := m.Stat()
+			if err != nil {
+				return fmt.Errorf("read cgroup %s: %w", path, err)
+			}
+			if err := checkMemory(*resources.Memory.Limit, st.GetMemory().GetUsage()); err != nil {
+				return err
+			}
+		}
 		if err := m.Update(cgroup2.ToResources(resources)); err != nil {
-			return fmt.Errorf("update cgroup %s: %w", path, err)
+			return fmt.Errorf("update cgroup %s: %w", path, classify(err))
+		}
+		// cgroup2's resources have no unified keys: write them as runc does.
+		for k, v := range resources.Unified {
+			if err := os.WriteFile(filepath.Join(unifiedRoot, path, k), []byte(v), 0); err != nil {
+				return fmt.Errorf("update cgroup %s: %s: %w", path, k, classify(err))
+			}
 		}
 		return nil
 	}
@@ -47,8 +96,28 @@ func Update(path string, resources *runtimespec.LinuxResources) error {
 	if err != nil {
 		return fmt.Errorf("load cgroup %s: %w", path, classify(err))
 	}
+	if resources.Memory != nil && resources.Memory.Limit != nil {
+		st, err := cg.Stat(cgroup1.IgnoreNotExist)
+		if err != nil {
+			return fmt.Errorf("read cgroup %s: %w", path, err)
+		}
+		if err := checkMemory(*resources.Memory.Limit, memoryUsage(st)); err != nil {
+			return err
+		}
+	}
 	if err := cg.Update(resources); err != nil {
-		return fmt.Errorf("update cgroup %s: %w", path, err)
+		return fmt.Errorf("update cgroup %s: %w", path, classify(err))
+	}
+	return nil
+}
+
+func memoryUsage(st *cgroup1stats.Metrics) uint64 {
+	return st.GetMemory().GetUsage().GetUsage()
+}
+
+func checkMemory(limit int64, usage uint64) error {
+	if limit > 0 && uint64(limit) < usage {
+		return fmt.Errorf("pod resources: memory limit %d is below the pod's use of %d bytes: %w", limit, usage, errdefs.ErrFailedPrecondition)
 	}
 	return nil
 }
@@ -71,9 +140,17 @@ func Stats(path string) (any, error) {
 	return cg.Stat(cgroup1.IgnoreNotExist)
 }
 
+// classify gives cgroup errors their errdefs class: a cgroup that is gone
+// is NotFound, a limit the kernel will not take (EBUSY, EINVAL) is
+// FailedPrecondition or InvalidArgument.
 func classify(err error) error {
-	if err == cgroup1.ErrCgroupDeleted {
+	switch {
+	case errors.Is(err, cgroup1.ErrCgroupDeleted), errors.Is(err, os.ErrNotExist):
 		return fmt.Errorf("%w: %w", errdefs.ErrNotFound, err)
+	case errors.Is(err, syscall.EBUSY):
+		return fmt.Errorf("%w: %w", errdefs.ErrFailedPrecondition, err)
+	case errors.Is(err, syscall.EINVAL):
+		return fmt.Errorf("%w: %w", errdefs.ErrInvalidArgument, err)
 	}
 	return err
 }

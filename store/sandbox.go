@@ -69,10 +69,9 @@ type Metadata struct {
 	// NetNSPath is the pod's network namespace, "" for host-network pods.
 	NetNSPath string
 	Config    *runtimeapi.PodSandboxConfig
-	Runtime   sandbox.RuntimeOpts
-	// RecordedAt is when Create ran; Start failures of entries that never
-	// started are swept by age.
-	RecordedAt time.Time
+	// Runtime is the sandbox record's runtime; Options is nil when the
+	// handler has none.
+	Runtime sandbox.RuntimeOpts
 }
 
 // Instance describes the pause container Start made. It is set once, when
@@ -103,9 +102,11 @@ type Status struct {
 	ExitedAt   time.Time
 	// Instance is nil until Start succeeds.
 	Instance *Instance
-	// Resources are the pod-level resources Update last applied, nil if
-	// none.
+	// Resources and Overhead are the pod-level resources Update last
+	// applied, as kubelet passed them: the pod's cgroup holds their sum.
+	// Both are nil if Update never ran.
 	Resources *runtimeapi.LinuxContainerResources
+	Overhead  *runtimeapi.LinuxContainerResources
 }
 
 // Sandbox is one sandbox berth owns.
@@ -154,12 +155,9 @@ func (s *Sandbox) Update(fn func(Status) (Status, error)) error {
 }
 
 // Exit records the pause task's exit and wakes every waiter. Only the first
-// call has an effect; it reports whether this call was that one, so the
-// caller that owns an exit can tell.
-func (s *Sandbox) Exit(code uint32, at time.Time) bool {
-	first := false
+// call has an effect.
+func (s *Sandbox) Exit(code uint32, at time.Time) {
 	s.exitOnce.Do(func() {
-		first = true
 		s.mu.Lock()
 		s.status.State = StateNotReady
 		s.status.Pid = 0
@@ -170,7 +168,6 @@ func (s *Sandbox) Exit(code uint32, at time.Time) bool {
 		// always reads the exit.
 		close(s.exited)
 	})
-	return first
 }
 
 // Exited is closed once the sandbox's exit has been recorded.
