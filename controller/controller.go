@@ -2,54 +2,35 @@
 // whose sandbox is a pause container: it makes the pause container and task,
 // watches the task's exit, and answers CRI's Status, Wait and Platform from
 // memory.
+//
+// One file per operation (create.go, start.go, stop.go, shutdown.go,
+// status.go, resources.go, recover.go), plus:
+//   - reaper.go and lost.go: what happens to a pause task once it exists
+//     (its exit, kill, deletion, and what a crash left of it);
+//   - record.go: what berth records on the pause container and reads back
+//     after a restart;
+//   - cleanup.go: the rollback stack and the bounds of cleanup steps;
+//   - client.go: the part of containerd's client the controller uses.
 package controller
 
 import (
 	"context"
 	"fmt"
+	"slices"
 	"time"
 
-	containerd "github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/core/sandbox"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/platforms"
 	imagespec "github.com/opencontainers/image-spec/specs-go/v1"
 
-	"github.com/berth-dev/berth/events"
 	"github.com/berth-dev/berth/podsandbox"
+	"github.com/berth-dev/berth/retry"
 	"github.com/berth-dev/berth/store"
 )
 
 // Namespace is the containerd namespace CRI keeps pods in.
 const Namespace = "k8s.io"
-
-// Labels and extensions berth puts on the pause container. They are berth's
-// own on purpose: with CRI's io.cri-containerd.kind=sandbox label, CRI would
-// hand the container to its built-in controller after a restart.
-const (
-	LabelKind        = "io.berth.kind"
-	LabelKindSandbox = "sandbox"
-	// LabelKindStartLease marks the lease a pause snapshot is made under.
-	LabelKindStartLease = "start-lease"
-	// LabelRuntimeHandler and LabelNetNS record what Create was given, and
-	// LabelSELinux the process label Start chose, for recovery.
-	LabelRuntimeHandler = "io.berth.sandbox.runtime-handler"
-	LabelNetNS          = "io.berth.sandbox.netns"
-	LabelSELinux        = "io.berth.sandbox.selinux-label"
-	// LabelResources holds the pod resources last applied by Update, JSON.
-	LabelResources = "io.berth.sandbox.resources"
-	// ExtensionConfig holds the PodSandboxConfig.
-	ExtensionConfig = "io.berth.sandbox.config"
-)
-
-// Failpoints, in test builds only (build tag berth_failpoint): a pod
-// annotation FailpointAnnotationPrefix+<point> = "N" fails that sandbox's
-// first N passes through the point.
-const (
-	FailpointAnnotationPrefix = "io.berth.failpoint."
-	// FailpointTaskDelete fails the deletion of an exited pause task.
-	FailpointTaskDelete = "task-delete"
-)
 
 // Labels of ControllerInstance that CRI reads.
 const (
@@ -71,10 +52,6 @@ type Runtime struct {
 	Snapshotter string
 	// PodAnnotations are the pod annotation patterns passed into the spec.
 	PodAnnotations []string
-	// BuiltinPause runs the handler's pods on berth's built-in pause (the
-	// shared rootfs at Config.BuiltinPauseRootfs) instead of the pause
-	// image. A berth setting, not CRI's.
-	BuiltinPause bool
 }
 
 // CRIConfig is the part of CRI's runtime and image config berth follows, so
@@ -84,68 +61,80 @@ type CRIConfig struct {
 	// pulls before Start.
 	SandboxImage string
 	// Snapshotter is CRI's default snapshotter.
-	Snapshotter             string
-	DefaultRuntimeName      string
-	Runtimes                map[string]Runtime
-	RestrictOOMScoreAdj     bool
-	EnableUnprivilegedPorts bool
-	EnableUnprivilegedICMP  bool
-	// UnsetSeccompProfile is the seccomp profile of pods that name none.
-	UnsetSeccompProfile string
+	Snapshotter        string
+	DefaultRuntimeName string
+	Runtimes           map[string]Runtime
+	podsandbox.RuntimeSettings
+}
+
+// BuiltinPause is berth's built-in pause: the handlers whose pods run it,
+// and the shared rootfs they run it from.
+type BuiltinPause struct {
+	Handlers []string
+	// Rootfs is the prepared rootfs; "" when Err is set or no handler uses
+	// the built-in pause.
+	Rootfs string
+	// Err is why the built-in pause cannot run (a bad binary or rootfs):
+	// its handlers' pods then fail with it, and every other pod runs.
+	Err error
 }
 
 // Config is everything the controller is built from.
 type Config struct {
-	CRI CRIConfig
+	// Sandboxer is berth's name in CRI's sandbox records: its plugin ID.
+	Sandboxer string
+	CRI       CRIConfig
 	// Dirs are where sandbox files live.
 	Dirs podsandbox.Dirs
 	// StopTimeout bounds how long Stop waits for the pause task's exit to be
 	// handled.
 	StopTimeout time.Duration
-	// ExitTimeout bounds the first attempt at handling an exit; failures go
-	// to the retry monitor.
+	// ExitTimeout bounds the first attempt at deleting an exited task;
+	// failures go to the retry queue.
 	ExitTimeout time.Duration
-	// SeccompEnabled says whether the kernel supports seccomp.
-	SeccompEnabled bool
+	// Node is what the kernel offers the pause container.
+	Node podsandbox.Node
 	// HostFiles are the node files a pod's hosts and resolv.conf start from.
-	HostFiles podsandbox.HostFiles
-	// BuiltinPauseRootfs is the shared rootfs of the built-in pause, ""
-	// when no handler uses it.
-	BuiltinPauseRootfs string
-	// ContainerdAddress is containerd's gRPC address; shims derive their
-	// socket from it.
-	ContainerdAddress string
+	HostFiles    podsandbox.HostFiles
+	BuiltinPause BuiltinPause
+	// Shims is how berth reaches a shim containerd lost.
+	Shims ShimSockets
+	// ConfigErr is set when berth's own config is invalid: the controller
+	// then runs on defaults, so that the sandboxes it has keep being
+	// stopped and removed, and refuses new ones with this error.
+	ConfigErr error
 }
 
 // Controller is berth's sandbox controller.
 type Controller struct {
 	config    Config
-	client    *containerd.Client
+	client    containerdClient
 	store     *store.Store
-	monitor   *events.Monitor
+	reaper    *reaper
 	locks     *keyLock
 	telemetry *telemetry
 }
 
 var _ sandbox.Controller = (*Controller)(nil)
 
-// New returns a controller. monitor retries exit handling that failed; the
-// controller stops it on Close.
-func New(cfg Config, client *containerd.Client, monitor *events.Monitor) *Controller {
+// New returns a controller. It runs failed steps again on retries, which it
+// stops on Close.
+func New(cfg Config, client containerdClient, retries *retry.Queue) *Controller {
 	s := store.New()
+	t := newTelemetry(s)
 	return &Controller{
 		config:    cfg,
 		client:    client,
 		store:     s,
-		monitor:   monitor,
+		reaper:    newReaper(client, retries, t, cfg),
 		locks:     newKeyLock(),
-		telemetry: newTelemetry(s),
+		telemetry: t,
 	}
 }
 
-// Close stops the retry monitor. containerd calls it when it shuts down.
+// Close stops the retry queue. containerd calls it when it shuts down.
 func (c *Controller) Close() error {
-	c.monitor.Stop()
+	c.reaper.retries.Stop()
 	return nil
 }
 
@@ -157,8 +146,8 @@ func (c *Controller) Platform(_ context.Context, id string) (imagespec.Platform,
 	return platforms.DefaultSpec(), nil
 }
 
-// runtime resolves the CRI runtime handler of a sandbox the way CRI does.
-func (c *Controller) runtime(md store.Metadata) (Runtime, error) {
+// handler resolves the CRI runtime handler of a sandbox the way CRI does.
+func (c *Controller) handler(md store.Metadata) string {
 	handler := md.RuntimeHandler
 	if md.Config.GetAnnotations()[annotationUntrustedWorkload] == "true" {
 		handler = runtimeUntrusted
@@ -166,6 +155,12 @@ func (c *Controller) runtime(md store.Metadata) (Runtime, error) {
 	if handler == "" {
 		handler = c.config.CRI.DefaultRuntimeName
 	}
+	return handler
+}
+
+// runtime returns the runtime handler config of a sandbox.
+func (c *Controller) runtime(md store.Metadata) (Runtime, error) {
+	handler := c.handler(md)
 	r, ok := c.config.CRI.Runtimes[handler]
 	if !ok {
 		return Runtime{}, fmt.Errorf("runtime handler %q is not configured: %w", handler, errdefs.ErrNotFound)
@@ -175,6 +170,11 @@ func (c *Controller) runtime(md store.Metadata) (Runtime, error) {
 		r.Type = md.Runtime.Name
 	}
 	return r, nil
+}
+
+// builtinPause says whether the sandbox runs the built-in pause.
+func (c *Controller) builtinPause(md store.Metadata) bool {
+	return slices.Contains(c.config.BuiltinPause.Handlers, c.handler(md))
 }
 
 // CRI's untrusted-workload rule: such pods run on the "untrusted" handler.

@@ -7,11 +7,13 @@ import (
 	"time"
 
 	"github.com/containerd/containerd/v2/core/sandbox"
+	"github.com/containerd/containerd/v2/pkg/identifiers"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
 	"github.com/containerd/typeurl/v2"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
+	"github.com/berth-dev/berth/podsandbox"
 	"github.com/berth-dev/berth/store"
 )
 
@@ -32,38 +34,63 @@ type criMetadata struct {
 	}
 }
 
-// Create records the sandbox CRI is about to start. It has no side effects
+// Create records the sandbox CRI is about to start, after checking that it
+// can ever run: a pod config that cannot fails here, with an error naming
+// the field, before anything is made for it. It has no side effects
 // outside berth's memory.
 func (c *Controller) Create(ctx context.Context, info sandbox.Sandbox, opts ...sandbox.CreateOpt) error {
 	var o sandbox.CreateOptions
 	for _, opt := range opts {
 		if err := opt(&o); err != nil {
-			return fmt.Errorf("sandbox %q: create option: %w", info.ID, err)
+			return fmt.Errorf("create option: %w", err)
 		}
 	}
-	if info.ID == "" {
-		return fmt.Errorf("sandbox id is empty: %w", errdefs.ErrInvalidArgument)
+	// The ID names berth's directories and containerd's objects.
+	if err := identifiers.Validate(info.ID); err != nil {
+		return fmt.Errorf("sandbox id: %w", err)
 	}
 	if o.Options == nil {
-		return fmt.Errorf("sandbox %q: no PodSandboxConfig in create options: %w", info.ID, errdefs.ErrInvalidArgument)
+		return fmt.Errorf("no PodSandboxConfig in create options: %w", errdefs.ErrInvalidArgument)
 	}
 	var cfg runtimeapi.PodSandboxConfig
 	if err := typeurl.UnmarshalTo(o.Options, &cfg); err != nil {
-		return fmt.Errorf("sandbox %q: decode PodSandboxConfig: %w: %w", info.ID, errdefs.ErrInvalidArgument, err)
+		return fmt.Errorf("decode PodSandboxConfig: %w: %w", errdefs.ErrInvalidArgument, err)
 	}
 	handler, err := runtimeHandler(info)
 	if err != nil {
-		return fmt.Errorf("sandbox %q: %w", info.ID, err)
+		return err
 	}
-	c.sweepAbandoned(ctx)
-	return c.store.Add(store.NewSandbox(store.Metadata{
+	md := store.Metadata{
 		ID:             info.ID,
 		RuntimeHandler: handler,
 		NetNSPath:      o.NetNSPath,
 		Config:         &cfg,
-		Runtime:        info.Runtime,
-		RecordedAt:     time.Now(),
-	}))
+		Runtime:        sandbox.RuntimeOpts{Name: info.Runtime.Name, Options: runtimeOptions(info.Runtime.Options)},
+	}
+	if err := c.runnable(md); err != nil {
+		return err
+	}
+	sb := store.NewSandbox(md)
+	if err := c.store.Add(sb); err != nil {
+		return err
+	}
+	c.forgetIfAbandoned(ctx, sb)
+	return nil
+}
+
+// runnable says why berth cannot run a sandbox: its pod config, its
+// handler, or berth's own config.
+func (c *Controller) runnable(md store.Metadata) error {
+	if err := c.config.ConfigErr; err != nil {
+		return fmt.Errorf("berth's config is invalid, so it runs no new sandboxes: %w: %w", errdefs.ErrFailedPrecondition, err)
+	}
+	if _, err := c.runtime(md); err != nil {
+		return err
+	}
+	if c.builtinPause(md) && c.config.BuiltinPause.Err != nil {
+		return fmt.Errorf("built-in pause of runtime handler %q: %w: %w", c.handler(md), errdefs.ErrFailedPrecondition, c.config.BuiltinPause.Err)
+	}
+	return podsandbox.Validate(md.Config, c.config.CRI.RuntimeSettings, c.config.Node)
 }
 
 // runtimeHandler reads the runtime handler from CRI's metadata extension. A
@@ -81,28 +108,29 @@ func runtimeHandler(info sandbox.Sandbox) (string, error) {
 	return md.Metadata.RuntimeHandler, nil
 }
 
-// sweepAbandoned forgets sandboxes CRI created but never started and has
-// since dropped. CRI calls no controller method when RunPodSandbox fails
-// between Create and Start (the pause image pull, for one), so without this
-// their entries would stay in memory forever. They hold nothing else.
-func (c *Controller) sweepAbandoned(ctx context.Context) {
-	for _, sb := range c.store.List() {
-		if sb.Status().State != store.StateCreated || time.Since(sb.RecordedAt) < abandonedAfter {
-			continue
-		}
-		if _, err := c.client.SandboxStore().Get(ctx, sb.ID); !errdefs.IsNotFound(err) {
-			continue
-		}
+// forgetIfAbandoned forgets sb once CRI has dropped it without starting it.
+// CRI calls no controller method when RunPodSandbox fails between Create
+// and Start (the pause image pull, for one), so without this the entry
+// would stay in memory forever. It holds nothing else.
+func (c *Controller) forgetIfAbandoned(ctx context.Context, sb *store.Sandbox) {
+	ctx = context.WithoutCancel(ctx)
+	time.AfterFunc(abandonedAfter, func() {
 		unlock, err := c.locks.lock(ctx, sb.ID)
 		if err != nil {
 			return
 		}
-		if sb.Status().State == store.StateCreated {
-			c.forget(sb)
-			log.G(ctx).WithField("sandbox_id", sb.ID).Info("forgot sandbox that was created but never started")
+		defer unlock()
+		if sb.Status().State != store.StateCreated {
+			return
 		}
-		unlock()
-	}
+		if _, err := c.client.SandboxStore().Get(ctx, sb.ID); !errdefs.IsNotFound(err) {
+			// CRI still has it (a slow pull), or cannot say: look again later.
+			c.forgetIfAbandoned(ctx, sb)
+			return
+		}
+		c.forget(sb)
+		log.G(ctx).WithField("sandbox_id", sb.ID).Info("forgot sandbox that was created but never started")
+	})
 }
 
 // forget removes a sandbox from the store. Waiters of a sandbox that never
@@ -111,5 +139,4 @@ func (c *Controller) forget(sb *store.Sandbox) {
 	sb.Exit(unknownExitCode, time.Now())
 	sb.SetDeleted()
 	c.store.Remove(sb.ID)
-	clearFailpoints(sb.ID)
 }

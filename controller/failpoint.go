@@ -21,7 +21,7 @@ var failpoints sync.Map
 // failpoint fails the first N calls of point for a sandbox whose pod has the
 // annotation FailpointAnnotationPrefix+point = "N", with an Unavailable
 // error, as a shim that did not answer would. Only test builds (build tag
-// berth_failpoint) have it; tests use it to prove retries.
+// berth_failpoint) have it; tests use it to prove retries and rollbacks.
 func failpoint(sb *store.Sandbox, point string) error {
 	v, ok := sb.Config.GetAnnotations()[FailpointAnnotationPrefix+point]
 	if !ok {

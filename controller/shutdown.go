@@ -19,7 +19,7 @@ func (c *Controller) Shutdown(ctx context.Context, id string) error {
 	defer cancel()
 	unlock, err := c.locks.lock(ctx, id)
 	if err != nil {
-		return fmt.Errorf("shutdown sandbox %q: %w", id, err)
+		return err
 	}
 	defer unlock()
 
@@ -30,28 +30,29 @@ func (c *Controller) Shutdown(ctx context.Context, id string) error {
 	// CRI stops a sandbox before it removes it, except when it rolls back a
 	// RunPodSandbox that failed after Start.
 	if err := c.stop(ctx, sb); err != nil {
-		return fmt.Errorf("shutdown sandbox %q: %w", id, err)
+		return err
 	}
 	inst := sb.Status().Instance
 	if inst != nil {
-		// The exit goroutine deletes the task after the exit Stop waited
-		// for; a container with a task cannot be deleted.
+		// The watcher deletes the task after the exit Stop waited for; a
+		// container with a task cannot be deleted.
 		select {
 		case <-sb.Deleted():
 		case <-ctx.Done():
-			return fmt.Errorf("shutdown sandbox %q: pause task not deleted yet (retrying in the background): %w", id, ctx.Err())
+			return fmt.Errorf("pause task not deleted yet (retrying in the background): %w", ctx.Err())
 		}
 		if err := ignoreNotFound(inst.Container.Delete(ctx, containerd.WithSnapshotCleanup)); err != nil {
-			return fmt.Errorf("shutdown sandbox %q: delete pause container: %w", id, err)
+			return fmt.Errorf("delete pause container: %w", err)
 		}
 	}
 	if err := c.config.Dirs.Files(id).Remove(); err != nil {
-		return fmt.Errorf("shutdown sandbox %q: %w", id, err)
+		return err
 	}
 	if inst != nil {
 		selinux.ReleaseLabel(inst.ProcessLabel)
 	}
 	c.forget(sb)
+	clearFailpoints(id)
 	log.G(ctx).Debug("sandbox shut down")
 	return nil
 }

@@ -23,7 +23,7 @@ func (c *Controller) Wait(ctx context.Context, id string) (sandbox.ExitStatus, e
 	}
 	s, err := sb.Wait(ctx)
 	if err != nil {
-		return sandbox.ExitStatus{}, fmt.Errorf("wait for sandbox %q: %w", id, err)
+		return sandbox.ExitStatus{}, err
 	}
 	return sandbox.ExitStatus{ExitStatus: s.ExitStatus, ExitedAt: s.ExitedAt}, nil
 }
@@ -45,7 +45,7 @@ func (c *Controller) Status(_ context.Context, id string, verbose bool) (sandbox
 	if verbose {
 		info, err := verboseInfo(sb, s)
 		if err != nil {
-			return sandbox.ControllerStatus{}, fmt.Errorf("sandbox %q verbose status: %w", id, err)
+			return sandbox.ControllerStatus{}, fmt.Errorf("verbose status: %w", err)
 		}
 		cs.Info = map[string]string{"info": info}
 	}
@@ -66,8 +66,10 @@ type sandboxInfo struct {
 	RuntimeOptions any                          `json:"runtimeOptions"`
 	Config         *runtimeapi.PodSandboxConfig `json:"config"`
 	RuntimeSpec    json.RawMessage              `json:"runtimeSpec"`
-	// Resources are the pod-level resources Update applied.
+	// Resources and Overhead are the pod-level resources Update applied,
+	// as kubelet passed them.
 	Resources *runtimeapi.ContainerResources `json:"resources,omitempty"`
+	Overhead  *runtimeapi.ContainerResources `json:"overhead,omitempty"`
 }
 
 func verboseInfo(sb *store.Sandbox, s store.Status) (string, error) {
@@ -80,6 +82,9 @@ func verboseInfo(sb *store.Sandbox, s store.Status) (string, error) {
 	if s.Resources != nil {
 		info.Resources = &runtimeapi.ContainerResources{Linux: s.Resources}
 	}
+	if s.Overhead != nil {
+		info.Overhead = &runtimeapi.ContainerResources{Linux: s.Overhead}
+	}
 	if sb.NetNSPath != "" {
 		closed, err := netns.LoadNetNS(sb.NetNSPath).Closed()
 		if err != nil {
@@ -87,6 +92,7 @@ func verboseInfo(sb *store.Sandbox, s store.Status) (string, error) {
 		}
 		info.NetNSClosed = closed
 	}
+	// Options is nil for a handler without an options table.
 	if sb.Runtime.Options != nil {
 		opts, err := typeurl.UnmarshalAny(sb.Runtime.Options)
 		if err != nil {

@@ -1,13 +1,11 @@
 package controller
 
 import (
-	"context"
 	"time"
 
 	"github.com/docker/go-metrics"
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/berth-dev/berth/events"
 	"github.com/berth-dev/berth/store"
 )
 
@@ -17,10 +15,11 @@ type telemetry struct {
 	ns *metrics.Namespace
 	// operations times Start, Stop and Shutdown.
 	operations metrics.LabeledTimer
-	// exitRetries counts exit-handling steps queued for a retry, and
-	// exitFailures the retried attempts that failed again.
-	exitRetries  metrics.Counter
-	exitFailures metrics.Counter
+	// retries counts steps queued for a retry, and retryFailures the
+	// retried runs that failed again, by step ("kill", "delete exited
+	// task", "rollback", "remove orphan").
+	retries       metrics.LabeledCounter
+	retryFailures metrics.LabeledCounter
 	// recovery is how long the last recovery took.
 	recovery metrics.Gauge
 }
@@ -28,11 +27,11 @@ type telemetry struct {
 func newTelemetry(s *store.Store) *telemetry {
 	ns := metrics.NewNamespace("berth", "sandbox", nil)
 	t := &telemetry{
-		ns:           ns,
-		operations:   ns.NewLabeledTimer("operation", "Time taken by sandbox operations", "operation"),
-		exitRetries:  ns.NewCounter("exit_retries", "Exit-handling steps that failed and were queued for a retry"),
-		exitFailures: ns.NewCounter("exit_retry_failures", "Retried exit-handling attempts that failed again"),
-		recovery:     ns.NewGauge("recovery_duration", "Time the last reload of sandboxes after a containerd start took", metrics.Seconds),
+		ns:            ns,
+		operations:    ns.NewLabeledTimer("operation", "Time taken by sandbox operations", "operation"),
+		retries:       ns.NewLabeledCounter("retries", "Steps that failed and were queued for a retry, by step", "step"),
+		retryFailures: ns.NewLabeledCounter("retry_failures", "Retried runs of a step that failed again, by step", "step"),
+		recovery:      ns.NewGauge("recovery_duration", "Time the last reload of sandboxes after a containerd start took", metrics.Seconds),
 	}
 	ns.Add(&stateCollector{
 		store: s,
@@ -51,18 +50,6 @@ func (c *Controller) MetricsNamespace() *metrics.Namespace {
 func (t *telemetry) timeOperation(op string) func() {
 	start := time.Now()
 	return func() { t.operations.WithValues(op).UpdateSince(start) }
-}
-
-// retry queues a for key on monitor, counting it and its failures.
-func (c *Controller) retry(ctx context.Context, key string, a events.Attempt) {
-	c.telemetry.exitRetries.Inc()
-	c.monitor.Retry(ctx, key, func(ctx context.Context) error {
-		err := a(ctx)
-		if err != nil {
-			c.telemetry.exitFailures.Inc()
-		}
-		return err
-	})
 }
 
 // stateCollector counts the store's sandboxes by state at each scrape, so

@@ -1,0 +1,487 @@
+package controller
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"os"
+	"path/filepath"
+	"slices"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	containerd "github.com/containerd/containerd/v2/client"
+	"github.com/containerd/containerd/v2/core/containers"
+	"github.com/containerd/containerd/v2/core/leases"
+	"github.com/containerd/containerd/v2/core/sandbox"
+	"github.com/containerd/containerd/v2/pkg/namespaces"
+	"github.com/containerd/errdefs"
+	"github.com/containerd/typeurl/v2"
+	"google.golang.org/protobuf/types/known/anypb"
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/berth-dev/berth/podsandbox"
+	"github.com/berth-dev/berth/retry"
+	"github.com/berth-dev/berth/store"
+)
+
+const (
+	testHandler = "berth-builtin"
+	// testRuntime is no runc, so that recovery's cleanup runs no runc.
+	testRuntime = "io.containerd.fake.v1"
+)
+
+var errInjected = errors.New("injected failure")
+
+// testController is a controller on a fake containerd, running every pod
+// on the built-in pause (whose options need no client) from a rootfs that
+// is never mounted.
+func testController(t *testing.T, client *fakeClient, change ...func(*Config)) *Controller {
+	t.Helper()
+	dir := t.TempDir()
+	hosts := filepath.Join(dir, "hosts")
+	if err := os.WriteFile(hosts, []byte("127.0.0.1 localhost\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cfg := Config{
+		Sandboxer: "berth",
+		CRI: CRIConfig{
+			DefaultRuntimeName: testHandler,
+			Runtimes:           map[string]Runtime{testHandler: {Type: testRuntime}},
+		},
+		Dirs: podsandbox.Dirs{
+			Root: filepath.Join(dir, "root"), State: filepath.Join(dir, "state"),
+			CRIRoot: filepath.Join(dir, "cri-root"), CRIState: filepath.Join(dir, "cri-state"),
+		},
+		StopTimeout:  time.Minute,
+		ExitTimeout:  10 * time.Second,
+		HostFiles:    podsandbox.HostFiles{Hosts: hosts, ResolvConf: hosts, Hostname: func() (string, error) { return "node", nil }},
+		BuiltinPause: BuiltinPause{Handlers: []string{testHandler}, Rootfs: filepath.Join(dir, "pause")},
+	}
+	for _, f := range change {
+		f(&cfg)
+	}
+	c := New(cfg, client, retry.New(retry.Config{
+		InitialDelay: time.Second, Factor: 2, MaxDelay: time.Minute, AttemptTimeout: 10 * time.Second,
+	}))
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+func testContext() context.Context {
+	return namespaces.WithNamespace(context.Background(), Namespace)
+}
+
+// testPodConfig shares the node's network and IPC namespaces, so that the
+// pod's files need no mount.
+func testPodConfig(name string) *runtimeapi.PodSandboxConfig {
+	return &runtimeapi.PodSandboxConfig{
+		Metadata: &runtimeapi.PodSandboxMetadata{Name: name, Namespace: "default", Uid: name + "-uid"},
+		Linux: &runtimeapi.LinuxPodSandboxConfig{SecurityContext: &runtimeapi.LinuxSandboxSecurityContext{
+			NamespaceOptions: &runtimeapi.NamespaceOption{Network: runtimeapi.NamespaceMode_NODE, Ipc: runtimeapi.NamespaceMode_NODE},
+		}},
+	}
+}
+
+// create records id in CRI's sandbox store and creates it, as CRI does.
+func create(t *testing.T, c *Controller, client *fakeClient, id string, cfg *runtimeapi.PodSandboxConfig) error {
+	t.Helper()
+	md, err := json.Marshal(map[string]any{"Metadata": map[string]string{"RuntimeHandler": testHandler}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	info := sandbox.Sandbox{
+		ID:         id,
+		Sandboxer:  "berth",
+		Runtime:    sandbox.RuntimeOpts{Name: testRuntime},
+		Extensions: map[string]typeurl.Any{criMetadataExtension: &anypb.Any{TypeUrl: "cri.Metadata", Value: md}},
+	}
+	if _, err := client.SandboxStore().Create(testContext(), info); err != nil {
+		t.Fatal(err)
+	}
+	return c.Create(testContext(), info, sandbox.WithOptions(cfg))
+}
+
+// started creates and starts sandbox id.
+func started(t *testing.T, c *Controller, client *fakeClient, id string) *fakeTask {
+	t.Helper()
+	if err := create(t, c, client, id, testPodConfig(id)); err != nil {
+		t.Fatalf("Create: %v", err)
+	}
+	inst, err := c.Start(testContext(), id)
+	if err != nil {
+		t.Fatalf("Start: %v", err)
+	}
+	task := client.container(id).task
+	if inst.Pid != task.pid {
+		t.Fatalf("Start returned pid %d, the task has %d", inst.Pid, task.pid)
+	}
+	return task
+}
+
+func state(t *testing.T, c *Controller, id string) string {
+	t.Helper()
+	st, err := c.Status(testContext(), id, false)
+	if err != nil {
+		t.Fatalf("Status: %v", err)
+	}
+	return st.State
+}
+
+// assertGone checks that nothing of sandbox id is left: entry, container,
+// task, files, start lease.
+func assertGone(t *testing.T, c *Controller, client *fakeClient, id string) {
+	t.Helper()
+	if _, err := c.store.Get(id); !errdefs.IsNotFound(err) {
+		t.Errorf("store entry: %v", err)
+	}
+	if ctr := client.container(id); ctr != nil {
+		t.Errorf("container left, with a task: %v", ctr.hasTask())
+	}
+	if ls := client.leaseIDs(); len(ls) != 0 {
+		t.Errorf("leases left: %v", ls)
+	}
+	f := c.config.Dirs.Files(id)
+	for _, p := range []string{f.RootDir, f.StateDir, f.CRIRootDir, f.CRIStateDir} {
+		if _, err := os.Lstat(p); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("%s left: %v", p, err)
+		}
+	}
+}
+
+func TestLifecycle(t *testing.T) {
+	client := newFakeClient()
+	c := testController(t, client)
+	started(t, c, client, "sb1")
+	if got := state(t, c, "sb1"); got != runtimeapi.PodSandboxState_SANDBOX_READY.String() {
+		t.Fatalf("state %s after Start, want READY", got)
+	}
+	if ls := client.leaseIDs(); len(ls) != 0 {
+		t.Errorf("start lease %v outlives Start", ls)
+	}
+	if err := c.Stop(testContext(), "sb1"); err != nil {
+		t.Fatalf("Stop: %v", err)
+	}
+	exit, err := c.Wait(testContext(), "sb1")
+	if err != nil || exit.ExitStatus != 137 {
+		t.Errorf("Wait = %+v, %v; want status 137", exit, err)
+	}
+	if err := c.Shutdown(testContext(), "sb1"); err != nil {
+		t.Fatalf("Shutdown: %v", err)
+	}
+	assertGone(t, c, client, "sb1")
+	if n := client.count("task delete"); n != 1 {
+		t.Errorf("%d task deletes, want 1", n)
+	}
+}
+
+// TestStartRollsBack fails each step of Start: the error is Start's, and
+// nothing is left.
+func TestStartRollsBack(t *testing.T) {
+	for _, step := range []string{"new container", "new task", "task start"} {
+		t.Run(step, func(t *testing.T) {
+			client := newFakeClient()
+			c := testController(t, client)
+			if err := create(t, c, client, "sb1", testPodConfig("sb1")); err != nil {
+				t.Fatal(err)
+			}
+			client.failNext(step, errInjected)
+			if _, err := c.Start(testContext(), "sb1"); !errors.Is(err, errInjected) {
+				t.Fatalf("Start = %v, want the injected error", err)
+			}
+			assertGone(t, c, client, "sb1")
+			if step == "task start" && client.count("task delete") != 1 {
+				t.Errorf("the task made before the failure was not deleted")
+			}
+		})
+	}
+}
+
+// TestStartRollbackRetried fails an undo step of a failed Start: Start
+// returns at once, and the retry queue finishes the rollback.
+func TestStartRollbackRetried(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		client := newFakeClient()
+		c := testController(t, client)
+		if err := create(t, c, client, "sb1", testPodConfig("sb1")); err != nil {
+			t.Fatal(err)
+		}
+		client.failNext("task start", errInjected)
+		client.failNext("task delete", errdefs.ErrUnavailable, errdefs.ErrUnavailable)
+		if _, err := c.Start(testContext(), "sb1"); !errors.Is(err, errInjected) {
+			t.Fatalf("Start = %v, want the injected error", err)
+		}
+		if _, err := c.store.Get("sb1"); !errdefs.IsNotFound(err) {
+			t.Errorf("store entry kept while the rollback is retried: %v", err)
+		}
+		if client.container("sb1") == nil {
+			t.Fatal("container deleted before its task")
+		}
+		eventually(t, "rollback retried to the end", func() bool { return client.container("sb1") == nil })
+		synctest.Wait()
+		assertGone(t, c, client, "sb1")
+		// The first try and the two retries that failed, then success.
+		if n := client.count("task delete"); n != 3 {
+			t.Errorf("%d task deletes, want 3", n)
+		}
+	})
+}
+
+// TestExitDeleteRetried fails the deletion of an exited pause task: the
+// exit is reported at once, and the deletion retried until it succeeds.
+func TestExitDeleteRetried(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		client := newFakeClient()
+		c := testController(t, client)
+		task := started(t, c, client, "sb1")
+		client.failNext("task delete", errdefs.ErrUnavailable, errdefs.ErrUnavailable)
+		task.exit(1)
+		synctest.Wait()
+		if got := state(t, c, "sb1"); got != runtimeapi.PodSandboxState_SANDBOX_NOTREADY.String() {
+			t.Fatalf("state %s after the exit, want NOTREADY", got)
+		}
+		sb, _ := c.store.Get("sb1")
+		select {
+		case <-sb.Deleted():
+			t.Fatal("deleted while its deletion fails")
+		default:
+		}
+		eventually(t, "task deleted", func() bool { return !client.container("sb1").hasTask() })
+		if err := c.Shutdown(testContext(), "sb1"); err != nil {
+			t.Fatalf("Shutdown: %v", err)
+		}
+		assertGone(t, c, client, "sb1")
+		if n := client.count("task delete"); n != 3 {
+			t.Errorf("%d task deletes, want 3", n)
+		}
+	})
+}
+
+// TestKillRetriedOnce fails the kills of Stop: however many Stops fail,
+// one kill is retried in the background, until the pause dies.
+func TestKillRetriedOnce(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		client := newFakeClient()
+		c := testController(t, client)
+		started(t, c, client, "sb1")
+		client.failNext("task kill", errdefs.ErrUnavailable, errdefs.ErrUnavailable, errdefs.ErrUnavailable, errdefs.ErrUnavailable, errdefs.ErrUnavailable)
+		for range 3 {
+			if err := c.Stop(testContext(), "sb1"); err == nil {
+				t.Fatal("Stop succeeded while the kill fails")
+			}
+		}
+		// Retries at 1s and 3s fail; the one at 7s kills.
+		time.Sleep(time.Hour)
+		synctest.Wait()
+		if n := client.count("task kill"); n != 6 {
+			t.Errorf("%d kills, want 3 by Stop and 3 by one retry", n)
+		}
+		if got := state(t, c, "sb1"); got != runtimeapi.PodSandboxState_SANDBOX_NOTREADY.String() {
+			t.Errorf("state %s, want NOTREADY once the retried kill succeeded", got)
+		}
+	})
+}
+
+// TestKillRetryEndsAtExit: a kill being retried stops once the pause
+// exits by itself, and does not hold up the task's deletion.
+func TestKillRetryEndsAtExit(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		client := newFakeClient()
+		c := testController(t, client)
+		task := started(t, c, client, "sb1")
+		client.failNext("task kill", errdefs.ErrUnavailable, errdefs.ErrUnavailable, errdefs.ErrUnavailable)
+		if err := c.Stop(testContext(), "sb1"); err == nil {
+			t.Fatal("Stop succeeded while the kill fails")
+		}
+		task.exit(0)
+		time.Sleep(time.Hour)
+		synctest.Wait()
+		if n := client.count("task kill"); n != 1 {
+			t.Errorf("%d kills, want only Stop's: the pause exited before the retry", n)
+		}
+		if client.container("sb1").hasTask() {
+			t.Error("exited task not deleted")
+		}
+	})
+}
+
+func TestCreateRejects(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		id     string
+		cfg    func(*runtimeapi.PodSandboxConfig)
+		change func(*Config)
+		is     func(error) bool
+	}{
+		{name: "id outside berth's directories", id: "../x", is: errdefs.IsInvalidArgument},
+		{name: "pod config that can never run", cfg: func(c *runtimeapi.PodSandboxConfig) { c.Metadata.Uid = "" }, is: errdefs.IsInvalidArgument},
+		{name: "invalid berth config", change: func(c *Config) { c.ConfigErr = errInjected }, is: errdefs.IsFailedPrecondition},
+		{name: "built-in pause disabled", change: func(c *Config) { c.BuiltinPause.Err = errInjected }, is: errdefs.IsFailedPrecondition},
+		{name: "handler not configured", change: func(c *Config) { c.CRI.Runtimes = nil }, is: errdefs.IsNotFound},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			client := newFakeClient()
+			var change []func(*Config)
+			if tc.change != nil {
+				change = append(change, tc.change)
+			}
+			c := testController(t, client, change...)
+			id := tc.id
+			if id == "" {
+				id = "sb1"
+			}
+			cfg := testPodConfig("sb1")
+			if tc.cfg != nil {
+				tc.cfg(cfg)
+			}
+			if err := create(t, c, client, id, cfg); !tc.is(err) {
+				t.Fatalf("Create = %v, want another class", err)
+			}
+			if len(c.store.List()) != 0 {
+				t.Error("a rejected sandbox is in the store")
+			}
+		})
+	}
+}
+
+// TestAbandonedForgotten: an entry CRI created and never started is
+// forgotten once CRI has dropped its record, not before.
+func TestAbandonedForgotten(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		client := newFakeClient()
+		c := testController(t, client)
+		if err := create(t, c, client, "sb1", testPodConfig("sb1")); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(3 * abandonedAfter)
+		synctest.Wait()
+		if _, err := c.store.Get("sb1"); err != nil {
+			t.Fatalf("forgotten while CRI still has its record: %v", err)
+		}
+		if err := client.SandboxStore().Delete(testContext(), "sb1"); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(abandonedAfter)
+		synctest.Wait()
+		if _, err := c.store.Get("sb1"); !errdefs.IsNotFound(err) {
+			t.Fatalf("kept after CRI dropped it: %v", err)
+		}
+	})
+}
+
+// berthContainer is a pause container of sandbox id as Start leaves it.
+func berthContainer(t *testing.T, id string) containers.Container {
+	t.Helper()
+	info := containers.Container{
+		ID:      id,
+		Runtime: containers.RuntimeInfo{Name: testRuntime},
+		Spec:    &anypb.Any{TypeUrl: "types.containerd.io/opencontainers/runtime-spec/1/Spec", Value: []byte(`{"linux":{"cgroupsPath":"/k8s.io/` + id + `"}}`)},
+		Labels:  map[string]string{LabelKind: LabelKindSandbox},
+	}
+	if err := withRecord(record{RuntimeHandler: testHandler}, testPodConfig(id))(testContext(), nil, &info); err != nil {
+		t.Fatal(err)
+	}
+	return info
+}
+
+// TestRecover checks recovery's decision for each kind of container a
+// restart can find.
+func TestRecover(t *testing.T) {
+	client := newFakeClient()
+	owned := func(id string) *fakeContainer {
+		if _, err := client.SandboxStore().Create(testContext(), sandbox.Sandbox{ID: id, Sandboxer: "berth"}); err != nil {
+			t.Fatal(err)
+		}
+		return client.addContainer(berthContainer(t, id))
+	}
+	owned("running").setTask(containerd.Running)
+	owned("stopped").setTask(containerd.Stopped)
+	owned("created").setTask(containerd.Created)
+	owned("no-task")
+	// CRI forgot it (a rollback cut short): removed.
+	client.addContainer(berthContainer(t, "orphan")).setTask(containerd.Running)
+	// The built-in's pod, labelled as berth's by its pod: not berth's.
+	impostor := client.addContainer(containers.Container{ID: "impostor", Labels: map[string]string{LabelKind: LabelKindSandbox, "io.berth.sandbox.resources": "{not json"}})
+	impostor.setTask(containerd.Running)
+	if _, err := client.SandboxStore().Create(testContext(), sandbox.Sandbox{ID: "impostor", Sandboxer: "podsandbox"}); err != nil {
+		t.Fatal(err)
+	}
+	// What a Start cut short left.
+	if _, _, err := client.WithLease(testContext(), startLeaseOpts("no-task")...); err != nil {
+		t.Fatal(err)
+	}
+	other := leases.Lease{ID: "no-task", Labels: map[string]string{LabelKind: LabelKindStartLease}}
+	client.leases[other.ID] = other
+
+	c := testController(t, client)
+	if err := c.Recover(testContext(), RecoverConfig{Parallelism: 2, Timeout: time.Second}); err != nil {
+		t.Fatal(err)
+	}
+	for id, want := range map[string]runtimeapi.PodSandboxState{
+		"running": runtimeapi.PodSandboxState_SANDBOX_READY,
+		"stopped": runtimeapi.PodSandboxState_SANDBOX_NOTREADY,
+		"created": runtimeapi.PodSandboxState_SANDBOX_NOTREADY,
+		"no-task": runtimeapi.PodSandboxState_SANDBOX_NOTREADY,
+	} {
+		if got := state(t, c, id); got != want.String() {
+			t.Errorf("%s: %s after recovery, want %s", id, got, want)
+		}
+	}
+	if exit, err := c.Wait(testContext(), "stopped"); err != nil || exit.ExitStatus != 137 {
+		t.Errorf("stopped: Wait = %+v, %v; want its exit status, 137", exit, err)
+	}
+	for _, id := range []string{"stopped", "created"} {
+		if client.container(id).hasTask() {
+			t.Errorf("%s: task not deleted", id)
+		}
+	}
+	if !slices.Contains(client.taskServiceDeletes, "no-task") {
+		t.Error("no-task: no task service delete for a shim it may have left")
+	}
+	eventually(t, "orphan removed", func() bool { return client.container("orphan") == nil })
+	if _, err := c.store.Get("orphan"); !errdefs.IsNotFound(err) {
+		t.Errorf("orphan in the store: %v", err)
+	}
+	if _, err := c.store.Get("impostor"); !errdefs.IsNotFound(err) {
+		t.Errorf("the built-in's pod is in berth's store: %v", err)
+	}
+	if ctr := client.container("impostor"); ctr == nil || !ctr.hasTask() {
+		t.Error("the built-in's pod was touched")
+	}
+	if got := client.leaseIDs(); !slices.Equal(got, []string{"no-task"}) {
+		t.Errorf("leases after recovery %v, want the start lease released and CRI's kept", got)
+	}
+}
+
+// TestRecoverUpdatedResources: the pod resources Update recorded come back
+// after a restart; a pod label of the same name as berth's old label does
+// nothing.
+func TestRecoverUpdatedResources(t *testing.T) {
+	client := newFakeClient()
+	c := testController(t, client)
+	started(t, c, client, "sb1")
+	res := &runtimeapi.LinuxContainerResources{CpuQuota: 20000, CpuPeriod: 100000}
+	ext, err := json.Marshal(criUpdatedResources{Resources: res})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Update(testContext(), "sb1", sandbox.Sandbox{Extensions: map[string]typeurl.Any{
+		criUpdatedResourcesExtension: &anypb.Any{Value: ext},
+	}}, "extensions"); err != nil {
+		t.Fatalf("Update: %v", err)
+	}
+
+	// A new controller on the same containerd: a restart.
+	c2 := testController(t, client, func(cfg *Config) { cfg.Dirs = c.config.Dirs })
+	if err := c2.Recover(testContext(), RecoverConfig{Parallelism: 1, Timeout: time.Second}); err != nil {
+		t.Fatal(err)
+	}
+	sb, err := c2.store.Get("sb1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := sb.Status(); got.State != store.StateReady || got.Resources.GetCpuQuota() != 20000 {
+		t.Errorf("recovered %s with resources %v, want ready with the update's", got.State, got.Resources)
+	}
+}

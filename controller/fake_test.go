@@ -1,0 +1,431 @@
+package controller
+
+import (
+	"context"
+	"fmt"
+	"maps"
+	"slices"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	tasks "github.com/containerd/containerd/api/services/tasks/v1"
+	containerd "github.com/containerd/containerd/v2/client"
+	"github.com/containerd/containerd/v2/core/containers"
+	"github.com/containerd/containerd/v2/core/leases"
+	"github.com/containerd/containerd/v2/core/sandbox"
+	"github.com/containerd/containerd/v2/core/snapshots"
+	"github.com/containerd/containerd/v2/pkg/cio"
+	"github.com/containerd/errdefs"
+	"github.com/containerd/errdefs/pkg/errgrpc"
+	"google.golang.org/grpc"
+)
+
+// fakeClient is containerd as the controller sees it: containers with
+// tasks, CRI's sandbox records and leases, in memory. Methods the controller
+// does not call are left to the embedded nil interfaces, and panic.
+// Failures are injected through fail: a step name maps to the errors its
+// next calls return, in order.
+type fakeClient struct {
+	mu         sync.Mutex
+	containers map[string]*fakeContainer
+	records    map[string]sandbox.Sandbox
+	leases     map[string]leases.Lease
+	// fail maps a step ("new container", "new task", "task start", "task
+	// kill", "task delete", "container delete", "task status") to the
+	// errors of its next calls.
+	fail map[string][]error
+	// calls logs the steps, with their container ID.
+	calls []string
+	// taskServiceDeletes are the IDs the task service was asked to delete.
+	taskServiceDeletes []string
+	nextPid            uint32
+}
+
+var _ containerdClient = (*fakeClient)(nil)
+
+func newFakeClient() *fakeClient {
+	return &fakeClient{
+		containers: map[string]*fakeContainer{},
+		records:    map[string]sandbox.Sandbox{},
+		leases:     map[string]leases.Lease{},
+		fail:       map[string][]error{},
+		nextPid:    1000,
+	}
+}
+
+// failNext makes the next calls of step fail with errs, one each.
+func (f *fakeClient) failNext(step string, errs ...error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.fail[step] = append(f.fail[step], errs...)
+}
+
+// call logs step for id and returns its injected error, if any.
+func (f *fakeClient) call(step, id string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.calls = append(f.calls, step+" "+id)
+	if errs := f.fail[step]; len(errs) > 0 {
+		f.fail[step] = errs[1:]
+		return errs[0]
+	}
+	return nil
+}
+
+func (f *fakeClient) count(step string) int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	n := 0
+	for _, c := range f.calls {
+		if len(c) > len(step) && c[:len(step)+1] == step+" " {
+			n++
+		}
+	}
+	return n
+}
+
+func (f *fakeClient) container(id string) *fakeContainer {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.containers[id]
+}
+
+func (f *fakeClient) leaseIDs() []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.Sorted(maps.Keys(f.leases))
+}
+
+// NewContainer applies opts as containerd's client does. The options the
+// controller passes for the built-in pause use no client.
+func (f *fakeClient) NewContainer(ctx context.Context, id string, opts ...containerd.NewContainerOpts) (containerd.Container, error) {
+	info := containers.Container{ID: id, CreatedAt: time.Now()}
+	for _, o := range opts {
+		if err := o(ctx, nil, &info); err != nil {
+			return nil, err
+		}
+	}
+	if err := f.call("new container", id); err != nil {
+		return nil, err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if _, ok := f.containers[id]; ok {
+		return nil, errdefs.ErrAlreadyExists
+	}
+	c := &fakeContainer{client: f, info: info}
+	f.containers[id] = c
+	return c, nil
+}
+
+// addContainer adds a container as a previous containerd left it.
+func (f *fakeClient) addContainer(info containers.Container) *fakeContainer {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	c := &fakeContainer{client: f, info: info}
+	f.containers[info.ID] = c
+	return c
+}
+
+func (f *fakeClient) Containers(context.Context, ...string) ([]containerd.Container, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var out []containerd.Container
+	for _, id := range slices.Sorted(maps.Keys(f.containers)) {
+		out = append(out, f.containers[id])
+	}
+	return out, nil
+}
+
+func (f *fakeClient) GetImage(context.Context, string) (containerd.Image, error) {
+	return nil, errdefs.ErrNotFound
+}
+
+func (f *fakeClient) WithLease(ctx context.Context, opts ...leases.Opt) (context.Context, func(context.Context) error, error) {
+	var l leases.Lease
+	for _, o := range opts {
+		if err := o(&l); err != nil {
+			return nil, nil, err
+		}
+	}
+	f.mu.Lock()
+	f.leases[l.ID] = l
+	f.mu.Unlock()
+	return ctx, func(context.Context) error {
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		delete(f.leases, l.ID)
+		return nil
+	}, nil
+}
+
+func (f *fakeClient) SnapshotService(string) snapshots.Snapshotter { return nil }
+func (f *fakeClient) SandboxStore() sandbox.Store                  { return fakeSandboxStore{f} }
+func (f *fakeClient) LeasesService() leases.Manager                { return fakeLeases{f} }
+func (f *fakeClient) TaskService() tasks.TasksClient               { return fakeTaskService{fakeClient: f} }
+
+type fakeSandboxStore struct {
+	*fakeClient
+}
+
+func (s fakeSandboxStore) Create(_ context.Context, sb sandbox.Sandbox) (sandbox.Sandbox, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.records[sb.ID] = sb
+	return sb, nil
+}
+
+func (s fakeSandboxStore) Update(context.Context, sandbox.Sandbox, ...string) (sandbox.Sandbox, error) {
+	panic("not used")
+}
+
+func (s fakeSandboxStore) Get(_ context.Context, id string) (sandbox.Sandbox, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	sb, ok := s.records[id]
+	if !ok {
+		return sandbox.Sandbox{}, errdefs.ErrNotFound
+	}
+	return sb, nil
+}
+
+func (s fakeSandboxStore) List(context.Context, ...string) ([]sandbox.Sandbox, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return slices.Collect(maps.Values(s.records)), nil
+}
+
+func (s fakeSandboxStore) Delete(_ context.Context, id string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.records, id)
+	return nil
+}
+
+type fakeLeases struct {
+	*fakeClient
+}
+
+func (l fakeLeases) Create(context.Context, ...leases.Opt) (leases.Lease, error) { panic("not used") }
+
+func (l fakeLeases) Delete(_ context.Context, lease leases.Lease, _ ...leases.DeleteOpt) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	delete(l.leases, lease.ID)
+	return nil
+}
+
+func (l fakeLeases) List(context.Context, ...string) ([]leases.Lease, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return slices.Collect(maps.Values(l.leases)), nil
+}
+
+func (l fakeLeases) AddResource(context.Context, leases.Lease, leases.Resource) error {
+	panic("not used")
+}
+
+func (l fakeLeases) DeleteResource(context.Context, leases.Lease, leases.Resource) error {
+	panic("not used")
+}
+
+func (l fakeLeases) ListResources(context.Context, leases.Lease) ([]leases.Resource, error) {
+	panic("not used")
+}
+
+type fakeTaskService struct {
+	*fakeClient
+	tasks.TasksClient
+}
+
+func (s fakeTaskService) Delete(_ context.Context, r *tasks.DeleteTaskRequest, _ ...grpc.CallOption) (*tasks.DeleteResponse, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.taskServiceDeletes = append(s.taskServiceDeletes, r.ContainerID)
+	if c := s.containers[r.ContainerID]; c != nil && c.task != nil {
+		c.task = nil
+		return &tasks.DeleteResponse{}, nil
+	}
+	// As it crosses containerd's API.
+	return nil, errgrpc.ToGRPC(errdefs.ErrNotFound)
+}
+
+// fakeContainer is a container with at most one task.
+type fakeContainer struct {
+	containerd.Container
+	client *fakeClient
+	info   containers.Container // guarded by client.mu
+	task   *fakeTask            // guarded by client.mu
+}
+
+func (c *fakeContainer) ID() string { return c.info.ID }
+
+func (c *fakeContainer) Info(context.Context, ...containerd.InfoOpts) (containers.Container, error) {
+	c.client.mu.Lock()
+	defer c.client.mu.Unlock()
+	return c.info, nil
+}
+
+func (c *fakeContainer) Update(ctx context.Context, opts ...containerd.UpdateContainerOpts) error {
+	c.client.mu.Lock()
+	defer c.client.mu.Unlock()
+	for _, o := range opts {
+		if err := o(ctx, nil, &c.info); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (c *fakeContainer) Delete(context.Context, ...containerd.DeleteOpts) error {
+	if err := c.client.call("container delete", c.info.ID); err != nil {
+		return err
+	}
+	c.client.mu.Lock()
+	defer c.client.mu.Unlock()
+	if c.task != nil {
+		return fmt.Errorf("container has a task: %w", errdefs.ErrFailedPrecondition)
+	}
+	delete(c.client.containers, c.info.ID)
+	return nil
+}
+
+func (c *fakeContainer) NewTask(context.Context, cio.Creator, ...containerd.NewTaskOpts) (containerd.Task, error) {
+	if err := c.client.call("new task", c.info.ID); err != nil {
+		return nil, err
+	}
+	c.client.mu.Lock()
+	defer c.client.mu.Unlock()
+	c.client.nextPid++
+	c.task = newFakeTask(c, c.client.nextPid, containerd.Created)
+	return c.task, nil
+}
+
+// setTask gives the container a task in status, as a previous containerd
+// left it.
+func (c *fakeContainer) setTask(status containerd.ProcessStatus) *fakeTask {
+	c.client.mu.Lock()
+	defer c.client.mu.Unlock()
+	c.client.nextPid++
+	c.task = newFakeTask(c, c.client.nextPid, status)
+	return c.task
+}
+
+func (c *fakeContainer) hasTask() bool {
+	c.client.mu.Lock()
+	defer c.client.mu.Unlock()
+	return c.task != nil
+}
+
+func (c *fakeContainer) Task(context.Context, cio.Attach) (containerd.Task, error) {
+	c.client.mu.Lock()
+	defer c.client.mu.Unlock()
+	if c.task == nil {
+		return nil, errdefs.ErrNotFound
+	}
+	return c.task, nil
+}
+
+// fakeTask is a pause task: exit makes it exit with a code.
+type fakeTask struct {
+	containerd.Task
+	c      *fakeContainer
+	pid    uint32
+	exited chan struct{}
+	once   sync.Once
+
+	mu     sync.Mutex // guards status and code
+	status containerd.ProcessStatus
+	code   uint32
+}
+
+func newFakeTask(c *fakeContainer, pid uint32, status containerd.ProcessStatus) *fakeTask {
+	t := &fakeTask{c: c, pid: pid, status: status, exited: make(chan struct{})}
+	if status == containerd.Stopped {
+		t.exit(137)
+	}
+	return t
+}
+
+func (t *fakeTask) ID() string  { return t.c.info.ID }
+func (t *fakeTask) Pid() uint32 { return t.pid }
+
+// exit makes the task exit with code, as the pause process's death does.
+func (t *fakeTask) exit(code uint32) {
+	t.once.Do(func() {
+		t.mu.Lock()
+		t.status, t.code = containerd.Stopped, code
+		t.mu.Unlock()
+		close(t.exited)
+	})
+}
+
+func (t *fakeTask) Start(context.Context) error {
+	if err := t.c.client.call("task start", t.ID()); err != nil {
+		return err
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.status = containerd.Running
+	return nil
+}
+
+func (t *fakeTask) Wait(ctx context.Context) (<-chan containerd.ExitStatus, error) {
+	ch := make(chan containerd.ExitStatus, 1)
+	go func() {
+		select {
+		case <-t.exited:
+			t.mu.Lock()
+			ch <- *containerd.NewExitStatus(t.code, time.Now(), nil)
+			t.mu.Unlock()
+		case <-ctx.Done():
+		}
+	}()
+	return ch, nil
+}
+
+func (t *fakeTask) Kill(_ context.Context, sig syscall.Signal, _ ...containerd.KillOpts) error {
+	if err := t.c.client.call("task kill", t.ID()); err != nil {
+		return err
+	}
+	if sig == syscall.SIGKILL {
+		t.exit(128 + uint32(sig))
+	}
+	return nil
+}
+
+func (t *fakeTask) Delete(context.Context, ...containerd.ProcessDeleteOpts) (*containerd.ExitStatus, error) {
+	if err := t.c.client.call("task delete", t.ID()); err != nil {
+		return nil, err
+	}
+	t.exit(137)
+	t.c.client.mu.Lock()
+	defer t.c.client.mu.Unlock()
+	if t.c.task != t {
+		return nil, errdefs.ErrNotFound
+	}
+	t.c.task = nil
+	return containerd.NewExitStatus(t.code, time.Now(), nil), nil
+}
+
+func (t *fakeTask) Status(context.Context) (containerd.Status, error) {
+	if err := t.c.client.call("task status", t.ID()); err != nil {
+		return containerd.Status{}, err
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return containerd.Status{Status: t.status, ExitStatus: t.code}, nil
+}
+
+// eventually polls cond until it holds, failing t after a while. Inside a
+// synctest bubble, the wait is on the bubble's clock.
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(time.Hour); !cond(); time.Sleep(100 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within an hour", what)
+		}
+	}
+}

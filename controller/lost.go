@@ -1,0 +1,230 @@
+package controller
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	taskapi "github.com/containerd/containerd/api/runtime/task/v3"
+	apitasks "github.com/containerd/containerd/api/services/tasks/v1"
+	runcoptions "github.com/containerd/containerd/api/types/runc/options"
+	containerd "github.com/containerd/containerd/v2/client"
+	"github.com/containerd/containerd/v2/core/sandbox"
+	"github.com/containerd/containerd/v2/pkg/namespaces"
+	"github.com/containerd/containerd/v2/pkg/shim"
+	"github.com/containerd/errdefs"
+	"github.com/containerd/errdefs/pkg/errgrpc"
+	"github.com/containerd/log"
+	"github.com/containerd/ttrpc"
+	"github.com/containerd/typeurl/v2"
+	"golang.org/x/sys/unix"
+)
+
+// ShimSockets is where the runc shim listens: a socket under Dir named after
+// containerd's address and the shim's group (a pod's sandbox ID).
+type ShimSockets struct {
+	// ContainerdAddress is containerd's gRPC address.
+	ContainerdAddress string
+	// Dir is the shim manager's socket_dir.
+	Dir string
+}
+
+// cleanupLost cleans up after a pause task containerd does not know, when a
+// Start was cut short by containerd's death: NewTask can have left a shim
+// registered in the task service, a runc container the shim lost (its init
+// waiting forever), and a shim containerd forgot. Each is ended; a shim only
+// if it serves no other task. runtime is the pause container's.
+func (r *reaper) cleanupLost(ctx context.Context, id string, runtime sandbox.RuntimeOpts) error {
+	if err := r.deleteFromTaskService(ctx, id); err != nil {
+		return err
+	}
+	// runc first: it kills the pause process a lost shim may still run.
+	if err := deleteRuncContainer(ctx, id, runtime); err != nil {
+		return err
+	}
+	return r.endLostShim(ctx, id)
+}
+
+// deleteFromTaskService asks containerd's task service to delete the task
+// of container id and shut its shim down. It also reaps a shim whose task
+// was never created: containerd keeps such a shim registered after a
+// restart that cut a NewTask short, and only this call ends it.
+func (r *reaper) deleteFromTaskService(ctx context.Context, id string) error {
+	_, err := r.client.TaskService().Delete(ctx, &apitasks.DeleteTaskRequest{ContainerID: id})
+	if err := ignoreNotFound(errgrpc.ToNative(err)); err != nil {
+		return fmt.Errorf("delete pause task from the task service: %w", err)
+	}
+	return nil
+}
+
+// runcRoot is the runc shim's default state root; it adds the namespace.
+const runcRoot = "/run/containerd/runc"
+
+// deleteRuncContainer removes a pause container that runc made but the runc
+// shim lost track of. When containerd dies while the shim creates the
+// container, runc has made it (its init process waits to be started) but
+// the shim never recorded it; deleting the task through containerd then
+// ends the shim and leaves runc's container and its init process behind
+// for good. runc still knows the container, so berth asks runc, as the shim
+// would, to delete it. Other runtimes are left alone.
+func deleteRuncContainer(ctx context.Context, id string, runtime sandbox.RuntimeOpts) error {
+	if !strings.HasPrefix(runtime.Name, "io.containerd.runc.") {
+		return nil
+	}
+	binary, root := "runc", runcRoot
+	if runtime.Options != nil {
+		var opts runcoptions.Options
+		if err := typeurl.UnmarshalTo(runtime.Options, &opts); err != nil {
+			return fmt.Errorf("decode runc options: %w", err)
+		}
+		if opts.BinaryName != "" {
+			binary = opts.BinaryName
+		}
+		if opts.Root != "" {
+			root = opts.Root
+		}
+	}
+	out, err := exec.CommandContext(ctx, binary, "--root", filepath.Join(root, Namespace), "delete", "--force", id).CombinedOutput()
+	if err != nil && !bytes.Contains(out, []byte("does not exist")) {
+		return fmt.Errorf("runc delete %s: %w: %s", id, err, bytes.TrimSpace(out))
+	}
+	return nil
+}
+
+// endLostShim asks a shim containerd lost track of to delete the pause task
+// and exit, and ends it if it cannot, unless it serves other tasks.
+// containerd loses a live shim when it dies while the shim starts: after
+// the restart it finds the shim's bundle incomplete, deletes the bundle and
+// forgets the shim, which then runs forever. The runc shim listens on a
+// socket derived from containerd's address and the sandbox ID, so berth can
+// still reach it there. A shim that is not there is fine.
+func (r *reaper) endLostShim(ctx context.Context, id string) error {
+	if r.shims.ContainerdAddress == "" {
+		return nil
+	}
+	svc, closeShim, err := r.dialShim(ctx, id)
+	if err != nil || svc == nil {
+		return err
+	}
+	defer closeShim()
+	info, err := svc.Connect(ctx, &taskapi.ConnectRequest{ID: id})
+	if err != nil {
+		return fmt.Errorf("connect to lost shim: %w", err)
+	}
+	// Delete first: the runc shim only exits once it serves no task.
+	if _, err := svc.Delete(ctx, &taskapi.DeleteRequest{ID: id}); err != nil {
+		log.G(ctx).WithError(err).Debug("delete pause task in lost shim")
+	}
+	others, err := r.otherTasks(ctx, svc, id)
+	if err != nil {
+		return err
+	}
+	if len(others) > 0 {
+		// kubelet, not berth, decides when the pod's containers stop; the
+		// shim exits once containerd deletes the last of them.
+		log.G(ctx).WithField("tasks", others).Info("lost shim serves other tasks; leaving it")
+		return nil
+	}
+	if _, err := svc.Shutdown(ctx, &taskapi.ShutdownRequest{ID: id, Now: true}); err != nil && !errors.Is(err, ttrpc.ErrClosed) {
+		return fmt.Errorf("shut down lost shim: %w", err)
+	}
+	// A shim whose bundle containerd deleted cannot delete its task, and
+	// so does not exit by itself.
+	return r.killShim(ctx, svc, id, int(info.GetShimPid()))
+}
+
+// dialShim connects to the shim of sandbox id; a nil service means no shim
+// listens there.
+func (r *reaper) dialShim(ctx context.Context, id string) (taskapi.TTRPCTaskService, func(), error) {
+	ctx = namespaces.WithNamespace(ctx, Namespace)
+	// The task API is on the shim's plain socket; with debug logging it
+	// also has a debug one, which does not serve it.
+	addr, err := shim.CreateSocketAddress(ctx, r.shims.Dir, r.shims.ContainerdAddress, id, false)
+	if err != nil {
+		return nil, nil, err
+	}
+	conn, err := shim.AnonDialer(addr, time.Second)
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ECONNREFUSED) {
+			return nil, nil, nil
+		}
+		return nil, nil, fmt.Errorf("dial lost shim: %w", err)
+	}
+	client := ttrpc.NewClient(conn)
+	return taskapi.NewTTRPCTaskClient(client), func() { client.Close() }, nil
+}
+
+// otherTasks lists the tasks besides sandbox id's pause that the shim
+// serves: those of the pod's app containers containerd knows.
+func (r *reaper) otherTasks(ctx context.Context, svc taskapi.TTRPCTaskService, id string) ([]string, error) {
+	containers, err := r.client.Containers(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("list containers: %w", err)
+	}
+	var tasks []string
+	for _, c := range containers {
+		info, err := c.Info(ctx, containerd.WithoutRefreshedMetadata)
+		if err != nil || info.SandboxID != id || info.ID == id {
+			continue
+		}
+		_, err = svc.State(ctx, &taskapi.StateRequest{ID: info.ID})
+		if err := errgrpc.ToNative(err); err == nil {
+			tasks = append(tasks, info.ID)
+		} else if !errdefs.IsNotFound(err) {
+			return nil, fmt.Errorf("state of task %s in lost shim: %w", info.ID, err)
+		}
+	}
+	return tasks, nil
+}
+
+// killShim waits a second for the shim of sandbox id, pid shimPid, to exit,
+// then SIGKILLs it. It signals through a pidfd taken while the shim still
+// answered on its socket with that pid, so that a reused pid is never hit.
+func (r *reaper) killShim(ctx context.Context, svc taskapi.TTRPCTaskService, id string, shimPid int) error {
+	if shimPid <= 0 {
+		return nil
+	}
+	pidfd, err := unix.PidfdOpen(shimPid, 0)
+	if errors.Is(err, unix.ESRCH) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("pidfd of lost shim %d: %w", shimPid, err)
+	}
+	defer unix.Close(pidfd)
+	if exited(pidfd, time.Second) {
+		log.G(ctx).WithField("pid", shimPid).Info("a shim containerd had lost exited")
+		return nil
+	}
+	// The pidfd is the shim's only if the shim still answers with its pid.
+	info, err := svc.Connect(ctx, &taskapi.ConnectRequest{ID: id})
+	if err != nil || int(info.GetShimPid()) != shimPid {
+		return nil
+	}
+	if err := unix.PidfdSendSignal(pidfd, unix.SIGKILL, nil, 0); err != nil && !errors.Is(err, unix.ESRCH) {
+		return fmt.Errorf("kill lost shim %d: %w", shimPid, err)
+	}
+	log.G(ctx).WithField("pid", shimPid).Info("killed a shim containerd had lost")
+	return nil
+}
+
+// exited waits up to timeout for the process of pidfd to exit.
+func exited(pidfd int, timeout time.Duration) bool {
+	fds := []unix.PollFd{{Fd: int32(pidfd), Events: unix.POLLIN}}
+	deadline := time.Now().Add(timeout)
+	for {
+		ms := max(time.Until(deadline).Milliseconds(), 0)
+		n, err := unix.Poll(fds, int(ms))
+		if errors.Is(err, unix.EINTR) && ms > 0 {
+			continue
+		}
+		return err == nil && n > 0
+	}
+}

@@ -1,0 +1,291 @@
+package controller
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	containerd "github.com/containerd/containerd/v2/client"
+	"github.com/containerd/errdefs"
+	"github.com/containerd/log"
+	"github.com/containerd/ttrpc"
+
+	"github.com/berth-dev/berth/retry"
+	"github.com/berth-dev/berth/store"
+)
+
+// reaper owns what happens to a pause task once it exists: waiting for its
+// exit, killing it, deleting it with its shim, and cleaning up what a crash
+// left of it (lost.go). Steps that fail go to the retry queue.
+//
+// A task handed to watch is deleted by its watcher and by nothing else, so
+// no task is deleted twice. A task is handed to watch as the last step of
+// Start or of its recovery; before that, Start's rollback deletes it, and
+// recovery deletes the tasks of sandboxes that no longer exist.
+type reaper struct {
+	client  containerdClient
+	retries *retry.Queue
+	// exitTimeout bounds the first attempt at deleting an exited task.
+	exitTimeout time.Duration
+	shims       ShimSockets
+	telemetry   *telemetry
+
+	mu sync.Mutex // guards killing
+	// killing holds the sandboxes whose kill is queued for a retry.
+	killing map[string]bool
+}
+
+func newReaper(client containerdClient, retries *retry.Queue, t *telemetry, cfg Config) *reaper {
+	return &reaper{
+		client:      client,
+		retries:     retries,
+		exitTimeout: cfg.ExitTimeout,
+		shims:       cfg.Shims,
+		telemetry:   t,
+		killing:     map[string]bool{},
+	}
+}
+
+// exitWatch is a wait for a pause task's exit, begun before the task
+// starts so that no exit is missed.
+type exitWatch struct {
+	task   containerd.Task
+	exitCh <-chan containerd.ExitStatus
+	// ctx outlives the call that began the wait; cancel ends it.
+	ctx    context.Context
+	cancel context.CancelFunc
+}
+
+// waitFor begins waiting for task's exit. Hand the wait to watch, or stop
+// it.
+func (r *reaper) waitFor(ctx context.Context, task containerd.Task) (*exitWatch, error) {
+	waitCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	exitCh, err := task.Wait(waitCtx)
+	if err != nil {
+		cancel()
+		return nil, fmt.Errorf("wait for pause task: %w", err)
+	}
+	return &exitWatch{task: task, exitCh: exitCh, ctx: waitCtx, cancel: cancel}, nil
+}
+
+// stop ends a wait that was never handed to watch.
+func (w *exitWatch) stop() { w.cancel() }
+
+// watch hands the sandbox's pause task to a goroutine of its own, which
+// records the exit the moment it comes, so that Status and Wait report it
+// without delay, then deletes the task.
+func (r *reaper) watch(sb *store.Sandbox, w *exitWatch) {
+	go func() {
+		defer w.cancel()
+		var e containerd.ExitStatus
+		select {
+		case e = <-w.exitCh:
+		case <-w.ctx.Done():
+			return
+		}
+		code, at, err := e.Result()
+		logger := log.G(w.ctx).WithField("sandbox_id", sb.ID)
+		if err != nil {
+			// The wait itself failed, e.g. the shim died: the task is gone
+			// all the same, with its exit code.
+			logger.WithError(err).Warn("pause task exit status lost")
+			code, at = unknownExitCode, time.Now()
+		}
+		sb.Exit(code, at)
+		logger.WithField("exit_status", code).Debug("pause task exited")
+		r.deleteExitedOrRetry(log.WithLogger(w.ctx, logger), sb, w.task)
+	}()
+}
+
+// deleteExitedOrRetry deletes the exited pause task of sb within the exit
+// timeout, and hands the deletion to the retry queue if that fails.
+func (r *reaper) deleteExitedOrRetry(ctx context.Context, sb *store.Sandbox, task containerd.Task) {
+	attemptCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), r.exitTimeout)
+	defer cancel()
+	if err := r.deleteExited(attemptCtx, sb, task); err != nil {
+		log.G(ctx).WithError(err).Warn("delete exited pause task; retrying")
+		r.retry(ctx, sb.ID, "delete exited task", func(ctx context.Context) error { return r.deleteExited(ctx, sb, task) })
+	}
+}
+
+// deleteExited deletes the exited pause task of sb and its shim, then marks
+// the sandbox deleted, which releases Shutdown.
+func (r *reaper) deleteExited(ctx context.Context, sb *store.Sandbox, task containerd.Task) error {
+	if err := failpoint(sb, FailpointTaskDelete); err != nil {
+		return err
+	}
+	if err := r.deleteTask(ctx, task); err != nil {
+		return err
+	}
+	sb.SetDeleted()
+	return nil
+}
+
+// deleteTask deletes a pause task and its shim. A task the shim no longer
+// knows can still have a live shim connection in containerd's task service
+// (containerd#7496: a delete cancelled while the shim was unmounting), and a
+// dead shim answers nothing at all ("ttrpc: closed"), so in both cases the
+// task service is asked to delete the task as well: it cleans up after a
+// dead shim itself.
+func (r *reaper) deleteTask(ctx context.Context, task containerd.Task) error {
+	_, err := task.Delete(ctx, containerd.WithProcessKill)
+	if err == nil {
+		return nil
+	}
+	if !errdefs.IsNotFound(err) && !isShimGone(err) {
+		return fmt.Errorf("delete pause task: %w", err)
+	}
+	return r.deleteFromTaskService(ctx, task.ID())
+}
+
+// isShimGone reports whether err says the shim's connection is closed: the
+// shim died. ttrpc's error crosses containerd's API as an Unknown status
+// with its text, so the text is all there is to match.
+func isShimGone(err error) bool {
+	return errdefs.IsUnknown(err) && strings.HasSuffix(err.Error(), ttrpc.ErrClosed.Error())
+}
+
+// kill sends SIGKILL to the pause task of a ready sandbox. If the shim does
+// not answer, the kill is retried in the background until the pause exits,
+// so that the pod dies as soon as the shim answers again; however many
+// Stops fail meanwhile, one kill is queued.
+func (r *reaper) kill(ctx context.Context, sb *store.Sandbox, task containerd.Task) error {
+	err := ignoreNotFound(task.Kill(ctx, syscall.SIGKILL))
+	if err == nil {
+		return nil
+	}
+	r.mu.Lock()
+	queued := r.killing[sb.ID]
+	r.killing[sb.ID] = true
+	r.mu.Unlock()
+	if !queued {
+		r.retry(ctx, sb.ID, "kill", func(ctx context.Context) error {
+			select {
+			case <-sb.Exited():
+				// Nothing left to kill; the task's deletion, queued behind
+				// this step, can run.
+			default:
+				if err := ignoreNotFound(task.Kill(ctx, syscall.SIGKILL)); err != nil {
+					return err
+				}
+			}
+			r.mu.Lock()
+			delete(r.killing, sb.ID)
+			r.mu.Unlock()
+			return nil
+		})
+	}
+	return err
+}
+
+// reattach takes up the pause task of a recovered sandbox: a running one is
+// watched again and the sandbox is READY; one that exited while containerd
+// was down, or that a crash left created but never started, is deleted and
+// the sandbox reports its exit.
+func (r *reaper) reattach(ctx context.Context, sb *store.Sandbox) error {
+	t, err := r.loadTask(ctx, sb)
+	if err != nil || t == nil {
+		return err
+	}
+	st, err := t.Status(ctx)
+	if err != nil {
+		return fmt.Errorf("pause task status: %w", err)
+	}
+	if err := sb.Update(func(s store.Status) (store.Status, error) {
+		inst := *s.Instance
+		inst.Task = t
+		s.Instance = &inst
+		return s, nil
+	}); err != nil {
+		return err
+	}
+	switch st.Status {
+	case containerd.Running, containerd.Paused, containerd.Pausing:
+		w, err := r.waitFor(ctx, t)
+		if err != nil {
+			return err
+		}
+		if err := sb.Update(func(s store.Status) (store.Status, error) {
+			s.State, s.Pid = store.StateReady, t.Pid()
+			return s, nil
+		}); err != nil {
+			w.stop()
+			return err
+		}
+		r.watch(sb, w)
+		return nil
+	case containerd.Stopped:
+		sb.Exit(st.ExitStatus, st.ExitTime)
+	default:
+		// Created (Start was cut short) or unknown: never ready.
+		sb.Exit(unknownExitCode, time.Now())
+	}
+	r.deleteExitedOrRetry(ctx, sb, t)
+	return nil
+}
+
+// loadTask returns the pause task of a recovered sandbox, or takes care of
+// its absence and returns nil: the sandbox's exit is recorded, with its
+// status lost, and it is marked deleted. A sandbox whose exit was handled
+// before the restart has no task, and its shim lives on only while it
+// serves the pod's app containers; one whose Start containerd's death cut
+// short, or whose shim's bundle containerd lost, may have left a shim and a
+// runc container, which cleanupLost ends.
+func (r *reaper) loadTask(ctx context.Context, sb *store.Sandbox) (containerd.Task, error) {
+	t, err := sb.Status().Instance.Container.Task(ctx, nil)
+	if err == nil {
+		return t, nil
+	}
+	if !errdefs.IsNotFound(err) {
+		return nil, fmt.Errorf("load pause task: %w", err)
+	}
+	sb.Exit(unknownExitCode, time.Now())
+	if err := r.cleanupLost(ctx, sb.ID, sb.Runtime); err != nil {
+		return nil, err
+	}
+	sb.SetDeleted()
+	return nil, nil
+}
+
+// deleteUnloaded deletes the pause task of a sandbox whose recovery could
+// not load it in time, once its shim answers.
+func (r *reaper) deleteUnloaded(ctx context.Context, sb *store.Sandbox) error {
+	t, err := r.loadTask(ctx, sb)
+	if err != nil || t == nil {
+		return err
+	}
+	return r.deleteExited(ctx, sb, t)
+}
+
+// removeTask deletes the pause task, if any, of a container no sandbox
+// owns, and cleans up after a Start that may have left it half made.
+func (r *reaper) removeTask(ctx context.Context, container containerd.Container) error {
+	t, err := container.Task(ctx, nil)
+	if err == nil {
+		return r.deleteTask(ctx, t)
+	}
+	if !errdefs.IsNotFound(err) {
+		return fmt.Errorf("load pause task: %w", err)
+	}
+	info, err := container.Info(ctx, containerd.WithoutRefreshedMetadata)
+	if err != nil {
+		return fmt.Errorf("pause container info: %w", err)
+	}
+	return r.cleanupLost(ctx, container.ID(), runtimeOf(info))
+}
+
+// retry queues step, named name, for sandbox id, counting it and its
+// failures.
+func (r *reaper) retry(ctx context.Context, id, name string, step retry.Step) {
+	r.telemetry.retries.WithValues(name).Inc()
+	r.retries.Add(ctx, id, name, func(ctx context.Context) error {
+		err := step(ctx)
+		if err != nil {
+			r.telemetry.retryFailures.WithValues(name).Inc()
+		}
+		return err
+	})
+}

@@ -1,0 +1,192 @@
+package controller
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strings"
+	"time"
+
+	containerd "github.com/containerd/containerd/v2/client"
+	"github.com/containerd/containerd/v2/core/containers"
+	"github.com/containerd/containerd/v2/core/leases"
+	"github.com/containerd/containerd/v2/core/sandbox"
+	"github.com/containerd/errdefs"
+	"github.com/containerd/typeurl/v2"
+	"google.golang.org/protobuf/types/known/anypb"
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/berth-dev/berth/store"
+)
+
+// What berth records on a pause container, to rebuild the sandbox after a
+// restart, lives in two container extensions. Only berth writes a
+// container's extensions: pods and images set labels, which berth writes
+// for people (ctr containers ls) and never reads back. A container with
+// extensionRecord is a berth pause container; CRI's sandbox record of the
+// same ID, with berth as its sandboxer, says the sandbox still exists.
+const (
+	// extensionConfig holds the PodSandboxConfig, as protobuf.
+	extensionConfig = "io.berth.sandbox.config"
+	// extensionRecord holds a record, as JSON.
+	extensionRecord = "io.berth.sandbox.record"
+	recordTypeURL   = "io.berth.sandbox.Record.v1"
+)
+
+// Labels berth puts on what it makes, for people: nothing reads them back.
+// They are berth's own on purpose: with CRI's io.cri-containerd.kind=sandbox
+// label, CRI would hand the pause container to its built-in controller
+// after a restart.
+const (
+	LabelKind        = "io.berth.kind"
+	LabelKindSandbox = "sandbox"
+	// LabelKindStartLease marks the lease a pause snapshot is made under.
+	LabelKindStartLease = "start-lease"
+)
+
+// record is what the pause container does not hold by itself and recovery
+// needs: what Create was given, what Start chose, what Update applied.
+type record struct {
+	RuntimeHandler string `json:"runtimeHandler,omitempty"`
+	NetNSPath      string `json:"netnsPath,omitempty"`
+	ProcessLabel   string `json:"processLabel,omitempty"`
+	// Resources and Overhead are the pod resources Update last applied.
+	Resources *runtimeapi.LinuxContainerResources `json:"resources,omitempty"`
+	Overhead  *runtimeapi.LinuxContainerResources `json:"overhead,omitempty"`
+}
+
+func recordOf(sb *store.Sandbox) record {
+	s := sb.Status()
+	r := record{RuntimeHandler: sb.RuntimeHandler, NetNSPath: sb.NetNSPath, Resources: s.Resources, Overhead: s.Overhead}
+	if s.Instance != nil {
+		r.ProcessLabel = s.Instance.ProcessLabel
+	}
+	return r
+}
+
+// withRecord puts r and the pod config on the container being made or
+// updated; it is both a NewContainerOpts and an UpdateContainerOpts.
+func withRecord(r record, cfg *runtimeapi.PodSandboxConfig) func(context.Context, *containerd.Client, *containers.Container) error {
+	return func(_ context.Context, _ *containerd.Client, c *containers.Container) error {
+		rec, err := json.Marshal(r)
+		if err != nil {
+			return fmt.Errorf("encode sandbox record: %w", err)
+		}
+		config, err := typeurl.MarshalAnyToProto(cfg)
+		if err != nil {
+			return fmt.Errorf("encode pod config: %w", err)
+		}
+		if c.Extensions == nil {
+			c.Extensions = map[string]typeurl.Any{}
+		}
+		c.Extensions[extensionRecord] = &anypb.Any{TypeUrl: recordTypeURL, Value: rec}
+		c.Extensions[extensionConfig] = config
+		return nil
+	}
+}
+
+// isBerthContainer says whether berth made the container.
+func isBerthContainer(info containers.Container) bool {
+	ext, ok := info.Extensions[extensionRecord]
+	return ok && ext.GetTypeUrl() == recordTypeURL
+}
+
+// loadSandbox rebuilds a sandbox from what Start recorded on its pause
+// container, whose record info is.
+func loadSandbox(container containerd.Container, info containers.Container) (*store.Sandbox, error) {
+	var r record
+	if err := json.Unmarshal(info.Extensions[extensionRecord].GetValue(), &r); err != nil {
+		return nil, fmt.Errorf("decode sandbox record: %w", err)
+	}
+	ext, ok := info.Extensions[extensionConfig]
+	if !ok {
+		return nil, fmt.Errorf("no %s extension: %w", extensionConfig, errdefs.ErrNotFound)
+	}
+	var cfg runtimeapi.PodSandboxConfig
+	if err := typeurl.UnmarshalTo(ext, &cfg); err != nil {
+		return nil, fmt.Errorf("decode pod config: %w", err)
+	}
+	spec, cgroupsPath, err := specRecord(info.Spec)
+	if err != nil {
+		return nil, err
+	}
+	sb := store.NewSandbox(store.Metadata{
+		ID:             info.ID,
+		RuntimeHandler: r.RuntimeHandler,
+		NetNSPath:      r.NetNSPath,
+		Config:         &cfg,
+		Runtime:        runtimeOf(info),
+	})
+	inst := &store.Instance{
+		Container:    container,
+		Spec:         spec,
+		CgroupsPath:  cgroupsPath,
+		Image:        info.Image,
+		Snapshotter:  info.Snapshotter,
+		RuntimeType:  info.Runtime.Name,
+		ProcessLabel: r.ProcessLabel,
+	}
+	err = sb.Update(func(s store.Status) (store.Status, error) {
+		s.CreatedAt, s.Instance, s.Resources, s.Overhead = info.CreatedAt, inst, r.Resources, r.Overhead
+		return s, nil
+	})
+	return sb, err
+}
+
+// runtimeOf is the runtime a container runs on.
+func runtimeOf(info containers.Container) sandbox.RuntimeOpts {
+	return sandbox.RuntimeOpts{Name: info.Runtime.Name, Options: runtimeOptions(info.Runtime.Options)}
+}
+
+// runtimeOptions returns a handler's runtime options, nil for none. A
+// handler without an options table reaches berth as an Any with no type,
+// which nothing can decode.
+func runtimeOptions(o typeurl.Any) typeurl.Any {
+	if o == nil || o.GetTypeUrl() == "" {
+		return nil
+	}
+	return o
+}
+
+// specRecord is what berth keeps of a pause container's spec: its JSON as
+// containerd stores it, and its cgroups path.
+func specRecord(spec typeurl.Any) (json.RawMessage, string, error) {
+	if spec == nil {
+		return nil, "", fmt.Errorf("pause container has no spec: %w", errdefs.ErrNotFound)
+	}
+	var s struct {
+		Linux struct {
+			CgroupsPath string `json:"cgroupsPath"`
+		} `json:"linux"`
+	}
+	if err := json.Unmarshal(spec.GetValue(), &s); err != nil {
+		return nil, "", fmt.Errorf("decode pause spec: %w", err)
+	}
+	return spec.GetValue(), s.Linux.CgroupsPath, nil
+}
+
+// A Start makes the pause snapshot under a lease of its own, named after
+// the sandbox (CRI has one with the bare sandbox ID), and releases it when
+// it ends. A start lease found at recovery means containerd died during
+// that Start: recovery releases it, and the snapshot, if no container came
+// to hold it, to the garbage collector, instead of the client's anonymous
+// 24-hour lease holding it.
+const (
+	startLeasePrefix = "io.berth.start."
+	// startLeaseExpiry is the longest a start lease can outlive a
+	// containerd that died during Start if recovery never runs.
+	startLeaseExpiry = time.Hour
+)
+
+func startLeaseOpts(id string) []leases.Opt {
+	return []leases.Opt{
+		leases.WithID(startLeasePrefix + id),
+		leases.WithExpiration(startLeaseExpiry),
+		leases.WithLabel(LabelKind, LabelKindStartLease),
+	}
+}
+
+// isStartLease says whether l is a Start's lease.
+func isStartLease(l leases.Lease) bool {
+	return l.Labels[LabelKind] == LabelKindStartLease && strings.HasPrefix(l.ID, startLeasePrefix)
+}
