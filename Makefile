@@ -60,7 +60,7 @@ up: build
 test: unit integration
 
 unit:
-	$(GO) test -race -count=1 ./store/... ./events/... ./podsandbox/... ./controller/... ./plugin/... ./podcgroup/...
+	$(GO) test -race -count=1 ./store/... ./retry/... ./podsandbox/... ./controller/... ./plugin/... ./podcgroup/...
 
 # The suite runs on the release build, with berth's pods on the pause image
 # and again on the built-in pause, then its failpoint tests on the build

@@ -8,27 +8,15 @@ import (
 
 	"github.com/containerd/errdefs"
 
-	"github.com/berth-dev/berth/events"
+	"github.com/berth-dev/berth/retry"
 )
 
-// Config is berth's section of containerd's config:
-//
-//	[plugins."io.containerd.sandbox.controller.v1.berth"]
-//	  stop_timeout = "1m"
-//	  [plugins."io.containerd.sandbox.controller.v1.berth".exit_retry]
-//	    initial_delay = "1s"
-//	    factor = 2.0
-//	    max_delay = "5m"
-//	    attempt_timeout = "10s"
-//	  builtin_pause_handlers = []
-//	  builtin_pause_binary = "/usr/local/bin/berth-pause"
-//	  [plugins."io.containerd.sandbox.controller.v1.berth".recovery]
-//	    parallelism = 16
-//	    sandbox_timeout = "10s"
-//
-// Everything else (pause image, snapshotter, runtime handlers) comes from
-// CRI's own config, so a handler behaves the same under berth as under the
-// built-in controller.
+// Config is berth's section of containerd's config,
+// [plugins."io.containerd.sandbox.controller.v1.berth"]; the README's
+// "Configuration reference" shows every key with its default. Everything
+// else (pause image, snapshotter, runtime handlers) comes from CRI's own
+// config, so a handler behaves the same under berth as under the built-in
+// controller.
 type Config struct {
 	// StopTimeout bounds how long StopPodSandbox waits for the pause task to
 	// die and its exit to be handled. Default 1m.
@@ -74,14 +62,13 @@ type ExitRetry struct {
 
 // DefaultConfig is the config berth runs with when its section is absent.
 func DefaultConfig() *Config {
-	d := events.DefaultConfig()
 	return &Config{
 		StopTimeout: Duration{time.Minute},
 		ExitRetry: ExitRetry{
-			InitialDelay:   Duration{d.InitialDelay},
-			Factor:         d.Factor,
-			MaxDelay:       Duration{d.MaxDelay},
-			AttemptTimeout: Duration{d.AttemptTimeout},
+			InitialDelay:   Duration{time.Second},
+			Factor:         2,
+			MaxDelay:       Duration{5 * time.Minute},
+			AttemptTimeout: Duration{10 * time.Second},
 		},
 		Recovery: Recovery{Parallelism: 16, SandboxTimeout: Duration{10 * time.Second}},
 		// Empty, not nil, so that `containerd config dump` shows the key.
@@ -90,9 +77,9 @@ func DefaultConfig() *Config {
 	}
 }
 
-// Events returns the retry monitor's config.
-func (r ExitRetry) Events() events.Config {
-	return events.Config{
+// retryConfig is the retry queue's backoff.
+func (r ExitRetry) retryConfig() retry.Config {
+	return retry.Config{
 		InitialDelay:   r.InitialDelay.Duration(),
 		Factor:         r.Factor,
 		MaxDelay:       r.MaxDelay.Duration(),
@@ -100,9 +87,10 @@ func (r ExitRetry) Events() events.Config {
 	}
 }
 
-// Validate reports every invalid setting, as errdefs.ErrInvalidArgument.
-// Every setting has a default, so a zero here was written by the operator
-// and is rejected rather than silently replaced.
+// Validate reports every invalid setting but the built-in pause's (see
+// validateBuiltinPause), as errdefs.ErrInvalidArgument. Every setting has a
+// default, so a zero here was written by the operator and is rejected
+// rather than silently replaced.
 func (c *Config) Validate() error {
 	var errs []error
 	for _, d := range []struct {
@@ -119,9 +107,6 @@ func (c *Config) Validate() error {
 			errs = append(errs, fmt.Errorf("%s must be positive, got %s", d.key, d.v))
 		}
 	}
-	if len(c.BuiltinPauseHandlers) > 0 && !filepath.IsAbs(c.BuiltinPauseBinary) {
-		errs = append(errs, fmt.Errorf("builtin_pause_binary must be an absolute path, got %q", c.BuiltinPauseBinary))
-	}
 	if c.Recovery.Parallelism < 1 {
 		errs = append(errs, fmt.Errorf("recovery.parallelism must be at least 1, got %d", c.Recovery.Parallelism))
 	}
@@ -134,6 +119,15 @@ func (c *Config) Validate() error {
 	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("%w: %w", errdefs.ErrInvalidArgument, err)
+	}
+	return nil
+}
+
+// validateBuiltinPause reports an invalid built-in pause setting, as
+// errdefs.ErrInvalidArgument. It disables the built-in pause alone.
+func (c *Config) validateBuiltinPause() error {
+	if !filepath.IsAbs(c.BuiltinPauseBinary) {
+		return fmt.Errorf("builtin_pause_binary must be an absolute path, got %q: %w", c.BuiltinPauseBinary, errdefs.ErrInvalidArgument)
 	}
 	return nil
 }

@@ -11,7 +11,7 @@ import (
 	"github.com/containerd/errdefs"
 	"github.com/pelletier/go-toml/v2"
 
-	"github.com/berth-dev/berth/events"
+	"github.com/berth-dev/berth/retry"
 )
 
 func TestDefaultConfig(t *testing.T) {
@@ -34,9 +34,6 @@ func TestDefaultConfig(t *testing.T) {
 	if !reflect.DeepEqual(*c, want) {
 		t.Errorf("DefaultConfig() = %+v, want %+v", *c, want)
 	}
-	if got := c.ExitRetry.Events(); got != events.DefaultConfig() {
-		t.Errorf("DefaultConfig().ExitRetry.Events() = %+v, want events.DefaultConfig() %+v", got, events.DefaultConfig())
-	}
 	// Every call returns a fresh config: containerd decodes into it.
 	DefaultConfig().StopTimeout = Duration{}
 	if DefaultConfig().StopTimeout != (Duration{time.Minute}) {
@@ -44,21 +41,21 @@ func TestDefaultConfig(t *testing.T) {
 	}
 }
 
-func TestExitRetryEvents(t *testing.T) {
+func TestExitRetryConfig(t *testing.T) {
 	r := ExitRetry{
 		InitialDelay:   Duration{2 * time.Second},
 		Factor:         1.5,
 		MaxDelay:       Duration{time.Minute},
 		AttemptTimeout: Duration{3 * time.Second},
 	}
-	want := events.Config{
+	want := retry.Config{
 		InitialDelay:   2 * time.Second,
 		Factor:         1.5,
 		MaxDelay:       time.Minute,
 		AttemptTimeout: 3 * time.Second,
 	}
-	if got := r.Events(); got != want {
-		t.Errorf("Events() = %+v, want %+v", got, want)
+	if got := r.retryConfig(); got != want {
+		t.Errorf("retryConfig() = %+v, want %+v", got, want)
 	}
 }
 
@@ -96,14 +93,6 @@ func TestConfigValidate(t *testing.T) {
 			name:    "negative stop timeout",
 			modify:  func(c *Config) { c.StopTimeout = Duration{-time.Second} },
 			wantErr: "stop_timeout",
-		},
-		{
-			name: "builtin pause with a relative binary",
-			modify: func(c *Config) {
-				c.BuiltinPauseHandlers = []string{"berth-builtin"}
-				c.BuiltinPauseBinary = "berth-pause"
-			},
-			wantErr: "builtin_pause_binary",
 		},
 		{
 			name:    "zero recovery parallelism",
@@ -197,9 +186,8 @@ func TestConfigValidate(t *testing.T) {
 	}
 }
 
-// TestConfigValidateReportsAll checks that Validate reports berth's own
-// invalid settings together with the retry config's. (events.Config.Validate
-// itself stops at its first error, so only one exit_retry error is checked.)
+// TestConfigValidateReportsAll checks that Validate reports every invalid
+// setting at once.
 func TestConfigValidateReportsAll(t *testing.T) {
 	c := DefaultConfig()
 	c.StopTimeout = Duration{}
@@ -213,6 +201,24 @@ func TestConfigValidateReportsAll(t *testing.T) {
 		if !strings.Contains(err.Error(), s) {
 			t.Errorf("Validate() = %v, want it to mention %q", err, s)
 		}
+	}
+}
+
+// TestValidateBuiltinPause checks that a bad built-in pause setting is
+// reported apart from the rest: it disables the built-in pause alone.
+func TestValidateBuiltinPause(t *testing.T) {
+	c := DefaultConfig()
+	c.BuiltinPauseHandlers = []string{"berth-builtin"}
+	c.BuiltinPauseBinary = "berth-pause"
+	if err := c.Validate(); err != nil {
+		t.Errorf("Validate() = %v, want nil: the built-in pause is checked apart", err)
+	}
+	if err := c.validateBuiltinPause(); !errdefs.IsInvalidArgument(err) || !strings.Contains(err.Error(), "builtin_pause_binary") {
+		t.Errorf("validateBuiltinPause() = %v, want an invalid argument naming builtin_pause_binary", err)
+	}
+	c.BuiltinPauseBinary = "/usr/local/bin/berth-pause"
+	if err := c.validateBuiltinPause(); err != nil {
+		t.Errorf("validateBuiltinPause() = %v for an absolute path", err)
 	}
 }
 

@@ -10,6 +10,7 @@ import (
 	"github.com/containerd/plugin"
 
 	"github.com/berth-dev/berth/controller"
+	"github.com/berth-dev/berth/podsandbox"
 )
 
 // criDefaultSandboxImage is CRI's pause image when pinned_images.sandbox is
@@ -29,12 +30,9 @@ type criRuntimeConfig struct {
 			Snapshotter    string   `json:"snapshotter"`
 		} `json:"runtimes"`
 	} `json:"containerd"`
-	RestrictOOMScoreAdj     bool   `json:"restrictOOMScoreAdj"`
-	EnableUnprivilegedPorts bool   `json:"enableUnprivilegedPorts"`
-	EnableUnprivilegedICMP  bool   `json:"enableUnprivilegedICMP"`
-	UnsetSeccompProfile     string `json:"unsetSeccompProfile"`
-	RootDir                 string `json:"rootDir"`
-	StateDir                string `json:"stateDir"`
+	podsandbox.RuntimeSettings
+	RootDir  string `json:"rootDir"`
+	StateDir string `json:"stateDir"`
 }
 
 // criImageConfig mirrors the JSON of CRI's image config that berth reads.
@@ -55,14 +53,11 @@ func loadCRIConfig(ic *plugin.InitContext) (controller.CRIConfig, string, string
 		return controller.CRIConfig{}, "", "", err
 	}
 	cfg := controller.CRIConfig{
-		SandboxImage:            imc.PinnedImages["sandbox"],
-		Snapshotter:             imc.Snapshotter,
-		DefaultRuntimeName:      rc.Containerd.DefaultRuntimeName,
-		Runtimes:                map[string]controller.Runtime{},
-		RestrictOOMScoreAdj:     rc.RestrictOOMScoreAdj,
-		EnableUnprivilegedPorts: rc.EnableUnprivilegedPorts,
-		EnableUnprivilegedICMP:  rc.EnableUnprivilegedICMP,
-		UnsetSeccompProfile:     rc.UnsetSeccompProfile,
+		SandboxImage:       imc.PinnedImages["sandbox"],
+		Snapshotter:        imc.Snapshotter,
+		DefaultRuntimeName: rc.Containerd.DefaultRuntimeName,
+		Runtimes:           map[string]controller.Runtime{},
+		RuntimeSettings:    rc.RuntimeSettings,
 	}
 	if cfg.SandboxImage == "" {
 		cfg.SandboxImage = criDefaultSandboxImage

@@ -18,6 +18,7 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"github.com/berth-dev/berth/controller"
+	"github.com/berth-dev/berth/podsandbox"
 )
 
 // fakeCRIService stands in for a CRI service plugin: its Config returns
@@ -141,10 +142,12 @@ func TestLoadCRIConfig(t *testing.T) {
 						Snapshotter:    "native",
 					},
 				},
-				RestrictOOMScoreAdj:     true,
-				EnableUnprivilegedPorts: true,
-				EnableUnprivilegedICMP:  true,
-				UnsetSeccompProfile:     "runtime/default",
+				RuntimeSettings: podsandbox.RuntimeSettings{
+					RestrictOOMScoreAdj:     true,
+					EnableUnprivilegedPorts: true,
+					EnableUnprivilegedICMP:  true,
+					UnsetSeccompProfile:     "runtime/default",
+				},
 			},
 			wantRoot:  "/custom/cri-root",
 			wantState: "/custom/cri-state",

@@ -1,9 +1,10 @@
 // Package plugin registers berth with containerd as the sandbox controller
-// "berth". A CRI runtime handler selects it with sandboxer = "berth".
+// "berth". A runtime handler selects it with sandboxer = "berth".
 //
 // Its init must never fail hard: containerd's CRI plugin loads every sandbox
 // controller, and one that fails with an error other than
-// plugin.ErrSkipPlugin takes all of CRI down with it.
+// plugin.ErrSkipPlugin takes all of CRI down with it. Nor may a bad setting
+// of berth's disable berth: its pods would run on unmanaged.
 package plugin
 
 import (
@@ -11,7 +12,8 @@ import (
 	"path/filepath"
 
 	containerd "github.com/containerd/containerd/v2/client"
-	"github.com/containerd/containerd/v2/pkg/seccomp"
+	shimv2 "github.com/containerd/containerd/v2/core/runtime/v2"
+	"github.com/containerd/containerd/v2/defaults"
 	"github.com/containerd/containerd/v2/plugins"
 	"github.com/containerd/log"
 	"github.com/containerd/platforms"
@@ -20,8 +22,8 @@ import (
 	"github.com/docker/go-metrics"
 
 	"github.com/berth-dev/berth/controller"
-	"github.com/berth-dev/berth/events"
 	"github.com/berth-dev/berth/podsandbox"
+	"github.com/berth-dev/berth/retry"
 )
 
 // ID is berth's plugin ID, the value of a runtime handler's sandboxer.
@@ -33,7 +35,8 @@ func init() {
 		ID:     ID,
 		Config: DefaultConfig(),
 		// Everything the in-memory containerd client and CRI's config need
-		// must be initialised first.
+		// must be initialised first, and the shim manager, whose socket
+		// directory berth reads.
 		Requires: []plugin.Type{
 			plugins.EventPlugin,
 			plugins.LeasePlugin,
@@ -41,6 +44,7 @@ func init() {
 			plugins.TransferPlugin,
 			plugins.MountManagerPlugin,
 			plugins.ServicePlugin,
+			plugins.ShimPlugin,
 			plugins.CRIServicePlugin,
 		},
 		InitFn: func(ic *plugin.InitContext) (any, error) {
@@ -54,34 +58,26 @@ func init() {
 	})
 }
 
+// initController builds the controller and recovers its sandboxes. It fails
+// only when berth cannot work at all (no CRI config, no containerd client,
+// no list of containers).
 func initController(ic *plugin.InitContext) (*controller.Controller, error) {
 	cfg, ok := ic.Config.(*Config)
 	if !ok {
 		return nil, fmt.Errorf("unexpected config type %T", ic.Config)
 	}
-	if err := cfg.Validate(); err != nil {
-		return nil, fmt.Errorf("invalid config: %w", err)
+	configErr := cfg.Validate()
+	if configErr != nil {
+		log.G(ic.Context).WithError(configErr).Error("berth's config is invalid: berth runs no new sandboxes, and keeps stopping and removing those it has on default settings")
+		builtin := cfg
+		cfg = DefaultConfig()
+		cfg.BuiltinPauseHandlers, cfg.BuiltinPauseBinary = builtin.BuiltinPauseHandlers, builtin.BuiltinPauseBinary
 	}
 	cri, criRoot, criState, err := loadCRIConfig(ic)
 	if err != nil {
 		return nil, err
 	}
 	root := ic.Properties[plugins.PropertyRootDir]
-	var pauseRootfs string
-	if len(cfg.BuiltinPauseHandlers) > 0 {
-		if pauseRootfs, err = podsandbox.PrepareRootfs(filepath.Join(root, "pause"), cfg.BuiltinPauseBinary); err != nil {
-			return nil, err
-		}
-	}
-	for _, h := range cfg.BuiltinPauseHandlers {
-		r, ok := cri.Runtimes[h]
-		if !ok {
-			log.G(ic.Context).WithField("runtime_handler", h).Warn("builtin_pause_handlers names a runtime handler CRI does not have")
-			continue
-		}
-		r.BuiltinPause = true
-		cri.Runtimes[h] = r
-	}
 	client, err := containerd.New("",
 		containerd.WithDefaultNamespace(controller.Namespace),
 		containerd.WithDefaultPlatform(platforms.Default()),
@@ -90,23 +86,26 @@ func initController(ic *plugin.InitContext) (*controller.Controller, error) {
 	if err != nil {
 		return nil, fmt.Errorf("containerd client: %w", err)
 	}
-	monitor := events.New(cfg.ExitRetry.Events())
-	monitor.Start()
 	c := controller.New(controller.Config{
-		CRI: cri,
+		Sandboxer: ID,
+		CRI:       cri,
 		Dirs: podsandbox.Dirs{
 			Root:     root,
 			State:    ic.Properties[plugins.PropertyStateDir],
 			CRIRoot:  criRoot,
 			CRIState: criState,
 		},
-		StopTimeout:        cfg.StopTimeout.Duration(),
-		ExitTimeout:        cfg.ExitRetry.AttemptTimeout.Duration(),
-		SeccompEnabled:     seccomp.IsEnabled(),
-		HostFiles:          podsandbox.DefaultHostFiles,
-		BuiltinPauseRootfs: pauseRootfs,
-		ContainerdAddress:  ic.Properties[plugins.PropertyGRPCAddress],
-	}, client, monitor)
+		StopTimeout:  cfg.StopTimeout.Duration(),
+		ExitTimeout:  cfg.ExitRetry.AttemptTimeout.Duration(),
+		Node:         podsandbox.HostNode(),
+		HostFiles:    podsandbox.DefaultHostFiles,
+		BuiltinPause: builtinPause(ic, cfg, cri, root),
+		Shims: controller.ShimSockets{
+			ContainerdAddress: ic.Properties[plugins.PropertyGRPCAddress],
+			Dir:               shimSocketDir(ic),
+		},
+		ConfigErr: configErr,
+	}, client, retry.New(cfg.ExitRetry.retryConfig()))
 	// On containerd's Prometheus endpoint ([metrics] address).
 	metrics.Register(c.MetricsNamespace())
 	// Before CRI's own recovery, which runs once every plugin has loaded and
@@ -119,4 +118,38 @@ func initController(ic *plugin.InitContext) (*controller.Controller, error) {
 		return nil, err
 	}
 	return c, nil
+}
+
+// builtinPause prepares the built-in pause's shared rootfs, under berth's
+// root directory, for the handlers that run it. A setting or binary that
+// does not work disables the built-in pause alone: its handlers' pods fail
+// with the error, every other pod runs.
+func builtinPause(ic *plugin.InitContext, cfg *Config, cri controller.CRIConfig, root string) controller.BuiltinPause {
+	b := controller.BuiltinPause{Handlers: cfg.BuiltinPauseHandlers}
+	if len(b.Handlers) == 0 {
+		return b
+	}
+	for _, h := range b.Handlers {
+		if _, ok := cri.Runtimes[h]; !ok {
+			log.G(ic.Context).WithField("runtime_handler", h).Warn("builtin_pause_handlers names a runtime handler CRI does not have")
+		}
+	}
+	if b.Err = cfg.validateBuiltinPause(); b.Err == nil {
+		b.Rootfs, b.Err = podsandbox.PrepareRootfs(filepath.Join(root, "pause"), cfg.BuiltinPauseBinary)
+	}
+	if b.Err != nil {
+		log.G(ic.Context).WithError(b.Err).WithField("runtime_handlers", b.Handlers).Error("berth's built-in pause is disabled; its handlers' pods will fail")
+	}
+	return b
+}
+
+// shimSocketDir is where the shim manager puts shim sockets: its
+// socket_dir, which it fills in with its default when unset.
+func shimSocketDir(ic *plugin.InitContext) string {
+	if p := ic.Plugins().Get(plugins.ShimPlugin, "manager"); p != nil {
+		if c, ok := p.Config.(*shimv2.ShimConfig); ok && c.SocketDir != "" {
+			return c.SocketDir
+		}
+	}
+	return filepath.Join(defaults.DefaultStateDir, "s")
 }
