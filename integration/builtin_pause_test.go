@@ -72,3 +72,34 @@ func TestBuiltinPause(t *testing.T) {
 		}
 	}
 }
+
+// TestBuiltinPauseUserNamespace runs a pod with a user namespace of its own
+// on the built-in pause, as critest's NamespaceMode_POD test does: the
+// pause runs as the pod's nobody, mapped into the pod's host ID range, and
+// the pod's container shares its user namespace.
+func TestBuiltinPauseUserNamespace(t *testing.T) {
+	mapping := []*runtimeapi.IDMapping{{ContainerId: 0, HostId: 1 << 20, Length: 65536}}
+	cfg := podConfig(t, func(c *runtimeapi.PodSandboxConfig) {
+		c.Linux.SecurityContext.NamespaceOptions.UsernsOptions = &runtimeapi.UserNamespace{
+			Mode: runtimeapi.NamespaceMode_POD, Uids: mapping, Gids: mapping,
+		}
+	})
+	pod := runPod(t, cfg, handlerBuiltinPause)
+	pid := podPid(t, pod)
+	uidMap, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "uid_map"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f := strings.Fields(string(uidMap)); len(f) != 3 || f[0] != "0" || f[1] != strconv.Itoa(1<<20) || f[2] != "65536" {
+		t.Errorf("pause uid_map %q, want 0 %d 65536", uidMap, 1<<20)
+	}
+	ctr := startContainerWith(t, pod, cfg, func(c *runtimeapi.ContainerConfig) {
+		c.Linux.SecurityContext = &runtimeapi.LinuxContainerSecurityContext{NamespaceOptions: cfg.Linux.SecurityContext.NamespaceOptions}
+	}, "sleep", "3600")
+	if p, c := nsOf(t, pid, "user"), nsOf(t, containerPid(t, ctr), "user"); p != c {
+		t.Errorf("container user namespace %s, pause's %s", c, p)
+	}
+	if got := strings.TrimSpace(execSync(t, ctr, "cat", "/proc/self/uid_map")); !strings.HasPrefix(got, "0") {
+		t.Errorf("container uid_map %q", got)
+	}
+}

@@ -137,15 +137,24 @@ func startContainer(t *testing.T, podID string, pod *runtimeapi.PodSandboxConfig
 // startNamedContainer is startContainer with a container name of its own.
 func startNamedContainer(t *testing.T, name, podID string, pod *runtimeapi.PodSandboxConfig, cmd ...string) string {
 	t.Helper()
+	return startContainerWith(t, podID, pod, func(c *runtimeapi.ContainerConfig) { c.Metadata.Name = name }, cmd...)
+}
+
+// startContainerWith is startContainer with the container's config changed
+// by change.
+func startContainerWith(t *testing.T, podID string, pod *runtimeapi.PodSandboxConfig, change func(*runtimeapi.ContainerConfig), cmd ...string) string {
+	t.Helper()
 	ctx := ctxT(t)
+	cfg := &runtimeapi.ContainerConfig{
+		Metadata: &runtimeapi.ContainerMetadata{Name: "app"},
+		Image:    &runtimeapi.ImageSpec{Image: busyboxImage},
+		Command:  cmd,
+		Linux:    &runtimeapi.LinuxContainerConfig{},
+	}
+	change(cfg)
 	resp, err := daemon.runtime.CreateContainer(ctx, &runtimeapi.CreateContainerRequest{
-		PodSandboxId: podID,
-		Config: &runtimeapi.ContainerConfig{
-			Metadata: &runtimeapi.ContainerMetadata{Name: name},
-			Image:    &runtimeapi.ImageSpec{Image: busyboxImage},
-			Command:  cmd,
-			Linux:    &runtimeapi.LinuxContainerConfig{},
-		},
+		PodSandboxId:  podID,
+		Config:        cfg,
 		SandboxConfig: pod,
 	})
 	if err != nil {
@@ -228,9 +237,12 @@ func assertNoLeaks(t *testing.T, id string) {
 	if _, err := daemon.client.SnapshotService("overlayfs").Stat(ctx, id); !errdefs.IsNotFound(err) {
 		t.Errorf("leak: snapshot %s: %v", id, err)
 	}
-	ls, err := daemon.client.LeasesService().List(ctx, "id=="+id)
-	if err != nil || len(ls) != 0 {
-		t.Errorf("leak: leases %v: %v", leaseIDs(ls), err)
+	// CRI's lease of the sandbox, and berth's start lease.
+	for _, lease := range []string{id, "io.berth.start." + id} {
+		ls, err := daemon.client.LeasesService().List(ctx, "id=="+lease)
+		if err != nil || len(ls) != 0 {
+			t.Errorf("leak: leases %v: %v", leaseIDs(ls), err)
+		}
 	}
 	for _, dir := range []string{daemon.criRoot(), daemon.criState(), daemon.berthRoot(), daemon.berthState()} {
 		p := filepath.Join(dir, "sandboxes", id)
@@ -248,6 +260,9 @@ func assertNoLeaks(t *testing.T, id string) {
 	}
 	if pids := cgroupProcs(id); len(pids) > 0 {
 		t.Errorf("leak: processes %v still in the pause container's cgroup", pids)
+	}
+	if dirs := cgroupDirs(id); len(dirs) > 0 {
+		t.Errorf("leak: the pause container's cgroups %v", dirs)
 	}
 	netnsDir := filepath.Join(daemon.criState(), "netns")
 	entries, _ := os.ReadDir(netnsDir)
@@ -328,6 +343,17 @@ func cgroupProcs(id string) []string {
 		}
 	}
 	return pids
+}
+
+// cgroupDirs lists the cgroups named after container id (runc's default
+// cgroups path under containerd, /k8s.io/<id>), in every v1 hierarchy and
+// in v2.
+func cgroupDirs(id string) []string {
+	dirs, _ := filepath.Glob(filepath.Join("/sys/fs/cgroup", "*", "k8s.io", id))
+	if _, err := os.Stat(filepath.Join("/sys/fs/cgroup", "k8s.io", id)); err == nil {
+		dirs = append(dirs, filepath.Join("/sys/fs/cgroup", "k8s.io", id))
+	}
+	return dirs
 }
 
 // shimOf is the pid of the one shim serving sandbox id.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -307,4 +308,104 @@ func TestRestartReleasesStartLease(t *testing.T) {
 		_, err := daemon.client.SnapshotService("overlayfs").Stat(ctx, id)
 		return errdefs.IsNotFound(err)
 	})
+}
+
+// withKubeletNamespaces gives the pod the PID namespace mode kubelet sends
+// for a pod without shareProcessNamespace: one PID namespace per container,
+// so that the pause's death kills no app container.
+func withKubeletNamespaces() podOpt {
+	return func(c *runtimeapi.PodSandboxConfig) {
+		c.Linux.SecurityContext.NamespaceOptions.Pid = runtimeapi.NamespaceMode_CONTAINER
+	}
+}
+
+// TestRestartKeepsContainersOfDeadPause kills a pod's pause while its app
+// container runs on (own PID namespace, as kubelet makes them), then
+// restarts containerd: the app container is alive afterwards, as on the
+// built-in. Its shim serves it, and recovery must not end that shim:
+// kubelet, not recovery, decides when a pod's containers stop.
+func TestRestartKeepsContainersOfDeadPause(t *testing.T) {
+	type pod struct {
+		handler, id, ctr string
+		pid              int
+	}
+	var pods []*pod
+	for _, handler := range []string{handlerBuiltin, handlerBerth} {
+		cfg := podConfig(t, withName(handler), withKubeletNamespaces())
+		p := &pod{handler: handler, id: runPod(t, cfg, handler)}
+		p.ctr = startContainerWith(t, p.id, cfg, func(c *runtimeapi.ContainerConfig) {
+			c.Linux.SecurityContext = &runtimeapi.LinuxContainerSecurityContext{
+				NamespaceOptions: &runtimeapi.NamespaceOption{Pid: runtimeapi.NamespaceMode_CONTAINER},
+			}
+		}, "sleep", "3600")
+		p.pid = containerPid(t, p.ctr)
+		if err := syscall.Kill(podPid(t, p.id), syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, 5*time.Second, handler+" pod NOTREADY", func() bool {
+			return podStatus(t, p.id).GetStatus().GetState() == runtimeapi.PodSandboxState_SANDBOX_NOTREADY
+		})
+		pods = append(pods, p)
+	}
+	if err := daemon.kill(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	if err := daemon.start(); err != nil {
+		t.Fatal(err)
+	}
+	// Recovery's cleanup of a lost shim gave up after a second, then killed.
+	time.Sleep(3 * time.Second)
+	for _, p := range pods {
+		resp, err := daemon.runtime.ContainerStatus(ctxT(t), &runtimeapi.ContainerStatusRequest{ContainerId: p.ctr})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if s := resp.GetStatus().GetState(); s != runtimeapi.ContainerState_CONTAINER_RUNNING || syscall.Kill(p.pid, 0) != nil {
+			t.Errorf("%s: app container of a dead pause is %v after the restart, want running", p.handler, s)
+		}
+	}
+}
+
+// TestRestartIgnoresPodLabels gives pods the labels berth once read back:
+// a built-in pod labelled as berth's sandbox, a berth pod with labels of
+// berth's keys. Pod labels reach the pause container, and must not steer
+// berth: after a restart both pods are READY, the built-in's untouched.
+func TestRestartIgnoresPodLabels(t *testing.T) {
+	labels := func(l map[string]string) podOpt {
+		return func(c *runtimeapi.PodSandboxConfig) { maps.Copy(c.Labels, l) }
+	}
+	builtin := runPod(t, podConfig(t, withName("builtin"), labels(map[string]string{
+		controller.LabelKind: controller.LabelKindSandbox,
+	})), handlerBuiltin)
+	berth := runPod(t, podConfig(t, withName("berth"), labels(map[string]string{
+		controller.LabelKind:               controller.LabelKindStartLease,
+		"io.berth.sandbox.resources":       "{not json",
+		"io.berth.sandbox.netns":           "/proc/1/ns/net",
+		"io.berth.sandbox.runtime-handler": handlerBuiltin,
+		"io.berth.sandbox.selinux-label":   "system_u:system_r:spc_t:s0",
+	})), handlerBerth)
+	if err := daemon.kill(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	if err := daemon.start(); err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range []string{builtin, berth} {
+		if got := podStatus(t, id).GetStatus().GetState(); got != runtimeapi.PodSandboxState_SANDBOX_READY {
+			t.Errorf("pod %s is %v after the restart, want READY", id, got)
+		}
+	}
+	if _, err := daemon.client.LoadContainer(ctxT(t), builtin); err != nil {
+		t.Errorf("the built-in pod's pause container: %v", err)
+	}
+	if _, err := daemon.client.SandboxController(sandboxerBerth).Status(ctxT(t), builtin, false); !errdefs.IsNotFound(err) {
+		t.Errorf("berth knows the built-in's pod: %v", err)
+	}
+	st, err := daemon.client.SandboxController(sandboxerBerth).Status(ctxT(t), berth, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info := verboseInfo(t, st.Info); info["runtimeHandler"] != handlerBerth {
+		t.Errorf("berth pod's runtime handler after the restart is %v, want %s", info["runtimeHandler"], handlerBerth)
+	}
 }

@@ -220,10 +220,18 @@ func TestPauseKilled(t *testing.T) {
 	t.Logf("NOTREADY %s after SIGKILL", took)
 }
 
-// TestBadInput checks that bad pod configs get a clear gRPC error and leave
-// nothing behind. The codes are the built-in controller's, which
-// TestSpecParity compares for many more configs.
-func TestBadInput(t *testing.T) {
+// TestPreciseErrors runs pod configs that can never run: each is refused
+// before anything is made, with the gRPC code of the README's table and a
+// message naming the field, and leaves nothing behind. (The built-in
+// controller returns Unknown for all of these but the handler.)
+func TestPreciseErrors(t *testing.T) {
+	sc := func(f func(*runtimeapi.LinuxSandboxSecurityContext)) func(*runtimeapi.PodSandboxConfig) {
+		return func(c *runtimeapi.PodSandboxConfig) { f(c.Linux.SecurityContext) }
+	}
+	sysctl := func(name string) func(*runtimeapi.PodSandboxConfig) {
+		return func(c *runtimeapi.PodSandboxConfig) { c.Linux.Sysctls = map[string]string{name: "1"} }
+	}
+	mapping := []*runtimeapi.IDMapping{{HostId: 65536, Length: 65536}}
 	for _, tc := range []struct {
 		name    string
 		cfg     func(*runtimeapi.PodSandboxConfig)
@@ -231,24 +239,42 @@ func TestBadInput(t *testing.T) {
 		code    codes.Code
 		msg     string
 	}{
-		{
-			name: "invalid sysctl",
-			cfg:  func(c *runtimeapi.PodSandboxConfig) { c.Linux.Sysctls = map[string]string{"kernel.panic": "1"} },
-			code: codes.Unknown, msg: "kernel.panic",
-		},
-		{
-			name: "net sysctl with host network",
-			cfg: func(c *runtimeapi.PodSandboxConfig) {
-				withHostNetwork()(c)
-				c.Linux.Sysctls = map[string]string{"net.ipv4.ip_forward": "1"}
-			},
-			code: codes.Unknown, msg: "host network",
-		},
-		{
-			name:    "unknown runtime handler",
-			handler: "no-such-handler",
-			code:    codes.Unknown, msg: "no-such-handler",
-		},
+		{name: "invalid sysctl name", cfg: sysctl("net.ipv4..ip_forward"), code: codes.InvalidArgument, msg: `linux.sysctls["net.ipv4..ip_forward"]`},
+		{name: "sysctl of no pod namespace", cfg: sysctl("kernel.panic"), code: codes.InvalidArgument, msg: `linux.sysctls["kernel.panic"]`},
+		{name: "net sysctl with host network", cfg: func(c *runtimeapi.PodSandboxConfig) {
+			withHostNetwork()(c)
+			sysctl("net.ipv4.ip_forward")(c)
+		}, code: codes.InvalidArgument, msg: "host network"},
+		{name: "hostname longer than 64 bytes", cfg: withHostname(strings.Repeat("h", 40) + "." + strings.Repeat("h", 40)), code: codes.InvalidArgument, msg: "hostname"},
+		{name: "hostname not a name", cfg: withHostname("no_such host"), code: codes.InvalidArgument, msg: "hostname"},
+		{name: "negative run_as_user", cfg: sc(func(s *runtimeapi.LinuxSandboxSecurityContext) {
+			s.RunAsUser = &runtimeapi.Int64Value{Value: -1}
+		}), code: codes.InvalidArgument, msg: "run_as_user"},
+		{name: "negative run_as_group", cfg: sc(func(s *runtimeapi.LinuxSandboxSecurityContext) {
+			s.RunAsUser, s.RunAsGroup = &runtimeapi.Int64Value{Value: 1000}, &runtimeapi.Int64Value{Value: -1}
+		}), code: codes.InvalidArgument, msg: "run_as_group"},
+		{name: "no metadata name", cfg: func(c *runtimeapi.PodSandboxConfig) { c.Metadata.Name = "" }, code: codes.InvalidArgument, msg: "metadata.name"},
+		{name: "no metadata namespace", cfg: func(c *runtimeapi.PodSandboxConfig) { c.Metadata.Namespace = "" }, code: codes.InvalidArgument, msg: "metadata.namespace"},
+		{name: "no metadata uid", cfg: func(c *runtimeapi.PodSandboxConfig) { c.Metadata.Uid = "" }, code: codes.InvalidArgument, msg: "metadata.uid"},
+		// With a pod network, CRI checks the mappings itself when it makes
+		// the netns (Unknown); a host-network pod reaches berth.
+		{name: "user namespace without GID mapping", cfg: func(c *runtimeapi.PodSandboxConfig) {
+			withHostNetwork()(c)
+			c.Linux.SecurityContext.NamespaceOptions.UsernsOptions = &runtimeapi.UserNamespace{Mode: runtimeapi.NamespaceMode_POD, Uids: mapping}
+		}, code: codes.InvalidArgument, msg: "userns_options"},
+		{name: "user namespace mapping of length 0", cfg: func(c *runtimeapi.PodSandboxConfig) {
+			withHostNetwork()(c)
+			c.Linux.SecurityContext.NamespaceOptions.UsernsOptions = &runtimeapi.UserNamespace{Mode: runtimeapi.NamespaceMode_POD,
+				Uids: []*runtimeapi.IDMapping{{HostId: 65536}}, Gids: mapping}
+		}, code: codes.InvalidArgument, msg: "userns_options.uids"},
+		{name: "missing localhost seccomp profile", cfg: sc(func(s *runtimeapi.LinuxSandboxSecurityContext) {
+			s.Seccomp = &runtimeapi.SecurityProfile{ProfileType: runtimeapi.SecurityProfile_Localhost, LocalhostRef: "/no/such/profile.json"}
+		}), code: codes.NotFound, msg: "linux.security_context.seccomp"},
+		{name: "missing localhost AppArmor profile", cfg: sc(func(s *runtimeapi.LinuxSandboxSecurityContext) {
+			s.Apparmor = &runtimeapi.SecurityProfile{ProfileType: runtimeapi.SecurityProfile_Localhost, LocalhostRef: "berth-no-such-profile"}
+		}), code: codes.NotFound, msg: "linux.security_context.apparmor"},
+		// CRI's own check, before any controller is asked.
+		{name: "unknown runtime handler", handler: "no-such-handler", code: codes.Unknown, msg: "no-such-handler"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			cfg := podConfig(t)

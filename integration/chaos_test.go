@@ -1,0 +1,343 @@
+package integration
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+)
+
+var (
+	chaos     = flag.Int("chaos", 0, "pod lifecycles of the chaos test; 0 skips it")
+	chaosSeed = flag.Uint64("chaos-seed", 0, "seed of the chaos test's kills; 0 picks one")
+)
+
+// Chaos rates: of the lifecycles, this share has its pause process killed,
+// and this share its shim; containerd is killed every chaosRestartEvery.
+const (
+	chaosPauseKill    = 0.05
+	chaosShimKill     = 0.02
+	chaosRestartEvery = 100
+	chaosWidth        = 8
+)
+
+// chaosPhase is where a chaos pod is in its lifecycle, and so what its
+// state must be after a restart.
+type chaosPhase int
+
+const (
+	chaosReady     chaosPhase = iota // running, with its container once made
+	chaosPauseDied                   // its pause was killed: NOTREADY, container running
+	chaosShimDied                    // its shim was killed: NOTREADY, container exited
+	chaosStopped                     // its container and pod were stopped
+)
+
+// chaosPod is one live pod of the chaos test.
+type chaosPod struct {
+	id, ctr string
+	phase   chaosPhase
+}
+
+// TestChaos runs -chaos pod lifecycles with an app container each, 8 at a
+// time, as kubelet would (one PID namespace per container), while SIGKILLs
+// hit about 5% of the pause processes, 2% of the shims, and containerd
+// itself every 100 lifecycles. Each lifecycle's steps hold a read lock that
+// a restart takes for writing, so a restart finds every live pod at a known
+// step; after it, each pod's state and its container's are checked against
+// what happened to it. At the end nothing may be left.
+func TestChaos(t *testing.T) {
+	if *chaos == 0 {
+		t.Skip("needs -chaos N")
+	}
+	seed := *chaosSeed
+	if seed == 0 {
+		seed = rand.Uint64()
+	}
+	t.Logf("seed %d (-chaos-seed to replay the kills)", seed)
+	rng := rand.New(rand.NewPCG(seed, seed))
+	var rngMu sync.Mutex
+	roll := func() float64 {
+		rngMu.Lock()
+		defer rngMu.Unlock()
+		return rng.Float64()
+	}
+
+	var (
+		steps    sync.RWMutex // read: a lifecycle step; write: a restart
+		podsMu   sync.Mutex
+		pods     = map[string]*chaosPod{}
+		done     atomic.Int64
+		kills    struct{ pause, shim, containerd atomic.Int64 }
+		restarts = make(chan struct{}, *chaos/chaosRestartEvery+1)
+	)
+	setPhase := func(p *chaosPod, ph chaosPhase) {
+		podsMu.Lock()
+		p.phase = ph
+		podsMu.Unlock()
+	}
+	// step runs one CRI step of a lifecycle, never during a restart.
+	step := func(fn func(ctx context.Context) error) error {
+		steps.RLock()
+		defer steps.RUnlock()
+		ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
+		defer cancel()
+		return fn(ctx)
+	}
+
+	lifecycle := func(i int) error {
+		cfg := podConfig(t, withName(strconv.Itoa(i)), withKubeletNamespaces())
+		p := &chaosPod{}
+		if err := step(func(ctx context.Context) error {
+			resp, err := daemon.runtime.RunPodSandbox(ctx, &runtimeapi.RunPodSandboxRequest{Config: cfg, RuntimeHandler: handlerBerth})
+			if err != nil {
+				return fmt.Errorf("run pod %d: %w", i, err)
+			}
+			p.id = resp.GetPodSandboxId()
+			podsMu.Lock()
+			pods[p.id] = p
+			podsMu.Unlock()
+			return nil
+		}); err != nil {
+			return err
+		}
+		if err := step(func(ctx context.Context) error {
+			return chaosContainer(ctx, p, cfg)
+		}); err != nil {
+			return err
+		}
+		if err := step(func(context.Context) error {
+			switch r := roll(); {
+			case r < chaosPauseKill:
+				kills.pause.Add(1)
+				setPhase(p, chaosPauseDied)
+				return chaosKill(chaosPausePid, p.id)
+			case r < chaosPauseKill+chaosShimKill:
+				kills.shim.Add(1)
+				setPhase(p, chaosShimDied)
+				return chaosKill(chaosShimPid, p.id)
+			}
+			return nil
+		}); err != nil {
+			return err
+		}
+		if err := step(func(ctx context.Context) error { return chaosStop(ctx, p) }); err != nil {
+			return err
+		}
+		setPhase(p, chaosStopped)
+		if err := step(func(ctx context.Context) error { return chaosRemove(ctx, p) }); err != nil {
+			return err
+		}
+		podsMu.Lock()
+		delete(pods, p.id)
+		podsMu.Unlock()
+		if n := done.Add(1); n%chaosRestartEvery == 0 && n < int64(*chaos) {
+			restarts <- struct{}{}
+		}
+		return nil
+	}
+
+	// The restarts: each finds the pods where their lifecycles stand.
+	restarted := make(chan struct{})
+	go func() {
+		defer close(restarted)
+		for range restarts {
+			steps.Lock()
+			podsMu.Lock()
+			want := map[string]chaosPod{}
+			for id, p := range pods {
+				want[id] = *p
+			}
+			podsMu.Unlock()
+			kills.containerd.Add(1)
+			if err := daemon.kill(syscall.SIGKILL); err != nil {
+				t.Error(err)
+			} else if err := daemon.start(); err != nil {
+				t.Error(err)
+			} else {
+				checkChaosStates(t, want)
+			}
+			steps.Unlock()
+		}
+	}()
+
+	start := time.Now()
+	err := runParallel(*chaos, chaosWidth, lifecycle)
+	close(restarts)
+	<-restarted
+	if err != nil {
+		t.Error(err)
+	}
+	t.Logf("%d lifecycles in %s; killed %d pause processes, %d shims, containerd %d times",
+		done.Load(), time.Since(start).Round(time.Second), kills.pause.Load(), kills.shim.Load(), kills.containerd.Load())
+	// Pods a failed lifecycle left, removed as kubelet would.
+	for id, p := range pods {
+		ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
+		if err := chaosRemove(ctx, p); err != nil {
+			t.Errorf("remove pod %s left by a failed lifecycle: %v", id, err)
+		}
+		cancel()
+	}
+	assertNothingLeft(t)
+	if netns, _ := os.ReadDir(filepath.Join(daemon.criState(), "netns")); len(netns) != 0 {
+		t.Errorf("leak: %d netns files", len(netns))
+	}
+	if ls, err := daemon.client.LeasesService().List(ctxT(t)); err != nil || len(ls) != 0 {
+		t.Errorf("leak: leases %v: %v", leaseIDs(ls), err)
+	}
+}
+
+// chaosContainer makes and starts the pod's app container, in a PID
+// namespace of its own as kubelet makes it.
+func chaosContainer(ctx context.Context, p *chaosPod, pod *runtimeapi.PodSandboxConfig) error {
+	resp, err := daemon.runtime.CreateContainer(ctx, &runtimeapi.CreateContainerRequest{
+		PodSandboxId: p.id,
+		Config: &runtimeapi.ContainerConfig{
+			Metadata: &runtimeapi.ContainerMetadata{Name: "app"},
+			Image:    &runtimeapi.ImageSpec{Image: busyboxImage},
+			Command:  []string{"sleep", "3600"},
+			Linux: &runtimeapi.LinuxContainerConfig{SecurityContext: &runtimeapi.LinuxContainerSecurityContext{
+				NamespaceOptions: &runtimeapi.NamespaceOption{Pid: runtimeapi.NamespaceMode_CONTAINER},
+			}},
+		},
+		SandboxConfig: pod,
+	})
+	if err != nil {
+		return fmt.Errorf("create container in %s: %w", p.id, err)
+	}
+	p.ctr = resp.GetContainerId()
+	if _, err := daemon.runtime.StartContainer(ctx, &runtimeapi.StartContainerRequest{ContainerId: p.ctr}); err != nil {
+		return fmt.Errorf("start container in %s: %w", p.id, err)
+	}
+	return nil
+}
+
+// chaosPausePid is the pid of pod id's pause process.
+func chaosPausePid(ctx context.Context, id string) (int, error) {
+	resp, err := daemon.client.SandboxController(sandboxerBerth).Status(ctx, id, false)
+	if err != nil {
+		return 0, err
+	}
+	return int(resp.Pid), nil
+}
+
+// chaosShimPid is the pid of pod id's shim.
+func chaosShimPid(_ context.Context, id string) (int, error) {
+	shims := shimsOf(id)
+	if len(shims) != 1 {
+		return 0, fmt.Errorf("shims of %s: %v, want one", id, shims)
+	}
+	return shims[0], nil
+}
+
+// chaosKill SIGKILLs the process of pod id that pidOf finds, then waits
+// for the pod to be NOTREADY, which must take under a second.
+func chaosKill(pidOf func(context.Context, string) (int, error), id string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
+	defer cancel()
+	pid, err := pidOf(ctx, id)
+	if err != nil {
+		return err
+	}
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		return fmt.Errorf("kill %d of %s: %w", pid, id, err)
+	}
+	for deadline := time.Now().Add(time.Second); ; time.Sleep(10 * time.Millisecond) {
+		resp, err := daemon.runtime.PodSandboxStatus(ctx, &runtimeapi.PodSandboxStatusRequest{PodSandboxId: id})
+		if err != nil {
+			return fmt.Errorf("status of %s: %w", id, err)
+		}
+		if resp.GetStatus().GetState() == runtimeapi.PodSandboxState_SANDBOX_NOTREADY {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("pod %s still READY a second after its pid %d was killed", id, pid)
+		}
+	}
+}
+
+// chaosStop stops the pod's container and the pod, as kubelet does: it
+// stops the container until CRI reports it exited, which for a container
+// whose shim died takes CRI a moment (on the built-in controller too).
+func chaosStop(ctx context.Context, p *chaosPod) error {
+	for p.ctr != "" {
+		if _, err := daemon.runtime.StopContainer(ctx, &runtimeapi.StopContainerRequest{ContainerId: p.ctr}); err != nil {
+			return fmt.Errorf("stop container of %s: %w", p.id, err)
+		}
+		resp, err := daemon.runtime.ContainerStatus(ctx, &runtimeapi.ContainerStatusRequest{ContainerId: p.ctr})
+		if err != nil {
+			return fmt.Errorf("status of the container of %s: %w", p.id, err)
+		}
+		if resp.GetStatus().GetState() != runtimeapi.ContainerState_CONTAINER_RUNNING {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("container of %s still running: %w", p.id, ctx.Err())
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+	if _, err := daemon.runtime.StopPodSandbox(ctx, &runtimeapi.StopPodSandboxRequest{PodSandboxId: p.id}); err != nil {
+		return fmt.Errorf("stop pod %s: %w", p.id, err)
+	}
+	return nil
+}
+
+// chaosRemove stops and removes the pod and its container.
+func chaosRemove(ctx context.Context, p *chaosPod) error {
+	if err := chaosStop(ctx, p); err != nil {
+		return err
+	}
+	if p.ctr != "" {
+		if _, err := daemon.runtime.RemoveContainer(ctx, &runtimeapi.RemoveContainerRequest{ContainerId: p.ctr}); err != nil {
+			return fmt.Errorf("remove container of %s: %w", p.id, err)
+		}
+	}
+	if _, err := daemon.runtime.RemovePodSandbox(ctx, &runtimeapi.RemovePodSandboxRequest{PodSandboxId: p.id}); err != nil {
+		return fmt.Errorf("remove pod %s: %w", p.id, err)
+	}
+	return nil
+}
+
+// checkChaosStates checks, after a restart, each live pod's state and its
+// container's against the phase its lifecycle was at.
+func checkChaosStates(t *testing.T, want map[string]chaosPod) {
+	t.Helper()
+	wrong := 0
+	for id, p := range want {
+		resp, err := daemon.runtime.PodSandboxStatus(ctxT(t), &runtimeapi.PodSandboxStatusRequest{PodSandboxId: id})
+		if err != nil {
+			t.Errorf("status of %s: %v", id, err)
+			continue
+		}
+		st := resp.GetStatus().GetState()
+		ready := p.phase == chaosReady
+		if (st == runtimeapi.PodSandboxState_SANDBOX_READY) != ready {
+			t.Errorf("pod %s at phase %d is %v after the restart", id, p.phase, st)
+			wrong++
+		}
+		if p.ctr == "" {
+			continue
+		}
+		cresp, err := daemon.runtime.ContainerStatus(ctxT(t), &runtimeapi.ContainerStatusRequest{ContainerId: p.ctr})
+		if err != nil {
+			t.Errorf("container of %s: %v", id, err)
+			continue
+		}
+		running := p.phase == chaosReady || p.phase == chaosPauseDied
+		if cs := cresp.GetStatus().GetState(); (cs == runtimeapi.ContainerState_CONTAINER_RUNNING) != running {
+			t.Errorf("container of pod %s at phase %d is %v after the restart", id, p.phase, cs)
+			wrong++
+		}
+	}
+	t.Logf("restart with %d live pods: %d wrong states", len(want), wrong)
+}
