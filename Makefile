@@ -5,6 +5,7 @@
 #   make install install the node binaries into $(PREFIX)/bin
 #   make test    unit tests, then integration tests (root, real containerd)
 #   make soak    1000 pod lifecycles, then a leak and growth check
+#   make chaos   1000 pod lifecycles under SIGKILLs, then a leak check
 #   make bench   berth vs the built-in controller: latency, CPU, calls, memory
 #   make bench-restart  containerd restart with 300 live pods, berth vs built-in
 #   make lint    gofmt, go vet, staticcheck
@@ -22,7 +23,7 @@ PAUSE_IMAGE   := localhost/berth/pause:1
 BUSYBOX_IMAGE := localhost/berth/busybox:1
 BUSYBOX       ?= /bin/busybox
 
-.PHONY: build binaries images install up test unit integration soak bench bench-restart lint clean
+.PHONY: build binaries images install up test unit integration soak chaos bench bench-restart lint clean
 
 build: binaries images
 
@@ -62,17 +63,26 @@ test: unit integration
 unit:
 	$(GO) test -race -count=1 ./store/... ./retry/... ./podsandbox/... ./controller/... ./plugin/... ./podcgroup/...
 
-# The suite runs on the release build, with berth's pods on the pause image
-# and again on the built-in pause, then its failpoint tests on the build
-# with berth's test-only failpoints, then a small make bench, so the
-# benchmark keeps working. SOAK pod lifecycles soak the
-# release build (make soak runs the long version).
-SOAK ?= 100
+# The suite runs on the release build, with berth's pods on the pause
+# image (with a 100-lifecycle soak and a 200-lifecycle chaos run), on the
+# built-in pause, and on a handler with no options table; the tests a
+# handler's config affects run again with a snapshotter of the handler's
+# own and with berth as CRI's default runtime. Then the failpoint tests run
+# on the build with berth's test-only failpoints, and a small make bench,
+# so the benchmark keeps working. make soak and make chaos run the long
+# versions.
+SOAK  ?= 100
+CHAOS ?= 200
+CONFIG_TESTS := TestPodLifecycle|TestContainerJoinsPod|TestPauseKilled|TestPreciseErrors|TestRestartRecovery|TestRestartLostShim|TestUpdatePodResources
+INTEGRATION := $(GO) test -count=1 -timeout 30m -v ./integration
 integration: build
-	$(GO) test -count=1 -timeout 30m -v ./integration/... -args -bin $(BIN) -soak $(SOAK)
-	$(GO) test -count=1 -timeout 30m -v ./integration/... -args -bin $(BIN) -handler berth-builtin
-	$(GO) test -count=1 -timeout 10m -v -run Failpoint ./integration/... -args -bin $(BIN) -failpoints
-	$(GO) test -count=1 -timeout 10m -v -run '^$$' -bench Compare -benchtime 1x ./integration/... \
+	$(INTEGRATION) -args -bin $(BIN) -soak $(SOAK) -chaos $(CHAOS)
+	$(INTEGRATION) -args -bin $(BIN) -handler berth-builtin
+	$(INTEGRATION) -args -bin $(BIN) -handler berth-noopts
+	$(INTEGRATION) -run '$(CONFIG_TESTS)' -args -bin $(BIN) -handler berth-native
+	$(INTEGRATION) -run '$(CONFIG_TESTS)' -args -bin $(BIN) -default-runtime berth -handler=
+	$(INTEGRATION) -run Failpoint -args -bin $(BIN) -failpoints
+	$(GO) test -count=1 -timeout 10m -v -run '^$$' -bench Compare -benchtime 1x ./integration \
 		-args -bin $(BIN) -bench-out $(OUT)/bench-smoke -bench-serial 2 -bench-parallel 8 -bench-count 1 \
 		-bench-live 8 -bench-handlers runc,berth
 
@@ -83,16 +93,22 @@ integration: build
 BENCH_OUT  ?= $(OUT)/bench
 BENCH_ARGS ?=
 bench: build
-	$(GO) test -count=1 -timeout 60m -v -run '^$$' -bench Compare -benchtime 1x ./integration/... \
+	$(GO) test -count=1 -timeout 60m -v -run '^$$' -bench Compare -benchtime 1x ./integration \
 		-args -bin $(BIN) -bench-out $(BENCH_OUT) $(BENCH_ARGS)
 
 # Restart with RESTART_PODS live pods, berth's and then the built-in's.
 RESTART_PODS ?= 300
 bench-restart: build
-	$(GO) test -count=1 -timeout 60m -v -run '^$$' -bench Restart -benchtime 1x ./integration/... -args -bin $(BIN) -restart-pods $(RESTART_PODS)
+	$(GO) test -count=1 -timeout 60m -v -run '^$$' -bench Restart -benchtime 1x ./integration -args -bin $(BIN) -restart-pods $(RESTART_PODS)
 
 soak: build
-	$(GO) test -count=1 -timeout 60m -v -run Soak ./integration/... -args -bin $(BIN) -soak 1000
+	$(GO) test -count=1 -timeout 60m -v -run Soak ./integration -args -bin $(BIN) -soak 1000
+
+# 1000 pod lifecycles under SIGKILLs of pause processes, shims and
+# containerd; CHAOS_SEED replays a run's kills.
+CHAOS_SEED ?= 0
+chaos: build
+	$(GO) test -count=1 -timeout 90m -v -run Chaos ./integration -args -bin $(BIN) -chaos 1000 -chaos-seed $(CHAOS_SEED)
 
 lint:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); exit 1; }

@@ -1,12 +1,14 @@
 package integration
 
 import (
+	"context"
 	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -91,4 +93,75 @@ func TestInvalidConfig(t *testing.T) {
 		t.Errorf("new pod: %v, want FailedPrecondition naming stop_timeout", s.Err())
 	}
 	removePod(t, id)
+}
+
+// TestHandlerConfigs runs berth on runtime handlers configured as
+// operators configure them: without an options table, with a snapshotter
+// of its own, with the systemd cgroup driver. On each, verbose status
+// works, an app container runs, and a pod whose pause died before a
+// containerd restart is removed after it, leaving nothing.
+func TestHandlerConfigs(t *testing.T) {
+	type pod struct {
+		handler, id string
+	}
+	var pods []pod
+	for _, tc := range []struct {
+		handler     string
+		snapshotter string
+		systemd     bool
+	}{
+		{handler: "berth-noopts", snapshotter: "overlayfs"},
+		{handler: "berth-native", snapshotter: "native"},
+		{handler: "berth-systemd", snapshotter: "overlayfs", systemd: true},
+	} {
+		// The pods live on past the restart below: no subtests, whose
+		// cleanups would remove them before it.
+		var opts []podOpt
+		if tc.systemd {
+			if _, err := os.Stat("/run/systemd/system"); err != nil {
+				t.Logf("%s: skipped: this host runs no systemd, which the systemd cgroup driver needs", tc.handler)
+				continue
+			}
+			opts = append(opts, withCgroupParent("berth_it.slice"))
+		}
+		cfg := podConfig(t, append(opts, withName(tc.handler))...)
+		id := runPod(t, cfg, tc.handler)
+		info := verboseInfo(t, podStatus(t, id).GetInfo())
+		if info["processStatus"] != "running" || info["snapshotter"] != tc.snapshotter {
+			t.Errorf("%s: verbose info: process %v, snapshotter %v; want running on %s", tc.handler, info["processStatus"], info["snapshotter"], tc.snapshotter)
+		}
+		ctr := startNamedContainer(t, tc.handler, id, cfg, "sleep", "3600")
+		if out := execSync(t, ctr, "echo", "ok"); out != "ok\n" {
+			t.Errorf("%s: exec: %q", tc.handler, out)
+		}
+		if err := syscall.Kill(podPid(t, id), syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, 5*time.Second, tc.handler+" NOTREADY", func() bool {
+			return podStatus(t, id).GetStatus().GetState() == runtimeapi.PodSandboxState_SANDBOX_NOTREADY
+		})
+		pods = append(pods, pod{tc.handler, id})
+	}
+	if err := daemon.kill(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	if err := daemon.start(); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range pods {
+		info := verboseInfo(t, podStatus(t, p.id).GetInfo())
+		if info["processStatus"] != "stopped" {
+			t.Errorf("%s: verbose info after the restart: process %v, want stopped", p.handler, info["processStatus"])
+		}
+		// Removed at once: not after a retry that cannot succeed.
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		if _, err := daemon.runtime.StopPodSandbox(ctx, &runtimeapi.StopPodSandboxRequest{PodSandboxId: p.id}); err != nil {
+			t.Errorf("%s: StopPodSandbox after the restart: %v", p.handler, err)
+		}
+		if _, err := daemon.runtime.RemovePodSandbox(ctx, &runtimeapi.RemovePodSandboxRequest{PodSandboxId: p.id}); err != nil {
+			t.Errorf("%s: RemovePodSandbox after the restart: %v", p.handler, err)
+		}
+		cancel()
+		assertNoLeaks(t, p.id)
+	}
 }

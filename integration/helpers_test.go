@@ -234,8 +234,10 @@ func assertNoLeaks(t *testing.T, id string) {
 	if _, err := daemon.client.ContainerService().Get(ctx, id); !errdefs.IsNotFound(err) {
 		t.Errorf("leak: containerd container %s: %v", id, err)
 	}
-	if _, err := daemon.client.SnapshotService("overlayfs").Stat(ctx, id); !errdefs.IsNotFound(err) {
-		t.Errorf("leak: snapshot %s: %v", id, err)
+	for _, sn := range snapshotters {
+		if _, err := daemon.client.SnapshotService(sn).Stat(ctx, id); !errdefs.IsNotFound(err) {
+			t.Errorf("leak: %s snapshot %s: %v", sn, id, err)
+		}
 	}
 	// CRI's lease of the sandbox, and berth's start lease.
 	for _, lease := range []string{id, "io.berth.start." + id} {

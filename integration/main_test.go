@@ -31,14 +31,22 @@ var (
 	failpoints = flag.Bool("failpoints", false, "run on containerd-failpoint and run the failpoint tests")
 	soak       = flag.Int("soak", 0, "pod lifecycles of the soak test; 0 skips it")
 	// handlerBerth is the handler the suite runs berth's pods with: with
-	// -handler berth-builtin the whole suite runs on the built-in pause.
+	// -handler berth-builtin the whole suite runs on the built-in pause,
+	// with -handler berth-noopts on a handler without an options table.
 	handlerBerth = "berth"
+	// defaultRuntime, if set, is made CRI's default_runtime_name; with
+	// -handler "" the suite's pods then reach berth as kubelet's pods
+	// without a RuntimeClass do.
+	defaultRuntime = flag.String("default-runtime", "", "CRI's default runtime handler (the config's is runc)")
 	// The CNI bridge, its subnet and the Prometheus address are flags so
 	// that two runs (two worktrees) can share a machine.
 	testBridge  = flag.String("bridge", "berthtest0", "CNI bridge of the tests' pod network")
 	testSubnet  = flag.String("subnet", "10.89.0.0/16", "subnet of the tests' pod network")
 	testMetrics = flag.String("metrics", "127.0.0.1:1339", "where the tests' containerd serves Prometheus metrics")
 )
+
+// snapshotters are those the config's handlers use.
+var snapshotters = []string{"overlayfs", "native"}
 
 const (
 	// sandboxerBerth is berth's sandbox controller, by its plugin ID.
@@ -54,7 +62,7 @@ const (
 var daemon *containerdProcess
 
 func TestMain(m *testing.M) {
-	flag.StringVar(&handlerBerth, "handler", handlerBerth, "runtime handler of berth's pods: berth (pause image) or berth-builtin (built-in pause)")
+	flag.StringVar(&handlerBerth, "handler", handlerBerth, `runtime handler of berth's pods: berth (pause image), berth-builtin (built-in pause), berth-noopts (no options table), berth-native (native snapshotter), "" (CRI's default, with -default-runtime)`)
 	flag.Parse()
 	if os.Geteuid() != 0 {
 		// Not a skip: a suite that passes without running proves nothing.
@@ -132,6 +140,11 @@ func startContainerd(bin string) (*containerdProcess, error) {
 	if out, err := render.CombinedOutput(); err != nil {
 		return d, fmt.Errorf("render config: %w: %s", err, out)
 	}
+	if *defaultRuntime != "" {
+		if err := setDefaultRuntime(filepath.Join(dir, "config.toml"), *defaultRuntime); err != nil {
+			return d, err
+		}
+	}
 	if err := d.start(); err != nil {
 		return d, err
 	}
@@ -141,6 +154,19 @@ func startContainerd(bin string) (*containerdProcess, error) {
 		}
 	}
 	return d, nil
+}
+
+// setDefaultRuntime makes handler CRI's default runtime in config.
+func setDefaultRuntime(config, handler string) error {
+	b, err := os.ReadFile(config)
+	if err != nil {
+		return err
+	}
+	const key = "default_runtime_name = 'runc'"
+	if !strings.Contains(string(b), key) {
+		return fmt.Errorf("%s has no %s", config, key)
+	}
+	return os.WriteFile(config, []byte(strings.Replace(string(b), key, "default_runtime_name = '"+handler+"'", 1)), 0o644)
 }
 
 // start runs containerd on d's directory and connects to it.

@@ -381,13 +381,15 @@ var sandboxID = regexp.MustCompile(`^[0-9a-f]{64}$`)
 func sandboxSnapshots(t *testing.T) []string {
 	t.Helper()
 	var names []string
-	if err := daemon.client.SnapshotService("overlayfs").Walk(ctxT(t), func(_ context.Context, info snapshots.Info) error {
-		if sandboxID.MatchString(info.Name) {
-			names = append(names, info.Name)
+	for _, sn := range snapshotters {
+		if err := daemon.client.SnapshotService(sn).Walk(ctxT(t), func(_ context.Context, info snapshots.Info) error {
+			if sandboxID.MatchString(info.Name) {
+				names = append(names, sn+"/"+info.Name)
+			}
+			return nil
+		}); err != nil {
+			t.Errorf("list %s snapshots: %v", sn, err)
 		}
-		return nil
-	}); err != nil {
-		t.Errorf("list snapshots: %v", err)
 	}
 	return names
 }

@@ -151,11 +151,13 @@ func debugGet(path string) ([]byte, error) {
 func countSnapshots(t *testing.T) int {
 	t.Helper()
 	n := 0
-	if err := daemon.client.SnapshotService("overlayfs").Walk(ctxT(t), func(context.Context, snapshots.Info) error {
-		n++
-		return nil
-	}); err != nil {
-		t.Fatal(err)
+	for _, sn := range snapshotters {
+		if err := daemon.client.SnapshotService(sn).Walk(ctxT(t), func(context.Context, snapshots.Info) error {
+			n++
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
 	}
 	return n
 }
