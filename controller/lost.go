@@ -2,6 +2,7 @@ package controller
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -15,7 +16,6 @@ import (
 	taskapi "github.com/containerd/containerd/api/runtime/task/v3"
 	apitasks "github.com/containerd/containerd/api/services/tasks/v1"
 	runcoptions "github.com/containerd/containerd/api/types/runc/options"
-	containerd "github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/core/sandbox"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
 	"github.com/containerd/containerd/v2/pkg/shim"
@@ -28,7 +28,8 @@ import (
 )
 
 // ShimSockets is where the runc shim listens: a socket under Dir named after
-// containerd's address and the shim's group (a pod's sandbox ID).
+// containerd's address and the shim's group (a shared shim's group, or the
+// sandbox ID of a pod with a shim of its own).
 type ShimSockets struct {
 	// ContainerdAddress is containerd's gRPC address.
 	ContainerdAddress string
@@ -40,8 +41,9 @@ type ShimSockets struct {
 // Start was cut short by containerd's death: NewTask can have left a shim
 // registered in the task service, a runc container the shim lost (its init
 // waiting forever), and a shim containerd forgot. Each is ended; a shim only
-// if it serves no other task. runtime is the pause container's.
-func (r *reaper) cleanupLost(ctx context.Context, id string, runtime sandbox.RuntimeOpts) error {
+// if it serves no other task. runtime is the pause container's, group its
+// shim group.
+func (r *reaper) cleanupLost(ctx context.Context, id string, runtime sandbox.RuntimeOpts, group string) error {
 	if err := r.deleteFromTaskService(ctx, id); err != nil {
 		return err
 	}
@@ -49,7 +51,7 @@ func (r *reaper) cleanupLost(ctx context.Context, id string, runtime sandbox.Run
 	if err := deleteRuncContainer(ctx, id, runtime); err != nil {
 		return err
 	}
-	return r.endLostShim(ctx, id)
+	return r.endLostShim(ctx, id, group)
 }
 
 // deleteFromTaskService asks containerd's task service to delete the task
@@ -67,6 +69,9 @@ func (r *reaper) deleteFromTaskService(ctx context.Context, id string) error {
 // runcRoot is the runc shim's default state root; it adds the namespace.
 const runcRoot = "/run/containerd/runc"
 
+// runcRuntimePrefix starts the runtime types of the runc shim.
+const runcRuntimePrefix = "io.containerd.runc."
+
 // deleteRuncContainer removes a pause container that runc made but the runc
 // shim lost track of. When containerd dies while the shim creates the
 // container, runc has made it (its init process waits to be started) but
@@ -75,7 +80,7 @@ const runcRoot = "/run/containerd/runc"
 // for good. runc still knows the container, so berth asks runc, as the shim
 // would, to delete it. Other runtimes are left alone.
 func deleteRuncContainer(ctx context.Context, id string, runtime sandbox.RuntimeOpts) error {
-	if !strings.HasPrefix(runtime.Name, "io.containerd.runc.") {
+	if !strings.HasPrefix(runtime.Name, runcRuntimePrefix) {
 		return nil
 	}
 	binary, root := "runc", runcRoot
@@ -103,13 +108,14 @@ func deleteRuncContainer(ctx context.Context, id string, runtime sandbox.Runtime
 // containerd loses a live shim when it dies while the shim starts: after
 // the restart it finds the shim's bundle incomplete, deletes the bundle and
 // forgets the shim, which then runs forever. The runc shim listens on a
-// socket derived from containerd's address and the sandbox ID, so berth can
-// still reach it there. A shim that is not there is fine.
-func (r *reaper) endLostShim(ctx context.Context, id string) error {
-	if r.shims.ContainerdAddress == "" {
+// socket derived from containerd's address and its group (group, or the
+// sandbox ID), so berth can still reach it there. A shim that is not there
+// is fine.
+func (r *reaper) endLostShim(ctx context.Context, id, group string) error {
+	if r.sockets.ContainerdAddress == "" {
 		return nil
 	}
-	svc, closeShim, err := r.dialShim(ctx, id)
+	svc, closeShim, err := r.dialShim(ctx, cmp.Or(group, id))
 	if err != nil || svc == nil {
 		return err
 	}
@@ -140,13 +146,13 @@ func (r *reaper) endLostShim(ctx context.Context, id string) error {
 	return r.killShim(ctx, svc, id, int(info.GetShimPid()))
 }
 
-// dialShim connects to the shim of sandbox id; a nil service means no shim
+// dialShim connects to the shim of group; a nil service means no shim
 // listens there.
-func (r *reaper) dialShim(ctx context.Context, id string) (taskapi.TTRPCTaskService, func(), error) {
+func (r *reaper) dialShim(ctx context.Context, group string) (taskapi.TTRPCTaskService, func(), error) {
 	ctx = namespaces.WithNamespace(ctx, Namespace)
 	// The task API is on the shim's plain socket; with debug logging it
 	// also has a debug one, which does not serve it.
-	addr, err := shim.CreateSocketAddress(ctx, r.shims.Dir, r.shims.ContainerdAddress, id, false)
+	addr, err := shim.CreateSocketAddress(ctx, r.sockets.Dir, r.sockets.ContainerdAddress, group, false)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -162,7 +168,8 @@ func (r *reaper) dialShim(ctx context.Context, id string) (taskapi.TTRPCTaskServ
 }
 
 // otherTasks lists the tasks besides sandbox id's pause that the shim
-// serves: those of the pod's app containers containerd knows.
+// serves, among those of every container containerd knows: the pod's app
+// containers, and with a shared shim other pods and theirs.
 func (r *reaper) otherTasks(ctx context.Context, svc taskapi.TTRPCTaskService, id string) ([]string, error) {
 	containers, err := r.client.Containers(ctx)
 	if err != nil {
@@ -170,15 +177,14 @@ func (r *reaper) otherTasks(ctx context.Context, svc taskapi.TTRPCTaskService, i
 	}
 	var tasks []string
 	for _, c := range containers {
-		info, err := c.Info(ctx, containerd.WithoutRefreshedMetadata)
-		if err != nil || info.SandboxID != id || info.ID == id {
+		if c.ID() == id {
 			continue
 		}
-		_, err = svc.State(ctx, &taskapi.StateRequest{ID: info.ID})
+		_, err = svc.State(ctx, &taskapi.StateRequest{ID: c.ID()})
 		if err := errgrpc.ToNative(err); err == nil {
-			tasks = append(tasks, info.ID)
+			tasks = append(tasks, c.ID())
 		} else if !errdefs.IsNotFound(err) {
-			return nil, fmt.Errorf("state of task %s in lost shim: %w", info.ID, err)
+			return nil, fmt.Errorf("state of task %s in lost shim: %w", c.ID(), err)
 		}
 	}
 	return tasks, nil

@@ -257,8 +257,9 @@ func assertNoLeaks(t *testing.T, id string) {
 			t.Errorf("leak: mount %s", m)
 		}
 	}
-	if pids := shimsOf(id); len(pids) > 0 {
-		t.Errorf("leak: shim processes %v for %s", pids, id)
+	// A shared shim started for this pod may serve other pods still.
+	if pids := idleShims(id); len(pids) > 0 {
+		t.Errorf("leak: shim processes %v for %s, serving no process", pids, id)
 	}
 	if pids := cgroupProcs(id); len(pids) > 0 {
 		t.Errorf("leak: processes %v still in the pause container's cgroup", pids)
@@ -293,8 +294,9 @@ func livePods(t *testing.T) int {
 	return len(resp.GetItems())
 }
 
-// shimsOf lists the pids of this containerd's runc shims serving sandbox
-// id, or all of its shims if id is "".
+// shimsOf lists the pids of this containerd's runc shims started for
+// sandbox id (a shared shim is started for its first pod), or all of its
+// shims if id is "".
 func shimsOf(id string) []int {
 	var pids []int
 	procs, _ := os.ReadDir("/proc")
@@ -358,14 +360,53 @@ func cgroupDirs(id string) []string {
 	return dirs
 }
 
-// shimOf is the pid of the one shim serving sandbox id.
+// shimOf is the pid of the shim serving sandbox id, the parent of its
+// pause process.
 func shimOf(t *testing.T, id string) int {
 	t.Helper()
-	shims := shimsOf(id)
-	if len(shims) != 1 {
-		t.Fatalf("shims of %s: %v, want one", id, shims)
+	ppid, err := parentOf(podPid(t, id))
+	if err != nil {
+		t.Fatal(err)
 	}
-	return shims[0]
+	return ppid
+}
+
+// parentOf is the parent pid of process pid.
+func parentOf(pid int) (int, error) {
+	stat, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "stat"))
+	if err != nil {
+		return 0, err
+	}
+	// The command may hold spaces; fields are counted after its ')'.
+	f := strings.Fields(string(stat[strings.LastIndexByte(string(stat), ')')+1:]))
+	return strconv.Atoi(f[1])
+}
+
+// childrenOf lists the child processes of pid.
+func childrenOf(pid int) []int {
+	var kids []int
+	procs, _ := os.ReadDir("/proc")
+	for _, p := range procs {
+		child, err := strconv.Atoi(p.Name())
+		if err != nil {
+			continue
+		}
+		if ppid, err := parentOf(child); err == nil && ppid == pid {
+			kids = append(kids, child)
+		}
+	}
+	return kids
+}
+
+// idleShims lists the shims started for sandbox id that serve no process.
+func idleShims(id string) []int {
+	var idle []int
+	for _, pid := range shimsOf(id) {
+		if len(childrenOf(pid)) == 0 {
+			idle = append(idle, pid)
+		}
+	}
+	return idle
 }
 
 // withoutPauseImage deletes the pause image for the rest of the test.

@@ -104,7 +104,9 @@ func initController(ic *plugin.InitContext) (*controller.Controller, error) {
 			ContainerdAddress: ic.Properties[plugins.PropertyGRPCAddress],
 			Dir:               shimSocketDir(ic),
 		},
-		ConfigErr: configErr,
+		PodsPerShim:        cfg.PodsPerShim,
+		HandlerPodsPerShim: cfg.HandlerPodsPerShim,
+		ConfigErr:          configErr,
 	}, client, retry.New(cfg.ExitRetry.retryConfig()))
 	// On containerd's Prometheus endpoint ([metrics] address).
 	metrics.Register(c.MetricsNamespace())
