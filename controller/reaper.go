@@ -243,7 +243,7 @@ func (r *reaper) loadTask(ctx context.Context, sb *store.Sandbox) (containerd.Ta
 		return nil, fmt.Errorf("load pause task: %w", err)
 	}
 	sb.Exit(unknownExitCode, time.Now())
-	if err := r.cleanupLost(ctx, sb.ID, sb.Runtime); err != nil {
+	if err := r.cleanupLost(ctx, lostTask{id: sb.ID, runtime: sb.Runtime, cgroupsPath: sb.Status().Instance.CgroupsPath}); err != nil {
 		return nil, err
 	}
 	sb.SetDeleted()
@@ -274,7 +274,9 @@ func (r *reaper) removeTask(ctx context.Context, container containerd.Container)
 	if err != nil {
 		return fmt.Errorf("pause container info: %w", err)
 	}
-	return r.cleanupLost(ctx, container.ID(), runtimeOf(info))
+	// A spec that does not decode has no cgroup to remove.
+	_, cgroupsPath, _ := specRecord(info.Spec)
+	return r.cleanupLost(ctx, lostTask{id: container.ID(), runtime: runtimeOf(info), cgroupsPath: cgroupsPath})
 }
 
 // retry queues step, named name, for sandbox id, counting it and its
