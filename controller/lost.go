@@ -25,6 +25,8 @@ import (
 	"github.com/containerd/ttrpc"
 	"github.com/containerd/typeurl/v2"
 	"golang.org/x/sys/unix"
+
+	"github.com/berth-dev/berth/podcgroup"
 )
 
 // ShimSockets is where the runc shim listens: a socket under Dir named after
@@ -37,21 +39,38 @@ type ShimSockets struct {
 	Dir string
 }
 
+// lostTask is a pause task containerd does not know: what its container
+// says of it.
+type lostTask struct {
+	id      string
+	runtime sandbox.RuntimeOpts
+	// cgroupsPath is the spec's linux.cgroupsPath.
+	cgroupsPath string
+	// group is its shim group, "" for a shim of its own.
+	group string
+}
+
 // cleanupLost cleans up after a pause task containerd does not know, when a
 // Start was cut short by containerd's death: NewTask can have left a shim
 // registered in the task service, a runc container the shim lost (its init
-// waiting forever), and a shim containerd forgot. Each is ended; a shim only
-// if it serves no other task. runtime is the pause container's, group its
-// shim group.
-func (r *reaper) cleanupLost(ctx context.Context, id string, runtime sandbox.RuntimeOpts, group string) error {
-	if err := r.deleteFromTaskService(ctx, id); err != nil {
+// waiting forever) with its cgroup, and a shim containerd forgot. Each is
+// ended; a shim only if it serves no other task.
+func (r *reaper) cleanupLost(ctx context.Context, t lostTask) error {
+	if err := r.deleteFromTaskService(ctx, t.id); err != nil {
 		return err
 	}
 	// runc first: it kills the pause process a lost shim may still run.
-	if err := deleteRuncContainer(ctx, id, runtime); err != nil {
+	if err := deleteRuncContainer(ctx, t.id, t.runtime); err != nil {
 		return err
 	}
-	return r.endLostShim(ctx, id, group)
+	// runc leaves the cgroup of a container it made only part of. A
+	// systemd-driver path ("slice:prefix:name") is systemd's to remove.
+	if t.cgroupsPath != "" && !strings.Contains(t.cgroupsPath, ":") {
+		if err := podcgroup.Remove(t.cgroupsPath); err != nil {
+			return err
+		}
+	}
+	return r.endLostShim(ctx, t.id, t.group)
 }
 
 // deleteFromTaskService asks containerd's task service to delete the task

@@ -250,7 +250,8 @@ func (r *reaper) loadTask(ctx context.Context, sb *store.Sandbox) (containerd.Ta
 		return nil, fmt.Errorf("load pause task: %w", err)
 	}
 	sb.Exit(unknownExitCode, time.Now())
-	if err := r.cleanupLost(ctx, sb.ID, sb.Runtime, sb.Status().Instance.ShimGroup); err != nil {
+	inst := sb.Status().Instance
+	if err := r.cleanupLost(ctx, lostTask{id: sb.ID, runtime: sb.Runtime, cgroupsPath: inst.CgroupsPath, group: inst.ShimGroup}); err != nil {
 		return nil, err
 	}
 	sb.SetDeleted()
@@ -281,9 +282,11 @@ func (r *reaper) removeTask(ctx context.Context, container containerd.Container)
 	if err != nil {
 		return fmt.Errorf("pause container info: %w", err)
 	}
-	// A record that does not decode names no group: the shim is the pod's.
+	// A spec or record that does not decode has no cgroup to remove, and
+	// names no group: the shim is the pod's.
+	_, cgroupsPath, _ := specRecord(info.Spec)
 	rec, _ := recordOn(info)
-	return r.cleanupLost(ctx, container.ID(), runtimeOf(info), rec.ShimGroup)
+	return r.cleanupLost(ctx, lostTask{id: container.ID(), runtime: runtimeOf(info), cgroupsPath: cgroupsPath, group: rec.ShimGroup})
 }
 
 // retry queues step, named name, for sandbox id, counting it and its

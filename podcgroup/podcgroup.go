@@ -122,6 +122,48 @@ func checkMemory(limit int64, usage uint64) error {
 	return nil
 }
 
+// hybridRoot is where a hybrid host mounts cgroup v2, beside v1's
+// controllers; runc makes a container's cgroup there too.
+const hybridRoot = "/sys/fs/cgroup/unified"
+
+// Remove deletes the cgroup at path, in every hierarchy, if it exists. It
+// fails while processes are in it.
+func Remove(path string) error {
+	switch cgroups.Mode() {
+	case cgroups.Unified:
+		return removeUnified(path, unifiedRoot)
+	case cgroups.Hybrid:
+		if err := removeUnified(path, hybridRoot); err != nil {
+			return err
+		}
+	}
+	cg, err := cgroup1.Load(cgroup1.StaticPath(path))
+	if errors.Is(err, cgroup1.ErrCgroupDeleted) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("load cgroup %s: %w", path, classify(err))
+	}
+	if err := cg.Delete(); err != nil {
+		return fmt.Errorf("remove cgroup %s: %w", path, classify(err))
+	}
+	return nil
+}
+
+func removeUnified(path, root string) error {
+	if _, err := os.Stat(filepath.Join(root, path)); errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	m, err := cgroup2.Load(path, cgroup2.WithMountpoint(root))
+	if err != nil {
+		return fmt.Errorf("load cgroup %s: %w", path, err)
+	}
+	if err := m.Delete(); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("remove cgroup %s: %w", path, classify(err))
+	}
+	return nil
+}
+
 // Stats returns the stats of the cgroup at path: a cgroup1 *v1.Metrics or
 // a cgroup2 *v2.Metrics, the types containerd's task metrics carry.
 func Stats(path string) (any, error) {
