@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -37,6 +38,9 @@ type ShimSockets struct {
 	ContainerdAddress string
 	// Dir is the shim manager's socket_dir.
 	Dir string
+	// Bundles is where containerd keeps task bundles, one directory per
+	// task under its namespace (<state>/io.containerd.runtime.v2.task).
+	Bundles string
 }
 
 // lostTask is a pause task containerd does not know: what its container
@@ -143,9 +147,10 @@ func (r *reaper) endLostShim(ctx context.Context, id, group string) error {
 	if err != nil {
 		return fmt.Errorf("connect to lost shim: %w", err)
 	}
-	// Delete first: the runc shim only exits once it serves no task.
-	if _, err := svc.Delete(ctx, &taskapi.DeleteRequest{ID: id}); err != nil {
-		log.G(ctx).WithError(err).Debug("delete pause task in lost shim")
+	// Delete first: the runc shim only exits once it serves no task, and a
+	// shared shim that serves others must not keep this one.
+	if err := r.deleteInShim(ctx, svc, id); err != nil {
+		log.G(ctx).WithError(err).Warn("delete pause task in lost shim")
 	}
 	others, err := r.otherTasks(ctx, svc, id)
 	if err != nil {
@@ -163,6 +168,29 @@ func (r *reaper) endLostShim(ctx context.Context, id, group string) error {
 	// A shim whose bundle containerd deleted cannot delete its task, and
 	// so does not exit by itself.
 	return r.killShim(ctx, svc, id, int(info.GetShimPid()))
+}
+
+// deleteInShim deletes the task of container id in the shim. runc has just
+// killed its process, and the shim deletes only a task whose exit it has
+// reaped: the delete is tried again for up to two seconds. The shim's runc
+// logs to the task's bundle, which containerd deleted when it lost the
+// task; without it the shim could never delete the task, nor exit. An
+// empty bundle stands in for it meanwhile.
+func (r *reaper) deleteInShim(ctx context.Context, svc taskapi.TTRPCTaskService, id string) error {
+	if r.sockets.Bundles != "" {
+		bundle := filepath.Join(r.sockets.Bundles, Namespace, id)
+		if err := os.Mkdir(bundle, 0o700); err == nil {
+			defer os.Remove(bundle)
+		} else if !errors.Is(err, fs.ErrExist) {
+			return fmt.Errorf("stand-in bundle: %w", err)
+		}
+	}
+	for deadline := time.Now().Add(2 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		_, err := svc.Delete(ctx, &taskapi.DeleteRequest{ID: id})
+		if err = ignoreNotFound(errgrpc.ToNative(err)); err == nil || time.Now().After(deadline) {
+			return err
+		}
+	}
 }
 
 // dialShim connects to the shim of group; a nil service means no shim

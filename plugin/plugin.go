@@ -103,6 +103,8 @@ func initController(ic *plugin.InitContext) (*controller.Controller, error) {
 		Shims: controller.ShimSockets{
 			ContainerdAddress: ic.Properties[plugins.PropertyGRPCAddress],
 			Dir:               shimSocketDir(ic),
+			// Beside berth's state, as the shim manager lays bundles out.
+			Bundles: filepath.Join(filepath.Dir(ic.Properties[plugins.PropertyStateDir]), plugins.RuntimePluginV2.String()+".task"),
 		},
 		PodsPerShim:        cfg.PodsPerShim,
 		HandlerPodsPerShim: cfg.HandlerPodsPerShim,
