@@ -8,6 +8,8 @@
 #   make bench   berth vs the built-in controller: latency, CPU, calls, memory
 #   make bench-restart  containerd restart with 300 live pods, berth vs built-in
 #   make lint    gofmt, go vet, staticcheck
+#   make kube    kubelet, kube-apiserver and etcd (tools/kube) -> bin/
+#   make e2e     a one-node Kubernetes around berth's containerd (root)
 
 GO          ?= go
 BIN         := $(CURDIR)/bin
@@ -22,7 +24,7 @@ PAUSE_IMAGE   := localhost/berth/pause:1
 BUSYBOX_IMAGE := localhost/berth/busybox:1
 BUSYBOX       ?= /bin/busybox
 
-.PHONY: build binaries images install up test unit integration soak bench bench-restart lint clean
+.PHONY: build binaries images kube install up test unit integration e2e soak bench bench-restart lint clean
 
 build: binaries images
 
@@ -35,6 +37,20 @@ binaries:
 	cd tools/runc && CGO_ENABLED=1 $(GO) build -trimpath -tags "seccomp urfave_cli_no_docs" -o $(BIN)/runc github.com/opencontainers/runc
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w" -o $(BIN)/berth-pause ./cmd/berth-pause
 	$(GO) build -o $(BIN)/berth-image ./cmd/berth-image
+
+# The Kubernetes make e2e runs: kubelet and kube-apiserver of KUBE_VERSION
+# and etcd, from the module tools/kube. The version strings are the ones
+# Kubernetes' own build stamps (hack/lib/version.sh); the API server derives
+# its emulation version from them. Static, as upstream ships them; the Go
+# build cache keeps a second build to the link steps.
+KUBE_VERSION := v1.37.2
+KUBE_VERSION_PKGS := k8s.io/component-base/version k8s.io/client-go/pkg/version
+KUBE_LDFLAGS := $(foreach p,$(KUBE_VERSION_PKGS),-X $(p).gitVersion=$(KUBE_VERSION) \
+	-X $(p).gitMajor=1 -X $(p).gitMinor=37 -X $(p).gitTreeState=clean)
+kube:
+	cd tools/kube && CGO_ENABLED=0 $(GO) build -ldflags "$(KUBE_LDFLAGS)" -o $(BIN)/ \
+		k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/cmd/kube-apiserver
+	cd tools/kube && CGO_ENABLED=0 $(GO) build -o $(BIN)/etcd go.etcd.io/etcd/server/v3
 
 # The pause image holds only berth-pause, run as nobody. The test image is
 # Debian's static busybox (package busybox-static).
@@ -69,12 +85,23 @@ unit:
 # release build (make soak runs the long version).
 SOAK ?= 100
 integration: build
-	$(GO) test -count=1 -timeout 30m -v ./integration/... -args -bin $(BIN) -soak $(SOAK)
-	$(GO) test -count=1 -timeout 30m -v ./integration/... -args -bin $(BIN) -handler berth-builtin
-	$(GO) test -count=1 -timeout 10m -v -run Failpoint ./integration/... -args -bin $(BIN) -failpoints
-	$(GO) test -count=1 -timeout 10m -v -run '^$$' -bench Compare -benchtime 1x ./integration/... \
+	$(GO) test -count=1 -timeout 30m -v ./integration -args -bin $(BIN) -soak $(SOAK)
+	$(GO) test -count=1 -timeout 30m -v ./integration -args -bin $(BIN) -handler berth-builtin
+	$(GO) test -count=1 -timeout 10m -v -run Failpoint ./integration -args -bin $(BIN) -failpoints
+	$(GO) test -count=1 -timeout 10m -v -run '^$$' -bench Compare -benchtime 1x ./integration \
 		-args -bin $(BIN) -bench-out $(OUT)/bench-smoke -bench-serial 2 -bench-parallel 8 -bench-count 1 \
 		-bench-live 8 -bench-handlers runc,berth
+
+# A one-node Kubernetes (etcd, kube-apiserver, kubelet) on loopback around
+# this containerd; the tests drive it through the API server with
+# client-go. A package of its own (integration/kube) with flags of its own,
+# which is why the runs above name ./integration alone. E2E_RUN picks tests
+# (go test -run); E2E_ARGS takes the package's flags (-keep, ports, bridge;
+# see integration/kube/main_test.go).
+E2E_RUN  ?= .
+E2E_ARGS ?=
+e2e: build kube
+	$(GO) test -count=1 -timeout 30m -v -run '$(E2E_RUN)' ./integration/kube -args -bin $(BIN) $(E2E_ARGS)
 
 # Every handler of the comparison in one containerd, in alternating blocks;
 # writes bench.json, bench.md and bench.png to BENCH_OUT. BENCH_ARGS takes
@@ -83,16 +110,16 @@ integration: build
 BENCH_OUT  ?= $(OUT)/bench
 BENCH_ARGS ?=
 bench: build
-	$(GO) test -count=1 -timeout 60m -v -run '^$$' -bench Compare -benchtime 1x ./integration/... \
+	$(GO) test -count=1 -timeout 60m -v -run '^$$' -bench Compare -benchtime 1x ./integration \
 		-args -bin $(BIN) -bench-out $(BENCH_OUT) $(BENCH_ARGS)
 
 # Restart with RESTART_PODS live pods, berth's and then the built-in's.
 RESTART_PODS ?= 300
 bench-restart: build
-	$(GO) test -count=1 -timeout 60m -v -run '^$$' -bench Restart -benchtime 1x ./integration/... -args -bin $(BIN) -restart-pods $(RESTART_PODS)
+	$(GO) test -count=1 -timeout 60m -v -run '^$$' -bench Restart -benchtime 1x ./integration -args -bin $(BIN) -restart-pods $(RESTART_PODS)
 
 soak: build
-	$(GO) test -count=1 -timeout 60m -v -run Soak ./integration/... -args -bin $(BIN) -soak 1000
+	$(GO) test -count=1 -timeout 60m -v -run Soak ./integration -args -bin $(BIN) -soak 1000
 
 lint:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); exit 1; }
