@@ -18,11 +18,11 @@ import (
 // assertPodGone checks that nothing of a deleted pod is left on the node:
 // no sandbox or container in CRI or containerd, no shim, no mount, no pod
 // cgroup, no kubelet pod directory, no logs. kubelet removes some of these
-// in its housekeeping after the API object is gone, so it polls.
-func assertPodGone(t *testing.T, pod *corev1.Pod, sandboxID string) {
+// after the API object is gone (the sandbox and containers in its garbage
+// collection, once a minute), so it polls until deadline.
+func assertPodGone(t *testing.T, pod *corev1.Pod, sandboxID string, deadline time.Time) {
 	t.Helper()
 	var leaks []string
-	deadline := time.Now().Add(30 * time.Second)
 	for {
 		leaks = podLeaks(t, pod, sandboxID)
 		if len(leaks) == 0 || time.Now().After(deadline) {

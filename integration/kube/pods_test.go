@@ -159,8 +159,8 @@ func waitPod(t *testing.T, pod *corev1.Pod, timeout time.Duration, what string, 
 			return p
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("pod %s not %s within %s: phase %s, conditions %+v, containers %+v",
-				pod.Name, what, timeout, p.Status.Phase, p.Status.Conditions, p.Status.ContainerStatuses)
+			t.Fatalf("pod %s not %s within %s: phase %s, conditions %+v, pod resources %+v, containers %+v",
+				pod.Name, what, timeout, p.Status.Phase, p.Status.Conditions, p.Status.Resources, p.Status.ContainerStatuses)
 		}
 		time.Sleep(200 * time.Millisecond)
 	}

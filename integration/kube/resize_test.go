@@ -104,10 +104,10 @@ func testResize(t *testing.T, newPod func(*testing.T, string) *corev1.Pod, patch
 
 // waitResized waits until kubelet reports the pod's resize done: the spec
 // observed, no resize pending or in progress, the containers' (or the
-// pod's) actual resources the desired ones.
+// pod's) actual limits the desired ones.
 func waitResized(t *testing.T, pod *corev1.Pod) *corev1.Pod {
 	t.Helper()
-	return waitPod(t, pod, 2*time.Minute, "resized", func(p *corev1.Pod) bool {
+	return waitPod(t, pod, time.Minute, "resized", func(p *corev1.Pod) bool {
 		if p.Status.ObservedGeneration < p.Generation {
 			return false
 		}
@@ -117,7 +117,13 @@ func waitResized(t *testing.T, pod *corev1.Pod) *corev1.Pod {
 			}
 		}
 		if p.Spec.Resources != nil {
-			return p.Status.Resources != nil && sameResources(p.Spec.Resources.Limits, p.Status.Resources.Limits)
+			// kubelet reports the pod's actual limits with the overhead.
+			want := corev1.ResourceList{}
+			for name, q := range p.Spec.Resources.Limits {
+				q.Add(p.Spec.Overhead[name])
+				want[name] = q
+			}
+			return p.Status.Resources != nil && sameResources(want, p.Status.Resources.Limits)
 		}
 		for i, cs := range p.Status.ContainerStatuses {
 			if cs.Resources == nil || !sameResources(p.Spec.Containers[i].Resources.Limits, cs.Resources.Limits) {
@@ -218,6 +224,7 @@ func TestResizeBelowUsage(t *testing.T) {
 	if err == nil {
 		t.Errorf("UpdatePodSandboxResources to 16 MiB with 40 MiB in use succeeded")
 	}
+	t.Logf("UpdatePodSandboxResources to 16 MiB: %v", err)
 	if got := readPodLimits(t, pod); got != before {
 		t.Errorf("pod cgroup after the refused resizes holds %+v, want %+v as before", got, before)
 	}
@@ -326,20 +333,21 @@ func (s *cgroupSampler) below(min podLimits) *podLimits {
 	return nil
 }
 
-// berthResources are the pod resources berth's verbose status reports.
+// berthResources are the pod resources in berth's verbose status, from
+// berth's sandbox controller itself: CRI's PodSandboxStatus (crictl
+// inspectp) puts its own copy of what it was sent in their place, updated
+// even when the controller refused the update.
 func berthResources(t *testing.T, pod *corev1.Pod) *runtimeapi.LinuxContainerResources {
 	t.Helper()
-	resp, err := c.containerd.runtime.PodSandboxStatus(ctxT(t), &runtimeapi.PodSandboxStatusRequest{
-		PodSandboxId: sandboxOf(t, pod).GetId(), Verbose: true,
-	})
+	st, err := c.containerd.client.SandboxController("berth").Status(ctxT(t), sandboxOf(t, pod).GetId(), true)
 	if err != nil {
-		t.Fatalf("PodSandboxStatus: %v", err)
+		t.Fatalf("berth's status of %s: %v", pod.Name, err)
 	}
 	var info struct {
 		Resources *runtimeapi.ContainerResources `json:"resources"`
 	}
-	if err := json.Unmarshal([]byte(resp.GetInfo()["info"]), &info); err != nil {
-		t.Fatalf("verbose info: %v", err)
+	if err := json.Unmarshal([]byte(st.Info["info"]), &info); err != nil {
+		t.Fatalf("berth's verbose info: %v", err)
 	}
 	return info.Resources.GetLinux()
 }

@@ -28,7 +28,7 @@ func TestStats(t *testing.T) {
 		want, got := filledFields(summary[builtin.Name]), filledFields(summary[berth.Name])
 		missing = missingFrom(got, want)
 		if len(want) > 0 && hasPodStats(want) && len(missing) == 0 {
-			t.Logf("summary fields of both pods: %d", len(want))
+			t.Logf("summary fields both pods fill: %v", want)
 			break
 		}
 		if time.Now().After(deadline) {
