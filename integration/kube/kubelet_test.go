@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -271,4 +272,35 @@ func restoreSysctls(saved map[string]string) error {
 // kubeletHealthz is kubelet's healthz URL.
 func kubeletHealthz() string {
 	return "http://127.0.0.1:" + strconv.Itoa(*kubeletPrt+1) + "/healthz"
+}
+
+// restartKubelet restarts kubelet with feature gates set in its config
+// (nil: none), and waits until its node is Ready again.
+func restartKubelet(gates map[string]bool) error {
+	path := filepath.Join(c.dir, "kubelet", "config.json")
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	var cfg map[string]any
+	if err := json.Unmarshal(b, &cfg); err != nil {
+		return fmt.Errorf("kubelet config: %w", err)
+	}
+	cfg["featureGates"] = gates
+	if b, err = json.MarshalIndent(cfg, "", "  "); err != nil {
+		return err
+	}
+	if err := os.WriteFile(path, b, 0o600); err != nil {
+		return fmt.Errorf("write kubelet config: %w", err)
+	}
+	c.kubelet.stop()
+	if err := c.kubelet.start(); err != nil {
+		return err
+	}
+	if err := c.kubelet.waitFor(time.Minute, "healthz", func() error {
+		return httpOK(http.DefaultClient, kubeletHealthz())
+	}); err != nil {
+		return err
+	}
+	return waitNodeReady(c.kubelet, c.cs)
 }

@@ -1,7 +1,6 @@
 package kube
 
 import (
-	"net/http"
 	"syscall"
 	"testing"
 	"time"
@@ -31,16 +30,7 @@ func TestContainerdRestart(t *testing.T) {
 // they were.
 func TestKubeletRestart(t *testing.T) {
 	pods := runRestartPods(t)
-	c.kubelet.stop()
-	if err := c.kubelet.start(); err != nil {
-		t.Fatal(err)
-	}
-	if err := c.kubelet.waitFor(time.Minute, "healthz", func() error {
-		return httpOK(http.DefaultClient, kubeletHealthz())
-	}); err != nil {
-		t.Fatal(err)
-	}
-	if err := waitNodeReady(c.kubelet, c.cs); err != nil {
+	if err := restartKubelet(nil); err != nil {
 		t.Fatal(err)
 	}
 	checkUnchanged(t, pods)

@@ -12,8 +12,25 @@ import (
 // TestStats reads kubelet's /stats/summary and /metrics/resource through
 // the API server for a berth pod and a built-in one doing the same work:
 // every field the built-in's pod fills (pod CPU, memory, network, the
-// container's) berth's fills too.
+// container's) berth's fills too. kubelet takes them from cadvisor by
+// default, and from CRI (ListPodSandboxStats, which asks the sandbox
+// controller for the pod's metrics) with PodAndContainerStatsFromCRI.
 func TestStats(t *testing.T) {
+	t.Run("cadvisor", testStats)
+	t.Run("cri", func(t *testing.T) {
+		if err := restartKubelet(map[string]bool{"PodAndContainerStatsFromCRI": true}); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() {
+			if err := restartKubelet(nil); err != nil {
+				t.Errorf("restart kubelet without the gate: %v", err)
+			}
+		})
+		testStats(t)
+	})
+}
+
+func testStats(t *testing.T) {
 	// Some memory and a little CPU, so that no counter is legitimately 0.
 	cmd := []string{"sh", "-c", "head -c 8388608 /dev/zero > /dev/shm/fill; while :; do sleep 1; done"}
 	berth := runPod(t, busyboxPod(t, "berth", cmd...))
