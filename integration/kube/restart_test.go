@@ -1,12 +1,14 @@
 package kube
 
 import (
+	"encoding/json"
 	"syscall"
 	"testing"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 )
 
 // TestContainerdRestart kills containerd (SIGKILL, a crash) under a running
@@ -79,4 +81,47 @@ func checkUnchanged(t *testing.T, pods []restartPod) {
 		}
 		time.Sleep(2 * time.Second)
 	}
+}
+
+// TestPauseKilled kills a pod's pause process, as the OOM killer might:
+// the sandbox turns NotReady, and kubelet makes a new one and starts the
+// pod's container again in it.
+func TestPauseKilled(t *testing.T) {
+	for _, rc := range []string{"berth", "berth-builtin", ""} {
+		t.Run("runtimeclass-"+rc, func(t *testing.T) {
+			pod := busyboxPod(t, rc, "sleep", "3600")
+			// kubelet stops the container before it makes the new sandbox;
+			// sleep, pid 1, ignores SIGTERM.
+			pod.Spec.TerminationGracePeriodSeconds = new(int64(1))
+			pod = runPod(t, pod)
+			old := sandboxOf(t, pod).GetId()
+			if err := syscall.Kill(pausePid(t, old), syscall.SIGKILL); err != nil {
+				t.Fatalf("kill the pause: %v", err)
+			}
+			waitPod(t, pod, 2*time.Minute, "on a new sandbox", func(p *corev1.Pod) bool {
+				cs := p.Status.ContainerStatuses
+				return p.Status.Phase == corev1.PodRunning && len(cs) == 1 && cs[0].Ready && cs[0].RestartCount > 0 &&
+					cs[0].ContainerID != pod.Status.ContainerStatuses[0].ContainerID
+			})
+			if id := sandboxOf(t, pod).GetId(); id == old {
+				t.Errorf("sandbox %s is still the ready one after its pause was killed", id)
+			}
+		})
+	}
+}
+
+// pausePid is the pause process's pid, from the sandbox's verbose status.
+func pausePid(t *testing.T, sandboxID string) int {
+	t.Helper()
+	resp, err := c.containerd.runtime.PodSandboxStatus(ctxT(t), &runtimeapi.PodSandboxStatusRequest{PodSandboxId: sandboxID, Verbose: true})
+	if err != nil {
+		t.Fatalf("PodSandboxStatus: %v", err)
+	}
+	var info struct {
+		Pid int `json:"pid"`
+	}
+	if err := json.Unmarshal([]byte(resp.GetInfo()["info"]), &info); err != nil || info.Pid <= 0 {
+		t.Fatalf("no pause pid in the verbose status of %s: %v", sandboxID, err)
+	}
+	return info.Pid
 }
