@@ -97,12 +97,34 @@ func (d *containerdDaemon) waitReady() error {
 }
 
 // restart starts containerd again after a kill, as a node's service
-// manager does after a crash.
+// manager does after a crash, and waits until CRI reports itself ready:
+// until CRI has loaded its sandboxes it answers Unavailable.
 func (d *containerdDaemon) restart() error {
 	if err := d.start(); err != nil {
 		return err
 	}
-	return d.waitReady()
+	if err := d.waitReady(); err != nil {
+		return err
+	}
+	return d.waitFor(time.Minute, "CRI ready", func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		st, err := d.runtime.Status(ctx, &runtimeapi.StatusRequest{})
+		if err != nil {
+			return err
+		}
+		// The conditions kubelet's node readiness takes from CRI; others
+		// are warnings (this host's cgroup v1 raises one).
+		for _, cond := range st.GetStatus().GetConditions() {
+			switch cond.GetType() {
+			case runtimeapi.RuntimeReady, runtimeapi.NetworkReady:
+				if !cond.GetStatus() {
+					return fmt.Errorf("CRI condition %s: %s", cond.GetType(), cond.GetMessage())
+				}
+			}
+		}
+		return nil
+	})
 }
 
 // removeAllPods stops and removes every pod CRI still lists, best effort,
