@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
@@ -151,6 +152,7 @@ func (c *cluster) stop() error {
 	if c.sysctls != nil {
 		errs = append(errs, restoreSysctls(c.sysctls))
 	}
+	removeLogLinks(c.dir)
 	if c.ownLogLinks {
 		// Remove, not RemoveAll: a link left in it is a leak to report.
 		if err := os.Remove(logLinks); err != nil && !os.IsNotExist(err) {
@@ -197,5 +199,18 @@ func (c *cluster) deletePods() []error {
 			return errs
 		}
 		time.Sleep(500 * time.Millisecond)
+	}
+}
+
+// removeLogLinks removes the links in logLinks to container logs under
+// dir. kubelet removes a container's link when its garbage collection
+// removes the container, once a minute; the containers of the pods deleted
+// last went with containerd's pods after kubelet stopped.
+func removeLogLinks(dir string) {
+	links, _ := filepath.Glob(filepath.Join(logLinks, "*.log"))
+	for _, l := range links {
+		if target, err := os.Readlink(l); err == nil && strings.HasPrefix(target, dir+"/") {
+			_ = os.Remove(l)
+		}
 	}
 }
