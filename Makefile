@@ -92,7 +92,7 @@ integration: build
 		-args -bin $(BIN) -bench-out $(OUT)/bench-smoke -bench-serial 2 -bench-parallel 8 -bench-count 1 \
 		-bench-live 8 -bench-handlers runc,berth
 
-# A one-node Kubernetes (etcd, kube-apiserver, kubelet) on loopback around
+# A one-node Kubernetes (etcd, kube-apiserver, kubelet) on this machine around
 # this containerd; the tests drive it through the API server with
 # client-go. A package of its own (integration/kube) with flags of its own,
 # which is why the runs above name ./integration alone. E2E_RUN picks tests
