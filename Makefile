@@ -35,6 +35,7 @@ binaries:
 	cd tools/runc && CGO_ENABLED=1 $(GO) build -trimpath -tags "seccomp urfave_cli_no_docs" -o $(BIN)/runc github.com/opencontainers/runc
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w" -o $(BIN)/berth-pause ./cmd/berth-pause
 	$(GO) build -o $(BIN)/berth-image ./cmd/berth-image
+	cd tools/critools && $(GO) build -trimpath -o $(BIN)/crictl sigs.k8s.io/cri-tools/cmd/crictl
 
 # The pause image holds only berth-pause, run as nobody. The test image is
 # Debian's static busybox (package busybox-static).
