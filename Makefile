@@ -7,6 +7,7 @@
 #   make soak    1000 pod lifecycles, then a leak and growth check
 #   make bench   berth vs the built-in controller: latency, CPU, calls, memory
 #   make bench-restart  containerd restart with 300 live pods, berth vs built-in
+#   make critest critest (CRI conformance) on runc, berth and berth-builtin
 #   make lint    gofmt, go vet, staticcheck
 
 GO          ?= go
@@ -22,7 +23,7 @@ PAUSE_IMAGE   := localhost/berth/pause:1
 BUSYBOX_IMAGE := localhost/berth/busybox:1
 BUSYBOX       ?= /bin/busybox
 
-.PHONY: build binaries images install up test unit integration soak bench bench-restart lint clean
+.PHONY: build binaries images install up test unit integration soak bench bench-restart critest critest-binaries lint clean
 
 build: binaries images
 
@@ -61,7 +62,7 @@ up: build
 test: unit integration
 
 unit:
-	$(GO) test -race -count=1 ./store/... ./events/... ./podsandbox/... ./controller/... ./plugin/... ./podcgroup/...
+	$(GO) test -race -count=1 ./store/... ./events/... ./podsandbox/... ./controller/... ./plugin/... ./podcgroup/... ./cmd/berth-image/... ./critest/...
 
 # The suite runs on the release build, with berth's pods on the pause image
 # and again on the built-in pause, then its failpoint tests on the build
@@ -94,6 +95,25 @@ bench-restart: build
 
 soak: build
 	$(GO) test -count=1 -timeout 60m -v -run Soak ./integration/... -args -bin $(BIN) -soak 1000
+
+# critest (tools/critools pins cri-tools), its report, and the programs of
+# the images critest pulls (critest/images; hack/critest-images.sh).
+critest-binaries: binaries
+	cd tools/critools && $(GO) test -c -trimpath -o $(BIN)/critest sigs.k8s.io/cri-tools/cmd/critest
+	$(GO) build -o $(BIN)/critest-report ./critest/report
+	for p in webserver nnp pgrep ipcs; do \
+		CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w" -o $(BIN)/critest-images/$$p ./critest/images/$$p || exit 1; \
+	done
+
+# critest once per runtime handler (runc, berth, berth-builtin) and a small
+# critest -benchmark each, against the tests' containerd config, with
+# critest's images from a loopback registry; reports in CRITEST_OUT. Fails
+# when berth or berth-builtin fails a test runc passes. The CNI bridge, its
+# subnet, the metrics and registry addresses are CRITEST_BRIDGE,
+# CRITEST_SUBNET, CRITEST_METRICS and CRITEST_REGISTRY (see hack/critest.sh).
+CRITEST_OUT ?= $(OUT)/critest
+critest: build critest-binaries
+	hack/critest.sh $(BIN) $(CRITEST_OUT)
 
 lint:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); exit 1; }
