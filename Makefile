@@ -113,7 +113,7 @@ critest-binaries: binaries
 # CRITEST_SUBNET, CRITEST_METRICS and CRITEST_REGISTRY (see hack/critest.sh).
 CRITEST_OUT ?= $(OUT)/critest
 critest: build critest-binaries
-	hack/critest.sh $(BIN) $(CRITEST_OUT)
+	GOARCH=$$($(GO) env GOARCH) hack/critest.sh $(BIN) $(CRITEST_OUT)
 
 lint:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); exit 1; }

@@ -6,8 +6,10 @@
 # critest -benchmark per handler. critest's images come from a loopback
 # registry (Debian's docker-registry) that this script fills with images
 # built here (hack/critest-images.sh), pulled through CRI as from
-# registry.k8s.io and gcr.io. Reports and logs go to OUT. Fails when berth
-# or berth-builtin fails a test the built-in passes, or a benchmark fails.
+# registry.k8s.io and gcr.io. Two additions to the tests' config: CNI's
+# portmap, and NRI on a socket of its own (critest's NRI tests need one).
+# Reports and logs go to OUT. Fails when berth or berth-builtin fails a test
+# the built-in passes, or a benchmark fails. Needs root.
 #
 # Environment: CRITEST_BRIDGE, CRITEST_SUBNET, CRITEST_METRICS (the
 # containerd's CNI bridge, its subnet, its metrics address),
@@ -34,6 +36,10 @@ skips=(
   'runtime should support MaskedPaths'
 )
 
+[ "$(id -u)" = 0 ] || { echo "critest.sh: needs root" >&2; exit 1; }
+command -v docker-registry >/dev/null ||
+  { echo "critest.sh: needs docker-registry (apt-get install docker-registry)" >&2; exit 1; }
+
 tmp=$(mktemp -d /tmp/berth-critest-XXXXXX)
 # Searchable by all, as /var/lib/containerd is: the root of a pod's user
 # namespace must reach its bundle and rootfs under it.
@@ -49,7 +55,7 @@ cleanup() {
   set +e
   if [ -n "$ctrd_pid" ]; then
     # Pods a failed test left behind would outlive containerd.
-    "$bin/crictl" -r "unix://$sock" rmp -fa >/dev/null 2>&1
+    timeout 300 "$bin/crictl" -r "unix://$sock" rmp -fa >/dev/null 2>&1
     kill -TERM "$ctrd_pid" 2>/dev/null
     wait "$ctrd_pid" 2>/dev/null
   fi
@@ -66,7 +72,8 @@ cleanup() {
   exit "$rc"
 }
 trap cleanup EXIT
-trap 'exit 130' INT TERM
+trap 'exit 130' INT
+trap 'exit 143' TERM
 
 rm -rf "$out"
 mkdir -p "$out"
@@ -130,13 +137,18 @@ server = "http://$registry"
 EOF
 done
 ip link delete "$bridge" 2>/dev/null || true
-"$bin/containerd" --config "$tmp/config.toml" --log-level debug >"$tmp/containerd.log" 2>&1 &
+# A session of its own: a signal to this script's process group (Ctrl-C, a
+# CI timeout) does not reach containerd before cleanup has removed the pods.
+setsid "$bin/containerd" --config "$tmp/config.toml" --log-level debug >"$tmp/containerd.log" 2>&1 &
 ctrd_pid=$!
 for _ in $(seq 300); do
   ctr version >/dev/null 2>&1 && break
   sleep 0.1
 done
 ctr version >/dev/null
+# setsid forks only in a process group leader, which a job of this script
+# is not: the pid is containerd's, for cleanup to stop it.
+grep -qx containerd "/proc/$ctrd_pid/comm"
 # The pinned pause image and busybox, as make up imports them.
 for image in "$bin"/images/*.tar; do
   ctr -n k8s.io images import "$image" >/dev/null
