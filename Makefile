@@ -8,6 +8,7 @@
 #   make chaos   1000 pod lifecycles under SIGKILLs, then a leak check
 #   make bench   berth vs the built-in controller: latency, CPU, calls, memory
 #   make bench-restart  containerd restart with 300 live pods, berth vs built-in
+#   make critest critest (CRI conformance) on runc, berth and berth-builtin
 #   make lint    gofmt, go vet, staticcheck
 #   make kube    kubelet, kube-apiserver and etcd (tools/kube) -> bin/
 #   make e2e     a one-node Kubernetes around berth's containerd (root)
@@ -25,7 +26,7 @@ PAUSE_IMAGE   := localhost/berth/pause:1
 BUSYBOX_IMAGE := localhost/berth/busybox:1
 BUSYBOX       ?= /bin/busybox
 
-.PHONY: build binaries images kube install up test unit integration e2e soak chaos bench bench-restart lint clean
+.PHONY: build binaries images kube install up test unit integration e2e soak chaos bench bench-restart critest critest-binaries lint clean
 
 build: binaries images
 
@@ -38,6 +39,7 @@ binaries:
 	cd tools/runc && CGO_ENABLED=1 $(GO) build -trimpath -tags "seccomp urfave_cli_no_docs" -o $(BIN)/runc github.com/opencontainers/runc
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w" -o $(BIN)/berth-pause ./cmd/berth-pause
 	$(GO) build -o $(BIN)/berth-image ./cmd/berth-image
+	cd tools/critools && $(GO) build -trimpath -o $(BIN)/crictl sigs.k8s.io/cri-tools/cmd/crictl
 
 # The Kubernetes make e2e runs: kubelet and kube-apiserver of KUBE_VERSION
 # and etcd, from the module tools/kube. The version strings are the ones
@@ -77,7 +79,7 @@ up: build
 test: unit integration
 
 unit:
-	$(GO) test -race -count=1 ./store/... ./retry/... ./podsandbox/... ./controller/... ./plugin/... ./podcgroup/...
+	$(GO) test -race -count=1 ./store/... ./retry/... ./podsandbox/... ./controller/... ./plugin/... ./podcgroup/... ./cmd/berth-image/... ./critest/...
 
 # The suite runs on the release build, with berth's pods on the pause
 # image (with a 100-lifecycle soak and a 200-lifecycle chaos run), on the
@@ -136,6 +138,25 @@ soak: build
 CHAOS_SEED ?= 0
 chaos: build
 	$(GO) test -count=1 -timeout 90m -v -run Chaos ./integration -args -bin $(BIN) -chaos 1000 -chaos-seed $(CHAOS_SEED)
+
+# critest (tools/critools pins cri-tools), its report, and the programs of
+# the images critest pulls (critest/images; hack/critest-images.sh).
+critest-binaries: binaries
+	cd tools/critools && $(GO) test -c -trimpath -o $(BIN)/critest sigs.k8s.io/cri-tools/cmd/critest
+	$(GO) build -o $(BIN)/critest-report ./critest/report
+	for p in webserver nnp pgrep ipcs; do \
+		CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w" -o $(BIN)/critest-images/$$p ./critest/images/$$p || exit 1; \
+	done
+
+# critest once per runtime handler (runc, berth, berth-builtin) and a small
+# critest -benchmark each, against the tests' containerd config, with
+# critest's images from a loopback registry; reports in CRITEST_OUT. Fails
+# when berth or berth-builtin fails a test runc passes. The CNI bridge, its
+# subnet, the metrics and registry addresses are CRITEST_BRIDGE,
+# CRITEST_SUBNET, CRITEST_METRICS and CRITEST_REGISTRY (see hack/critest.sh).
+CRITEST_OUT ?= $(OUT)/critest
+critest: build critest-binaries
+	GOARCH=$$($(GO) env GOARCH) hack/critest.sh $(BIN) $(CRITEST_OUT)
 
 lint:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); exit 1; }
