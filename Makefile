@@ -8,7 +8,10 @@
 #   make chaos   1000 pod lifecycles under SIGKILLs, then a leak check
 #   make bench   berth vs the built-in controller: latency, CPU, calls, memory
 #   make bench-restart  containerd restart with 300 live pods, berth vs built-in
+#   make critest critest (CRI conformance) on runc, berth and berth-builtin
 #   make lint    gofmt, go vet, staticcheck
+#   make kube    kubelet, kube-apiserver and etcd (tools/kube) -> bin/
+#   make e2e     a one-node Kubernetes around berth's containerd (root)
 
 GO          ?= go
 BIN         := $(CURDIR)/bin
@@ -23,7 +26,7 @@ PAUSE_IMAGE   := localhost/berth/pause:1
 BUSYBOX_IMAGE := localhost/berth/busybox:1
 BUSYBOX       ?= /bin/busybox
 
-.PHONY: build binaries images install up test unit integration soak chaos bench bench-restart lint clean
+.PHONY: build binaries images kube install up test unit integration e2e soak chaos bench bench-restart critest critest-binaries lint clean
 
 build: binaries images
 
@@ -36,6 +39,21 @@ binaries:
 	cd tools/runc && CGO_ENABLED=1 $(GO) build -trimpath -tags "seccomp urfave_cli_no_docs" -o $(BIN)/runc github.com/opencontainers/runc
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w" -o $(BIN)/berth-pause ./cmd/berth-pause
 	$(GO) build -o $(BIN)/berth-image ./cmd/berth-image
+	cd tools/critools && $(GO) build -trimpath -o $(BIN)/crictl sigs.k8s.io/cri-tools/cmd/crictl
+
+# The Kubernetes make e2e runs: kubelet and kube-apiserver of KUBE_VERSION
+# and etcd, from the module tools/kube. The version strings are the ones
+# Kubernetes' own build stamps (hack/lib/version.sh); the API server derives
+# its emulation version from them. Static, as upstream ships them; the Go
+# build cache keeps a second build to the link steps.
+KUBE_VERSION := v1.37.2
+KUBE_VERSION_PKGS := k8s.io/component-base/version k8s.io/client-go/pkg/version
+KUBE_LDFLAGS := $(foreach p,$(KUBE_VERSION_PKGS),-X $(p).gitVersion=$(KUBE_VERSION) \
+	-X $(p).gitMajor=1 -X $(p).gitMinor=37 -X $(p).gitTreeState=clean)
+kube:
+	cd tools/kube && CGO_ENABLED=0 $(GO) build -ldflags "$(KUBE_LDFLAGS)" -o $(BIN)/ \
+		k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/cmd/kube-apiserver
+	cd tools/kube && CGO_ENABLED=0 $(GO) build -o $(BIN)/etcd go.etcd.io/etcd/server/v3
 
 # The pause image holds only berth-pause, run as nobody. The test image is
 # Debian's static busybox (package busybox-static).
@@ -61,7 +79,7 @@ up: build
 test: unit integration
 
 unit:
-	$(GO) test -race -count=1 ./store/... ./retry/... ./podsandbox/... ./controller/... ./plugin/... ./podcgroup/...
+	$(GO) test -race -count=1 ./store/... ./retry/... ./podsandbox/... ./controller/... ./plugin/... ./podcgroup/... ./cmd/berth-image/... ./critest/...
 
 # The suite runs on the release build, with berth's pods on the pause
 # image (with a 100-lifecycle soak and a 200-lifecycle chaos run), on the
@@ -86,6 +104,17 @@ integration: build
 		-args -bin $(BIN) -bench-out $(OUT)/bench-smoke -bench-serial 2 -bench-parallel 8 -bench-count 1 \
 		-bench-live 8 -bench-handlers runc,berth
 
+# A one-node Kubernetes (etcd, kube-apiserver, kubelet) on this machine around
+# this containerd; the tests drive it through the API server with
+# client-go. A package of its own (integration/kube) with flags of its own,
+# which is why the runs above name ./integration alone. E2E_RUN picks tests
+# (go test -run); E2E_ARGS takes the package's flags (-keep, ports, bridge;
+# see integration/kube/main_test.go).
+E2E_RUN  ?= .
+E2E_ARGS ?=
+e2e: build kube
+	$(GO) test -count=1 -timeout 30m -v -run '$(E2E_RUN)' ./integration/kube -args -bin $(BIN) $(E2E_ARGS)
+
 # Every handler of the comparison in one containerd, in alternating blocks;
 # writes bench.json, bench.md and bench.png to BENCH_OUT. BENCH_ARGS takes
 # the benchmark's flags (-bench-handlers, -bench-serial, ...; see
@@ -109,6 +138,25 @@ soak: build
 CHAOS_SEED ?= 0
 chaos: build
 	$(GO) test -count=1 -timeout 90m -v -run Chaos ./integration -args -bin $(BIN) -chaos 1000 -chaos-seed $(CHAOS_SEED)
+
+# critest (tools/critools pins cri-tools), its report, and the programs of
+# the images critest pulls (critest/images; hack/critest-images.sh).
+critest-binaries: binaries
+	cd tools/critools && $(GO) test -c -trimpath -o $(BIN)/critest sigs.k8s.io/cri-tools/cmd/critest
+	$(GO) build -o $(BIN)/critest-report ./critest/report
+	for p in webserver nnp pgrep ipcs; do \
+		CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w" -o $(BIN)/critest-images/$$p ./critest/images/$$p || exit 1; \
+	done
+
+# critest once per runtime handler (runc, berth, berth-builtin) and a small
+# critest -benchmark each, against the tests' containerd config, with
+# critest's images from a loopback registry; reports in CRITEST_OUT. Fails
+# when berth or berth-builtin fails a test runc passes. The CNI bridge, its
+# subnet, the metrics and registry addresses are CRITEST_BRIDGE,
+# CRITEST_SUBNET, CRITEST_METRICS and CRITEST_REGISTRY (see hack/critest.sh).
+CRITEST_OUT ?= $(OUT)/critest
+critest: build critest-binaries
+	GOARCH=$$($(GO) env GOARCH) hack/critest.sh $(BIN) $(CRITEST_OUT)
 
 lint:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); exit 1; }

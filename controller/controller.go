@@ -165,6 +165,20 @@ func (c *Controller) Platform(_ context.Context, id string) (imagespec.Platform,
 	return platforms.DefaultSpec(), nil
 }
 
+// locked locks sandbox id and returns it; the caller must call unlock
+// exactly once when err is nil. A sandbox the store does not have is
+// errdefs.ErrNotFound, with nothing locked.
+func (c *Controller) locked(ctx context.Context, id string) (sb *store.Sandbox, unlock func(), err error) {
+	if unlock, err = c.locks.lock(ctx, id); err != nil {
+		return nil, nil, err
+	}
+	if sb, err = c.store.Get(id); err != nil {
+		unlock()
+		return nil, nil, err
+	}
+	return sb, unlock, nil
+}
+
 // handler resolves the CRI runtime handler of a sandbox the way CRI does.
 func (c *Controller) handler(md store.Metadata) string {
 	handler := md.RuntimeHandler

@@ -25,13 +25,17 @@ const criMetadataExtension = "metadata"
 // before berth checks whether CRI gave up on it.
 const abandonedAfter = 2 * time.Minute
 
-// criMetadata mirrors the fields berth reads from CRI's metadata extension.
-// CRI's own type is internal, and registering its type URL with typeurl
-// would clash with CRI's registration, so the JSON is decoded directly.
+// criMetadata mirrors CRI's metadata extension, and criSandboxMetadata the
+// fields berth reads of its Metadata. CRI's own type is internal, and
+// registering its type URL with typeurl would clash with CRI's
+// registration, so the JSON is decoded directly.
 type criMetadata struct {
-	Metadata struct {
-		RuntimeHandler string
-	}
+	Metadata json.RawMessage
+}
+
+type criSandboxMetadata struct {
+	RuntimeHandler string
+	CNIResult      json.RawMessage
 }
 
 // Create records the sandbox CRI is about to start, after checking that it
@@ -56,16 +60,14 @@ func (c *Controller) Create(ctx context.Context, info sandbox.Sandbox, opts ...s
 	if err := typeurl.UnmarshalTo(o.Options, &cfg); err != nil {
 		return fmt.Errorf("decode PodSandboxConfig: %w: %w", errdefs.ErrInvalidArgument, err)
 	}
-	handler, err := runtimeHandler(info)
-	if err != nil {
-		return err
-	}
 	md := store.Metadata{
-		ID:             info.ID,
-		RuntimeHandler: handler,
-		NetNSPath:      o.NetNSPath,
-		Config:         &cfg,
-		Runtime:        sandbox.RuntimeOpts{Name: info.Runtime.Name, Options: runtimeOptions(info.Runtime.Options)},
+		ID:        info.ID,
+		NetNSPath: o.NetNSPath,
+		Config:    &cfg,
+		Runtime:   sandbox.RuntimeOpts{Name: info.Runtime.Name, Options: runtimeOptions(info.Runtime.Options)},
+	}
+	if err := withCRIMetadata(&md, info); err != nil {
+		return err
 	}
 	if err := c.runnable(md); err != nil {
 		return err
@@ -93,19 +95,27 @@ func (c *Controller) runnable(md store.Metadata) error {
 	return podsandbox.Validate(md.Config, c.config.CRI.RuntimeSettings, c.config.Node)
 }
 
-// runtimeHandler reads the runtime handler from CRI's metadata extension. A
-// sandbox made through the sandbox API without CRI has none and gets CRI's
-// default runtime.
-func runtimeHandler(info sandbox.Sandbox) (string, error) {
+// withCRIMetadata records in md what CRI's metadata extension of its
+// sandbox record says: the runtime handler, and the metadata and CNI result
+// for verbose status. A sandbox made through the sandbox API without CRI
+// has none and gets CRI's default runtime.
+func withCRIMetadata(md *store.Metadata, info sandbox.Sandbox) error {
 	ext, ok := info.Extensions[criMetadataExtension]
 	if !ok || ext == nil {
-		return "", nil
+		return nil
 	}
-	var md criMetadata
-	if err := json.Unmarshal(ext.GetValue(), &md); err != nil {
-		return "", fmt.Errorf("decode CRI metadata extension: %w: %w", errdefs.ErrInvalidArgument, err)
+	var cri criMetadata
+	if err := json.Unmarshal(ext.GetValue(), &cri); err != nil {
+		return fmt.Errorf("decode CRI metadata extension: %w: %w", errdefs.ErrInvalidArgument, err)
 	}
-	return md.Metadata.RuntimeHandler, nil
+	var sb criSandboxMetadata
+	if len(cri.Metadata) > 0 {
+		if err := json.Unmarshal(cri.Metadata, &sb); err != nil {
+			return fmt.Errorf("decode CRI sandbox metadata: %w: %w", errdefs.ErrInvalidArgument, err)
+		}
+	}
+	md.RuntimeHandler, md.CRIMetadata, md.CNIResult = sb.RuntimeHandler, cri.Metadata, sb.CNIResult
+	return nil
 }
 
 // forgetIfAbandoned forgets sb once CRI has dropped it without starting it.

@@ -103,8 +103,8 @@ func recordOn(info containers.Container) (record, error) {
 }
 
 // loadSandbox rebuilds a sandbox from what Start recorded on its pause
-// container, whose record info is.
-func loadSandbox(container containerd.Container, info containers.Container) (*store.Sandbox, error) {
+// container, whose record info is, and from cri, CRI's record of it.
+func loadSandbox(container containerd.Container, info containers.Container, cri sandbox.Sandbox) (*store.Sandbox, error) {
 	r, err := recordOn(info)
 	if err != nil {
 		return nil, err
@@ -121,13 +121,13 @@ func loadSandbox(container containerd.Container, info containers.Container) (*st
 	if err != nil {
 		return nil, err
 	}
-	sb := store.NewSandbox(store.Metadata{
-		ID:             info.ID,
-		RuntimeHandler: r.RuntimeHandler,
-		NetNSPath:      r.NetNSPath,
-		Config:         &cfg,
-		Runtime:        runtimeOf(info),
-	})
+	md := store.Metadata{ID: info.ID, NetNSPath: r.NetNSPath, Config: &cfg, Runtime: runtimeOf(info)}
+	// Only for verbose status: berth's record is what recovery goes by.
+	if err := withCRIMetadata(&md, cri); err != nil {
+		return nil, err
+	}
+	md.RuntimeHandler = r.RuntimeHandler
+	sb := store.NewSandbox(md)
 	inst := &store.Instance{
 		Container:    container,
 		Spec:         spec,

@@ -12,6 +12,7 @@ import (
 
 	containerd "github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/core/containers"
+	"github.com/containerd/containerd/v2/core/sandbox"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
@@ -62,7 +63,8 @@ func (c *Controller) Recover(ctx context.Context, cfg RecoverConfig) error {
 		if err != nil || !isBerthContainer(info) {
 			continue
 		}
-		if !owned[info.ID] {
+		cri, ok := owned[info.ID]
+		if !ok {
 			c.removeOrphan(ctx, container)
 			continue
 		}
@@ -72,7 +74,7 @@ func (c *Controller) Recover(ctx context.Context, cfg RecoverConfig) error {
 		go func() {
 			defer wg.Done()
 			defer func() { <-sem }()
-			c.recoverSandbox(ctx, container, info, cfg.Timeout)
+			c.recoverSandbox(ctx, container, info, cri, cfg.Timeout)
 		}()
 	}
 	wg.Wait()
@@ -83,27 +85,28 @@ func (c *Controller) Recover(ctx context.Context, cfg RecoverConfig) error {
 	return nil
 }
 
-// ownedSandboxes are the IDs of CRI's sandbox records that name berth.
-func (c *Controller) ownedSandboxes(ctx context.Context) (map[string]bool, error) {
+// ownedSandboxes are CRI's sandbox records that name berth, by ID.
+func (c *Controller) ownedSandboxes(ctx context.Context) (map[string]sandbox.Sandbox, error) {
 	records, err := c.client.SandboxStore().List(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("list sandbox records: %w", err)
 	}
-	owned := map[string]bool{}
+	owned := map[string]sandbox.Sandbox{}
 	for _, r := range records {
 		if r.Sandboxer == c.config.Sandboxer {
-			owned[r.ID] = true
+			owned[r.ID] = r
 		}
 	}
 	return owned, nil
 }
 
-// recoverSandbox reloads one sandbox from its pause container.
-func (c *Controller) recoverSandbox(ctx context.Context, container containerd.Container, info containers.Container, timeout time.Duration) {
+// recoverSandbox reloads one sandbox from its pause container and CRI's
+// record of it.
+func (c *Controller) recoverSandbox(ctx context.Context, container containerd.Container, info containers.Container, cri sandbox.Sandbox, timeout time.Duration) {
 	id := info.ID
 	logger := log.G(ctx).WithField("sandbox_id", id)
 	ctx = log.WithLogger(ctx, logger)
-	sb, err := loadSandbox(container, info)
+	sb, err := loadSandbox(container, info, cri)
 	if err != nil {
 		// Without its config the sandbox cannot be served: remove what is
 		// left of it. CRI reports it NOTREADY and kubelet replaces it.

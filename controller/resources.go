@@ -62,15 +62,11 @@ func (c *Controller) Update(ctx context.Context, id string, info sandbox.Sandbox
 		return err
 	}
 	ctx = log.WithLogger(ctx, log.G(ctx).WithField("sandbox_id", id))
-	unlock, err := c.locks.lock(ctx, id)
+	sb, unlock, err := c.locked(ctx, id)
 	if err != nil {
 		return err
 	}
 	defer unlock()
-	sb, err := c.store.Get(id)
-	if err != nil {
-		return err
-	}
 	status := sb.Status()
 	if status.State != store.StateReady {
 		return fmt.Errorf("sandbox is %s: %w", status.State, errdefs.ErrFailedPrecondition)

@@ -17,16 +17,11 @@ func (c *Controller) Shutdown(ctx context.Context, id string) error {
 	ctx = log.WithLogger(ctx, log.G(ctx).WithField("sandbox_id", id))
 	ctx, cancel := context.WithTimeout(ctx, c.config.StopTimeout+cleanupTimeout)
 	defer cancel()
-	unlock, err := c.locks.lock(ctx, id)
-	if err != nil {
-		return err
-	}
-	defer unlock()
-
-	sb, err := c.store.Get(id)
+	sb, unlock, err := c.locked(ctx, id)
 	if err != nil {
 		return ignoreNotFound(err)
 	}
+	defer unlock()
 	// CRI stops a sandbox before it removes it, except when it rolls back a
 	// RunPodSandbox that failed after Start.
 	if err := c.stop(ctx, sb); err != nil {

@@ -29,16 +29,11 @@ import (
 func (c *Controller) Start(ctx context.Context, id string) (sandbox.ControllerInstance, error) {
 	defer c.telemetry.timeOperation("start")()
 	ctx = log.WithLogger(ctx, log.G(ctx).WithField("sandbox_id", id))
-	unlock, err := c.locks.lock(ctx, id)
+	sb, unlock, err := c.locked(ctx, id)
 	if err != nil {
 		return sandbox.ControllerInstance{}, err
 	}
 	defer unlock()
-
-	sb, err := c.store.Get(id)
-	if err != nil {
-		return sandbox.ControllerInstance{}, err
-	}
 	if state := sb.Status().State; state != store.StateCreated {
 		return sandbox.ControllerInstance{}, fmt.Errorf("sandbox is %s, not created: %w", state, errdefs.ErrFailedPrecondition)
 	}

@@ -66,6 +66,8 @@ type sandboxInfo struct {
 	RuntimeOptions any                          `json:"runtimeOptions"`
 	Config         *runtimeapi.PodSandboxConfig `json:"config"`
 	RuntimeSpec    json.RawMessage              `json:"runtimeSpec"`
+	CNIResult      json.RawMessage              `json:"cniResult,omitempty"`
+	Metadata       json.RawMessage              `json:"sandboxMetadata,omitempty"`
 	// Resources and Overhead are the pod-level resources Update applied,
 	// as kubelet passed them.
 	Resources *runtimeapi.ContainerResources `json:"resources,omitempty"`
@@ -78,6 +80,8 @@ func verboseInfo(sb *store.Sandbox, s store.Status) (string, error) {
 		Status:         processStatus(s.State),
 		RuntimeHandler: sb.RuntimeHandler,
 		Config:         sb.Config,
+		CNIResult:      sb.CNIResult,
+		Metadata:       sb.CRIMetadata,
 	}
 	if s.Resources != nil {
 		info.Resources = &runtimeapi.ContainerResources{Linux: s.Resources}

@@ -5,7 +5,6 @@ import (
 	"fmt"
 
 	"github.com/containerd/containerd/v2/core/sandbox"
-	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
 
 	"github.com/berth-dev/berth/store"
@@ -30,19 +29,11 @@ func (c *Controller) Stop(ctx context.Context, id string, opts ...sandbox.StopOp
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 
-	unlock, err := c.locks.lock(ctx, id)
+	sb, unlock, err := c.locked(ctx, id)
 	if err != nil {
-		return err
+		return ignoreNotFound(err)
 	}
 	defer unlock()
-
-	sb, err := c.store.Get(id)
-	if errdefs.IsNotFound(err) {
-		return nil
-	}
-	if err != nil {
-		return err
-	}
 	return c.stop(ctx, sb)
 }
 

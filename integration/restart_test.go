@@ -401,6 +401,9 @@ func TestRestartIgnoresPodLabels(t *testing.T) {
 	if _, err := daemon.client.SandboxController(sandboxerBerth).Status(ctxT(t), builtin, false); !errdefs.IsNotFound(err) {
 		t.Errorf("berth knows the built-in's pod: %v", err)
 	}
+	if info := verboseInfo(t, podStatus(t, berth).GetInfo()); info["sandboxMetadata"] == nil || info["cniResult"] == nil {
+		t.Errorf("verbose info after the restart has no sandboxMetadata or cniResult: %v", info)
+	}
 	st, err := daemon.client.SandboxController(sandboxerBerth).Status(ctxT(t), berth, true)
 	if err != nil {
 		t.Fatal(err)

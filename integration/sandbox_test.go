@@ -48,6 +48,10 @@ func TestPodLifecycle(t *testing.T) {
 	if info["processStatus"] != "running" || info["runtimeSpec"] == nil {
 		t.Errorf("verbose info %v: want running with a runtime spec", info)
 	}
+	// What crictl inspectp shows of the pod's network, as for the built-in's.
+	if md, _ := info["sandboxMetadata"].(map[string]any); md == nil || md["IP"] != st.GetStatus().GetNetwork().GetIp() || info["cniResult"] == nil {
+		t.Errorf("verbose info: sandboxMetadata %v, cniResult %v; want CRI's, with the pod IP", info["sandboxMetadata"], info["cniResult"])
+	}
 
 	if _, err := daemon.runtime.StopPodSandbox(ctx, &runtimeapi.StopPodSandboxRequest{PodSandboxId: id}); err != nil {
 		t.Fatalf("StopPodSandbox: %v", err)

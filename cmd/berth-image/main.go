@@ -1,13 +1,16 @@
 // Command berth-image writes a single-layer OCI image archive from files on
 // this machine, for `ctr images import`. berth's tests and `make up` build
-// their pause and test images with it, since nodes without a registry (and
-// this project's CI) cannot pull any.
+// their pause and test images with it, and `make critest` the images critest
+// pulls, since nodes without a registry (and this project's CI) cannot pull
+// any.
 //
 //	berth-image -o pause.tar -name localhost/berth/pause:1 -entrypoint /pause \
 //	    -user 65535:65535 bin/berth-pause=/pause
 //
-// Each FILE argument is HOST=IMAGE (a file copied in, mode kept); -link
-// IMAGE=TARGET adds a symlink.
+// Each FILE argument is HOST=IMAGE (a file copied in, mode kept unless -mode
+// IMAGE=MODE gives one); -link IMAGE=TARGET adds a symlink, -hardlink
+// IMAGE=FILE a hard link to a FILE's IMAGE path and -dir IMAGE=MODE an empty
+// directory.
 package main
 
 import (
@@ -20,7 +23,6 @@ import (
 	"os"
 	"path"
 	"runtime"
-	"sort"
 	"strings"
 	"time"
 
@@ -34,36 +36,51 @@ type listFlag []string
 func (l *listFlag) String() string     { return strings.Join(*l, ",") }
 func (l *listFlag) Set(v string) error { *l = append(*l, v); return nil }
 
+// imageSpec is the image's name, its config and its layer.
+type imageSpec struct {
+	name            string
+	entrypoint, cmd []string
+	user            string
+	layer           layerSpec
+}
+
 func main() {
 	var (
 		out        = flag.String("o", "", "output archive path")
 		name       = flag.String("name", "", "image reference, e.g. localhost/berth/pause:1")
 		entrypoint = flag.String("entrypoint", "", "entrypoint, space separated")
+		cmd        = flag.String("cmd", "", "CMD, space separated")
 		user       = flag.String("user", "", "USER of the image")
-		links      listFlag
+		layer      layerSpec
 	)
-	flag.Var(&links, "link", "IMAGE=TARGET symlink, repeatable")
+	flag.Var((*listFlag)(&layer.links), "link", "IMAGE=TARGET symlink, repeatable")
+	flag.Var((*listFlag)(&layer.hardlinks), "hardlink", "IMAGE=FILE hard link to a FILE's IMAGE path, repeatable")
+	flag.Var((*listFlag)(&layer.dirs), "dir", "IMAGE=MODE empty directory with octal mode, repeatable")
+	flag.Var((*listFlag)(&layer.modes), "mode", "IMAGE=MODE octal mode of a FILE, repeatable")
 	flag.Parse()
 	if *out == "" || *name == "" {
 		fmt.Fprintln(os.Stderr, "berth-image: -o and -name are required")
 		os.Exit(2)
 	}
-	if err := build(*out, *name, strings.Fields(*entrypoint), *user, flag.Args(), links); err != nil {
+	layer.files = flag.Args()
+	spec := imageSpec{name: *name, entrypoint: strings.Fields(*entrypoint), cmd: strings.Fields(*cmd), user: *user, layer: layer}
+	if err := build(*out, spec); err != nil {
 		fmt.Fprintln(os.Stderr, "berth-image:", err)
 		os.Exit(1)
 	}
 }
 
-func build(out, name string, entrypoint []string, user string, files, links []string) error {
-	layer, err := layerTar(files, links)
+func build(out string, spec imageSpec) error {
+	layer, err := layerTar(spec.layer)
 	if err != nil {
 		return err
 	}
 	config := ocispec.Image{
 		Platform: ocispec.Platform{OS: "linux", Architecture: runtime.GOARCH},
 		Config: ocispec.ImageConfig{
-			Entrypoint: entrypoint,
-			User:       user,
+			Entrypoint: spec.entrypoint,
+			Cmd:        spec.cmd,
+			User:       spec.user,
 			Env:        []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"},
 		},
 		RootFS: ocispec.RootFS{Type: "layers", DiffIDs: []digest.Digest{digest.FromBytes(layer)}},
@@ -85,8 +102,8 @@ func build(out, name string, entrypoint []string, user string, files, links []st
 	md := descriptor(ocispec.MediaTypeImageManifest, manifestJSON)
 	md.Annotations = map[string]string{
 		// containerd's importer names the image after this annotation.
-		"io.containerd.image.name": name,
-		ocispec.AnnotationRefName:  name,
+		"io.containerd.image.name": spec.name,
+		ocispec.AnnotationRefName:  spec.name,
 	}
 	md.Platform = &config.Platform
 	index, err := json.Marshal(ocispec.Index{
@@ -123,66 +140,6 @@ func build(out, name string, entrypoint []string, user string, files, links []st
 		return err
 	}
 	return os.WriteFile(out, archive.Bytes(), 0o644)
-}
-
-// layerTar makes the image's only layer, with the parent directories of
-// every entry.
-func layerTar(files, links []string) ([]byte, error) {
-	var buf bytes.Buffer
-	tw := tar.NewWriter(&buf)
-	dirs := map[string]bool{}
-	mkdirs := func(p string) error {
-		var parents []string
-		for d := path.Dir(p); d != "/" && !dirs[d]; d = path.Dir(d) {
-			dirs[d] = true
-			parents = append(parents, d)
-		}
-		sort.Strings(parents)
-		for _, d := range parents {
-			hdr := &tar.Header{Typeflag: tar.TypeDir, Name: strings.TrimPrefix(d, "/") + "/", Mode: 0o755, ModTime: epoch}
-			if err := tw.WriteHeader(hdr); err != nil {
-				return err
-			}
-		}
-		return nil
-	}
-	for _, f := range files {
-		host, dst, ok := strings.Cut(f, "=")
-		if !ok || !path.IsAbs(dst) {
-			return nil, fmt.Errorf("file %q: want HOST=/IMAGE/PATH", f)
-		}
-		data, err := os.ReadFile(host)
-		if err != nil {
-			return nil, err
-		}
-		fi, err := os.Stat(host)
-		if err != nil {
-			return nil, err
-		}
-		if err := mkdirs(dst); err != nil {
-			return nil, err
-		}
-		if err := writeFile(tw, strings.TrimPrefix(dst, "/"), data, int64(fi.Mode().Perm())); err != nil {
-			return nil, err
-		}
-	}
-	for _, l := range links {
-		dst, target, ok := strings.Cut(l, "=")
-		if !ok || !path.IsAbs(dst) {
-			return nil, fmt.Errorf("link %q: want /IMAGE/PATH=TARGET", l)
-		}
-		if err := mkdirs(dst); err != nil {
-			return nil, err
-		}
-		hdr := &tar.Header{Typeflag: tar.TypeSymlink, Name: strings.TrimPrefix(dst, "/"), Linkname: target, Mode: 0o777, ModTime: epoch}
-		if err := tw.WriteHeader(hdr); err != nil {
-			return nil, err
-		}
-	}
-	if err := tw.Close(); err != nil {
-		return nil, err
-	}
-	return buf.Bytes(), nil
 }
 
 // epoch is every entry's mtime, so the same inputs give the same digests.
