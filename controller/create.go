@@ -114,7 +114,8 @@ func withCRIMetadata(md *store.Metadata, info sandbox.Sandbox) error {
 			return fmt.Errorf("decode CRI sandbox metadata: %w: %w", errdefs.ErrInvalidArgument, err)
 		}
 	}
-	md.RuntimeHandler, md.CRIMetadata, md.CNIResult = sb.RuntimeHandler, cri.Metadata, sb.CNIResult
+	// Whole, with its version: CRI decodes it as its own in verbose status.
+	md.RuntimeHandler, md.CRIMetadata, md.CNIResult = sb.RuntimeHandler, ext.GetValue(), sb.CNIResult
 	return nil
 }
 

@@ -49,7 +49,8 @@ func TestPodLifecycle(t *testing.T) {
 		t.Errorf("verbose info %v: want running with a runtime spec", info)
 	}
 	// What crictl inspectp shows of the pod's network, as for the built-in's.
-	if md, _ := info["sandboxMetadata"].(map[string]any); md == nil || md["IP"] != st.GetStatus().GetNetwork().GetIp() || info["cniResult"] == nil {
+	md, _ := info["sandboxMetadata"].(map[string]any)
+	if md, _ := md["Metadata"].(map[string]any); md == nil || md["IP"] != st.GetStatus().GetNetwork().GetIp() || info["cniResult"] == nil {
 		t.Errorf("verbose info: sandboxMetadata %v, cniResult %v; want CRI's, with the pod IP", info["sandboxMetadata"], info["cniResult"])
 	}
 

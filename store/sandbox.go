@@ -72,8 +72,9 @@ type Metadata struct {
 	// Runtime is the sandbox record's runtime; Options is nil when the
 	// handler has none.
 	Runtime sandbox.RuntimeOpts
-	// CRIMetadata is CRI's metadata of the sandbox, as JSON, and CNIResult
-	// the CNI result in it, for verbose status; nil without CRI.
+	// CRIMetadata is CRI's metadata of the sandbox, the JSON of its
+	// versioned form, and CNIResult the CNI result in it, for verbose
+	// status; nil without CRI.
 	CRIMetadata, CNIResult json.RawMessage
 }
 
