@@ -66,9 +66,9 @@ type allowedDifference struct {
 	// codeField for RunPodSandbox's gRPC code.
 	field string
 	// key, if set, is the one map key of field that may differ.
-	key string
-	when  func(*runtimeapi.PodSandboxConfig) bool
-	why   string
+	key  string
+	when func(*runtimeapi.PodSandboxConfig) bool
+	why  string
 }
 
 const codeField = "gRPC code"
