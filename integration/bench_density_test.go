@@ -16,6 +16,7 @@ import (
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/berth-dev/berth/controller"
+	"github.com/berth-dev/berth/integration/hostproc"
 )
 
 // handlerGrouped is the built-in controller with pods that put themselves
@@ -49,7 +50,7 @@ func sampleNodeMemory(b testing.TB) nodeMemory {
 	for _, shim := range shimsOf("") {
 		m.shims++
 		m.shimKiB += pssKiB(b, shim)
-		for _, child := range childrenOf(shim) {
+		for _, child := range hostproc.Children(shim) {
 			m.pauseKiB += pssKiB(b, child)
 		}
 	}
@@ -117,13 +118,13 @@ func measureShimKill(b *testing.B, h *handlerStats) {
 		}
 		return info.Pid
 	}
-	shim, err := parentOf(pauseOf(ids[0]))
+	shim, err := hostproc.Parent(pauseOf(ids[0]))
 	if err != nil {
 		b.Fatal(err)
 	}
 	var victims []string
 	for _, id := range ids {
-		if p, err := parentOf(pauseOf(id)); err == nil && p == shim {
+		if p, err := hostproc.Parent(pauseOf(id)); err == nil && p == shim {
 			victims = append(victims, id)
 		}
 	}

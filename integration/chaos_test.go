@@ -18,6 +18,8 @@ import (
 	"time"
 
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/berth-dev/berth/integration/hostproc"
 )
 
 var (
@@ -255,7 +257,7 @@ func chaosShimPid(ctx context.Context, id string) (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	return parentOf(pid)
+	return hostproc.Parent(pid)
 }
 
 // chaosShimVictims are the pods among live whose pause or app container
@@ -282,7 +284,7 @@ func chaosShimVictims(id string, live []*chaosPod) ([]*chaosPod, error) {
 			}
 		}
 		for _, pid := range pids {
-			if ppid, err := parentOf(pid); err == nil && ppid == shim {
+			if ppid, err := hostproc.Parent(pid); err == nil && ppid == shim {
 				victims = append(victims, q)
 				break
 			}

@@ -16,6 +16,8 @@ import (
 	"github.com/containerd/containerd/v2/core/leases"
 	"github.com/containerd/errdefs"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/berth-dev/berth/integration/hostproc"
 )
 
 // podOpt changes a pod config.
@@ -258,7 +260,7 @@ func assertNoLeaks(t *testing.T, id string) {
 		}
 	}
 	// A shared shim started for this pod may serve other pods still.
-	if pids := idleShims(id); len(pids) > 0 {
+	if pids := hostproc.IdleShims(daemon.socket(), id); len(pids) > 0 {
 		t.Errorf("leak: shim processes %v for %s, serving no process", pids, id)
 	}
 	if pids := cgroupProcs(id); len(pids) > 0 {
@@ -295,35 +297,9 @@ func livePods(t *testing.T) int {
 }
 
 // shimsOf lists the pids of this containerd's runc shims started for
-// sandbox id (a shared shim is started for its first pod), or all of its
-// shims if id is "".
+// sandbox id, or all of its shims if id is "" (hostproc.Shims).
 func shimsOf(id string) []int {
-	var pids []int
-	procs, _ := os.ReadDir("/proc")
-	for _, p := range procs {
-		pid, err := strconv.Atoi(p.Name())
-		if err != nil {
-			continue
-		}
-		b, err := os.ReadFile(filepath.Join("/proc", p.Name(), "cmdline"))
-		if err != nil {
-			continue
-		}
-		args := strings.Split(string(b), "\x00")
-		if !strings.HasSuffix(args[0], "containerd-shim-runc-v2") {
-			continue
-		}
-		flags := map[string]string{}
-		for i := 1; i+1 < len(args); i++ {
-			if strings.HasPrefix(args[i], "-") {
-				flags[args[i]] = args[i+1]
-			}
-		}
-		if flags["-address"] == daemon.socket() && (id == "" || flags["-id"] == id) {
-			pids = append(pids, pid)
-		}
-	}
-	return pids
+	return hostproc.Shims(daemon.socket(), id)
 }
 
 // cgroupProcs lists the processes in the cgroups named after container id
@@ -364,49 +340,11 @@ func cgroupDirs(id string) []string {
 // pause process.
 func shimOf(t *testing.T, id string) int {
 	t.Helper()
-	ppid, err := parentOf(podPid(t, id))
+	ppid, err := hostproc.Parent(podPid(t, id))
 	if err != nil {
 		t.Fatal(err)
 	}
 	return ppid
-}
-
-// parentOf is the parent pid of process pid.
-func parentOf(pid int) (int, error) {
-	stat, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "stat"))
-	if err != nil {
-		return 0, err
-	}
-	// The command may hold spaces; fields are counted after its ')'.
-	f := strings.Fields(string(stat[strings.LastIndexByte(string(stat), ')')+1:]))
-	return strconv.Atoi(f[1])
-}
-
-// childrenOf lists the child processes of pid.
-func childrenOf(pid int) []int {
-	var kids []int
-	procs, _ := os.ReadDir("/proc")
-	for _, p := range procs {
-		child, err := strconv.Atoi(p.Name())
-		if err != nil {
-			continue
-		}
-		if ppid, err := parentOf(child); err == nil && ppid == pid {
-			kids = append(kids, child)
-		}
-	}
-	return kids
-}
-
-// idleShims lists the shims started for sandbox id that serve no process.
-func idleShims(id string) []int {
-	var idle []int
-	for _, pid := range shimsOf(id) {
-		if len(childrenOf(pid)) == 0 {
-			idle = append(idle, pid)
-		}
-	}
-	return idle
 }
 
 // withoutPauseImage deletes the pause image for the rest of the test.

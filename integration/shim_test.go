@@ -12,6 +12,7 @@ import (
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/berth-dev/berth/controller"
+	"github.com/berth-dev/berth/integration/hostproc"
 )
 
 // podsPerShim is the config's pods_per_shim, which berth's handlers but
@@ -70,7 +71,7 @@ func TestSharedShim(t *testing.T) {
 	check := func() {
 		t.Helper()
 		for i, p := range pods {
-			ctrShim, err := parentOf(containerPid(t, p.ctr))
+			ctrShim, err := hostproc.Parent(containerPid(t, p.ctr))
 			if err != nil {
 				t.Fatal(err)
 			}
