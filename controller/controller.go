@@ -17,6 +17,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/containerd/containerd/v2/core/sandbox"
@@ -99,6 +100,11 @@ type Config struct {
 	BuiltinPause BuiltinPause
 	// Shims is how berth reaches a shim containerd lost.
 	Shims ShimSockets
+	// PodsPerShim is how many pods of a runc-based handler share a shim,
+	// HandlerPodsPerShim the same for handlers set apart; 1 gives every
+	// pod a shim of its own.
+	PodsPerShim        int
+	HandlerPodsPerShim map[string]int
 	// ConfigErr is set when berth's own config is invalid: the controller
 	// then runs on defaults, so that the sandboxes it has keep being
 	// stopped and removed, and refuses new ones with this error.
@@ -122,14 +128,27 @@ var _ sandbox.Controller = (*Controller)(nil)
 func New(cfg Config, client containerdClient, retries *retry.Queue) *Controller {
 	s := store.New()
 	t := newTelemetry(s)
-	return &Controller{
+	c := &Controller{
 		config:    cfg,
 		client:    client,
 		store:     s,
-		reaper:    newReaper(client, retries, t, cfg),
 		locks:     newKeyLock(),
 		telemetry: t,
 	}
+	c.reaper = newReaper(client, retries, t, cfg, newShimGroups(c.podsPerShim))
+	return c
+}
+
+// podsPerShim is how many pods of handler share a shim. Only the runc shim
+// groups tasks; other shims would ignore the group.
+func (c *Controller) podsPerShim(handler string) int {
+	if r, ok := c.config.CRI.Runtimes[handler]; !ok || !strings.HasPrefix(r.Type, runcRuntimePrefix) {
+		return 1
+	}
+	if n, ok := c.config.HandlerPodsPerShim[handler]; ok {
+		return n
+	}
+	return c.config.PodsPerShim
 }
 
 // Close stops the retry queue. containerd calls it when it shuts down.

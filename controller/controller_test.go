@@ -306,6 +306,52 @@ func TestKillRetryEndsAtExit(t *testing.T) {
 	})
 }
 
+// TestStartInRefusingSharedShim fails the pause task's creation in a
+// shared shim, as a shim shutting down fails it: Start undoes what it made
+// and makes the pod again in another shim group, and the refusing group
+// takes no pod again.
+func TestStartInRefusingSharedShim(t *testing.T) {
+	client := newFakeClient()
+	c := testController(t, client, func(cfg *Config) {
+		cfg.CRI.Runtimes[testHandler] = Runtime{Type: "io.containerd.runc.v2"}
+		cfg.PodsPerShim = 4
+	})
+	started(t, c, client, "sb1")
+	first := c.store.List()[0].Status().Instance.ShimGroup
+	if first == "" {
+		t.Fatal("no shim group with 4 pods per shim")
+	}
+	if err := create(t, c, client, "sb2", testPodConfig("sb2")); err != nil {
+		t.Fatal(err)
+	}
+	client.failNext("new task", errdefs.ErrUnavailable)
+	if _, err := c.Start(testContext(), "sb2"); err != nil {
+		t.Fatalf("Start in a refusing shared shim: %v", err)
+	}
+	sb, _ := c.store.Get("sb2")
+	group := sb.Status().Instance.ShimGroup
+	if group == "" || group == first {
+		t.Errorf("started in shim group %q, want another than %s", group, first)
+	}
+	var spec struct{ Annotations map[string]string }
+	info, _ := client.container("sb2").Info(testContext())
+	if err := json.Unmarshal(info.Spec.GetValue(), &spec); err != nil || spec.Annotations[ShimGroupAnnotation] != group {
+		t.Errorf("pause spec annotations %v (%v), want the group %s", spec.Annotations, err, group)
+	}
+	if n := client.count("new container"); n != 3 {
+		t.Errorf("%d containers made, want sb1's and sb2's twice", n)
+	}
+	if err := create(t, c, client, "sb3", testPodConfig("sb3")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Start(testContext(), "sb3"); err != nil {
+		t.Fatal(err)
+	}
+	if sb3, _ := c.store.Get("sb3"); sb3.Status().Instance.ShimGroup == first {
+		t.Error("a pod joined the group whose shim refused a task")
+	}
+}
+
 func TestCreateRejects(t *testing.T) {
 	for _, tc := range []struct {
 		name   string

@@ -15,6 +15,9 @@ const (
 	FailpointStartContainer = "start.container"
 	FailpointStartTask      = "start.task"
 	FailpointStartTaskStart = "start.task-start"
+	// FailpointSharedShimRefuses fails the pause task's creation in a
+	// shared shim, as a shim shutting down would, instead of making it.
+	FailpointSharedShimRefuses = "start.shared-shim-refuses"
 	// FailpointUndoPrefix and a Start step's name ("files", "snapshot",
 	// "container", "task") fail that step's undo.
 	FailpointUndoPrefix = "undo."

@@ -2,10 +2,12 @@ package controller
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"io/fs"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -15,7 +17,6 @@ import (
 	taskapi "github.com/containerd/containerd/api/runtime/task/v3"
 	apitasks "github.com/containerd/containerd/api/services/tasks/v1"
 	runcoptions "github.com/containerd/containerd/api/types/runc/options"
-	containerd "github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/core/sandbox"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
 	"github.com/containerd/containerd/v2/pkg/shim"
@@ -30,12 +31,16 @@ import (
 )
 
 // ShimSockets is where the runc shim listens: a socket under Dir named after
-// containerd's address and the shim's group (a pod's sandbox ID).
+// containerd's address and the shim's group (a shared shim's group, or the
+// sandbox ID of a pod with a shim of its own).
 type ShimSockets struct {
 	// ContainerdAddress is containerd's gRPC address.
 	ContainerdAddress string
 	// Dir is the shim manager's socket_dir.
 	Dir string
+	// Bundles is where containerd keeps task bundles, one directory per
+	// task under its namespace (<state>/io.containerd.runtime.v2.task).
+	Bundles string
 }
 
 // lostTask is a pause task containerd does not know: what its container
@@ -45,6 +50,8 @@ type lostTask struct {
 	runtime sandbox.RuntimeOpts
 	// cgroupsPath is the spec's linux.cgroupsPath.
 	cgroupsPath string
+	// group is its shim group, "" for a shim of its own.
+	group string
 }
 
 // cleanupLost cleans up after a pause task containerd does not know, when a
@@ -67,7 +74,7 @@ func (r *reaper) cleanupLost(ctx context.Context, t lostTask) error {
 			return err
 		}
 	}
-	return r.endLostShim(ctx, t.id)
+	return r.endLostShim(ctx, t.id, t.group)
 }
 
 // deleteFromTaskService asks containerd's task service to delete the task
@@ -85,6 +92,9 @@ func (r *reaper) deleteFromTaskService(ctx context.Context, id string) error {
 // runcRoot is the runc shim's default state root; it adds the namespace.
 const runcRoot = "/run/containerd/runc"
 
+// runcRuntimePrefix starts the runtime types of the runc shim.
+const runcRuntimePrefix = "io.containerd.runc."
+
 // deleteRuncContainer removes a pause container that runc made but the runc
 // shim lost track of. When containerd dies while the shim creates the
 // container, runc has made it (its init process waits to be started) but
@@ -93,7 +103,7 @@ const runcRoot = "/run/containerd/runc"
 // for good. runc still knows the container, so berth asks runc, as the shim
 // would, to delete it. Other runtimes are left alone.
 func deleteRuncContainer(ctx context.Context, id string, runtime sandbox.RuntimeOpts) error {
-	if !strings.HasPrefix(runtime.Name, "io.containerd.runc.") {
+	if !strings.HasPrefix(runtime.Name, runcRuntimePrefix) {
 		return nil
 	}
 	binary, root := "runc", runcRoot
@@ -121,13 +131,14 @@ func deleteRuncContainer(ctx context.Context, id string, runtime sandbox.Runtime
 // containerd loses a live shim when it dies while the shim starts: after
 // the restart it finds the shim's bundle incomplete, deletes the bundle and
 // forgets the shim, which then runs forever. The runc shim listens on a
-// socket derived from containerd's address and the sandbox ID, so berth can
-// still reach it there. A shim that is not there is fine.
-func (r *reaper) endLostShim(ctx context.Context, id string) error {
-	if r.shims.ContainerdAddress == "" {
+// socket derived from containerd's address and its group (group, or the
+// sandbox ID), so berth can still reach it there. A shim that is not there
+// is fine.
+func (r *reaper) endLostShim(ctx context.Context, id, group string) error {
+	if r.sockets.ContainerdAddress == "" {
 		return nil
 	}
-	svc, closeShim, err := r.dialShim(ctx, id)
+	svc, closeShim, err := r.dialShim(ctx, cmp.Or(group, id))
 	if err != nil || svc == nil {
 		return err
 	}
@@ -136,9 +147,10 @@ func (r *reaper) endLostShim(ctx context.Context, id string) error {
 	if err != nil {
 		return fmt.Errorf("connect to lost shim: %w", err)
 	}
-	// Delete first: the runc shim only exits once it serves no task.
-	if _, err := svc.Delete(ctx, &taskapi.DeleteRequest{ID: id}); err != nil {
-		log.G(ctx).WithError(err).Debug("delete pause task in lost shim")
+	// Delete first: the runc shim only exits once it serves no task, and a
+	// shared shim that serves others must not keep this one.
+	if err := r.deleteInShim(ctx, svc, id); err != nil {
+		log.G(ctx).WithError(err).Warn("delete pause task in lost shim")
 	}
 	others, err := r.otherTasks(ctx, svc, id)
 	if err != nil {
@@ -158,13 +170,36 @@ func (r *reaper) endLostShim(ctx context.Context, id string) error {
 	return r.killShim(ctx, svc, id, int(info.GetShimPid()))
 }
 
-// dialShim connects to the shim of sandbox id; a nil service means no shim
+// deleteInShim deletes the task of container id in the shim. runc has just
+// killed its process, and the shim deletes only a task whose exit it has
+// reaped: the delete is tried again for up to two seconds. The shim's runc
+// logs to the task's bundle, which containerd deleted when it lost the
+// task; without it the shim could never delete the task, nor exit. An
+// empty bundle stands in for it meanwhile.
+func (r *reaper) deleteInShim(ctx context.Context, svc taskapi.TTRPCTaskService, id string) error {
+	if r.sockets.Bundles != "" {
+		bundle := filepath.Join(r.sockets.Bundles, Namespace, id)
+		if err := os.Mkdir(bundle, 0o700); err == nil {
+			defer os.Remove(bundle)
+		} else if !errors.Is(err, fs.ErrExist) {
+			return fmt.Errorf("stand-in bundle: %w", err)
+		}
+	}
+	for deadline := time.Now().Add(2 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		_, err := svc.Delete(ctx, &taskapi.DeleteRequest{ID: id})
+		if err = ignoreNotFound(errgrpc.ToNative(err)); err == nil || time.Now().After(deadline) {
+			return err
+		}
+	}
+}
+
+// dialShim connects to the shim of group; a nil service means no shim
 // listens there.
-func (r *reaper) dialShim(ctx context.Context, id string) (taskapi.TTRPCTaskService, func(), error) {
+func (r *reaper) dialShim(ctx context.Context, group string) (taskapi.TTRPCTaskService, func(), error) {
 	ctx = namespaces.WithNamespace(ctx, Namespace)
 	// The task API is on the shim's plain socket; with debug logging it
 	// also has a debug one, which does not serve it.
-	addr, err := shim.CreateSocketAddress(ctx, r.shims.Dir, r.shims.ContainerdAddress, id, false)
+	addr, err := shim.CreateSocketAddress(ctx, r.sockets.Dir, r.sockets.ContainerdAddress, group, false)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -180,7 +215,8 @@ func (r *reaper) dialShim(ctx context.Context, id string) (taskapi.TTRPCTaskServ
 }
 
 // otherTasks lists the tasks besides sandbox id's pause that the shim
-// serves: those of the pod's app containers containerd knows.
+// serves, among those of every container containerd knows: the pod's app
+// containers, and with a shared shim other pods and theirs.
 func (r *reaper) otherTasks(ctx context.Context, svc taskapi.TTRPCTaskService, id string) ([]string, error) {
 	containers, err := r.client.Containers(ctx)
 	if err != nil {
@@ -188,15 +224,14 @@ func (r *reaper) otherTasks(ctx context.Context, svc taskapi.TTRPCTaskService, i
 	}
 	var tasks []string
 	for _, c := range containers {
-		info, err := c.Info(ctx, containerd.WithoutRefreshedMetadata)
-		if err != nil || info.SandboxID != id || info.ID == id {
+		if c.ID() == id {
 			continue
 		}
-		_, err = svc.State(ctx, &taskapi.StateRequest{ID: info.ID})
+		_, err = svc.State(ctx, &taskapi.StateRequest{ID: c.ID()})
 		if err := errgrpc.ToNative(err); err == nil {
-			tasks = append(tasks, info.ID)
+			tasks = append(tasks, c.ID())
 		} else if !errdefs.IsNotFound(err) {
-			return nil, fmt.Errorf("state of task %s in lost shim: %w", info.ID, err)
+			return nil, fmt.Errorf("state of task %s in lost shim: %w", c.ID(), err)
 		}
 	}
 	return tasks, nil

@@ -30,20 +30,24 @@ type reaper struct {
 	retries *retry.Queue
 	// exitTimeout bounds the first attempt at deleting an exited task.
 	exitTimeout time.Duration
-	shims       ShimSockets
-	telemetry   *telemetry
+	sockets     ShimSockets
+	// groups are the shared shims; a pod leaves its group when its pause
+	// task exits.
+	groups    *shimGroups
+	telemetry *telemetry
 
 	mu sync.Mutex // guards killing
 	// killing holds the sandboxes whose kill is queued for a retry.
 	killing map[string]bool
 }
 
-func newReaper(client containerdClient, retries *retry.Queue, t *telemetry, cfg Config) *reaper {
+func newReaper(client containerdClient, retries *retry.Queue, t *telemetry, cfg Config, groups *shimGroups) *reaper {
 	return &reaper{
 		client:      client,
 		retries:     retries,
 		exitTimeout: cfg.ExitTimeout,
-		shims:       cfg.Shims,
+		sockets:     cfg.Shims,
+		groups:      groups,
 		telemetry:   t,
 		killing:     map[string]bool{},
 	}
@@ -95,6 +99,7 @@ func (r *reaper) watch(sb *store.Sandbox, w *exitWatch) {
 			code, at = unknownExitCode, time.Now()
 		}
 		sb.Exit(code, at)
+		r.groups.leave(sb.Status().Instance.ShimGroup)
 		logger.WithField("exit_status", code).Debug("pause task exited")
 		r.deleteExitedOrRetry(log.WithLogger(w.ctx, logger), sb, w.task)
 	}()
@@ -184,8 +189,9 @@ func (r *reaper) kill(ctx context.Context, sb *store.Sandbox, task containerd.Ta
 // reattach takes up the pause task of a recovered sandbox: a running one is
 // watched again and the sandbox is READY; one that exited while containerd
 // was down, or that a crash left created but never started, is deleted and
-// the sandbox reports its exit.
-func (r *reaper) reattach(ctx context.Context, sb *store.Sandbox) error {
+// the sandbox reports its exit. A running task rejoins its shim group,
+// among handler's.
+func (r *reaper) reattach(ctx context.Context, sb *store.Sandbox, handler string) error {
 	t, err := r.loadTask(ctx, sb)
 	if err != nil || t == nil {
 		return err
@@ -215,6 +221,7 @@ func (r *reaper) reattach(ctx context.Context, sb *store.Sandbox) error {
 			w.stop()
 			return err
 		}
+		r.groups.rejoin(handler, sb.Status().Instance.ShimGroup)
 		r.watch(sb, w)
 		return nil
 	case containerd.Stopped:
@@ -243,7 +250,8 @@ func (r *reaper) loadTask(ctx context.Context, sb *store.Sandbox) (containerd.Ta
 		return nil, fmt.Errorf("load pause task: %w", err)
 	}
 	sb.Exit(unknownExitCode, time.Now())
-	if err := r.cleanupLost(ctx, lostTask{id: sb.ID, runtime: sb.Runtime, cgroupsPath: sb.Status().Instance.CgroupsPath}); err != nil {
+	inst := sb.Status().Instance
+	if err := r.cleanupLost(ctx, lostTask{id: sb.ID, runtime: sb.Runtime, cgroupsPath: inst.CgroupsPath, group: inst.ShimGroup}); err != nil {
 		return nil, err
 	}
 	sb.SetDeleted()
@@ -274,9 +282,11 @@ func (r *reaper) removeTask(ctx context.Context, container containerd.Container)
 	if err != nil {
 		return fmt.Errorf("pause container info: %w", err)
 	}
-	// A spec that does not decode has no cgroup to remove.
+	// A spec or record that does not decode has no cgroup to remove, and
+	// names no group: the shim is the pod's.
 	_, cgroupsPath, _ := specRecord(info.Spec)
-	return r.cleanupLost(ctx, lostTask{id: container.ID(), runtime: runtimeOf(info), cgroupsPath: cgroupsPath})
+	rec, _ := recordOn(info)
+	return r.cleanupLost(ctx, lostTask{id: container.ID(), runtime: runtimeOf(info), cgroupsPath: cgroupsPath, group: rec.ShimGroup})
 }
 
 // retry queues step, named name, for sandbox id, counting it and its

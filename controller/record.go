@@ -50,6 +50,8 @@ type record struct {
 	RuntimeHandler string `json:"runtimeHandler,omitempty"`
 	NetNSPath      string `json:"netnsPath,omitempty"`
 	ProcessLabel   string `json:"processLabel,omitempty"`
+	// ShimGroup is the pause task's shim group, "" for a shim of its own.
+	ShimGroup string `json:"shimGroup,omitempty"`
 	// Resources and Overhead are the pod resources Update last applied.
 	Resources *runtimeapi.LinuxContainerResources `json:"resources,omitempty"`
 	Overhead  *runtimeapi.LinuxContainerResources `json:"overhead,omitempty"`
@@ -59,7 +61,7 @@ func recordOf(sb *store.Sandbox) record {
 	s := sb.Status()
 	r := record{RuntimeHandler: sb.RuntimeHandler, NetNSPath: sb.NetNSPath, Resources: s.Resources, Overhead: s.Overhead}
 	if s.Instance != nil {
-		r.ProcessLabel = s.Instance.ProcessLabel
+		r.ProcessLabel, r.ShimGroup = s.Instance.ProcessLabel, s.Instance.ShimGroup
 	}
 	return r
 }
@@ -91,12 +93,21 @@ func isBerthContainer(info containers.Container) bool {
 	return ok && ext.GetTypeUrl() == recordTypeURL
 }
 
+// recordOn returns the record on a berth pause container.
+func recordOn(info containers.Container) (record, error) {
+	var r record
+	if err := json.Unmarshal(info.Extensions[extensionRecord].GetValue(), &r); err != nil {
+		return record{}, fmt.Errorf("decode sandbox record: %w", err)
+	}
+	return r, nil
+}
+
 // loadSandbox rebuilds a sandbox from what Start recorded on its pause
 // container, whose record info is, and from cri, CRI's record of it.
 func loadSandbox(container containerd.Container, info containers.Container, cri sandbox.Sandbox) (*store.Sandbox, error) {
-	var r record
-	if err := json.Unmarshal(info.Extensions[extensionRecord].GetValue(), &r); err != nil {
-		return nil, fmt.Errorf("decode sandbox record: %w", err)
+	r, err := recordOn(info)
+	if err != nil {
+		return nil, err
 	}
 	ext, ok := info.Extensions[extensionConfig]
 	if !ok {
@@ -125,6 +136,7 @@ func loadSandbox(container containerd.Container, info containers.Container, cri 
 		Snapshotter:  info.Snapshotter,
 		RuntimeType:  info.Runtime.Name,
 		ProcessLabel: r.ProcessLabel,
+		ShimGroup:    r.ShimGroup,
 	}
 	err = sb.Update(func(s store.Status) (store.Status, error) {
 		s.CreatedAt, s.Instance, s.Resources, s.Overhead = info.CreatedAt, inst, r.Resources, r.Overhead

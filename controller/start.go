@@ -2,14 +2,17 @@ package controller
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"maps"
+	"slices"
 
 	containerd "github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/core/containers"
 	"github.com/containerd/containerd/v2/core/sandbox"
 	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/containerd/containerd/v2/pkg/cio"
+	"github.com/containerd/containerd/v2/pkg/oci"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
 	"github.com/containerd/typeurl/v2"
@@ -37,6 +40,18 @@ func (c *Controller) Start(ctx context.Context, id string) (sandbox.ControllerIn
 
 	var undo rollback
 	inst, err := c.start(ctx, sb, &undo)
+	if errors.Is(err, errSharedShimRefused) {
+		// Undone at once, so that the sandbox's container can be made
+		// again; if that fails, so does Start.
+		log.G(ctx).WithError(err).Warn("a shared shim refused the pause task; starting it in another")
+		var rest rollback
+		if rest, err = undo.run(ctx); err == nil {
+			undo = nil
+			inst, err = c.start(ctx, sb, &undo)
+		} else {
+			undo = rest
+		}
+	}
 	if err != nil {
 		// Forgotten before the rollback ends: CRI forgets it too, and
 		// nothing may find it half undone.
@@ -61,6 +76,11 @@ func (c *Controller) start(ctx context.Context, sb *store.Sandbox, undo *rollbac
 	if err := c.createFiles(sb, p, undo); err != nil {
 		return sandbox.ControllerInstance{}, err
 	}
+	p.group = c.reaper.groups.join(c.handler(sb.Metadata))
+	undo.push("leave shim group", func(context.Context) error {
+		c.reaper.groups.leave(p.group)
+		return nil
+	})
 	// The lease spans the container's and the task's making, so that
 	// recovery can tell a Start containerd's death cut short (record.go).
 	ctx, releaseLease, err := c.client.WithLease(ctx, startLeaseOpts(sb.ID)...)
@@ -99,6 +119,7 @@ func (c *Controller) start(ctx context.Context, sb *store.Sandbox, undo *rollbac
 		Snapshotter:  p.snapshotter,
 		RuntimeType:  p.runtime.Type,
 		ProcessLabel: p.spec.ProcessLabel,
+		ShimGroup:    p.group,
 	}
 	_ = sb.Update(func(s store.Status) (store.Status, error) {
 		s.State, s.Pid, s.CreatedAt, s.Instance = store.StateReady, pid, info.CreatedAt, inst
@@ -130,6 +151,8 @@ type startPlan struct {
 	pause       pause
 	files       podsandbox.Files
 	spec        podsandbox.Spec
+	// group is the pause task's shim group, "" for a shim of its own.
+	group string
 }
 
 // plan works out the sandbox's pause container; it makes nothing but the
@@ -197,17 +220,21 @@ func (c *Controller) createContainer(ctx context.Context, sb *store.Sandbox, p s
 				return failpoint(sb, FailpointStartSnapshot)
 			})
 	}
+	specOpts := p.spec.Opts
+	if p.group != "" {
+		specOpts = append(slices.Clip(specOpts), oci.WithAnnotations(map[string]string{ShimGroupAnnotation: p.group}))
+	}
 	var spec typeurl.Any
 	container, err := c.client.NewContainer(ctx, sb.ID, append(opts,
 		// After the snapshot: the image's user is looked up in it.
-		containerd.WithNewSpec(p.spec.Opts...),
+		containerd.WithNewSpec(specOpts...),
 		// Keep the spec the options produced: no round trip to read it back.
 		func(_ context.Context, _ *containerd.Client, ctr *containers.Container) error {
 			spec = ctr.Spec
 			return nil
 		},
 		containerd.WithContainerLabels(containerLabels(sb)),
-		withRecord(record{RuntimeHandler: sb.RuntimeHandler, NetNSPath: sb.NetNSPath, ProcessLabel: p.spec.ProcessLabel}, sb.Config),
+		withRecord(record{RuntimeHandler: sb.RuntimeHandler, NetNSPath: sb.NetNSPath, ProcessLabel: p.spec.ProcessLabel, ShimGroup: p.group}, sb.Config),
 		containerd.WithRuntime(p.runtime.Type, sb.Runtime.Options),
 	)...)
 	if err != nil {
@@ -229,9 +256,9 @@ func (c *Controller) startTask(ctx context.Context, sb *store.Sandbox, container
 	if p.pause.rootfs != nil {
 		opts = append(opts, containerd.WithRootFS(p.pause.rootfs))
 	}
-	task, err := container.NewTask(ctx, cio.NullIO, opts...)
+	task, err := c.newTask(ctx, sb, container, p.group, opts)
 	if err != nil {
-		return nil, nil, fmt.Errorf("create pause task: %w", err)
+		return nil, nil, err
 	}
 	undo.push("delete pause task", c.undoable(sb, "task", func(ctx context.Context) error { return c.reaper.deleteTask(ctx, task) }))
 	if err := failpoint(sb, FailpointStartTask); err != nil {
@@ -246,6 +273,30 @@ func (c *Controller) startTask(ctx context.Context, sb *store.Sandbox, container
 		return nil, nil, fmt.Errorf("start pause task: %w", err)
 	}
 	return task, w, failpoint(sb, FailpointStartTaskStart)
+}
+
+// errSharedShimRefused says a shared shim did not take the pause task: it
+// may have been shutting down, its last task gone as the pod joined it (the
+// runc shim counts only tasks already made when it decides to exit).
+// Start is then made again in another group.
+var errSharedShimRefused = errors.New("shared shim refused the pause task")
+
+// newTask makes the pause task in its shim group. A shared shim that
+// refuses it is retired: no pod joins it again.
+func (c *Controller) newTask(ctx context.Context, sb *store.Sandbox, container containerd.Container, group string, opts []containerd.NewTaskOpts) (containerd.Task, error) {
+	err := failpoint(sb, FailpointSharedShimRefuses)
+	var task containerd.Task
+	if err == nil || group == "" {
+		task, err = container.NewTask(ctx, cio.NullIO, opts...)
+	}
+	if err == nil {
+		return task, nil
+	}
+	if group != "" {
+		c.reaper.groups.retire(group)
+		return nil, fmt.Errorf("create pause task in shim group %s: %w: %w", group, errSharedShimRefused, err)
+	}
+	return nil, fmt.Errorf("create pause task: %w", err)
 }
 
 // undoable is undo step fn of Start step point, which failpoint

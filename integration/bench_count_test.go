@@ -3,9 +3,11 @@ package integration
 import (
 	"context"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -34,7 +36,8 @@ func (c *callCounter) runcLog() string { return c.runc() + ".log" }
 func (c *callCounter) shimLog() string { return c.shim() + ".log" }
 
 // installCounters writes the wrappers, adds a counted copy of every CRI
-// handler in stats to containerd's config and restarts containerd on it.
+// handler in stats to containerd's config, and a berth-pps<N> copy of berth
+// for each -bench-pods-per-shim N, and restarts containerd on it.
 func installCounters(b *testing.B, stats []*handlerStats) *callCounter {
 	c := &callCounter{dir: filepath.Join(daemon.dir, "counters")}
 	if err := os.MkdirAll(c.dir, 0o755); err != nil {
@@ -49,13 +52,28 @@ func installCounters(b *testing.B, stats []*handlerStats) *callCounter {
 			b.Fatal(err)
 		}
 	}
+	var copies []handlerCopy
+	for _, f := range strings.Split(*benchPodsPerShim, ",") {
+		if f == "" {
+			continue
+		}
+		n, err := strconv.Atoi(f)
+		if err != nil {
+			b.Fatalf("-bench-pods-per-shim: %v", err)
+		}
+		copies = append(copies, handlerCopy{from: handlerBerth, to: fmt.Sprintf("berth-pps%d", n), podsPerShim: n})
+	}
 	var handlers []string
 	for _, h := range stats {
 		if !slices.Contains(handlers, h.Handler) {
 			handlers = append(handlers, h.Handler)
 		}
 	}
-	if err := addCountedHandlers(filepath.Join(daemon.dir, "config.toml"), handlers, c); err != nil {
+	// The counted copies after the pods-per-shim ones, which they copy.
+	for _, h := range handlers {
+		copies = append(copies, handlerCopy{from: h, to: h + countedSuffix, runc: c.runc(), shim: c.shim()})
+	}
+	if err := addHandlers(filepath.Join(daemon.dir, "config.toml"), copies); err != nil {
 		b.Fatal(err)
 	}
 	if err := daemon.kill(syscall.SIGTERM); err != nil {
@@ -67,10 +85,18 @@ func installCounters(b *testing.B, stats []*handlerStats) *callCounter {
 	return c
 }
 
-// addCountedHandlers copies each handler's runtime table to
-// <handler>-counted with the wrappers as runc and shim, in the config file
-// at path. A handler that runs berth's built-in pause keeps it.
-func addCountedHandlers(path string, handlers []string, c *callCounter) error {
+// handlerCopy is a runtime handler the bench adds to the config, a copy of
+// another with its built-in pause and pods per shim.
+type handlerCopy struct {
+	from, to string
+	// runc and shim, if set, replace the copy's runc binary and shim.
+	runc, shim string
+	// podsPerShim, if set, replaces the copy's pods per shim.
+	podsPerShim int
+}
+
+// addHandlers adds copies to the config file at path, in order.
+func addHandlers(path string, copies []handlerCopy) error {
 	raw, err := os.ReadFile(path)
 	if err != nil {
 		return err
@@ -83,28 +109,39 @@ func addCountedHandlers(path string, handlers []string, c *callCounter) error {
 	runtimes := plugins["io.containerd.cri.v1.runtime"].(map[string]any)["containerd"].(map[string]any)["runtimes"].(map[string]any)
 	berth := plugins["io.containerd.sandbox.controller.v1.berth"].(map[string]any)
 	builtin, _ := berth["builtin_pause_handlers"].([]any)
-	for _, h := range handlers {
-		rt, ok := runtimes[h].(map[string]any)
+	perShim, _ := berth["handler_pods_per_shim"].(map[string]any)
+	if perShim == nil {
+		perShim = map[string]any{}
+	}
+	for _, c := range copies {
+		rt, ok := runtimes[c.from].(map[string]any)
 		if !ok {
-			return fmt.Errorf("no runtime handler %q in %s", h, path)
+			return fmt.Errorf("no runtime handler %q in %s", c.from, path)
 		}
-		counted := map[string]any{}
-		for k, v := range rt {
-			counted[k] = v
-		}
+		cp := maps.Clone(rt)
 		opts := map[string]any{}
-		for k, v := range rt["options"].(map[string]any) {
-			opts[k] = v
+		if o, ok := rt["options"].(map[string]any); ok {
+			opts = maps.Clone(o)
 		}
-		opts["BinaryName"] = c.runc()
-		counted["options"] = opts
-		counted["runtime_path"] = c.shim()
-		runtimes[h+countedSuffix] = counted
-		if slices.Contains(builtin, any(h)) {
-			builtin = append(builtin, h+countedSuffix)
+		if c.runc != "" {
+			opts["BinaryName"] = c.runc
+		}
+		if c.shim != "" {
+			cp["runtime_path"] = c.shim
+		}
+		cp["options"] = opts
+		runtimes[c.to] = cp
+		if slices.Contains(builtin, any(c.from)) {
+			builtin = append(builtin, c.to)
+		}
+		if c.podsPerShim > 0 {
+			perShim[c.to] = c.podsPerShim
+		} else if n, ok := perShim[c.from]; ok {
+			perShim[c.to] = n
 		}
 	}
 	berth["builtin_pause_handlers"] = builtin
+	berth["handler_pods_per_shim"] = perShim
 	out, err := toml.Marshal(cfg)
 	if err != nil {
 		return err

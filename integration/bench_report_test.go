@@ -119,6 +119,7 @@ func summarize(h *handlerStats, floor *summary) *summary {
 			s.CPUPer100[mode] = h.cpu[mode].Seconds() * 100 / float64(n)
 			s.Throughput[mode] = float64(n) / h.wall[mode].Seconds()
 			set(mode+" containerd CPU s / 100 lifecycles", s.CPUPer100[mode])
+			set(mode+" machine CPU s / 100 lifecycles", h.machineCPU[mode].Seconds()*100/float64(n))
 			set(mode+" lifecycles/s", s.Throughput[mode])
 		}
 		if floor != nil && h.lifecycles[mode] > 0 {
@@ -134,6 +135,14 @@ func summarize(h *handlerStats, floor *summary) *summary {
 	for _, l := range h.Live {
 		set(fmt.Sprintf("RSS MiB, %d pods", l.Pods), float64(l.RSSKiB)/1024)
 		set(fmt.Sprintf("goroutines, %d pods", l.Pods), float64(l.Goroutines))
+		if l.Pods > 0 {
+			set(fmt.Sprintf("shims, %d pods", l.Pods), float64(l.Shims))
+			set(fmt.Sprintf("node KiB per pod, %d pods", l.Pods), l.NodeKiBPerPod)
+		}
+	}
+	if k := h.ShimKill; k != nil {
+		set("ms to NOTREADY after a shim kill", k.NotReadyMS)
+		set("pods of a killed shim", float64(k.Pods))
 	}
 	return s
 }
@@ -157,6 +166,7 @@ func figureNames(s *summary) []string {
 		}
 		add(mode + " overhead above floor p50 ms")
 		add(mode + " containerd CPU s / 100 lifecycles")
+		add(mode + " machine CPU s / 100 lifecycles")
 		add(mode + " lifecycles/s")
 	}
 	add("runc calls / lifecycle")
@@ -164,7 +174,11 @@ func figureNames(s *summary) []string {
 	for _, l := range s.Live {
 		add(fmt.Sprintf("RSS MiB, %d pods", l.Pods))
 		add(fmt.Sprintf("goroutines, %d pods", l.Pods))
+		add(fmt.Sprintf("shims, %d pods", l.Pods))
+		add(fmt.Sprintf("node KiB per pod, %d pods", l.Pods))
 	}
+	add("ms to NOTREADY after a shim kill")
+	add("pods of a killed shim")
 	return names
 }
 

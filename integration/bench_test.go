@@ -23,15 +23,16 @@ import (
 // and bench.png to -bench-out. Run it with `make bench`.
 var (
 	benchOut      = flag.String("bench-out", "", "directory for bench.json, bench.md and bench.png")
-	benchHandlers = flag.String("bench-handlers", "runc,berth,berth-builtin,runc",
+	benchHandlers = flag.String("bench-handlers", "runc,runc-grouped,berth,berth-solo,berth-builtin,runc",
 		"handlers to compare; the first is the baseline of the ratios, a repeated one measures noise")
 	benchSerial   = flag.Int("bench-serial", 20, "serial lifecycles per handler")
 	benchParallel = flag.Int("bench-parallel", 40, "lifecycles per handler run 8 at a time")
 	benchBlock    = flag.Int("bench-block", 8, "lifecycles per handler before the next handler's turn (serial)")
-	benchLive     = flag.String("bench-live", "100,300", "live pod counts at which containerd's RSS and goroutines are read")
+	benchLive     = flag.String("bench-live", "10,100,300", "live pod counts at which containerd's RSS and goroutines, and the node memory of shims and pause processes, are read")
 	// Each handler's live run takes about two minutes on 2 cores.
-	benchLiveHandlers = flag.String("bench-live-handlers", "runc,berth", "handlers whose live pods are measured")
+	benchLiveHandlers = flag.String("bench-live-handlers", "runc,runc-grouped,berth,berth-solo", "handlers whose live pods are measured")
 	benchCount        = flag.Int("bench-count", 4, "lifecycles per handler through the counting runc and shim wrappers")
+	benchPodsPerShim  = flag.String("bench-pods-per-shim", "", "comma-separated pods per shim N: adds a handler berth-ppsN, berth with N pods per shim, for -bench-handlers to name")
 )
 
 const (
@@ -76,12 +77,23 @@ type handlerStats struct {
 	RuncCalls map[string]float64 `json:"runc_calls_per_lifecycle,omitempty"`
 	ShimCalls map[string]float64 `json:"shim_calls_per_lifecycle,omitempty"`
 	Live      []liveSample       `json:"live,omitempty"`
+	// machineCPU is the whole machine's CPU during the blocks, by mode.
+	machineCPU map[string]time.Duration
+	// ShimKill is how fast the pods of a killed shim were NOTREADY.
+	ShimKill *shimKill `json:"shim_kill,omitempty"`
 }
 
 type liveSample struct {
 	Pods       int `json:"pods"`
 	RSSKiB     int `json:"rss_kib"`
 	Goroutines int `json:"goroutines"`
+	// Shims serving the pods, their PSS and the pause processes'.
+	Shims       int `json:"shims"`
+	ShimPSSKiB  int `json:"shim_pss_kib"`
+	PausePSSKiB int `json:"pause_pss_kib"`
+	// NodeKiBPerPod is what each pod costs the node outside its own
+	// cgroup: shims, pause processes and containerd's growth.
+	NodeKiBPerPod float64 `json:"node_kib_per_pod"`
 }
 
 func (h *handlerStats) record(mode string, lat map[string][]time.Duration) {
@@ -137,6 +149,12 @@ func BenchmarkCompare(b *testing.B) {
 		}
 	}
 	b.Logf("live pods done at %s", time.Since(start).Round(time.Second))
+	for _, h := range stats {
+		if h.Name == h.Handler {
+			measureShimKill(b, h)
+		}
+	}
+	b.Logf("shim kills done at %s", time.Since(start).Round(time.Second))
 
 	r := newReport(floor, stats)
 	if err := r.write(*benchOut); err != nil {
@@ -150,6 +168,7 @@ func newHandlerStats(name, handler string) *handlerStats {
 		Name: name, Handler: handler,
 		latencies:  map[string]map[string][]time.Duration{},
 		cpu:        map[string]time.Duration{},
+		machineCPU: map[string]time.Duration{},
 		wall:       map[string]time.Duration{},
 		lifecycles: map[string]int{},
 	}
@@ -172,7 +191,7 @@ func lifecycleOf(h *handlerStats, tag string, counter *callCounter) lifecycleFun
 		}
 	}
 	return func(i int) (map[string][]time.Duration, error) {
-		return criLifecycle(benchPodConfig(strings.ReplaceAll(h.Name, "#", "-")+"-"+tag, i), handler)
+		return criLifecycle(benchPodConfigFor(h.Handler, strings.ReplaceAll(h.Name, "#", "-")+"-"+tag, i), handler)
 	}
 }
 
@@ -183,7 +202,7 @@ func runBlocks(b *testing.B, all []*handlerStats, mode string, n, block, width i
 		for k := range all {
 			h := all[(round+k)%len(all)]
 			count := min(block, n-round*block)
-			cpuBefore := daemonCPU(b)
+			cpuBefore, machineBefore := daemonCPU(b), machineCPU(b)
 			begin := time.Now()
 			var mu sync.Mutex
 			err := runParallel(count, width, func(i int) error {
@@ -201,6 +220,7 @@ func runBlocks(b *testing.B, all []*handlerStats, mode string, n, block, width i
 			}
 			h.wall[mode] += time.Since(begin)
 			h.cpu[mode] += daemonCPU(b) - cpuBefore
+			h.machineCPU[mode] += machineCPU(b) - machineBefore
 			h.lifecycles[mode] += count
 		}
 	}
@@ -328,8 +348,12 @@ func measureLive(b *testing.B, h *handlerStats) {
 	}
 	settle := func(pods int) {
 		time.Sleep(3 * time.Second)
-		s := sampleDaemon(b)
-		h.Live = append(h.Live, liveSample{Pods: pods, RSSKiB: s.rssKiB, Goroutines: s.goroutines})
+		s, m := sampleDaemon(b), sampleNodeMemory(b)
+		l := liveSample{Pods: pods, RSSKiB: s.rssKiB, Goroutines: s.goroutines, Shims: m.shims, ShimPSSKiB: m.shimKiB, PausePSSKiB: m.pauseKiB}
+		if pods > 0 {
+			l.NodeKiBPerPod = float64(m.shimKiB+m.pauseKiB+s.rssKiB-h.Live[0].RSSKiB) / float64(pods)
+		}
+		h.Live = append(h.Live, l)
 	}
 	settle(0)
 	var ids []string

@@ -2,11 +2,14 @@ package integration
 
 import (
 	"context"
+	"encoding/json"
 	"flag"
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -15,6 +18,8 @@ import (
 	"time"
 
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/berth-dev/berth/integration/hostproc"
 )
 
 var (
@@ -110,24 +115,40 @@ func TestChaos(t *testing.T) {
 		}); err != nil {
 			return err
 		}
-		if err := step(func(ctx context.Context) error {
-			return chaosContainer(ctx, p, cfg)
-		}); err != nil {
-			return err
+		// A shared shim is all its pods': another lifecycle's kill can take
+		// this pod's down under any step, which then fails. The lifecycle
+		// goes on to the pod's removal, as kubelet's does.
+		err := step(func(ctx context.Context) error { return chaosContainer(ctx, p, cfg) })
+		if err == nil {
+			err = step(func(context.Context) error {
+				switch r := roll(); {
+				case r < chaosPauseKill:
+					kills.pause.Add(1)
+					setPhase(p, chaosPauseDied)
+					return chaosKill(chaosPausePid, []string{p.id})
+				case r < chaosPauseKill+chaosShimKill:
+					kills.shim.Add(1)
+					podsMu.Lock()
+					live := slices.Collect(maps.Values(pods))
+					podsMu.Unlock()
+					victims, err := chaosShimVictims(p.id, live)
+					if err != nil {
+						return err
+					}
+					var ids []string
+					for _, v := range victims {
+						setPhase(v, chaosShimDied)
+						ids = append(ids, v.id)
+					}
+					return chaosKill(chaosShimPid, ids)
+				}
+				return nil
+			})
 		}
-		if err := step(func(context.Context) error {
-			switch r := roll(); {
-			case r < chaosPauseKill:
-				kills.pause.Add(1)
-				setPhase(p, chaosPauseDied)
-				return chaosKill(chaosPausePid, p.id)
-			case r < chaosPauseKill+chaosShimKill:
-				kills.shim.Add(1)
-				setPhase(p, chaosShimDied)
-				return chaosKill(chaosShimPid, p.id)
-			}
-			return nil
-		}); err != nil {
+		podsMu.Lock()
+		shimDied := p.phase == chaosShimDied
+		podsMu.Unlock()
+		if err != nil && !shimDied {
 			return err
 		}
 		if err := step(func(ctx context.Context) error { return chaosStop(ctx, p) }); err != nil {
@@ -230,39 +251,76 @@ func chaosPausePid(ctx context.Context, id string) (int, error) {
 	return int(resp.Pid), nil
 }
 
-// chaosShimPid is the pid of pod id's shim.
-func chaosShimPid(_ context.Context, id string) (int, error) {
-	shims := shimsOf(id)
-	if len(shims) != 1 {
-		return 0, fmt.Errorf("shims of %s: %v, want one", id, shims)
+// chaosShimPid is the pid of pod id's shim, its pause process's parent.
+func chaosShimPid(ctx context.Context, id string) (int, error) {
+	pid, err := chaosPausePid(ctx, id)
+	if err != nil {
+		return 0, err
 	}
-	return shims[0], nil
+	return hostproc.Parent(pid)
 }
 
-// chaosKill SIGKILLs the process of pod id that pidOf finds, then waits
-// for the pod to be NOTREADY, which must take under a second.
-func chaosKill(pidOf func(context.Context, string) (int, error), id string) error {
+// chaosShimVictims are the pods among live whose pause or app container
+// the shim of pod id serves.
+func chaosShimVictims(id string, live []*chaosPod) ([]*chaosPod, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
 	defer cancel()
-	pid, err := pidOf(ctx, id)
+	shim, err := chaosShimPid(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	var victims []*chaosPod
+	for _, q := range live {
+		pids := []int{}
+		if pid, err := chaosPausePid(ctx, q.id); err == nil && pid > 0 {
+			pids = append(pids, pid)
+		}
+		if q.ctr != "" {
+			if resp, err := daemon.runtime.ContainerStatus(ctx, &runtimeapi.ContainerStatusRequest{ContainerId: q.ctr, Verbose: true}); err == nil {
+				var info struct{ Pid int }
+				if json.Unmarshal([]byte(resp.GetInfo()["info"]), &info) == nil && info.Pid > 0 {
+					pids = append(pids, info.Pid)
+				}
+			}
+		}
+		for _, pid := range pids {
+			if ppid, err := hostproc.Parent(pid); err == nil && ppid == shim {
+				victims = append(victims, q)
+				break
+			}
+		}
+	}
+	return victims, nil
+}
+
+// chaosKill SIGKILLs the process of pods[0] that pidOf finds, then waits
+// for every pod of pods to be NOTREADY, which must take under a second.
+func chaosKill(pidOf func(context.Context, string) (int, error), pods []string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
+	defer cancel()
+	pid, err := pidOf(ctx, pods[0])
 	if err != nil {
 		return err
 	}
 	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
-		return fmt.Errorf("kill %d of %s: %w", pid, id, err)
+		return fmt.Errorf("kill %d of %s: %w", pid, pods[0], err)
 	}
-	for deadline := time.Now().Add(time.Second); ; time.Sleep(10 * time.Millisecond) {
-		resp, err := daemon.runtime.PodSandboxStatus(ctx, &runtimeapi.PodSandboxStatusRequest{PodSandboxId: id})
-		if err != nil {
-			return fmt.Errorf("status of %s: %w", id, err)
-		}
-		if resp.GetStatus().GetState() == runtimeapi.PodSandboxState_SANDBOX_NOTREADY {
-			return nil
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("pod %s still READY a second after its pid %d was killed", id, pid)
+	deadline := time.Now().Add(time.Second)
+	for _, id := range pods {
+		for ; ; time.Sleep(10 * time.Millisecond) {
+			resp, err := daemon.runtime.PodSandboxStatus(ctx, &runtimeapi.PodSandboxStatusRequest{PodSandboxId: id})
+			if err != nil {
+				return fmt.Errorf("status of %s: %w", id, err)
+			}
+			if resp.GetStatus().GetState() == runtimeapi.PodSandboxState_SANDBOX_NOTREADY {
+				break
+			}
+			if time.Now().After(deadline) {
+				return fmt.Errorf("pod %s still READY a second after pid %d (of %s) was killed", id, pid, pods[0])
+			}
 		}
 	}
+	return nil
 }
 
 // chaosStop stops the pod's container and the pod, as kubelet does: it

@@ -16,6 +16,8 @@ import (
 	"github.com/containerd/containerd/v2/core/leases"
 	"github.com/containerd/errdefs"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/berth-dev/berth/integration/hostproc"
 )
 
 // podOpt changes a pod config.
@@ -257,8 +259,9 @@ func assertNoLeaks(t *testing.T, id string) {
 			t.Errorf("leak: mount %s", m)
 		}
 	}
-	if pids := shimsOf(id); len(pids) > 0 {
-		t.Errorf("leak: shim processes %v for %s", pids, id)
+	// A shared shim started for this pod may serve other pods still.
+	if pids := hostproc.IdleShims(daemon.socket(), id); len(pids) > 0 {
+		t.Errorf("leak: shim processes %v for %s, serving no process", pids, id)
 	}
 	if pids := cgroupProcs(id); len(pids) > 0 {
 		t.Errorf("leak: processes %v still in the pause container's cgroup", pids)
@@ -293,35 +296,10 @@ func livePods(t *testing.T) int {
 	return len(resp.GetItems())
 }
 
-// shimsOf lists the pids of this containerd's runc shims serving sandbox
-// id, or all of its shims if id is "".
+// shimsOf lists the pids of this containerd's runc shims started for
+// sandbox id, or all of its shims if id is "" (hostproc.Shims).
 func shimsOf(id string) []int {
-	var pids []int
-	procs, _ := os.ReadDir("/proc")
-	for _, p := range procs {
-		pid, err := strconv.Atoi(p.Name())
-		if err != nil {
-			continue
-		}
-		b, err := os.ReadFile(filepath.Join("/proc", p.Name(), "cmdline"))
-		if err != nil {
-			continue
-		}
-		args := strings.Split(string(b), "\x00")
-		if !strings.HasSuffix(args[0], "containerd-shim-runc-v2") {
-			continue
-		}
-		flags := map[string]string{}
-		for i := 1; i+1 < len(args); i++ {
-			if strings.HasPrefix(args[i], "-") {
-				flags[args[i]] = args[i+1]
-			}
-		}
-		if flags["-address"] == daemon.socket() && (id == "" || flags["-id"] == id) {
-			pids = append(pids, pid)
-		}
-	}
-	return pids
+	return hostproc.Shims(daemon.socket(), id)
 }
 
 // cgroupProcs lists the processes in the cgroups named after container id
@@ -358,14 +336,15 @@ func cgroupDirs(id string) []string {
 	return dirs
 }
 
-// shimOf is the pid of the one shim serving sandbox id.
+// shimOf is the pid of the shim serving sandbox id, the parent of its
+// pause process.
 func shimOf(t *testing.T, id string) int {
 	t.Helper()
-	shims := shimsOf(id)
-	if len(shims) != 1 {
-		t.Fatalf("shims of %s: %v, want one", id, shims)
+	ppid, err := hostproc.Parent(podPid(t, id))
+	if err != nil {
+		t.Fatal(err)
 	}
-	return shims[0]
+	return ppid
 }
 
 // withoutPauseImage deletes the pause image for the rest of the test.

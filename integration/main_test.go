@@ -21,6 +21,8 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/berth-dev/berth/integration/hostproc"
 )
 
 var (
@@ -315,17 +317,4 @@ func (d *containerdProcess) logTail() string {
 }
 
 // mountsUnder lists mount points under dir, deepest first.
-func mountsUnder(dir string) []string {
-	b, err := os.ReadFile("/proc/self/mountinfo")
-	if err != nil {
-		return nil
-	}
-	var out []string
-	for _, line := range strings.Split(string(b), "\n") {
-		f := strings.Fields(line)
-		if len(f) > 4 && strings.HasPrefix(f[4], dir) {
-			out = append([]string{f[4]}, out...)
-		}
-	}
-	return out
-}
+func mountsUnder(dir string) []string { return hostproc.Mounts(dir) }

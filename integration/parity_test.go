@@ -19,6 +19,8 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/berth-dev/berth/controller"
 )
 
 // parityAllowlist is every intended difference between what berth and the
@@ -36,6 +38,13 @@ var parityAllowlist = []allowedDifference{
 		when:  hasSupplementalGroups,
 		why: "with the groups applied (above), one the kernel cannot set (kubelet allows 0 to 2^31-1) " +
 			"is an error; berth reports it before making anything, the built-in drops the group",
+	},
+	{
+		field: "Annotations",
+		key:   controller.ShimGroupAnnotation,
+		when:  always,
+		why: "berth puts pods into shared runc shims (pods_per_shim), by the runc shim's group annotation; " +
+			"the built-in gives each pod a shim of its own",
 	},
 	{
 		field: codeField,
@@ -56,11 +65,15 @@ type allowedDifference struct {
 	// field is the spec field as go-cmp names it (struct fields only), or
 	// codeField for RunPodSandbox's gRPC code.
 	field string
-	when  func(*runtimeapi.PodSandboxConfig) bool
-	why   string
+	// key, if set, is the one map key of field that may differ.
+	key  string
+	when func(*runtimeapi.PodSandboxConfig) bool
+	why  string
 }
 
 const codeField = "gRPC code"
+
+func always(*runtimeapi.PodSandboxConfig) bool { return true }
 
 func hasSupplementalGroups(c *runtimeapi.PodSandboxConfig) bool {
 	return len(c.GetLinux().GetSecurityContext().GetSupplementalGroups()) > 0
@@ -115,7 +128,7 @@ func TestSpecParity(t *testing.T) {
 				return
 			}
 			if builtin.code != berth.code {
-				i := allowed(codeField, cfg)
+				i := allowed(specDifference{field: codeField}, cfg)
 				if i < 0 {
 					t.Fatalf("gRPC code: built-in %s (%s), berth %s (%s)", builtin.code, builtin.msg, berth.code, berth.msg)
 				}
@@ -124,7 +137,7 @@ func TestSpecParity(t *testing.T) {
 				return
 			}
 			for _, d := range specDifferences(builtin.spec, berth.spec) {
-				if i := allowed(d.field, cfg); i >= 0 {
+				if i := allowed(d, cfg); i >= 0 {
 					used[i] = true
 					t.Logf("allowed difference %s: built-in %s, berth %s", d.at, d.builtin, d.berth)
 					continue
@@ -470,9 +483,9 @@ func show(v reflect.Value) string {
 
 // allowed returns the index of the allowlist entry that covers a difference
 // in field for cfg, or -1.
-func allowed(field string, cfg *runtimeapi.PodSandboxConfig) int {
+func allowed(d specDifference, cfg *runtimeapi.PodSandboxConfig) int {
 	return slices.IndexFunc(parityAllowlist, func(e allowedDifference) bool {
-		return e.field == field && e.when(cfg)
+		return e.field == d.field && (e.key == "" || strings.Contains(d.at, strconv.Quote(e.key))) && e.when(cfg)
 	})
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"flag"
 	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -11,14 +12,18 @@ import (
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 )
 
-var restartPods = flag.Int("restart-pods", 300, "live pods per handler in BenchmarkRestart")
+var (
+	restartPods     = flag.Int("restart-pods", 300, "live pods per handler in BenchmarkRestart")
+	restartHandlers = flag.String("restart-handlers", "berth,berth-solo,runc,runc-grouped", "handlers of BenchmarkRestart, in turn")
+)
 
 // BenchmarkRestart measures how long containerd takes, after a SIGKILL and
 // a restart with -restart-pods live pods, until CRI reports every pod READY:
-// once with berth's pods, once with the built-in controller's, in the same
-// run. Run it with `make bench-restart`.
+// with each of -restart-handlers' pods in turn (berth's with shared shims
+// and with a shim per pod, the built-in controller's alone and grouped), in
+// the same run. Run it with `make bench-restart`.
 func BenchmarkRestart(b *testing.B) {
-	for _, handler := range []string{handlerBerth, handlerBuiltin} {
+	for _, handler := range strings.Split(*restartHandlers, ",") {
 		b.Run(handler, func(b *testing.B) {
 			for range b.N {
 				b.StopTimer()
@@ -63,7 +68,7 @@ func runBenchPods(b *testing.B, handler, prefix string, from, n int) []string {
 	ids := make([]string, n)
 	parallel(b, n, 8, func(i int) error {
 		resp, err := daemon.runtime.RunPodSandbox(context.Background(), &runtimeapi.RunPodSandboxRequest{
-			Config: benchPodConfig(prefix, from+i), RuntimeHandler: handler,
+			Config: benchPodConfigFor(handler, prefix, from+i), RuntimeHandler: handler,
 		})
 		ids[i] = resp.GetPodSandboxId()
 		return err

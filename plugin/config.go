@@ -36,6 +36,12 @@ type Config struct {
 	// BuiltinPauseBinary is the static pause binary (cmd/berth-pause) the
 	// built-in pause runs. Default /usr/local/bin/berth-pause.
 	BuiltinPauseBinary string `toml:"builtin_pause_binary"`
+	// PodsPerShim is how many pods of a runc-based handler share one runc
+	// shim (their pause tasks and app containers); 1 gives every pod a shim
+	// of its own. Default 8.
+	PodsPerShim int `toml:"pods_per_shim"`
+	// HandlerPodsPerShim sets PodsPerShim for some runtime handlers.
+	HandlerPodsPerShim map[string]int `toml:"handler_pods_per_shim"`
 }
 
 // Recovery configures the reload of sandboxes after a containerd restart.
@@ -74,7 +80,27 @@ func DefaultConfig() *Config {
 		// Empty, not nil, so that `containerd config dump` shows the key.
 		BuiltinPauseHandlers: []string{},
 		BuiltinPauseBinary:   "/usr/local/bin/berth-pause",
+		PodsPerShim:          defaultPodsPerShim,
+		HandlerPodsPerShim:   map[string]int{},
 	}
+}
+
+// defaultPodsPerShim was chosen with make bench (docs/performance.md):
+// eight pods share a shim at a small fraction of the memory of eight shims,
+// with no cost in latency or throughput.
+const defaultPodsPerShim = 8
+
+// maxPodsPerShim bounds how many pods one shim process may serve: its
+// death is all of theirs.
+const maxPodsPerShim = 64
+
+// podsPerShim lists every pods-per-shim setting by its key.
+func (c *Config) podsPerShim() map[string]int {
+	m := map[string]int{"pods_per_shim": c.PodsPerShim}
+	for h, n := range c.HandlerPodsPerShim {
+		m["handler_pods_per_shim."+h] = n
+	}
+	return m
 }
 
 // retryConfig is the retry queue's backoff.
@@ -105,6 +131,11 @@ func (c *Config) Validate() error {
 	} {
 		if d.v.Duration() <= 0 {
 			errs = append(errs, fmt.Errorf("%s must be positive, got %s", d.key, d.v))
+		}
+	}
+	for key, n := range c.podsPerShim() {
+		if n < 1 || n > maxPodsPerShim {
+			errs = append(errs, fmt.Errorf("%s must be within 1..%d, got %d", key, maxPodsPerShim, n))
 		}
 	}
 	if c.Recovery.Parallelism < 1 {

@@ -30,6 +30,8 @@ func TestDefaultConfig(t *testing.T) {
 		Recovery:             Recovery{Parallelism: 16, SandboxTimeout: Duration{10 * time.Second}},
 		BuiltinPauseHandlers: []string{},
 		BuiltinPauseBinary:   "/usr/local/bin/berth-pause",
+		PodsPerShim:          8,
+		HandlerPodsPerShim:   map[string]int{},
 	}
 	if !reflect.DeepEqual(*c, want) {
 		t.Errorf("DefaultConfig() = %+v, want %+v", *c, want)
@@ -93,6 +95,16 @@ func TestConfigValidate(t *testing.T) {
 			name:    "negative stop timeout",
 			modify:  func(c *Config) { c.StopTimeout = Duration{-time.Second} },
 			wantErr: "stop_timeout",
+		},
+		{
+			name:    "zero pods per shim",
+			modify:  func(c *Config) { c.PodsPerShim = 0 },
+			wantErr: "pods_per_shim",
+		},
+		{
+			name:    "too many pods per shim for a handler",
+			modify:  func(c *Config) { c.HandlerPodsPerShim = map[string]int{"berth": 1000} },
+			wantErr: "handler_pods_per_shim.berth",
 		},
 		{
 			name:    "zero recovery parallelism",
@@ -333,6 +345,8 @@ func TestConfigEncodeRoundTrip(t *testing.T) {
 			Recovery:             Recovery{Parallelism: 4, SandboxTimeout: Duration{3 * time.Second}},
 			BuiltinPauseHandlers: []string{"berth-builtin"},
 			BuiltinPauseBinary:   "/opt/berth/pause",
+			PodsPerShim:          16,
+			HandlerPodsPerShim:   map[string]int{"berth-solo": 1},
 		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -103,8 +103,12 @@ func initController(ic *plugin.InitContext) (*controller.Controller, error) {
 		Shims: controller.ShimSockets{
 			ContainerdAddress: ic.Properties[plugins.PropertyGRPCAddress],
 			Dir:               shimSocketDir(ic),
+			// Beside berth's state, as the shim manager lays bundles out.
+			Bundles: filepath.Join(filepath.Dir(ic.Properties[plugins.PropertyStateDir]), plugins.RuntimePluginV2.String()+".task"),
 		},
-		ConfigErr: configErr,
+		PodsPerShim:        cfg.PodsPerShim,
+		HandlerPodsPerShim: cfg.HandlerPodsPerShim,
+		ConfigErr:          configErr,
 	}, client, retry.New(cfg.ExitRetry.retryConfig()))
 	// On containerd's Prometheus endpoint ([metrics] address).
 	metrics.Register(c.MetricsNamespace())

@@ -94,6 +94,9 @@ type Instance struct {
 	RuntimeType string
 	// ProcessLabel is the SELinux process label, "" without SELinux.
 	ProcessLabel string
+	// ShimGroup is the shim group of the pause task ("" for a shim of its
+	// own), the io.containerd.runc.v2.group annotation of its spec.
+	ShimGroup string
 }
 
 // Status is the mutable part of a sandbox. It is handled as a value: Get

@@ -14,6 +14,8 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
+
+	"github.com/berth-dev/berth/integration/hostproc"
 )
 
 // namespace is where the tests' pods run. It has a default service account
@@ -133,7 +135,7 @@ func (c *cluster) stop() error {
 		}
 		c.containerd.close()
 		c.containerd.stop()
-		if shims := shimsOf(c.containerd.socket(), ""); len(shims) > 0 {
+		if shims := hostproc.Shims(c.containerd.socket(), ""); len(shims) > 0 {
 			errs = append(errs, fmt.Errorf("leak: shims %v outlive containerd", shims))
 			for _, pid := range shims {
 				_ = syscall.Kill(pid, syscall.SIGKILL)
@@ -164,7 +166,7 @@ func (c *cluster) stop() error {
 		fmt.Println("cluster directory kept:", c.dir)
 		return errors.Join(errs...)
 	}
-	for _, m := range mountsUnder(c.dir) {
+	for _, m := range hostproc.Mounts(c.dir) {
 		_ = syscall.Unmount(m, syscall.MNT_DETACH)
 	}
 	errs = append(errs, os.RemoveAll(c.dir))

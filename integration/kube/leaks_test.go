@@ -6,13 +6,14 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/berth-dev/berth/integration/hostproc"
 )
 
 // assertPodGone checks that nothing of a deleted pod is left on the node:
@@ -54,10 +55,10 @@ func podLeaks(t *testing.T, pod *corev1.Pod, sandboxID string) []string {
 	if _, err := c.containerd.client.ContainerService().Get(ctx, sandboxID); err == nil {
 		leaks = append(leaks, "containerd container "+sandboxID)
 	}
-	if pids := shimsOf(c.containerd.socket(), sandboxID); len(pids) > 0 {
+	if pids := hostproc.IdleShims(c.containerd.socket(), sandboxID); len(pids) > 0 {
 		leaks = append(leaks, fmt.Sprintf("shims %v", pids))
 	}
-	for _, m := range mountsUnder("/") {
+	for _, m := range hostproc.Mounts("/") {
 		if strings.Contains(m, sandboxID) || strings.Contains(m, string(pod.UID)) {
 			leaks = append(leaks, "mount "+m)
 		}
@@ -84,51 +85,4 @@ func podLeaks(t *testing.T, pod *corev1.Pod, sandboxID string) []string {
 func exists(path string) bool {
 	_, err := os.Lstat(path)
 	return !errors.Is(err, fs.ErrNotExist)
-}
-
-// shimsOf lists the pids of the runc shims of the containerd at socket
-// that serve sandbox id, or all of them if id is "".
-func shimsOf(socket, id string) []int {
-	var pids []int
-	procs, _ := os.ReadDir("/proc")
-	for _, p := range procs {
-		pid, err := strconv.Atoi(p.Name())
-		if err != nil {
-			continue
-		}
-		b, err := os.ReadFile(filepath.Join("/proc", p.Name(), "cmdline"))
-		if err != nil {
-			continue
-		}
-		args := strings.Split(string(b), "\x00")
-		if !strings.HasSuffix(args[0], "containerd-shim-runc-v2") {
-			continue
-		}
-		flags := map[string]string{}
-		for i := 1; i+1 < len(args); i++ {
-			if strings.HasPrefix(args[i], "-") {
-				flags[args[i]] = args[i+1]
-			}
-		}
-		if flags["-address"] == socket && (id == "" || flags["-id"] == id) {
-			pids = append(pids, pid)
-		}
-	}
-	return pids
-}
-
-// mountsUnder lists mount points under dir, deepest first.
-func mountsUnder(dir string) []string {
-	b, err := os.ReadFile("/proc/self/mountinfo")
-	if err != nil {
-		return nil
-	}
-	var out []string
-	for _, line := range strings.Split(string(b), "\n") {
-		f := strings.Fields(line)
-		if len(f) > 4 && strings.HasPrefix(f[4], dir) {
-			out = append([]string{f[4]}, out...)
-		}
-	}
-	return out
 }

@@ -1,0 +1,116 @@
+package controller
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"slices"
+	"strings"
+	"sync"
+)
+
+// ShimGroupAnnotation groups tasks into one runc shim: the shim's start
+// command joins the shim already serving the group, if any, before it
+// looks at io.kubernetes.cri.sandbox-id. containerd then sends each
+// sandbox's app containers to its pause task's shim.
+const ShimGroupAnnotation = "io.containerd.runc.v2.group"
+
+// shimGroups shares runc shims between pods: up to perShim pods of a
+// handler have their pause tasks, and so their app containers, served by
+// one shim. A pod is in its group from Start until its pause exits; a group
+// no pod is in is retired, never used again: its shim exits as soon as it
+// serves no task, and a pod joining it then could land in a shim that is
+// shutting down.
+type shimGroups struct {
+	// perShim is the pods per shim of each handler; 1 or less, or no entry,
+	// means a shim of its own per pod.
+	perShim func(handler string) int
+
+	mu sync.Mutex // guards open
+	// open are the groups pods may join, by handler.
+	open map[string][]*shimGroup
+}
+
+type shimGroup struct {
+	id string
+	// pods in the group, that is, started and not yet exited.
+	pods int
+}
+
+func newShimGroups(perShim func(handler string) int) *shimGroups {
+	return &shimGroups{perShim: perShim, open: map[string][]*shimGroup{}}
+}
+
+// join puts a pod of handler into a group with room, or a new one, and
+// returns the group's ID; "" means a shim of the pod's own.
+func (s *shimGroups) join(handler string) string {
+	n := s.perShim(handler)
+	if n <= 1 {
+		return ""
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, g := range s.open[handler] {
+		if g.pods < n {
+			g.pods++
+			return g.id
+		}
+	}
+	g := &shimGroup{id: newGroupID(handler), pods: 1}
+	s.open[handler] = append(s.open[handler], g)
+	return g.id
+}
+
+// rejoin counts a recovered pod, whose pause runs, into its group again.
+func (s *shimGroups) rejoin(handler, id string) {
+	if id == "" {
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, g := range s.open[handler] {
+		if g.id == id {
+			g.pods++
+			return
+		}
+	}
+	s.open[handler] = append(s.open[handler], &shimGroup{id: id, pods: 1})
+}
+
+// leave takes a pod whose pause exited (or never started) out of group
+// id, and retires the group if that left it empty.
+func (s *shimGroups) leave(id string) {
+	if id == "" {
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for handler, groups := range s.open {
+		for i, g := range groups {
+			if g.id != id {
+				continue
+			}
+			if g.pods--; g.pods <= 0 {
+				s.open[handler] = slices.Delete(groups, i, i+1)
+			}
+			return
+		}
+	}
+}
+
+// retire stops pods from joining group id: its shim failed to take a task,
+// and may be shutting down. Its pods need not leave it.
+func (s *shimGroups) retire(id string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for handler, groups := range s.open {
+		s.open[handler] = slices.DeleteFunc(groups, func(g *shimGroup) bool { return g.id == id })
+	}
+}
+
+// newGroupID names a new group. It is random: group IDs name shim sockets,
+// and one a previous containerd used may still have its shim.
+func newGroupID(handler string) string {
+	b := make([]byte, 8)
+	_, _ = rand.Read(b)
+	return "berth-" + strings.ReplaceAll(handler, "/", "-") + "-" + hex.EncodeToString(b)
+}

@@ -1,0 +1,157 @@
+package integration
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/berth-dev/berth/controller"
+	"github.com/berth-dev/berth/integration/hostproc"
+)
+
+// handlerGrouped is the built-in controller with pods that put themselves
+// into shared shims through the runc shim's group annotation, which the
+// handler's pod_annotations pass: what an operator can configure without
+// berth, podsPerShim pods to a shim as berth's default groups them.
+const handlerGrouped = "runc-grouped"
+
+// benchPodConfigFor is benchPodConfig for handler: the grouped handler's
+// pods carry their shim group.
+func benchPodConfigFor(handler, prefix string, i int) *runtimeapi.PodSandboxConfig {
+	cfg := benchPodConfig(prefix, i)
+	if handler == handlerGrouped {
+		cfg.Annotations = map[string]string{controller.ShimGroupAnnotation: fmt.Sprintf("bench-%s-%d", prefix, i/podsPerShim)}
+	}
+	return cfg
+}
+
+// nodeMemory is what this containerd's pods cost the node beyond
+// containerd itself: its shims and the pause processes they serve.
+type nodeMemory struct {
+	shims             int
+	shimKiB, pauseKiB int
+}
+
+// sampleNodeMemory sums the proportional set size (PSS, which splits
+// shared pages among their users) of every shim of this containerd and of
+// every process it serves.
+func sampleNodeMemory(b testing.TB) nodeMemory {
+	var m nodeMemory
+	for _, shim := range shimsOf("") {
+		m.shims++
+		m.shimKiB += pssKiB(b, shim)
+		for _, child := range hostproc.Children(shim) {
+			m.pauseKiB += pssKiB(b, child)
+		}
+	}
+	return m
+}
+
+// pssKiB is the PSS of process pid, from /proc/<pid>/smaps_rollup; 0 for a
+// process gone meanwhile.
+func pssKiB(b testing.TB, pid int) int {
+	f, err := os.Open(filepath.Join("/proc", strconv.Itoa(pid), "smaps_rollup"))
+	if err != nil {
+		return 0
+	}
+	defer f.Close()
+	s := bufio.NewScanner(f)
+	for s.Scan() {
+		if fields := strings.Fields(s.Text()); len(fields) >= 2 && fields[0] == "Pss:" {
+			kib, err := strconv.Atoi(fields[1])
+			if err != nil {
+				b.Fatalf("smaps_rollup of %d: %v", pid, err)
+			}
+			return kib
+		}
+	}
+	return 0
+}
+
+// machineCPU is the CPU time every process of the machine used so far,
+// from /proc/stat: what a lifecycle costs the node, runc, shims, CNI and
+// the kernel's work included.
+func machineCPU(b testing.TB) time.Duration {
+	stat, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		b.Fatal(err)
+	}
+	// "cpu  user nice system idle iowait irq softirq steal ...", in ticks.
+	f := strings.Fields(strings.SplitN(string(stat), "\n", 2)[0])
+	var ticks int
+	for i, v := range f[1:] {
+		if i == 3 || i == 4 { // idle, iowait
+			continue
+		}
+		n, _ := strconv.Atoi(v)
+		ticks += n
+	}
+	return time.Duration(ticks) * 10 * time.Millisecond
+}
+
+// measureShimKill runs podsPerShim pods of h's handler, SIGKILLs the shim
+// serving the first, and records how long until every pod that shim served
+// is NOTREADY.
+func measureShimKill(b *testing.B, h *handlerStats) {
+	ids := runBenchPods(b, h.Handler, "shimkill-"+h.Name, 0, podsPerShim)
+	defer removeBenchPods(b, ids)
+	ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
+	defer cancel()
+	pauseOf := func(id string) int {
+		resp, err := daemon.runtime.PodSandboxStatus(ctx, &runtimeapi.PodSandboxStatusRequest{PodSandboxId: id, Verbose: true})
+		if err != nil {
+			b.Fatal(err)
+		}
+		var info struct{ Pid int }
+		if err := json.Unmarshal([]byte(resp.GetInfo()["info"]), &info); err != nil {
+			b.Fatal(err)
+		}
+		return info.Pid
+	}
+	shim, err := hostproc.Parent(pauseOf(ids[0]))
+	if err != nil {
+		b.Fatal(err)
+	}
+	var victims []string
+	for _, id := range ids {
+		if p, err := hostproc.Parent(pauseOf(id)); err == nil && p == shim {
+			victims = append(victims, id)
+		}
+	}
+	start := time.Now()
+	if err := syscall.Kill(shim, syscall.SIGKILL); err != nil {
+		b.Fatal(err)
+	}
+	for _, id := range victims {
+		for {
+			resp, err := daemon.runtime.PodSandboxStatus(ctx, &runtimeapi.PodSandboxStatusRequest{PodSandboxId: id})
+			if err != nil {
+				b.Fatal(err)
+			}
+			if resp.GetStatus().GetState() == runtimeapi.PodSandboxState_SANDBOX_NOTREADY {
+				break
+			}
+			if time.Since(start) > time.Minute {
+				b.Fatalf("%s: pod %s READY a minute after its shim's death", h.Name, id)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	h.ShimKill = &shimKill{Pods: len(victims), NotReadyMS: float64(time.Since(start).Microseconds()) / 1000}
+}
+
+// shimKill is how long the pods of a killed shim took to be NOTREADY.
+type shimKill struct {
+	Pods       int     `json:"pods"`
+	NotReadyMS float64 `json:"not_ready_ms"`
+}

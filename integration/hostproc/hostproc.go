@@ -1,0 +1,100 @@
+// Package hostproc reads, from /proc, what the end-to-end tests' processes
+// leave on this host: runc shims, mounts, process trees. Both test
+// packages, integration and integration/kube, check their leaks with it.
+package hostproc
+
+import (
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+)
+
+// Shims lists the pids of the runc shims of the containerd at socket that
+// were started for sandbox id (a shared shim is started for its first
+// pod), or all of that containerd's shims if id is "".
+func Shims(socket, id string) []int {
+	var pids []int
+	for _, pid := range processes() {
+		b, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "cmdline"))
+		if err != nil {
+			continue
+		}
+		args := strings.Split(string(b), "\x00")
+		if !strings.HasSuffix(args[0], "containerd-shim-runc-v2") {
+			continue
+		}
+		flags := map[string]string{}
+		for i := 1; i+1 < len(args); i++ {
+			if strings.HasPrefix(args[i], "-") {
+				flags[args[i]] = args[i+1]
+			}
+		}
+		if flags["-address"] == socket && (id == "" || flags["-id"] == id) {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}
+
+// IdleShims lists the shims Shims finds that serve no process: a shared
+// shim started for a pod that is gone may still serve other pods.
+func IdleShims(socket, id string) []int {
+	var idle []int
+	for _, pid := range Shims(socket, id) {
+		if len(Children(pid)) == 0 {
+			idle = append(idle, pid)
+		}
+	}
+	return idle
+}
+
+// Mounts lists the mount points under dir, deepest first.
+func Mounts(dir string) []string {
+	b, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return nil
+	}
+	var out []string
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) > 4 && strings.HasPrefix(f[4], dir) {
+			out = append([]string{f[4]}, out...)
+		}
+	}
+	return out
+}
+
+// Parent is the parent pid of process pid.
+func Parent(pid int) (int, error) {
+	stat, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "stat"))
+	if err != nil {
+		return 0, err
+	}
+	// The command may hold spaces; fields are counted after its ')'.
+	f := strings.Fields(string(stat[strings.LastIndexByte(string(stat), ')')+1:]))
+	return strconv.Atoi(f[1])
+}
+
+// Children lists the child processes of pid.
+func Children(pid int) []int {
+	var kids []int
+	for _, child := range processes() {
+		if ppid, err := Parent(child); err == nil && ppid == pid {
+			kids = append(kids, child)
+		}
+	}
+	return kids
+}
+
+// processes lists every pid.
+func processes() []int {
+	entries, _ := os.ReadDir("/proc")
+	var pids []int
+	for _, e := range entries {
+		if pid, err := strconv.Atoi(e.Name()); err == nil {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}

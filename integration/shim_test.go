@@ -1,0 +1,206 @@
+package integration
+
+import (
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/berth-dev/berth/controller"
+	"github.com/berth-dev/berth/integration/hostproc"
+)
+
+// podsPerShim is the config's pods_per_shim, which berth's handlers but
+// berth-solo have.
+const podsPerShim = 8
+
+// sharedPod is a pod of the shared-shim tests, with an app container that
+// logs a line and sleeps, in a PID namespace of its own as kubelet makes it.
+type sharedPod struct {
+	cfg     *runtimeapi.PodSandboxConfig
+	id, ctr string
+}
+
+func runSharedPods(t *testing.T, n int) []*sharedPod {
+	t.Helper()
+	logs := t.TempDir()
+	pods := make([]*sharedPod, n)
+	for i := range pods {
+		cfg := podConfig(t, withName(strconv.Itoa(i)), withKubeletNamespaces(), func(c *runtimeapi.PodSandboxConfig) {
+			c.LogDirectory = filepath.Join(logs, strconv.Itoa(i))
+		})
+		p := &sharedPod{cfg: cfg, id: runPod(t, cfg, handlerBerth)}
+		p.ctr = startContainerWith(t, p.id, cfg, func(c *runtimeapi.ContainerConfig) {
+			c.LogPath = "app.log"
+			c.Linux.SecurityContext = &runtimeapi.LinuxContainerSecurityContext{
+				NamespaceOptions: &runtimeapi.NamespaceOption{Pid: runtimeapi.NamespaceMode_CONTAINER},
+			}
+		}, "sh", "-c", "echo hello-"+strconv.Itoa(i)+"; exec sleep 3600")
+		pods[i] = p
+	}
+	return pods
+}
+
+// shimsServing maps each shim serving pods to the indexes of its pods.
+func shimsServing(t *testing.T, pods []*sharedPod) map[int][]int {
+	t.Helper()
+	shims := map[int][]int{}
+	for i, p := range pods {
+		shims[shimOf(t, p.id)] = append(shims[shimOf(t, p.id)], i)
+	}
+	return shims
+}
+
+// TestSharedShim runs more pods than a shim takes, each with an app
+// container: they share ceil(n/8) shims, each pod's container in its
+// pause's shim, with exec, logs and metrics per pod; after a containerd
+// restart every task reconnects to its shim, and a new pod joins the group
+// with room.
+func TestSharedShim(t *testing.T) {
+	const n = podsPerShim + 2
+	pods := runSharedPods(t, n)
+	shims := shimsServing(t, pods)
+	if len(shims) != 2 {
+		t.Fatalf("%d pods in %d shims %v, want 2", n, len(shims), shims)
+	}
+	check := func() {
+		t.Helper()
+		for i, p := range pods {
+			ctrShim, err := hostproc.Parent(containerPid(t, p.ctr))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if pauseShim := shimOf(t, p.id); ctrShim != pauseShim {
+				t.Errorf("pod %d: container in shim %d, its pause in %d", i, ctrShim, pauseShim)
+			}
+			if out := execSync(t, p.ctr, "echo", "ok"); out != "ok\n" {
+				t.Errorf("pod %d: exec: %q", i, out)
+			}
+			log, err := os.ReadFile(filepath.Join(p.cfg.LogDirectory, "app.log"))
+			if err != nil || !strings.Contains(string(log), "hello-"+strconv.Itoa(i)) {
+				t.Errorf("pod %d: log %q, %v", i, log, err)
+			}
+			if _, err := daemon.client.SandboxController(sandboxerBerth).Metrics(ctxT(t), p.id); err != nil {
+				t.Errorf("pod %d: Metrics: %v", i, err)
+			}
+		}
+	}
+	check()
+
+	if err := daemon.kill(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	if err := daemon.start(); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range pods {
+		if got := podStatus(t, p.id).GetStatus().GetState(); got != runtimeapi.PodSandboxState_SANDBOX_READY {
+			t.Errorf("pod %s is %v after the restart", p.id, got)
+		}
+	}
+	if after := shimsServing(t, pods); len(after) != len(shims) {
+		t.Errorf("shims after the restart %v, before %v", after, shims)
+	}
+	check()
+	// The group with room, the second, takes the next pod.
+	next := runPod(t, podConfig(t, withName("next")), handlerBerth)
+	if got, want := shimOf(t, next), shimOf(t, pods[n-1].id); got != want {
+		t.Errorf("a new pod's shim is %d, want %d, the group with room", got, want)
+	}
+}
+
+// TestSharedShimKilled kills a shim serving several pods: every one of them
+// is NOTREADY within a second and its container exits, and so they stay
+// across a restart; all of them are removed without leaks.
+func TestSharedShimKilled(t *testing.T) {
+	pods := runSharedPods(t, 4)
+	shims := shimsServing(t, pods)
+	if len(shims) != 1 {
+		t.Fatalf("4 pods in shims %v, want one", shims)
+	}
+	start := time.Now()
+	if err := syscall.Kill(shimOf(t, pods[0].id), syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	for i, p := range pods {
+		eventually(t, time.Second-time.Since(start), "pod "+strconv.Itoa(i)+" NOTREADY", func() bool {
+			return podStatus(t, p.id).GetStatus().GetState() == runtimeapi.PodSandboxState_SANDBOX_NOTREADY
+		})
+	}
+	t.Logf("4 pods NOTREADY %s after their shared shim's death", time.Since(start).Round(time.Millisecond))
+	exited := func() {
+		t.Helper()
+		for i, p := range pods {
+			eventually(t, 10*time.Second, "container of pod "+strconv.Itoa(i)+" exited", func() bool {
+				resp, err := daemon.runtime.ContainerStatus(ctxT(t), &runtimeapi.ContainerStatusRequest{ContainerId: p.ctr})
+				return err == nil && resp.GetStatus().GetState() == runtimeapi.ContainerState_CONTAINER_EXITED
+			})
+		}
+	}
+	exited()
+	if err := daemon.kill(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	if err := daemon.start(); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range pods {
+		if got := podStatus(t, p.id).GetStatus().GetState(); got != runtimeapi.PodSandboxState_SANDBOX_NOTREADY {
+			t.Errorf("pod %s is %v after the restart, want NOTREADY", p.id, got)
+		}
+	}
+	exited()
+}
+
+// TestRestartLostSharedShim makes containerd lose one pod's bundle in a
+// shared shim across a restart: that pod's pause is ended and the pod is
+// NOTREADY, and the shim, which serves the other pod, lives on.
+func TestRestartLostSharedShim(t *testing.T) {
+	pods := runSharedPods(t, 2)
+	shim := shimOf(t, pods[0].id)
+	if other := shimOf(t, pods[1].id); other != shim {
+		t.Fatalf("pods in shims %d and %d, want one", shim, other)
+	}
+	if err := daemon.kill(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	bootstrap := filepath.Join(daemon.dir, "state", "io.containerd.runtime.v2.task", "k8s.io", pods[0].id, "bootstrap.json")
+	if err := os.Remove(bootstrap); err != nil {
+		t.Fatalf("make the pause bundle incomplete: %v", err)
+	}
+	if err := daemon.start(); err != nil {
+		t.Fatal(err)
+	}
+	if got := podStatus(t, pods[0].id).GetStatus().GetState(); got != runtimeapi.PodSandboxState_SANDBOX_NOTREADY {
+		t.Errorf("pod with a lost bundle is %v, want NOTREADY", got)
+	}
+	time.Sleep(2 * time.Second)
+	if got := podStatus(t, pods[1].id).GetStatus().GetState(); got != runtimeapi.PodSandboxState_SANDBOX_READY {
+		t.Errorf("the other pod of the shim is %v, want READY", got)
+	}
+	if syscall.Kill(shim, 0) != nil {
+		t.Error("the shared shim was ended while it served the other pod")
+	}
+	if out := execSync(t, pods[1].ctr, "echo", "ok"); out != "ok\n" {
+		t.Errorf("exec in the other pod: %q", out)
+	}
+}
+
+// TestFailpointSharedShimRefuses fails a pause task's creation in a shared
+// shim, as a shim shutting down as the pod joins it fails it: the pod runs
+// all the same, in another shim.
+func TestFailpointSharedShimRefuses(t *testing.T) {
+	if !*failpoints {
+		t.Skip("needs -failpoints")
+	}
+	first := runPod(t, podConfig(t, withName("first")), handlerBerth)
+	refused := runPod(t, podConfig(t, withName("refused"), withFailpoints(map[string]int{controller.FailpointSharedShimRefuses: 1})), handlerBerth)
+	if shimOf(t, refused) == shimOf(t, first) {
+		t.Error("the pod refused by the group's shim runs in it")
+	}
+}
