@@ -37,7 +37,7 @@ binaries:
 		-o $(BIN)/containerd-shim-runc-v2 github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2
 	$(GO) build -tags urfave_cli_no_docs -ldflags "$(LDFLAGS)" -o $(BIN)/ctr github.com/containerd/containerd/v2/cmd/ctr
 	cd tools/runc && CGO_ENABLED=1 $(GO) build -trimpath -tags "seccomp urfave_cli_no_docs" -o $(BIN)/runc github.com/opencontainers/runc
-	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w" -o $(BIN)/berth-pause ./cmd/berth-pause
+	$(CC) -Os -static -s -Wall -Werror -o $(BIN)/berth-pause cmd/berth-pause/pause.c
 	$(GO) build -o $(BIN)/berth-image ./cmd/berth-image
 	cd tools/critools && $(GO) build -trimpath -o $(BIN)/crictl sigs.k8s.io/cri-tools/cmd/crictl
 
