@@ -12,6 +12,7 @@ import (
 	"github.com/containerd/containerd/v2/core/leases"
 	"github.com/containerd/containerd/v2/core/sandbox"
 	"github.com/containerd/errdefs"
+	"github.com/containerd/log"
 	"github.com/containerd/typeurl/v2"
 	"google.golang.org/protobuf/types/known/anypb"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
@@ -196,6 +197,20 @@ func startLeaseOpts(id string) []leases.Opt {
 		leases.WithExpiration(startLeaseExpiry),
 		leases.WithLabel(LabelKind, LabelKindStartLease),
 	}
+}
+
+// startLease makes the lease sandbox id's Start makes its pause container,
+// snapshot and task under; release ends it, logging what it cannot.
+func (c *Controller) startLease(ctx context.Context, id string) (_ context.Context, release func(), _ error) {
+	ctx, done, err := c.client.WithLease(ctx, startLeaseOpts(id)...)
+	if err != nil {
+		return nil, nil, fmt.Errorf("create start lease: %w", err)
+	}
+	return ctx, func() {
+		if err := done(context.WithoutCancel(ctx)); err != nil && !errdefs.IsNotFound(err) {
+			log.G(ctx).WithError(err).Warn("release start lease")
+		}
+	}, nil
 }
 
 // isStartLease says whether l is a Start's lease.

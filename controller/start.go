@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"maps"
 	"slices"
+	"time"
 
 	containerd "github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/core/containers"
@@ -83,15 +84,11 @@ func (c *Controller) start(ctx context.Context, sb *store.Sandbox, undo *rollbac
 	})
 	// The lease spans the container's and the task's making, so that
 	// recovery can tell a Start containerd's death cut short (record.go).
-	ctx, releaseLease, err := c.client.WithLease(ctx, startLeaseOpts(sb.ID)...)
+	ctx, releaseLease, err := c.startLease(ctx, sb.ID)
 	if err != nil {
-		return sandbox.ControllerInstance{}, fmt.Errorf("create start lease: %w", err)
+		return sandbox.ControllerInstance{}, err
 	}
-	defer func() {
-		if err := releaseLease(context.WithoutCancel(ctx)); err != nil && !errdefs.IsNotFound(err) {
-			log.G(ctx).WithError(err).Warn("release start lease")
-		}
-	}()
+	defer releaseLease()
 	container, spec, err := c.createContainer(ctx, sb, p, undo)
 	if err != nil {
 		return sandbox.ControllerInstance{}, err
@@ -127,7 +124,12 @@ func (c *Controller) start(ctx context.Context, sb *store.Sandbox, undo *rollbac
 	})
 	c.reaper.watch(sb, w)
 	log.G(ctx).WithField("pid", pid).Debug("sandbox started")
+	return controllerInstance(sb, p, pid, info.CreatedAt, spec), nil
+}
 
+// controllerInstance is what Start tells CRI of a started sandbox: the
+// labels CRI shows (verbose status) beside the pod's own.
+func controllerInstance(sb *store.Sandbox, p startPlan, pid uint32, createdAt time.Time, spec typeurl.Any) sandbox.ControllerInstance {
 	labels := maps.Clone(sb.Config.GetLabels())
 	if labels == nil {
 		labels = map[string]string{}
@@ -137,10 +139,10 @@ func (c *Controller) start(ctx context.Context, sb *store.Sandbox, undo *rollbac
 	return sandbox.ControllerInstance{
 		SandboxID: sb.ID,
 		Pid:       pid,
-		CreatedAt: info.CreatedAt,
+		CreatedAt: createdAt,
 		Labels:    labels,
 		Spec:      spec,
-	}, nil
+	}
 }
 
 // startPlan is what a sandbox's pause container is made of.
