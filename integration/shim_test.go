@@ -17,7 +17,7 @@ import (
 
 // podsPerShim is the config's pods_per_shim, which berth's handlers but
 // berth-solo have.
-const podsPerShim = 8
+const podsPerShim = 16
 
 // sharedPod is a pod of the shared-shim tests, with an app container that
 // logs a line and sleeps, in a PID namespace of its own as kubelet makes it.

@@ -88,7 +88,7 @@ func DefaultConfig() *Config {
 // defaultPodsPerShim was chosen with make bench (docs/performance.md):
 // eight pods share a shim at a small fraction of the memory of eight shims,
 // with no cost in latency or throughput.
-const defaultPodsPerShim = 8
+const defaultPodsPerShim = 16
 
 // maxPodsPerShim bounds how many pods one shim process may serve: its
 // death is all of theirs.

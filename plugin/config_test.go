@@ -30,7 +30,7 @@ func TestDefaultConfig(t *testing.T) {
 		Recovery:             Recovery{Parallelism: 16, SandboxTimeout: Duration{10 * time.Second}},
 		BuiltinPauseHandlers: []string{},
 		BuiltinPauseBinary:   "/usr/local/bin/berth-pause",
-		PodsPerShim:          8,
+		PodsPerShim:          16,
 		HandlerPodsPerShim:   map[string]int{},
 	}
 	if !reflect.DeepEqual(*c, want) {
