@@ -57,7 +57,7 @@ func shimsServing(t *testing.T, pods []*sharedPod) map[int][]int {
 }
 
 // TestSharedShim runs more pods than a shim takes, each with an app
-// container: they share ceil(n/8) shims, each pod's container in its
+// container: they share ceil(n/podsPerShim) shims, each pod's container in its
 // pause's shim, with exec, logs and metrics per pod; after a containerd
 // restart every task reconnects to its shim, and a new pod joins the group
 // with room.
@@ -155,6 +155,37 @@ func TestSharedShimKilled(t *testing.T) {
 		}
 	}
 	exited()
+}
+
+// TestSharedShimOOM runs out of memory in a container of one of two pods
+// sharing a shim: CRI reports that container OOMKilled, from the shim's OOM
+// event for it, and the other pod, its container and the shim live on.
+func TestSharedShimOOM(t *testing.T) {
+	pods := runSharedPods(t, 2)
+	if shims := shimsServing(t, pods); len(shims) != 1 {
+		t.Fatalf("2 pods in shims %v, want one", shims)
+	}
+	const limit = 32 << 20
+	hog := startContainerWith(t, pods[1].id, pods[1].cfg, func(c *runtimeapi.ContainerConfig) {
+		c.Metadata.Name = "hog"
+		c.Linux.Resources = &runtimeapi.LinuxContainerResources{MemoryLimitInBytes: limit, MemorySwapLimitInBytes: limit}
+		c.Linux.SecurityContext = &runtimeapi.LinuxContainerSecurityContext{
+			NamespaceOptions: &runtimeapi.NamespaceOption{Pid: runtimeapi.NamespaceMode_CONTAINER},
+		}
+	}, "/bin/busybox", "dd", "if=/dev/zero", "of=/dev/null", "bs=256M", "count=1")
+	eventually(t, 30*time.Second, "the hog OOMKilled", func() bool {
+		resp, err := daemon.runtime.ContainerStatus(ctxT(t), &runtimeapi.ContainerStatusRequest{ContainerId: hog})
+		return err == nil && resp.GetStatus().GetState() == runtimeapi.ContainerState_CONTAINER_EXITED &&
+			resp.GetStatus().GetReason() == "OOMKilled"
+	})
+	for i, p := range pods {
+		if got := podStatus(t, p.id).GetStatus().GetState(); got != runtimeapi.PodSandboxState_SANDBOX_READY {
+			t.Errorf("pod %d is %v after its neighbour's OOM", i, got)
+		}
+		if out := execSync(t, p.ctr, "echo", "ok"); out != "ok\n" {
+			t.Errorf("pod %d: exec after the OOM: %q", i, out)
+		}
+	}
 }
 
 // TestRestartLostSharedShim makes containerd lose one pod's bundle in a
