@@ -78,11 +78,17 @@ func TestChaos(t *testing.T) {
 	}
 
 	var (
-		steps    sync.RWMutex // read: a lifecycle step; write: a restart
+		steps sync.RWMutex // read: a lifecycle step; write: a restart
+		// read: a lifecycle step; write: a shim kill. A shim dying under a
+		// CRI call of one of its pods fails the call (a RunPodSandbox then
+		// leaves no pod to check) or leaves the pod in no state this test
+		// can predict; a kill with no call in flight finds every pod the
+		// shim serves and its exits handled before the next call.
+		kills    sync.RWMutex
 		podsMu   sync.Mutex
 		pods     = map[string]*chaosPod{}
 		done     atomic.Int64
-		kills    struct{ pause, shim, containerd atomic.Int64 }
+		killed   struct{ pause, shim, containerd atomic.Int64 }
 		restarts = make(chan struct{}, *chaos/chaosRestartEvery+1)
 	)
 	setPhase := func(p *chaosPod, ph chaosPhase) {
@@ -90,13 +96,24 @@ func TestChaos(t *testing.T) {
 		p.phase = ph
 		podsMu.Unlock()
 	}
-	// step runs one CRI step of a lifecycle, never during a restart.
+	// step runs one CRI step of a lifecycle, never during a restart or a
+	// shim kill.
 	step := func(fn func(ctx context.Context) error) error {
 		steps.RLock()
 		defer steps.RUnlock()
+		kills.RLock()
+		defer kills.RUnlock()
 		ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
 		defer cancel()
 		return fn(ctx)
+	}
+	// alone runs a shim kill with no step in flight, never during a restart.
+	alone := func(fn func() error) error {
+		steps.RLock()
+		defer steps.RUnlock()
+		kills.Lock()
+		defer kills.Unlock()
+		return fn()
 	}
 
 	lifecycle := func(i int) error {
@@ -120,14 +137,16 @@ func TestChaos(t *testing.T) {
 		// goes on to the pod's removal, as kubelet's does.
 		err := step(func(ctx context.Context) error { return chaosContainer(ctx, p, cfg) })
 		if err == nil {
-			err = step(func(context.Context) error {
-				switch r := roll(); {
-				case r < chaosPauseKill:
-					kills.pause.Add(1)
+			switch r := roll(); {
+			case r < chaosPauseKill:
+				err = step(func(context.Context) error {
+					killed.pause.Add(1)
 					setPhase(p, chaosPauseDied)
 					return chaosKill(chaosPausePid, []string{p.id})
-				case r < chaosPauseKill+chaosShimKill:
-					kills.shim.Add(1)
+				})
+			case r < chaosPauseKill+chaosShimKill:
+				err = alone(func() error {
+					killed.shim.Add(1)
 					podsMu.Lock()
 					live := slices.Collect(maps.Values(pods))
 					podsMu.Unlock()
@@ -141,9 +160,8 @@ func TestChaos(t *testing.T) {
 						ids = append(ids, v.id)
 					}
 					return chaosKill(chaosShimPid, ids)
-				}
-				return nil
-			})
+				})
+			}
 		}
 		podsMu.Lock()
 		shimDied := p.phase == chaosShimDied
@@ -179,7 +197,7 @@ func TestChaos(t *testing.T) {
 				want[id] = *p
 			}
 			podsMu.Unlock()
-			kills.containerd.Add(1)
+			killed.containerd.Add(1)
 			if err := daemon.kill(syscall.SIGKILL); err != nil {
 				t.Error(err)
 			} else if err := daemon.start(); err != nil {
@@ -199,7 +217,7 @@ func TestChaos(t *testing.T) {
 		t.Error(err)
 	}
 	t.Logf("%d lifecycles in %s; killed %d pause processes, %d shims, containerd %d times",
-		done.Load(), time.Since(start).Round(time.Second), kills.pause.Load(), kills.shim.Load(), kills.containerd.Load())
+		done.Load(), time.Since(start).Round(time.Second), killed.pause.Load(), killed.shim.Load(), killed.containerd.Load())
 	// Pods a failed lifecycle left, removed as kubelet would.
 	for id, p := range pods {
 		ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
