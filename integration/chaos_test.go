@@ -136,16 +136,28 @@ func TestChaos(t *testing.T) {
 		// this pod's down under any step, which then fails. The lifecycle
 		// goes on to the pod's removal, as kubelet's does.
 		err := step(func(ctx context.Context) error { return chaosContainer(ctx, p, cfg) })
+		// A pod a shim kill took meanwhile has nothing left to kill.
+		shimDied := func() bool {
+			podsMu.Lock()
+			defer podsMu.Unlock()
+			return p.phase == chaosShimDied
+		}
 		if err == nil {
 			switch r := roll(); {
 			case r < chaosPauseKill:
 				err = step(func(context.Context) error {
+					if shimDied() {
+						return nil
+					}
 					killed.pause.Add(1)
 					setPhase(p, chaosPauseDied)
 					return chaosKill(chaosPausePid, []string{p.id})
 				})
 			case r < chaosPauseKill+chaosShimKill:
 				err = alone(func() error {
+					if shimDied() {
+						return nil
+					}
 					killed.shim.Add(1)
 					podsMu.Lock()
 					live := slices.Collect(maps.Values(pods))
@@ -163,10 +175,7 @@ func TestChaos(t *testing.T) {
 				})
 			}
 		}
-		podsMu.Lock()
-		shimDied := p.phase == chaosShimDied
-		podsMu.Unlock()
-		if err != nil && !shimDied {
+		if err != nil && !shimDied() {
 			return err
 		}
 		if err := step(func(ctx context.Context) error { return chaosStop(ctx, p) }); err != nil {
@@ -319,6 +328,11 @@ func chaosKill(pidOf func(context.Context, string) (int, error), pods []string) 
 	pid, err := pidOf(ctx, pods[0])
 	if err != nil {
 		return err
+	}
+	// kill(2) takes 0 and -1 for groups of processes and 1 is init: only a
+	// process of the pod is this test's to kill.
+	if pid <= 1 {
+		return fmt.Errorf("no process of %s to kill: pid %d", pods[0], pid)
 	}
 	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
 		return fmt.Errorf("kill %d of %s: %w", pid, pods[0], err)
