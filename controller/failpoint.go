@@ -19,10 +19,14 @@ import (
 var failpoints sync.Map
 
 // failpoint fails the first N calls of point for a sandbox whose pod has the
-// annotation FailpointAnnotationPrefix+point = "N", with an Unavailable
+// annotation FailpointAnnotationPrefix+point = "N" (never for a nil
+// sandbox, a container no sandbox owns), with an Unavailable
 // error, as a shim that did not answer would. Only test builds (build tag
 // berth_failpoint) have it; tests use it to prove retries and rollbacks.
 func failpoint(sb *store.Sandbox, point string) error {
+	if sb == nil {
+		return nil
+	}
 	v, ok := sb.Config.GetAnnotations()[FailpointAnnotationPrefix+point]
 	if !ok {
 		return nil

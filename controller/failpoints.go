@@ -18,6 +18,9 @@ const (
 	// FailpointSharedShimRefuses fails the pause task's creation in a
 	// shared shim, as a shim shutting down would, instead of making it.
 	FailpointSharedShimRefuses = "start.shared-shim-refuses"
+	// FailpointLostShimDelete fails the deletion of a pause task containerd
+	// lost in its shim, as a shim that did not answer in time would.
+	FailpointLostShimDelete = "lost.shim-delete"
 	// FailpointUndoPrefix and a Start step's name ("files", "snapshot",
 	// "container", "task") fail that step's undo.
 	FailpointUndoPrefix = "undo."

@@ -28,6 +28,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/berth-dev/berth/podcgroup"
+	"github.com/berth-dev/berth/store"
 )
 
 // ShimSockets is where the runc shim listens: a socket under Dir named after
@@ -52,6 +53,8 @@ type lostTask struct {
 	cgroupsPath string
 	// group is its shim group, "" for a shim of its own.
 	group string
+	// sb is the sandbox of the task, nil for a container no sandbox owns.
+	sb *store.Sandbox
 }
 
 // cleanupLost cleans up after a pause task containerd does not know, when a
@@ -74,7 +77,7 @@ func (r *reaper) cleanupLost(ctx context.Context, t lostTask) error {
 			return err
 		}
 	}
-	return r.endLostShim(ctx, t.id, t.group)
+	return r.endLostShim(ctx, t)
 }
 
 // deleteFromTaskService asks containerd's task service to delete the task
@@ -134,23 +137,54 @@ func deleteRuncContainer(ctx context.Context, id string, runtime sandbox.Runtime
 // socket derived from containerd's address and its group (group, or the
 // sandbox ID), so berth can still reach it there. A shim that is not there
 // is fine.
-func (r *reaper) endLostShim(ctx context.Context, id, group string) error {
-	if r.sockets.ContainerdAddress == "" {
-		return nil
-	}
-	svc, closeShim, err := r.dialShim(ctx, cmp.Or(group, id))
+func (r *reaper) endLostShim(ctx context.Context, t lostTask) error {
+	svc, closeShim, err := r.dialShim(ctx, cmp.Or(t.group, t.id))
 	if err != nil || svc == nil {
 		return err
 	}
 	defer closeShim()
+	// Delete first: the runc shim only exits once it serves no task, and a
+	// shared shim must not keep this one: the shim would outlive its last
+	// pod, serving nothing. A delete that fails is retried with the rest of
+	// the cleanup.
+	err = failpoint(t.sb, FailpointLostShimDelete)
+	if err == nil {
+		err = r.deleteInShim(ctx, svc, t.id)
+	}
+	if err != nil {
+		return fmt.Errorf("delete pause task in lost shim: %w", err)
+	}
+	return r.shutdownUnlessServing(ctx, svc, t.id)
+}
+
+// endIdleShim ends the shim of sb's group once no pod is in the group and
+// the shim serves no task containerd knows of. The shim exits by itself
+// when containerd deletes its last task, unless a crash left it a task
+// containerd does not know, which keeps it running, serving nothing, for
+// good. Failing here never fails the pod's deletion: it is logged.
+func (r *reaper) endIdleShim(ctx context.Context, sb *store.Sandbox) {
+	group := sb.Status().Instance.ShimGroup
+	if group == "" || r.groups.has(group) {
+		return
+	}
+	logger := log.G(ctx).WithField("shim_group", group)
+	svc, closeShim, err := r.dialShim(ctx, group)
+	if err == nil && svc != nil {
+		defer closeShim()
+		err = r.shutdownUnlessServing(log.WithLogger(ctx, logger), svc, sb.ID)
+	}
+	if err != nil && !isShimExiting(err) {
+		logger.WithError(err).Warn("end the shim of a group no pod is in")
+	}
+}
+
+// shutdownUnlessServing shuts the shim down, and ends it if it does not
+// exit, unless it serves a task of a container containerd knows besides
+// sandbox id's pause.
+func (r *reaper) shutdownUnlessServing(ctx context.Context, svc taskapi.TTRPCTaskService, id string) error {
 	info, err := svc.Connect(ctx, &taskapi.ConnectRequest{ID: id})
 	if err != nil {
-		return fmt.Errorf("connect to lost shim: %w", err)
-	}
-	// Delete first: the runc shim only exits once it serves no task, and a
-	// shared shim that serves others must not keep this one.
-	if err := r.deleteInShim(ctx, svc, id); err != nil {
-		log.G(ctx).WithError(err).Warn("delete pause task in lost shim")
+		return fmt.Errorf("connect to shim: %w", err)
 	}
 	others, err := r.otherTasks(ctx, svc, id)
 	if err != nil {
@@ -159,15 +193,22 @@ func (r *reaper) endLostShim(ctx context.Context, id, group string) error {
 	if len(others) > 0 {
 		// kubelet, not berth, decides when the pod's containers stop; the
 		// shim exits once containerd deletes the last of them.
-		log.G(ctx).WithField("tasks", others).Info("lost shim serves other tasks; leaving it")
+		log.G(ctx).WithField("tasks", others).Info("shim serves other tasks; leaving it")
 		return nil
 	}
-	if _, err := svc.Shutdown(ctx, &taskapi.ShutdownRequest{ID: id, Now: true}); err != nil && !errors.Is(err, ttrpc.ErrClosed) {
-		return fmt.Errorf("shut down lost shim: %w", err)
+	if _, err := svc.Shutdown(ctx, &taskapi.ShutdownRequest{ID: id, Now: true}); err != nil && !isShimExiting(err) {
+		return fmt.Errorf("shut down shim: %w", err)
 	}
 	// A shim whose bundle containerd deleted cannot delete its task, and
-	// so does not exit by itself.
+	// one that holds a task containerd forgot refuses to shut down: neither
+	// exits by itself.
 	return r.killShim(ctx, svc, id, int(info.GetShimPid()))
+}
+
+// isShimExiting reports whether err is a shim's connection closing under a
+// call: the shim is exiting.
+func isShimExiting(err error) bool {
+	return errors.Is(err, ttrpc.ErrClosed) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
 }
 
 // deleteInShim deletes the task of container id in the shim. runc has just
@@ -194,8 +235,11 @@ func (r *reaper) deleteInShim(ctx context.Context, svc taskapi.TTRPCTaskService,
 }
 
 // dialShim connects to the shim of group; a nil service means no shim
-// listens there.
+// listens there, or that berth does not know where shims listen.
 func (r *reaper) dialShim(ctx context.Context, group string) (taskapi.TTRPCTaskService, func(), error) {
+	if r.sockets.ContainerdAddress == "" {
+		return nil, nil, nil
+	}
 	ctx = namespaces.WithNamespace(ctx, Namespace)
 	// The task API is on the shim's plain socket; with debug logging it
 	// also has a debug one, which does not serve it.
@@ -208,7 +252,7 @@ func (r *reaper) dialShim(ctx context.Context, group string) (taskapi.TTRPCTaskS
 		if errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ECONNREFUSED) {
 			return nil, nil, nil
 		}
-		return nil, nil, fmt.Errorf("dial lost shim: %w", err)
+		return nil, nil, fmt.Errorf("dial shim: %w", err)
 	}
 	client := ttrpc.NewClient(conn)
 	return taskapi.NewTTRPCTaskClient(client), func() { client.Close() }, nil
@@ -231,14 +275,14 @@ func (r *reaper) otherTasks(ctx context.Context, svc taskapi.TTRPCTaskService, i
 		if err := errgrpc.ToNative(err); err == nil {
 			tasks = append(tasks, c.ID())
 		} else if !errdefs.IsNotFound(err) {
-			return nil, fmt.Errorf("state of task %s in lost shim: %w", c.ID(), err)
+			return nil, fmt.Errorf("state of task %s in shim: %w", c.ID(), err)
 		}
 	}
 	return tasks, nil
 }
 
-// killShim waits a second for the shim of sandbox id, pid shimPid, to exit,
-// then SIGKILLs it. It signals through a pidfd taken while the shim still
+// killShim waits a second for the shim that served sandbox id, pid shimPid,
+// to exit, then SIGKILLs it. It signals through a pidfd taken while the shim still
 // answered on its socket with that pid, so that a reused pid is never hit.
 func (r *reaper) killShim(ctx context.Context, svc taskapi.TTRPCTaskService, id string, shimPid int) error {
 	if shimPid <= 0 {
@@ -249,11 +293,11 @@ func (r *reaper) killShim(ctx context.Context, svc taskapi.TTRPCTaskService, id 
 		return nil
 	}
 	if err != nil {
-		return fmt.Errorf("pidfd of lost shim %d: %w", shimPid, err)
+		return fmt.Errorf("pidfd of shim %d: %w", shimPid, err)
 	}
 	defer unix.Close(pidfd)
 	if exited(pidfd, time.Second) {
-		log.G(ctx).WithField("pid", shimPid).Info("a shim containerd had lost exited")
+		log.G(ctx).WithField("pid", shimPid).Debug("shim exited")
 		return nil
 	}
 	// The pidfd is the shim's only if the shim still answers with its pid.
@@ -262,9 +306,9 @@ func (r *reaper) killShim(ctx context.Context, svc taskapi.TTRPCTaskService, id 
 		return nil
 	}
 	if err := unix.PidfdSendSignal(pidfd, unix.SIGKILL, nil, 0); err != nil && !errors.Is(err, unix.ESRCH) {
-		return fmt.Errorf("kill lost shim %d: %w", shimPid, err)
+		return fmt.Errorf("kill shim %d: %w", shimPid, err)
 	}
-	log.G(ctx).WithField("pid", shimPid).Info("killed a shim containerd had lost")
+	log.G(ctx).WithField("pid", shimPid).Info("killed a shim that would not exit")
 	return nil
 }
 

@@ -125,6 +125,7 @@ func (r *reaper) deleteExited(ctx context.Context, sb *store.Sandbox, task conta
 	if err := r.deleteTask(ctx, task); err != nil {
 		return err
 	}
+	r.endIdleShim(ctx, sb)
 	sb.SetDeleted()
 	return nil
 }
@@ -251,7 +252,7 @@ func (r *reaper) loadTask(ctx context.Context, sb *store.Sandbox) (containerd.Ta
 	}
 	sb.Exit(unknownExitCode, time.Now())
 	inst := sb.Status().Instance
-	if err := r.cleanupLost(ctx, lostTask{id: sb.ID, runtime: sb.Runtime, cgroupsPath: inst.CgroupsPath, group: inst.ShimGroup}); err != nil {
+	if err := r.cleanupLost(ctx, lostTask{id: sb.ID, runtime: sb.Runtime, cgroupsPath: inst.CgroupsPath, group: inst.ShimGroup, sb: sb}); err != nil {
 		return nil, err
 	}
 	sb.SetDeleted()

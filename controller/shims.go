@@ -19,7 +19,8 @@ const ShimGroupAnnotation = "io.containerd.runc.v2.group"
 // one shim. A pod is in its group from Start until its pause exits; a group
 // no pod is in is retired, never used again: its shim exits as soon as it
 // serves no task, and a pod joining it then could land in a shim that is
-// shutting down.
+// shutting down. The reaper ends the shim of such a group if it does not
+// exit (endIdleShim).
 type shimGroups struct {
 	// perShim is the pods per shim of each handler; 1 or less, or no entry,
 	// means a shim of its own per pod.
@@ -95,6 +96,21 @@ func (s *shimGroups) leave(id string) {
 			return
 		}
 	}
+}
+
+// has reports whether group id is open: pods are in it, and may join it.
+// A retired group is not, though pods may still be in it.
+func (s *shimGroups) has(id string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, groups := range s.open {
+		for _, g := range groups {
+			if g.id == id {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // retire stops pods from joining group id: its shim failed to take a task,

@@ -29,12 +29,21 @@ func TestShimGroups(t *testing.T) {
 		t.Errorf("joined %s, want the group with room, %s", id, a[0])
 	}
 	// A group left empty is retired, never joined again.
+	if !g.has(b) {
+		t.Errorf("group %s with a pod is not open", b)
+	}
 	g.leave(b)
+	if g.has(b) {
+		t.Errorf("group %s no pod is in is open", b)
+	}
 	if id := g.join("h"); id == b {
 		t.Errorf("joined the emptied group %s", id)
 	}
 	// A retired group is joined no more, though pods are still in it.
 	g.retire(a[0])
+	if g.has(a[0]) {
+		t.Errorf("retired group %s is open", a[0])
+	}
 	for range 3 {
 		if id := g.join("h"); id == a[0] {
 			t.Fatalf("joined the retired group %s", id)

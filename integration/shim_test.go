@@ -26,14 +26,14 @@ type sharedPod struct {
 	id, ctr string
 }
 
-func runSharedPods(t *testing.T, n int) []*sharedPod {
+func runSharedPods(t *testing.T, n int, opts ...podOpt) []*sharedPod {
 	t.Helper()
 	logs := t.TempDir()
 	pods := make([]*sharedPod, n)
 	for i := range pods {
-		cfg := podConfig(t, withName(strconv.Itoa(i)), withKubeletNamespaces(), func(c *runtimeapi.PodSandboxConfig) {
+		cfg := podConfig(t, append([]podOpt{withName(strconv.Itoa(i)), withKubeletNamespaces(), func(c *runtimeapi.PodSandboxConfig) {
 			c.LogDirectory = filepath.Join(logs, strconv.Itoa(i))
-		})
+		}}, opts...)...)
 		p := &sharedPod{cfg: cfg, id: runPod(t, cfg, handlerBerth)}
 		p.ctr = startContainerWith(t, p.id, cfg, func(c *runtimeapi.ContainerConfig) {
 			c.LogPath = "app.log"
@@ -193,20 +193,7 @@ func TestSharedShimOOM(t *testing.T) {
 // NOTREADY, and the shim, which serves the other pod, lives on.
 func TestRestartLostSharedShim(t *testing.T) {
 	pods := runSharedPods(t, 2)
-	shim := shimOf(t, pods[0].id)
-	if other := shimOf(t, pods[1].id); other != shim {
-		t.Fatalf("pods in shims %d and %d, want one", shim, other)
-	}
-	if err := daemon.kill(syscall.SIGKILL); err != nil {
-		t.Fatal(err)
-	}
-	bootstrap := filepath.Join(daemon.dir, "state", "io.containerd.runtime.v2.task", "k8s.io", pods[0].id, "bootstrap.json")
-	if err := os.Remove(bootstrap); err != nil {
-		t.Fatalf("make the pause bundle incomplete: %v", err)
-	}
-	if err := daemon.start(); err != nil {
-		t.Fatal(err)
-	}
+	shim := restartLosingBundle(t, pods)
 	if got := podStatus(t, pods[0].id).GetStatus().GetState(); got != runtimeapi.PodSandboxState_SANDBOX_NOTREADY {
 		t.Errorf("pod with a lost bundle is %v, want NOTREADY", got)
 	}
@@ -220,6 +207,53 @@ func TestRestartLostSharedShim(t *testing.T) {
 	if out := execSync(t, pods[1].ctr, "echo", "ok"); out != "ok\n" {
 		t.Errorf("exec in the other pod: %q", out)
 	}
+}
+
+// restartLosingBundle kills containerd under pods, which share a shim, and
+// removes the first pod's bootstrap.json before it starts again, as a
+// containerd that died while that pod's task was made would leave it:
+// containerd then forgets the task, which the shim still serves. It returns
+// the shim's pid.
+func restartLosingBundle(t *testing.T, pods []*sharedPod) int {
+	t.Helper()
+	shim := shimOf(t, pods[0].id)
+	for _, p := range pods[1:] {
+		if other := shimOf(t, p.id); other != shim {
+			t.Fatalf("pods in shims %d and %d, want one", shim, other)
+		}
+	}
+	if err := daemon.kill(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	bootstrap := filepath.Join(daemon.dir, "state", "io.containerd.runtime.v2.task", "k8s.io", pods[0].id, "bootstrap.json")
+	if err := os.Remove(bootstrap); err != nil {
+		t.Fatalf("make the pause bundle incomplete: %v", err)
+	}
+	if err := daemon.start(); err != nil {
+		t.Fatal(err)
+	}
+	return shim
+}
+
+// TestFailpointLostSharedShimDeleteRetried is TestRestartLostSharedShim
+// with the first deletion of the lost pause task in the shim failing. The
+// deletion is retried: once both pods are removed the shim is gone. A shim
+// left holding a task containerd forgot would outlive its last pod, serving
+// nothing, for good; and if it does all the same, the reaper ends it.
+func TestFailpointLostSharedShimDeleteRetried(t *testing.T) {
+	if !*failpoints {
+		t.Skip("needs -failpoints")
+	}
+	pods := runSharedPods(t, 2, withFailpoints(map[string]int{controller.FailpointLostShimDelete: 1}))
+	shim := restartLosingBundle(t, pods)
+	removePod(t, pods[0].id)
+	if out := execSync(t, pods[1].ctr, "echo", "ok"); out != "ok\n" {
+		t.Errorf("exec in the other pod: %q", out)
+	}
+	removePod(t, pods[1].id)
+	eventually(t, 10*time.Second, "the shared shim exits with its last pod", func() bool {
+		return syscall.Kill(shim, 0) != nil
+	})
 }
 
 // TestFailpointSharedShimRefuses fails a pause task's creation in a shared
