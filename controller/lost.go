@@ -272,10 +272,14 @@ func (r *reaper) otherTasks(ctx context.Context, svc taskapi.TTRPCTaskService, i
 			continue
 		}
 		_, err = svc.State(ctx, &taskapi.StateRequest{ID: c.ID()})
-		if err := errgrpc.ToNative(err); err == nil {
+		switch {
+		case err == nil:
 			tasks = append(tasks, c.ID())
-		} else if !errdefs.IsNotFound(err) {
+		case isShimExiting(err):
+			// Not through errgrpc, which would lose ttrpc's error.
 			return nil, fmt.Errorf("state of task %s in shim: %w", c.ID(), err)
+		case !errdefs.IsNotFound(errgrpc.ToNative(err)):
+			return nil, fmt.Errorf("state of task %s in shim: %w", c.ID(), errgrpc.ToNative(err))
 		}
 	}
 	return tasks, nil
