@@ -45,7 +45,7 @@ var walkthroughSteps = []walkthroughStep{
 			t.Errorf("crictl exec hostname printed %q, want hello", out)
 		}
 	}},
-	{regexp.MustCompile(`^crictl stopp \$POD && crictl rmp \$POD$`), func(t *testing.T, out string, ids walkthroughIDs) {
+	{regexp.MustCompile(`^crictl -t 30s stopp \$POD && crictl rmp \$POD +# stopp kills the pod first$`), func(t *testing.T, out string, ids walkthroughIDs) {
 		want := fmt.Sprintf("Stopped sandbox %s\nRemoved sandbox %s\n", ids.pod, ids.pod)
 		if out != want {
 			t.Errorf("crictl stopp && rmp printed %q, want %q", out, want)
@@ -90,7 +90,9 @@ func TestReadmeWalkthrough(t *testing.T) {
 	var script strings.Builder
 	script.WriteString("set -euo pipefail\n")
 	for i, s := range steps {
-		fmt.Fprintf(&script, "{ %s\n} >out.%d 2>err.%d\n", s, i, i)
+		// set -e lets the first command of an && list fail: each step's
+		// status is checked.
+		fmt.Fprintf(&script, "{ %s\n} >out.%d 2>err.%d || exit\n", s, i, i)
 	}
 	script.WriteString(`echo "$POD $CTR" >ids` + "\n")
 	cmd := exec.Command("bash", "-c", script.String())
