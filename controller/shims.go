@@ -1,6 +1,7 @@
 package controller
 
 import (
+	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"slices"
@@ -26,19 +27,30 @@ type shimGroups struct {
 	// means a shim of its own per pod.
 	perShim func(handler string) int
 
-	mu sync.Mutex // guards open
+	mu sync.Mutex // guards open, inUse and their groups
 	// open are the groups pods may join, by handler.
 	open map[string][]*shimGroup
+	// inUse are the groups pods are in, open or retired, by ID.
+	inUse map[string]*shimGroup
 }
 
 type shimGroup struct {
 	id string
 	// pods in the group, that is, started and not yet exited.
 	pods int
+	// shimUp says a pause task was made in the group: its shim listens.
+	shimUp bool
+	// making is the one token for making a task in the group before its
+	// shim is up.
+	making chan struct{}
 }
 
 func newShimGroups(perShim func(handler string) int) *shimGroups {
-	return &shimGroups{perShim: perShim, open: map[string][]*shimGroup{}}
+	return &shimGroups{perShim: perShim, open: map[string][]*shimGroup{}, inUse: map[string]*shimGroup{}}
+}
+
+func newShimGroup(id string) *shimGroup {
+	return &shimGroup{id: id, pods: 1, making: make(chan struct{}, 1)}
 }
 
 // join puts a pod of handler into a group with room, or a new one, and
@@ -56,8 +68,9 @@ func (s *shimGroups) join(handler string) string {
 			return g.id
 		}
 	}
-	g := &shimGroup{id: newGroupID(handler), pods: 1}
+	g := newShimGroup(newGroupID(handler))
 	s.open[handler] = append(s.open[handler], g)
+	s.inUse[g.id] = g
 	return g.id
 }
 
@@ -68,13 +81,14 @@ func (s *shimGroups) rejoin(handler, id string) {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for _, g := range s.open[handler] {
-		if g.id == id {
-			g.pods++
-			return
-		}
+	if g, ok := s.inUse[id]; ok {
+		g.pods++
+		return
 	}
-	s.open[handler] = append(s.open[handler], &shimGroup{id: id, pods: 1})
+	g := newShimGroup(id)
+	g.shimUp = true
+	s.open[handler] = append(s.open[handler], g)
+	s.inUse[id] = g
 }
 
 // leave takes a pod whose pause exited (or never started) out of group
@@ -85,32 +99,63 @@ func (s *shimGroups) leave(id string) {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	g, ok := s.inUse[id]
+	if !ok {
+		return
+	}
+	if g.pods--; g.pods > 0 {
+		return
+	}
+	delete(s.inUse, id)
 	for handler, groups := range s.open {
-		for i, g := range groups {
-			if g.id != id {
-				continue
-			}
-			if g.pods--; g.pods <= 0 {
-				s.open[handler] = slices.Delete(groups, i, i+1)
-			}
-			return
-		}
+		s.open[handler] = slices.DeleteFunc(groups, func(o *shimGroup) bool { return o == g })
 	}
 }
 
-// has reports whether group id is open: pods are in it, and may join it.
-// A retired group is not, though pods may still be in it.
+// makeTask waits, before a pause task is made in group id, until no other
+// pod makes one there while the group's shim is not up; done, called once
+// the task is made or failed, lets the next one go. The runc shim's start
+// command is not safe to run twice at once for a group with no shim yet:
+// it binds the group's socket before it listens, and a second start that
+// finds the socket bound but not answering removes it and binds its own,
+// leaving the first shim running with no socket anyone can reach.
+func (s *shimGroups) makeTask(ctx context.Context, id string) (done func(made bool), err error) {
+	s.mu.Lock()
+	g, ok := s.inUse[id]
+	up := ok && g.shimUp
+	s.mu.Unlock()
+	if !ok || up {
+		return func(bool) {}, nil
+	}
+	select {
+	case g.making <- struct{}{}:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	s.mu.Lock()
+	up = g.shimUp
+	s.mu.Unlock()
+	if up {
+		// Made by the pod waited for.
+		<-g.making
+		return func(bool) {}, nil
+	}
+	return func(made bool) {
+		if made {
+			s.mu.Lock()
+			g.shimUp = true
+			s.mu.Unlock()
+		}
+		<-g.making
+	}, nil
+}
+
+// has reports whether pods are in group id, open or retired.
 func (s *shimGroups) has(id string) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for _, groups := range s.open {
-		for _, g := range groups {
-			if g.id == id {
-				return true
-			}
-		}
-	}
-	return false
+	_, ok := s.inUse[id]
+	return ok
 }
 
 // retire stops pods from joining group id: its shim failed to take a task,

@@ -1,6 +1,10 @@
 package controller
 
-import "testing"
+import (
+	"context"
+	"testing"
+	"time"
+)
 
 func TestShimGroups(t *testing.T) {
 	g := newShimGroups(func(handler string) int {
@@ -34,27 +38,78 @@ func TestShimGroups(t *testing.T) {
 	}
 	g.leave(b)
 	if g.has(b) {
-		t.Errorf("group %s no pod is in is open", b)
+		t.Errorf("group %s no pod is in is in use", b)
 	}
 	if id := g.join("h"); id == b {
 		t.Errorf("joined the emptied group %s", id)
 	}
 	// A retired group is joined no more, though pods are still in it.
 	g.retire(a[0])
-	if g.has(a[0]) {
-		t.Errorf("retired group %s is open", a[0])
+	if !g.has(a[0]) {
+		t.Errorf("retired group %s, with pods in it, is not in use", a[0])
 	}
 	for range 3 {
 		if id := g.join("h"); id == a[0] {
 			t.Fatalf("joined the retired group %s", id)
 		}
 	}
-	g.leave(a[0]) // a pod of a retired group leaving: nothing to do
+	for range 3 {
+		g.leave(a[0])
+	}
+	if g.has(a[0]) {
+		t.Errorf("retired group %s is in use after its three pods left", a[0])
+	}
 	// A recovered pod counts again in its group.
 	g.rejoin("r", "berth-r-1")
 	g.rejoin("r", "berth-r-1")
 	g.rejoin("r", "berth-r-1")
 	if id := g.join("r"); id == "berth-r-1" {
 		t.Errorf("joined recovered group %s, full with its 3 pods", id)
+	}
+}
+
+// Before a group's shim is up, one pod at a time makes a task in it; once
+// one is made, any number may.
+func TestShimGroupsMakeTask(t *testing.T) {
+	g := newShimGroups(func(string) int { return 4 })
+	id := g.join("h")
+	g.join("h")
+	ctx := context.Background()
+	first, err := g.makeTask(ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	second := make(chan func(bool))
+	go func() {
+		done, err := g.makeTask(ctx, id)
+		if err != nil {
+			t.Error(err)
+		}
+		second <- done
+	}()
+	select {
+	case <-second:
+		t.Fatal("a second pod made a task while the first made the group's shim")
+	case <-time.After(50 * time.Millisecond):
+	}
+	// A failed first task leaves the shim not up: the next goes alone.
+	first(false)
+	done := <-second
+	waitCtx, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
+	defer cancel()
+	if _, err := g.makeTask(waitCtx, id); err == nil {
+		t.Fatal("a pod made a task while another made the group's shim")
+	}
+	done(true)
+	for range 3 {
+		if _, err := g.makeTask(waitCtx, id); err != nil {
+			t.Fatalf("makeTask once the shim is up: %v", err)
+		}
+	}
+	// A pod with a shim of its own, or of a group no pod is in, never waits.
+	for _, other := range []string{"", "berth-h-gone"} {
+		if _, err := g.makeTask(waitCtx, other); err != nil {
+			t.Errorf("makeTask(%q): %v", other, err)
+		}
 	}
 }
