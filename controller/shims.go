@@ -1,7 +1,6 @@
 package controller
 
 import (
-	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"slices"
@@ -38,11 +37,6 @@ type shimGroup struct {
 	id string
 	// pods in the group, that is, started and not yet exited.
 	pods int
-	// shimUp says a pause task was made in the group: its shim listens.
-	shimUp bool
-	// making is the one token for making a task in the group before its
-	// shim is up.
-	making chan struct{}
 }
 
 func newShimGroups(perShim func(handler string) int) *shimGroups {
@@ -50,7 +44,7 @@ func newShimGroups(perShim func(handler string) int) *shimGroups {
 }
 
 func newShimGroup(id string) *shimGroup {
-	return &shimGroup{id: id, pods: 1, making: make(chan struct{}, 1)}
+	return &shimGroup{id: id, pods: 1}
 }
 
 // join puts a pod of handler into a group with room, or a new one, and
@@ -86,7 +80,6 @@ func (s *shimGroups) rejoin(handler, id string) {
 		return
 	}
 	g := newShimGroup(id)
-	g.shimUp = true
 	s.open[handler] = append(s.open[handler], g)
 	s.inUse[id] = g
 }
@@ -110,44 +103,6 @@ func (s *shimGroups) leave(id string) {
 	for handler, groups := range s.open {
 		s.open[handler] = slices.DeleteFunc(groups, func(o *shimGroup) bool { return o == g })
 	}
-}
-
-// makeTask waits, before a pause task is made in group id, until no other
-// pod makes one there while the group's shim is not up; done, called once
-// the task is made or failed, lets the next one go. The runc shim's start
-// command is not safe to run twice at once for a group with no shim yet:
-// it binds the group's socket before it listens, and a second start that
-// finds the socket bound but not answering removes it and binds its own,
-// leaving the first shim running with no socket anyone can reach.
-func (s *shimGroups) makeTask(ctx context.Context, id string) (done func(made bool), err error) {
-	s.mu.Lock()
-	g, ok := s.inUse[id]
-	up := ok && g.shimUp
-	s.mu.Unlock()
-	if !ok || up {
-		return func(bool) {}, nil
-	}
-	select {
-	case g.making <- struct{}{}:
-	case <-ctx.Done():
-		return nil, ctx.Err()
-	}
-	s.mu.Lock()
-	up = g.shimUp
-	s.mu.Unlock()
-	if up {
-		// Made by the pod waited for.
-		<-g.making
-		return func(bool) {}, nil
-	}
-	return func(made bool) {
-		if made {
-			s.mu.Lock()
-			g.shimUp = true
-			s.mu.Unlock()
-		}
-		<-g.making
-	}, nil
 }
 
 // has reports whether pods are in group id, open or retired.

@@ -1,10 +1,6 @@
 package controller
 
-import (
-	"context"
-	"testing"
-	"time"
-)
+import "testing"
 
 func TestShimGroups(t *testing.T) {
 	g := newShimGroups(func(handler string) int {
@@ -65,51 +61,5 @@ func TestShimGroups(t *testing.T) {
 	g.rejoin("r", "berth-r-1")
 	if id := g.join("r"); id == "berth-r-1" {
 		t.Errorf("joined recovered group %s, full with its 3 pods", id)
-	}
-}
-
-// Before a group's shim is up, one pod at a time makes a task in it; once
-// one is made, any number may.
-func TestShimGroupsMakeTask(t *testing.T) {
-	g := newShimGroups(func(string) int { return 4 })
-	id := g.join("h")
-	g.join("h")
-	ctx := context.Background()
-	first, err := g.makeTask(ctx, id)
-	if err != nil {
-		t.Fatal(err)
-	}
-	second := make(chan func(bool))
-	go func() {
-		done, err := g.makeTask(ctx, id)
-		if err != nil {
-			t.Error(err)
-		}
-		second <- done
-	}()
-	select {
-	case <-second:
-		t.Fatal("a second pod made a task while the first made the group's shim")
-	case <-time.After(50 * time.Millisecond):
-	}
-	// A failed first task leaves the shim not up: the next goes alone.
-	first(false)
-	done := <-second
-	waitCtx, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
-	defer cancel()
-	if _, err := g.makeTask(waitCtx, id); err == nil {
-		t.Fatal("a pod made a task while another made the group's shim")
-	}
-	done(true)
-	for range 3 {
-		if _, err := g.makeTask(waitCtx, id); err != nil {
-			t.Fatalf("makeTask once the shim is up: %v", err)
-		}
-	}
-	// A pod with a shim of its own, or of a group no pod is in, never waits.
-	for _, other := range []string{"", "berth-h-gone"} {
-		if _, err := g.makeTask(waitCtx, other); err != nil {
-			t.Errorf("makeTask(%q): %v", other, err)
-		}
 	}
 }

@@ -286,16 +286,11 @@ var errSharedShimRefused = errors.New("shared shim refused the pause task")
 // newTask makes the pause task in its shim group. A shared shim that
 // refuses it is retired: no pod joins it again.
 func (c *Controller) newTask(ctx context.Context, sb *store.Sandbox, container containerd.Container, group string, opts []containerd.NewTaskOpts) (containerd.Task, error) {
-	done, err := c.reaper.groups.makeTask(ctx, group)
-	if err != nil {
-		return nil, fmt.Errorf("wait for the shim of group %s: %w", group, err)
-	}
-	err = failpoint(sb, FailpointSharedShimRefuses)
+	err := failpoint(sb, FailpointSharedShimRefuses)
 	var task containerd.Task
 	if err == nil || group == "" {
 		task, err = container.NewTask(ctx, cio.NullIO, opts...)
 	}
-	done(err == nil)
 	if err == nil {
 		return task, nil
 	}

@@ -5,7 +5,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -207,36 +206,6 @@ func TestRestartLostSharedShim(t *testing.T) {
 	}
 	if out := execSync(t, pods[1].ctr, "echo", "ok"); out != "ok\n" {
 		t.Errorf("exec in the other pod: %q", out)
-	}
-}
-
-// TestSharedShimConcurrentStarts runs a group's worth of pods at once, as
-// kubelet does on a busy node: every shim serves a pod. The runc shim's
-// start is not safe to run twice at once for a group with no shim yet (the
-// second can take over the socket and leave the first shim unreachable),
-// so berth makes a group's first task alone.
-func TestSharedShimConcurrentStarts(t *testing.T) {
-	var wg sync.WaitGroup
-	ids := make([]string, podsPerShim)
-	for i := range ids {
-		cfg := podConfig(t, withName(strconv.Itoa(i)))
-		wg.Go(func() {
-			resp, err := daemon.runtime.RunPodSandbox(ctxT(t), &runtimeapi.RunPodSandboxRequest{Config: cfg, RuntimeHandler: handlerBerth})
-			if err != nil {
-				t.Errorf("RunPodSandbox: %v", err)
-				return
-			}
-			ids[i] = resp.GetPodSandboxId()
-		})
-	}
-	wg.Wait()
-	for _, id := range ids {
-		if id != "" {
-			t.Cleanup(func() { removePod(t, id) })
-		}
-	}
-	if idle := hostproc.IdleShims(daemon.socket(), ""); len(idle) > 0 {
-		t.Errorf("shims %v serve no pod after %d concurrent starts", idle, len(ids))
 	}
 }
 
