@@ -8,6 +8,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/containerd/errdefs"
 
@@ -40,6 +41,18 @@ func failpoint(sb *store.Sandbox, point string) error {
 		return fmt.Errorf("failpoint %s: injected failure %d of %d: %w", point, k, n, errdefs.ErrUnavailable)
 	}
 	return nil
+}
+
+// hold pauses a sandbox's Start at point for as long as its pod's
+// annotation FailpointAnnotationPrefix+point says ("2s"; none, or one that
+// does not parse, is no pause), for tests that make another step overlap
+// it.
+func hold(sb *store.Sandbox, point string) {
+	if sb == nil {
+		return
+	}
+	d, _ := time.ParseDuration(sb.Config.GetAnnotations()[FailpointAnnotationPrefix+point])
+	time.Sleep(d)
 }
 
 // clearFailpoints forgets a removed sandbox's counters.

@@ -8,4 +8,6 @@ import "github.com/berth-dev/berth/store"
 // see failpoint.go); in every other build it is a no-op the compiler drops.
 func failpoint(*store.Sandbox, string) error { return nil }
 
+func hold(*store.Sandbox, string) {}
+
 func clearFailpoints(string) {}

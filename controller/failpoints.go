@@ -18,6 +18,9 @@ const (
 	// FailpointSharedShimRefuses fails the pause task's creation in a
 	// shared shim, as a shim shutting down would, instead of making it.
 	FailpointSharedShimRefuses = "start.shared-shim-refuses"
+	// FailpointHoldTaskMake holds Start for the annotation's duration
+	// ("2s") just before it makes the pause task, the making begun.
+	FailpointHoldTaskMake = "start.hold-task-make"
 	// FailpointLostShimDelete fails the deletion of a pause task containerd
 	// lost in its shim, as a shim that did not answer in time would.
 	FailpointLostShimDelete = "lost.shim-delete"

@@ -154,6 +154,11 @@ func (r *reaper) endLostShim(ctx context.Context, t lostTask) error {
 	if err != nil {
 		return fmt.Errorf("delete pause task in lost shim: %w", err)
 	}
+	if t.group != "" && r.groups.has(t.group) {
+		// The group's shim, serving its pods or about to: it ends with
+		// them (endIdleShim).
+		return nil
+	}
 	return r.shutdownUnlessServing(ctx, svc, t.id)
 }
 

@@ -122,7 +122,7 @@ func (r *reaper) deleteExited(ctx context.Context, sb *store.Sandbox, task conta
 	if err := failpoint(sb, FailpointTaskDelete); err != nil {
 		return err
 	}
-	if err := r.deleteTask(ctx, task); err != nil {
+	if err := r.deleteGroupTask(ctx, sb.Status().Instance.ShimGroup, sb.ID, task); err != nil {
 		return err
 	}
 	r.endIdleShim(ctx, sb)
@@ -145,6 +145,19 @@ func (r *reaper) deleteTask(ctx context.Context, task containerd.Task) error {
 		return fmt.Errorf("delete pause task: %w", err)
 	}
 	return r.deleteFromTaskService(ctx, task.ID())
+}
+
+// deleteGroupTask deletes the pause task of sandbox id, of shim group
+// group, in turn with the tasks being made in the group: the group's last
+// task ends its shim (shimGroups.deleteTask).
+func (r *reaper) deleteGroupTask(ctx context.Context, group, id string, task containerd.Task) error {
+	done, err := r.groups.deleteTask(ctx, group, id)
+	if err != nil {
+		return fmt.Errorf("wait for the pause tasks being made in shim group %s: %w", group, err)
+	}
+	err = r.deleteTask(ctx, task)
+	done(err == nil)
+	return err
 }
 
 // isShimGone reports whether err says the shim's connection is closed: the
@@ -222,7 +235,7 @@ func (r *reaper) reattach(ctx context.Context, sb *store.Sandbox, handler string
 			w.stop()
 			return err
 		}
-		r.groups.rejoin(handler, sb.Status().Instance.ShimGroup)
+		r.groups.rejoin(handler, sb.Status().Instance.ShimGroup, sb.ID)
 		r.watch(sb, w)
 		return nil
 	case containerd.Stopped:

@@ -1,8 +1,10 @@
 package controller
 
 import (
+	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"slices"
 	"strings"
 	"sync"
@@ -21,6 +23,17 @@ const ShimGroupAnnotation = "io.containerd.runc.v2.group"
 // serves no task, and a pod joining it then could land in a shim that is
 // shutting down. The reaper ends the shim of such a group if it does not
 // exit (endIdleShim).
+//
+// The runc shim exits when containerd deletes its last task (containerd
+// asks it to shut down after every delete, and it counts only the tasks
+// already made), and when its first task fails to be made. So a group's
+// last pause task is deleted only once no task is being made in the group,
+// and none is made there after it (deleteTask); until a group's first task
+// is made, one task at a time is made there (makeTask). A task made while
+// its shim exits would not only fail: the shim's start command would find
+// the group's socket bound but not answering and bind a new one, which the
+// exiting shim then removes; containerd can then reach a shim other than
+// the one started for it, which is left running, unreachable, for good.
 type shimGroups struct {
 	// perShim is the pods per shim of each handler; 1 or less, or no entry,
 	// means a shim of its own per pod.
@@ -37,6 +50,16 @@ type shimGroup struct {
 	id string
 	// pods in the group, that is, started and not yet exited.
 	pods int
+	// tasks are the sandboxes whose pause task is made in the group's shim
+	// and not yet deleted: while one is, the shim does not exit.
+	tasks map[string]bool
+	// making counts the pause tasks being made in the group.
+	making int
+	// ending says the group's last pause task is being deleted, or is: its
+	// shim may exit, and no task may be made in it.
+	ending bool
+	// changed is closed, and replaced, when a making ends.
+	changed chan struct{}
 }
 
 func newShimGroups(perShim func(handler string) int) *shimGroups {
@@ -44,7 +67,7 @@ func newShimGroups(perShim func(handler string) int) *shimGroups {
 }
 
 func newShimGroup(id string) *shimGroup {
-	return &shimGroup{id: id, pods: 1}
+	return &shimGroup{id: id, pods: 1, tasks: map[string]bool{}, changed: make(chan struct{})}
 }
 
 // join puts a pod of handler into a group with room, or a new one, and
@@ -68,20 +91,23 @@ func (s *shimGroups) join(handler string) string {
 	return g.id
 }
 
-// rejoin counts a recovered pod, whose pause runs, into its group again.
-func (s *shimGroups) rejoin(handler, id string) {
+// rejoin counts recovered sandbox sb, whose pause task runs, into its
+// group id again.
+func (s *shimGroups) rejoin(handler, id, sb string) {
 	if id == "" {
 		return
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if g, ok := s.inUse[id]; ok {
+	g, ok := s.inUse[id]
+	if ok {
 		g.pods++
-		return
+	} else {
+		g = newShimGroup(id)
+		s.open[handler] = append(s.open[handler], g)
+		s.inUse[id] = g
 	}
-	g := newShimGroup(id)
-	s.open[handler] = append(s.open[handler], g)
-	s.inUse[id] = g
+	g.tasks[sb] = true
 }
 
 // leave takes a pod whose pause exited (or never started) out of group
@@ -100,9 +126,98 @@ func (s *shimGroups) leave(id string) {
 		return
 	}
 	delete(s.inUse, id)
-	for handler, groups := range s.open {
-		s.open[handler] = slices.DeleteFunc(groups, func(o *shimGroup) bool { return o == g })
+	s.retireLocked(id)
+}
+
+// errShimEnding says a group's shim may be exiting: its last pause task is
+// being deleted.
+var errShimEnding = errors.New("the group's last pause task is deleted; its shim may be exiting")
+
+// makeTask begins making the pause task of sandbox sb in group id, and
+// fails with errShimEnding if the group's shim may be exiting. Until a task
+// is made in the group, its shim may not be up, and one task at a time is
+// made there: the runc shim's start command is not safe to run twice at
+// once for a group with no shim (it can find the socket the other binds
+// not answering yet, and bind its own), and a shim whose first task fails
+// is shut down by containerd. done ends the making, saying whether the
+// task was made; a group whose shim holds no task after a failed making
+// ends.
+func (s *shimGroups) makeTask(ctx context.Context, id, sb string) (done func(made bool), err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	g, ok := s.inUse[id]
+	if !ok {
+		// A shim of the pod's own.
+		return func(bool) {}, nil
 	}
+	for !g.ending && len(g.tasks) == 0 && g.making > 0 {
+		if err := s.waitLocked(ctx, g); err != nil {
+			return nil, err
+		}
+	}
+	if g.ending {
+		return nil, errShimEnding
+	}
+	g.making++
+	return func(made bool) {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		g.making--
+		if made {
+			g.tasks[sb] = true
+		} else if len(g.tasks) == 0 {
+			g.ending = true
+			s.retireLocked(id)
+		}
+		close(g.changed)
+		g.changed = make(chan struct{})
+	}, nil
+}
+
+// waitLocked waits, with s.mu held, until a making in group g ends.
+func (s *shimGroups) waitLocked(ctx context.Context, g *shimGroup) error {
+	changed := g.changed
+	s.mu.Unlock()
+	defer s.mu.Lock()
+	select {
+	case <-changed:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// deleteTask waits until the pause task of sandbox sb in group id may be
+// deleted: if it is the group's last, the group ends, no task is made in
+// it any more, and the deletion waits for the tasks being made. done ends
+// the deletion, saying whether the task was deleted.
+func (s *shimGroups) deleteTask(ctx context.Context, id, sb string) (done func(deleted bool), err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	g, ok := s.inUse[id]
+	if !ok || !g.tasks[sb] {
+		// No pod is in the group, or the task was never counted in it
+		// (recovery found it exited): no task is being made there.
+		return func(bool) {}, nil
+	}
+	delete(g.tasks, sb)
+	if len(g.tasks) == 0 {
+		g.ending = true
+		s.retireLocked(id)
+	}
+	for g.ending && g.making > 0 {
+		if err := s.waitLocked(ctx, g); err != nil {
+			g.tasks[sb] = true
+			return nil, err
+		}
+	}
+	return func(deleted bool) {
+		if !deleted {
+			s.mu.Lock()
+			defer s.mu.Unlock()
+			g.tasks[sb] = true
+		}
+	}, nil
 }
 
 // has reports whether pods are in group id, open or retired.
@@ -118,6 +233,10 @@ func (s *shimGroups) has(id string) bool {
 func (s *shimGroups) retire(id string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.retireLocked(id)
+}
+
+func (s *shimGroups) retireLocked(id string) {
 	for handler, groups := range s.open {
 		s.open[handler] = slices.DeleteFunc(groups, func(g *shimGroup) bool { return g.id == id })
 	}

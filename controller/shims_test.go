@@ -1,6 +1,11 @@
 package controller
 
-import "testing"
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+)
 
 func TestShimGroups(t *testing.T) {
 	g := newShimGroups(func(handler string) int {
@@ -56,10 +61,151 @@ func TestShimGroups(t *testing.T) {
 		t.Errorf("retired group %s is in use after its three pods left", a[0])
 	}
 	// A recovered pod counts again in its group.
-	g.rejoin("r", "berth-r-1")
-	g.rejoin("r", "berth-r-1")
-	g.rejoin("r", "berth-r-1")
+	g.rejoin("r", "berth-r-1", "sb1")
+	g.rejoin("r", "berth-r-1", "sb2")
+	g.rejoin("r", "berth-r-1", "sb3")
 	if id := g.join("r"); id == "berth-r-1" {
 		t.Errorf("joined recovered group %s, full with its 3 pods", id)
+	}
+}
+
+// mustMake begins making sb's task in group id.
+func mustMake(t *testing.T, g *shimGroups, id, sb string) func(bool) {
+	t.Helper()
+	done, err := g.makeTask(context.Background(), id, sb)
+	if err != nil {
+		t.Fatalf("makeTask %s: %v", sb, err)
+	}
+	return done
+}
+
+// mustDelete deletes sb's task in group id, saying whether it was deleted.
+func mustDelete(t *testing.T, g *shimGroups, id, sb string, deleted bool) {
+	t.Helper()
+	done, err := g.deleteTask(context.Background(), id, sb)
+	if err != nil {
+		t.Fatalf("deleteTask %s: %v", sb, err)
+	}
+	done(deleted)
+}
+
+// blocked runs call, which must block until unblock runs: it checks that
+// call has not returned 50 ms on, runs unblock, and returns what call
+// returned.
+func blocked(t *testing.T, what string, call func() (func(bool), error), unblock func()) func(bool) {
+	t.Helper()
+	returned := make(chan func(bool), 1)
+	go func() {
+		done, err := call()
+		if err != nil {
+			t.Errorf("%s: %v", what, err)
+		}
+		returned <- done
+	}()
+	select {
+	case <-returned:
+		t.Fatalf("%s did not wait", what)
+	case <-time.After(50 * time.Millisecond):
+	}
+	unblock()
+	select {
+	case done := <-returned:
+		return done
+	case <-time.After(time.Second):
+		t.Fatalf("%s still waits", what)
+		return nil
+	}
+}
+
+// TestShimGroupLastTask checks that a group's last pause task is deleted
+// only once no task is being made in the group, and that none is made in
+// it after that: the deletion ends the group's shim.
+func TestShimGroupLastTask(t *testing.T) {
+	ctx := context.Background()
+	g := newShimGroups(func(string) int { return 3 })
+	id := g.join("h")
+	mustMake(t, g, id, "a")(true)
+	// b is being made as a's deletion begins; c joined but has not begun.
+	g.join("h")
+	madeB := mustMake(t, g, id, "b")
+	g.join("h")
+	g.leave(id) // a's pause exits
+	done := blocked(t, "deleting the last task while another is being made",
+		func() (func(bool), error) { return g.deleteTask(ctx, id, "a") },
+		func() {
+			// No task is made in the group from then on: c is made
+			// elsewhere, and no pod joins.
+			if _, err := g.makeTask(ctx, id, "c"); !errors.Is(err, errShimEnding) {
+				t.Errorf("making a task in an ending group: %v, want errShimEnding", err)
+			}
+			if got := g.join("h"); got == id {
+				t.Error("a pod joined an ending group")
+			}
+			madeB(true)
+		})
+	done(true)
+	// b's task, made meanwhile, kept the shim; nothing is being made when
+	// it is deleted.
+	mustDelete(t, g, id, "b", true)
+}
+
+// TestShimGroupDeleteTaskCancelled checks that a deletion that stops
+// waiting leaves the task counted, and that one that fails does too.
+func TestShimGroupDeleteTaskCancelled(t *testing.T) {
+	g := newShimGroups(func(string) int { return 3 })
+	id := g.join("h")
+	mustMake(t, g, id, "a")(true)
+	g.join("h")
+	madeB := mustMake(t, g, id, "b")
+	short, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+	defer cancel()
+	if _, err := g.deleteTask(short, id, "a"); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("deleteTask with a task being made until the deadline: %v", err)
+	}
+	madeB(false)
+	// a is still counted: its deletion is the last, and ends the group.
+	mustDelete(t, g, id, "a", false)
+	if _, err := g.makeTask(context.Background(), id, "c"); !errors.Is(err, errShimEnding) {
+		t.Errorf("making a task in a group whose last deletion failed: %v, want errShimEnding", err)
+	}
+	mustDelete(t, g, id, "a", true)
+	// A task never counted in the group (recovery found it exited), or of
+	// a pod with a shim of its own, is deleted at once.
+	mustDelete(t, g, id, "uncounted", true)
+	mustDelete(t, g, "", "uncounted", true)
+}
+
+// TestShimGroupFirstTask checks that until a group's first task is made,
+// one task at a time is made in it, and that a group whose first task
+// fails ends: containerd shuts its shim down.
+func TestShimGroupFirstTask(t *testing.T) {
+	ctx := context.Background()
+	g := newShimGroups(func(string) int { return 3 })
+	id := g.join("h")
+	madeA := mustMake(t, g, id, "a")
+	g.join("h")
+	madeB := blocked(t, "making a second task while the group's first is being made",
+		func() (func(bool), error) { return g.makeTask(ctx, id, "b") },
+		func() { madeA(true) })
+	// With a task made, tasks are made side by side.
+	g.join("h")
+	madeC := mustMake(t, g, id, "c")
+	madeB(true)
+	madeC(true)
+
+	other := g.join("h")
+	failed := mustMake(t, g, other, "d")
+	g.join("h")
+	short, cancel := context.WithTimeout(ctx, 20*time.Millisecond)
+	defer cancel()
+	if _, err := g.makeTask(short, other, "e"); !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("making a second task until the deadline: %v", err)
+	}
+	failed(false)
+	if _, err := g.makeTask(ctx, other, "e"); !errors.Is(err, errShimEnding) {
+		t.Errorf("making a task in a group whose first failed: %v, want errShimEnding", err)
+	}
+	if got := g.join("h"); got == other {
+		t.Error("a pod joined a group whose first task failed")
 	}
 }

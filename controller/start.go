@@ -262,7 +262,9 @@ func (c *Controller) startTask(ctx context.Context, sb *store.Sandbox, container
 	if err != nil {
 		return nil, nil, err
 	}
-	undo.push("delete pause task", c.undoable(sb, "task", func(ctx context.Context) error { return c.reaper.deleteTask(ctx, task) }))
+	undo.push("delete pause task", c.undoable(sb, "task", func(ctx context.Context) error {
+		return c.reaper.deleteGroupTask(ctx, p.group, sb.ID, task)
+	}))
 	if err := failpoint(sb, FailpointStartTask); err != nil {
 		return nil, nil, err
 	}
@@ -277,19 +279,25 @@ func (c *Controller) startTask(ctx context.Context, sb *store.Sandbox, container
 	return task, w, failpoint(sb, FailpointStartTaskStart)
 }
 
-// errSharedShimRefused says a shared shim did not take the pause task: it
-// may have been shutting down, its last task gone as the pod joined it (the
-// runc shim counts only tasks already made when it decides to exit).
-// Start is then made again in another group.
+// errSharedShimRefused says a shared shim did not take the pause task, or
+// that berth did not give it the task because the group's shim may be
+// exiting (shimGroups.makeTask). Start is then made again in another group.
 var errSharedShimRefused = errors.New("shared shim refused the pause task")
 
 // newTask makes the pause task in its shim group. A shared shim that
-// refuses it is retired: no pod joins it again.
+// refuses it, or may be exiting, is retired: no pod joins it again.
 func (c *Controller) newTask(ctx context.Context, sb *store.Sandbox, container containerd.Container, group string, opts []containerd.NewTaskOpts) (containerd.Task, error) {
-	err := failpoint(sb, FailpointSharedShimRefuses)
+	done, err := c.reaper.groups.makeTask(ctx, group, sb.ID)
+	if err != nil && !errors.Is(err, errShimEnding) {
+		return nil, fmt.Errorf("wait for the first pause task of shim group %s: %w", group, err)
+	}
 	var task containerd.Task
-	if err == nil || group == "" {
-		task, err = container.NewTask(ctx, cio.NullIO, opts...)
+	if err == nil {
+		if err = failpoint(sb, FailpointSharedShimRefuses); err == nil || group == "" {
+			hold(sb, FailpointHoldTaskMake)
+			task, err = container.NewTask(ctx, cio.NullIO, opts...)
+		}
+		done(err == nil)
 	}
 	if err == nil {
 		return task, nil

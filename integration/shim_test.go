@@ -1,10 +1,13 @@
 package integration
 
 import (
+	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -267,5 +270,88 @@ func TestFailpointSharedShimRefuses(t *testing.T) {
 	refused := runPod(t, podConfig(t, withName("refused"), withFailpoints(map[string]int{controller.FailpointSharedShimRefuses: 1})), handlerBerth)
 	if shimOf(t, refused) == shimOf(t, first) {
 		t.Error("the pod refused by the group's shim runs in it")
+	}
+}
+
+// TestFailpointLastTaskWaitsForMake stops the only running pod of a group
+// while another pod's pause task is being made in it. Deleting the group's
+// last task ends its shim, so the deletion waits for the making: the
+// joining pod runs in the group's shim, which did not exit under it.
+func TestFailpointLastTaskWaitsForMake(t *testing.T) {
+	if !*failpoints {
+		t.Skip("needs -failpoints")
+	}
+	first := runPod(t, podConfig(t, withName("first")), handlerBerth)
+	shim := shimOf(t, first)
+	joining := podConfig(t, withName("joining"), func(c *runtimeapi.PodSandboxConfig) {
+		c.Labels["role"] = "joining"
+		c.Annotations[controller.FailpointAnnotationPrefix+controller.FailpointHoldTaskMake] = "2s"
+	})
+	type result struct {
+		id  string
+		err error
+	}
+	ran := make(chan result, 1)
+	go func() {
+		resp, err := daemon.runtime.RunPodSandbox(context.Background(), &runtimeapi.RunPodSandboxRequest{Config: joining, RuntimeHandler: handlerBerth})
+		ran <- result{resp.GetPodSandboxId(), err}
+	}()
+	// Its pause container is made just before the hold begins.
+	eventually(t, 30*time.Second, "the joining pod's pause container", func() bool {
+		cs, err := daemon.client.Containers(ctxT(t), `labels."role"==joining`)
+		return err == nil && len(cs) == 1
+	})
+	time.Sleep(200 * time.Millisecond)
+	// Removed by its cleanup, once the joining pod is listed: the leak
+	// check counts network namespaces against listed pods.
+	if _, err := daemon.runtime.StopPodSandbox(ctxT(t), &runtimeapi.StopPodSandboxRequest{PodSandboxId: first}); err != nil {
+		t.Fatalf("StopPodSandbox: %v", err)
+	}
+	r := <-ran
+	if r.err != nil {
+		t.Fatalf("RunPodSandbox of the joining pod: %v", r.err)
+	}
+	t.Cleanup(func() { removePod(t, r.id) })
+	if got := shimOf(t, r.id); got != shim {
+		t.Errorf("the joining pod runs in shim %d, not in its group's shim %d: that exited under the making", got, shim)
+	}
+}
+
+// TestSharedShimConcurrentStarts runs a group's worth of pods at once, as
+// kubelet does on a busy node, a few times over: they share one shim, and
+// no other shim is left idle. The runc shim's start is not safe to run
+// twice at once for a group with no shim yet (the second can take over the
+// group's socket and leave the first shim running, unreachable), so berth
+// makes a group's first task alone.
+func TestSharedShimConcurrentStarts(t *testing.T) {
+	for round := range 3 {
+		var wg sync.WaitGroup
+		ids := make([]string, podsPerShim)
+		for i := range ids {
+			cfg := podConfig(t, withName(fmt.Sprintf("%d-%d", round, i)))
+			wg.Go(func() {
+				resp, err := daemon.runtime.RunPodSandbox(ctxT(t), &runtimeapi.RunPodSandboxRequest{Config: cfg, RuntimeHandler: handlerBerth})
+				if err != nil {
+					t.Errorf("RunPodSandbox: %v", err)
+					return
+				}
+				ids[i] = resp.GetPodSandboxId()
+			})
+		}
+		wg.Wait()
+		shims := map[int]bool{}
+		for _, id := range ids {
+			if id != "" {
+				shims[shimOf(t, id)] = true
+			}
+		}
+		if idle := hostproc.IdleShims(daemon.socket(), ""); len(shims) != 1 || len(idle) > 0 {
+			t.Errorf("round %d: %d pods started at once run in %d shims, and %v are idle; want one shim", round, len(ids), len(shims), idle)
+		}
+		for _, id := range ids {
+			if id != "" {
+				removePod(t, id)
+			}
+		}
 	}
 }
