@@ -166,12 +166,17 @@ func (s *shimGroups) makeTask(ctx context.Context, id, sb string) (done func(mad
 		if made {
 			g.tasks[sb] = true
 		} else if len(g.tasks) == 0 {
-			g.ending = true
-			s.retireLocked(id)
+			s.endLocked(g)
 		}
 		close(g.changed)
 		g.changed = make(chan struct{})
 	}, nil
+}
+
+// endLocked ends group g: its shim may exit, and no task is made in it.
+func (s *shimGroups) endLocked(g *shimGroup) {
+	g.ending = true
+	s.retireLocked(g.id)
 }
 
 // waitLocked waits, with s.mu held, until a making in group g ends.
@@ -202,8 +207,7 @@ func (s *shimGroups) deleteTask(ctx context.Context, id, sb string) (done func(d
 	}
 	delete(g.tasks, sb)
 	if len(g.tasks) == 0 {
-		g.ending = true
-		s.retireLocked(id)
+		s.endLocked(g)
 	}
 	for g.ending && g.making > 0 {
 		if err := s.waitLocked(ctx, g); err != nil {
