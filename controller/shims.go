@@ -140,8 +140,8 @@ var errShimEnding = errors.New("the group's last pause task is deleted; its shim
 // once for a group with no shim (it can find the socket the other binds
 // not answering yet, and bind its own), and a shim whose first task fails
 // is shut down by containerd. done ends the making, saying whether the
-// task was made; a group whose shim holds no task after a failed making
-// ends.
+// task was made; a failed making retires the group, and ends it if its
+// shim holds no task.
 func (s *shimGroups) makeTask(ctx context.Context, id, sb string) (done func(made bool), err error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -163,10 +163,14 @@ func (s *shimGroups) makeTask(ctx context.Context, id, sb string) (done func(mad
 		s.mu.Lock()
 		defer s.mu.Unlock()
 		g.making--
-		if made {
+		switch {
+		case made:
 			g.tasks[sb] = true
-		} else if len(g.tasks) == 0 {
+		case len(g.tasks) == 0:
 			s.endLocked(g)
+		default:
+			// The shim refused it, and may be shutting down.
+			s.retireLocked(id)
 		}
 		close(g.changed)
 		g.changed = make(chan struct{})
@@ -232,14 +236,8 @@ func (s *shimGroups) has(id string) bool {
 	return ok
 }
 
-// retire stops pods from joining group id: its shim failed to take a task,
-// and may be shutting down. Its pods need not leave it.
-func (s *shimGroups) retire(id string) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.retireLocked(id)
-}
-
+// retireLocked stops pods from joining group id, with s.mu held. Its pods
+// need not leave it.
 func (s *shimGroups) retireLocked(id string) {
 	for handler, groups := range s.open {
 		s.open[handler] = slices.DeleteFunc(groups, func(g *shimGroup) bool { return g.id == id })

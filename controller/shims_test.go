@@ -44,8 +44,10 @@ func TestShimGroups(t *testing.T) {
 	if id := g.join("h"); id == b {
 		t.Errorf("joined the emptied group %s", id)
 	}
-	// A retired group is joined no more, though pods are still in it.
-	g.retire(a[0])
+	// A group whose shim refused a task is retired: joined no more, though
+	// pods are still in it.
+	mustMake(t, g, a[0], "made")(true)
+	mustMake(t, g, a[0], "refused")(false)
 	if !g.has(a[0]) {
 		t.Errorf("retired group %s, with pods in it, is not in use", a[0])
 	}

@@ -285,7 +285,8 @@ func (c *Controller) startTask(ctx context.Context, sb *store.Sandbox, container
 var errSharedShimRefused = errors.New("shared shim refused the pause task")
 
 // newTask makes the pause task in its shim group. A shared shim that
-// refuses it, or may be exiting, is retired: no pod joins it again.
+// refuses it, or may be exiting, is retired: no pod joins it again
+// (shimGroups.makeTask).
 func (c *Controller) newTask(ctx context.Context, sb *store.Sandbox, container containerd.Container, group string, opts []containerd.NewTaskOpts) (containerd.Task, error) {
 	done, err := c.reaper.groups.makeTask(ctx, group, sb.ID)
 	if err != nil && !errors.Is(err, errShimEnding) {
@@ -303,7 +304,6 @@ func (c *Controller) newTask(ctx context.Context, sb *store.Sandbox, container c
 		return task, nil
 	}
 	if group != "" {
-		c.reaper.groups.retire(group)
 		return nil, fmt.Errorf("create pause task in shim group %s: %w: %w", group, errSharedShimRefused, err)
 	}
 	return nil, fmt.Errorf("create pause task: %w", err)
