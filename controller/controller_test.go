@@ -309,12 +309,14 @@ func TestKillRetryEndsAtExit(t *testing.T) {
 // TestStartInRefusingSharedShim fails the pause task's creation in a
 // shared shim, as a shim shutting down fails it: Start undoes what it made
 // and makes the pod again in another shim group, and the refusing group
-// takes no pod again.
+// takes no pod again. A pod whose group's shim is up joins it at its
+// socket, which containerd takes only for a container of a sandbox.
 func TestStartInRefusingSharedShim(t *testing.T) {
 	client := newFakeClient()
 	c := testController(t, client, func(cfg *Config) {
 		cfg.CRI.Runtimes[testHandler] = Runtime{Type: "io.containerd.runc.v2"}
 		cfg.PodsPerShim = 4
+		cfg.Shims = ShimSockets{ContainerdAddress: "/run/berth-test/containerd.sock", Dir: "/run/berth-test/s"}
 	})
 	started(t, c, client, "sb1")
 	first := c.store.List()[0].Status().Instance.ShimGroup
@@ -347,8 +349,14 @@ func TestStartInRefusingSharedShim(t *testing.T) {
 	if _, err := c.Start(testContext(), "sb3"); err != nil {
 		t.Fatal(err)
 	}
-	if sb3, _ := c.store.Get("sb3"); sb3.Status().Instance.ShimGroup == first {
-		t.Error("a pod joined the group whose shim refused a task")
+	if sb3, _ := c.store.Get("sb3"); sb3.Status().Instance.ShimGroup != group {
+		t.Errorf("sb3 is in shim group %s, want sb2's, %s", sb3.Status().Instance.ShimGroup, group)
+	}
+	// The first pod of a group starts its shim; the next joins it.
+	for id, want := range map[string]string{"sb1": "", "sb2": "", "sb3": "sb3"} {
+		if info, _ := client.container(id).Info(testContext()); info.SandboxID != want {
+			t.Errorf("pause container %s is of sandbox %q, want %q", id, info.SandboxID, want)
+		}
 	}
 }
 

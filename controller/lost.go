@@ -245,10 +245,7 @@ func (r *reaper) dialShim(ctx context.Context, group string) (taskapi.TTRPCTaskS
 	if r.sockets.ContainerdAddress == "" {
 		return nil, nil, nil
 	}
-	ctx = namespaces.WithNamespace(ctx, Namespace)
-	// The task API is on the shim's plain socket; with debug logging it
-	// also has a debug one, which does not serve it.
-	addr, err := shim.CreateSocketAddress(ctx, r.sockets.Dir, r.sockets.ContainerdAddress, group, false)
+	addr, err := r.socketAddress(ctx, group)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -261,6 +258,31 @@ func (r *reaper) dialShim(ctx context.Context, group string) (taskapi.TTRPCTaskS
 	}
 	client := ttrpc.NewClient(conn)
 	return taskapi.NewTTRPCTaskClient(client), func() { client.Close() }, nil
+}
+
+// socketAddress is the address of the socket the runc shim of group
+// listens on: its plain one, which serves the task API (with debug logging
+// it also has a debug one, which does not).
+func (r *reaper) socketAddress(ctx context.Context, group string) (string, error) {
+	addr, err := shim.CreateSocketAddress(namespaces.WithNamespace(ctx, Namespace), r.sockets.Dir, r.sockets.ContainerdAddress, group, false)
+	if err != nil {
+		return "", fmt.Errorf("socket address of shim group %s: %w", group, err)
+	}
+	return addr, nil
+}
+
+// shimAddress is the task API address of the runc shim of group, as
+// containerd takes it for a new task: "" when berth does not know where
+// shims listen, and the shim's start command must find it.
+func (r *reaper) shimAddress(ctx context.Context, group string) (string, error) {
+	if r.sockets.ContainerdAddress == "" {
+		return "", nil
+	}
+	addr, err := r.socketAddress(ctx, group)
+	if err != nil {
+		return "", err
+	}
+	return "ttrpc+" + addr, nil
 }
 
 // otherTasks lists the tasks besides sandbox id's pause that the shim

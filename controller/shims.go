@@ -29,11 +29,13 @@ const ShimGroupAnnotation = "io.containerd.runc.v2.group"
 // already made), and when its first task fails to be made. So a group's
 // last pause task is deleted only once no task is being made in the group,
 // and none is made there after it (deleteTask); until a group's first task
-// is made, one task at a time is made there (makeTask). A task made while
-// its shim exits would not only fail: the shim's start command would find
-// the group's socket bound but not answering and bind a new one, which the
-// exiting shim then removes; containerd can then reach a shim other than
-// the one started for it, which is left running, unreachable, for good.
+// is made, one task at a time is made there (makeTask). Only the first runs
+// the shim's start command; the others join the shim at its socket. The
+// start command is what splits a group: given a live shim that does not
+// answer within 100 ms (an exiting one, or one starved of CPU), it binds a
+// socket of its own, which the other shim may then remove; containerd can
+// then reach a shim other than the one started for it, which is left
+// running, unreachable, for good.
 type shimGroups struct {
 	// perShim is the pods per shim of each handler; 1 or less, or no entry,
 	// means a shim of its own per pod.
@@ -133,38 +135,66 @@ func (s *shimGroups) leave(id string) {
 // being deleted.
 var errShimEnding = errors.New("the group's last pause task is deleted; its shim may be exiting")
 
+// makeOutcome is how the making of a pause task ended.
+type makeOutcome int
+
+const (
+	// makeAbandoned: the shim was never asked for the task.
+	makeAbandoned makeOutcome = iota
+	// makeFailed: the shim was asked for the task, and it was not made.
+	makeFailed
+	// makeDone: the task is made.
+	makeDone
+)
+
+// taskMaking is a pause task being made in a shim group (makeTask).
+type taskMaking struct {
+	// shimUp says the group's shim serves a task made in it, and serves it
+	// until the making ends: the task joins that shim at its socket rather
+	// than through the shim's start command.
+	shimUp bool
+	// end ends the making; only its first call counts.
+	end func(makeOutcome)
+}
+
 // makeTask begins making the pause task of sandbox sb in group id, and
 // fails with errShimEnding if the group's shim may be exiting. Until a task
 // is made in the group, its shim may not be up, and one task at a time is
 // made there: the runc shim's start command is not safe to run twice at
 // once for a group with no shim (it can find the socket the other binds
 // not answering yet, and bind its own), and a shim whose first task fails
-// is shut down by containerd. done ends the making, saying whether the
-// task was made; a failed making retires the group, and ends it if its
-// shim holds no task.
-func (s *shimGroups) makeTask(ctx context.Context, id, sb string) (done func(made bool), err error) {
+// is shut down by containerd. Once one is made, the shim stays up until
+// the making ends (deleteTask). A failed making retires the group, and
+// ends it if its shim holds no task.
+func (s *shimGroups) makeTask(ctx context.Context, id, sb string) (taskMaking, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	g, ok := s.inUse[id]
 	if !ok {
 		// A shim of the pod's own.
-		return func(bool) {}, nil
+		return taskMaking{end: func(makeOutcome) {}}, nil
 	}
 	for !g.ending && len(g.tasks) == 0 && g.making > 0 {
 		if err := s.waitLocked(ctx, g); err != nil {
-			return nil, err
+			return taskMaking{}, err
 		}
 	}
 	if g.ending {
-		return nil, errShimEnding
+		return taskMaking{}, errShimEnding
 	}
 	g.making++
-	return func(made bool) {
+	ended := false
+	return taskMaking{shimUp: len(g.tasks) > 0, end: func(o makeOutcome) {
 		s.mu.Lock()
 		defer s.mu.Unlock()
+		if ended {
+			return
+		}
+		ended = true
 		g.making--
 		switch {
-		case made:
+		case o == makeAbandoned:
+		case o == makeDone:
 			g.tasks[sb] = true
 		case len(g.tasks) == 0:
 			s.endLocked(g)
@@ -174,7 +204,7 @@ func (s *shimGroups) makeTask(ctx context.Context, id, sb string) (done func(mad
 		}
 		close(g.changed)
 		g.changed = make(chan struct{})
-	}, nil
+	}}, nil
 }
 
 // endLocked ends group g: its shim may exit, and no task is made in it.

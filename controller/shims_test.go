@@ -71,14 +71,26 @@ func TestShimGroups(t *testing.T) {
 	}
 }
 
-// mustMake begins making sb's task in group id.
+// mustMake begins making sb's task in group id, and returns what ends it,
+// saying whether the task was made.
 func mustMake(t *testing.T, g *shimGroups, id, sb string) func(bool) {
 	t.Helper()
-	done, err := g.makeTask(context.Background(), id, sb)
+	making, err := g.makeTask(context.Background(), id, sb)
 	if err != nil {
 		t.Fatalf("makeTask %s: %v", sb, err)
 	}
-	return done
+	return ender(making)
+}
+
+// ender ends making, saying whether the task was made.
+func ender(making taskMaking) func(bool) {
+	return func(made bool) {
+		if made {
+			making.end(makeDone)
+		} else {
+			making.end(makeFailed)
+		}
+	}
 }
 
 // mustDelete deletes sb's task in group id, saying whether it was deleted.
@@ -94,9 +106,9 @@ func mustDelete(t *testing.T, g *shimGroups, id, sb string, deleted bool) {
 // blocked runs call, which must block until unblock runs: it checks that
 // call has not returned 50 ms on, runs unblock, and returns what call
 // returned.
-func blocked(t *testing.T, what string, call func() (func(bool), error), unblock func()) func(bool) {
+func blocked[T any](t *testing.T, what string, call func() (T, error), unblock func()) T {
 	t.Helper()
-	returned := make(chan func(bool), 1)
+	returned := make(chan T, 1)
 	go func() {
 		done, err := call()
 		if err != nil {
@@ -115,7 +127,8 @@ func blocked(t *testing.T, what string, call func() (func(bool), error), unblock
 		return done
 	case <-time.After(time.Second):
 		t.Fatalf("%s still waits", what)
-		return nil
+		var zero T
+		return zero
 	}
 }
 
@@ -186,14 +199,40 @@ func TestShimGroupFirstTask(t *testing.T) {
 	id := g.join("h")
 	madeA := mustMake(t, g, id, "a")
 	g.join("h")
-	madeB := blocked(t, "making a second task while the group's first is being made",
-		func() (func(bool), error) { return g.makeTask(ctx, id, "b") },
+	b := blocked(t, "making a second task while the group's first is being made",
+		func() (taskMaking, error) { return g.makeTask(ctx, id, "b") },
 		func() { madeA(true) })
-	// With a task made, tasks are made side by side.
+	if !b.shimUp {
+		t.Error("a task made after the group's first does not join its shim")
+	}
+	// With a task made, tasks are made side by side, all joining the shim.
 	g.join("h")
-	madeC := mustMake(t, g, id, "c")
-	madeB(true)
-	madeC(true)
+	c, err := g.makeTask(ctx, id, "c")
+	if err != nil || !c.shimUp {
+		t.Fatalf("making a task beside another in a group with a task: %+v, %v", c, err)
+	}
+	ender(b)(true)
+	ender(c)(true)
+
+	// A first making abandoned before the shim was asked lets the next
+	// making be the first, in the same group.
+	abandoned := g.join("h")
+	first, err := g.makeTask(ctx, abandoned, "f")
+	if err != nil || first.shimUp {
+		t.Fatalf("the first making of a group: %+v, %v; want a shim not up", first, err)
+	}
+	g.join("h")
+	next := blocked(t, "making a task while the group's first is being made",
+		func() (taskMaking, error) { return g.makeTask(ctx, abandoned, "g") },
+		func() { first.end(makeAbandoned) })
+	if next.shimUp {
+		t.Error("the making after an abandoned first joins a shim never started")
+	}
+	first.end(makeDone) // too late: it ended
+	ender(next)(true)
+	if got := g.join("h"); got != abandoned {
+		t.Errorf("joined %s, want %s, whose first making was abandoned", got, abandoned)
+	}
 
 	other := g.join("h")
 	failed := mustMake(t, g, other, "d")

@@ -89,6 +89,15 @@ func (c *Controller) start(ctx context.Context, sb *store.Sandbox, undo *rollbac
 		return sandbox.ControllerInstance{}, err
 	}
 	defer releaseLease()
+	making, err := c.beginTask(ctx, sb, &p)
+	if err != nil {
+		return sandbox.ControllerInstance{}, err
+	}
+	// A no-op once the task's making ended in newTask.
+	undo.push("end pause task making", func(context.Context) error {
+		making.end(makeAbandoned)
+		return nil
+	})
 	container, spec, err := c.createContainer(ctx, sb, p, undo)
 	if err != nil {
 		return sandbox.ControllerInstance{}, err
@@ -101,7 +110,7 @@ func (c *Controller) start(ctx context.Context, sb *store.Sandbox, undo *rollbac
 	if err != nil {
 		return sandbox.ControllerInstance{}, fmt.Errorf("pause container info: %w", err)
 	}
-	task, w, err := c.startTask(ctx, sb, container, p, undo)
+	task, w, err := c.startTask(ctx, sb, container, p, making, undo)
 	if err != nil {
 		return sandbox.ControllerInstance{}, err
 	}
@@ -155,6 +164,10 @@ type startPlan struct {
 	spec        podsandbox.Spec
 	// group is the pause task's shim group, "" for a shim of its own.
 	group string
+	// shim is the task API address of the group's shim, up and serving
+	// another pod, that the pause task joins; "" when the shim's start
+	// command runs for it.
+	shim string
 }
 
 // plan works out the sandbox's pause container; it makes nothing but the
@@ -210,6 +223,12 @@ func (c *Controller) createFiles(sb *store.Sandbox, p startPlan, undo *rollback)
 // lease. It returns the container with its spec as containerd stores it.
 func (c *Controller) createContainer(ctx context.Context, sb *store.Sandbox, p startPlan, undo *rollback) (containerd.Container, typeurl.Any, error) {
 	var opts []containerd.NewContainerOpts
+	if p.shim != "" {
+		// containerd's shim manager takes the task API address it is given
+		// only for a task of a sandbox in its store (CRI's record of the
+		// pod); it runs the shim's start command for any other.
+		opts = append(opts, containerd.WithSandbox(sb.ID))
+	}
 	if p.pause.image != nil {
 		undo.push("remove pause snapshot", c.undoable(sb, "snapshot", func(ctx context.Context) error {
 			return ignoreNotFound(c.client.SnapshotService(p.snapshotter).Remove(ctx, sb.ID))
@@ -250,15 +269,18 @@ func (c *Controller) createContainer(ctx context.Context, sb *store.Sandbox, p s
 
 // startTask makes and starts the pause task, waiting for its exit from
 // before it starts.
-func (c *Controller) startTask(ctx context.Context, sb *store.Sandbox, container containerd.Container, p startPlan, undo *rollback) (containerd.Task, *exitWatch, error) {
+func (c *Controller) startTask(ctx context.Context, sb *store.Sandbox, container containerd.Container, p startPlan, making taskMaking, undo *rollback) (containerd.Task, *exitWatch, error) {
 	var opts []containerd.NewTaskOpts
+	if p.shim != "" {
+		opts = append(opts, containerd.WithTaskAPIEndpoint(p.shim, shimTaskAPIVersion))
+	}
 	if p.runtime.Path != "" {
 		opts = append(opts, containerd.WithRuntimePath(p.runtime.Path))
 	}
 	if p.pause.rootfs != nil {
 		opts = append(opts, containerd.WithRootFS(p.pause.rootfs))
 	}
-	task, err := c.newTask(ctx, sb, container, p.group, opts)
+	task, err := c.newTask(ctx, sb, container, p.group, making, opts)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -284,25 +306,44 @@ func (c *Controller) startTask(ctx context.Context, sb *store.Sandbox, container
 // exiting (shimGroups.makeTask). Start is then made again in another group.
 var errSharedShimRefused = errors.New("shared shim refused the pause task")
 
-// newTask makes the pause task in its shim group. A shared shim that
-// refuses it, or may be exiting, is retired: no pod joins it again
-// (shimGroups.makeTask).
-func (c *Controller) newTask(ctx context.Context, sb *store.Sandbox, container containerd.Container, group string, opts []containerd.NewTaskOpts) (containerd.Task, error) {
-	done, err := c.reaper.groups.makeTask(ctx, group, sb.ID)
-	if err != nil && !errors.Is(err, errShimEnding) {
-		return nil, fmt.Errorf("wait for the first pause task of shim group %s: %w", group, err)
+// shimTaskAPIVersion is the runc shim's task API version (task/v3), which
+// containerd needs with a shim's address.
+const shimTaskAPIVersion = 3
+
+// beginTask begins making the pause task in its shim group, waiting for
+// the group's first task if it is being made. If the group's shim is up, it
+// sets the address at which the task joins it.
+func (c *Controller) beginTask(ctx context.Context, sb *store.Sandbox, p *startPlan) (taskMaking, error) {
+	making, err := c.reaper.groups.makeTask(ctx, p.group, sb.ID)
+	if errors.Is(err, errShimEnding) {
+		return taskMaking{}, fmt.Errorf("shim group %s: %w: %w", p.group, errSharedShimRefused, err)
 	}
-	var task containerd.Task
-	if err == nil {
-		if err = failpoint(sb, FailpointSharedShimRefuses); err == nil || group == "" {
-			hold(sb, FailpointHoldTaskMake)
-			task, err = container.NewTask(ctx, cio.NullIO, opts...)
+	if err != nil {
+		return taskMaking{}, fmt.Errorf("wait for the first pause task of shim group %s: %w", p.group, err)
+	}
+	if making.shimUp {
+		if p.shim, err = c.reaper.shimAddress(ctx, p.group); err != nil {
+			making.end(makeAbandoned)
+			return taskMaking{}, err
 		}
-		done(err == nil)
+	}
+	return making, nil
+}
+
+// newTask makes the pause task, ending its making. A shared shim that
+// refuses it is retired: no pod joins it again (shimGroups.makeTask).
+func (c *Controller) newTask(ctx context.Context, sb *store.Sandbox, container containerd.Container, group string, making taskMaking, opts []containerd.NewTaskOpts) (containerd.Task, error) {
+	var task containerd.Task
+	err := failpoint(sb, FailpointSharedShimRefuses)
+	if err == nil || group == "" {
+		hold(sb, FailpointHoldTaskMake)
+		task, err = container.NewTask(ctx, cio.NullIO, opts...)
 	}
 	if err == nil {
+		making.end(makeDone)
 		return task, nil
 	}
+	making.end(makeFailed)
 	if group != "" {
 		return nil, fmt.Errorf("create pause task in shim group %s: %w: %w", group, errSharedShimRefused, err)
 	}
