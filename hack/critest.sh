@@ -122,8 +122,11 @@ grep -q portmap "$conflist"
 # NRI on, with a socket of this containerd's own: critest's NRI tests (pod
 # and container lifecycle events, in order, as a plugin sees them) run only
 # with one. The tests' config has NRI off, since its default socket is
-# host-wide.
-sed -i "s#^  disable = true\$#  disable = false\n  socket_path = '$tmp/nri.sock'\n  plugin_path = '$tmp/nri/plugins'\n  plugin_config_path = '$tmp/nri/conf.d'#" "$tmp/config.toml"
+# host-wide. Requests to plugins time out after 10 s, not NRI's 2: critest's
+# Synchronize tests hold a plugin's Synchronize for 2 s by design, and on a
+# loaded node the default timeout then closes the plugin first, failing the
+# test for any handler by a few milliseconds.
+sed -i "s#^  disable = true\$#  disable = false\n  socket_path = '$tmp/nri.sock'\n  plugin_path = '$tmp/nri/plugins'\n  plugin_config_path = '$tmp/nri/conf.d'\n  plugin_request_timeout = '10s'#" "$tmp/config.toml"
 grep -q "socket_path = '$tmp/nri.sock'" "$tmp/config.toml"
 # CRI resolves every registry critest pulls from to the loopback registry,
 # over plain http, and never to the real one.
