@@ -217,13 +217,21 @@ func nsOf(t *testing.T, pid int, ns string) string {
 func eventually(t *testing.T, timeout time.Duration, what string, cond func() bool) time.Duration {
 	t.Helper()
 	start := time.Now()
-	for !cond() {
-		if time.Since(start) > timeout {
-			t.Fatalf("%s: not within %s", what, timeout)
-		}
-		time.Sleep(10 * time.Millisecond)
+	if !within(timeout, cond) {
+		t.Fatalf("%s: not within %s", what, timeout)
 	}
 	return time.Since(start)
+}
+
+// within polls cond every 10 ms for up to timeout, and reports whether it
+// held.
+func within(timeout time.Duration, cond func() bool) bool {
+	for deadline := time.Now().Add(timeout); !cond(); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			return false
+		}
+	}
+	return true
 }
 
 // assertNoLeaks checks that nothing of pod id is left: no containerd
