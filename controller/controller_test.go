@@ -506,6 +506,10 @@ func TestRecover(t *testing.T) {
 	if got := client.leaseIDs(); !slices.Equal(got, []string{"no-task"}) {
 		t.Errorf("leases after recovery %v, want the start lease released and CRI's kept", got)
 	}
+	// The pod's removal right after the restart finds its snapshot gone.
+	if n := client.count("lease delete and collect"); n != 1 {
+		t.Errorf("%d start lease deletions waited for a garbage collection, want 1", n)
+	}
 }
 
 // TestRecoverUpdatedResources: the pod resources Update recorded come back

@@ -33,8 +33,8 @@ type fakeClient struct {
 	records    map[string]sandbox.Sandbox
 	leases     map[string]leases.Lease
 	// fail maps a step ("new container", "new task", "task start", "task
-	// kill", "task delete", "container delete", "task status") to the
-	// errors of its next calls.
+	// kill", "task delete", "container delete", "task status", "lease
+	// delete") to the errors of its next calls.
 	fail map[string][]error
 	// calls logs the steps, with their container ID.
 	calls []string
@@ -210,7 +210,22 @@ type fakeLeases struct {
 
 func (l fakeLeases) Create(context.Context, ...leases.Opt) (leases.Lease, error) { panic("not used") }
 
-func (l fakeLeases) Delete(_ context.Context, lease leases.Lease, _ ...leases.DeleteOpt) error {
+// Delete logs "lease delete", or "lease delete and collect" when the
+// deletion waits for a garbage collection.
+func (l fakeLeases) Delete(ctx context.Context, lease leases.Lease, opts ...leases.DeleteOpt) error {
+	var do leases.DeleteOptions
+	for _, o := range opts {
+		if err := o(ctx, &do); err != nil {
+			return err
+		}
+	}
+	step := "lease delete"
+	if do.Synchronous {
+		step = "lease delete and collect"
+	}
+	if err := l.call(step, lease.ID); err != nil {
+		return err
+	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	delete(l.leases, lease.ID)

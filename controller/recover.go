@@ -12,6 +12,7 @@ import (
 
 	containerd "github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/core/containers"
+	"github.com/containerd/containerd/v2/core/leases"
 	"github.com/containerd/containerd/v2/core/sandbox"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
 	"github.com/containerd/errdefs"
@@ -161,7 +162,10 @@ func (c *Controller) removeOrphan(ctx context.Context, container containerd.Cont
 
 // releaseStartLeases deletes the leases of Starts that containerd's death
 // interrupted. No Start runs before recovery ends, so every such lease is
-// stale; a snapshot that no container holds is then garbage.
+// stale; a snapshot that no container holds is then garbage. The last
+// deletion waits for a garbage collection, which takes every such snapshot:
+// kubelet removes the half-made pods as soon as CRI answers, and their
+// removal must leave nothing, not a snapshot for a later collection.
 func (c *Controller) releaseStartLeases(ctx context.Context) {
 	ls := c.client.LeasesService()
 	all, err := ls.List(ctx)
@@ -169,11 +173,18 @@ func (c *Controller) releaseStartLeases(ctx context.Context) {
 		log.G(ctx).WithError(err).Warn("list leases")
 		return
 	}
+	var stale []leases.Lease
 	for _, l := range all {
-		if !isStartLease(l) {
-			continue
+		if isStartLease(l) {
+			stale = append(stale, l)
 		}
-		if err := ls.Delete(ctx, l); err != nil && !errdefs.IsNotFound(err) {
+	}
+	for i, l := range stale {
+		var opts []leases.DeleteOpt
+		if i == len(stale)-1 {
+			opts = append(opts, leases.SynchronousDelete)
+		}
+		if err := ls.Delete(ctx, l, opts...); err != nil && !errdefs.IsNotFound(err) {
 			log.G(ctx).WithError(err).WithField("lease", l.ID).Warn("release start lease")
 			continue
 		}
