@@ -105,6 +105,9 @@ type Config struct {
 	// pod a shim of its own.
 	PodsPerShim        int
 	HandlerPodsPerShim map[string]int
+	// WarmShims are the handlers whose shared shim a shim keeper keeps
+	// running while none of their pods does (keeper.go).
+	WarmShims []string
 	// ConfigErr is set when berth's own config is invalid: the controller
 	// then runs on defaults, so that the sandboxes it has keep being
 	// stopped and removed, and refuses new ones with this error.
@@ -119,6 +122,7 @@ type Controller struct {
 	reaper    *reaper
 	locks     *keyLock
 	telemetry *telemetry
+	keepers   *keepers
 }
 
 var _ sandbox.Controller = (*Controller)(nil)
@@ -134,6 +138,7 @@ func New(cfg Config, client containerdClient, retries *retry.Queue) *Controller 
 		store:     s,
 		locks:     newKeyLock(),
 		telemetry: t,
+		keepers:   newKeepers(),
 	}
 	c.reaper = newReaper(client, retries, t, cfg, newShimGroups(c.podsPerShim))
 	return c

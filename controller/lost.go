@@ -162,13 +162,14 @@ func (r *reaper) endLostShim(ctx context.Context, t lostTask) error {
 	return r.shutdownUnlessServing(ctx, svc, t.id)
 }
 
-// endIdleShim ends the shim of sb's group once no pod is in the group and
-// the shim serves no task containerd knows of. The shim exits by itself
-// when containerd deletes its last task, unless a crash left it a task
-// containerd does not know, which keeps it running, serving nothing, for
-// good. Failing here never fails the pod's deletion: it is logged.
-func (r *reaper) endIdleShim(ctx context.Context, sb *store.Sandbox) {
-	group := sb.Status().Instance.ShimGroup
+// endIdleShim ends the shim of group, whose task id was just deleted, once
+// no pod or shim keeper is in the group and the shim serves no task
+// containerd knows of. The shim exits by itself when containerd deletes its
+// last task, unless a crash left it a task containerd does not know, which
+// keeps it running, serving nothing, for good; containerd does not ask a
+// shim to exit after deleting a task that joined it at its socket. Failing
+// here never fails the deletion: it is logged.
+func (r *reaper) endIdleShim(ctx context.Context, group, id string) {
 	if group == "" || r.groups.has(group) {
 		return
 	}
@@ -176,7 +177,7 @@ func (r *reaper) endIdleShim(ctx context.Context, sb *store.Sandbox) {
 	svc, closeShim, err := r.dialShim(ctx, group)
 	if err == nil && svc != nil {
 		defer closeShim()
-		err = r.shutdownUnlessServing(log.WithLogger(ctx, logger), svc, sb.ID)
+		err = r.shutdownUnlessServing(log.WithLogger(ctx, logger), svc, id)
 	}
 	if err != nil && !isShimExiting(err) {
 		logger.WithError(err).Warn("end the shim of a group no pod is in")

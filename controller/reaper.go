@@ -125,7 +125,7 @@ func (r *reaper) deleteExited(ctx context.Context, sb *store.Sandbox, task conta
 	if err := r.deleteGroupTask(ctx, sb.Status().Instance.ShimGroup, sb.ID, task); err != nil {
 		return err
 	}
-	r.endIdleShim(ctx, sb)
+	r.endIdleShim(ctx, sb.Status().Instance.ShimGroup, sb.ID)
 	sb.SetDeleted()
 	return nil
 }

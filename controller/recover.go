@@ -39,7 +39,8 @@ type RecoverConfig struct {
 // sandboxer and its pause container carries berth's record (record.go):
 // neither can be set by a pod or an image. A berth pause container that no
 // record owns belongs to a sandbox CRI forgot (a failed Start whose
-// rollback containerd's death cut short): it is removed.
+// rollback containerd's death cut short): it is removed. Shim keepers are
+// taken up or removed (recoverKeepers).
 //
 // It fails only when it cannot list what it needs; a sandbox it cannot
 // reload is reported NOTREADY and its task deleted in the background.
@@ -58,9 +59,14 @@ func (c *Controller) Recover(ctx context.Context, cfg RecoverConfig) error {
 		wg        sync.WaitGroup
 		sem       = make(chan struct{}, max(cfg.Parallelism, 1))
 		recovered int
+		keepers   []containerd.Container
 	)
 	for _, container := range all {
 		info, err := container.Info(ctx, containerd.WithoutRefreshedMetadata)
+		if err == nil && isKeeperContainer(info) {
+			keepers = append(keepers, container)
+			continue
+		}
 		if err != nil || !isBerthContainer(info) {
 			continue
 		}
@@ -79,6 +85,7 @@ func (c *Controller) Recover(ctx context.Context, cfg RecoverConfig) error {
 		}()
 	}
 	wg.Wait()
+	c.recoverKeepers(ctx, keepers)
 	c.releaseStartLeases(ctx)
 	c.removeOrphanFiles(ctx)
 	c.telemetry.recovery.Set(time.Since(start).Seconds())

@@ -22,7 +22,9 @@ const ShimGroupAnnotation = "io.containerd.runc.v2.group"
 // no pod is in is retired, never used again: its shim exits as soon as it
 // serves no task, and a pod joining it then could land in a shim that is
 // shutting down. The reaper ends the shim of such a group if it does not
-// exit (endIdleShim).
+// exit (endIdleShim). A group a shim keeper is in (keeper.go) is not
+// retired when its last pod leaves: the keeper's task keeps its shim up for
+// the next pod.
 //
 // The runc shim exits when containerd deletes its last task (containerd
 // asks it to shut down after every delete, and it counts only the tasks
@@ -62,6 +64,8 @@ type shimGroup struct {
 	ending bool
 	// changed is closed, and replaced, when a making ends.
 	changed chan struct{}
+	// keeper is the ID of the shim keeper in the group, "" if none.
+	keeper string
 }
 
 func newShimGroups(perShim func(handler string) int) *shimGroups {
@@ -124,11 +128,73 @@ func (s *shimGroups) leave(id string) {
 	if !ok {
 		return
 	}
-	if g.pods--; g.pods > 0 {
+	if g.pods--; g.pods > 0 || g.keeper != "" {
 		return
 	}
 	delete(s.inUse, id)
 	s.retireLocked(id)
+}
+
+// keep puts shim keeper keeper into group id, which a pod is in: the group
+// then outlives its pods. It fails if the group has a keeper already.
+func (s *shimGroups) keep(id, keeper string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	g, ok := s.inUse[id]
+	if !ok || g.keeper != "" {
+		return false
+	}
+	g.keeper = keeper
+	return true
+}
+
+// rekeep counts recovered shim keeper keeper, whose task runs, into its
+// group id again.
+func (s *shimGroups) rekeep(handler, id, keeper string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	g, ok := s.inUse[id]
+	if !ok {
+		g = newShimGroup(id)
+		g.pods = 0
+		s.open[handler] = append(s.open[handler], g)
+		s.inUse[id] = g
+	}
+	g.keeper = keeper
+	g.tasks[keeper] = true
+}
+
+// unkeep takes shim keeper keeper, whose task is deleted or was never
+// made, out of group id, and retires the group if no pod is in it.
+func (s *shimGroups) unkeep(id, keeper string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	g, ok := s.inUse[id]
+	if !ok || g.keeper != keeper {
+		return
+	}
+	g.keeper = ""
+	if g.pods > 0 {
+		return
+	}
+	delete(s.inUse, id)
+	s.retireLocked(id)
+}
+
+// fresh reports whether no task is made, or being made, in group id: its
+// shim is not up.
+func (s *shimGroups) fresh(id string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	g, ok := s.inUse[id]
+	return ok && len(g.tasks) == 0 && g.making == 0
+}
+
+// isOpen reports whether pods may join group id.
+func (s *shimGroups) isOpen(handler, id string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return slices.ContainsFunc(s.open[handler], func(g *shimGroup) bool { return g.id == id })
 }
 
 // errShimEnding says a group's shim may be exiting: its last pause task is

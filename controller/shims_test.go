@@ -250,3 +250,104 @@ func TestShimGroupFirstTask(t *testing.T) {
 		t.Error("a pod joined a group whose first task failed")
 	}
 }
+
+// TestShimGroupKeeper checks that a group with a shim keeper outlives its
+// pods, and is retired once the keeper and its pods are gone; that a
+// keeper is made only in a fresh group; and that a recovered keeper
+// counts in its group again.
+func TestShimGroupKeeper(t *testing.T) {
+	g := newShimGroups(func(string) int { return 2 })
+	id := g.join("h")
+	if !g.fresh(id) {
+		t.Fatalf("new group %s is not fresh", id)
+	}
+	if !g.keep(id, "k") {
+		t.Fatal("keep: refused in a group with no keeper")
+	}
+	if g.keep(id, "k2") {
+		t.Error("keep: a second keeper was put in the group")
+	}
+	mustMake(t, g, id, "k")(true)
+	if g.fresh(id) {
+		t.Errorf("group %s with a keeper task is fresh", id)
+	}
+	g.leave(id)
+	if !g.has(id) || !g.isOpen("h", id) {
+		t.Fatalf("group %s with a keeper and no pod is retired", id)
+	}
+	if got := g.join("h"); got != id {
+		t.Fatalf("a pod joined %s, want the keeper's group %s", got, id)
+	}
+	if got := g.join("h"); got != id {
+		t.Fatalf("a second pod joined %s, want the keeper's group %s: a keeper takes no pod's room", got, id)
+	}
+	third := g.join("h")
+	if third == id {
+		t.Fatalf("a third pod joined the full group %s", id)
+	}
+	g.leave(third)
+	// The keeper goes first: the group lives on with its pods.
+	mustDelete(t, g, id, "k", true)
+	g.unkeep(id, "other")
+	g.unkeep(id, "k")
+	if !g.has(id) {
+		t.Fatalf("group %s with pods is not in use after its keeper went", id)
+	}
+	g.leave(id)
+	g.leave(id)
+	if g.has(id) {
+		t.Errorf("group %s is in use with no keeper and no pod", id)
+	}
+	// A keeper whose task was never made leaves no group behind.
+	id = g.join("h")
+	if !g.keep(id, "k3") {
+		t.Fatal("keep: refused")
+	}
+	g.leave(id)
+	g.unkeep(id, "k3")
+	if g.has(id) || g.isOpen("h", id) {
+		t.Errorf("group %s is kept after its unmade keeper went", id)
+	}
+	// Recovered: the keeper rejoins its group, with or before its pods.
+	g.rekeep("r", "berth-r-1", "k4")
+	g.rejoin("r", "berth-r-1", "sb1")
+	if got := g.join("r"); got != "berth-r-1" {
+		t.Errorf("joined %s, want the recovered keeper's group with room", got)
+	}
+	g.leave("berth-r-1")
+	g.leave("berth-r-1")
+	if !g.has("berth-r-1") {
+		t.Error("recovered keeper's group retired with its pods")
+	}
+}
+
+func TestKeepersClaim(t *testing.T) {
+	k := newKeepers()
+	open := map[string]bool{"g1": true}
+	isOpen := func(g string) bool { return open[g] }
+	if ok, stale := k.claim("h", isOpen); !ok || stale != nil {
+		t.Fatalf("claim of a handler without a keeper = %v, %v", ok, stale)
+	}
+	if ok, _ := k.claim("h", isOpen); ok {
+		t.Fatal("claimed a keeper being made")
+	}
+	k.set("h", nil)
+	if ok, _ := k.claim("h", isOpen); !ok {
+		t.Fatal("released claim not claimable")
+	}
+	kp := &keeper{id: "k1", handler: "h", group: "g1"}
+	k.set("h", kp)
+	if ok, _ := k.claim("h", isOpen); ok {
+		t.Fatal("claimed a handler whose keeper's group is open")
+	}
+	open["g1"] = false
+	ok, stale := k.claim("h", isOpen)
+	if !ok || stale != kp {
+		t.Fatalf("claim with the keeper's group retired = %v, %v, want the stale keeper", ok, stale)
+	}
+	// A stale keeper dropped after the claim leaves the claim be.
+	k.drop(kp)
+	if ok, _ := k.claim("h", isOpen); ok {
+		t.Error("a dropped stale keeper released another's claim")
+	}
+}

@@ -82,6 +82,7 @@ func (c *Controller) start(ctx context.Context, sb *store.Sandbox, undo *rollbac
 		c.reaper.groups.leave(p.group)
 		return nil
 	})
+	c.keepShimWarm(ctx, sb.Runtime, c.handler(sb.Metadata), p.group)
 	// The lease spans the container's and the task's making, so that
 	// recovery can tell a Start containerd's death cut short (record.go).
 	ctx, releaseLease, err := c.startLease(ctx, sb.ID)

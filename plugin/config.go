@@ -42,6 +42,12 @@ type Config struct {
 	PodsPerShim int `toml:"pods_per_shim"`
 	// HandlerPodsPerShim sets PodsPerShim for some runtime handlers.
 	HandlerPodsPerShim map[string]int `toml:"handler_pods_per_shim"`
+	// WarmShimHandlers are the runc-based handlers, sharing shims, whose
+	// shim berth keeps running while none of their pods runs: a shim
+	// keeper, BuiltinPauseBinary alone in its own namespaces, is the first
+	// task of a group, so that every pod joins a running shim. It costs a
+	// shim (about 4 MB) and a pause process per handler. Default none.
+	WarmShimHandlers []string `toml:"warm_shim_handlers"`
 }
 
 // Recovery configures the reload of sandboxes after a containerd restart.
@@ -82,6 +88,7 @@ func DefaultConfig() *Config {
 		BuiltinPauseBinary:   "/usr/local/bin/berth-pause",
 		PodsPerShim:          defaultPodsPerShim,
 		HandlerPodsPerShim:   map[string]int{},
+		WarmShimHandlers:     []string{},
 	}
 }
 
@@ -137,6 +144,11 @@ func (c *Config) Validate() error {
 	for key, n := range c.podsPerShim() {
 		if n < 1 || n > maxPodsPerShim {
 			errs = append(errs, fmt.Errorf("%s must be within 1..%d, got %d", key, maxPodsPerShim, n))
+		}
+	}
+	for _, h := range c.WarmShimHandlers {
+		if n, ok := c.HandlerPodsPerShim[h]; (ok && n == 1) || (!ok && c.PodsPerShim == 1) {
+			errs = append(errs, fmt.Errorf("warm_shim_handlers names %q, whose pods have a shim each (pods per shim 1)", h))
 		}
 	}
 	if c.Recovery.Parallelism < 1 {

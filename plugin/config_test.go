@@ -32,6 +32,7 @@ func TestDefaultConfig(t *testing.T) {
 		BuiltinPauseBinary:   "/usr/local/bin/berth-pause",
 		PodsPerShim:          16,
 		HandlerPodsPerShim:   map[string]int{},
+		WarmShimHandlers:     []string{},
 	}
 	if !reflect.DeepEqual(*c, want) {
 		t.Errorf("DefaultConfig() = %+v, want %+v", *c, want)
@@ -105,6 +106,26 @@ func TestConfigValidate(t *testing.T) {
 			name:    "too many pods per shim for a handler",
 			modify:  func(c *Config) { c.HandlerPodsPerShim = map[string]int{"berth": 1000} },
 			wantErr: "handler_pods_per_shim.berth",
+		},
+		{
+			name:   "warm shim of a sharing handler",
+			modify: func(c *Config) { c.WarmShimHandlers = []string{"berth"} },
+		},
+		{
+			name: "warm shim of a handler with a shim per pod",
+			modify: func(c *Config) {
+				c.WarmShimHandlers = []string{"berth", "berth-solo"}
+				c.HandlerPodsPerShim = map[string]int{"berth-solo": 1}
+			},
+			wantErr: `warm_shim_handlers names "berth-solo"`,
+		},
+		{
+			name: "warm shims with a shim per pod",
+			modify: func(c *Config) {
+				c.WarmShimHandlers, c.PodsPerShim = []string{"berth"}, 1
+				c.HandlerPodsPerShim = map[string]int{"berth-grouped": 8}
+			},
+			wantErr: `warm_shim_handlers names "berth"`,
 		},
 		{
 			name:    "zero recovery parallelism",
@@ -347,6 +368,7 @@ func TestConfigEncodeRoundTrip(t *testing.T) {
 			BuiltinPauseBinary:   "/opt/berth/pause",
 			PodsPerShim:          16,
 			HandlerPodsPerShim:   map[string]int{"berth-solo": 1},
+			WarmShimHandlers:     []string{"berth"},
 		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

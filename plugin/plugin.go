@@ -108,6 +108,7 @@ func initController(ic *plugin.InitContext) (*controller.Controller, error) {
 		},
 		PodsPerShim:        cfg.PodsPerShim,
 		HandlerPodsPerShim: cfg.HandlerPodsPerShim,
+		WarmShims:          cfg.WarmShimHandlers,
 		ConfigErr:          configErr,
 	}, client, retry.New(cfg.ExitRetry.retryConfig()))
 	// On containerd's Prometheus endpoint ([metrics] address).
@@ -125,24 +126,27 @@ func initController(ic *plugin.InitContext) (*controller.Controller, error) {
 }
 
 // builtinPause prepares the built-in pause's shared rootfs, under berth's
-// root directory, for the handlers that run it. A setting or binary that
-// does not work disables the built-in pause alone: its handlers' pods fail
-// with the error, every other pod runs.
+// root directory, for the handlers that run it and the shim keepers of warm
+// handlers. A setting or binary that does not work disables the built-in
+// pause alone: its handlers' pods fail with the error, warm handlers keep
+// no shim warm, every other pod runs.
 func builtinPause(ic *plugin.InitContext, cfg *Config, cri controller.CRIConfig, root string) controller.BuiltinPause {
 	b := controller.BuiltinPause{Handlers: cfg.BuiltinPauseHandlers}
-	if len(b.Handlers) == 0 {
+	if len(b.Handlers) == 0 && len(cfg.WarmShimHandlers) == 0 {
 		return b
 	}
-	for _, h := range b.Handlers {
-		if _, ok := cri.Runtimes[h]; !ok {
-			log.G(ic.Context).WithField("runtime_handler", h).Warn("builtin_pause_handlers names a runtime handler CRI does not have")
+	for key, handlers := range map[string][]string{"builtin_pause_handlers": b.Handlers, "warm_shim_handlers": cfg.WarmShimHandlers} {
+		for _, h := range handlers {
+			if _, ok := cri.Runtimes[h]; !ok {
+				log.G(ic.Context).WithField("runtime_handler", h).Warn(key + " names a runtime handler CRI does not have")
+			}
 		}
 	}
 	if b.Err = cfg.validateBuiltinPause(); b.Err == nil {
 		b.Rootfs, b.Err = podsandbox.PrepareRootfs(filepath.Join(root, "pause"), cfg.BuiltinPauseBinary)
 	}
 	if b.Err != nil {
-		log.G(ic.Context).WithError(b.Err).WithField("runtime_handlers", b.Handlers).Error("berth's built-in pause is disabled; its handlers' pods will fail")
+		log.G(ic.Context).WithError(b.Err).WithFields(log.Fields{"runtime_handlers": b.Handlers, "warm_shim_handlers": cfg.WarmShimHandlers}).Error("berth's built-in pause is disabled; its handlers' pods will fail, and no shim is kept warm")
 	}
 	return b
 }

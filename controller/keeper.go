@@ -1,0 +1,381 @@
+package controller
+
+import (
+	"cmp"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	runcoptions "github.com/containerd/containerd/api/types/runc/options"
+	containerd "github.com/containerd/containerd/v2/client"
+	"github.com/containerd/containerd/v2/core/containers"
+	"github.com/containerd/containerd/v2/core/sandbox"
+	"github.com/containerd/containerd/v2/pkg/cio"
+	"github.com/containerd/errdefs"
+	"github.com/containerd/log"
+	"github.com/containerd/typeurl/v2"
+	"google.golang.org/protobuf/types/known/anypb"
+
+	"github.com/berth-dev/berth/podsandbox"
+)
+
+// A shim keeper keeps a shared runc shim warm for a handler while no pod of
+// the handler runs: a task of berth's own, the built-in pause alone in its
+// own namespaces, made as the first task of a shim group. Without it, each
+// pod on a node with no other pod of its handler starts a shim and, at its
+// end, has containerd wait for the shim's exit and run `shim delete`; with
+// it, every pod joins a running shim. A warm handler has one keeper at a
+// time, in the group it was made in, for as long as the keeper's task runs;
+// one that exits is removed, and the next pod that opens a group makes a new
+// one. Recovery takes up a keeper whose task runs and removes any other
+// (recoverKeepers).
+//
+// A container is a keeper when it carries extensionKeeper, which only
+// berth writes; the keeper label is for people.
+const (
+	extensionKeeper = "io.berth.keeper.record"
+	keeperTypeURL   = "io.berth.keeper.Record.v1"
+	LabelKindKeeper = "shim-keeper"
+	// keeperStartTimeout bounds the making of a keeper, which a pod's Start
+	// waits for.
+	keeperStartTimeout = 10 * time.Second
+)
+
+// keeperRecord is what recovery needs of a keeper.
+type keeperRecord struct {
+	RuntimeHandler string `json:"runtimeHandler"`
+	ShimGroup      string `json:"shimGroup"`
+}
+
+// keeper is a live shim keeper.
+type keeper struct {
+	id, handler, group string
+	container          containerd.Container
+}
+
+// keepers are the live shim keepers, one per warm handler at most.
+type keepers struct {
+	mu sync.Mutex
+	// byHandler holds each handler's keeper; a nil one is being made or
+	// taken up.
+	byHandler map[string]*keeper
+}
+
+func newKeepers() *keepers { return &keepers{byHandler: map[string]*keeper{}} }
+
+// claim reserves handler's keeper for the caller to make, if the handler
+// has none. A keeper whose group no pod may join any more serves none: it
+// is returned, for the caller to remove, and the claim succeeds.
+func (k *keepers) claim(handler string, isOpen func(group string) bool) (ok bool, stale *keeper) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	cur, has := k.byHandler[handler]
+	if has && (cur == nil || isOpen(cur.group)) {
+		return false, nil
+	}
+	k.byHandler[handler] = nil
+	return true, cur
+}
+
+// set makes kp its handler's keeper; nil releases a claim.
+func (k *keepers) set(handler string, kp *keeper) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if kp == nil {
+		delete(k.byHandler, handler)
+		return
+	}
+	k.byHandler[handler] = kp
+}
+
+// drop forgets keeper kp if it is still its handler's.
+func (k *keepers) drop(kp *keeper) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if k.byHandler[kp.handler] == kp {
+		delete(k.byHandler, kp.handler)
+	}
+}
+
+// warmShim says whether handler keeps a warm shim.
+func (c *Controller) warmShim(handler string) bool {
+	return slices.Contains(c.config.WarmShims, handler) && c.podsPerShim(handler) > 1
+}
+
+// keepShimWarm makes a shim keeper as the first task of group, which sb has
+// just joined, if sb's handler keeps a warm shim and has no keeper. It runs
+// before sb's pause task is made, so that the pause joins the keeper's
+// shim. A keeper that cannot be made is logged, never the pod's failure:
+// the pod's task starts the shim itself.
+func (c *Controller) keepShimWarm(ctx context.Context, runtime sandbox.RuntimeOpts, handler, group string) {
+	if group == "" || !c.warmShim(handler) || !c.reaper.groups.fresh(group) {
+		return
+	}
+	ok, stale := c.keepers.claim(handler, func(g string) bool { return c.reaper.groups.isOpen(handler, g) })
+	if !ok {
+		return
+	}
+	if stale != nil {
+		c.removeKeeperOrRetry(ctx, stale)
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), keeperStartTimeout)
+	defer cancel()
+	kp, err := c.startKeeper(ctx, runtime, handler, group)
+	c.keepers.set(handler, kp)
+	switch {
+	case errors.Is(err, errShimUp):
+		// Another pod's task came first: the shim is warm already.
+		log.G(ctx).WithError(err).Debug("no shim keeper made")
+	case err != nil:
+		log.G(ctx).WithError(err).WithField("shim_group", group).Warn("cannot make a shim keeper; the pod starts its group's shim")
+	}
+}
+
+// errShimUp says a keeper was not made because its group's shim already
+// serves a task: a keeper is only ever a group's first task, made by the
+// shim's start command with no shim listening.
+var errShimUp = errors.New("the group's shim is up")
+
+// startKeeper makes and starts a keeper of handler as the first task of
+// group, removing all it made if it fails.
+func (c *Controller) startKeeper(ctx context.Context, runtime sandbox.RuntimeOpts, handler, group string) (_ *keeper, retErr error) {
+	rootfs := c.config.BuiltinPause.Rootfs
+	if rootfs == "" {
+		return nil, fmt.Errorf("a shim keeper runs the built-in pause, which is not prepared: %w", errors.Join(errdefs.ErrFailedPrecondition, c.config.BuiltinPause.Err))
+	}
+	rt, ok := c.config.CRI.Runtimes[handler]
+	if !ok {
+		return nil, fmt.Errorf("runtime handler %q is not configured: %w", handler, errdefs.ErrNotFound)
+	}
+	systemd, err := systemdCgroup(runtime)
+	if err != nil {
+		return nil, err
+	}
+	id := newKeeperID(handler)
+	ctx = log.WithLogger(ctx, log.G(ctx).WithFields(log.Fields{"keeper_id": id, "shim_group": group}))
+	var undo rollback
+	defer func() {
+		if retErr != nil {
+			c.rollBack(ctx, id, undo)
+		}
+	}()
+	if !c.reaper.groups.keep(group, id) {
+		return nil, fmt.Errorf("shim group %s has a keeper: %w", group, errdefs.ErrAlreadyExists)
+	}
+	undo.push("take keeper out of its group", func(context.Context) error {
+		c.reaper.groups.unkeep(group, id)
+		return nil
+	})
+	making, err := c.reaper.groups.makeTask(ctx, group, id)
+	if err != nil {
+		return nil, fmt.Errorf("shim group %s: %w", group, err)
+	}
+	if making.shimUp {
+		making.end(makeAbandoned)
+		return nil, fmt.Errorf("shim group %s: %w", group, errShimUp)
+	}
+	undo.push("end keeper task making", func(context.Context) error {
+		making.end(makeAbandoned)
+		return nil
+	})
+	specOpts := podsandbox.KeeperSpec(podsandbox.KeeperCgroupsPath(Namespace, id, systemd),
+		c.config.CRI.RestrictOOMScoreAdj, map[string]string{ShimGroupAnnotation: group})
+	container, err := c.client.NewContainer(ctx, id,
+		containerd.WithNewSpec(specOpts...),
+		containerd.WithContainerLabels(map[string]string{LabelKind: LabelKindKeeper}),
+		withKeeperRecord(keeperRecord{RuntimeHandler: handler, ShimGroup: group}),
+		containerd.WithRuntime(cmp.Or(rt.Type, runtime.Name), runtime.Options),
+	)
+	if err != nil {
+		return nil, fmt.Errorf("create keeper container: %w", err)
+	}
+	undo.push("delete keeper container", func(ctx context.Context) error {
+		return ignoreNotFound(container.Delete(ctx))
+	})
+	opts := []containerd.NewTaskOpts{containerd.WithRootFS(builtinPauseRootfs(rootfs))}
+	if rt.Path != "" {
+		opts = append(opts, containerd.WithRuntimePath(rt.Path))
+	}
+	task, err := container.NewTask(ctx, cio.NullIO, opts...)
+	if err != nil {
+		making.end(makeFailed)
+		return nil, fmt.Errorf("create keeper task: %w", err)
+	}
+	making.end(makeDone)
+	undo.push("delete keeper task", func(ctx context.Context) error {
+		return c.reaper.deleteGroupTask(ctx, group, id, task)
+	})
+	w, err := c.reaper.waitFor(ctx, task)
+	if err != nil {
+		return nil, err
+	}
+	undo.push("stop waiting for keeper task", func(context.Context) error { w.stop(); return nil })
+	if err := task.Start(ctx); err != nil {
+		return nil, fmt.Errorf("start keeper task: %w", err)
+	}
+	kp := &keeper{id: id, handler: handler, group: group, container: container}
+	c.watchKeeper(kp, w)
+	log.G(ctx).WithField("runtime_handler", handler).Info("shim keeper started")
+	return kp, nil
+}
+
+// watchKeeper removes keeper kp once its task exits.
+func (c *Controller) watchKeeper(kp *keeper, w *exitWatch) {
+	go func() {
+		defer w.cancel()
+		select {
+		case e := <-w.exitCh:
+			logger := log.G(w.ctx).WithField("keeper_id", kp.id)
+			if code, _, err := e.Result(); err != nil {
+				logger = logger.WithError(err)
+			} else {
+				logger = logger.WithField("exit_status", code)
+			}
+			logger.Warn("shim keeper exited; removing it")
+		case <-w.ctx.Done():
+			return
+		}
+		c.keepers.drop(kp)
+		c.removeKeeperOrRetry(w.ctx, kp)
+	}()
+}
+
+// removeKeeperOrRetry removes keeper kp, in the background if it fails.
+func (c *Controller) removeKeeperOrRetry(ctx context.Context, kp *keeper) {
+	ctx = context.WithoutCancel(ctx)
+	if err := c.removeKeeper(ctx, kp); err != nil {
+		log.G(ctx).WithError(err).WithField("keeper_id", kp.id).Warn("remove shim keeper; retrying")
+		c.reaper.retry(ctx, kp.id, "remove shim keeper", func(ctx context.Context) error { return c.removeKeeper(ctx, kp) })
+	}
+}
+
+// removeKeeper deletes keeper kp's task, in turn with the tasks being made
+// in its group, and its container, then ends the group's shim if no pod is
+// in it.
+func (c *Controller) removeKeeper(ctx context.Context, kp *keeper) error {
+	task, err := kp.container.Task(ctx, nil)
+	switch {
+	case err == nil:
+		if err := c.reaper.deleteGroupTask(ctx, kp.group, kp.id, task); err != nil {
+			return fmt.Errorf("delete keeper task: %w", err)
+		}
+	case errdefs.IsNotFound(err):
+		info, err := kp.container.Info(ctx, containerd.WithoutRefreshedMetadata)
+		if err != nil {
+			return ignoreNotFound(err)
+		}
+		_, cgroupsPath, _ := specRecord(info.Spec)
+		if err := c.reaper.cleanupLost(ctx, lostTask{id: kp.id, runtime: runtimeOf(info), cgroupsPath: cgroupsPath, group: kp.group}); err != nil {
+			return err
+		}
+	default:
+		return fmt.Errorf("load keeper task: %w", err)
+	}
+	if err := ignoreNotFound(kp.container.Delete(ctx)); err != nil {
+		return fmt.Errorf("delete keeper container: %w", err)
+	}
+	c.reaper.groups.unkeep(kp.group, kp.id)
+	c.reaper.endIdleShim(ctx, kp.group, kp.id)
+	return nil
+}
+
+// recoverKeepers takes up, after a restart, the keeper of each warm handler
+// whose task runs, and removes every other keeper container: of a handler
+// no longer warm, a second of a handler, or one whose task is gone.
+func (c *Controller) recoverKeepers(ctx context.Context, found []containerd.Container) {
+	for _, container := range found {
+		kp, err := c.loadKeeper(ctx, container)
+		if err != nil {
+			log.G(ctx).WithError(err).WithField("keeper_id", container.ID()).Warn("cannot take up shim keeper; removing it")
+			c.removeKeeperOrRetry(ctx, kp)
+		}
+	}
+}
+
+// loadKeeper takes up keeper container, returning it for removal if it
+// cannot be.
+func (c *Controller) loadKeeper(ctx context.Context, container containerd.Container) (*keeper, error) {
+	info, err := container.Info(ctx, containerd.WithoutRefreshedMetadata)
+	if err != nil {
+		return &keeper{id: container.ID(), container: container}, fmt.Errorf("keeper container info: %w", err)
+	}
+	var rec keeperRecord
+	err = json.Unmarshal(info.Extensions[extensionKeeper].GetValue(), &rec)
+	kp := &keeper{id: info.ID, handler: rec.RuntimeHandler, group: rec.ShimGroup, container: container}
+	if err != nil {
+		return kp, fmt.Errorf("decode keeper record: %w", err)
+	}
+	if !c.warmShim(rec.RuntimeHandler) {
+		return kp, fmt.Errorf("runtime handler %q keeps no warm shim", rec.RuntimeHandler)
+	}
+	if ok, _ := c.keepers.claim(rec.RuntimeHandler, func(string) bool { return true }); !ok {
+		return kp, fmt.Errorf("runtime handler %q has a keeper", rec.RuntimeHandler)
+	}
+	task, err := container.Task(ctx, nil)
+	if err == nil {
+		var st containerd.Status
+		if st, err = task.Status(ctx); err == nil && st.Status != containerd.Running {
+			err = fmt.Errorf("keeper task is %s", st.Status)
+		}
+	}
+	var w *exitWatch
+	if err == nil {
+		w, err = c.reaper.waitFor(ctx, task)
+	}
+	if err != nil {
+		c.keepers.set(rec.RuntimeHandler, nil)
+		return kp, err
+	}
+	c.reaper.groups.rekeep(rec.RuntimeHandler, rec.ShimGroup, kp.id)
+	c.keepers.set(rec.RuntimeHandler, kp)
+	c.watchKeeper(kp, w)
+	return kp, nil
+}
+
+// isKeeperContainer says whether berth made the container as a keeper.
+func isKeeperContainer(info containers.Container) bool {
+	ext, ok := info.Extensions[extensionKeeper]
+	return ok && ext.GetTypeUrl() == keeperTypeURL
+}
+
+func withKeeperRecord(r keeperRecord) containerd.NewContainerOpts {
+	return func(_ context.Context, _ *containerd.Client, c *containers.Container) error {
+		rec, err := json.Marshal(r)
+		if err != nil {
+			return fmt.Errorf("encode keeper record: %w", err)
+		}
+		if c.Extensions == nil {
+			c.Extensions = map[string]typeurl.Any{}
+		}
+		c.Extensions[extensionKeeper] = &anypb.Any{TypeUrl: keeperTypeURL, Value: rec}
+		return nil
+	}
+}
+
+// systemdCgroup says whether the runc options of runtime ask for systemd's
+// cgroup driver.
+func systemdCgroup(runtime sandbox.RuntimeOpts) (bool, error) {
+	if runtime.Options == nil || !strings.HasPrefix(runtime.Name, runcRuntimePrefix) {
+		return false, nil
+	}
+	var opts runcoptions.Options
+	if err := typeurl.UnmarshalTo(runtime.Options, &opts); err != nil {
+		return false, fmt.Errorf("decode runc options: %w", err)
+	}
+	return opts.SystemdCgroup, nil
+}
+
+// newKeeperID names a new keeper: random, like a group, since one a
+// previous containerd made may still exist.
+func newKeeperID(handler string) string {
+	b := make([]byte, 8)
+	_, _ = rand.Read(b)
+	return "berth-keeper-" + strings.ReplaceAll(handler, "/", "-") + "-" + hex.EncodeToString(b)
+}

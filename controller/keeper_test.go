@@ -1,0 +1,225 @@
+package controller
+
+import (
+	"encoding/json"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	containerd "github.com/containerd/containerd/v2/client"
+	"github.com/containerd/containerd/v2/core/containers"
+	"github.com/containerd/typeurl/v2"
+	"google.golang.org/protobuf/types/known/anypb"
+)
+
+// warmController is a test controller whose handler shares shims and
+// keeps one warm.
+func warmController(t *testing.T, client *fakeClient) *Controller {
+	return testController(t, client, func(cfg *Config) {
+		cfg.CRI.Runtimes[testHandler] = Runtime{Type: "io.containerd.runc.v2"}
+		cfg.PodsPerShim = 4
+		cfg.WarmShims = []string{testHandler}
+	})
+}
+
+// keeperContainers lists the keeper containers of the fake containerd.
+func keeperContainers(client *fakeClient) []*fakeContainer {
+	client.mu.Lock()
+	defer client.mu.Unlock()
+	var keepers []*fakeContainer
+	for _, c := range client.containers {
+		if isKeeperContainer(c.info) {
+			keepers = append(keepers, c)
+		}
+	}
+	return keepers
+}
+
+// onlyKeeper is the one keeper container, which must have a running task.
+func onlyKeeper(t *testing.T, client *fakeClient) *fakeContainer {
+	t.Helper()
+	keepers := keeperContainers(client)
+	if len(keepers) != 1 || !keepers[0].hasTask() {
+		t.Fatalf("keepers %v, want one with a task", keepers)
+	}
+	return keepers[0]
+}
+
+// keeperGroup is the shim group a keeper container's spec names.
+func keeperGroup(t *testing.T, k *fakeContainer) string {
+	t.Helper()
+	var spec struct{ Annotations map[string]string }
+	if err := json.Unmarshal(k.info.Spec.GetValue(), &spec); err != nil {
+		t.Fatal(err)
+	}
+	return spec.Annotations[ShimGroupAnnotation]
+}
+
+func groupOf(t *testing.T, c *Controller, id string) string {
+	t.Helper()
+	sb, err := c.store.Get(id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return sb.Status().Instance.ShimGroup
+}
+
+func removed(t *testing.T, c *Controller, id string) {
+	t.Helper()
+	if err := c.Stop(testContext(), id); err != nil {
+		t.Fatalf("Stop: %v", err)
+	}
+	if err := c.Shutdown(testContext(), id); err != nil {
+		t.Fatalf("Shutdown: %v", err)
+	}
+}
+
+// TestWarmShimKeeper: the first pod of a warm handler has a keeper made
+// before its own task, in its group, which the pods after it join though
+// no pod outlived the first; the keeper is the built-in pause as nobody.
+// A keeper whose task exits is removed, and the next group gets a new one.
+func TestWarmShimKeeper(t *testing.T) {
+	client := newFakeClient()
+	c := warmController(t, client)
+	started(t, c, client, "sb1")
+	k := onlyKeeper(t, client)
+	group := groupOf(t, c, "sb1")
+	if i, j := slices.Index(client.calls, "new task "+k.info.ID), slices.Index(client.calls, "new task sb1"); i < 0 || i > j {
+		t.Errorf("calls %v: want the keeper's task made before the pod's", client.calls)
+	}
+	var spec struct {
+		Annotations map[string]string
+		Process     struct {
+			Args []string
+			User struct{ UID, GID uint32 }
+		}
+		Linux struct{ CgroupsPath string }
+	}
+	if err := json.Unmarshal(k.info.Spec.GetValue(), &spec); err != nil {
+		t.Fatal(err)
+	}
+	if spec.Annotations[ShimGroupAnnotation] != group || !slices.Equal(spec.Process.Args, []string{"/pause"}) ||
+		spec.Process.User.UID != 65535 || spec.Linux.CgroupsPath != "/k8s.io/"+k.info.ID {
+		t.Errorf("keeper spec %+v, want the built-in pause as nobody in group %s", spec, group)
+	}
+	if k.info.Labels[LabelKind] != LabelKindKeeper || !strings.HasPrefix(k.info.ID, "berth-keeper-"+testHandler+"-") {
+		t.Errorf("keeper %s labels %v", k.info.ID, k.info.Labels)
+	}
+	removed(t, c, "sb1")
+	started(t, c, client, "sb2")
+	if got := groupOf(t, c, "sb2"); got != group {
+		t.Errorf("second pod in group %s, want the keeper's %s", got, group)
+	}
+	if got := onlyKeeper(t, client); got != k {
+		t.Fatalf("keeper %s, want %s", got.info.ID, k.info.ID)
+	}
+	removed(t, c, "sb2")
+
+	k.task.exit(137)
+	eventually(t, "exited keeper removed", func() bool { return len(keeperContainers(client)) == 0 })
+	eventually(t, "keeper's group retired", func() bool { return !c.reaper.groups.has(group) })
+	started(t, c, client, "sb3")
+	if k2 := onlyKeeper(t, client); k2 == k || groupOf(t, c, "sb3") == group {
+		t.Errorf("after the keeper's death, keeper %s in group %s: want a new one in a new group", k2.info.ID, groupOf(t, c, "sb3"))
+	}
+}
+
+// TestWarmShimKeeperFails: a keeper that cannot be made is no pod's
+// failure, and leaves nothing.
+func TestWarmShimKeeperFails(t *testing.T) {
+	for _, step := range []string{"new container", "new task", "task start"} {
+		t.Run(step, func(t *testing.T) {
+			client := newFakeClient()
+			c := warmController(t, client)
+			client.failNext(step, errInjected)
+			started(t, c, client, "sb1")
+			// A keeper whose task was made leaves its group's shim exiting, so
+			// the pod moves to a fresh group, which gets a working keeper.
+			group := groupOf(t, c, "sb1")
+			eventually(t, "failed keeper removed", func() bool {
+				ks := keeperContainers(client)
+				return len(ks) == 0 || len(ks) == 1 && ks[0].hasTask() && keeperGroup(t, ks[0]) == group
+			})
+			started(t, c, client, "sb2")
+			if got := groupOf(t, c, "sb2"); got != group {
+				t.Errorf("second pod in group %s, want the first's %s", got, group)
+			}
+			if _, claimed := c.keepers.byHandler[testHandler]; claimed != (len(keeperContainers(client)) == 1) {
+				t.Errorf("keeper claimed %v with %d keepers", claimed, len(keeperContainers(client)))
+			}
+		})
+	}
+	t.Run("no built-in pause", func(t *testing.T) {
+		client := newFakeClient()
+		c := testController(t, client, func(cfg *Config) {
+			cfg.CRI.Runtimes[testHandler] = Runtime{Type: "io.containerd.runc.v2"}
+			cfg.PodsPerShim, cfg.WarmShims = 4, []string{testHandler}
+			cfg.BuiltinPause.Handlers = nil
+			cfg.BuiltinPause.Rootfs = ""
+		})
+		// The pod runs a pause image the fake does not have; what counts
+		// is that no keeper container is made.
+		_ = create(t, c, client, "sb1", testPodConfig("sb1"))
+		_, _ = c.Start(testContext(), "sb1")
+		if n := client.count("new container"); n > 1 {
+			t.Errorf("%d containers made without a built-in pause, want no keeper", n)
+		}
+	})
+}
+
+// keeperContainer is a keeper container as a previous containerd left it.
+func keeperContainer(t *testing.T, id, handler, group string) containers.Container {
+	t.Helper()
+	rec, err := json.Marshal(keeperRecord{RuntimeHandler: handler, ShimGroup: group})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return containers.Container{
+		ID:         id,
+		Labels:     map[string]string{LabelKind: LabelKindKeeper},
+		Runtime:    containers.RuntimeInfo{Name: testRuntime},
+		Extensions: map[string]typeurl.Any{extensionKeeper: &anypb.Any{TypeUrl: keeperTypeURL, Value: rec}},
+	}
+}
+
+// TestRecoverKeepers: recovery takes up one running keeper of a warm
+// handler in its group, and removes a second, one whose task is gone or
+// stopped, and one of a handler that keeps no warm shim. A container
+// labelled as a keeper without berth's record is not touched.
+func TestRecoverKeepers(t *testing.T) {
+	client := newFakeClient()
+	client.addContainer(keeperContainer(t, "k-live", testHandler, "g1")).setTask(containerd.Running)
+	client.addContainer(keeperContainer(t, "k-second", testHandler, "g2")).setTask(containerd.Running)
+	client.addContainer(keeperContainer(t, "k-stopped", testHandler, "g3")).setTask(containerd.Stopped)
+	client.addContainer(keeperContainer(t, "k-no-task", testHandler, "g4"))
+	client.addContainer(keeperContainer(t, "k-cold", "other", "g5")).setTask(containerd.Running)
+	client.addContainer(containers.Container{ID: "impostor", Labels: map[string]string{LabelKind: LabelKindKeeper}}).setTask(containerd.Running)
+	c := warmController(t, client)
+	if err := c.Recover(testContext(), RecoverConfig{Parallelism: 2, Timeout: time.Second}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "keepers removed", func() bool { return len(keeperContainers(client)) == 1 })
+	kept := keeperContainers(client)[0]
+	if !kept.hasTask() || !c.reaper.groups.isOpen(testHandler, kept.info.ID[len("k-"):]) && !c.reaper.groups.has(groupFor(kept)) {
+		t.Errorf("kept keeper %s: task %v, group open %v", kept.info.ID, kept.hasTask(), c.reaper.groups.has(groupFor(kept)))
+	}
+	if ctr := client.container("impostor"); ctr == nil || !ctr.hasTask() {
+		t.Error("a container labelled as a keeper by someone else was touched")
+	}
+	// The next pod joins the recovered keeper's group.
+	started(t, c, client, "sb1")
+	if got := groupOf(t, c, "sb1"); got != groupFor(kept) {
+		t.Errorf("pod in group %s, want the recovered keeper's %s", got, groupFor(kept))
+	}
+	if n := len(keeperContainers(client)); n != 1 {
+		t.Errorf("%d keepers after a pod started, want the recovered one", n)
+	}
+}
+
+// groupFor is the group in keeper container c's record.
+func groupFor(c *fakeContainer) string {
+	var rec keeperRecord
+	_ = json.Unmarshal(c.info.Extensions[extensionKeeper].GetValue(), &rec)
+	return rec.ShimGroup
+}
