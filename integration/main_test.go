@@ -12,16 +12,19 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
 	containerd "github.com/containerd/containerd/v2/client"
+	"github.com/containerd/containerd/v2/pkg/namespaces"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
+	"github.com/berth-dev/berth/controller"
 	"github.com/berth-dev/berth/integration/hostproc"
 )
 
@@ -257,6 +260,8 @@ func (d *containerdProcess) stop() error {
 	// Pods a failed test left behind would outlive containerd: their shims
 	// and pause processes run on their own.
 	d.removeAllPods()
+	// So would berth's shim keepers, which are no pods.
+	d.removeKeepers()
 	if d.client != nil {
 		d.client.Close()
 	}
@@ -300,6 +305,22 @@ func (d *containerdProcess) removeAllPods() {
 		fmt.Fprintln(os.Stderr, "removing pod left behind:", sb.GetId())
 		_, _ = d.runtime.StopPodSandbox(ctx, &runtimeapi.StopPodSandboxRequest{PodSandboxId: sb.GetId()})
 		_, _ = d.runtime.RemovePodSandbox(ctx, &runtimeapi.RemovePodSandboxRequest{PodSandboxId: sb.GetId()})
+	}
+}
+
+// removeKeepers kills and removes berth's shim keepers, best effort.
+func (d *containerdProcess) removeKeepers() {
+	if d.client == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(namespaces.WithNamespace(context.Background(), controller.Namespace), time.Minute)
+	defer cancel()
+	keepers, _ := d.client.Containers(ctx, "labels."+strconv.Quote(controller.LabelKind)+"=="+controller.LabelKindKeeper)
+	for _, c := range keepers {
+		if task, err := c.Task(ctx, nil); err == nil {
+			_, _ = task.Delete(ctx, containerd.WithProcessKill)
+		}
+		_ = c.Delete(ctx)
 	}
 }
 
