@@ -21,7 +21,6 @@ import (
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
 	"github.com/containerd/typeurl/v2"
-	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/berth-dev/berth/podsandbox"
 )
@@ -341,20 +340,16 @@ func (c *Controller) loadKeeper(ctx context.Context, container containerd.Contai
 
 // isKeeperContainer says whether berth made the container as a keeper.
 func isKeeperContainer(info containers.Container) bool {
-	ext, ok := info.Extensions[extensionKeeper]
-	return ok && ext.GetTypeUrl() == keeperTypeURL
+	return hasExtension(info, extensionKeeper, keeperTypeURL)
 }
 
 func withKeeperRecord(r keeperRecord) containerd.NewContainerOpts {
 	return func(_ context.Context, _ *containerd.Client, c *containers.Container) error {
-		rec, err := json.Marshal(r)
+		rec, err := jsonExtension(keeperTypeURL, r)
 		if err != nil {
 			return fmt.Errorf("encode keeper record: %w", err)
 		}
-		if c.Extensions == nil {
-			c.Extensions = map[string]typeurl.Any{}
-		}
-		c.Extensions[extensionKeeper] = &anypb.Any{TypeUrl: keeperTypeURL, Value: rec}
+		setExtensions(c, map[string]typeurl.Any{extensionKeeper: rec})
 		return nil
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"strings"
 	"time"
 
@@ -71,7 +72,7 @@ func recordOf(sb *store.Sandbox) record {
 // updated; it is both a NewContainerOpts and an UpdateContainerOpts.
 func withRecord(r record, cfg *runtimeapi.PodSandboxConfig) func(context.Context, *containerd.Client, *containers.Container) error {
 	return func(_ context.Context, _ *containerd.Client, c *containers.Container) error {
-		rec, err := json.Marshal(r)
+		rec, err := jsonExtension(recordTypeURL, r)
 		if err != nil {
 			return fmt.Errorf("encode sandbox record: %w", err)
 		}
@@ -79,19 +80,38 @@ func withRecord(r record, cfg *runtimeapi.PodSandboxConfig) func(context.Context
 		if err != nil {
 			return fmt.Errorf("encode pod config: %w", err)
 		}
-		if c.Extensions == nil {
-			c.Extensions = map[string]typeurl.Any{}
-		}
-		c.Extensions[extensionRecord] = &anypb.Any{TypeUrl: recordTypeURL, Value: rec}
-		c.Extensions[extensionConfig] = config
+		setExtensions(c, map[string]typeurl.Any{extensionRecord: rec, extensionConfig: config})
 		return nil
 	}
 }
 
+// jsonExtension encodes v as JSON in a container extension of type typeURL.
+func jsonExtension(typeURL string, v any) (*anypb.Any, error) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return nil, err
+	}
+	return &anypb.Any{TypeUrl: typeURL, Value: b}, nil
+}
+
+// setExtensions puts exts on container c.
+func setExtensions(c *containers.Container, exts map[string]typeurl.Any) {
+	if c.Extensions == nil {
+		c.Extensions = map[string]typeurl.Any{}
+	}
+	maps.Copy(c.Extensions, exts)
+}
+
+// hasExtension says whether info carries extension key of type typeURL,
+// which only berth writes.
+func hasExtension(info containers.Container, key, typeURL string) bool {
+	ext, ok := info.Extensions[key]
+	return ok && ext.GetTypeUrl() == typeURL
+}
+
 // isBerthContainer says whether berth made the container.
 func isBerthContainer(info containers.Container) bool {
-	ext, ok := info.Extensions[extensionRecord]
-	return ok && ext.GetTypeUrl() == recordTypeURL
+	return hasExtension(info, extensionRecord, recordTypeURL)
 }
 
 // recordOn returns the record on a berth pause container.
