@@ -308,6 +308,10 @@ func (d *containerdProcess) removeAllPods() {
 	}
 }
 
+// keeperFilter lists berth's shim keepers. Tests may trust the label
+// berth puts on its own keepers: no pod of theirs sets it.
+var keeperFilter = "labels." + strconv.Quote(controller.LabelKind) + "==" + controller.LabelKindKeeper
+
 // removeKeepers kills and removes berth's shim keepers, best effort.
 func (d *containerdProcess) removeKeepers() {
 	if d.client == nil {
@@ -315,7 +319,7 @@ func (d *containerdProcess) removeKeepers() {
 	}
 	ctx, cancel := context.WithTimeout(namespaces.WithNamespace(context.Background(), controller.Namespace), time.Minute)
 	defer cancel()
-	keepers, _ := d.client.Containers(ctx, "labels."+strconv.Quote(controller.LabelKind)+"=="+controller.LabelKindKeeper)
+	keepers, _ := d.client.Containers(ctx, keeperFilter)
 	for _, c := range keepers {
 		if task, err := c.Task(ctx, nil); err == nil {
 			_, _ = task.Delete(ctx, containerd.WithProcessKill)

@@ -2,7 +2,6 @@ package integration
 
 import (
 	"context"
-	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -30,7 +29,7 @@ func keepersOf(t *testing.T, handler string) []shimKeeper {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(namespaces.WithNamespace(context.Background(), controller.Namespace), 30*time.Second)
 	defer cancel()
-	list, err := daemon.client.Containers(ctx, "labels."+strconv.Quote(controller.LabelKind)+"=="+controller.LabelKindKeeper)
+	list, err := daemon.client.Containers(ctx, keeperFilter)
 	if err != nil {
 		t.Fatal(err)
 	}
