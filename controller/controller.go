@@ -18,6 +18,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/containerd/containerd/v2/core/sandbox"
@@ -123,6 +124,11 @@ type Controller struct {
 	locks     *keyLock
 	telemetry *telemetry
 	keepers   *keepers
+	// recoveryStarted is set once Recover has listed the sandboxes and
+	// begun their reload in the background; recovered is closed when the
+	// reload ends. Every operation waits for it (awaitRecovery).
+	recoveryStarted atomic.Bool
+	recovered       chan struct{}
 }
 
 var _ sandbox.Controller = (*Controller)(nil)
@@ -139,6 +145,7 @@ func New(cfg Config, client containerdClient, retries *retry.Queue) *Controller 
 		locks:     newKeyLock(),
 		telemetry: t,
 		keepers:   newKeepers(),
+		recovered: make(chan struct{}),
 	}
 	c.reaper = newReaper(client, retries, t, cfg, newShimGroups(c.podsPerShim))
 	return c
@@ -156,24 +163,56 @@ func (c *Controller) podsPerShim(handler string) int {
 	return c.config.PodsPerShim
 }
 
-// Close stops the retry queue. containerd calls it when it shuts down.
+// Close waits for a recovery in progress, whose steps may queue retries,
+// and stops the retry queue. containerd calls it when it shuts down.
 func (c *Controller) Close() error {
+	if c.recoveryStarted.Load() {
+		<-c.recovered
+	}
 	c.reaper.retries.Stop()
 	return nil
 }
 
+// awaitRecovery blocks until Recover has reloaded every sandbox, so that no
+// operation sees a sandbox before its true state is known, nor a Start
+// runs while recovery releases the leases of interrupted ones. A
+// controller that was never asked to recover (a first start, the unit
+// tests) has nothing to wait for.
+func (c *Controller) awaitRecovery(ctx context.Context) error {
+	if !c.recoveryStarted.Load() {
+		return nil
+	}
+	select {
+	case <-c.recovered:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("waiting for berth's recovery of its sandboxes: %w", ctx.Err())
+	}
+}
+
+// sandbox returns sandbox id once recovery has ended.
+func (c *Controller) sandbox(ctx context.Context, id string) (*store.Sandbox, error) {
+	if err := c.awaitRecovery(ctx); err != nil {
+		return nil, err
+	}
+	return c.store.Get(id)
+}
+
 // Platform answers from memory: pause containers run on the node's platform.
-func (c *Controller) Platform(_ context.Context, id string) (imagespec.Platform, error) {
-	if _, err := c.store.Get(id); err != nil {
+func (c *Controller) Platform(ctx context.Context, id string) (imagespec.Platform, error) {
+	if _, err := c.sandbox(ctx, id); err != nil {
 		return imagespec.Platform{}, err
 	}
 	return platforms.DefaultSpec(), nil
 }
 
-// locked locks sandbox id and returns it; the caller must call unlock
-// exactly once when err is nil. A sandbox the store does not have is
-// errdefs.ErrNotFound, with nothing locked.
+// locked locks sandbox id and returns it once recovery has ended; the
+// caller must call unlock exactly once when err is nil. A sandbox the store
+// does not have is errdefs.ErrNotFound, with nothing locked.
 func (c *Controller) locked(ctx context.Context, id string) (sb *store.Sandbox, unlock func(), err error) {
+	if err := c.awaitRecovery(ctx); err != nil {
+		return nil, nil, err
+	}
 	if unlock, err = c.locks.lock(ctx, id); err != nil {
 		return nil, nil, err
 	}

@@ -512,6 +512,39 @@ func TestRecover(t *testing.T) {
 	}
 }
 
+// TestRecoverInBackground: Recover returns before a sandbox whose shim is
+// slow to answer is reloaded; every operation waits for the reload, and
+// then finds the sandbox in its true state.
+func TestRecoverInBackground(t *testing.T) {
+	client := newFakeClient()
+	if _, err := client.SandboxStore().Create(testContext(), sandbox.Sandbox{ID: "running", Sandboxer: "berth"}); err != nil {
+		t.Fatal(err)
+	}
+	client.addContainer(berthContainer(t, "running")).setTask(containerd.Running)
+	release := client.hold("task status")
+	c := testController(t, client)
+	if err := c.Recover(testContext(), RecoverConfig{Parallelism: 1, Timeout: time.Minute}); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(testContext(), 100*time.Millisecond)
+	defer cancel()
+	if _, err := c.Status(ctx, "running", false); !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("Status during the reload: %v, want it to wait until its context ends", err)
+	}
+	stopCtx, stopCancel := context.WithTimeout(testContext(), 100*time.Millisecond)
+	defer stopCancel()
+	if err := c.Stop(stopCtx, "running"); !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("Stop during the reload: %v, want it to wait until its context ends", err)
+	}
+	if n := client.count("task kill"); n != 0 {
+		t.Error("Stop during the reload killed the pause task")
+	}
+	release()
+	if got := state(t, c, "running"); got != runtimeapi.PodSandboxState_SANDBOX_READY.String() {
+		t.Errorf("%s after the reload, want READY", got)
+	}
+}
+
 // TestRecoverUpdatedResources: the pod resources Update recorded come back
 // after a restart; a pod label of the same name as berth's old label does
 // nothing.
@@ -535,7 +568,7 @@ func TestRecoverUpdatedResources(t *testing.T) {
 	if err := c2.Recover(testContext(), RecoverConfig{Parallelism: 1, Timeout: time.Second}); err != nil {
 		t.Fatal(err)
 	}
-	sb, err := c2.store.Get("sb1")
+	sb, err := c2.sandbox(testContext(), "sb1")
 	if err != nil {
 		t.Fatal(err)
 	}

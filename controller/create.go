@@ -49,6 +49,9 @@ func (c *Controller) Create(ctx context.Context, info sandbox.Sandbox, opts ...s
 			return fmt.Errorf("create option: %w", err)
 		}
 	}
+	if err := c.awaitRecovery(ctx); err != nil {
+		return err
+	}
 	// The ID names berth's directories and containerd's objects.
 	if err := identifiers.Validate(info.ID); err != nil {
 		return fmt.Errorf("sandbox id: %w", err)

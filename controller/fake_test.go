@@ -36,6 +36,8 @@ type fakeClient struct {
 	// kill", "task delete", "container delete", "task status", "lease
 	// delete") to the errors of its next calls.
 	fail map[string][]error
+	// held maps a step to a channel its calls wait on until it is closed.
+	held map[string]chan struct{}
 	// calls logs the steps, with their container ID.
 	calls []string
 	// taskServiceDeletes are the IDs the task service was asked to delete.
@@ -51,6 +53,7 @@ func newFakeClient() *fakeClient {
 		records:    map[string]sandbox.Sandbox{},
 		leases:     map[string]leases.Lease{},
 		fail:       map[string][]error{},
+		held:       map[string]chan struct{}{},
 		nextPid:    1000,
 	}
 }
@@ -62,16 +65,31 @@ func (f *fakeClient) failNext(step string, errs ...error) {
 	f.fail[step] = append(f.fail[step], errs...)
 }
 
-// call logs step for id and returns its injected error, if any.
-func (f *fakeClient) call(step, id string) error {
+// hold makes the calls of step wait until release is called: a shim slow
+// to answer.
+func (f *fakeClient) hold(step string) (release func()) {
+	ch := make(chan struct{})
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	f.held[step] = ch
+	return sync.OnceFunc(func() { close(ch) })
+}
+
+// call logs step for id, waits while step is held, and returns its
+// injected error, if any.
+func (f *fakeClient) call(step, id string) error {
+	f.mu.Lock()
 	f.calls = append(f.calls, step+" "+id)
+	held := f.held[step]
+	var err error
 	if errs := f.fail[step]; len(errs) > 0 {
-		f.fail[step] = errs[1:]
-		return errs[0]
+		f.fail[step], err = errs[1:], errs[0]
 	}
-	return nil
+	f.mu.Unlock()
+	if held != nil {
+		<-held
+	}
+	return err
 }
 
 func (f *fakeClient) count(step string) int {

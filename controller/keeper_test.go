@@ -199,6 +199,9 @@ func TestRecoverKeepers(t *testing.T) {
 	if err := c.Recover(testContext(), RecoverConfig{Parallelism: 2, Timeout: time.Second}); err != nil {
 		t.Fatal(err)
 	}
+	if err := c.awaitRecovery(testContext()); err != nil {
+		t.Fatal(err)
+	}
 	eventually(t, "keepers removed", func() bool { return len(keeperContainers(client)) == 1 })
 	kept := keeperContainers(client)[0]
 	if !kept.hasTask() || !c.reaper.groups.isOpen(testHandler, kept.info.ID[len("k-"):]) && !c.reaper.groups.has(groupFor(kept)) {

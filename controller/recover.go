@@ -29,11 +29,15 @@ type RecoverConfig struct {
 	Timeout time.Duration
 }
 
-// Recover reloads the sandboxes berth owns, so that CRI's own recovery,
-// which runs after every plugin has loaded, finds each in its true state:
-// live tasks are waited on again, tasks that died while containerd was down
-// are deleted and reported NOTREADY with their exit status, and what a crash
-// left half made is cleaned up.
+// Recover reloads the sandboxes berth owns: live tasks are waited on
+// again, tasks that died while containerd was down are deleted and reported
+// NOTREADY with their exit status, and what a crash left half made is
+// cleaned up. It lists what it needs and returns; the reload runs in the
+// background, while containerd loads its other plugins, and every
+// operation waits for its end (awaitRecovery). CRI's own recovery, which
+// runs once every plugin has loaded and asks each sandbox's Status, so
+// finds each in its true state without holding up containerd's start for
+// berth's reload.
 //
 // A sandbox is berth's when CRI's sandbox record names berth as its
 // sandboxer and its pause container carries berth's record (record.go):
@@ -55,6 +59,23 @@ func (c *Controller) Recover(ctx context.Context, cfg RecoverConfig) error {
 	if err != nil {
 		return fmt.Errorf("list containers: %w", err)
 	}
+	c.recoveryStarted.Store(true)
+	// Not cut short when containerd's init context ends: Close waits for
+	// the reload, which each sandbox's timeout bounds.
+	ctx = context.WithoutCancel(ctx)
+	go func() {
+		defer close(c.recovered)
+		n := c.reload(ctx, cfg, owned, all)
+		c.telemetry.recovery.Set(time.Since(start).Seconds())
+		log.G(ctx).WithFields(log.Fields{"sandboxes": n, "took": time.Since(start)}).Info("berth recovered sandboxes")
+	}()
+	return nil
+}
+
+// reload reloads the sandboxes of CRI's records owned found among all
+// containers, takes up or removes the shim keepers, and removes what no
+// sandbox owns. It returns how many sandboxes it reloaded.
+func (c *Controller) reload(ctx context.Context, cfg RecoverConfig, owned map[string]sandbox.Sandbox, all []containerd.Container) int {
 	var (
 		wg        sync.WaitGroup
 		sem       = make(chan struct{}, max(cfg.Parallelism, 1))
@@ -88,9 +109,7 @@ func (c *Controller) Recover(ctx context.Context, cfg RecoverConfig) error {
 	c.recoverKeepers(ctx, keepers)
 	c.releaseStartLeases(ctx)
 	c.removeOrphanFiles(ctx)
-	c.telemetry.recovery.Set(time.Since(start).Seconds())
-	log.G(ctx).WithFields(log.Fields{"sandboxes": recovered, "took": time.Since(start)}).Info("berth recovered sandboxes")
-	return nil
+	return recovered
 }
 
 // ownedSandboxes are CRI's sandbox records that name berth, by ID.

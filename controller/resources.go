@@ -176,8 +176,8 @@ func sharesToMilliCPU(shares int64) int64 {
 // Metrics returns the pod cgroup's stats (CPU, memory, pids, IO) in the
 // encoding of containerd's task metrics: the cgroup_parent kubelet gave
 // the pod, or the pause container's own cgroup for a pod without one.
-func (c *Controller) Metrics(_ context.Context, id string) (*types.Metric, error) {
-	sb, err := c.store.Get(id)
+func (c *Controller) Metrics(ctx context.Context, id string) (*types.Metric, error) {
+	sb, err := c.sandbox(ctx, id)
 	if err != nil {
 		return nil, err
 	}

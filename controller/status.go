@@ -17,7 +17,7 @@ import (
 // treats any error as an exit, so Wait fails only for an unknown sandbox or
 // when ctx ends.
 func (c *Controller) Wait(ctx context.Context, id string) (sandbox.ExitStatus, error) {
-	sb, err := c.store.Get(id)
+	sb, err := c.sandbox(ctx, id)
 	if err != nil {
 		return sandbox.ExitStatus{}, err
 	}
@@ -29,8 +29,8 @@ func (c *Controller) Wait(ctx context.Context, id string) (sandbox.ExitStatus, e
 }
 
 // Status answers from memory, without a call to containerd or the shim.
-func (c *Controller) Status(_ context.Context, id string, verbose bool) (sandbox.ControllerStatus, error) {
-	sb, err := c.store.Get(id)
+func (c *Controller) Status(ctx context.Context, id string, verbose bool) (sandbox.ControllerStatus, error) {
+	sb, err := c.sandbox(ctx, id)
 	if err != nil {
 		return sandbox.ControllerStatus{}, err
 	}

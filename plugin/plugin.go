@@ -113,8 +113,9 @@ func initController(ic *plugin.InitContext) (*controller.Controller, error) {
 	}, client, retry.New(cfg.ExitRetry.retryConfig()))
 	// On containerd's Prometheus endpoint ([metrics] address).
 	metrics.Register(c.MetricsNamespace())
-	// Before CRI's own recovery, which runs once every plugin has loaded and
-	// asks berth for the state of each of its sandboxes.
+	// The reload runs while containerd loads its other plugins; CRI's own
+	// recovery, which runs once every plugin has loaded and asks berth for
+	// the state of each of its sandboxes, waits for it.
 	if err := c.Recover(ic.Context, controller.RecoverConfig{
 		Parallelism: cfg.Recovery.Parallelism,
 		Timeout:     cfg.Recovery.SandboxTimeout.Duration(),
