@@ -8,7 +8,7 @@
 #   make chaos   1000 pod lifecycles under SIGKILLs, then a leak check
 #   make bench   berth vs the built-in controller: latency, CPU, calls, memory
 #   make bench-restart  containerd restart with 300 live pods, berth vs built-in
-#   make critest critest (CRI conformance) on runc, berth and berth-builtin
+#   make critest critest (CRI conformance) on runc, berth, berth-builtin, default
 #   make lint    gofmt, go vet, staticcheck
 #   make kube    kubelet, kube-apiserver and etcd (tools/kube) -> bin/
 #   make e2e     a one-node Kubernetes around berth's containerd (root)
@@ -148,10 +148,11 @@ critest-binaries: binaries
 		CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w" -o $(BIN)/critest-images/$$p ./critest/images/$$p || exit 1; \
 	done
 
-# critest once per runtime handler (runc, berth, berth-builtin) and a small
-# critest -benchmark each, against the tests' containerd config, with
-# critest's images from a loopback registry; reports in CRITEST_OUT. Fails
-# when berth or berth-builtin fails a test runc passes. The CNI bridge, its
+# critest once per runtime handler (runc, berth, berth-builtin, and default:
+# no handler, berth as CRI's default runtime) and a small critest -benchmark
+# each, against the tests' containerd config, with critest's images from a
+# loopback registry; reports in CRITEST_OUT. Fails when a berth entry fails
+# a test runc passes. The CNI bridge, its
 # subnet, the metrics and registry addresses are CRITEST_BRIDGE,
 # CRITEST_SUBNET, CRITEST_METRICS and CRITEST_REGISTRY (see hack/critest.sh).
 CRITEST_OUT ?= $(OUT)/critest

@@ -2,19 +2,23 @@
 # critest.sh BIN OUT: runs critest, the CRI conformance suite, against the
 # project's containerd (the config of make up and the integration tests, in
 # a temporary directory) once per runtime handler: runc (containerd's
-# built-in podsandbox controller), berth and berth-builtin; then a small
-# critest -benchmark per handler. critest's images come from a loopback
-# registry (Debian's docker-registry) that this script fills with images
-# built here (hack/critest-images.sh), pulled through CRI as from
-# registry.k8s.io and gcr.io. Two additions to the tests' config: CNI's
-# portmap, and NRI on a socket of its own (critest's NRI tests need one).
-# Reports and logs go to OUT. Fails when berth or berth-builtin fails a test
-# the built-in passes, or a benchmark fails. Needs root.
+# built-in podsandbox controller), berth, berth-builtin, and "default": no
+# runtime handler at all, with berth made CRI's default runtime, as most
+# nodes would run it; then a small critest -benchmark per handler.
+# critest's images come from a loopback registry (Debian's docker-registry)
+# that this script fills with images built here (hack/critest-images.sh),
+# pulled through CRI as from registry.k8s.io and gcr.io. Two additions to
+# the tests' config: CNI's portmap, and NRI on a socket of its own
+# (critest's NRI tests need one). Reports and logs go to OUT. Fails when a
+# berth entry fails a test the built-in passes, or a benchmark fails. Needs
+# root.
 #
 # Environment: CRITEST_BRIDGE, CRITEST_SUBNET, CRITEST_METRICS (the
 # containerd's CNI bridge, its subnet, its metrics address),
 # CRITEST_REGISTRY (the registry's host:port on 127.0.0.1),
-# CRITEST_HANDLERS, CRITEST_FOCUS (a regexp: only the tests it matches).
+# CRITEST_HANDLERS, CRITEST_DEFAULT_RUNTIME (CRI's default_runtime_name,
+# which "default" runs on; berth), CRITEST_FOCUS (a regexp: only the tests
+# it matches).
 set -euo pipefail
 bin=$(realpath "$1"); out=$(realpath -m "$2")
 here=$(dirname "$(realpath "$0")")/..
@@ -22,7 +26,8 @@ bridge=${CRITEST_BRIDGE:-berthcri1}
 subnet=${CRITEST_SUBNET:-10.92.0.0/16}
 metrics=${CRITEST_METRICS:-127.0.0.1:1342}
 registry=${CRITEST_REGISTRY:-127.0.0.1:5342}
-handlers=${CRITEST_HANDLERS:-runc berth berth-builtin}
+handlers=${CRITEST_HANDLERS:-runc berth berth-builtin default}
+default_runtime=${CRITEST_DEFAULT_RUNTIME:-berth}
 focus=${CRITEST_FOCUS:-}
 # Tests that cannot be faithful here, skipped for every handler alike (the
 # README lists them with the reasons):
@@ -128,6 +133,10 @@ grep -q portmap "$conflist"
 # test for any handler by a few milliseconds.
 sed -i "s#^  disable = true\$#  disable = false\n  socket_path = '$tmp/nri.sock'\n  plugin_path = '$tmp/nri/plugins'\n  plugin_config_path = '$tmp/nri/conf.d'\n  plugin_request_timeout = '10s'#" "$tmp/config.toml"
 grep -q "socket_path = '$tmp/nri.sock'" "$tmp/config.toml"
+# The tests' default runtime is runc; "default" runs on default_runtime.
+# Every other entry names its handler, which the default does not change.
+sed -i "s#^    default_runtime_name = 'runc'\$#    default_runtime_name = '$default_runtime'#" "$tmp/config.toml"
+grep -q "^    default_runtime_name = '$default_runtime'\$" "$tmp/config.toml"
 # CRI resolves every registry critest pulls from to the loopback registry,
 # over plain http, and never to the real one.
 for host in registry.k8s.io k8s.gcr.io gcr.io; do
@@ -178,6 +187,8 @@ common=(-runtime-endpoint "unix://$sock" -image-endpoint "unix://$sock" -config 
 skip_args=()
 for s in "${skips[@]}"; do skip_args+=(-ginkgo.skip "$s"); done
 [ -n "$focus" ] && skip_args+=(-ginkgo.focus "$focus")
+# handler_flag H: the runtime handler critest asks for; none for "default".
+handler_flag() { if [ "$1" = default ]; then echo ""; else echo "$1"; fi; }
 
 failed=0
 reports=()
@@ -186,7 +197,7 @@ for h in $handlers; do
   t=$(now)
   mkdir -p "$out/$h"
   # critest exits non-zero when a test fails; the comparison decides.
-  "$bin/critest" "${common[@]}" -runtime-handler "$h" "${skip_args[@]}" \
+  "$bin/critest" "${common[@]}" -runtime-handler "$(handler_flag "$h")" "${skip_args[@]}" \
     -ginkgo.json-report "$out/$h/report.json" >"$out/$h/critest.log" 2>&1 || true
   timing "critest $h" $(($(now) - t))
   reports+=("$h=$out/$h/report.json")
@@ -198,7 +209,7 @@ for h in $handlers; do
   echo "== critest -benchmark, runtime handler $h"
   t=$(now)
   mkdir -p "$out/$h/benchmark"
-  if ! "$bin/critest" "${common[@]}" -benchmark -runtime-handler "$h" \
+  if ! "$bin/critest" "${common[@]}" -benchmark -runtime-handler "$(handler_flag "$h")" \
     -benchmarking-params-file "$here/critest/benchmark.yaml" \
     -benchmarking-output-dir "$out/$h/benchmark" >"$out/$h/benchmark.log" 2>&1; then
     echo "critest -benchmark failed for $h: see $out/$h/benchmark.log" >&2
