@@ -104,7 +104,7 @@ func machineCPU(b testing.TB) time.Duration {
 // is NOTREADY.
 func measureShimKill(b *testing.B, h *handlerStats) {
 	ids := runBenchPods(b, h.Handler, "shimkill-"+h.Name, 0, podsPerShim)
-	defer removeBenchPods(b, ids)
+	defer removeKilledBenchPods(b, ids)
 	ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
 	defer cancel()
 	pauseOf := func(id string) int {
