@@ -87,15 +87,11 @@ func removeBenchPods(b *testing.B, ids []string) {
 // dead shim and fail with "ttrpc: closed" (containerd/containerd#12387).
 func removeKilledBenchPods(b *testing.B, ids []string) {
 	parallel(b, len(ids), 8, func(i int) error {
-		deadline := time.Now().Add(time.Minute)
-		for {
-			err := removeBenchPod(ids[i])
-			if err == nil || time.Now().After(deadline) {
-				return err
-			}
-			b.Logf("pod %s of a killed shim: %v; retrying", ids[i], err)
-			time.Sleep(time.Second)
+		var err error
+		if within(time.Minute, func() bool { err = removeBenchPod(ids[i]); return err == nil }) {
+			return nil
 		}
+		return err
 	})
 }
 
