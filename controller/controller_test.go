@@ -522,6 +522,8 @@ func TestRecoverInBackground(t *testing.T) {
 	}
 	client.addContainer(berthContainer(t, "running")).setTask(containerd.Running)
 	release := client.hold("task status")
+	// Before the controller's Close, which waits for the reload.
+	defer release()
 	c := testController(t, client)
 	if err := c.Recover(testContext(), RecoverConfig{Parallelism: 1, Timeout: time.Minute}); err != nil {
 		t.Fatal(err)
