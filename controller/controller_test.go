@@ -439,20 +439,24 @@ func berthContainer(t *testing.T, id string) containers.Container {
 	return info
 }
 
+// ownedContainer is a berth pause container that a CRI sandbox record
+// naming berth owns: what a restart finds of a sandbox of berth's.
+func ownedContainer(t *testing.T, client *fakeClient, id string) *fakeContainer {
+	t.Helper()
+	if _, err := client.SandboxStore().Create(testContext(), sandbox.Sandbox{ID: id, Sandboxer: "berth"}); err != nil {
+		t.Fatal(err)
+	}
+	return client.addContainer(berthContainer(t, id))
+}
+
 // TestRecover checks recovery's decision for each kind of container a
 // restart can find.
 func TestRecover(t *testing.T) {
 	client := newFakeClient()
-	owned := func(id string) *fakeContainer {
-		if _, err := client.SandboxStore().Create(testContext(), sandbox.Sandbox{ID: id, Sandboxer: "berth"}); err != nil {
-			t.Fatal(err)
-		}
-		return client.addContainer(berthContainer(t, id))
-	}
-	owned("running").setTask(containerd.Running)
-	owned("stopped").setTask(containerd.Stopped)
-	owned("created").setTask(containerd.Created)
-	owned("no-task")
+	ownedContainer(t, client, "running").setTask(containerd.Running)
+	ownedContainer(t, client, "stopped").setTask(containerd.Stopped)
+	ownedContainer(t, client, "created").setTask(containerd.Created)
+	ownedContainer(t, client, "no-task")
 	// CRI forgot it (a rollback cut short): removed.
 	client.addContainer(berthContainer(t, "orphan")).setTask(containerd.Running)
 	// The built-in's pod, labelled as berth's by its pod: not berth's.
@@ -517,10 +521,7 @@ func TestRecover(t *testing.T) {
 // then finds the sandbox in its true state.
 func TestRecoverInBackground(t *testing.T) {
 	client := newFakeClient()
-	if _, err := client.SandboxStore().Create(testContext(), sandbox.Sandbox{ID: "running", Sandboxer: "berth"}); err != nil {
-		t.Fatal(err)
-	}
-	client.addContainer(berthContainer(t, "running")).setTask(containerd.Running)
+	ownedContainer(t, client, "running").setTask(containerd.Running)
 	release := client.hold("task status")
 	// Before the controller's Close, which waits for the reload.
 	defer release()
