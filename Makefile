@@ -1,6 +1,6 @@
 # berth: a pod sandbox controller for containerd.
 #
-#   make build   containerd (with berth), shim, ctr, runc, images -> bin/
+#   make build   containerd (with berth), shims, ctr, runc, images -> bin/
 #   make up      run that containerd in the foreground under _output/
 #   make install install the node binaries into $(PREFIX)/bin
 #   make test    unit tests, then integration tests (root, real containerd)
@@ -35,6 +35,8 @@ binaries:
 	$(GO) build -tags "urfave_cli_no_docs no_btrfs berth_failpoint" -ldflags "$(LDFLAGS)" -o $(BIN)/containerd-failpoint ./cmd/containerd
 	CGO_ENABLED=0 $(GO) build -tags "urfave_cli_no_docs no_grpc" -ldflags "$(LDFLAGS) -extldflags -static" \
 		-o $(BIN)/containerd-shim-runc-v2 github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2
+	CGO_ENABLED=0 $(GO) build -tags "urfave_cli_no_docs no_grpc" -ldflags "$(LDFLAGS) -extldflags -static" \
+		-o $(BIN)/containerd-shim-berth-v2 ./cmd/containerd-shim-berth-v2
 	$(GO) build -tags urfave_cli_no_docs -ldflags "$(LDFLAGS)" -o $(BIN)/ctr github.com/containerd/containerd/v2/cmd/ctr
 	cd tools/runc && CGO_ENABLED=1 $(GO) build -trimpath -tags "seccomp urfave_cli_no_docs" -o $(BIN)/runc github.com/opencontainers/runc
 	$(CC) -Os -static -s -Wall -Werror -o $(BIN)/berth-pause cmd/berth-pause/pause.c
@@ -66,11 +68,11 @@ images: binaries
 		$(foreach c,sh sleep cat ls hostname id readlink echo true ps wc grep top head,-link /bin/$(c)=busybox) \
 		$(BUSYBOX)=/bin/busybox
 
-# Installs the node binaries: containerd with berth, the runc shim, ctr,
-# runc and the built-in pause binary.
+# Installs the node binaries: containerd with berth, the runc shim and
+# berth's (containerd-shim-berth-v2), ctr, runc and the built-in pause binary.
 PREFIX ?= /usr/local
 install: binaries
-	install -D -m 0755 -t $(DESTDIR)$(PREFIX)/bin $(BIN)/containerd $(BIN)/containerd-shim-runc-v2 \
+	install -D -m 0755 -t $(DESTDIR)$(PREFIX)/bin $(BIN)/containerd $(BIN)/containerd-shim-runc-v2 $(BIN)/containerd-shim-berth-v2 \
 		$(BIN)/ctr $(BIN)/runc $(BIN)/berth-pause
 
 up: build

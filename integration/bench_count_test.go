@@ -31,9 +31,21 @@ type callCounter struct {
 const countedSuffix = "-counted"
 
 func (c *callCounter) runc() string    { return filepath.Join(c.dir, "runc") }
-func (c *callCounter) shim() string    { return filepath.Join(c.dir, "containerd-shim-runc-v2") }
+func (c *callCounter) shim() string    { return c.shimWrapping("") }
 func (c *callCounter) runcLog() string { return c.runc() + ".log" }
-func (c *callCounter) shimLog() string { return c.shim() + ".log" }
+func (c *callCounter) shimLog() string { return filepath.Join(c.dir, "shim.log") }
+
+// shimWrapping is the wrapper of the shim at a handler's runtime_path
+// (the runc shim's if ""), which all log to shimLog.
+func (c *callCounter) shimWrapping(runtimePath string) string {
+	if runtimePath == "" {
+		runtimePath = defaultShim
+	}
+	return filepath.Join(c.dir, filepath.Base(runtimePath))
+}
+
+// defaultShim is the shim of a handler without a runtime_path.
+const defaultShim = "containerd-shim-runc-v2"
 
 // installCounters writes the wrappers, adds a counted copy of every CRI
 // handler in stats to containerd's config, and a berth-pps<N> copy of berth
@@ -45,9 +57,14 @@ func installCounters(b *testing.B, stats []*handlerStats) *callCounter {
 	}
 	for path, real := range map[string]string{
 		c.runc(): filepath.Join(daemon.bin, "runc"),
-		c.shim(): filepath.Join(daemon.bin, "containerd-shim-runc-v2"),
+		c.shim(): filepath.Join(daemon.bin, defaultShim),
+		c.shimWrapping("containerd-shim-berth-v2"): filepath.Join(daemon.bin, "containerd-shim-berth-v2"),
 	} {
-		script := fmt.Sprintf("#!/bin/sh\necho \"$*\" >>%s.log\nexec %s \"$@\"\n", path, real)
+		log := c.runcLog()
+		if path != c.runc() {
+			log = c.shimLog()
+		}
+		script := fmt.Sprintf("#!/bin/sh\necho \"$*\" >>%s\nexec %s \"$@\"\n", log, real)
 		if err := os.WriteFile(path, []byte(script), 0o755); err != nil {
 			b.Fatal(err)
 		}
@@ -71,7 +88,7 @@ func installCounters(b *testing.B, stats []*handlerStats) *callCounter {
 	}
 	// The counted copies after the pods-per-shim ones, which they copy.
 	for _, h := range handlers {
-		copies = append(copies, handlerCopy{from: h, to: h + countedSuffix, runc: c.runc(), shim: c.shim()})
+		copies = append(copies, handlerCopy{from: h, to: h + countedSuffix, runc: c.runc(), counter: c})
 	}
 	if err := addHandlers(filepath.Join(daemon.dir, "config.toml"), copies); err != nil {
 		b.Fatal(err)
@@ -89,8 +106,10 @@ func installCounters(b *testing.B, stats []*handlerStats) *callCounter {
 // another with its built-in pause and pods per shim.
 type handlerCopy struct {
 	from, to string
-	// runc and shim, if set, replace the copy's runc binary and shim.
-	runc, shim string
+	// runc, if set, replaces the copy's runc binary.
+	runc string
+	// counter, if set, replaces the copy's shim with its wrapper.
+	counter *callCounter
 	// podsPerShim, if set, replaces the copy's pods per shim.
 	podsPerShim int
 }
@@ -126,8 +145,9 @@ func addHandlers(path string, copies []handlerCopy) error {
 		if c.runc != "" {
 			opts["BinaryName"] = c.runc
 		}
-		if c.shim != "" {
-			cp["runtime_path"] = c.shim
+		if c.counter != nil {
+			path, _ := rt["runtime_path"].(string)
+			cp["runtime_path"] = c.counter.shimWrapping(path)
 		}
 		cp["options"] = opts
 		runtimes[c.to] = cp

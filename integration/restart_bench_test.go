@@ -14,14 +14,14 @@ import (
 
 var (
 	restartPods     = flag.Int("restart-pods", 300, "live pods per handler in BenchmarkRestart")
-	restartHandlers = flag.String("restart-handlers", "berth,berth-solo,runc,runc-grouped", "handlers of BenchmarkRestart, in turn")
+	restartHandlers = flag.String("restart-handlers", "berth,berth-solo,runc,runc-grouped,runc-berthshim", "handlers of BenchmarkRestart, in turn")
 )
 
 // BenchmarkRestart measures how long containerd takes, after a SIGKILL and
 // a restart with -restart-pods live pods, until CRI reports every pod READY:
 // with each of -restart-handlers' pods in turn (berth's with shared shims
-// and with a shim per pod, the built-in controller's alone and grouped), in
-// the same run. Run it with `make bench-restart`.
+// and with a shim per pod, both on berth's shim; the built-in controller's
+// alone, grouped, and on berth's shim), in the same run. Run it with `make bench-restart`.
 func BenchmarkRestart(b *testing.B) {
 	for _, handler := range strings.Split(*restartHandlers, ",") {
 		b.Run(handler, func(b *testing.B) {

@@ -17,6 +17,7 @@ var tomlBlock = regexp.MustCompile("(?s)```toml\n(.*?)```")
 // containerd v2.4's CRI runtime config the README uses.
 type readmeRuntime struct {
 	RuntimeType           string         `toml:"runtime_type"`
+	RuntimePath           string         `toml:"runtime_path"`
 	Sandboxer             string         `toml:"sandboxer"`
 	Snapshotter           string         `toml:"snapshotter"`
 	PodAnnotations        []string       `toml:"pod_annotations"`

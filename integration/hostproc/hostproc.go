@@ -6,9 +6,14 @@ package hostproc
 import (
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 )
+
+// shimBinaries are the names of the shims the tests run: the runc shim and
+// berth's, which is the runc shim with berth's task service.
+var shimBinaries = []string{"containerd-shim-runc-v2", "containerd-shim-berth-v2"}
 
 // Shims lists the pids of the runc shims of the containerd at socket that
 // were started for sandbox id (a shared shim is started for its first
@@ -16,12 +21,11 @@ import (
 func Shims(socket, id string) []int {
 	var pids []int
 	for _, pid := range processes() {
-		b, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "cmdline"))
+		args, err := Cmdline(pid)
 		if err != nil {
 			continue
 		}
-		args := strings.Split(string(b), "\x00")
-		if !strings.HasSuffix(args[0], "containerd-shim-runc-v2") {
+		if !slices.Contains(shimBinaries, filepath.Base(args[0])) {
 			continue
 		}
 		flags := map[string]string{}
@@ -35,6 +39,15 @@ func Shims(socket, id string) []int {
 		}
 	}
 	return pids
+}
+
+// Cmdline is the arguments process pid runs with.
+func Cmdline(pid int) ([]string, error) {
+	b, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "cmdline"))
+	if err != nil {
+		return nil, err
+	}
+	return strings.Split(strings.TrimSuffix(string(b), "\x00"), "\x00"), nil
 }
 
 // IdleShims lists the shims Shims finds that serve no process: a shared

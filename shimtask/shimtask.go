@@ -1,0 +1,144 @@
+// Package shimtask is the task service of berth's shim,
+// containerd-shim-berth-v2: the runc shim's own, unchanged but for Pids,
+// which it answers from the container's cgroup instead of running
+// `runc ps`.
+//
+// containerd, when it starts, loads every task of every live shim and asks
+// each for its Pids before CRI or any sandbox controller runs
+// (core/runtime/v2/shim_load.go), two tasks at a time on a 2-core node. The
+// runc shim answers each with an exec of runc, which loads runc's state and
+// reads the same cgroup; at 300 pods that exec is most of containerd's
+// restart. Reading cgroup.procs in the shim gives the same answer without
+// it.
+package shimtask
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"sync"
+
+	taskAPI "github.com/containerd/containerd/api/runtime/task/v3"
+	"github.com/containerd/containerd/api/types/runc/options"
+	apitask "github.com/containerd/containerd/api/types/task"
+	"github.com/containerd/log"
+	"github.com/containerd/ttrpc"
+	"github.com/containerd/typeurl/v2"
+	"google.golang.org/protobuf/types/known/emptypb"
+)
+
+// Procs lists the processes in the cgroup of process pid and its
+// descendants' cgroups, as `runc ps` lists a container's.
+type Procs func(pid int) ([]uint32, error)
+
+// Service wraps the runc shim's task service.
+type Service struct {
+	taskAPI.TTRPCTaskService
+	procs Procs
+
+	mu sync.Mutex
+	// execs holds the exec IDs of each container's exec processes that
+	// exist in the shim: Pids marks their pids, as the runc shim's does.
+	execs map[string][]string
+}
+
+var _ taskAPI.TTRPCTaskService = (*Service)(nil)
+
+// New wraps inner, answering Pids with procs.
+func New(inner taskAPI.TTRPCTaskService, procs Procs) *Service {
+	return &Service{TTRPCTaskService: inner, procs: procs, execs: map[string][]string{}}
+}
+
+// RegisterTTRPC serves s as the shim's task service.
+func (s *Service) RegisterTTRPC(server *ttrpc.Server) error {
+	taskAPI.RegisterTTRPCTaskService(server, s)
+	return nil
+}
+
+// Exec records the exec process once the runc shim has it.
+func (s *Service) Exec(ctx context.Context, r *taskAPI.ExecProcessRequest) (*emptypb.Empty, error) {
+	resp, err := s.TTRPCTaskService.Exec(ctx, r)
+	if err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	s.execs[r.ID] = append(s.execs[r.ID], r.ExecID)
+	s.mu.Unlock()
+	return resp, nil
+}
+
+// Delete forgets the exec process, or with the init process all of the
+// container's, once the runc shim has deleted it.
+func (s *Service) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (*taskAPI.DeleteResponse, error) {
+	resp, err := s.TTRPCTaskService.Delete(ctx, r)
+	if err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	if r.ExecID == "" {
+		delete(s.execs, r.ID)
+	} else if execs := slices.DeleteFunc(s.execs[r.ID], func(id string) bool { return id == r.ExecID }); len(execs) > 0 {
+		s.execs[r.ID] = execs
+	} else {
+		delete(s.execs, r.ID)
+	}
+	s.mu.Unlock()
+	return resp, nil
+}
+
+// Pids lists the container's processes from its init process's cgroup
+// while that process runs. Otherwise (created and not started, stopped),
+// or if the cgroup cannot be read, the runc shim answers as it always
+// does.
+func (s *Service) Pids(ctx context.Context, r *taskAPI.PidsRequest) (*taskAPI.PidsResponse, error) {
+	st, err := s.State(ctx, &taskAPI.StateRequest{ID: r.ID})
+	if err != nil {
+		return nil, err
+	}
+	if st.Status != apitask.Status_RUNNING && st.Status != apitask.Status_PAUSED || st.Pid == 0 {
+		return s.TTRPCTaskService.Pids(ctx, r)
+	}
+	pids, err := s.procs(int(st.Pid))
+	// The init process is in its own cgroup until it exits: without it,
+	// the pid was read after the exit (or reused) and the list is not the
+	// container's.
+	if err != nil || !slices.Contains(pids, st.Pid) {
+		log.G(ctx).WithError(err).WithField("pid", st.Pid).Debug("container cgroup unreadable, listing pids with runc")
+		return s.TTRPCTaskService.Pids(ctx, r)
+	}
+	execs, err := s.execPids(ctx, r.ID)
+	if err != nil {
+		return nil, err
+	}
+	processes := make([]*apitask.ProcessInfo, 0, len(pids))
+	for _, pid := range pids {
+		info := &apitask.ProcessInfo{Pid: pid}
+		if id, ok := execs[pid]; ok {
+			a, err := typeurl.MarshalAnyToProto(&options.ProcessDetails{ExecID: id})
+			if err != nil {
+				return nil, fmt.Errorf("marshal process %d info: %w", pid, err)
+			}
+			info.Info = a
+		}
+		processes = append(processes, info)
+	}
+	return &taskAPI.PidsResponse{Processes: processes}, nil
+}
+
+// execPids maps the pids of container id's exec processes to their exec IDs.
+func (s *Service) execPids(ctx context.Context, id string) (map[uint32]string, error) {
+	s.mu.Lock()
+	execs := slices.Clone(s.execs[id])
+	s.mu.Unlock()
+	pids := make(map[uint32]string, len(execs))
+	for _, execID := range execs {
+		st, err := s.State(ctx, &taskAPI.StateRequest{ID: id, ExecID: execID})
+		if err != nil {
+			return nil, fmt.Errorf("state of exec %s: %w", execID, err)
+		}
+		if st.Pid != 0 {
+			pids[st.Pid] = execID
+		}
+	}
+	return pids, nil
+}

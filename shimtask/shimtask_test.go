@@ -1,0 +1,199 @@
+package shimtask
+
+import (
+	"context"
+	"errors"
+	"maps"
+	"os"
+	"slices"
+	"sync"
+	"testing"
+
+	taskAPI "github.com/containerd/containerd/api/runtime/task/v3"
+	"github.com/containerd/containerd/api/types/runc/options"
+	apitask "github.com/containerd/containerd/api/types/task"
+	"github.com/containerd/typeurl/v2"
+	"google.golang.org/protobuf/types/known/emptypb"
+)
+
+// fakeRunc is the runc shim's task service: the states of its processes by
+// container and exec ID, and a count of the Pids it answered with runc.
+type fakeRunc struct {
+	taskAPI.TTRPCTaskService
+
+	mu       sync.Mutex
+	states   map[[2]string]*taskAPI.StateResponse
+	runcPids int
+	execErr  error
+}
+
+var _ taskAPI.TTRPCTaskService = (*fakeRunc)(nil)
+
+func (f *fakeRunc) set(id, execID string, pid uint32, status apitask.Status) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.states[[2]string{id, execID}] = &taskAPI.StateResponse{ID: id, ExecID: execID, Pid: pid, Status: status}
+}
+
+func (f *fakeRunc) State(_ context.Context, r *taskAPI.StateRequest) (*taskAPI.StateResponse, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	st, ok := f.states[[2]string{r.ID, r.ExecID}]
+	if !ok {
+		return nil, errors.New("not found")
+	}
+	return st, nil
+}
+
+func (f *fakeRunc) Exec(_ context.Context, r *taskAPI.ExecProcessRequest) (*emptypb.Empty, error) {
+	if f.execErr != nil {
+		return nil, f.execErr
+	}
+	f.set(r.ID, r.ExecID, 0, apitask.Status_CREATED)
+	return &emptypb.Empty{}, nil
+}
+
+func (f *fakeRunc) Delete(_ context.Context, r *taskAPI.DeleteRequest) (*taskAPI.DeleteResponse, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	delete(f.states, [2]string{r.ID, r.ExecID})
+	return &taskAPI.DeleteResponse{}, nil
+}
+
+func (f *fakeRunc) Pids(_ context.Context, r *taskAPI.PidsRequest) (*taskAPI.PidsResponse, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.runcPids++
+	return &taskAPI.PidsResponse{Processes: []*apitask.ProcessInfo{{Pid: 1}}}, nil
+}
+
+func newFake() *fakeRunc { return &fakeRunc{states: map[[2]string]*taskAPI.StateResponse{}} }
+
+// cgroupOf is a Procs over a fixed cgroup.
+func cgroupOf(pids ...uint32) Procs {
+	return func(int) ([]uint32, error) { return pids, nil }
+}
+
+func pidsOf(t *testing.T, s *Service, id string) map[uint32]string {
+	t.Helper()
+	resp, err := s.Pids(context.Background(), &taskAPI.PidsRequest{ID: id})
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[uint32]string{}
+	for _, p := range resp.Processes {
+		out[p.Pid] = ""
+		if p.Info != nil {
+			v, err := typeurl.UnmarshalAny(p.Info)
+			if err != nil {
+				t.Fatal(err)
+			}
+			out[p.Pid] = v.(*options.ProcessDetails).ExecID
+		}
+	}
+	return out
+}
+
+func TestPidsFromCgroup(t *testing.T) {
+	ctx := context.Background()
+	runc := newFake()
+	runc.set("c", "", 100, apitask.Status_RUNNING)
+	s := New(runc, cgroupOf(100, 101, 102))
+	if _, err := s.Exec(ctx, &taskAPI.ExecProcessRequest{ID: "c", ExecID: "e1"}); err != nil {
+		t.Fatal(err)
+	}
+	runc.set("c", "e1", 102, apitask.Status_RUNNING)
+
+	got := pidsOf(t, s, "c")
+	want := map[uint32]string{100: "", 101: "", 102: "e1"}
+	if !maps.Equal(got, want) {
+		t.Errorf("Pids = %v, want %v", got, want)
+	}
+	if runc.runcPids != 0 {
+		t.Errorf("runc listed pids %d times, want 0", runc.runcPids)
+	}
+
+	// A deleted exec is no longer marked.
+	if _, err := s.Delete(ctx, &taskAPI.DeleteRequest{ID: "c", ExecID: "e1"}); err != nil {
+		t.Fatal(err)
+	}
+	if got := pidsOf(t, s, "c"); got[102] != "" {
+		t.Errorf("after the exec's delete, Pids = %v, want 102 unmarked", got)
+	}
+}
+
+func TestPidsFallsBackToRunc(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		status apitask.Status
+		pid    uint32
+		procs  Procs
+	}{
+		{"created", apitask.Status_CREATED, 100, cgroupOf(100)},
+		{"stopped", apitask.Status_STOPPED, 100, cgroupOf(100)},
+		{"no pid", apitask.Status_RUNNING, 0, cgroupOf(100)},
+		{"cgroup unreadable", apitask.Status_RUNNING, 100, func(int) ([]uint32, error) { return nil, errors.New("gone") }},
+		// The init process exited after State, and its pid now names a
+		// process of another cgroup.
+		{"init not in its cgroup", apitask.Status_RUNNING, 100, cgroupOf(200, 201)},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			runc := newFake()
+			runc.set("c", "", tc.pid, tc.status)
+			s := New(runc, tc.procs)
+			if got := pidsOf(t, s, "c"); !maps.Equal(got, map[uint32]string{1: ""}) {
+				t.Errorf("Pids = %v, want runc's", got)
+			}
+			if runc.runcPids != 1 {
+				t.Errorf("runc listed pids %d times, want 1", runc.runcPids)
+			}
+		})
+	}
+}
+
+func TestPidsUnknownContainer(t *testing.T) {
+	s := New(newFake(), cgroupOf())
+	if _, err := s.Pids(context.Background(), &taskAPI.PidsRequest{ID: "nope"}); err == nil {
+		t.Fatal("Pids of an unknown container succeeded")
+	}
+}
+
+func TestExecsForgotten(t *testing.T) {
+	ctx := context.Background()
+	runc := newFake()
+	s := New(runc, cgroupOf())
+
+	// A failed exec is not recorded.
+	runc.execErr = errors.New("exec failed")
+	if _, err := s.Exec(ctx, &taskAPI.ExecProcessRequest{ID: "c", ExecID: "bad"}); err == nil {
+		t.Fatal("Exec succeeded despite the runc shim's error")
+	}
+	runc.execErr = nil
+	for _, e := range []string{"e1", "e2"} {
+		if _, err := s.Exec(ctx, &taskAPI.ExecProcessRequest{ID: "c", ExecID: e}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := s.execs["c"]; !slices.Equal(got, []string{"e1", "e2"}) {
+		t.Fatalf("execs = %v, want [e1 e2]", got)
+	}
+	// Deleting the init process forgets all of the container's execs.
+	if _, err := s.Delete(ctx, &taskAPI.DeleteRequest{ID: "c"}); err != nil {
+		t.Fatal(err)
+	}
+	if len(s.execs) != 0 {
+		t.Errorf("after the container's delete, execs = %v, want none", s.execs)
+	}
+}
+
+// TestCgroupProcs lists this test's own cgroup, which holds the test.
+func TestCgroupProcs(t *testing.T) {
+	pid := uint32(os.Getpid())
+	pids, err := CgroupProcs(int(pid))
+	if err != nil {
+		t.Skipf("no readable cgroup here: %v", err)
+	}
+	if !slices.Contains(pids, pid) {
+		t.Errorf("CgroupProcs(%d) = %v, want it to hold %d", pid, pids, pid)
+	}
+}
