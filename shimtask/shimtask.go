@@ -106,10 +106,7 @@ func (s *Service) Pids(ctx context.Context, r *taskAPI.PidsRequest) (*taskAPI.Pi
 		log.G(ctx).WithError(err).WithField("pid", st.Pid).Debug("container cgroup unreadable, listing pids with runc")
 		return s.TTRPCTaskService.Pids(ctx, r)
 	}
-	execs, err := s.execPids(ctx, r.ID)
-	if err != nil {
-		return nil, err
-	}
+	execs := s.execPids(ctx, r.ID)
 	processes := make([]*apitask.ProcessInfo, 0, len(pids))
 	for _, pid := range pids {
 		info := &apitask.ProcessInfo{Pid: pid}
@@ -125,8 +122,11 @@ func (s *Service) Pids(ctx context.Context, r *taskAPI.PidsRequest) (*taskAPI.Pi
 	return &taskAPI.PidsResponse{Processes: processes}, nil
 }
 
-// execPids maps the pids of container id's exec processes to their exec IDs.
-func (s *Service) execPids(ctx context.Context, id string) (map[uint32]string, error) {
+// execPids maps the pids of container id's exec processes to their exec
+// IDs. An exec whose state the runc shim no longer has was deleted since
+// the copy of execs: it is not in the cgroup either, and the runc shim's
+// Pids, which reads its own list, would not have seen it.
+func (s *Service) execPids(ctx context.Context, id string) map[uint32]string {
 	s.mu.Lock()
 	execs := slices.Clone(s.execs[id])
 	s.mu.Unlock()
@@ -134,11 +134,11 @@ func (s *Service) execPids(ctx context.Context, id string) (map[uint32]string, e
 	for _, execID := range execs {
 		st, err := s.State(ctx, &taskAPI.StateRequest{ID: id, ExecID: execID})
 		if err != nil {
-			return nil, fmt.Errorf("state of exec %s: %w", execID, err)
+			continue
 		}
 		if st.Pid != 0 {
 			pids[st.Pid] = execID
 		}
 	}
-	return pids, nil
+	return pids
 }

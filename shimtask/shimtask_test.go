@@ -113,6 +113,16 @@ func TestPidsFromCgroup(t *testing.T) {
 		t.Errorf("runc listed pids %d times, want 0", runc.runcPids)
 	}
 
+	// An exec the runc shim deleted behind the wrapper's back (a race
+	// with Delete) is skipped, not an error.
+	runc.mu.Lock()
+	delete(runc.states, [2]string{"c", "e1"})
+	runc.mu.Unlock()
+	if got := pidsOf(t, s, "c"); got[102] != "" || len(got) != 3 {
+		t.Errorf("with the exec's state gone, Pids = %v, want 100-102 unmarked", got)
+	}
+	runc.set("c", "e1", 102, apitask.Status_RUNNING)
+
 	// A deleted exec is no longer marked.
 	if _, err := s.Delete(ctx, &taskAPI.DeleteRequest{ID: "c", ExecID: "e1"}); err != nil {
 		t.Fatal(err)
