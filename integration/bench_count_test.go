@@ -18,6 +18,8 @@ import (
 	"github.com/containerd/containerd/v2/pkg/cio"
 	"github.com/containerd/containerd/v2/pkg/oci"
 	"github.com/pelletier/go-toml/v2"
+
+	"github.com/berth-dev/berth/integration/hostproc"
 )
 
 // callCounter counts runc and shim invocations through wrappers that log
@@ -39,13 +41,10 @@ func (c *callCounter) shimLog() string { return filepath.Join(c.dir, "shim.log")
 // (the runc shim's if ""), which all log to shimLog.
 func (c *callCounter) shimWrapping(runtimePath string) string {
 	if runtimePath == "" {
-		runtimePath = defaultShim
+		runtimePath = hostproc.RuncShim
 	}
 	return filepath.Join(c.dir, filepath.Base(runtimePath))
 }
-
-// defaultShim is the shim of a handler without a runtime_path.
-const defaultShim = "containerd-shim-runc-v2"
 
 // installCounters writes the wrappers, adds a counted copy of every CRI
 // handler in stats to containerd's config, and a berth-pps<N> copy of berth
@@ -56,9 +55,9 @@ func installCounters(b *testing.B, stats []*handlerStats) *callCounter {
 		b.Fatal(err)
 	}
 	for path, real := range map[string]string{
-		c.runc(): filepath.Join(daemon.bin, "runc"),
-		c.shim(): filepath.Join(daemon.bin, defaultShim),
-		c.shimWrapping("containerd-shim-berth-v2"): filepath.Join(daemon.bin, "containerd-shim-berth-v2"),
+		c.runc():                           filepath.Join(daemon.bin, "runc"),
+		c.shim():                           filepath.Join(daemon.bin, hostproc.RuncShim),
+		c.shimWrapping(hostproc.BerthShim): filepath.Join(daemon.bin, hostproc.BerthShim),
 	} {
 		log := c.runcLog()
 		if path != c.runc() {

@@ -38,8 +38,8 @@ func TestBerthShimPids(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := filepath.Base(b[0]); got != "containerd-shim-berth-v2" {
-		t.Fatalf("pod's shim is %s, want containerd-shim-berth-v2", got)
+	if got := filepath.Base(b[0]); got != hostproc.BerthShim {
+		t.Fatalf("pod's shim is %s, want %s", got, hostproc.BerthShim)
 	}
 
 	ctx := ctxT(t)

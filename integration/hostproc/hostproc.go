@@ -11,9 +11,15 @@ import (
 	"strings"
 )
 
-// shimBinaries are the names of the shims the tests run: the runc shim and
-// berth's, which is the runc shim with berth's task service.
-var shimBinaries = []string{"containerd-shim-runc-v2", "containerd-shim-berth-v2"}
+// The binaries of the shims the tests run: the runc shim, which a handler
+// without a runtime_path gets, and berth's, the runc shim with berth's task
+// service.
+const (
+	RuncShim  = "containerd-shim-runc-v2"
+	BerthShim = "containerd-shim-berth-v2"
+)
+
+var shimBinaries = []string{RuncShim, BerthShim}
 
 // Shims lists the pids of the runc shims of the containerd at socket that
 // were started for sandbox id (a shared shim is started for its first
