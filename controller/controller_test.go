@@ -174,6 +174,10 @@ func TestLifecycle(t *testing.T) {
 	if n := client.count("task delete"); n != 1 {
 		t.Errorf("%d task deletes, want 1", n)
 	}
+	// Stop's kill, and none when the exited pause is deleted.
+	if n := client.count("task kill"); n != 1 {
+		t.Errorf("%d task kills, want 1", n)
+	}
 }
 
 // TestStartRollsBack fails each step of Start: the error is Start's, and
@@ -193,6 +197,10 @@ func TestStartRollsBack(t *testing.T) {
 			assertGone(t, c, client, "sb1")
 			if step == "task start" && client.count("task delete") != 1 {
 				t.Errorf("the task made before the failure was not deleted")
+			}
+			// A created task is killed before its deletion.
+			if step == "task start" && client.count("task kill") != 1 {
+				t.Errorf("the created task was not killed before its deletion")
 			}
 		})
 	}

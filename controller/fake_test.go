@@ -429,7 +429,13 @@ func (t *fakeTask) Kill(_ context.Context, sig syscall.Signal, _ ...containerd.K
 	return nil
 }
 
-func (t *fakeTask) Delete(context.Context, ...containerd.ProcessDeleteOpts) (*containerd.ExitStatus, error) {
+// Delete runs opts first, as containerd's client does.
+func (t *fakeTask) Delete(ctx context.Context, opts ...containerd.ProcessDeleteOpts) (*containerd.ExitStatus, error) {
+	for _, o := range opts {
+		if err := o(ctx, t); err != nil {
+			return nil, err
+		}
+	}
 	if err := t.c.client.call("task delete", t.ID()); err != nil {
 		return nil, err
 	}
