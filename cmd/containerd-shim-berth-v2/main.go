@@ -1,7 +1,8 @@
 // containerd-shim-berth-v2 is the runc shim with berth's task service
-// (package shimtask): a drop-in for containerd-shim-runc-v2, selected with
-// a runtime handler's runtime_path, that answers containerd's Pids calls
-// without running runc.
+// (package shimtask) and manager (package shimmanager): a drop-in for
+// containerd-shim-runc-v2, selected with a runtime handler's runtime_path,
+// that answers containerd's Pids calls without running runc, and does not
+// run runc in its delete command for a container runc no longer has.
 package main
 
 import (
@@ -15,6 +16,7 @@ import (
 	"github.com/containerd/plugin"
 	"github.com/containerd/plugin/registry"
 
+	"github.com/berth-dev/berth/shimmanager"
 	"github.com/berth-dev/berth/shimtask"
 )
 
@@ -45,7 +47,7 @@ func init() {
 
 func main() {
 	// The runc shim's manager: same runtime name, socket grouping and
-	// start and delete commands, so containerd and berth's shared shims
-	// treat this shim as the runc shim.
-	shim.RunShim(context.Background(), manager.NewShimManager("io.containerd.runc.v2"))
+	// start command, so containerd and berth's shared shims treat this
+	// shim as the runc shim.
+	shim.RunShim(context.Background(), shimmanager.New(manager.NewShimManager("io.containerd.runc.v2")))
 }
