@@ -1,7 +1,8 @@
 // Package shimtask is the task service of berth's shim,
 // containerd-shim-berth-v2: the runc shim's own, unchanged but for Pids,
 // which it answers from the container's cgroup instead of running
-// `runc ps`.
+// `runc ps`, and the kill of every process of a stopped container with a
+// PID namespace of its own, which has none left for runc to kill.
 //
 // containerd, when it starts, loads every task of every live shim and asks
 // each for its Pids before CRI or any sandbox controller runs
@@ -21,6 +22,7 @@ import (
 	taskAPI "github.com/containerd/containerd/api/runtime/task/v3"
 	"github.com/containerd/containerd/api/types/runc/options"
 	apitask "github.com/containerd/containerd/api/types/task"
+	"github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2/runc"
 	"github.com/containerd/log"
 	"github.com/containerd/ttrpc"
 	"github.com/containerd/typeurl/v2"
@@ -84,6 +86,25 @@ func (s *Service) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (*taskAP
 	}
 	s.mu.Unlock()
 	return resp, nil
+}
+
+// Kill with All of a container whose init process has exited, in a PID
+// namespace of the container's own, answers at once as runc would: the
+// kernel killed the namespace's processes with its init, and `runc kill
+// --all` of a container not running with a private PID namespace signals
+// nothing and succeeds. containerd's client sends it after every exit
+// (containerd.WithProcessKill, which CRI deletes an app container's task
+// with), and the runc shim would run runc for it. A container that shares
+// a PID namespace still goes to runc, which kills what is left in its
+// cgroup.
+func (s *Service) Kill(ctx context.Context, r *taskAPI.KillRequest) (*emptypb.Empty, error) {
+	if r.All && r.ExecID == "" {
+		st, err := s.State(ctx, &taskAPI.StateRequest{ID: r.ID})
+		if err == nil && st.Status == apitask.Status_STOPPED && !runc.ShouldKillAllOnExit(ctx, st.Bundle) {
+			return &emptypb.Empty{}, nil
+		}
+	}
+	return s.TTRPCTaskService.Kill(ctx, r)
 }
 
 // Pids lists the container's processes from its init process's cgroup

@@ -2,9 +2,11 @@ package shimtask
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"maps"
 	"os"
+	"path/filepath"
 	"slices"
 	"sync"
 	"testing"
@@ -13,6 +15,7 @@ import (
 	"github.com/containerd/containerd/api/types/runc/options"
 	apitask "github.com/containerd/containerd/api/types/task"
 	"github.com/containerd/typeurl/v2"
+	"github.com/opencontainers/runtime-spec/specs-go"
 	"google.golang.org/protobuf/types/known/emptypb"
 )
 
@@ -24,7 +27,9 @@ type fakeRunc struct {
 	mu       sync.Mutex
 	states   map[[2]string]*taskAPI.StateResponse
 	runcPids int
-	execErr  error
+	// runcKills are the kills the runc shim ran runc for.
+	runcKills []*taskAPI.KillRequest
+	execErr   error
 }
 
 var _ taskAPI.TTRPCTaskService = (*fakeRunc)(nil)
@@ -65,6 +70,13 @@ func (f *fakeRunc) Pids(_ context.Context, r *taskAPI.PidsRequest) (*taskAPI.Pid
 	defer f.mu.Unlock()
 	f.runcPids++
 	return &taskAPI.PidsResponse{Processes: []*apitask.ProcessInfo{{Pid: 1}}}, nil
+}
+
+func (f *fakeRunc) Kill(_ context.Context, r *taskAPI.KillRequest) (*emptypb.Empty, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.runcKills = append(f.runcKills, r)
+	return &emptypb.Empty{}, nil
 }
 
 func newFake() *fakeRunc { return &fakeRunc{states: map[[2]string]*taskAPI.StateResponse{}} }
@@ -205,5 +217,58 @@ func TestCgroupProcs(t *testing.T) {
 	}
 	if !slices.Contains(pids, pid) {
 		t.Errorf("CgroupProcs(%d) = %v, want it to hold %d", pid, pids, pid)
+	}
+}
+
+// bundleWith writes a bundle whose spec has the namespaces nss, with a
+// path for the joined ones.
+func bundleWith(t *testing.T, nss ...specs.LinuxNamespace) string {
+	t.Helper()
+	dir := t.TempDir()
+	data, err := json.Marshal(&specs.Spec{Linux: &specs.Linux{Namespaces: nss}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "config.json"), data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+// TestKillAllOfStopped answers the kill of every process of a stopped
+// container with a PID namespace of its own without runc, and sends every
+// other kill to runc.
+func TestKillAllOfStopped(t *testing.T) {
+	private := bundleWith(t, specs.LinuxNamespace{Type: specs.PIDNamespace})
+	shared := bundleWith(t, specs.LinuxNamespace{Type: specs.PIDNamespace, Path: "/proc/1/ns/pid"})
+	host := bundleWith(t)
+	for _, tc := range []struct {
+		name     string
+		status   apitask.Status
+		bundle   string
+		req      *taskAPI.KillRequest
+		wantRunc bool
+	}{
+		{"stopped, own PID namespace", apitask.Status_STOPPED, private, &taskAPI.KillRequest{ID: "c", Signal: 9, All: true}, false},
+		{"running", apitask.Status_RUNNING, private, &taskAPI.KillRequest{ID: "c", Signal: 9, All: true}, true},
+		{"stopped, shared PID namespace", apitask.Status_STOPPED, shared, &taskAPI.KillRequest{ID: "c", Signal: 9, All: true}, true},
+		{"stopped, host PID namespace", apitask.Status_STOPPED, host, &taskAPI.KillRequest{ID: "c", Signal: 9, All: true}, true},
+		{"stopped, spec unreadable", apitask.Status_STOPPED, t.TempDir(), &taskAPI.KillRequest{ID: "c", Signal: 9, All: true}, true},
+		{"stopped, init only", apitask.Status_STOPPED, private, &taskAPI.KillRequest{ID: "c", Signal: 9}, true},
+		{"exec", apitask.Status_STOPPED, private, &taskAPI.KillRequest{ID: "c", ExecID: "e", Signal: 9, All: true}, true},
+		{"unknown container", apitask.Status_STOPPED, private, &taskAPI.KillRequest{ID: "other", Signal: 9, All: true}, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newFake()
+			f.set("c", "", 1000, tc.status)
+			f.states[[2]string{"c", ""}].Bundle = tc.bundle
+			f.set("c", "e", 1001, tc.status)
+			if _, err := New(f, cgroupOf()).Kill(context.Background(), tc.req); err != nil {
+				t.Fatalf("Kill: %v", err)
+			}
+			if ran := len(f.runcKills) == 1 && f.runcKills[0] == tc.req; ran != tc.wantRunc || len(f.runcKills) > 1 {
+				t.Errorf("runc shim's kills %v, want the request sent to it: %v", f.runcKills, tc.wantRunc)
+			}
+		})
 	}
 }
