@@ -297,7 +297,7 @@ func criLifecycle(cfg *runtimeapi.PodSandboxConfig, handler string) (map[string]
 					Metadata: &runtimeapi.ContainerMetadata{Name: "app"},
 					Image:    &runtimeapi.ImageSpec{Image: busyboxImage},
 					Command:  []string{"sleep", "3600"},
-					Linux:    &runtimeapi.LinuxContainerConfig{},
+					Linux:    &runtimeapi.LinuxContainerConfig{SecurityContext: kubeletContainerSecurity()},
 				},
 				SandboxConfig: cfg,
 			})

@@ -28,9 +28,7 @@ func TestBerthShimPids(t *testing.T) {
 	cfg := podConfig(t, withKubeletNamespaces())
 	id := runPod(t, cfg, handlerBerthShim)
 	ctr := startContainerWith(t, id, cfg, func(c *runtimeapi.ContainerConfig) {
-		c.Linux.SecurityContext = &runtimeapi.LinuxContainerSecurityContext{
-			NamespaceOptions: &runtimeapi.NamespaceOption{Pid: runtimeapi.NamespaceMode_CONTAINER},
-		}
+		c.Linux.SecurityContext = kubeletContainerSecurity()
 	}, "sh", "-c", "sleep 3600 & exec sleep 3600")
 
 	shim := shimOf(t, id)

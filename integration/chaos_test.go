@@ -253,9 +253,7 @@ func chaosContainer(ctx context.Context, p *chaosPod, pod *runtimeapi.PodSandbox
 			Metadata: &runtimeapi.ContainerMetadata{Name: "app"},
 			Image:    &runtimeapi.ImageSpec{Image: busyboxImage},
 			Command:  []string{"sleep", "3600"},
-			Linux: &runtimeapi.LinuxContainerConfig{SecurityContext: &runtimeapi.LinuxContainerSecurityContext{
-				NamespaceOptions: &runtimeapi.NamespaceOption{Pid: runtimeapi.NamespaceMode_CONTAINER},
-			}},
+			Linux:    &runtimeapi.LinuxContainerConfig{SecurityContext: kubeletContainerSecurity()},
 		},
 		SandboxConfig: pod,
 	})

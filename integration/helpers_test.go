@@ -43,6 +43,15 @@ func podConfig(t *testing.T, opts ...podOpt) *runtimeapi.PodSandboxConfig {
 	return cfg
 }
 
+// kubeletContainerSecurity is the security context kubelet gives an app
+// container of a pod without shareProcessNamespace: a PID namespace of
+// its own.
+func kubeletContainerSecurity() *runtimeapi.LinuxContainerSecurityContext {
+	return &runtimeapi.LinuxContainerSecurityContext{
+		NamespaceOptions: &runtimeapi.NamespaceOption{Pid: runtimeapi.NamespaceMode_CONTAINER},
+	}
+}
+
 func withHostname(h string) podOpt {
 	return func(c *runtimeapi.PodSandboxConfig) { c.Hostname = h }
 }

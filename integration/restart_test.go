@@ -335,9 +335,7 @@ func TestRestartKeepsContainersOfDeadPause(t *testing.T) {
 		cfg := podConfig(t, withName(handler), withKubeletNamespaces())
 		p := &pod{handler: handler, id: runPod(t, cfg, handler)}
 		p.ctr = startContainerWith(t, p.id, cfg, func(c *runtimeapi.ContainerConfig) {
-			c.Linux.SecurityContext = &runtimeapi.LinuxContainerSecurityContext{
-				NamespaceOptions: &runtimeapi.NamespaceOption{Pid: runtimeapi.NamespaceMode_CONTAINER},
-			}
+			c.Linux.SecurityContext = kubeletContainerSecurity()
 		}, "sleep", "3600")
 		p.pid = containerPid(t, p.ctr)
 		if err := syscall.Kill(podPid(t, p.id), syscall.SIGKILL); err != nil {

@@ -40,9 +40,7 @@ func runSharedPods(t *testing.T, n int, opts ...podOpt) []*sharedPod {
 		p := &sharedPod{cfg: cfg, id: runPod(t, cfg, handlerBerth)}
 		p.ctr = startContainerWith(t, p.id, cfg, func(c *runtimeapi.ContainerConfig) {
 			c.LogPath = "app.log"
-			c.Linux.SecurityContext = &runtimeapi.LinuxContainerSecurityContext{
-				NamespaceOptions: &runtimeapi.NamespaceOption{Pid: runtimeapi.NamespaceMode_CONTAINER},
-			}
+			c.Linux.SecurityContext = kubeletContainerSecurity()
 		}, "sh", "-c", "echo hello-"+strconv.Itoa(i)+"; exec sleep 3600")
 		pods[i] = p
 	}
@@ -172,9 +170,7 @@ func TestSharedShimOOM(t *testing.T) {
 	hog := startContainerWith(t, pods[1].id, pods[1].cfg, func(c *runtimeapi.ContainerConfig) {
 		c.Metadata.Name = "hog"
 		c.Linux.Resources = &runtimeapi.LinuxContainerResources{MemoryLimitInBytes: limit, MemorySwapLimitInBytes: limit}
-		c.Linux.SecurityContext = &runtimeapi.LinuxContainerSecurityContext{
-			NamespaceOptions: &runtimeapi.NamespaceOption{Pid: runtimeapi.NamespaceMode_CONTAINER},
-		}
+		c.Linux.SecurityContext = kubeletContainerSecurity()
 	}, "/bin/busybox", "dd", "if=/dev/zero", "of=/dev/null", "bs=256M", "count=1")
 	eventually(t, 30*time.Second, "the hog OOMKilled", func() bool {
 		resp, err := daemon.runtime.ContainerStatus(ctxT(t), &runtimeapi.ContainerStatusRequest{ContainerId: hog})
