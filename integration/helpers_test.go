@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2/process"
 	"github.com/containerd/containerd/v2/core/leases"
 	"github.com/containerd/errdefs"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
@@ -244,8 +245,8 @@ func within(timeout time.Duration, cond func() bool) bool {
 }
 
 // assertNoLeaks checks that nothing of pod id is left: no containerd
-// container, snapshot or lease, no shim, no mount, no sandbox dir or link,
-// no netns.
+// container, snapshot or lease, no runc container, no shim, no mount, no
+// sandbox dir or link, no netns.
 func assertNoLeaks(t *testing.T, id string) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -266,10 +267,14 @@ func assertNoLeaks(t *testing.T, id string) {
 		}
 	}
 	for _, dir := range []string{daemon.criRoot(), daemon.criState(), daemon.berthRoot(), daemon.berthState()} {
-		p := filepath.Join(dir, "sandboxes", id)
-		if _, err := os.Lstat(p); !errors.Is(err, fs.ErrNotExist) {
-			t.Errorf("leak: %s: %v", p, err)
+		if p := filepath.Join(dir, "sandboxes", id); !isNotExist(p) {
+			t.Errorf("leak: %s", p)
 		}
+	}
+	// The pause's runc state, which the shim's delete command removes if
+	// the running shim did not (the handlers' runc has the default root).
+	if p := filepath.Join(process.RuncRoot, "k8s.io", id); !isNotExist(p) {
+		t.Errorf("leak: runc container %s", p)
 	}
 	for _, m := range mountsUnder(daemon.dir) {
 		if strings.Contains(m, id) {
@@ -291,6 +296,13 @@ func assertNoLeaks(t *testing.T, id string) {
 	if n := len(entries); n > livePods(t) {
 		t.Errorf("leak: %d netns files in %s for %d live pods", n, netnsDir, livePods(t))
 	}
+}
+
+// isNotExist reports whether nothing is at path p, not even a dangling
+// link.
+func isNotExist(p string) bool {
+	_, err := os.Lstat(p)
+	return errors.Is(err, fs.ErrNotExist)
 }
 
 func leaseIDs(ls []leases.Lease) []string {

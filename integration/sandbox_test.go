@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2/process"
 	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/containerd/errdefs"
 	"google.golang.org/grpc/codes"
@@ -355,6 +356,10 @@ func assertNothingLeft(t *testing.T) {
 	}
 	if pids := shimsOf(""); len(pids) > 0 {
 		t.Errorf("leak: shim processes %v", pids)
+	}
+	runcDirs, _ := os.ReadDir(filepath.Join(process.RuncRoot, "k8s.io"))
+	for _, e := range runcDirs {
+		t.Errorf("leak: runc container %s", e.Name())
 	}
 	for _, dir := range []string{daemon.criRoot(), daemon.criState(), daemon.berthRoot(), daemon.berthState()} {
 		entries, _ := os.ReadDir(filepath.Join(dir, "sandboxes"))
