@@ -10,7 +10,13 @@
 // but a task the running shim deleted has no runc container left: runc
 // only removes the directory it looks for, and it is not there. Two of
 // the thirteen runc processes of a pod's lifecycle (pause and app
-// container) are that delete.
+// container) were that delete.
+//
+// containerd keeps the cleanup after a clean deletion on purpose
+// (containerd#4538, #4804): a shim whose `runc create` failed can leave a
+// runc init process holding the cgroup. runc made the container's
+// directory before that process, so the runc shim's delete still runs
+// then.
 package shimmanager
 
 import (
