@@ -272,8 +272,8 @@ func assertNoLeaks(t *testing.T, id string) {
 		}
 	}
 	// The pause's runc state, which the shim's delete command removes if
-	// the running shim did not (the handlers' runc has the default root).
-	if p := filepath.Join(process.RuncRoot, "k8s.io", id); !isNotExist(p) {
+	// the running shim did not.
+	if p := filepath.Join(runcNamespaceDir, id); !isNotExist(p) {
 		t.Errorf("leak: runc container %s", p)
 	}
 	for _, m := range mountsUnder(daemon.dir) {
@@ -297,6 +297,10 @@ func assertNoLeaks(t *testing.T, id string) {
 		t.Errorf("leak: %d netns files in %s for %d live pods", n, netnsDir, livePods(t))
 	}
 }
+
+// runcNamespaceDir holds runc's state of each container of CRI's
+// namespace, at the root the handlers' runc has: the runc shim's default.
+var runcNamespaceDir = filepath.Join(process.RuncRoot, "k8s.io")
 
 // isNotExist reports whether nothing is at path p, not even a dangling
 // link.

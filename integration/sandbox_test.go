@@ -12,7 +12,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2/process"
 	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/containerd/errdefs"
 	"google.golang.org/grpc/codes"
@@ -357,7 +356,7 @@ func assertNothingLeft(t *testing.T) {
 	if pids := shimsOf(""); len(pids) > 0 {
 		t.Errorf("leak: shim processes %v", pids)
 	}
-	runcDirs, _ := os.ReadDir(filepath.Join(process.RuncRoot, "k8s.io"))
+	runcDirs, _ := os.ReadDir(runcNamespaceDir)
 	for _, e := range runcDirs {
 		t.Errorf("leak: runc container %s", e.Name())
 	}
