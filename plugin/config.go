@@ -38,7 +38,7 @@ type Config struct {
 	BuiltinPauseBinary string `toml:"builtin_pause_binary"`
 	// PodsPerShim is how many pods of a runc-based handler share one runc
 	// shim (their pause tasks and app containers); 1 gives every pod a shim
-	// of its own. Default 8.
+	// of its own. Default 16.
 	PodsPerShim int `toml:"pods_per_shim"`
 	// HandlerPodsPerShim sets PodsPerShim for some runtime handlers.
 	HandlerPodsPerShim map[string]int `toml:"handler_pods_per_shim"`
