@@ -222,12 +222,17 @@ func isShimExiting(err error) bool {
 // reaped: the delete is tried again for up to two seconds. The shim's runc
 // logs to the task's bundle, which containerd deleted when it lost the
 // task; without it the shim could never delete the task, nor exit. An
-// empty bundle stands in for it meanwhile.
+// empty bundle stands in for it meanwhile, and goes with what runc logged
+// there (log.json).
 func (r *reaper) deleteInShim(ctx context.Context, svc taskapi.TTRPCTaskService, id string) error {
 	if r.sockets.Bundles != "" {
 		bundle := filepath.Join(r.sockets.Bundles, Namespace, id)
 		if err := os.Mkdir(bundle, 0o700); err == nil {
-			defer os.Remove(bundle)
+			defer func() {
+				if err := os.RemoveAll(bundle); err != nil {
+					log.G(ctx).WithError(err).WithField("path", bundle).Warn("remove stand-in bundle")
+				}
+			}()
 		} else if !errors.Is(err, fs.ErrExist) {
 			return fmt.Errorf("stand-in bundle: %w", err)
 		}
