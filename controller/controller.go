@@ -124,6 +124,9 @@ type Controller struct {
 	locks     *keyLock
 	telemetry *telemetry
 	keepers   *keepers
+	// abandoned are the checks for sandboxes created and never started
+	// (forgetIfAbandoned), by sandbox ID.
+	abandoned *timers
 	// recoveryStarted is set once Recover has listed the sandboxes and
 	// begun their reload in the background; recovered is closed when the
 	// reload ends. Every operation waits for it (awaitRecovery).
@@ -145,6 +148,7 @@ func New(cfg Config, client containerdClient, retries *retry.Queue) *Controller 
 		locks:     newKeyLock(),
 		telemetry: t,
 		keepers:   newKeepers(),
+		abandoned: newTimers(),
 		recovered: make(chan struct{}),
 	}
 	c.reaper = newReaper(client, retries, t, cfg, newShimGroups(c.podsPerShim))

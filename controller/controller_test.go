@@ -87,6 +87,12 @@ func testPodConfig(name string) *runtimeapi.PodSandboxConfig {
 // create records id in CRI's sandbox store and creates it, as CRI does.
 func create(t *testing.T, c *Controller, client *fakeClient, id string, cfg *runtimeapi.PodSandboxConfig) error {
 	t.Helper()
+	return createWith(t, c, client, testContext(), id, cfg)
+}
+
+// createWith is create with the context of CRI's call.
+func createWith(t *testing.T, c *Controller, client *fakeClient, ctx context.Context, id string, cfg *runtimeapi.PodSandboxConfig) error {
+	t.Helper()
 	md, err := json.Marshal(map[string]any{"Metadata": map[string]string{"RuntimeHandler": testHandler}})
 	if err != nil {
 		t.Fatal(err)
@@ -100,7 +106,7 @@ func create(t *testing.T, c *Controller, client *fakeClient, id string, cfg *run
 	if _, err := client.SandboxStore().Create(testContext(), info); err != nil {
 		t.Fatal(err)
 	}
-	return c.Create(testContext(), info, sandbox.WithOptions(cfg))
+	return c.Create(ctx, info, sandbox.WithOptions(cfg))
 }
 
 // started creates and starts sandbox id.

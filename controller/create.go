@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/containerd/containerd/v2/core/sandbox"
@@ -79,7 +80,7 @@ func (c *Controller) Create(ctx context.Context, info sandbox.Sandbox, opts ...s
 	if err := c.store.Add(sb); err != nil {
 		return err
 	}
-	c.forgetIfAbandoned(ctx, sb)
+	c.forgetIfAbandoned(ctx, sb.ID)
 	return nil
 }
 
@@ -122,34 +123,77 @@ func withCRIMetadata(md *store.Metadata, info sandbox.Sandbox) error {
 	return nil
 }
 
-// forgetIfAbandoned forgets sb once CRI has dropped it without starting it.
-// CRI calls no controller method when RunPodSandbox fails between Create
-// and Start (the pause image pull, for one), so without this the entry
-// would stay in memory forever. It holds nothing else.
-func (c *Controller) forgetIfAbandoned(ctx context.Context, sb *store.Sandbox) {
-	ctx = context.WithoutCancel(ctx)
-	time.AfterFunc(abandonedAfter, func() {
-		unlock, err := c.locks.lock(ctx, sb.ID)
+// forgetIfAbandoned forgets sandbox id once CRI has dropped it without
+// starting it. CRI calls no controller method when RunPodSandbox fails
+// between Create and Start (the pause image pull, for one), so without this
+// the entry would stay in memory forever. The check holds the sandbox's ID
+// and no more, and Start and forget disarm it: nothing of a pod outlives
+// the pod by the check's two minutes.
+func (c *Controller) forgetIfAbandoned(ctx context.Context, id string) {
+	ctx = detached(ctx)
+	c.abandoned.arm(id, abandonedAfter, func() {
+		unlock, err := c.locks.lock(ctx, id)
 		if err != nil {
 			return
 		}
 		defer unlock()
-		if sb.Status().State != store.StateCreated {
+		sb, err := c.store.Get(id)
+		if err != nil || sb.Status().State != store.StateCreated {
 			return
 		}
-		if _, err := c.client.SandboxStore().Get(ctx, sb.ID); !errdefs.IsNotFound(err) {
+		if _, err := c.client.SandboxStore().Get(ctx, id); !errdefs.IsNotFound(err) {
 			// CRI still has it (a slow pull), or cannot say: look again later.
-			c.forgetIfAbandoned(ctx, sb)
+			c.forgetIfAbandoned(ctx, id)
 			return
 		}
 		c.forget(sb)
-		log.G(ctx).WithField("sandbox_id", sb.ID).Info("forgot sandbox that was created but never started")
+		log.G(ctx).WithField("sandbox_id", id).Info("forgot sandbox that was created but never started")
 	})
+}
+
+// timers are pending timers by key, each armed until it fires or is
+// disarmed.
+type timers struct {
+	mu      sync.Mutex // guards pending
+	pending map[string]*time.Timer
+}
+
+func newTimers() *timers { return &timers{pending: map[string]*time.Timer{}} }
+
+// arm calls fn after d unless key is disarmed first; it replaces key's
+// pending timer, if any.
+func (t *timers) arm(key string, d time.Duration, fn func()) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if old, ok := t.pending[key]; ok {
+		old.Stop()
+	}
+	var timer *time.Timer
+	timer = time.AfterFunc(d, func() {
+		t.mu.Lock()
+		if t.pending[key] == timer {
+			delete(t.pending, key)
+		}
+		t.mu.Unlock()
+		fn()
+	})
+	t.pending[key] = timer
+}
+
+// disarm stops key's pending timer, releasing what its fn holds.
+func (t *timers) disarm(key string) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if timer, ok := t.pending[key]; ok {
+		timer.Stop()
+		delete(t.pending, key)
+	}
 }
 
 // forget removes a sandbox from the store. Waiters of a sandbox that never
 // started are woken with an unknown exit; for any other, Exit already ran.
 func (c *Controller) forget(sb *store.Sandbox) {
+	c.abandoned.disarm(sb.ID)
 	sb.Exit(unknownExitCode, time.Now())
 	sb.SetDeleted()
 	c.store.Remove(sb.ID)

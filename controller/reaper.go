@@ -64,9 +64,10 @@ type exitWatch struct {
 }
 
 // waitFor begins waiting for task's exit. Hand the wait to watch, or stop
-// it.
+// it. The wait, and the exit handling after it, hold nothing of ctx's call
+// but its namespace and logger.
 func (r *reaper) waitFor(ctx context.Context, task containerd.Task) (*exitWatch, error) {
-	waitCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	waitCtx, cancel := context.WithCancel(detached(ctx))
 	exitCh, err := task.Wait(waitCtx)
 	if err != nil {
 		cancel()

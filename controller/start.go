@@ -38,6 +38,8 @@ func (c *Controller) Start(ctx context.Context, id string) (sandbox.ControllerIn
 	if state := sb.Status().State; state != store.StateCreated {
 		return sandbox.ControllerInstance{}, fmt.Errorf("sandbox is %s, not created: %w", state, errdefs.ErrFailedPrecondition)
 	}
+	// Started, or forgotten if the start fails: no longer abandoned.
+	c.abandoned.disarm(id)
 
 	var undo rollback
 	inst, err := c.start(ctx, sb, &undo)
