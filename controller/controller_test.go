@@ -17,7 +17,10 @@ import (
 	"github.com/containerd/containerd/v2/core/sandbox"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
 	"github.com/containerd/errdefs"
+	"github.com/containerd/errdefs/pkg/errgrpc"
 	"github.com/containerd/typeurl/v2"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/anypb"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
@@ -370,6 +373,59 @@ func TestStartInRefusingSharedShim(t *testing.T) {
 	for id, want := range map[string]string{"sb1": "", "sb2": "", "sb3": "sb3"} {
 		if info, _ := client.container(id).Info(testContext()); info.SandboxID != want {
 			t.Errorf("pause container %s is of sandbox %q, want %q", id, info.SandboxID, want)
+		}
+	}
+}
+
+// TestStartFailsInSharedShim checks that a pause task that fails to be
+// made in a shared shim for a reason of its own (a hook, runc) fails Start
+// with that error, once, and leaves the group to its pods: the next pod
+// joins it. Before, every such failure was taken for a refusal: Start ran
+// again in a new group, and the old one was joined no more.
+func TestStartFailsInSharedShim(t *testing.T) {
+	client := newFakeClient()
+	c := testController(t, client, func(cfg *Config) {
+		cfg.CRI.Runtimes[testHandler] = Runtime{Type: "io.containerd.runc.v2"}
+		cfg.PodsPerShim = 4
+		cfg.Shims = ShimSockets{ContainerdAddress: "/run/berth-test/containerd.sock", Dir: "/run/berth-test/s"}
+	})
+	started(t, c, client, "sb1")
+	group := c.store.List()[0].Status().Instance.ShimGroup
+	if err := create(t, c, client, "sb2", testPodConfig("sb2")); err != nil {
+		t.Fatal(err)
+	}
+	client.failNext("new task", errInjected)
+	if _, err := c.Start(testContext(), "sb2"); !errors.Is(err, errInjected) || errors.Is(err, errSharedShimRefused) {
+		t.Fatalf("Start = %v, want the task's own error", err)
+	}
+	if n := client.count("new container"); n != 2 {
+		t.Errorf("%d containers made, want sb1's and sb2's once", n)
+	}
+	started(t, c, client, "sb3")
+	if sb3, _ := c.store.Get("sb3"); sb3.Status().Instance.ShimGroup != group {
+		t.Errorf("sb3 is in shim group %s, want sb1's, %s", sb3.Status().Instance.ShimGroup, group)
+	}
+}
+
+// TestIsShimRefusal checks which task creation errors say the shim is
+// exiting or gone, in the forms they reach berth through containerd.
+func TestIsShimRefusal(t *testing.T) {
+	for _, tc := range []struct {
+		msg  string
+		code codes.Code
+		want bool
+	}{
+		{"ttrpc: closed", codes.Unknown, true},
+		{`failed to start shim: failed to load sandbox task "x": failed to create TTRPC connection: dial unix /run/s/1: connect: connection refused`, codes.Unknown, true},
+		{"write unix @->/run/s/1: write: broken pipe", codes.Unknown, true},
+		{"read unix @->/run/s/1: read: connection reset by peer", codes.Unknown, true},
+		{"shim unavailable", codes.Unavailable, true},
+		{`failed to create shim task: OCI runtime create failed: runc create failed: error running hook #0: exit status 1`, codes.Unknown, false},
+		{"failed to create shim task: OCI runtime create failed: invalid mount", codes.InvalidArgument, false},
+	} {
+		err := errgrpc.ToNative(status.Error(tc.code, tc.msg))
+		if got := isShimRefusal(err); got != tc.want {
+			t.Errorf("isShimRefusal(%s: %q) = %v, want %v", tc.code, tc.msg, got, tc.want)
 		}
 	}
 }

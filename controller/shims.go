@@ -207,8 +207,14 @@ type makeOutcome int
 const (
 	// makeAbandoned: the shim was never asked for the task.
 	makeAbandoned makeOutcome = iota
-	// makeFailed: the shim was asked for the task, and it was not made.
+	// makeFailed: the shim was asked for the task, and it was not made
+	// (a hook failed, runc refused the spec): the shim serves the group's
+	// other tasks as before.
 	makeFailed
+	// makeRefused: the shim did not take the task because it is exiting,
+	// or gone (its connection closed or refused): no task may be made in
+	// it again.
+	makeRefused
 	// makeDone: the task is made.
 	makeDone
 )
@@ -230,8 +236,11 @@ type taskMaking struct {
 // once for a group with no shim (it can find the socket the other binds
 // not answering yet, and bind its own), and a shim whose first task fails
 // is shut down by containerd. Once one is made, the shim stays up until
-// the making ends (deleteTask). A failed making retires the group, and
-// ends it if its shim holds no task.
+// the making ends (deleteTask). A group whose first task is not made ends:
+// containerd shuts down the shim it started for that task. A refusal by
+// the shim retires the group; any other failure leaves it as it was, so
+// that a pod whose pause can never be made does not cost its group's
+// pods their shim.
 func (s *shimGroups) makeTask(ctx context.Context, id, sb string) (taskMaking, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -264,8 +273,7 @@ func (s *shimGroups) makeTask(ctx context.Context, id, sb string) (taskMaking, e
 			g.tasks[sb] = true
 		case len(g.tasks) == 0:
 			s.endLocked(g)
-		default:
-			// The shim refused it, and may be shutting down.
+		case o == makeRefused:
 			s.retireLocked(id)
 		}
 		close(g.changed)

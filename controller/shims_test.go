@@ -46,8 +46,8 @@ func TestShimGroups(t *testing.T) {
 	}
 	// A group whose shim refused a task is retired: joined no more, though
 	// pods are still in it.
-	mustMake(t, g, a[0], "made")(true)
-	mustMake(t, g, a[0], "refused")(false)
+	mustMake(t, g, a[0], "made")(makeDone)
+	mustMake(t, g, a[0], "refused")(makeRefused)
 	if !g.has(a[0]) {
 		t.Errorf("retired group %s, with pods in it, is not in use", a[0])
 	}
@@ -71,26 +71,14 @@ func TestShimGroups(t *testing.T) {
 	}
 }
 
-// mustMake begins making sb's task in group id, and returns what ends it,
-// saying whether the task was made.
-func mustMake(t *testing.T, g *shimGroups, id, sb string) func(bool) {
+// mustMake begins making sb's task in group id, and returns its end.
+func mustMake(t *testing.T, g *shimGroups, id, sb string) func(makeOutcome) {
 	t.Helper()
 	making, err := g.makeTask(context.Background(), id, sb)
 	if err != nil {
 		t.Fatalf("makeTask %s: %v", sb, err)
 	}
-	return ender(making)
-}
-
-// ender ends making, saying whether the task was made.
-func ender(making taskMaking) func(bool) {
-	return func(made bool) {
-		if made {
-			making.end(makeDone)
-		} else {
-			making.end(makeFailed)
-		}
-	}
+	return making.end
 }
 
 // mustDelete deletes sb's task in group id, saying whether it was deleted.
@@ -139,7 +127,7 @@ func TestShimGroupLastTask(t *testing.T) {
 	ctx := context.Background()
 	g := newShimGroups(func(string) int { return 3 })
 	id := g.join("h")
-	mustMake(t, g, id, "a")(true)
+	mustMake(t, g, id, "a")(makeDone)
 	// b is being made as a's deletion begins; c joined but has not begun.
 	g.join("h")
 	madeB := mustMake(t, g, id, "b")
@@ -156,7 +144,7 @@ func TestShimGroupLastTask(t *testing.T) {
 			if got := g.join("h"); got == id {
 				t.Error("a pod joined an ending group")
 			}
-			madeB(true)
+			madeB(makeDone)
 		})
 	done(true)
 	// b's task, made meanwhile, kept the shim; nothing is being made when
@@ -169,7 +157,7 @@ func TestShimGroupLastTask(t *testing.T) {
 func TestShimGroupDeleteTaskCancelled(t *testing.T) {
 	g := newShimGroups(func(string) int { return 3 })
 	id := g.join("h")
-	mustMake(t, g, id, "a")(true)
+	mustMake(t, g, id, "a")(makeDone)
 	g.join("h")
 	madeB := mustMake(t, g, id, "b")
 	short, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
@@ -177,7 +165,7 @@ func TestShimGroupDeleteTaskCancelled(t *testing.T) {
 	if _, err := g.deleteTask(short, id, "a"); !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("deleteTask with a task being made until the deadline: %v", err)
 	}
-	madeB(false)
+	madeB(makeFailed)
 	// a is still counted: its deletion is the last, and ends the group.
 	mustDelete(t, g, id, "a", false)
 	if _, err := g.makeTask(context.Background(), id, "c"); !errors.Is(err, errShimEnding) {
@@ -201,7 +189,7 @@ func TestShimGroupFirstTask(t *testing.T) {
 	g.join("h")
 	b := blocked(t, "making a second task while the group's first is being made",
 		func() (taskMaking, error) { return g.makeTask(ctx, id, "b") },
-		func() { madeA(true) })
+		func() { madeA(makeDone) })
 	if !b.shimUp {
 		t.Error("a task made after the group's first does not join its shim")
 	}
@@ -211,8 +199,8 @@ func TestShimGroupFirstTask(t *testing.T) {
 	if err != nil || !c.shimUp {
 		t.Fatalf("making a task beside another in a group with a task: %+v, %v", c, err)
 	}
-	ender(b)(true)
-	ender(c)(true)
+	b.end(makeDone)
+	c.end(makeDone)
 
 	// A first making abandoned before the shim was asked lets the next
 	// making be the first, in the same group.
@@ -229,7 +217,7 @@ func TestShimGroupFirstTask(t *testing.T) {
 		t.Error("the making after an abandoned first joins a shim never started")
 	}
 	first.end(makeDone) // too late: it ended
-	ender(next)(true)
+	next.end(makeDone)
 	if got := g.join("h"); got != abandoned {
 		t.Errorf("joined %s, want %s, whose first making was abandoned", got, abandoned)
 	}
@@ -242,7 +230,7 @@ func TestShimGroupFirstTask(t *testing.T) {
 	if _, err := g.makeTask(short, other, "e"); !errors.Is(err, context.DeadlineExceeded) {
 		t.Errorf("making a second task until the deadline: %v", err)
 	}
-	failed(false)
+	failed(makeFailed)
 	if _, err := g.makeTask(ctx, other, "e"); !errors.Is(err, errShimEnding) {
 		t.Errorf("making a task in a group whose first failed: %v, want errShimEnding", err)
 	}
@@ -267,7 +255,7 @@ func TestShimGroupKeeper(t *testing.T) {
 	if g.keep(id, "k2") {
 		t.Error("keep: a second keeper was put in the group")
 	}
-	mustMake(t, g, id, "k")(true)
+	mustMake(t, g, id, "k")(makeDone)
 	if g.fresh(id) {
 		t.Errorf("group %s with a keeper task is fresh", id)
 	}
@@ -349,5 +337,27 @@ func TestKeepersClaim(t *testing.T) {
 	k.drop(kp)
 	if ok, _ := k.claim("h", isOpen); ok {
 		t.Error("a dropped stale keeper released another's claim")
+	}
+}
+
+// TestShimGroupTaskFails checks that a task the group's shim was asked for
+// and did not make leaves a group with a task as it was: the shim serves
+// that task, and the next pod joins it. Only a refusal retires the group.
+func TestShimGroupTaskFails(t *testing.T) {
+	g := newShimGroups(func(string) int { return 4 })
+	id := g.join("h")
+	mustMake(t, g, id, "a")(makeDone)
+	g.join("h")
+	mustMake(t, g, id, "failing")(makeFailed)
+	if got := g.join("h"); got != id {
+		t.Fatalf("joined %s after a task failed in group %s, want that group", got, id)
+	}
+	making, err := g.makeTask(context.Background(), id, "b")
+	if err != nil || !making.shimUp {
+		t.Fatalf("making a task after another failed: %+v, %v; want it to join the shim", making, err)
+	}
+	making.end(makeRefused)
+	if got := g.join("h"); got == id {
+		t.Errorf("joined group %s after its shim refused a task", id)
 	}
 }

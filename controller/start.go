@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"maps"
 	"slices"
+	"strings"
 	"time"
 
 	containerd "github.com/containerd/containerd/v2/client"
@@ -304,9 +305,10 @@ func (c *Controller) startTask(ctx context.Context, sb *store.Sandbox, container
 	return task, w, failpoint(sb, FailpointStartTaskStart)
 }
 
-// errSharedShimRefused says a shared shim did not take the pause task, or
-// that berth did not give it the task because the group's shim may be
-// exiting (shimGroups.makeTask). Start is then made again in another group.
+// errSharedShimRefused says a shared shim did not take the pause task
+// because it is exiting or gone, or that berth did not give it the task
+// because the group's shim may be exiting (shimGroups.makeTask). Start is
+// then made again in another group.
 var errSharedShimRefused = errors.New("shared shim refused the pause task")
 
 // shimTaskAPIVersion is the runc shim's task API version (task/v3), which
@@ -334,23 +336,52 @@ func (c *Controller) beginTask(ctx context.Context, sb *store.Sandbox, p *startP
 }
 
 // newTask makes the pause task, ending its making. A shared shim that
-// refuses it is retired: no pod joins it again (shimGroups.makeTask).
+// refuses it is retired: no pod joins it again (shimGroups.makeTask). Any
+// other failure is the pod's own, Start's error, and leaves the group as
+// it was.
 func (c *Controller) newTask(ctx context.Context, sb *store.Sandbox, container containerd.Container, group string, making taskMaking, opts []containerd.NewTaskOpts) (containerd.Task, error) {
-	var task containerd.Task
-	err := failpoint(sb, FailpointSharedShimRefuses)
-	if err == nil || group == "" {
-		hold(sb, FailpointHoldTaskMake)
-		task, err = container.NewTask(ctx, cio.NullIO, opts...)
+	if group != "" {
+		if err := failpoint(sb, FailpointSharedShimRefuses); err != nil {
+			making.end(makeRefused)
+			return nil, fmt.Errorf("create pause task in shim group %s: %w: %w", group, errSharedShimRefused, err)
+		}
 	}
-	if err == nil {
+	hold(sb, FailpointHoldTaskMake)
+	task, err := container.NewTask(ctx, cio.NullIO, opts...)
+	switch {
+	case err == nil:
 		making.end(makeDone)
 		return task, nil
-	}
-	making.end(makeFailed)
-	if group != "" {
+	case group == "":
+		making.end(makeFailed)
+		return nil, fmt.Errorf("create pause task: %w", err)
+	case isShimRefusal(err):
+		making.end(makeRefused)
 		return nil, fmt.Errorf("create pause task in shim group %s: %w: %w", group, errSharedShimRefused, err)
+	default:
+		making.end(makeFailed)
+		return nil, fmt.Errorf("create pause task in shim group %s: %w", group, err)
 	}
-	return nil, fmt.Errorf("create pause task: %w", err)
+}
+
+// isShimRefusal reports whether err, from a task's creation in a shared
+// shim, says the shim did not take it because it is exiting or gone: its
+// connection closed or reset under the call, or nothing answers at its
+// socket any more (containerd could not load the sandbox's shim). Such
+// errors cross containerd's API as Unknown with their text, so the text
+// is all there is to match. Anything else (a hook, runc, the spec) is the
+// task's own failure: the shim serves its other tasks as before.
+func isShimRefusal(err error) bool {
+	if isShimGone(err) || errdefs.IsUnavailable(err) {
+		return true
+	}
+	msg := err.Error()
+	for _, s := range []string{"failed to load sandbox task", "connection reset by peer", "broken pipe"} {
+		if strings.Contains(msg, s) {
+			return true
+		}
+	}
+	return false
 }
 
 // undoable is undo step fn of Start step point, which failpoint
