@@ -252,6 +252,23 @@ func TestPreciseErrors(t *testing.T) {
 		}, code: codes.InvalidArgument, msg: "host network"},
 		{name: "hostname longer than 64 bytes", cfg: withHostname(strings.Repeat("h", 40) + "." + strings.Repeat("h", 40)), code: codes.InvalidArgument, msg: "hostname"},
 		{name: "hostname not a name", cfg: withHostname("no_such host"), code: codes.InvalidArgument, msg: "hostname"},
+		// Strings that would add a line to a file or name a path
+		// elsewhere: resolv.conf, /proc/sys, the pod cgroup, CNI's.
+		{name: "DNS server not an IP", cfg: withDNS(&runtimeapi.DNSConfig{Servers: []string{"192.0.2.53\nnameserver 192.0.2.1"}}), code: codes.InvalidArgument, msg: "dns_config.servers[0]"},
+		{name: "DNS search with a new line", cfg: withDNS(&runtimeapi.DNSConfig{Searches: []string{"svc.cluster.local\nnameserver 192.0.2.1"}}), code: codes.InvalidArgument, msg: "dns_config.searches[0]"},
+		{name: "DNS option with a blank", cfg: withDNS(&runtimeapi.DNSConfig{Options: []string{"ndots:5 rotate"}}), code: codes.InvalidArgument, msg: "dns_config.options[0]"},
+		{name: "port mapping host IP not an IP", cfg: func(c *runtimeapi.PodSandboxConfig) {
+			c.PortMappings = []*runtimeapi.PortMapping{{ContainerPort: 80, HostPort: 18080, HostIp: "0.0.0.0 -j ACCEPT"}}
+		}, code: codes.InvalidArgument, msg: "port_mappings[0].host_ip"},
+		{name: "relative log directory", cfg: func(c *runtimeapi.PodSandboxConfig) { c.LogDirectory = "var/log/pods/x" }, code: codes.InvalidArgument, msg: "log_directory"},
+		{name: "cgroup parent escaping", cfg: withCgroupParent("/berth-it/../system.slice"), code: codes.InvalidArgument, msg: "linux.cgroup_parent"},
+		{name: "cgroup parent slice path elsewhere", cfg: withCgroupParent("/system.slice/berth_it.slice"), code: codes.InvalidArgument, msg: "linux.cgroup_parent"},
+		{name: "sysctl value with a new line", cfg: func(c *runtimeapi.PodSandboxConfig) {
+			c.Linux.Sysctls = map[string]string{"kernel.shm_rmid_forced": "1\n"}
+		}, code: codes.InvalidArgument, msg: `linux.sysctls["kernel.shm_rmid_forced"]`},
+		{name: "SELinux type with a colon", cfg: sc(func(s *runtimeapi.LinuxSandboxSecurityContext) {
+			s.SelinuxOptions = &runtimeapi.SELinuxOption{Type: "container_t:s0"}
+		}), code: codes.InvalidArgument, msg: "linux.security_context.selinux_options.type"},
 		{name: "negative run_as_user", cfg: sc(func(s *runtimeapi.LinuxSandboxSecurityContext) {
 			s.RunAsUser = &runtimeapi.Int64Value{Value: -1}
 		}), code: codes.InvalidArgument, msg: "run_as_user"},
