@@ -1,8 +1,8 @@
 // Package shimtask is the task service of berth's shim,
 // containerd-shim-berth-v2: the runc shim's own, unchanged but for Pids,
 // which it answers from the container's cgroup instead of running
-// `runc ps`, and the kill of every process of a stopped container with a
-// PID namespace of its own, which has none left for runc to kill.
+// `runc ps`, and the kill of every process of a stopped container whose
+// cgroup has none left, which it answers without running runc.
 //
 // containerd, when it starts, loads every task of every live shim and asks
 // each for its Pids before CRI or any sandbox controller runs
@@ -11,50 +11,102 @@
 // reads the same cgroup; at 300 pods that exec is most of containerd's
 // restart. Reading cgroup.procs in the shim gives the same answer without
 // it.
+//
+// The cgroup is the one the container's task was created in, found once
+// when the runc shim has created it: `runc create` has then put `runc
+// init` in the container's cgroup, and none of the container's code has
+// run. That is the cgroup runc's state names, which `runc ps` and `runc
+// kill --all` list. The cgroup the init is in later is not: an init may
+// move itself into a child cgroup (systemd, docker-in-docker, which must,
+// to enable controllers), or, privileged, out of the container's.
 package shimtask
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io/fs"
 	"slices"
 	"sync"
 
 	taskAPI "github.com/containerd/containerd/api/runtime/task/v3"
 	"github.com/containerd/containerd/api/types/runc/options"
 	apitask "github.com/containerd/containerd/api/types/task"
-	"github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2/runc"
 	"github.com/containerd/log"
 	"github.com/containerd/ttrpc"
 	"github.com/containerd/typeurl/v2"
 	"google.golang.org/protobuf/types/known/emptypb"
 )
 
-// Procs lists the processes in the cgroup of process pid and its
-// descendants' cgroups, as `runc ps` lists a container's.
-type Procs func(pid int) ([]uint32, error)
+// Cgroups finds and lists containers' cgroups. A cgroup is named by the
+// directory whose cgroup.procs, with its descendants', list its
+// processes. HostCgroups is the host's.
+type Cgroups interface {
+	// Of returns the cgroup process pid is in now.
+	Of(pid int) (string, error)
+	// Procs lists the processes in cgroup dir and its descendants, as
+	// `runc ps` lists a container's. An error that is fs.ErrNotExist
+	// means the cgroup is gone.
+	Procs(dir string) ([]uint32, error)
+}
 
 // Service wraps the runc shim's task service.
 type Service struct {
 	taskAPI.TTRPCTaskService
-	procs Procs
+	cgroups Cgroups
 
 	mu sync.Mutex
-	// execs holds the exec IDs of each container's exec processes that
-	// exist in the shim: Pids marks their pids, as the runc shim's does.
-	execs map[string][]string
+	// containers holds, by container ID, what the wrapper knows of each
+	// container its shim created, until the runc shim deletes its init.
+	containers map[string]container
+}
+
+// container is what the wrapper knows of one container.
+type container struct {
+	// cgroup is the container's cgroup, found at Create; "" if it could
+	// not be, and Pids and Kill then leave the container to runc.
+	cgroup string
+	// execs are the exec IDs of the container's exec processes that exist
+	// in the shim: Pids marks their pids, as the runc shim's does.
+	execs []string
 }
 
 var _ taskAPI.TTRPCTaskService = (*Service)(nil)
 
-// New wraps inner, answering Pids with procs.
-func New(inner taskAPI.TTRPCTaskService, procs Procs) *Service {
-	return &Service{TTRPCTaskService: inner, procs: procs, execs: map[string][]string{}}
+// New wraps inner, answering Pids, and the kill of a stopped container's
+// processes, from the containers' cgroups.
+func New(inner taskAPI.TTRPCTaskService, cgroups Cgroups) *Service {
+	return &Service{TTRPCTaskService: inner, cgroups: cgroups, containers: map[string]container{}}
 }
 
 // RegisterTTRPC serves s as the shim's task service.
 func (s *Service) RegisterTTRPC(server *ttrpc.Server) error {
 	taskAPI.RegisterTTRPCTaskService(server, s)
 	return nil
+}
+
+// Create records the container's cgroup once the runc shim has created
+// it, from its init process, which `runc create` has put there and which
+// has run none of the container's code yet. A container restored from a
+// checkpoint has run it: its processes are back in the cgroups they were
+// in, below the container's or not, and the container is left to runc.
+func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (*taskAPI.CreateTaskResponse, error) {
+	resp, err := s.TTRPCTaskService.Create(ctx, r)
+	if err != nil {
+		return nil, err
+	}
+	var cgroup string
+	if r.Checkpoint == "" && resp.Pid != 0 {
+		cgroup, err = s.cgroups.Of(int(resp.Pid))
+		if err != nil {
+			log.G(ctx).WithError(err).WithField("pid", resp.Pid).Warn("container cgroup unknown, its pids are listed with runc")
+			cgroup = ""
+		}
+	}
+	s.mu.Lock()
+	s.containers[r.ID] = container{cgroup: cgroup}
+	s.mu.Unlock()
+	return resp, nil
 }
 
 // Exec records the exec process once the runc shim has it.
@@ -64,13 +116,15 @@ func (s *Service) Exec(ctx context.Context, r *taskAPI.ExecProcessRequest) (*emp
 		return nil, err
 	}
 	s.mu.Lock()
-	s.execs[r.ID] = append(s.execs[r.ID], r.ExecID)
+	c := s.containers[r.ID]
+	c.execs = append(c.execs, r.ExecID)
+	s.containers[r.ID] = c
 	s.mu.Unlock()
 	return resp, nil
 }
 
-// Delete forgets the exec process, or with the init process all of the
-// container's, once the runc shim has deleted it.
+// Delete forgets the exec process, or with the init process all the
+// wrapper knows of the container, once the runc shim has deleted it.
 func (s *Service) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (*taskAPI.DeleteResponse, error) {
 	resp, err := s.TTRPCTaskService.Delete(ctx, r)
 	if err != nil {
@@ -78,39 +132,69 @@ func (s *Service) Delete(ctx context.Context, r *taskAPI.DeleteRequest) (*taskAP
 	}
 	s.mu.Lock()
 	if r.ExecID == "" {
-		delete(s.execs, r.ID)
-	} else if execs := slices.DeleteFunc(s.execs[r.ID], func(id string) bool { return id == r.ExecID }); len(execs) > 0 {
-		s.execs[r.ID] = execs
-	} else {
-		delete(s.execs, r.ID)
+		delete(s.containers, r.ID)
+	} else if c, ok := s.containers[r.ID]; ok {
+		c.execs = slices.DeleteFunc(c.execs, func(id string) bool { return id == r.ExecID })
+		s.containers[r.ID] = c
 	}
 	s.mu.Unlock()
 	return resp, nil
 }
 
-// Kill with All of a container whose init process has exited, in a PID
-// namespace of the container's own, answers at once as runc would: the
-// kernel killed the namespace's processes with its init, and `runc kill
-// --all` of a container not running with a private PID namespace signals
-// nothing and succeeds. containerd's client sends it after every exit
-// (containerd.WithProcessKill, which CRI deletes an app container's task
-// with), and the runc shim would run runc for it. A container that shares
-// a PID namespace still goes to runc, which kills what is left in its
-// cgroup.
+// cgroup is container id's cgroup as recorded at Create, or "".
+func (s *Service) cgroup(id string) string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.containers[id].cgroup
+}
+
+// Kill with All of a container whose init process has exited answers at
+// once when the container's cgroup has no process left, or is gone:
+// `runc kill --all` signals the processes of the container's cgroup, and
+// finds none, whatever runc's version or the runtime BinaryName names
+// (runc ≥ 1.2 signals only the init of a container with a PID namespace
+// of its own, and succeeds for one that has exited). containerd's client
+// sends it after every exit (containerd.WithProcessKill, which CRI
+// deletes an app container's task with), and the runc shim would run
+// runc for it. A container with a PID namespace of its own has an empty
+// cgroup once its init has exited (the kernel kills the namespace's
+// processes with it, and the init's exit waits for them); one that
+// shares a PID namespace may have processes left, and goes to runc, which
+// kills them. So does any container whose cgroup the shim does not know
+// or cannot read.
 func (s *Service) Kill(ctx context.Context, r *taskAPI.KillRequest) (*emptypb.Empty, error) {
-	if r.All && r.ExecID == "" {
-		st, err := s.State(ctx, &taskAPI.StateRequest{ID: r.ID})
-		if err == nil && st.Status == apitask.Status_STOPPED && !runc.ShouldKillAllOnExit(ctx, st.Bundle) {
-			return &emptypb.Empty{}, nil
-		}
+	if r.All && r.ExecID == "" && s.nothingToKill(ctx, r.ID) {
+		return &emptypb.Empty{}, nil
 	}
 	return s.TTRPCTaskService.Kill(ctx, r)
 }
 
-// Pids lists the container's processes from its init process's cgroup
-// while that process runs. Otherwise (created and not started, stopped),
-// or if the cgroup cannot be read, the runc shim answers as it always
-// does.
+// nothingToKill tells whether container id's init has exited and its
+// cgroup is empty or gone.
+func (s *Service) nothingToKill(ctx context.Context, id string) bool {
+	st, err := s.State(ctx, &taskAPI.StateRequest{ID: id})
+	if err != nil || st.Status != apitask.Status_STOPPED {
+		return false
+	}
+	cgroup := s.cgroup(id)
+	if cgroup == "" {
+		return false
+	}
+	pids, err := s.cgroups.Procs(cgroup)
+	return errors.Is(err, fs.ErrNotExist) || err == nil && len(pids) == 0
+}
+
+// Pids lists the container's processes from its cgroup while its init
+// process runs. Otherwise (created and not started, stopped), or if the
+// cgroup is not known or cannot be read, the runc shim answers as it
+// always does.
+//
+// A list without the init is left to runc too: the init has exited
+// since State, or a privileged one has moved itself out of the
+// container's cgroup. The shim then never answers an empty list of its
+// own for a running container, which containerd, at its start, takes a
+// shim without a sandbox to have leaked for (shim_load.go,
+// shouldCleanupShim).
 func (s *Service) Pids(ctx context.Context, r *taskAPI.PidsRequest) (*taskAPI.PidsResponse, error) {
 	st, err := s.State(ctx, &taskAPI.StateRequest{ID: r.ID})
 	if err != nil {
@@ -119,12 +203,13 @@ func (s *Service) Pids(ctx context.Context, r *taskAPI.PidsRequest) (*taskAPI.Pi
 	if st.Status != apitask.Status_RUNNING && st.Status != apitask.Status_PAUSED || st.Pid == 0 {
 		return s.TTRPCTaskService.Pids(ctx, r)
 	}
-	pids, err := s.procs(int(st.Pid))
-	// The init process is in its own cgroup until it exits: without it,
-	// the pid was read after the exit (or reused) and the list is not the
-	// container's.
+	cgroup := s.cgroup(r.ID)
+	if cgroup == "" {
+		return s.TTRPCTaskService.Pids(ctx, r)
+	}
+	pids, err := s.cgroups.Procs(cgroup)
 	if err != nil || !slices.Contains(pids, st.Pid) {
-		log.G(ctx).WithError(err).WithField("pid", st.Pid).Debug("container cgroup unreadable, listing pids with runc")
+		log.G(ctx).WithError(err).WithField("pid", st.Pid).Debug("init not listed in container cgroup, listing pids with runc")
 		return s.TTRPCTaskService.Pids(ctx, r)
 	}
 	execs := s.execPids(ctx, r.ID)
@@ -149,7 +234,7 @@ func (s *Service) Pids(ctx context.Context, r *taskAPI.PidsRequest) (*taskAPI.Pi
 // Pids, which reads its own list, would not have seen it.
 func (s *Service) execPids(ctx context.Context, id string) map[uint32]string {
 	s.mu.Lock()
-	execs := slices.Clone(s.execs[id])
+	execs := slices.Clone(s.containers[id].execs)
 	s.mu.Unlock()
 	pids := make(map[uint32]string, len(execs))
 	for _, execID := range execs {

@@ -40,7 +40,7 @@ func init() {
 			if err != nil {
 				return nil, err
 			}
-			return shimtask.New(runc, shimtask.CgroupProcs), nil
+			return shimtask.New(runc, shimtask.HostCgroups{}), nil
 		},
 	})
 }
