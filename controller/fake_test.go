@@ -419,8 +419,20 @@ func (t *fakeTask) Wait(ctx context.Context) (<-chan containerd.ExitStatus, erro
 	return ch, nil
 }
 
-func (t *fakeTask) Kill(_ context.Context, sig syscall.Signal, _ ...containerd.KillOpts) error {
-	if err := t.c.client.call("task kill", t.ID()); err != nil {
+// Kill is logged as "task kill", or "task killall" for a kill of
+// every process of the task's container.
+func (t *fakeTask) Kill(ctx context.Context, sig syscall.Signal, opts ...containerd.KillOpts) error {
+	var info containerd.KillInfo
+	for _, o := range opts {
+		if err := o(ctx, &info); err != nil {
+			return err
+		}
+	}
+	name := "task kill"
+	if info.All {
+		name = "task killall"
+	}
+	if err := t.c.client.call(name, t.ID()); err != nil {
 		return err
 	}
 	if sig == syscall.SIGKILL {

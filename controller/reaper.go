@@ -138,7 +138,12 @@ func (r *reaper) deleteExited(ctx context.Context, sb *store.Sandbox, task conta
 // task service is asked to delete the task as well: it cleans up after a
 // dead shim itself.
 func (r *reaper) deleteTask(ctx context.Context, task containerd.Task) error {
-	_, err := task.Delete(ctx, killUnlessStopped)
+	// What is left in the pause's cgroup is killed first, exited pause or
+	// not, as containerd's client and the built-in do: runc 1.1, or a
+	// runtime BinaryName names, signals the cgroup's processes, which a
+	// pause sharing a PID namespace (the host's) can leave there. berth's
+	// shim answers it without runc when the cgroup is empty (shimtask).
+	_, err := task.Delete(ctx, containerd.WithProcessKill)
 	if err == nil {
 		return nil
 	}
@@ -146,24 +151,6 @@ func (r *reaper) deleteTask(ctx context.Context, task containerd.Task) error {
 		return fmt.Errorf("delete pause task: %w", err)
 	}
 	return r.deleteFromTaskService(ctx, task.ID())
-}
-
-// killUnlessStopped is containerd.WithProcessKill for a pause task that
-// has not exited: a created or running pause is killed and waited for
-// before its deletion. A stopped one is left alone, which spares the
-// `runc kill --all` WithProcessKill would run on every exited pause: the
-// pause is alone in its cgroup (nothing execs into it), and when it shares
-// the host's PID namespace the runc shim has already killed what was left
-// in its cgroup before it reported the exit.
-func killUnlessStopped(ctx context.Context, p containerd.Process) error {
-	st, err := p.Status(ctx)
-	if err != nil {
-		return err
-	}
-	if st.Status == containerd.Stopped {
-		return nil
-	}
-	return containerd.WithProcessKill(ctx, p)
 }
 
 // deleteGroupTask deletes the pause task of sandbox id, of shim group
