@@ -4,7 +4,7 @@
 #   make up      run that containerd in the foreground under _output/
 #   make install install the node binaries into $(PREFIX)/bin
 #   make test    unit tests, then integration tests (root, real containerd)
-#   make soak    1000 pod lifecycles, then a leak and growth check
+#   make soak    1000 pod lifecycles, built-in then berth: leaks, heap, RSS
 #   make chaos   1000 pod lifecycles under SIGKILLs, then a leak check
 #   make bench   berth vs the built-in controller: latency, CPU, calls, memory
 #   make bench-restart  containerd restart with 300 live pods, berth vs built-in
@@ -132,8 +132,14 @@ RESTART_PODS ?= 300
 bench-restart: build
 	$(GO) test -count=1 -timeout 60m -v -run '^$$' -bench Restart -benchtime 1x ./integration -args -bin $(BIN) -restart-pods $(RESTART_PODS)
 
+# 1000 lifecycles with an app container each on the built-in, then on
+# berth, each in a fresh containerd; containerd's heap and RSS compared,
+# the heap also after 2m10s idle (longer than any timer berth arms for a
+# pod), with the heap profiles of every sample in SOAK_PROFILES.
+SOAK_PROFILES ?= $(OUT)/soak
 soak: build
-	$(GO) test -count=1 -timeout 60m -v -run Soak ./integration -args -bin $(BIN) -soak 1000
+	mkdir -p $(SOAK_PROFILES)
+	$(GO) test -count=1 -timeout 60m -v -run Soak ./integration -args -bin $(BIN) -soak 1000 -soak-idle 2m10s -soak-profiles $(SOAK_PROFILES)
 
 # 1000 pod lifecycles under SIGKILLs of pause processes, shims and
 # containerd; CHAOS_SEED replays a run's kills.
