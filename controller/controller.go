@@ -109,6 +109,10 @@ type Config struct {
 	// WarmShims are the handlers whose shared shim a shim keeper keeps
 	// running while none of their pods does (keeper.go).
 	WarmShims []string
+	// CrossNamespaceShims are the handlers whose pods share shims with
+	// pods of other Kubernetes namespaces; every other handler's pods
+	// share one only with pods of their own namespace.
+	CrossNamespaceShims []string
 	// ConfigErr is set when berth's own config is invalid: the controller
 	// then runs on defaults, so that the sandboxes it has keep being
 	// stopped and removed, and refuses new ones with this error.
@@ -165,6 +169,28 @@ func (c *Controller) podsPerShim(handler string) int {
 		return n
 	}
 	return c.config.PodsPerShim
+}
+
+// shimScope is what a pod of handler in Kubernetes namespace namespace
+// may share a shim with: its handler's pods of its namespace, a tenant's
+// pods apart from another's (a shim's crash, or its OOM kill, takes every
+// pod it serves), unless the handler shares shims across namespaces.
+func (c *Controller) shimScope(handler, namespace string) shimScope {
+	if c.sharesAcrossNamespaces(handler) {
+		return shimScope{handler: handler}
+	}
+	return shimScope{handler: handler, namespace: namespace}
+}
+
+// sharesAcrossNamespaces says whether handler's pods share shims with pods
+// of other Kubernetes namespaces.
+func (c *Controller) sharesAcrossNamespaces(handler string) bool {
+	return slices.Contains(c.config.CrossNamespaceShims, handler)
+}
+
+// podShimScope is the shim scope of the pod of md.
+func (c *Controller) podShimScope(md store.Metadata) shimScope {
+	return c.shimScope(c.handler(md), md.Config.GetMetadata().GetNamespace())
 }
 
 // Close waits for a recovery in progress, whose steps may queue retries,

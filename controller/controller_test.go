@@ -414,6 +414,47 @@ func TestStartFailsInSharedShim(t *testing.T) {
 	}
 }
 
+// TestShimTenantBoundary checks that a pod shares a shim only with pods
+// of its Kubernetes namespace, unless its handler shares shims across
+// namespaces.
+func TestShimTenantBoundary(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		cross []string
+		same  bool
+	}{
+		{name: "by namespace", same: false},
+		{name: "across namespaces", cross: []string{testHandler}, same: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			client := newFakeClient()
+			c := testController(t, client, func(cfg *Config) {
+				cfg.CRI.Runtimes[testHandler] = Runtime{Type: "io.containerd.runc.v2"}
+				cfg.PodsPerShim = 4
+				cfg.CrossNamespaceShims = tc.cross
+			})
+			groups := map[string]string{}
+			for _, p := range []struct{ id, namespace string }{{"a1", "a"}, {"a2", "a"}, {"b1", "b"}} {
+				cfg := testPodConfig(p.id)
+				cfg.Metadata.Namespace = p.namespace
+				if err := create(t, c, client, p.id, cfg); err != nil {
+					t.Fatal(err)
+				}
+				if _, err := c.Start(testContext(), p.id); err != nil {
+					t.Fatal(err)
+				}
+				groups[p.id] = groupOf(t, c, p.id)
+			}
+			if groups["a1"] == "" || groups["a2"] != groups["a1"] {
+				t.Errorf("pods of one namespace in groups %q and %q, want one", groups["a1"], groups["a2"])
+			}
+			if same := groups["b1"] == groups["a1"]; same != tc.same {
+				t.Errorf("pods of namespaces a and b in groups %q and %q; want one group: %v", groups["a1"], groups["b1"], tc.same)
+			}
+		})
+	}
+}
+
 // TestIsShimRefusal checks which task creation errors say the shim is
 // exiting or gone, in the forms they reach berth through containerd.
 func TestIsShimRefusal(t *testing.T) {

@@ -25,12 +25,13 @@ import (
 	"github.com/berth-dev/berth/podsandbox"
 )
 
-// A shim keeper keeps a shared runc shim warm for a handler while no pod of
-// the handler runs: a task of berth's own, the built-in pause alone in its
+// A shim keeper keeps a shared runc shim warm for a shim scope (a handler,
+// or a handler's pods of one Kubernetes namespace) while no pod of the
+// scope runs: a task of berth's own, the built-in pause alone in its
 // own namespaces, made as the first task of a shim group. Without it, each
 // pod on a node with no other pod of its handler starts a shim and, at its
 // end, has containerd wait for the shim's exit and run `shim delete`; with
-// it, every pod joins a running shim. A warm handler has one keeper at a
+// it, every pod joins a running shim. A warm scope has one keeper at a
 // time, in the group it was made in, for as long as the keeper's task runs;
 // one that exits is removed, and the next pod that opens a group makes a new
 // one. Recovery takes up a keeper whose task runs and removes any other
@@ -50,56 +51,60 @@ const (
 // keeperRecord is what recovery needs of a keeper.
 type keeperRecord struct {
 	RuntimeHandler string `json:"runtimeHandler"`
-	ShimGroup      string `json:"shimGroup"`
+	// Namespace is the Kubernetes namespace whose pods the keeper's shim
+	// serves, "" for every namespace's (or a keeper of an earlier berth).
+	Namespace string `json:"namespace,omitempty"`
+	ShimGroup string `json:"shimGroup"`
 }
 
 // keeper is a live shim keeper.
 type keeper struct {
-	id, handler, group string
-	container          containerd.Container
+	id, group string
+	scope     shimScope
+	container containerd.Container
 }
 
-// keepers are the live shim keepers, one per warm handler at most.
+// keepers are the live shim keepers, one per warm scope at most.
 type keepers struct {
 	mu sync.Mutex
-	// byHandler holds each handler's keeper; a nil one is being made or
-	// taken up.
-	byHandler map[string]*keeper
+	// byScope holds each scope's keeper; a nil one is being made or taken
+	// up.
+	byScope map[shimScope]*keeper
 }
 
-func newKeepers() *keepers { return &keepers{byHandler: map[string]*keeper{}} }
+func newKeepers() *keepers { return &keepers{byScope: map[shimScope]*keeper{}} }
 
-// claim reserves handler's keeper for the caller to make, if the handler
-// has none. A keeper whose group no pod may join any more serves none: it
-// is returned, for the caller to remove, and the claim succeeds.
-func (k *keepers) claim(handler string, isOpen func(group string) bool) (ok bool, stale *keeper) {
+// claim reserves scope's keeper for the caller to make, if the scope has
+// none. A keeper whose group no pod may join any more serves none: it is
+// returned, for the caller to remove, and the claim succeeds.
+func (k *keepers) claim(scope shimScope, isOpen func(group string) bool) (ok bool, stale *keeper) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	cur, has := k.byHandler[handler]
+	cur, has := k.byScope[scope]
 	if has && (cur == nil || isOpen(cur.group)) {
 		return false, nil
 	}
-	k.byHandler[handler] = nil
+	k.byScope[scope] = nil
 	return true, cur
 }
 
-// set makes kp its handler's keeper; nil releases a claim.
-func (k *keepers) set(handler string, kp *keeper) {
+// set makes kp its scope's keeper; nil releases a claim.
+func (k *keepers) set(scope shimScope, kp *keeper) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	if kp == nil {
-		delete(k.byHandler, handler)
+		delete(k.byScope, scope)
 		return
 	}
-	k.byHandler[handler] = kp
+	k.byScope[scope] = kp
 }
 
-// drop forgets keeper kp if it is still its handler's.
+// drop forgets keeper kp if it is still its scope's.
 func (k *keepers) drop(kp *keeper) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	if k.byHandler[kp.handler] == kp {
-		delete(k.byHandler, kp.handler)
+	if k.byScope[kp.scope] == kp {
+		delete(k.byScope, kp.scope)
 	}
 }
 
@@ -108,16 +113,17 @@ func (c *Controller) warmShim(handler string) bool {
 	return slices.Contains(c.config.WarmShims, handler) && c.podsPerShim(handler) > 1
 }
 
-// keepShimWarm makes a shim keeper as the first task of group, which sb has
-// just joined, if sb's handler keeps a warm shim and has no keeper. It runs
+// keepShimWarm makes a shim keeper as the first task of group, of scope,
+// which sb has just joined, if the scope's handler keeps a warm shim and
+// the scope has no keeper. It runs
 // before sb's pause task is made, so that the pause joins the keeper's
 // shim. A keeper that cannot be made is logged, never the pod's failure:
 // the pod's task starts the shim itself.
-func (c *Controller) keepShimWarm(ctx context.Context, runtime sandbox.RuntimeOpts, handler, group string) {
-	if group == "" || !c.warmShim(handler) || !c.reaper.groups.fresh(group) {
+func (c *Controller) keepShimWarm(ctx context.Context, runtime sandbox.RuntimeOpts, scope shimScope, group string) {
+	if group == "" || !c.warmShim(scope.handler) || !c.reaper.groups.fresh(group) {
 		return
 	}
-	ok, stale := c.keepers.claim(handler, func(g string) bool { return c.reaper.groups.isOpen(handler, g) })
+	ok, stale := c.keepers.claim(scope, func(g string) bool { return c.reaper.groups.isOpen(scope, g) })
 	if !ok {
 		return
 	}
@@ -126,8 +132,8 @@ func (c *Controller) keepShimWarm(ctx context.Context, runtime sandbox.RuntimeOp
 	}
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), keeperStartTimeout)
 	defer cancel()
-	kp, err := c.startKeeper(ctx, runtime, handler, group)
-	c.keepers.set(handler, kp)
+	kp, err := c.startKeeper(ctx, runtime, scope, group)
+	c.keepers.set(scope, kp)
 	switch {
 	case errors.Is(err, errShimUp):
 		// Another pod's task came first: the shim is warm already.
@@ -142,9 +148,10 @@ func (c *Controller) keepShimWarm(ctx context.Context, runtime sandbox.RuntimeOp
 // shim's start command with no shim listening.
 var errShimUp = errors.New("the group's shim is up")
 
-// startKeeper makes and starts a keeper of handler as the first task of
+// startKeeper makes and starts a keeper of scope as the first task of
 // group, removing all it made if it fails.
-func (c *Controller) startKeeper(ctx context.Context, runtime sandbox.RuntimeOpts, handler, group string) (_ *keeper, retErr error) {
+func (c *Controller) startKeeper(ctx context.Context, runtime sandbox.RuntimeOpts, scope shimScope, group string) (_ *keeper, retErr error) {
+	handler := scope.handler
 	rootfs := c.config.BuiltinPause.Rootfs
 	if rootfs == "" {
 		return nil, fmt.Errorf("a shim keeper runs the built-in pause, which is not prepared: %w", errors.Join(errdefs.ErrFailedPrecondition, c.config.BuiltinPause.Err))
@@ -189,7 +196,7 @@ func (c *Controller) startKeeper(ctx context.Context, runtime sandbox.RuntimeOpt
 	container, err := c.client.NewContainer(ctx, id,
 		containerd.WithNewSpec(specOpts...),
 		containerd.WithContainerLabels(map[string]string{LabelKind: LabelKindKeeper}),
-		withKeeperRecord(keeperRecord{RuntimeHandler: handler, ShimGroup: group}),
+		withKeeperRecord(keeperRecord{RuntimeHandler: handler, Namespace: scope.namespace, ShimGroup: group}),
 		containerd.WithRuntime(cmp.Or(rt.Type, runtime.Name), runtime.Options),
 	)
 	if err != nil {
@@ -219,9 +226,9 @@ func (c *Controller) startKeeper(ctx context.Context, runtime sandbox.RuntimeOpt
 	if err := task.Start(ctx); err != nil {
 		return nil, fmt.Errorf("start keeper task: %w", err)
 	}
-	kp := &keeper{id: id, handler: handler, group: group, container: container}
+	kp := &keeper{id: id, scope: scope, group: group, container: container}
 	c.watchKeeper(kp, w)
-	log.G(ctx).WithField("runtime_handler", handler).Info("shim keeper started")
+	log.G(ctx).WithFields(log.Fields{"runtime_handler": handler, "namespace": scope.namespace}).Info("shim keeper started")
 	return kp, nil
 }
 
@@ -285,9 +292,10 @@ func (c *Controller) removeKeeper(ctx context.Context, kp *keeper) error {
 	return nil
 }
 
-// recoverKeepers takes up, after a restart, the keeper of each warm handler
+// recoverKeepers takes up, after a restart, the keeper of each warm scope
 // whose task runs, and removes every other keeper container: of a handler
-// no longer warm, a second of a handler, or one whose task is gone.
+// no longer warm, of a scope the config no longer makes, a second of a
+// scope, or one whose task is gone.
 func (c *Controller) recoverKeepers(ctx context.Context, found []containerd.Container) {
 	for _, container := range found {
 		kp, err := c.loadKeeper(ctx, container)
@@ -307,15 +315,19 @@ func (c *Controller) loadKeeper(ctx context.Context, container containerd.Contai
 	}
 	var rec keeperRecord
 	err = json.Unmarshal(info.Extensions[extensionKeeper].GetValue(), &rec)
-	kp := &keeper{id: info.ID, handler: rec.RuntimeHandler, group: rec.ShimGroup, container: container}
+	scope := shimScope{handler: rec.RuntimeHandler, namespace: rec.Namespace}
+	kp := &keeper{id: info.ID, scope: scope, group: rec.ShimGroup, container: container}
 	if err != nil {
 		return kp, fmt.Errorf("decode keeper record: %w", err)
 	}
 	if !c.warmShim(rec.RuntimeHandler) {
 		return kp, fmt.Errorf("runtime handler %q keeps no warm shim", rec.RuntimeHandler)
 	}
-	if ok, _ := c.keepers.claim(rec.RuntimeHandler, func(string) bool { return true }); !ok {
-		return kp, fmt.Errorf("runtime handler %q has a keeper", rec.RuntimeHandler)
+	if c.sharesAcrossNamespaces(rec.RuntimeHandler) != (rec.Namespace == "") {
+		return kp, fmt.Errorf("the keeper's namespace %q is not a shim scope of runtime handler %q", rec.Namespace, rec.RuntimeHandler)
+	}
+	if ok, _ := c.keepers.claim(scope, func(string) bool { return true }); !ok {
+		return kp, fmt.Errorf("runtime handler %q has a keeper for namespace %q", rec.RuntimeHandler, rec.Namespace)
 	}
 	task, err := container.Task(ctx, nil)
 	if err == nil {
@@ -329,11 +341,11 @@ func (c *Controller) loadKeeper(ctx context.Context, container containerd.Contai
 		w, err = c.reaper.waitFor(ctx, task)
 	}
 	if err != nil {
-		c.keepers.set(rec.RuntimeHandler, nil)
+		c.keepers.set(scope, nil)
 		return kp, err
 	}
-	c.reaper.groups.rekeep(rec.RuntimeHandler, rec.ShimGroup, kp.id)
-	c.keepers.set(rec.RuntimeHandler, kp)
+	c.reaper.groups.rekeep(scope, rec.ShimGroup, kp.id)
+	c.keepers.set(scope, kp)
 	c.watchKeeper(kp, w)
 	return kp, nil
 }

@@ -145,7 +145,7 @@ func TestWarmShimKeeperFails(t *testing.T) {
 			if got := groupOf(t, c, "sb2"); got != group {
 				t.Errorf("second pod in group %s, want the first's %s", got, group)
 			}
-			if _, claimed := c.keepers.byHandler[testHandler]; claimed != (len(keeperContainers(client)) == 1) {
+			if _, claimed := c.keepers.byScope[shimScope{testHandler, "default"}]; claimed != (len(keeperContainers(client)) == 1) {
 				t.Errorf("keeper claimed %v with %d keepers", claimed, len(keeperContainers(client)))
 			}
 		})
@@ -168,10 +168,17 @@ func TestWarmShimKeeperFails(t *testing.T) {
 	})
 }
 
-// keeperContainer is a keeper container as a previous containerd left it.
+// keeperContainer is a keeper container of handler's pods of namespace
+// default as a previous containerd left it.
 func keeperContainer(t *testing.T, id, handler, group string) containers.Container {
 	t.Helper()
-	rec, err := json.Marshal(keeperRecord{RuntimeHandler: handler, ShimGroup: group})
+	return keeperContainerOf(t, id, keeperRecord{RuntimeHandler: handler, Namespace: "default", ShimGroup: group})
+}
+
+// keeperContainerOf is a keeper container with record rec.
+func keeperContainerOf(t *testing.T, id string, rec keeperRecord) containers.Container {
+	t.Helper()
+	b, err := json.Marshal(rec)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -179,14 +186,16 @@ func keeperContainer(t *testing.T, id, handler, group string) containers.Contain
 		ID:         id,
 		Labels:     map[string]string{LabelKind: LabelKindKeeper},
 		Runtime:    containers.RuntimeInfo{Name: testRuntime},
-		Extensions: map[string]typeurl.Any{extensionKeeper: &anypb.Any{TypeUrl: keeperTypeURL, Value: rec}},
+		Extensions: map[string]typeurl.Any{extensionKeeper: &anypb.Any{TypeUrl: keeperTypeURL, Value: b}},
 	}
 }
 
 // TestRecoverKeepers: recovery takes up one running keeper of a warm
-// handler in its group, and removes a second, one whose task is gone or
-// stopped, and one of a handler that keeps no warm shim. A container
-// labelled as a keeper without berth's record is not touched.
+// handler's namespace in its group, and removes a second, one whose task is
+// gone or stopped, one of a handler that keeps no warm shim, and one of
+// every namespace, which the handler's pods, sharing shims by namespace,
+// never join. A container labelled as a keeper without berth's record is
+// not touched.
 func TestRecoverKeepers(t *testing.T) {
 	client := newFakeClient()
 	client.addContainer(keeperContainer(t, "k-live", testHandler, "g1")).setTask(containerd.Running)
@@ -194,6 +203,7 @@ func TestRecoverKeepers(t *testing.T) {
 	client.addContainer(keeperContainer(t, "k-stopped", testHandler, "g3")).setTask(containerd.Stopped)
 	client.addContainer(keeperContainer(t, "k-no-task", testHandler, "g4"))
 	client.addContainer(keeperContainer(t, "k-cold", "other", "g5")).setTask(containerd.Running)
+	client.addContainer(keeperContainerOf(t, "k-all-namespaces", keeperRecord{RuntimeHandler: testHandler, ShimGroup: "g6"})).setTask(containerd.Running)
 	client.addContainer(containers.Container{ID: "impostor", Labels: map[string]string{LabelKind: LabelKindKeeper}}).setTask(containerd.Running)
 	c := warmController(t, client)
 	if err := c.Recover(testContext(), RecoverConfig{Parallelism: 2, Timeout: time.Second}); err != nil {
@@ -204,7 +214,7 @@ func TestRecoverKeepers(t *testing.T) {
 	}
 	eventually(t, "keepers removed", func() bool { return len(keeperContainers(client)) == 1 })
 	kept := keeperContainers(client)[0]
-	if !kept.hasTask() || !c.reaper.groups.isOpen(testHandler, kept.info.ID[len("k-"):]) && !c.reaper.groups.has(groupFor(kept)) {
+	if !kept.hasTask() || !c.reaper.groups.isOpen(shimScope{testHandler, "default"}, kept.info.ID[len("k-"):]) && !c.reaper.groups.has(groupFor(kept)) {
 		t.Errorf("kept keeper %s: task %v, group open %v", kept.info.ID, kept.hasTask(), c.reaper.groups.has(groupFor(kept)))
 	}
 	if ctr := client.container("impostor"); ctr == nil || !ctr.hasTask() {

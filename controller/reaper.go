@@ -210,8 +210,8 @@ func (r *reaper) kill(ctx context.Context, sb *store.Sandbox, task containerd.Ta
 // watched again and the sandbox is READY; one that exited while containerd
 // was down, or that a crash left created but never started, is deleted and
 // the sandbox reports its exit. A running task rejoins its shim group,
-// among handler's.
-func (r *reaper) reattach(ctx context.Context, sb *store.Sandbox, handler string) error {
+// among scope's.
+func (r *reaper) reattach(ctx context.Context, sb *store.Sandbox, scope shimScope) error {
 	t, err := r.loadTask(ctx, sb)
 	if err != nil || t == nil {
 		return err
@@ -241,7 +241,7 @@ func (r *reaper) reattach(ctx context.Context, sb *store.Sandbox, handler string
 			w.stop()
 			return err
 		}
-		r.groups.rejoin(handler, sb.Status().Instance.ShimGroup, sb.ID)
+		r.groups.rejoin(scope, sb.Status().Instance.ShimGroup, sb.ID)
 		r.watch(sb, w)
 		return nil
 	case containerd.Stopped:

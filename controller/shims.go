@@ -16,8 +16,15 @@ import (
 // sandbox's app containers to its pause task's shim.
 const ShimGroupAnnotation = "io.containerd.runc.v2.group"
 
+// shimScope is what a pod may share a shim with: the pods of its handler
+// in its Kubernetes namespace, the usual tenant boundary, or, with no
+// namespace, every pod of its handler (Controller.shimScope).
+type shimScope struct {
+	handler, namespace string
+}
+
 // shimGroups shares runc shims between pods: up to perShim pods of a
-// handler have their pause tasks, and so their app containers, served by
+// scope have their pause tasks, and so their app containers, served by
 // one shim. A pod is in its group from Start until its pause exits; a group
 // no pod is in is retired, never used again: its shim exits as soon as it
 // serves no task, and a pod joining it then could land in a shim that is
@@ -44,8 +51,8 @@ type shimGroups struct {
 	perShim func(handler string) int
 
 	mu sync.Mutex // guards open, inUse and their groups
-	// open are the groups pods may join, by handler.
-	open map[string][]*shimGroup
+	// open are the groups pods may join, by scope.
+	open map[shimScope][]*shimGroup
 	// inUse are the groups pods are in, open or retired, by ID.
 	inUse map[string]*shimGroup
 }
@@ -69,37 +76,37 @@ type shimGroup struct {
 }
 
 func newShimGroups(perShim func(handler string) int) *shimGroups {
-	return &shimGroups{perShim: perShim, open: map[string][]*shimGroup{}, inUse: map[string]*shimGroup{}}
+	return &shimGroups{perShim: perShim, open: map[shimScope][]*shimGroup{}, inUse: map[string]*shimGroup{}}
 }
 
 func newShimGroup(id string) *shimGroup {
 	return &shimGroup{id: id, pods: 1, tasks: map[string]bool{}, changed: make(chan struct{})}
 }
 
-// join puts a pod of handler into a group with room, or a new one, and
+// join puts a pod of scope into a group with room, or a new one, and
 // returns the group's ID; "" means a shim of the pod's own.
-func (s *shimGroups) join(handler string) string {
-	n := s.perShim(handler)
+func (s *shimGroups) join(scope shimScope) string {
+	n := s.perShim(scope.handler)
 	if n <= 1 {
 		return ""
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for _, g := range s.open[handler] {
+	for _, g := range s.open[scope] {
 		if g.pods < n {
 			g.pods++
 			return g.id
 		}
 	}
-	g := newShimGroup(newGroupID(handler))
-	s.open[handler] = append(s.open[handler], g)
+	g := newShimGroup(newGroupID(scope.handler))
+	s.open[scope] = append(s.open[scope], g)
 	s.inUse[g.id] = g
 	return g.id
 }
 
 // rejoin counts recovered sandbox sb, whose pause task runs, into its
-// group id again.
-func (s *shimGroups) rejoin(handler, id, sb string) {
+// group id, of scope, again.
+func (s *shimGroups) rejoin(scope shimScope, id, sb string) {
 	if id == "" {
 		return
 	}
@@ -110,7 +117,7 @@ func (s *shimGroups) rejoin(handler, id, sb string) {
 		g.pods++
 	} else {
 		g = newShimGroup(id)
-		s.open[handler] = append(s.open[handler], g)
+		s.open[scope] = append(s.open[scope], g)
 		s.inUse[id] = g
 	}
 	g.tasks[sb] = true
@@ -149,15 +156,15 @@ func (s *shimGroups) keep(id, keeper string) bool {
 }
 
 // rekeep counts recovered shim keeper keeper, whose task runs, into its
-// group id again.
-func (s *shimGroups) rekeep(handler, id, keeper string) {
+// group id, of scope, again.
+func (s *shimGroups) rekeep(scope shimScope, id, keeper string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	g, ok := s.inUse[id]
 	if !ok {
 		g = newShimGroup(id)
 		g.pods = 0
-		s.open[handler] = append(s.open[handler], g)
+		s.open[scope] = append(s.open[scope], g)
 		s.inUse[id] = g
 	}
 	g.keeper = keeper
@@ -190,11 +197,11 @@ func (s *shimGroups) fresh(id string) bool {
 	return ok && len(g.tasks) == 0 && g.making == 0
 }
 
-// isOpen reports whether pods may join group id.
-func (s *shimGroups) isOpen(handler, id string) bool {
+// isOpen reports whether pods of scope may join group id.
+func (s *shimGroups) isOpen(scope shimScope, id string) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return slices.ContainsFunc(s.open[handler], func(g *shimGroup) bool { return g.id == id })
+	return slices.ContainsFunc(s.open[scope], func(g *shimGroup) bool { return g.id == id })
 }
 
 // errShimEnding says a group's shim may be exiting: its last pause task is
@@ -343,8 +350,8 @@ func (s *shimGroups) has(id string) bool {
 // retireLocked stops pods from joining group id, with s.mu held. Its pods
 // need not leave it.
 func (s *shimGroups) retireLocked(id string) {
-	for handler, groups := range s.open {
-		s.open[handler] = slices.DeleteFunc(groups, func(g *shimGroup) bool { return g.id == id })
+	for scope, groups := range s.open {
+		s.open[scope] = slices.DeleteFunc(groups, func(g *shimGroup) bool { return g.id == id })
 	}
 }
 

@@ -14,23 +14,23 @@ func TestShimGroups(t *testing.T) {
 		}
 		return 3
 	})
-	if id := g.join("solo"); id != "" {
+	if id := g.join(shimScope{handler: "solo"}); id != "" {
 		t.Errorf("a pod of a handler with one pod per shim joined group %q", id)
 	}
-	a := []string{g.join("h"), g.join("h"), g.join("h")}
+	a := []string{g.join(shimScope{handler: "h"}), g.join(shimScope{handler: "h"}), g.join(shimScope{handler: "h"})}
 	if a[0] == "" || a[1] != a[0] || a[2] != a[0] {
 		t.Fatalf("three pods joined %v, want one group", a)
 	}
-	b := g.join("h")
+	b := g.join(shimScope{handler: "h"})
 	if b == a[0] {
 		t.Fatalf("a fourth pod joined the full group %s", b)
 	}
-	if other := g.join("other"); other == a[0] || other == b {
+	if other := g.join(shimScope{handler: "other"}); other == a[0] || other == b {
 		t.Errorf("a pod of another handler joined group %s", other)
 	}
 	// Room again once a pod's pause exits.
 	g.leave(a[0])
-	if id := g.join("h"); id != a[0] {
+	if id := g.join(shimScope{handler: "h"}); id != a[0] {
 		t.Errorf("joined %s, want the group with room, %s", id, a[0])
 	}
 	// A group left empty is retired, never joined again.
@@ -41,7 +41,7 @@ func TestShimGroups(t *testing.T) {
 	if g.has(b) {
 		t.Errorf("group %s no pod is in is in use", b)
 	}
-	if id := g.join("h"); id == b {
+	if id := g.join(shimScope{handler: "h"}); id == b {
 		t.Errorf("joined the emptied group %s", id)
 	}
 	// A group whose shim refused a task is retired: joined no more, though
@@ -52,7 +52,7 @@ func TestShimGroups(t *testing.T) {
 		t.Errorf("retired group %s, with pods in it, is not in use", a[0])
 	}
 	for range 3 {
-		if id := g.join("h"); id == a[0] {
+		if id := g.join(shimScope{handler: "h"}); id == a[0] {
 			t.Fatalf("joined the retired group %s", id)
 		}
 	}
@@ -63,10 +63,10 @@ func TestShimGroups(t *testing.T) {
 		t.Errorf("retired group %s is in use after its three pods left", a[0])
 	}
 	// A recovered pod counts again in its group.
-	g.rejoin("r", "berth-r-1", "sb1")
-	g.rejoin("r", "berth-r-1", "sb2")
-	g.rejoin("r", "berth-r-1", "sb3")
-	if id := g.join("r"); id == "berth-r-1" {
+	g.rejoin(shimScope{handler: "r"}, "berth-r-1", "sb1")
+	g.rejoin(shimScope{handler: "r"}, "berth-r-1", "sb2")
+	g.rejoin(shimScope{handler: "r"}, "berth-r-1", "sb3")
+	if id := g.join(shimScope{handler: "r"}); id == "berth-r-1" {
 		t.Errorf("joined recovered group %s, full with its 3 pods", id)
 	}
 }
@@ -126,12 +126,12 @@ func blocked[T any](t *testing.T, what string, call func() (T, error), unblock f
 func TestShimGroupLastTask(t *testing.T) {
 	ctx := context.Background()
 	g := newShimGroups(func(string) int { return 3 })
-	id := g.join("h")
+	id := g.join(shimScope{handler: "h"})
 	mustMake(t, g, id, "a")(makeDone)
 	// b is being made as a's deletion begins; c joined but has not begun.
-	g.join("h")
+	g.join(shimScope{handler: "h"})
 	madeB := mustMake(t, g, id, "b")
-	g.join("h")
+	g.join(shimScope{handler: "h"})
 	g.leave(id) // a's pause exits
 	done := blocked(t, "deleting the last task while another is being made",
 		func() (func(bool), error) { return g.deleteTask(ctx, id, "a") },
@@ -141,7 +141,7 @@ func TestShimGroupLastTask(t *testing.T) {
 			if _, err := g.makeTask(ctx, id, "c"); !errors.Is(err, errShimEnding) {
 				t.Errorf("making a task in an ending group: %v, want errShimEnding", err)
 			}
-			if got := g.join("h"); got == id {
+			if got := g.join(shimScope{handler: "h"}); got == id {
 				t.Error("a pod joined an ending group")
 			}
 			madeB(makeDone)
@@ -156,9 +156,9 @@ func TestShimGroupLastTask(t *testing.T) {
 // waiting leaves the task counted, and that one that fails does too.
 func TestShimGroupDeleteTaskCancelled(t *testing.T) {
 	g := newShimGroups(func(string) int { return 3 })
-	id := g.join("h")
+	id := g.join(shimScope{handler: "h"})
 	mustMake(t, g, id, "a")(makeDone)
-	g.join("h")
+	g.join(shimScope{handler: "h"})
 	madeB := mustMake(t, g, id, "b")
 	short, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
 	defer cancel()
@@ -184,9 +184,9 @@ func TestShimGroupDeleteTaskCancelled(t *testing.T) {
 func TestShimGroupFirstTask(t *testing.T) {
 	ctx := context.Background()
 	g := newShimGroups(func(string) int { return 3 })
-	id := g.join("h")
+	id := g.join(shimScope{handler: "h"})
 	madeA := mustMake(t, g, id, "a")
-	g.join("h")
+	g.join(shimScope{handler: "h"})
 	b := blocked(t, "making a second task while the group's first is being made",
 		func() (taskMaking, error) { return g.makeTask(ctx, id, "b") },
 		func() { madeA(makeDone) })
@@ -194,7 +194,7 @@ func TestShimGroupFirstTask(t *testing.T) {
 		t.Error("a task made after the group's first does not join its shim")
 	}
 	// With a task made, tasks are made side by side, all joining the shim.
-	g.join("h")
+	g.join(shimScope{handler: "h"})
 	c, err := g.makeTask(ctx, id, "c")
 	if err != nil || !c.shimUp {
 		t.Fatalf("making a task beside another in a group with a task: %+v, %v", c, err)
@@ -204,12 +204,12 @@ func TestShimGroupFirstTask(t *testing.T) {
 
 	// A first making abandoned before the shim was asked lets the next
 	// making be the first, in the same group.
-	abandoned := g.join("h")
+	abandoned := g.join(shimScope{handler: "h"})
 	first, err := g.makeTask(ctx, abandoned, "f")
 	if err != nil || first.shimUp {
 		t.Fatalf("the first making of a group: %+v, %v; want a shim not up", first, err)
 	}
-	g.join("h")
+	g.join(shimScope{handler: "h"})
 	next := blocked(t, "making a task while the group's first is being made",
 		func() (taskMaking, error) { return g.makeTask(ctx, abandoned, "g") },
 		func() { first.end(makeAbandoned) })
@@ -218,13 +218,13 @@ func TestShimGroupFirstTask(t *testing.T) {
 	}
 	first.end(makeDone) // too late: it ended
 	next.end(makeDone)
-	if got := g.join("h"); got != abandoned {
+	if got := g.join(shimScope{handler: "h"}); got != abandoned {
 		t.Errorf("joined %s, want %s, whose first making was abandoned", got, abandoned)
 	}
 
-	other := g.join("h")
+	other := g.join(shimScope{handler: "h"})
 	failed := mustMake(t, g, other, "d")
-	g.join("h")
+	g.join(shimScope{handler: "h"})
 	short, cancel := context.WithTimeout(ctx, 20*time.Millisecond)
 	defer cancel()
 	if _, err := g.makeTask(short, other, "e"); !errors.Is(err, context.DeadlineExceeded) {
@@ -234,7 +234,7 @@ func TestShimGroupFirstTask(t *testing.T) {
 	if _, err := g.makeTask(ctx, other, "e"); !errors.Is(err, errShimEnding) {
 		t.Errorf("making a task in a group whose first failed: %v, want errShimEnding", err)
 	}
-	if got := g.join("h"); got == other {
+	if got := g.join(shimScope{handler: "h"}); got == other {
 		t.Error("a pod joined a group whose first task failed")
 	}
 }
@@ -245,7 +245,7 @@ func TestShimGroupFirstTask(t *testing.T) {
 // counts in its group again.
 func TestShimGroupKeeper(t *testing.T) {
 	g := newShimGroups(func(string) int { return 2 })
-	id := g.join("h")
+	id := g.join(shimScope{handler: "h"})
 	if !g.fresh(id) {
 		t.Fatalf("new group %s is not fresh", id)
 	}
@@ -260,16 +260,16 @@ func TestShimGroupKeeper(t *testing.T) {
 		t.Errorf("group %s with a keeper task is fresh", id)
 	}
 	g.leave(id)
-	if !g.has(id) || !g.isOpen("h", id) {
+	if !g.has(id) || !g.isOpen(shimScope{handler: "h"}, id) {
 		t.Fatalf("group %s with a keeper and no pod is retired", id)
 	}
-	if got := g.join("h"); got != id {
+	if got := g.join(shimScope{handler: "h"}); got != id {
 		t.Fatalf("a pod joined %s, want the keeper's group %s", got, id)
 	}
-	if got := g.join("h"); got != id {
+	if got := g.join(shimScope{handler: "h"}); got != id {
 		t.Fatalf("a second pod joined %s, want the keeper's group %s: a keeper takes no pod's room", got, id)
 	}
-	third := g.join("h")
+	third := g.join(shimScope{handler: "h"})
 	if third == id {
 		t.Fatalf("a third pod joined the full group %s", id)
 	}
@@ -287,19 +287,19 @@ func TestShimGroupKeeper(t *testing.T) {
 		t.Errorf("group %s is in use with no keeper and no pod", id)
 	}
 	// A keeper whose task was never made leaves no group behind.
-	id = g.join("h")
+	id = g.join(shimScope{handler: "h"})
 	if !g.keep(id, "k3") {
 		t.Fatal("keep: refused")
 	}
 	g.leave(id)
 	g.unkeep(id, "k3")
-	if g.has(id) || g.isOpen("h", id) {
+	if g.has(id) || g.isOpen(shimScope{handler: "h"}, id) {
 		t.Errorf("group %s is kept after its unmade keeper went", id)
 	}
 	// Recovered: the keeper rejoins its group, with or before its pods.
-	g.rekeep("r", "berth-r-1", "k4")
-	g.rejoin("r", "berth-r-1", "sb1")
-	if got := g.join("r"); got != "berth-r-1" {
+	g.rekeep(shimScope{handler: "r"}, "berth-r-1", "k4")
+	g.rejoin(shimScope{handler: "r"}, "berth-r-1", "sb1")
+	if got := g.join(shimScope{handler: "r"}); got != "berth-r-1" {
 		t.Errorf("joined %s, want the recovered keeper's group with room", got)
 	}
 	g.leave("berth-r-1")
@@ -313,29 +313,29 @@ func TestKeepersClaim(t *testing.T) {
 	k := newKeepers()
 	open := map[string]bool{"g1": true}
 	isOpen := func(g string) bool { return open[g] }
-	if ok, stale := k.claim("h", isOpen); !ok || stale != nil {
+	if ok, stale := k.claim(shimScope{handler: "h"}, isOpen); !ok || stale != nil {
 		t.Fatalf("claim of a handler without a keeper = %v, %v", ok, stale)
 	}
-	if ok, _ := k.claim("h", isOpen); ok {
+	if ok, _ := k.claim(shimScope{handler: "h"}, isOpen); ok {
 		t.Fatal("claimed a keeper being made")
 	}
-	k.set("h", nil)
-	if ok, _ := k.claim("h", isOpen); !ok {
+	k.set(shimScope{handler: "h"}, nil)
+	if ok, _ := k.claim(shimScope{handler: "h"}, isOpen); !ok {
 		t.Fatal("released claim not claimable")
 	}
-	kp := &keeper{id: "k1", handler: "h", group: "g1"}
-	k.set("h", kp)
-	if ok, _ := k.claim("h", isOpen); ok {
+	kp := &keeper{id: "k1", scope: shimScope{handler: "h"}, group: "g1"}
+	k.set(shimScope{handler: "h"}, kp)
+	if ok, _ := k.claim(shimScope{handler: "h"}, isOpen); ok {
 		t.Fatal("claimed a handler whose keeper's group is open")
 	}
 	open["g1"] = false
-	ok, stale := k.claim("h", isOpen)
+	ok, stale := k.claim(shimScope{handler: "h"}, isOpen)
 	if !ok || stale != kp {
 		t.Fatalf("claim with the keeper's group retired = %v, %v, want the stale keeper", ok, stale)
 	}
 	// A stale keeper dropped after the claim leaves the claim be.
 	k.drop(kp)
-	if ok, _ := k.claim("h", isOpen); ok {
+	if ok, _ := k.claim(shimScope{handler: "h"}, isOpen); ok {
 		t.Error("a dropped stale keeper released another's claim")
 	}
 }
@@ -345,11 +345,11 @@ func TestKeepersClaim(t *testing.T) {
 // that task, and the next pod joins it. Only a refusal retires the group.
 func TestShimGroupTaskFails(t *testing.T) {
 	g := newShimGroups(func(string) int { return 4 })
-	id := g.join("h")
+	id := g.join(shimScope{handler: "h"})
 	mustMake(t, g, id, "a")(makeDone)
-	g.join("h")
+	g.join(shimScope{handler: "h"})
 	mustMake(t, g, id, "failing")(makeFailed)
-	if got := g.join("h"); got != id {
+	if got := g.join(shimScope{handler: "h"}); got != id {
 		t.Fatalf("joined %s after a task failed in group %s, want that group", got, id)
 	}
 	making, err := g.makeTask(context.Background(), id, "b")
@@ -357,7 +357,29 @@ func TestShimGroupTaskFails(t *testing.T) {
 		t.Fatalf("making a task after another failed: %+v, %v; want it to join the shim", making, err)
 	}
 	making.end(makeRefused)
-	if got := g.join("h"); got == id {
+	if got := g.join(shimScope{handler: "h"}); got == id {
 		t.Errorf("joined group %s after its shim refused a task", id)
+	}
+}
+
+// TestShimGroupsByScope checks that pods share a group only within their
+// scope: a handler's pods of one namespace apart from another's, and a
+// scope with no namespace apart from both.
+func TestShimGroupsByScope(t *testing.T) {
+	g := newShimGroups(func(string) int { return 4 })
+	a, b, all := shimScope{"h", "a"}, shimScope{"h", "b"}, shimScope{handler: "h"}
+	ga := g.join(a)
+	if got := g.join(a); got != ga {
+		t.Errorf("a second pod of namespace a joined %s, want %s", got, ga)
+	}
+	gb := g.join(b)
+	if gb == ga {
+		t.Errorf("a pod of namespace b joined namespace a's group %s", gb)
+	}
+	if gall := g.join(all); gall == ga || gall == gb {
+		t.Errorf("a pod of the handler-wide scope joined a namespace's group %s", gall)
+	}
+	if !g.isOpen(a, ga) || g.isOpen(b, ga) {
+		t.Errorf("group %s open to a %v, to b %v; want a's only", ga, g.isOpen(a, ga), g.isOpen(b, ga))
 	}
 }

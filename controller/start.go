@@ -80,12 +80,13 @@ func (c *Controller) start(ctx context.Context, sb *store.Sandbox, undo *rollbac
 	if err := c.createFiles(sb, p, undo); err != nil {
 		return sandbox.ControllerInstance{}, err
 	}
-	p.group = c.reaper.groups.join(c.handler(sb.Metadata))
+	scope := c.podShimScope(sb.Metadata)
+	p.group = c.reaper.groups.join(scope)
 	undo.push("leave shim group", func(context.Context) error {
 		c.reaper.groups.leave(p.group)
 		return nil
 	})
-	c.keepShimWarm(ctx, sb.Runtime, c.handler(sb.Metadata), p.group)
+	c.keepShimWarm(ctx, sb.Runtime, scope, p.group)
 	// The lease spans the container's and the task's making, so that
 	// recovery can tell a Start containerd's death cut short (record.go).
 	ctx, releaseLease, err := c.startLease(ctx, sb.ID)

@@ -33,6 +33,7 @@ var (
 	benchLiveHandlers = flag.String("bench-live-handlers", "runc,runc-grouped,berth,berth-solo", "handlers whose live pods are measured")
 	benchCount        = flag.Int("bench-count", 4, "lifecycles per handler through the counting runc and shim wrappers")
 	benchPodsPerShim  = flag.String("bench-pods-per-shim", "", "comma-separated pods per shim N: adds a handler berth-ppsN, berth with N pods per shim, for -bench-handlers to name")
+	benchNamespaces   = flag.Int("bench-namespaces", 1, "Kubernetes namespaces the bench's pods are spread over, round robin: berth's pods share shims only within one")
 	benchIdlePods     = flag.Int("bench-idle-pods", 0, "pods of each handler that stay running, with no app container, while the lifecycles run: a node that already runs pods")
 )
 

@@ -53,12 +53,17 @@ func BenchmarkRestart(b *testing.B) {
 	}
 }
 
-// benchPodConfig is pod i of a benchmark, named after prefix, with the
-// namespaces kubelet asks for a pod without shareProcessNamespace.
+// benchPodConfig is pod i of a benchmark, named after prefix, in its
+// Kubernetes namespace of -bench-namespaces, with the Linux namespaces
+// kubelet asks for a pod without shareProcessNamespace.
 func benchPodConfig(prefix string, i int) *runtimeapi.PodSandboxConfig {
 	name := "bench-" + prefix + "-" + strconv.Itoa(i)
+	namespace := "berth-bench"
+	if *benchNamespaces > 1 {
+		namespace += "-" + strconv.Itoa(i%*benchNamespaces)
+	}
 	return &runtimeapi.PodSandboxConfig{
-		Metadata: &runtimeapi.PodSandboxMetadata{Name: name, Namespace: "berth-bench", Uid: name + "-" + strconv.FormatInt(time.Now().UnixNano(), 36)},
+		Metadata: &runtimeapi.PodSandboxMetadata{Name: name, Namespace: namespace, Uid: name + "-" + strconv.FormatInt(time.Now().UnixNano(), 36)},
 		Linux: &runtimeapi.LinuxPodSandboxConfig{SecurityContext: &runtimeapi.LinuxSandboxSecurityContext{
 			NamespaceOptions: &runtimeapi.NamespaceOption{Pid: runtimeapi.NamespaceMode_CONTAINER},
 		}},

@@ -115,6 +115,39 @@ func TestSharedShim(t *testing.T) {
 	}
 }
 
+// TestSharedShimTenants runs pods of two Kubernetes namespaces on one
+// handler: each namespace's pods share a shim, and no shim serves both, so
+// that one tenant's shim crash or OOM kill takes none of another's pods.
+// After a containerd restart the recovered pods are in their namespace's
+// groups again: a new pod of each namespace joins its namespace's shim.
+func TestSharedShimTenants(t *testing.T) {
+	inNamespace := func(ns string) podOpt {
+		return func(c *runtimeapi.PodSandboxConfig) { c.Metadata.Namespace = ns }
+	}
+	a := runSharedPods(t, 2, inNamespace("tenant-a"))
+	b := runSharedPods(t, 1, inNamespace("tenant-b"))
+	shimA, shimB := shimOf(t, a[0].id), shimOf(t, b[0].id)
+	if other := shimOf(t, a[1].id); other != shimA {
+		t.Errorf("pods of namespace tenant-a in shims %d and %d, want one", shimA, other)
+	}
+	if shimA == shimB {
+		t.Fatalf("pods of namespaces tenant-a and tenant-b share shim %d", shimA)
+	}
+
+	if err := daemon.kill(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	if err := daemon.start(); err != nil {
+		t.Fatal(err)
+	}
+	for ns, want := range map[string]int{"tenant-a": shimA, "tenant-b": shimB} {
+		next := runPod(t, podConfig(t, withName("next"), inNamespace(ns)), handlerBerth)
+		if got := shimOf(t, next); got != want {
+			t.Errorf("a new pod of namespace %s after the restart is in shim %d, want its namespace's, %d", ns, got, want)
+		}
+	}
+}
+
 // TestSharedShimKilled kills a shim serving several pods: every one of them
 // is NOTREADY within a second and its container exits, and so they stay
 // across a restart; all of them are removed without leaks.
@@ -224,7 +257,7 @@ func restartLosingBundle(t *testing.T, pods []*sharedPod) int {
 	if err := daemon.kill(syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
-	bootstrap := filepath.Join(daemon.dir, "state", "io.containerd.runtime.v2.task", "k8s.io", pods[0].id, "bootstrap.json")
+	bootstrap := filepath.Join(taskBundle(pods[0].id), "bootstrap.json")
 	if err := os.Remove(bootstrap); err != nil {
 		t.Fatalf("make the pause bundle incomplete: %v", err)
 	}

@@ -37,8 +37,9 @@ type Config struct {
 	// built-in pause runs. Default /usr/local/bin/berth-pause.
 	BuiltinPauseBinary string `toml:"builtin_pause_binary"`
 	// PodsPerShim is how many pods of a runc-based handler share one runc
-	// shim (their pause tasks and app containers); 1 gives every pod a shim
-	// of its own. Default 16.
+	// shim (their pause tasks and app containers), pods of one Kubernetes
+	// namespace only unless CrossNamespaceShimHandlers names the handler;
+	// 1 gives every pod a shim of its own. Default 16.
 	PodsPerShim int `toml:"pods_per_shim"`
 	// HandlerPodsPerShim sets PodsPerShim for some runtime handlers.
 	HandlerPodsPerShim map[string]int `toml:"handler_pods_per_shim"`
@@ -46,8 +47,17 @@ type Config struct {
 	// shim berth keeps running while none of their pods runs: a shim
 	// keeper, BuiltinPauseBinary alone in its own namespaces, is the first
 	// task of a group, so that every pod joins a running shim. It costs a
-	// shim (about 4 MB) and a pause process per handler. Default none.
+	// shim (about 4 MB) and a pause process per handler and Kubernetes
+	// namespace its pods run in (per handler, with
+	// CrossNamespaceShimHandlers). Default none.
 	WarmShimHandlers []string `toml:"warm_shim_handlers"`
+	// CrossNamespaceShimHandlers are the runc-based handlers whose pods
+	// share shims with pods of other Kubernetes namespaces. A shim's crash,
+	// or its OOM kill, takes every pod it serves, so by default a pod shares
+	// one only with pods of its own namespace, the usual tenant boundary;
+	// across namespaces, fewer shims serve a node of many small namespaces.
+	// Default none.
+	CrossNamespaceShimHandlers []string `toml:"cross_namespace_shim_handlers"`
 }
 
 // Recovery configures the reload of sandboxes after a containerd restart.
@@ -89,6 +99,8 @@ func DefaultConfig() *Config {
 		PodsPerShim:          defaultPodsPerShim,
 		HandlerPodsPerShim:   map[string]int{},
 		WarmShimHandlers:     []string{},
+		// Empty, not nil, so that `containerd config dump` shows the key.
+		CrossNamespaceShimHandlers: []string{},
 	}
 }
 
@@ -146,9 +158,11 @@ func (c *Config) Validate() error {
 			errs = append(errs, fmt.Errorf("%s must be within 1..%d, got %d", key, maxPodsPerShim, n))
 		}
 	}
-	for _, h := range c.WarmShimHandlers {
-		if n, ok := c.HandlerPodsPerShim[h]; (ok && n == 1) || (!ok && c.PodsPerShim == 1) {
-			errs = append(errs, fmt.Errorf("warm_shim_handlers names %q, whose pods have a shim each (pods per shim 1)", h))
+	for key, handlers := range map[string][]string{"warm_shim_handlers": c.WarmShimHandlers, "cross_namespace_shim_handlers": c.CrossNamespaceShimHandlers} {
+		for _, h := range handlers {
+			if n, ok := c.HandlerPodsPerShim[h]; (ok && n == 1) || (!ok && c.PodsPerShim == 1) {
+				errs = append(errs, fmt.Errorf("%s names %q, whose pods have a shim each (pods per shim 1)", key, h))
+			}
 		}
 	}
 	if c.Recovery.Parallelism < 1 {

@@ -33,6 +33,8 @@ func TestDefaultConfig(t *testing.T) {
 		PodsPerShim:          16,
 		HandlerPodsPerShim:   map[string]int{},
 		WarmShimHandlers:     []string{},
+
+		CrossNamespaceShimHandlers: []string{},
 	}
 	if !reflect.DeepEqual(*c, want) {
 		t.Errorf("DefaultConfig() = %+v, want %+v", *c, want)
@@ -126,6 +128,18 @@ func TestConfigValidate(t *testing.T) {
 				c.HandlerPodsPerShim = map[string]int{"berth-grouped": 8}
 			},
 			wantErr: `warm_shim_handlers names "berth"`,
+		},
+		{
+			name:   "shims across namespaces of a sharing handler",
+			modify: func(c *Config) { c.CrossNamespaceShimHandlers = []string{"berth"} },
+		},
+		{
+			name: "shims across namespaces of a handler with a shim per pod",
+			modify: func(c *Config) {
+				c.CrossNamespaceShimHandlers = []string{"berth-solo"}
+				c.HandlerPodsPerShim = map[string]int{"berth-solo": 1}
+			},
+			wantErr: `cross_namespace_shim_handlers names "berth-solo"`,
 		},
 		{
 			name:    "zero recovery parallelism",
@@ -369,6 +383,8 @@ func TestConfigEncodeRoundTrip(t *testing.T) {
 			PodsPerShim:          16,
 			HandlerPodsPerShim:   map[string]int{"berth-solo": 1},
 			WarmShimHandlers:     []string{"berth"},
+
+			CrossNamespaceShimHandlers: []string{"berth-dense"},
 		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -106,10 +106,11 @@ func initController(ic *plugin.InitContext) (*controller.Controller, error) {
 			// Beside berth's state, as the shim manager lays bundles out.
 			Bundles: filepath.Join(filepath.Dir(ic.Properties[plugins.PropertyStateDir]), plugins.RuntimePluginV2.String()+".task"),
 		},
-		PodsPerShim:        cfg.PodsPerShim,
-		HandlerPodsPerShim: cfg.HandlerPodsPerShim,
-		WarmShims:          cfg.WarmShimHandlers,
-		ConfigErr:          configErr,
+		PodsPerShim:         cfg.PodsPerShim,
+		HandlerPodsPerShim:  cfg.HandlerPodsPerShim,
+		WarmShims:           cfg.WarmShimHandlers,
+		CrossNamespaceShims: cfg.CrossNamespaceShimHandlers,
+		ConfigErr:           configErr,
 	}, client, retry.New(cfg.ExitRetry.retryConfig()))
 	// On containerd's Prometheus endpoint ([metrics] address).
 	metrics.Register(c.MetricsNamespace())
