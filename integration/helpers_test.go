@@ -302,6 +302,12 @@ func assertNoLeaks(t *testing.T, id string) {
 // namespace, at the root the handlers' runc has: the runc shim's default.
 var runcNamespaceDir = filepath.Join(process.RuncRoot, "k8s.io")
 
+// taskBundle is the bundle directory of task id in the tests' containerd,
+// as its task service (and berth's stand-in for a lost task's) makes it.
+func taskBundle(id string) string {
+	return filepath.Join(daemon.dir, "state", "io.containerd.runtime.v2.task", "k8s.io", id)
+}
+
 // isNotExist reports whether nothing is at path p, not even a dangling
 // link.
 func isNotExist(p string) bool {

@@ -253,7 +253,7 @@ func TestRestartLostShim(t *testing.T) {
 	if err := daemon.kill(syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
-	bootstrap := filepath.Join(daemon.dir, "state", "io.containerd.runtime.v2.task", "k8s.io", id, "bootstrap.json")
+	bootstrap := filepath.Join(taskBundle(id), "bootstrap.json")
 	if err := os.Remove(bootstrap); err != nil {
 		t.Fatalf("make the shim's bundle incomplete: %v", err)
 	}

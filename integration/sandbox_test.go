@@ -377,6 +377,11 @@ func assertNothingLeft(t *testing.T) {
 	for _, e := range runcDirs {
 		t.Errorf("leak: runc container %s", e.Name())
 	}
+	// Task bundles, and the stand-ins berth makes for lost tasks' bundles.
+	bundles, _ := os.ReadDir(taskBundle(""))
+	for _, e := range bundles {
+		t.Errorf("leak: task bundle %s", e.Name())
+	}
 	for _, dir := range []string{daemon.criRoot(), daemon.criState(), daemon.berthRoot(), daemon.berthState()} {
 		entries, _ := os.ReadDir(filepath.Join(dir, "sandboxes"))
 		for _, e := range entries {
