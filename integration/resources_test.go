@@ -16,6 +16,8 @@ import (
 
 	"github.com/containerd/cgroups/v3"
 	v1 "github.com/containerd/cgroups/v3/cgroup1/stats"
+	"github.com/containerd/cgroups/v3/cgroup2"
+	v2 "github.com/containerd/cgroups/v3/cgroup2/stats"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/typeurl/v2"
 	"google.golang.org/grpc/codes"
@@ -27,9 +29,9 @@ import (
 // does: berth writes the pod cgroup's CPU quota and shares and memory
 // limit, with the RuntimeClass overhead added back as kubelet sets it,
 // keeps them across a containerd restart, and refuses what it cannot
-// apply with the cgroup unchanged.
+// apply with the cgroup unchanged. It reads the cgroup v1 or v2 files,
+// whichever the host has (checkPodCgroup).
 func TestUpdatePodResources(t *testing.T) {
-	skipUnlessCgroupV1(t)
 	parent := "/berth-it-" + strconv.FormatInt(time.Now().UnixNano(), 36)
 	t.Cleanup(func() { removeCgroup(t, parent) })
 	cfg := podConfig(t, withCgroupParent(parent))
@@ -44,13 +46,7 @@ func TestUpdatePodResources(t *testing.T) {
 	if err := update(&runtimeapi.LinuxContainerResources{CpuPeriod: 100000, CpuQuota: 50000, CpuShares: 512, MemoryLimitInBytes: 256 << 20}, nil); err != nil {
 		t.Fatalf("UpdatePodSandboxResources: %v", err)
 	}
-	want := map[string]string{
-		"cpu/cpu.cfs_quota_us":         "50000",
-		"cpu/cpu.cfs_period_us":        "100000",
-		"cpu/cpu.shares":               "512",
-		"memory/memory.limit_in_bytes": strconv.Itoa(256 << 20),
-	}
-	checkCgroup(t, parent, want)
+	checkPodCgroup(t, parent, podLimits{quota: 50000, period: 100000, shares: 512, memory: 256 << 20})
 
 	// A pod with a RuntimeClass overhead of 100m and 32Mi resized to
 	// 300m/96Mi: kubelet passes the resources without the overhead and
@@ -61,21 +57,32 @@ func TestUpdatePodResources(t *testing.T) {
 	); err != nil {
 		t.Fatalf("UpdatePodSandboxResources with overhead: %v", err)
 	}
-	want = map[string]string{
-		"cpu/cpu.cfs_quota_us":         "40000",
-		"cpu/cpu.cfs_period_us":        "100000",
-		"cpu/cpu.shares":               "409",
-		"memory/memory.limit_in_bytes": strconv.Itoa(128 << 20),
-	}
-	checkCgroup(t, parent, want)
+	want := podLimits{quota: 40000, period: 100000, shares: 409, memory: 128 << 20}
+	checkPodCgroup(t, parent, want)
 
 	// 32 MiB in the pod's /dev/shm is charged to the pod's cgroup.
 	startContainer(t, id, cfg, "sh", "-c", "head -c 33554432 /dev/zero > /dev/shm/fill; sleep 3600")
 	eventually(t, 10*time.Second, "the pod uses 32 MiB", func() bool {
-		b, _ := os.ReadFile(filepath.Join("/sys/fs/cgroup/memory", parent, "memory.usage_in_bytes"))
-		n, _ := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
-		return n >= 32<<20
+		return podMemoryUsage(parent) >= 32<<20
 	})
+	// Unified keys: cgroup v1 has none, and refuses them rather than drop
+	// them; cgroup v2 writes a controller's interface file and refuses any
+	// other key.
+	badUnified := map[string]string{"memory.high": "max"}
+	if cgroups.Mode() == cgroups.Unified {
+		badUnified = map[string]string{"cgroup.freeze": "1"}
+		high := strconv.Itoa(192 << 20)
+		if err := update(
+			&runtimeapi.LinuxContainerResources{CpuPeriod: 100000, CpuQuota: 30000, CpuShares: 307, MemoryLimitInBytes: 96 << 20, Unified: map[string]string{"memory.high": high}},
+			&runtimeapi.LinuxContainerResources{CpuPeriod: 100000, CpuQuota: 10000, CpuShares: 102, MemoryLimitInBytes: 32 << 20},
+		); err != nil {
+			t.Fatalf("UpdatePodSandboxResources with memory.high: %v", err)
+		}
+		file := filepath.Join("/sys/fs/cgroup", parent, "memory.high")
+		if b, err := os.ReadFile(file); err != nil || strings.TrimSpace(string(b)) != high {
+			t.Errorf("%s = %q (%v), want %s", file, b, err, high)
+		}
+	}
 	for _, bad := range []struct {
 		res  *runtimeapi.LinuxContainerResources
 		code codes.Code
@@ -83,8 +90,7 @@ func TestUpdatePodResources(t *testing.T) {
 		{&runtimeapi.LinuxContainerResources{CpuQuota: 5}, codes.InvalidArgument},
 		{&runtimeapi.LinuxContainerResources{MemoryLimitInBytes: -1}, codes.InvalidArgument},
 		{&runtimeapi.LinuxContainerResources{CpuShares: 1}, codes.InvalidArgument},
-		// cgroup v1 has no unified keys: refused, not dropped.
-		{&runtimeapi.LinuxContainerResources{CpuQuota: 20000, CpuPeriod: 100000, Unified: map[string]string{"memory.high": "max"}}, codes.InvalidArgument},
+		{&runtimeapi.LinuxContainerResources{CpuQuota: 20000, CpuPeriod: 100000, Unified: badUnified}, codes.InvalidArgument},
 		// Below what the pod uses: refused before anything is written.
 		{&runtimeapi.LinuxContainerResources{CpuQuota: 20000, CpuPeriod: 100000, MemoryLimitInBytes: 16 << 20}, codes.FailedPrecondition},
 	} {
@@ -92,7 +98,7 @@ func TestUpdatePodResources(t *testing.T) {
 			t.Errorf("UpdatePodSandboxResources(%v) = %v, want %s", bad.res, s.Err(), bad.code)
 		}
 	}
-	checkCgroup(t, parent, want)
+	checkPodCgroup(t, parent, want)
 
 	if err := daemon.kill(syscall.SIGKILL); err != nil {
 		t.Fatal(err)
@@ -100,7 +106,7 @@ func TestUpdatePodResources(t *testing.T) {
 	if err := daemon.start(); err != nil {
 		t.Fatal(err)
 	}
-	checkCgroup(t, parent, want)
+	checkPodCgroup(t, parent, want)
 	st, err := daemon.client.SandboxController(sandboxerBerth).Status(ctxT(t), id, true)
 	if err != nil {
 		t.Fatal(err)
@@ -125,41 +131,99 @@ func TestUpdatePodResources(t *testing.T) {
 	); err != nil {
 		t.Fatalf("UpdatePodSandboxResources after the restart: %v", err)
 	}
-	checkCgroup(t, parent, map[string]string{
-		"cpu/cpu.cfs_quota_us":         "50000",
-		"memory/memory.limit_in_bytes": strconv.Itoa(160 << 20),
-	})
+	// 400m + 100m is 512 shares, as kubelet converts them.
+	checkPodCgroup(t, parent, podLimits{quota: 50000, period: 100000, shares: 512, memory: 160 << 20})
+
+	// The CPU limit lifted (kubelet's quota -1, less the overhead's).
+	if err := update(
+		&runtimeapi.LinuxContainerResources{CpuPeriod: 100000, CpuQuota: -1 - 10000, CpuShares: 409, MemoryLimitInBytes: 128 << 20},
+		&runtimeapi.LinuxContainerResources{CpuPeriod: 100000, CpuQuota: 10000, CpuShares: 102, MemoryLimitInBytes: 32 << 20},
+	); err != nil {
+		t.Fatalf("UpdatePodSandboxResources without a CPU limit: %v", err)
+	}
+	checkPodCgroup(t, parent, podLimits{quota: -1, period: 100000, shares: 512, memory: 160 << 20})
 }
 
-// skipUnlessCgroupV1 skips tests that read cgroup v1 files and stats.
-// berth handles v2 too; these tests only check v1, the hierarchy of the
-// machines this project runs on.
-func skipUnlessCgroupV1(t *testing.T) {
-	if cgroups.Mode() == cgroups.Unified {
-		t.Skip("asserts cgroup v1 files; this host has cgroup v2 only")
+// podLimits are a pod cgroup's CPU and memory limits in CRI's terms, which
+// are cgroup v1's: CPU quota and period in µs (a quota of -1 is none), CPU
+// shares, and the memory limit in bytes.
+type podLimits struct {
+	quota  int64
+	period uint64
+	shares uint64
+	memory int64
+}
+
+// podCgroupFiles are the files of the pod cgroup parent that hold l, each
+// with what it holds for l, in the host's cgroup version: the version
+// berth writes a pod's limits in (v1 on a hybrid host).
+//   - v1: cpu.cfs_quota_us, cpu.cfs_period_us and cpu.shares in the cpu
+//     hierarchy, memory.limit_in_bytes in the memory one.
+//   - v2: cpu.max ("$MAX $PERIOD", $MAX "max" for no quota), cpu.weight
+//     (the shares converted as containerd's cgroups library and runc
+//     convert them: 1024 shares are 100) and memory.max.
+func podCgroupFiles(parent string, l podLimits) map[string]string {
+	if cgroups.Mode() != cgroups.Unified {
+		cpu, memory := filepath.Join("/sys/fs/cgroup/cpu", parent), filepath.Join("/sys/fs/cgroup/memory", parent)
+		return map[string]string{
+			filepath.Join(cpu, "cpu.cfs_quota_us"):         strconv.FormatInt(l.quota, 10),
+			filepath.Join(cpu, "cpu.cfs_period_us"):        strconv.FormatUint(l.period, 10),
+			filepath.Join(cpu, "cpu.shares"):               strconv.FormatUint(l.shares, 10),
+			filepath.Join(memory, "memory.limit_in_bytes"): strconv.FormatInt(l.memory, 10),
+		}
+	}
+	quota := "max"
+	if l.quota >= 0 {
+		quota = strconv.FormatInt(l.quota, 10)
+	}
+	dir := filepath.Join("/sys/fs/cgroup", parent)
+	return map[string]string{
+		filepath.Join(dir, "cpu.max"):    quota + " " + strconv.FormatUint(l.period, 10),
+		filepath.Join(dir, "cpu.weight"): strconv.FormatUint(cgroup2.ConvertCPUSharesToCgroupV2Value(l.shares), 10),
+		filepath.Join(dir, "memory.max"): strconv.FormatInt(l.memory, 10),
 	}
 }
 
-// checkCgroup compares cgroup v1 files of the pod cgroup parent.
-func checkCgroup(t *testing.T, parent string, want map[string]string) {
+// checkPodCgroup compares the limits of the pod cgroup parent with want,
+// in the files of the host's cgroup version (podCgroupFiles).
+func checkPodCgroup(t *testing.T, parent string, want podLimits) {
 	t.Helper()
-	for file, v := range want {
-		ctrl, name, _ := strings.Cut(file, "/")
-		b, err := os.ReadFile(filepath.Join("/sys/fs/cgroup", ctrl, parent, name))
+	for file, v := range podCgroupFiles(parent, want) {
+		b, err := os.ReadFile(file)
 		if err != nil {
 			t.Errorf("read %s: %v", file, err)
 			continue
 		}
 		if got := strings.TrimSpace(string(b)); got != v {
-			t.Errorf("%s of %s = %s, want %s", file, parent, got, v)
+			t.Errorf("%s = %s, want %s", file, got, v)
 		}
 	}
 }
 
+// podMemoryUsage is the memory charged to the pod cgroup parent: v1's
+// memory.usage_in_bytes, v2's memory.current; 0 if it cannot be read.
+func podMemoryUsage(parent string) int64 {
+	file := filepath.Join("/sys/fs/cgroup/memory", parent, "memory.usage_in_bytes")
+	if cgroups.Mode() == cgroups.Unified {
+		file = filepath.Join("/sys/fs/cgroup", parent, "memory.current")
+	}
+	b, _ := os.ReadFile(file)
+	n, _ := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
+	return n
+}
+
+// podMetrics are the figures of a pod's metrics TestPodMetrics checks, as
+// cgroup v1 and v2 metrics both have them.
+type podMetrics struct {
+	cpu    time.Duration // CPU time used
+	memory uint64        // bytes charged (v1 memory.usage_in_bytes, v2 memory.current)
+	pids   uint64
+}
+
 // TestPodMetrics reads a pod's metrics through containerd's sandbox
-// controller API while a container in the pod burns CPU and fills memory.
+// controller API while a container in the pod burns CPU and fills memory:
+// cgroup v2 metrics on a cgroup v2 host, v1 metrics on any other.
 func TestPodMetrics(t *testing.T) {
-	skipUnlessCgroupV1(t)
 	parent := "/berth-it-" + strconv.FormatInt(time.Now().UnixNano(), 36)
 	t.Cleanup(func() { removeCgroup(t, parent) })
 	cfg := podConfig(t, withCgroupParent(parent))
@@ -168,7 +232,8 @@ func TestPodMetrics(t *testing.T) {
 	startContainer(t, id, cfg, "sh", "-c", "head -c 33554432 /dev/zero > /dev/shm/fill; while :; do :; done")
 
 	ctrl := daemon.client.SandboxController(sandboxerBerth)
-	read := func() *v1.Metrics {
+	unified := cgroups.Mode() == cgroups.Unified
+	read := func() podMetrics {
 		t.Helper()
 		m, err := ctrl.Metrics(ctxT(t), id)
 		if err != nil {
@@ -178,20 +243,29 @@ func TestPodMetrics(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		stats, ok := v.(*v1.Metrics)
-		if !ok {
-			t.Fatalf("metrics data is %T, want cgroup v1 metrics", v)
+		switch s := v.(type) {
+		case *v1.Metrics:
+			if !unified {
+				return podMetrics{time.Duration(s.GetCPU().GetUsage().GetTotal()), s.GetMemory().GetUsage().GetUsage(), s.GetPids().GetCurrent()}
+			}
+		case *v2.Metrics:
+			if unified {
+				return podMetrics{time.Duration(s.GetCPU().GetUsageUsec()) * time.Microsecond, s.GetMemory().GetUsage(), s.GetPids().GetCurrent()}
+			}
 		}
-		return stats
+		t.Fatalf("metrics data is %T on a host with cgroups mode %d (cgroup v2 only: %v)", v, cgroups.Mode(), unified)
+		return podMetrics{}
 	}
 	first := read()
 	eventually(t, 10*time.Second, "pod CPU usage grows and memory holds the 32 MiB", func() bool {
 		m := read()
-		return m.GetCPU().GetUsage().GetTotal() > first.GetCPU().GetUsage().GetTotal()+uint64(100*time.Millisecond) &&
-			m.GetMemory().GetUsage().GetUsage() >= 32<<20
+		return m.cpu > first.cpu+100*time.Millisecond && m.memory >= 32<<20
 	})
 	m := read()
-	t.Logf("pod cpu %s, memory %d MiB, pids %d", time.Duration(m.GetCPU().GetUsage().GetTotal()), m.GetMemory().GetUsage().GetUsage()>>20, m.GetPids().GetCurrent())
+	if m.pids == 0 {
+		t.Errorf("pod metrics count no pids, with a pause and a container running")
+	}
+	t.Logf("pod cpu %s, memory %d MiB, pids %d", m.cpu, m.memory>>20, m.pids)
 
 	if _, err := daemon.runtime.StopPodSandbox(context.Background(), &runtimeapi.StopPodSandboxRequest{PodSandboxId: id}); err != nil {
 		t.Fatal(err)

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"syscall"
 
@@ -19,8 +20,37 @@ import (
 	runtimespec "github.com/opencontainers/runtime-spec/specs-go"
 )
 
-// unifiedRoot is where cgroup v2 is mounted.
-const unifiedRoot = "/sys/fs/cgroup"
+const (
+	// unifiedRoot is where a cgroup v2 host mounts its one hierarchy.
+	unifiedRoot = "/sys/fs/cgroup"
+	// hybridRoot is where a hybrid host mounts cgroup v2, beside v1's
+	// controllers; runc makes a container's cgroup there too.
+	hybridRoot = "/sys/fs/cgroup/unified"
+)
+
+// hierarchy is how a node lays out its cgroups: which version holds a
+// pod's limits (mode) and where cgroup v2 is mounted. The package's
+// functions use the host's; a test builds one over a fake cgroup2 tree, so
+// that the v2 code is checked on a host of either version. v1's
+// controllers are always found from /proc/self/mountinfo, as cgroup1 does.
+type hierarchy struct {
+	// mode is the host's cgroups.Mode(): v2 alone (Unified) holds pod
+	// limits in v2; Legacy and Hybrid hold them in v1.
+	mode cgroups.CGMode
+	// unified is the cgroup v2 mountpoint: the whole tree on a Unified
+	// host, the controller-less tree beside v1 on a Hybrid one, unused on
+	// a Legacy one.
+	unified string
+}
+
+// host is this node's hierarchy; cgroups.Mode is read once per process.
+func host() hierarchy {
+	h := hierarchy{mode: cgroups.Mode(), unified: unifiedRoot}
+	if h.mode == cgroups.Hybrid {
+		h.unified = hybridRoot
+	}
+	return h
+}
 
 // Path is a pod's cgroup path under the hierarchy root. A systemd slice
 // name ("kubepods-burstable-pod1.slice") is expanded to its place in the
@@ -40,17 +70,22 @@ func Path(parent string) string {
 }
 
 // unifiedKey is a cgroup v2 interface file a pod's resources may set:
-// "<controller>.<knob>", and not one of the cgroup.* core files.
-var unifiedKey = regexp.MustCompile(`^[a-z0-9_]+\.[a-z0-9_.]+$`)
+// "<controller>.<knob>", and not one of the cgroup.* core files. A knob
+// may hold a page size ("hugetlb.2MB.max", "hugetlb.1GB.rsvd.max").
+var unifiedKey = regexp.MustCompile(`^[a-z0-9_]+\.[A-Za-z0-9_.]+$`)
 
 // ValidateUnified refuses cgroup v2 keys this node cannot apply: any on a
 // node without cgroup v2 (the keys would be dropped), and names that are
 // not a controller's interface file. Errors are errdefs.ErrInvalidArgument.
 func ValidateUnified(unified map[string]string) error {
+	return host().validateUnified(unified)
+}
+
+func (h hierarchy) validateUnified(unified map[string]string) error {
 	if len(unified) == 0 {
 		return nil
 	}
-	if cgroups.Mode() != cgroups.Unified {
+	if h.mode != cgroups.Unified {
 		return fmt.Errorf("pod resources: unified keys need cgroup v2, and this node's pod cgroups are v1: %w", errdefs.ErrInvalidArgument)
 	}
 	for k := range unified {
@@ -65,32 +100,22 @@ func ValidateUnified(unified map[string]string) error {
 // (cgroup v2; see ValidateUnified). A memory limit below what the cgroup
 // uses is refused with errdefs.ErrFailedPrecondition before anything is
 // written: the kernel would fail it (v1) or OOM-kill the pod to meet it
-// (v2).
+// (v2). A cgroup that does not exist is errdefs.ErrNotFound.
+//
+// CPU on cgroup v2 is written as runc writes a container's: shares as
+// cpu.weight through the conversion of containerd's cgroups library (and
+// runc ≥ 1.3.2, crun ≥ 1.23: 1024 shares are weight 100), quota and period
+// as cpu.max, a quota of -1 as "max" (see cpuMax). kubelet's cgroup v2
+// manager has converted shares linearly (1024 shares are 39) when it writes
+// the pod cgroup after this call; where it still does, cpu.weight differs
+// from berth's until it has.
 func Update(path string, resources *runtimespec.LinuxResources) error {
-	if cgroups.Mode() == cgroups.Unified {
-		m, err := cgroup2.Load(path)
-		if err != nil {
-			return fmt.Errorf("load cgroup %s: %w", path, err)
-		}
-		if resources.Memory != nil && resources.Memory.Limit != nil {
-			st, err := m.Stat()
-			if err != nil {
-				return fmt.Errorf("read cgroup %s: %w", path, err)
-			}
-			if err := checkMemory(*resources.Memory.Limit, st.GetMemory().GetUsage()); err != nil {
-				return err
-			}
-		}
-		if err := m.Update(cgroup2.ToResources(resources)); err != nil {
-			return fmt.Errorf("update cgroup %s: %w", path, classify(err))
-		}
-		// cgroup2's resources have no unified keys: write them as runc does.
-		for k, v := range resources.Unified {
-			if err := os.WriteFile(filepath.Join(unifiedRoot, path, k), []byte(v), 0); err != nil {
-				return fmt.Errorf("update cgroup %s: %s: %w", path, k, classify(err))
-			}
-		}
-		return nil
+	return host().update(path, resources)
+}
+
+func (h hierarchy) update(path string, resources *runtimespec.LinuxResources) error {
+	if h.mode == cgroups.Unified {
+		return h.updateUnified(path, resources)
 	}
 	cg, err := cgroup1.Load(cgroup1.StaticPath(path))
 	if err != nil {
@@ -111,6 +136,110 @@ func Update(path string, resources *runtimespec.LinuxResources) error {
 	return nil
 }
 
+func (h hierarchy) updateUnified(path string, resources *runtimespec.LinuxResources) error {
+	m, dir, err := h.loadUnified(path)
+	if err != nil {
+		return err
+	}
+	if resources.Memory != nil && resources.Memory.Limit != nil {
+		st, err := m.StatFiltered(cgroup2.StatMemory)
+		if err != nil {
+			return fmt.Errorf("read cgroup %s: %w", path, err)
+		}
+		if err := checkMemory(*resources.Memory.Limit, st.GetMemory().GetUsage()); err != nil {
+			return err
+		}
+	}
+	res := cgroup2.ToResources(resources)
+	if res.CPU != nil {
+		if res.CPU.Max, err = cpuMax(dir, resources.CPU); err != nil {
+			return fmt.Errorf("read cgroup %s: %w", path, classify(err))
+		}
+	}
+	if err := m.Update(res); err != nil {
+		return fmt.Errorf("update cgroup %s: %w", path, classify(err))
+	}
+	// cgroup2's resources have no unified keys: write them as runc does,
+	// after the rest, so that they override it.
+	for k, v := range resources.Unified {
+		if err := writeUnified(dir, k, v); err != nil {
+			return fmt.Errorf("update cgroup %s: %s: %w", path, k, err)
+		}
+	}
+	return nil
+}
+
+// loadUnified loads the cgroup v2 group at path, and its directory.
+// cgroup2.Load does not look for it: a group that is not there is
+// errdefs.ErrNotFound here, as cgroup1.Load's is.
+func (h hierarchy) loadUnified(path string) (*cgroup2.Manager, string, error) {
+	m, err := cgroup2.Load(path, cgroup2.WithMountpoint(h.unified))
+	if err != nil {
+		return nil, "", fmt.Errorf("load cgroup %s: %w", path, err)
+	}
+	dir := filepath.Join(h.unified, path)
+	if _, err := os.Stat(dir); err != nil {
+		return nil, "", fmt.Errorf("load cgroup %s: %w", path, classify(err))
+	}
+	return m, dir, nil
+}
+
+// cpuMax is what to write to cpu.max ("$MAX $PERIOD") of the cgroup v2
+// group in dir for cpu's quota and period, "" for nothing. A quota of -1
+// (none) is "max", as runc and kubelet write it. A quota or period left
+// zero or nil keeps the group's, as on cgroup v1 (runc would write "max"
+// and 100000 for them): a quota alone is written alone (the kernel keeps
+// the period), a period after the group's quota. cgroup2.ToResources does
+// neither: it writes "-1 $PERIOD", which the kernel refuses (EINVAL), drops
+// a quota without a period, and writes "max $PERIOD" for a period without
+// a quota, lifting the limit.
+func cpuMax(dir string, cpu *runtimespec.LinuxCPU) (cgroup2.CPUMax, error) {
+	var quota, period string
+	if cpu.Quota != nil && *cpu.Quota != 0 {
+		quota = "max"
+		if *cpu.Quota > 0 {
+			quota = strconv.FormatInt(*cpu.Quota, 10)
+		}
+	}
+	if cpu.Period != nil && *cpu.Period != 0 {
+		period = strconv.FormatUint(*cpu.Period, 10)
+	}
+	switch {
+	case period == "":
+		return cgroup2.CPUMax(quota), nil
+	case quota == "":
+		b, err := os.ReadFile(filepath.Join(dir, "cpu.max"))
+		if err != nil {
+			return "", err
+		}
+		f := strings.Fields(string(b))
+		if len(f) != 2 {
+			return "", fmt.Errorf("cpu.max is %q, not \"$MAX $PERIOD\"", b)
+		}
+		quota = f[0]
+	}
+	return cgroup2.CPUMax(quota + " " + period), nil
+}
+
+// writeUnified writes a unified key's value to the interface file it names
+// in the group's directory dir. It does not create the file, as cgroupfs
+// would not (EACCES): a key the group has no file for (its controller is not
+// enabled for the group) is errdefs.ErrInvalidArgument.
+func writeUnified(dir, key, value string) error {
+	f, err := os.OpenFile(filepath.Join(dir, key), os.O_WRONLY|os.O_TRUNC, 0)
+	if errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("the cgroup has no such file (is the controller enabled for it?): %w", errdefs.ErrInvalidArgument)
+	}
+	if err != nil {
+		return classify(err)
+	}
+	_, err = f.WriteString(value)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	return classify(err)
+}
+
 func memoryUsage(st *cgroup1stats.Metrics) uint64 {
 	return st.GetMemory().GetUsage().GetUsage()
 }
@@ -122,18 +251,19 @@ func checkMemory(limit int64, usage uint64) error {
 	return nil
 }
 
-// hybridRoot is where a hybrid host mounts cgroup v2, beside v1's
-// controllers; runc makes a container's cgroup there too.
-const hybridRoot = "/sys/fs/cgroup/unified"
-
 // Remove deletes the cgroup at path, in every hierarchy, if it exists. It
-// fails while processes are in it.
+// fails while processes are in it. On cgroup v2 the cgroups nested in it go
+// with it.
 func Remove(path string) error {
-	switch cgroups.Mode() {
+	return host().remove(path)
+}
+
+func (h hierarchy) remove(path string) error {
+	switch h.mode {
 	case cgroups.Unified:
-		return removeUnified(path, unifiedRoot)
+		return removeUnified(path, h.unified)
 	case cgroups.Hybrid:
-		if err := removeUnified(path, hybridRoot); err != nil {
+		if err := removeUnified(path, h.unified); err != nil {
 			return err
 		}
 	}
@@ -165,14 +295,23 @@ func removeUnified(path, root string) error {
 }
 
 // Stats returns the stats of the cgroup at path: a cgroup1 *v1.Metrics or
-// a cgroup2 *v2.Metrics, the types containerd's task metrics carry.
+// a cgroup2 *v2.Metrics, the types containerd's task metrics carry. A
+// cgroup that does not exist is errdefs.ErrNotFound.
 func Stats(path string) (any, error) {
-	if cgroups.Mode() == cgroups.Unified {
-		m, err := cgroup2.Load(path)
+	return host().stats(path)
+}
+
+func (h hierarchy) stats(path string) (any, error) {
+	if h.mode == cgroups.Unified {
+		m, _, err := h.loadUnified(path)
 		if err != nil {
-			return nil, fmt.Errorf("load cgroup %s: %w", path, err)
+			return nil, err
 		}
-		return m.Stat()
+		st, err := m.Stat()
+		if err != nil {
+			return nil, fmt.Errorf("read cgroup %s: %w", path, err)
+		}
+		return st, nil
 	}
 	cg, err := cgroup1.Load(cgroup1.StaticPath(path))
 	if err != nil {
@@ -187,6 +326,8 @@ func Stats(path string) (any, error) {
 // FailedPrecondition or InvalidArgument.
 func classify(err error) error {
 	switch {
+	case err == nil:
+		return nil
 	case errors.Is(err, cgroup1.ErrCgroupDeleted), errors.Is(err, os.ErrNotExist):
 		return fmt.Errorf("%w: %w", errdefs.ErrNotFound, err)
 	case errors.Is(err, syscall.EBUSY):
