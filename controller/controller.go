@@ -155,7 +155,7 @@ func New(cfg Config, client containerdClient, retries *retry.Queue) *Controller 
 		abandoned: newTimers(),
 		recovered: make(chan struct{}),
 	}
-	c.reaper = newReaper(client, retries, t, cfg, newShimGroups(c.podsPerShim))
+	c.reaper = newReaper(client, retries, t, cfg, newShimGroups(c.podsPerShim), c.shimDied)
 	return c
 }
 

@@ -215,6 +215,7 @@ func (c *Controller) startKeeper(ctx context.Context, runtime sandbox.RuntimeOpt
 		return nil, fmt.Errorf("create keeper task: %w", err)
 	}
 	making.end(makeDone)
+	c.reaper.watchShim(ctx, group, id)
 	undo.push("delete keeper task", func(ctx context.Context) error {
 		return c.reaper.deleteGroupTask(ctx, group, id, task)
 	})
@@ -345,6 +346,7 @@ func (c *Controller) loadKeeper(ctx context.Context, container containerd.Contai
 		return kp, err
 	}
 	c.reaper.groups.rekeep(scope, rec.ShimGroup, kp.id)
+	c.reaper.watchShim(ctx, rec.ShimGroup, kp.id)
 	c.keepers.set(scope, kp)
 	c.watchKeeper(kp, w)
 	return kp, nil

@@ -35,14 +35,18 @@ type reaper struct {
 	// task exits.
 	groups    *shimGroups
 	telemetry *telemetry
+	// shimDied records the exits of the tasks a dead shared shim served
+	// (watchShim).
+	shimDied func(ids []string)
 
 	mu sync.Mutex // guards killing
 	// killing holds the sandboxes whose kill is queued for a retry.
 	killing map[string]bool
 }
 
-func newReaper(client containerdClient, retries *retry.Queue, t *telemetry, cfg Config, groups *shimGroups) *reaper {
+func newReaper(client containerdClient, retries *retry.Queue, t *telemetry, cfg Config, groups *shimGroups, shimDied func(ids []string)) *reaper {
 	return &reaper{
+		shimDied:    shimDied,
 		client:      client,
 		retries:     retries,
 		exitTimeout: cfg.ExitTimeout,
@@ -242,6 +246,7 @@ func (r *reaper) reattach(ctx context.Context, sb *store.Sandbox, scope shimScop
 			return err
 		}
 		r.groups.rejoin(scope, sb.Status().Instance.ShimGroup, sb.ID)
+		r.watchShim(ctx, sb.Status().Instance.ShimGroup, sb.ID)
 		r.watch(sb, w)
 		return nil
 	case containerd.Stopped:

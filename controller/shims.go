@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
+	"maps"
 	"slices"
 	"strings"
 	"sync"
@@ -73,6 +74,8 @@ type shimGroup struct {
 	changed chan struct{}
 	// keeper is the ID of the shim keeper in the group, "" if none.
 	keeper string
+	// watched says the group's shim process is watched (watchShim).
+	watched bool
 }
 
 func newShimGroups(perShim func(handler string) int) *shimGroups {
@@ -337,6 +340,31 @@ func (s *shimGroups) deleteTask(ctx context.Context, id, sb string) (done func(d
 			g.tasks[sb] = true
 		}
 	}, nil
+}
+
+// watch reports whether group id's shim is to be watched: true once for a
+// group pods are in, when the first caller claims the watch.
+func (s *shimGroups) watch(id string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	g, ok := s.inUse[id]
+	if !ok || g.watched {
+		return false
+	}
+	g.watched = true
+	return true
+}
+
+// tasksOf lists the sandboxes and keepers whose task is made in group id
+// and not yet deleted.
+func (s *shimGroups) tasksOf(id string) []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	g, ok := s.inUse[id]
+	if !ok {
+		return nil
+	}
+	return slices.Collect(maps.Keys(g.tasks))
 }
 
 // has reports whether pods are in group id, open or retired.

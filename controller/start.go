@@ -352,6 +352,7 @@ func (c *Controller) newTask(ctx context.Context, sb *store.Sandbox, container c
 	switch {
 	case err == nil:
 		making.end(makeDone)
+		c.reaper.watchShim(ctx, group, sb.ID)
 		return task, nil
 	case group == "":
 		making.end(makeFailed)
