@@ -155,7 +155,9 @@ func New(cfg Config, client containerdClient, retries *retry.Queue) *Controller 
 		abandoned: newTimers(),
 		recovered: make(chan struct{}),
 	}
-	c.reaper = newReaper(client, retries, t, cfg, newShimGroups(c.podsPerShim), c.shimDied)
+	groups := newShimGroups(c.podsPerShim)
+	groups.waited = t.groupWaited
+	c.reaper = newReaper(client, retries, t, cfg, groups, c.shimDied)
 	return c
 }
 

@@ -132,7 +132,9 @@ func (c *Controller) keepShimWarm(ctx context.Context, runtime sandbox.RuntimeOp
 	}
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), keeperStartTimeout)
 	defer cancel()
+	start := time.Now()
 	kp, err := c.startKeeper(ctx, runtime, scope, group)
+	c.telemetry.groupWaited("keeper", time.Since(start))
 	c.keepers.set(scope, kp)
 	switch {
 	case errors.Is(err, errShimUp):

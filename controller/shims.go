@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"time"
 )
 
 // ShimGroupAnnotation groups tasks into one runc shim: the shim's start
@@ -50,6 +51,10 @@ type shimGroups struct {
 	// perShim is the pods per shim of each handler; 1 or less, or no entry,
 	// means a shim of its own per pod.
 	perShim func(handler string) int
+	// waited, if set, is told how long each wait on other pods' tasks took,
+	// and at which step: "first task" (makeTask) or "last task"
+	// (deleteTask).
+	waited func(step string, d time.Duration)
 
 	mu sync.Mutex // guards open, inUse and their groups
 	// open are the groups pods may join, by scope.
@@ -260,7 +265,7 @@ func (s *shimGroups) makeTask(ctx context.Context, id, sb string) (taskMaking, e
 		return taskMaking{end: func(makeOutcome) {}}, nil
 	}
 	for !g.ending && len(g.tasks) == 0 && g.making > 0 {
-		if err := s.waitLocked(ctx, g); err != nil {
+		if err := s.waitLocked(ctx, g, "first task"); err != nil {
 			return taskMaking{}, err
 		}
 	}
@@ -297,11 +302,15 @@ func (s *shimGroups) endLocked(g *shimGroup) {
 	s.retireLocked(g.id)
 }
 
-// waitLocked waits, with s.mu held, until a making in group g ends.
-func (s *shimGroups) waitLocked(ctx context.Context, g *shimGroup) error {
+// waitLocked waits, with s.mu held, until a making in group g ends, and
+// tells s.waited how long it waited at step.
+func (s *shimGroups) waitLocked(ctx context.Context, g *shimGroup, step string) error {
 	changed := g.changed
 	s.mu.Unlock()
 	defer s.mu.Lock()
+	if s.waited != nil {
+		defer func(start time.Time) { s.waited(step, time.Since(start)) }(time.Now())
+	}
 	select {
 	case <-changed:
 		return nil
@@ -328,7 +337,7 @@ func (s *shimGroups) deleteTask(ctx context.Context, id, sb string) (done func(d
 		s.endLocked(g)
 	}
 	for g.ending && g.making > 0 {
-		if err := s.waitLocked(ctx, g); err != nil {
+		if err := s.waitLocked(ctx, g, "last task"); err != nil {
 			g.tasks[sb] = true
 			return nil, err
 		}

@@ -3,6 +3,7 @@ package controller
 import (
 	"context"
 	"errors"
+	"sync"
 	"testing"
 	"time"
 )
@@ -381,5 +382,34 @@ func TestShimGroupsByScope(t *testing.T) {
 	}
 	if !g.isOpen(a, ga) || g.isOpen(b, ga) {
 		t.Errorf("group %s open to a %v, to b %v; want a's only", ga, g.isOpen(a, ga), g.isOpen(b, ga))
+	}
+}
+
+// TestShimGroupWaitsObserved checks that a making that waits for the
+// group's first task, and a last deletion that waits for a making, are
+// told to waited with their step.
+func TestShimGroupWaitsObserved(t *testing.T) {
+	g := newShimGroups(func(string) int { return 4 })
+	var mu sync.Mutex
+	waits := map[string]int{}
+	g.waited = func(step string, d time.Duration) {
+		mu.Lock()
+		defer mu.Unlock()
+		waits[step]++
+	}
+	id := g.join(shimScope{handler: "h"})
+	g.join(shimScope{handler: "h"})
+	first := mustMake(t, g, id, "a")
+	second := blocked(t, "a second making", func() (taskMaking, error) { return g.makeTask(context.Background(), id, "b") },
+		func() { first(makeDone) })
+	// b's making goes on while a, the group's only task, is deleted.
+	done := blocked(t, "the last deletion", func() (func(bool), error) {
+		return g.deleteTask(context.Background(), id, "a")
+	}, func() { second.end(makeDone) })
+	done(true)
+	mu.Lock()
+	defer mu.Unlock()
+	if waits["first task"] != 1 || waits["last task"] != 1 {
+		t.Errorf("waits %v, want one for the first task and one for the last", waits)
 	}
 }

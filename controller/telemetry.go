@@ -22,6 +22,9 @@ type telemetry struct {
 	retryFailures metrics.LabeledCounter
 	// recovery is how long the last recovery took.
 	recovery metrics.Gauge
+	// groupWaits times what pods wait on other pods of their shim group
+	// for, by step (shimGroups.waited).
+	groupWaits metrics.LabeledTimer
 }
 
 func newTelemetry(s *store.Store) *telemetry {
@@ -32,6 +35,7 @@ func newTelemetry(s *store.Store) *telemetry {
 		retries:       ns.NewLabeledCounter("retries", "Steps that failed and were queued for a retry, by step", "step"),
 		retryFailures: ns.NewLabeledCounter("retry_failures", "Retried runs of a step that failed again, by step", "step"),
 		recovery:      ns.NewGauge("recovery_duration", "Time the last reload of sandboxes after a containerd start took", metrics.Seconds),
+		groupWaits:    ns.NewLabeledTimer("group_wait", "Time a pod waited on other pods of its shim group, by step: its pause task's making for the group's first, its deletion for the tasks being made, its Start for the group's keeper", "step"),
 	}
 	ns.Add(&stateCollector{
 		store: s,
@@ -50,6 +54,12 @@ func (c *Controller) MetricsNamespace() *metrics.Namespace {
 func (t *telemetry) timeOperation(op string) func() {
 	start := time.Now()
 	return func() { t.operations.WithValues(op).UpdateSince(start) }
+}
+
+// groupWaited records that a pod waited d on other pods of its shim group
+// at step.
+func (t *telemetry) groupWaited(step string, d time.Duration) {
+	t.groupWaits.WithValues(step).Update(d)
 }
 
 // stateCollector counts the store's sandboxes by state at each scrape, so
