@@ -330,6 +330,17 @@ func TestKillRetryEndsAtExit(t *testing.T) {
 	})
 }
 
+// sharingController is testController with the test handler's pods on
+// runc, 4 to a shim, whose sockets berth knows.
+func sharingController(t *testing.T, client *fakeClient, change ...func(*Config)) *Controller {
+	t.Helper()
+	return testController(t, client, append([]func(*Config){func(cfg *Config) {
+		cfg.CRI.Runtimes[testHandler] = Runtime{Type: "io.containerd.runc.v2"}
+		cfg.PodsPerShim = 4
+		cfg.Shims = ShimSockets{ContainerdAddress: "/run/berth-test/containerd.sock", Dir: "/run/berth-test/s"}
+	}}, change...)...)
+}
+
 // TestStartInRefusingSharedShim fails the pause task's creation in a
 // shared shim, as a shim shutting down fails it: Start undoes what it made
 // and makes the pod again in another shim group, and the refusing group
@@ -337,11 +348,7 @@ func TestKillRetryEndsAtExit(t *testing.T) {
 // socket, which containerd takes only for a container of a sandbox.
 func TestStartInRefusingSharedShim(t *testing.T) {
 	client := newFakeClient()
-	c := testController(t, client, func(cfg *Config) {
-		cfg.CRI.Runtimes[testHandler] = Runtime{Type: "io.containerd.runc.v2"}
-		cfg.PodsPerShim = 4
-		cfg.Shims = ShimSockets{ContainerdAddress: "/run/berth-test/containerd.sock", Dir: "/run/berth-test/s"}
-	})
+	c := sharingController(t, client)
 	started(t, c, client, "sb1")
 	first := c.store.List()[0].Status().Instance.ShimGroup
 	if first == "" {
@@ -391,11 +398,7 @@ func TestStartInRefusingSharedShim(t *testing.T) {
 // again in a new group, and the old one was joined no more.
 func TestStartFailsInSharedShim(t *testing.T) {
 	client := newFakeClient()
-	c := testController(t, client, func(cfg *Config) {
-		cfg.CRI.Runtimes[testHandler] = Runtime{Type: "io.containerd.runc.v2"}
-		cfg.PodsPerShim = 4
-		cfg.Shims = ShimSockets{ContainerdAddress: "/run/berth-test/containerd.sock", Dir: "/run/berth-test/s"}
-	})
+	c := sharingController(t, client)
 	started(t, c, client, "sb1")
 	group := c.store.List()[0].Status().Instance.ShimGroup
 	if err := create(t, c, client, "sb2", testPodConfig("sb2")); err != nil {
@@ -428,11 +431,7 @@ func TestShimTenantBoundary(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			client := newFakeClient()
-			c := testController(t, client, func(cfg *Config) {
-				cfg.CRI.Runtimes[testHandler] = Runtime{Type: "io.containerd.runc.v2"}
-				cfg.PodsPerShim = 4
-				cfg.CrossNamespaceShims = tc.cross
-			})
+			c := sharingController(t, client, func(cfg *Config) { cfg.CrossNamespaceShims = tc.cross })
 			groups := map[string]string{}
 			for _, p := range []struct{ id, namespace string }{{"a1", "a"}, {"a2", "a"}, {"b1", "b"}} {
 				cfg := testPodConfig(p.id)
