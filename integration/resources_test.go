@@ -16,13 +16,14 @@ import (
 
 	"github.com/containerd/cgroups/v3"
 	v1 "github.com/containerd/cgroups/v3/cgroup1/stats"
-	"github.com/containerd/cgroups/v3/cgroup2"
 	v2 "github.com/containerd/cgroups/v3/cgroup2/stats"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/typeurl/v2"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/berth-dev/berth/integration/hostcgroup"
 )
 
 // TestUpdatePodResources resizes a pod in place through CRI as kubelet
@@ -154,61 +155,32 @@ type podLimits struct {
 	memory int64
 }
 
-// podCgroupFiles are the files of the pod cgroup parent that hold l, each
-// with what it holds for l, in the host's cgroup version: the version
-// berth writes a pod's limits in (v1 on a hybrid host).
+// checkPodCgroup compares the limits of the pod cgroup parent with want,
+// in the files of the host's cgroup version (hostcgroup.Check): the
+// version berth writes a pod's limits in (v1 on a hybrid host).
 //   - v1: cpu.cfs_quota_us, cpu.cfs_period_us and cpu.shares in the cpu
 //     hierarchy, memory.limit_in_bytes in the memory one.
 //   - v2: cpu.max ("$MAX $PERIOD", $MAX "max" for no quota), cpu.weight
 //     (the shares converted as containerd's cgroups library and runc
-//     convert them: 1024 shares are 100) and memory.max.
-func podCgroupFiles(parent string, l podLimits) map[string]string {
-	if cgroups.Mode() != cgroups.Unified {
-		cpu, memory := filepath.Join("/sys/fs/cgroup/cpu", parent), filepath.Join("/sys/fs/cgroup/memory", parent)
-		return map[string]string{
-			filepath.Join(cpu, "cpu.cfs_quota_us"):         strconv.FormatInt(l.quota, 10),
-			filepath.Join(cpu, "cpu.cfs_period_us"):        strconv.FormatUint(l.period, 10),
-			filepath.Join(cpu, "cpu.shares"):               strconv.FormatUint(l.shares, 10),
-			filepath.Join(memory, "memory.limit_in_bytes"): strconv.FormatInt(l.memory, 10),
-		}
-	}
-	quota := "max"
-	if l.quota >= 0 {
-		quota = strconv.FormatInt(l.quota, 10)
-	}
-	dir := filepath.Join("/sys/fs/cgroup", parent)
-	return map[string]string{
-		filepath.Join(dir, "cpu.max"):    quota + " " + strconv.FormatUint(l.period, 10),
-		filepath.Join(dir, "cpu.weight"): strconv.FormatUint(cgroup2.ConvertCPUSharesToCgroupV2Value(l.shares), 10),
-		filepath.Join(dir, "memory.max"): strconv.FormatInt(l.memory, 10),
-	}
-}
-
-// checkPodCgroup compares the limits of the pod cgroup parent with want,
-// in the files of the host's cgroup version (podCgroupFiles).
+//     convert them, hostcgroup.RuncWeight: 1024 shares are 100) and
+//     memory.max. berth alone writes this cgroup: no kubelet converts the
+//     shares after it.
 func checkPodCgroup(t *testing.T, parent string, want podLimits) {
 	t.Helper()
-	for file, v := range podCgroupFiles(parent, want) {
-		b, err := os.ReadFile(file)
-		if err != nil {
-			t.Errorf("read %s: %v", file, err)
-			continue
-		}
-		if got := strings.TrimSpace(string(b)); got != v {
-			t.Errorf("%s = %s, want %s", file, got, v)
-		}
+	if err := hostcgroup.Check(parent, hostcgroup.Limits{
+		Quota:     want.quota,
+		Period:    want.period,
+		CPUWeight: hostcgroup.CPUWeight(want.shares, hostcgroup.RuncWeight),
+		Memory:    want.memory,
+	}); err != nil {
+		t.Error(err)
 	}
 }
 
 // podMemoryUsage is the memory charged to the pod cgroup parent: v1's
 // memory.usage_in_bytes, v2's memory.current; 0 if it cannot be read.
 func podMemoryUsage(parent string) int64 {
-	file := filepath.Join("/sys/fs/cgroup/memory", parent, "memory.usage_in_bytes")
-	if cgroups.Mode() == cgroups.Unified {
-		file = filepath.Join("/sys/fs/cgroup", parent, "memory.current")
-	}
-	b, _ := os.ReadFile(file)
-	n, _ := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
+	n, _ := hostcgroup.MemoryUsage(parent)
 	return n
 }
 
@@ -309,7 +281,7 @@ func TestPrometheusSeries(t *testing.T) {
 
 // scrapeMetrics reads berth's series from containerd's metrics endpoint,
 // keyed by name and labels as Prometheus writes them.
-func scrapeMetrics(t *testing.T) map[string]float64 {
+func scrapeMetrics(t testing.TB) map[string]float64 {
 	t.Helper()
 	resp, err := http.Get("http://" + *testMetrics + "/v1/metrics")
 	if err != nil {

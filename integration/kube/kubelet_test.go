@@ -17,6 +17,8 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
+
+	"github.com/berth-dev/berth/integration/hostcgroup"
 )
 
 // nodeName is the one node's name; kubelet registers it with nodeIP as
@@ -169,7 +171,7 @@ func kubeletConfig(dir, endpoint string, ip net.IP, p *pki) (string, error) {
 // the v2 mount beside them (where kubelet makes its root too), or the one
 // v2 hierarchy of a unified host.
 func cgroupHierarchies() []string {
-	if cgroupV2() {
+	if hostcgroup.Unified() {
 		return []string{"/sys/fs/cgroup"}
 	}
 	entries, _ := os.ReadDir("/sys/fs/cgroup")

@@ -227,10 +227,10 @@ func sandboxerOf(t *testing.T, pod *corev1.Pod) string {
 	return sb.Sandboxer
 }
 
-// podCgroup is the pod's cgroup in hierarchy ctrl, as kubelet's cgroupfs
-// driver names it: kubepods[/burstable|/besteffort]/pod<uid> under the
-// cgroup root.
-func podCgroup(pod *corev1.Pod, ctrl string) string {
+// podCgroupPath is the pod's cgroup under a hierarchy root, as kubelet's
+// cgroupfs driver names it: kubepods[/burstable|/besteffort]/pod<uid>
+// under the cgroup root.
+func podCgroupPath(pod *corev1.Pod) string {
 	qos := ""
 	switch pod.Status.QOSClass {
 	case corev1.PodQOSBurstable:
@@ -238,11 +238,18 @@ func podCgroup(pod *corev1.Pod, ctrl string) string {
 	case corev1.PodQOSBestEffort:
 		qos = "besteffort"
 	}
-	return filepath.Join("/sys/fs/cgroup", ctrl, *cgroupRoot, "kubepods", qos, "pod"+string(pod.UID))
+	return filepath.Join(*cgroupRoot, "kubepods", qos, "pod"+string(pod.UID))
 }
 
-// readCgroup reads one file of the pod's cgroup, e.g. "memory",
-// "memory.limit_in_bytes".
+// podCgroup is the pod's cgroup in hierarchy ctrl: a v1 controller's
+// directory, or "" for cgroup v2's one hierarchy.
+func podCgroup(pod *corev1.Pod, ctrl string) string {
+	return filepath.Join("/sys/fs/cgroup", ctrl, podCgroupPath(pod))
+}
+
+// readCgroup reads one file of the pod's cgroup in hierarchy ctrl, e.g.
+// "", "memory.high" on cgroup v2. The limits and the memory usage are read
+// with hostcgroup, in the files of the host's version.
 func readCgroup(t *testing.T, pod *corev1.Pod, ctrl, file string) string {
 	t.Helper()
 	b, err := os.ReadFile(filepath.Join(podCgroup(pod, ctrl), file))

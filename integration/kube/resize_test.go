@@ -3,7 +3,6 @@ package kube
 import (
 	"encoding/json"
 	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -17,6 +16,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/berth-dev/berth/integration/hostcgroup"
 )
 
 // The resize tests go from 200m/64Mi to 300m/96Mi (requests = limits) on
@@ -26,6 +27,28 @@ const (
 	overheadMilliCPU = 100
 	overheadMemory   = 32 << 20
 )
+
+// kubeletLimits are what kubelet leaves in a pod cgroup whose CPU request
+// and limit are both milliCPU and whose memory limit is memory, in the
+// files of the host's cgroup version (hostcgroup): a quota of milliCPU in
+// kubelet's 100ms period, kubelet's shares for milliCPU
+// (cm.MilliCPUToShares: milliCPU * 1024 / 1000) and the memory limit.
+//
+// On cgroup v2 the shares are held as cpu.weight converted as kubelet
+// converts them, not as berth does: on a resize kubelet calls
+// UpdatePodSandboxResources (berth writes cpu.weight with
+// hostcgroup.RuncWeight, 409 shares are 49) and then writes the pod cgroup
+// itself (kuberuntime_manager.go, setPodCgroupConfig), with its own linear
+// conversion (hostcgroup.KubeletWeight, 409 shares are 16). The file holds
+// kubelet's weight once kubelet is done; berth's shows only in between.
+func kubeletLimits(milliCPU, memory int64) hostcgroup.Limits {
+	return hostcgroup.Limits{
+		Quota:     milliCPU * 100,
+		Period:    100000,
+		CPUWeight: hostcgroup.CPUWeight(uint64(milliCPU*1024/1000), hostcgroup.KubeletWeight),
+		Memory:    memory,
+	}
+}
 
 // TestResizeContainer resizes the README's pod in place (container
 // resources) on berth and on the built-in, both with an overhead.
@@ -58,15 +81,15 @@ func TestResizePodLevel(t *testing.T) {
 // that berth's pod cgroup holds what kubelet set: what the built-in's
 // holds, resources + overhead, at no moment less.
 func testResize(t *testing.T, newPod func(*testing.T, string) *corev1.Pod, patch []byte) {
-	before := podLimits{memory: 64<<20 + overheadMemory, quota: 30000, shares: (200 + overheadMilliCPU) * 1024 / 1000}
-	want := podLimits{memory: 96<<20 + overheadMemory, quota: 40000, shares: (300 + overheadMilliCPU) * 1024 / 1000}
+	before := kubeletLimits(200+overheadMilliCPU, 64<<20+overheadMemory)
+	want := kubeletLimits(300+overheadMilliCPU, 96<<20+overheadMemory)
 	pods := map[string]*corev1.Pod{}
 	sandboxes := map[string]string{}
 	samplers := map[string]*cgroupSampler{}
 	for _, rc := range []string{"berth-overhead", "runc-overhead"} {
 		pods[rc] = runPod(t, newPod(t, rc))
-		if got, want := readPodLimits(t, pods[rc]), before; got != want {
-			t.Fatalf("%s: pod cgroup before the resize holds %+v, want %+v", rc, got, want)
+		if err := hostcgroup.Check(podCgroupPath(pods[rc]), before); err != nil {
+			t.Fatalf("%s: pod cgroup before the resize does not hold resources + overhead: %v", rc, err)
 		}
 		sandboxes[rc] = sandboxOf(t, pods[rc]).GetId()
 		samplers[rc] = sampleCgroup(t, pods[rc])
@@ -83,8 +106,8 @@ func testResize(t *testing.T, newPod func(*testing.T, string) *corev1.Pod, patch
 	// kubelet syncs the pod again after a resize; what it left must stay.
 	time.Sleep(15 * time.Second)
 	for rc, pod := range pods {
-		if got := readPodLimits(t, pod); got != want {
-			t.Errorf("%s: pod cgroup after the resize holds %+v, want resources + overhead %+v", rc, got, want)
+		if err := hostcgroup.Check(podCgroupPath(pod), want); err != nil {
+			t.Errorf("%s: pod cgroup after the resize does not hold resources + overhead: %v", rc, err)
 		}
 		if low := samplers[rc].stop().below(before); low != nil {
 			t.Errorf("%s: pod cgroup held %+v during the resize, less than resources + overhead before and after it", rc, *low)
@@ -162,7 +185,7 @@ func TestResizeUnified(t *testing.T) {
 		},
 	})
 	after := berthResources(t, pod)
-	if cgroupV2() {
+	if hostcgroup.Unified() {
 		if err != nil {
 			t.Fatalf("UpdatePodSandboxResources with memory.high on cgroup v2: %v", err)
 		}
@@ -189,7 +212,7 @@ func TestResizeBelowUsage(t *testing.T) {
 	pod.Spec.Containers[0].Command = []string{"sh", "-c", "head -c 41943040 /dev/zero > /dev/shm/fill && exec sleep 3600"}
 	pod = runPod(t, pod)
 	eventually(t, 30*time.Second, "pod memory holds the 40 MiB", func() bool {
-		usage, _ := strconv.ParseInt(readCgroup(t, pod, "memory", "memory.usage_in_bytes"), 10, 64)
+		usage, _ := hostcgroup.MemoryUsage(podCgroupPath(pod))
 		return usage >= 40<<20
 	})
 	before, recorded := readPodLimits(t, pod), berthResources(t, pod)
@@ -225,8 +248,8 @@ func TestResizeBelowUsage(t *testing.T) {
 		t.Errorf("UpdatePodSandboxResources to 16 MiB with 40 MiB in use succeeded")
 	}
 	t.Logf("UpdatePodSandboxResources to 16 MiB: %v", err)
-	if got := readPodLimits(t, pod); got != before {
-		t.Errorf("pod cgroup after the refused resizes holds %+v, want %+v as before", got, before)
+	if err := hostcgroup.Check(podCgroupPath(pod), before); err != nil {
+		t.Errorf("pod cgroup after the refused resizes does not hold what it held before: %v", err)
 	}
 	if got := berthResources(t, pod); !proto.Equal(got, recorded) {
 		t.Errorf("berth's verbose status after a refused resize has %v, want %v", got, recorded)
@@ -243,42 +266,15 @@ func resizePodResources() *runtimeapi.LinuxContainerResources {
 	return &runtimeapi.LinuxContainerResources{CpuPeriod: 100000, CpuQuota: 20000, CpuShares: 204, MemoryLimitInBytes: 64 << 20}
 }
 
-// podLimits are the pod cgroup's memory limit, CPU quota and shares
-// (shares 0: not compared).
-type podLimits struct {
-	memory int64
-	quota  int64
-	shares int64
-}
-
-func readPodLimits(t *testing.T, pod *corev1.Pod) podLimits {
+// readPodLimits reads the limits of the pod's cgroup, in the files of the
+// host's cgroup version (hostcgroup.Read).
+func readPodLimits(t *testing.T, pod *corev1.Pod) hostcgroup.Limits {
 	t.Helper()
-	l, err := podLimitsOf(pod)
+	l, err := hostcgroup.Read(podCgroupPath(pod))
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("pod cgroup of %s: %v", pod.Name, err)
 	}
 	return l
-}
-
-func podLimitsOf(pod *corev1.Pod) (podLimits, error) {
-	var l podLimits
-	for _, f := range []struct {
-		ctrl, file string
-		v          *int64
-	}{
-		{"memory", "memory.limit_in_bytes", &l.memory},
-		{"cpu", "cpu.cfs_quota_us", &l.quota},
-		{"cpu", "cpu.shares", &l.shares},
-	} {
-		b, err := os.ReadFile(filepath.Join(podCgroup(pod, f.ctrl), f.file))
-		if err != nil {
-			return l, err
-		}
-		if *f.v, err = strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64); err != nil {
-			return l, err
-		}
-	}
-	return l, nil
 }
 
 // cgroupSampler reads a pod cgroup's limits every 20ms, to catch a value
@@ -287,14 +283,15 @@ type cgroupSampler struct {
 	done    chan struct{}
 	wg      sync.WaitGroup
 	mu      sync.Mutex
-	samples []podLimits
+	samples []hostcgroup.Limits
 }
 
 func sampleCgroup(t *testing.T, pod *corev1.Pod) *cgroupSampler {
 	s := &cgroupSampler{done: make(chan struct{})}
+	path := podCgroupPath(pod)
 	s.wg.Go(func() {
 		for {
-			if l, err := podLimitsOf(pod); err == nil {
+			if l, err := hostcgroup.Read(path); err == nil {
 				s.mu.Lock()
 				s.samples = append(s.samples, l)
 				s.mu.Unlock()
@@ -321,12 +318,13 @@ func (s *cgroupSampler) stop() *cgroupSampler {
 	return s
 }
 
-// below is the first sample with a memory limit or CPU quota under min.
-func (s *cgroupSampler) below(min podLimits) *podLimits {
+// below is the first sample with a memory limit or CPU quota under min;
+// a quota of -1 (none) is not under any.
+func (s *cgroupSampler) below(min hostcgroup.Limits) *hostcgroup.Limits {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for _, l := range s.samples {
-		if l.memory < min.memory || (l.quota >= 0 && l.quota < min.quota) {
+		if l.Memory < min.Memory || (l.Quota >= 0 && l.Quota < min.Quota) {
 			return &l
 		}
 	}
@@ -350,10 +348,4 @@ func berthResources(t *testing.T, pod *corev1.Pod) *runtimeapi.LinuxContainerRes
 		t.Fatalf("berth's verbose info: %v", err)
 	}
 	return info.Resources.GetLinux()
-}
-
-// cgroupV2 reports whether this host runs the unified hierarchy only.
-func cgroupV2() bool {
-	_, err := os.Stat("/sys/fs/cgroup/cgroup.controllers")
-	return err == nil
 }
