@@ -121,6 +121,7 @@ func summarize(h *handlerStats, floor *summary) *summary {
 			set(mode+" containerd CPU s / 100 lifecycles", s.CPUPer100[mode])
 			set(mode+" machine CPU s / 100 lifecycles", h.machineCPU[mode].Seconds()*100/float64(n))
 			set(mode+" lifecycles/s", s.Throughput[mode])
+			set(mode+" ms waited on other pods / lifecycle", float64(h.groupWait[mode].Microseconds())/1000/float64(n))
 		}
 		if floor != nil && h.lifecycles[mode] > 0 {
 			if s.OverheadMS == nil {
@@ -168,6 +169,7 @@ func figureNames(s *summary) []string {
 		add(mode + " containerd CPU s / 100 lifecycles")
 		add(mode + " machine CPU s / 100 lifecycles")
 		add(mode + " lifecycles/s")
+		add(mode + " ms waited on other pods / lifecycle")
 	}
 	add("runc calls / lifecycle")
 	add("shim calls / lifecycle")

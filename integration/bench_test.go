@@ -33,12 +33,12 @@ var (
 	benchLiveHandlers = flag.String("bench-live-handlers", "runc,runc-grouped,berth,berth-solo", "handlers whose live pods are measured")
 	benchCount        = flag.Int("bench-count", 4, "lifecycles per handler through the counting runc and shim wrappers")
 	benchPodsPerShim  = flag.String("bench-pods-per-shim", "", "comma-separated pods per shim N: adds a handler berth-ppsN, berth with N pods per shim, for -bench-handlers to name")
+	benchWidth        = flag.Int("bench-width", 8, "lifecycles the parallel blocks run at once")
 	benchNamespaces   = flag.Int("bench-namespaces", 1, "Kubernetes namespaces the bench's pods are spread over, round robin: berth's pods share shims only within one")
 	benchIdlePods     = flag.Int("bench-idle-pods", 0, "pods of each handler that stay running, with no app container, while the lifecycles run: a node that already runs pods")
 )
 
 const (
-	benchWidth = 8
 	// statusCalls is how many PodSandboxStatus calls a lifecycle makes:
 	// kubelet's PLEG asks for every pod's status every second; one in five
 	// is verbose, as crictl inspectp asks.
@@ -81,6 +81,11 @@ type handlerStats struct {
 	Live      []liveSample       `json:"live,omitempty"`
 	// machineCPU is the whole machine's CPU during the blocks, by mode.
 	machineCPU map[string]time.Duration
+	// groupWait is the time berth's pods waited on other pods of their
+	// shim group during the blocks, by mode (berth_sandbox_group_wait):
+	// what sharing a shim costs a lifecycle, which a saturated machine's
+	// CPU figures cannot show.
+	groupWait map[string]time.Duration
 	// ShimKill is how fast the pods of a killed shim were NOTREADY.
 	ShimKill *shimKill `json:"shim_kill,omitempty"`
 }
@@ -142,7 +147,7 @@ func BenchmarkCompare(b *testing.B) {
 	}
 	runBlocks(b, all, "serial", *benchSerial, *benchBlock, 1)
 	b.Logf("serial done at %s", time.Since(start).Round(time.Second))
-	runBlocks(b, all, "parallel", *benchParallel, 2*benchWidth, benchWidth)
+	runBlocks(b, all, "parallel", *benchParallel, 2*(*benchWidth), *benchWidth)
 	b.Logf("parallel done at %s", time.Since(start).Round(time.Second))
 	removeBenchPods(b, idle)
 
@@ -187,6 +192,7 @@ func newHandlerStats(name, handler string) *handlerStats {
 		latencies:  map[string]map[string][]time.Duration{},
 		cpu:        map[string]time.Duration{},
 		machineCPU: map[string]time.Duration{},
+		groupWait:  map[string]time.Duration{},
 		wall:       map[string]time.Duration{},
 		lifecycles: map[string]int{},
 	}
@@ -220,7 +226,7 @@ func runBlocks(b *testing.B, all []*handlerStats, mode string, n, block, width i
 		for k := range all {
 			h := all[(round+k)%len(all)]
 			count := min(block, n-round*block)
-			cpuBefore, machineBefore := daemonCPU(b), machineCPU(b)
+			cpuBefore, machineBefore, waitBefore := daemonCPU(b), machineCPU(b), groupWait(b)
 			begin := time.Now()
 			var mu sync.Mutex
 			err := runParallel(count, width, func(i int) error {
@@ -239,6 +245,7 @@ func runBlocks(b *testing.B, all []*handlerStats, mode string, n, block, width i
 			h.wall[mode] += time.Since(begin)
 			h.cpu[mode] += daemonCPU(b) - cpuBefore
 			h.machineCPU[mode] += machineCPU(b) - machineBefore
+			h.groupWait[mode] += groupWait(b) - waitBefore
 			h.lifecycles[mode] += count
 		}
 	}
@@ -395,4 +402,16 @@ func measureLive(b *testing.B, h *handlerStats) {
 		b.Fatal(err)
 	}
 	removeBenchPods(b, ids)
+}
+
+// groupWait is the time berth's pods have waited on other pods of their
+// shim group so far, from containerd's metrics endpoint.
+func groupWait(b testing.TB) time.Duration {
+	var total float64
+	for series, v := range scrapeMetrics(b) {
+		if strings.HasPrefix(series, "berth_sandbox_group_wait_seconds_sum") {
+			total += v
+		}
+	}
+	return time.Duration(total * float64(time.Second))
 }
