@@ -6,7 +6,8 @@
 // One file per operation (create.go, start.go, stop.go, shutdown.go,
 // status.go, resources.go, recover.go), plus:
 //   - reaper.go and lost.go: what happens to a pause task once it exists
-//     (its exit, kill, deletion, and what a crash left of it);
+//     (its exit, kill, deletion, and what a crash left of it), and when a
+//     shim is ended (the shim process itself is package shimproc's);
 //   - record.go: what berth records on the pause container and reads back
 //     after a restart;
 //   - cleanup.go: the rollback stack and the bounds of cleanup steps;
@@ -28,6 +29,7 @@ import (
 
 	"github.com/berth-dev/berth/podsandbox"
 	"github.com/berth-dev/berth/retry"
+	"github.com/berth-dev/berth/shimproc"
 	"github.com/berth-dev/berth/store"
 )
 
@@ -99,8 +101,10 @@ type Config struct {
 	// HostFiles are the node files a pod's hosts and resolv.conf start from.
 	HostFiles    podsandbox.HostFiles
 	BuiltinPause BuiltinPause
-	// Shims is how berth reaches a shim containerd lost.
-	Shims ShimSockets
+	// Shims is where the runc shims listen, in namespace Namespace: how a
+	// pod joins its group's shim, and how berth reaches a shim containerd
+	// lost.
+	Shims shimproc.Sockets
 	// PodsPerShim is how many pods of a runc-based handler share a shim,
 	// HandlerPodsPerShim the same for handlers set apart; 1 gives every
 	// pod a shim of its own.

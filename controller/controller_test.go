@@ -26,6 +26,7 @@ import (
 
 	"github.com/berth-dev/berth/podsandbox"
 	"github.com/berth-dev/berth/retry"
+	"github.com/berth-dev/berth/shimproc"
 	"github.com/berth-dev/berth/store"
 )
 
@@ -337,7 +338,7 @@ func sharingController(t *testing.T, client *fakeClient, change ...func(*Config)
 	return testController(t, client, append([]func(*Config){func(cfg *Config) {
 		cfg.CRI.Runtimes[testHandler] = Runtime{Type: "io.containerd.runc.v2"}
 		cfg.PodsPerShim = 4
-		cfg.Shims = ShimSockets{ContainerdAddress: "/run/berth-test/containerd.sock", Dir: "/run/berth-test/s"}
+		cfg.Shims = shimproc.Sockets{ContainerdAddress: "/run/berth-test/containerd.sock", Dir: "/run/berth-test/s", Namespace: Namespace}
 	}}, change...)...)
 }
 

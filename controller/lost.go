@@ -4,45 +4,25 @@ import (
 	"bytes"
 	"cmp"
 	"context"
-	"errors"
 	"fmt"
-	"io/fs"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"time"
 
-	taskapi "github.com/containerd/containerd/api/runtime/task/v3"
 	apitasks "github.com/containerd/containerd/api/services/tasks/v1"
 	runcoptions "github.com/containerd/containerd/api/types/runc/options"
+	containerd "github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/core/sandbox"
-	"github.com/containerd/containerd/v2/pkg/namespaces"
-	"github.com/containerd/containerd/v2/pkg/shim"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/errdefs/pkg/errgrpc"
 	"github.com/containerd/log"
-	"github.com/containerd/ttrpc"
 	"github.com/containerd/typeurl/v2"
-	"golang.org/x/sys/unix"
 
 	"github.com/berth-dev/berth/podcgroup"
+	"github.com/berth-dev/berth/shimproc"
 	"github.com/berth-dev/berth/store"
 )
-
-// ShimSockets is where the runc shim listens: a socket under Dir named after
-// containerd's address and the shim's group (a shared shim's group, or the
-// sandbox ID of a pod with a shim of its own).
-type ShimSockets struct {
-	// ContainerdAddress is containerd's gRPC address.
-	ContainerdAddress string
-	// Dir is the shim manager's socket_dir.
-	Dir string
-	// Bundles is where containerd keeps task bundles, one directory per
-	// task under its namespace (<state>/io.containerd.runtime.v2.task).
-	Bundles string
-}
 
 // lostTask is a pause task containerd does not know: what its container
 // says of it.
@@ -55,6 +35,51 @@ type lostTask struct {
 	group string
 	// sb is the sandbox of the task, nil for a container no sandbox owns.
 	sb *store.Sandbox
+}
+
+// loadTask returns the pause task of a recovered sandbox, or takes care of
+// its absence and returns nil: the sandbox's exit is recorded, with its
+// status lost, and it is marked deleted. A sandbox whose exit was handled
+// before the restart has no task, and its shim lives on only while it
+// serves the pod's app containers; one whose Start containerd's death cut
+// short, or whose shim's bundle containerd lost, may have left a shim and a
+// runc container, which cleanupLost ends.
+func (r *reaper) loadTask(ctx context.Context, sb *store.Sandbox) (containerd.Task, error) {
+	t, err := sb.Status().Instance.Container.Task(ctx, nil)
+	if err == nil {
+		return t, nil
+	}
+	if !errdefs.IsNotFound(err) {
+		return nil, fmt.Errorf("load pause task: %w", err)
+	}
+	sb.Exit(unknownExitCode, time.Now())
+	inst := sb.Status().Instance
+	if err := r.cleanupLost(ctx, lostTask{id: sb.ID, runtime: sb.Runtime, cgroupsPath: inst.CgroupsPath, group: inst.ShimGroup, sb: sb}); err != nil {
+		return nil, err
+	}
+	sb.SetDeleted()
+	return nil, nil
+}
+
+// removeTask deletes the pause task, if any, of a container no sandbox
+// owns, and cleans up after a Start that may have left it half made.
+func (r *reaper) removeTask(ctx context.Context, container containerd.Container) error {
+	t, err := container.Task(ctx, nil)
+	if err == nil {
+		return r.deleteTask(ctx, t)
+	}
+	if !errdefs.IsNotFound(err) {
+		return fmt.Errorf("load pause task: %w", err)
+	}
+	info, err := container.Info(ctx, containerd.WithoutRefreshedMetadata)
+	if err != nil {
+		return fmt.Errorf("pause container info: %w", err)
+	}
+	// A spec or record that does not decode has no cgroup to remove, and
+	// names no group: the shim is the pod's.
+	_, cgroupsPath, _ := specRecord(info.Spec)
+	rec, _ := recordOn(info)
+	return r.cleanupLost(ctx, lostTask{id: container.ID(), runtime: runtimeOf(info), cgroupsPath: cgroupsPath, group: rec.ShimGroup})
 }
 
 // cleanupLost cleans up after a pause task containerd does not know, when a
@@ -135,21 +160,21 @@ func deleteRuncContainer(ctx context.Context, id string, runtime sandbox.Runtime
 // the restart it finds the shim's bundle incomplete, deletes the bundle and
 // forgets the shim, which then runs forever. The runc shim listens on a
 // socket derived from containerd's address and its group (group, or the
-// sandbox ID), so berth can still reach it there. A shim that is not there
-// is fine.
+// sandbox ID), so berth can still reach it there (shimproc). A shim that
+// is not there is fine.
 func (r *reaper) endLostShim(ctx context.Context, t lostTask) error {
-	svc, closeShim, err := r.dialShim(ctx, cmp.Or(t.group, t.id))
-	if err != nil || svc == nil {
+	shim, err := r.shims.Dial(ctx, cmp.Or(t.group, t.id))
+	if err != nil || shim == nil {
 		return err
 	}
-	defer closeShim()
+	defer shim.Close()
 	// Delete first: the runc shim only exits once it serves no task, and a
 	// shared shim must not keep this one: the shim would outlive its last
 	// pod, serving nothing. A delete that fails is retried with the rest of
 	// the cleanup.
 	err = failpoint(t.sb, FailpointLostShimDelete)
 	if err == nil {
-		err = r.deleteInShim(ctx, svc, t.id)
+		err = shim.DeleteTask(ctx, t.id)
 	}
 	if err != nil {
 		return fmt.Errorf("delete pause task in lost shim: %w", err)
@@ -159,7 +184,7 @@ func (r *reaper) endLostShim(ctx context.Context, t lostTask) error {
 		// them (endIdleShim).
 		return nil
 	}
-	return r.shutdownUnlessServing(ctx, svc, t.id)
+	return r.shutdownUnlessServing(ctx, shim, t.id)
 }
 
 // endIdleShim ends the shim of group, whose task id was just deleted, once
@@ -174,25 +199,26 @@ func (r *reaper) endIdleShim(ctx context.Context, group, id string) {
 		return
 	}
 	logger := log.G(ctx).WithField("shim_group", group)
-	svc, closeShim, err := r.dialShim(ctx, group)
-	if err == nil && svc != nil {
-		defer closeShim()
-		err = r.shutdownUnlessServing(log.WithLogger(ctx, logger), svc, id)
+	shim, err := r.shims.Dial(ctx, group)
+	if err == nil && shim != nil {
+		defer shim.Close()
+		err = r.shutdownUnlessServing(log.WithLogger(ctx, logger), shim, id)
 	}
-	if err != nil && !isShimExiting(err) {
+	if err != nil && !shimproc.IsExiting(err) {
 		logger.WithError(err).Warn("end the shim of a group no pod is in")
 	}
 }
 
 // shutdownUnlessServing shuts the shim down, and ends it if it does not
 // exit, unless it serves a task of a container containerd knows besides
-// sandbox id's pause.
-func (r *reaper) shutdownUnlessServing(ctx context.Context, svc taskapi.TTRPCTaskService, id string) error {
-	info, err := svc.Connect(ctx, &taskapi.ConnectRequest{ID: id})
+// sandbox id's pause: the pod's app containers, and with a shared shim
+// other pods and theirs.
+func (r *reaper) shutdownUnlessServing(ctx context.Context, shim *shimproc.Shim, id string) error {
+	ids, err := r.otherContainers(ctx, id)
 	if err != nil {
-		return fmt.Errorf("connect to shim: %w", err)
+		return err
 	}
-	others, err := r.otherTasks(ctx, svc, id)
+	others, err := shim.Serving(ctx, ids)
 	if err != nil {
 		return err
 	}
@@ -202,163 +228,21 @@ func (r *reaper) shutdownUnlessServing(ctx context.Context, svc taskapi.TTRPCTas
 		log.G(ctx).WithField("tasks", others).Info("shim serves other tasks; leaving it")
 		return nil
 	}
-	if _, err := svc.Shutdown(ctx, &taskapi.ShutdownRequest{ID: id, Now: true}); err != nil && !isShimExiting(err) {
-		return fmt.Errorf("shut down shim: %w", err)
-	}
-	// A shim whose bundle containerd deleted cannot delete its task, and
-	// one that holds a task containerd forgot refuses to shut down: neither
-	// exits by itself.
-	return r.killShim(ctx, svc, id, int(info.GetShimPid()))
+	return shim.Shutdown(ctx, id)
 }
 
-// isShimExiting reports whether err is a shim's connection closing under a
-// call: the shim is exiting.
-func isShimExiting(err error) bool {
-	return errors.Is(err, ttrpc.ErrClosed) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
-}
-
-// deleteInShim deletes the task of container id in the shim. runc has just
-// killed its process, and the shim deletes only a task whose exit it has
-// reaped: the delete is tried again for up to two seconds. The shim's runc
-// logs to the task's bundle, which containerd deleted when it lost the
-// task; without it the shim could never delete the task, nor exit. An
-// empty bundle stands in for it meanwhile, and goes with what runc logged
-// there (log.json).
-func (r *reaper) deleteInShim(ctx context.Context, svc taskapi.TTRPCTaskService, id string) error {
-	if r.sockets.Bundles != "" {
-		bundle := filepath.Join(r.sockets.Bundles, Namespace, id)
-		if err := os.Mkdir(bundle, 0o700); err == nil {
-			defer func() {
-				if err := os.RemoveAll(bundle); err != nil {
-					log.G(ctx).WithError(err).WithField("path", bundle).Warn("remove stand-in bundle")
-				}
-			}()
-		} else if !errors.Is(err, fs.ErrExist) {
-			return fmt.Errorf("stand-in bundle: %w", err)
-		}
-	}
-	for deadline := time.Now().Add(2 * time.Second); ; time.Sleep(50 * time.Millisecond) {
-		_, err := svc.Delete(ctx, &taskapi.DeleteRequest{ID: id})
-		if err = ignoreNotFound(errgrpc.ToNative(err)); err == nil || time.Now().After(deadline) {
-			return err
-		}
-	}
-}
-
-// dialShim connects to the shim of group; a nil service means no shim
-// listens there, or that berth does not know where shims listen.
-func (r *reaper) dialShim(ctx context.Context, group string) (taskapi.TTRPCTaskService, func(), error) {
-	if r.sockets.ContainerdAddress == "" {
-		return nil, nil, nil
-	}
-	addr, err := r.socketAddress(ctx, group)
-	if err != nil {
-		return nil, nil, err
-	}
-	conn, err := shim.AnonDialer(addr, time.Second)
-	if err != nil {
-		if errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ECONNREFUSED) {
-			return nil, nil, nil
-		}
-		return nil, nil, fmt.Errorf("dial shim: %w", err)
-	}
-	client := ttrpc.NewClient(conn)
-	return taskapi.NewTTRPCTaskClient(client), func() { client.Close() }, nil
-}
-
-// socketAddress is the address of the socket the runc shim of group
-// listens on: its plain one, which serves the task API (with debug logging
-// it also has a debug one, which does not).
-func (r *reaper) socketAddress(ctx context.Context, group string) (string, error) {
-	addr, err := shim.CreateSocketAddress(namespaces.WithNamespace(ctx, Namespace), r.sockets.Dir, r.sockets.ContainerdAddress, group, false)
-	if err != nil {
-		return "", fmt.Errorf("socket address of shim group %s: %w", group, err)
-	}
-	return addr, nil
-}
-
-// shimAddress is the task API address of the runc shim of group, as
-// containerd takes it for a new task: "" when berth does not know where
-// shims listen, and the shim's start command must find it.
-func (r *reaper) shimAddress(ctx context.Context, group string) (string, error) {
-	if r.sockets.ContainerdAddress == "" {
-		return "", nil
-	}
-	addr, err := r.socketAddress(ctx, group)
-	if err != nil {
-		return "", err
-	}
-	return "ttrpc+" + addr, nil
-}
-
-// otherTasks lists the tasks besides sandbox id's pause that the shim
-// serves, among those of every container containerd knows: the pod's app
-// containers, and with a shared shim other pods and theirs.
-func (r *reaper) otherTasks(ctx context.Context, svc taskapi.TTRPCTaskService, id string) ([]string, error) {
+// otherContainers lists the IDs of the containers containerd knows
+// besides id.
+func (r *reaper) otherContainers(ctx context.Context, id string) ([]string, error) {
 	containers, err := r.client.Containers(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("list containers: %w", err)
 	}
-	var tasks []string
+	var ids []string
 	for _, c := range containers {
-		if c.ID() == id {
-			continue
-		}
-		_, err = svc.State(ctx, &taskapi.StateRequest{ID: c.ID()})
-		switch {
-		case err == nil:
-			tasks = append(tasks, c.ID())
-		case isShimExiting(err):
-			// Not through errgrpc, which would lose ttrpc's error.
-			return nil, fmt.Errorf("state of task %s in shim: %w", c.ID(), err)
-		case !errdefs.IsNotFound(errgrpc.ToNative(err)):
-			return nil, fmt.Errorf("state of task %s in shim: %w", c.ID(), errgrpc.ToNative(err))
+		if c.ID() != id {
+			ids = append(ids, c.ID())
 		}
 	}
-	return tasks, nil
-}
-
-// killShim waits a second for the shim that served sandbox id, pid shimPid,
-// to exit, then SIGKILLs it. It signals through a pidfd taken while the shim still
-// answered on its socket with that pid, so that a reused pid is never hit.
-func (r *reaper) killShim(ctx context.Context, svc taskapi.TTRPCTaskService, id string, shimPid int) error {
-	if shimPid <= 0 {
-		return nil
-	}
-	pidfd, err := unix.PidfdOpen(shimPid, 0)
-	if errors.Is(err, unix.ESRCH) {
-		return nil
-	}
-	if err != nil {
-		return fmt.Errorf("pidfd of shim %d: %w", shimPid, err)
-	}
-	defer unix.Close(pidfd)
-	if exited(pidfd, time.Second) {
-		log.G(ctx).WithField("pid", shimPid).Debug("shim exited")
-		return nil
-	}
-	// The pidfd is the shim's only if the shim still answers with its pid.
-	info, err := svc.Connect(ctx, &taskapi.ConnectRequest{ID: id})
-	if err != nil || int(info.GetShimPid()) != shimPid {
-		return nil
-	}
-	if err := unix.PidfdSendSignal(pidfd, unix.SIGKILL, nil, 0); err != nil && !errors.Is(err, unix.ESRCH) {
-		return fmt.Errorf("kill shim %d: %w", shimPid, err)
-	}
-	log.G(ctx).WithField("pid", shimPid).Info("killed a shim that would not exit")
-	return nil
-}
-
-// exited waits up to timeout for the process of pidfd to exit.
-func exited(pidfd int, timeout time.Duration) bool {
-	fds := []unix.PollFd{{Fd: int32(pidfd), Events: unix.POLLIN}}
-	deadline := time.Now().Add(timeout)
-	for {
-		ms := max(time.Until(deadline).Milliseconds(), 0)
-		n, err := unix.Poll(fds, int(ms))
-		if errors.Is(err, unix.EINTR) && ms > 0 {
-			continue
-		}
-		return err == nil && n > 0
-	}
+	return ids, nil
 }

@@ -2,8 +2,6 @@ package controller
 
 import (
 	"context"
-	"errors"
-	"io/fs"
 	"net"
 	"os"
 	"os/exec"
@@ -15,92 +13,23 @@ import (
 
 	taskapi "github.com/containerd/containerd/api/runtime/task/v3"
 	"github.com/containerd/containerd/v2/core/containers"
-	"github.com/containerd/errdefs"
-	"github.com/containerd/errdefs/pkg/errgrpc"
 	"github.com/containerd/ttrpc"
+
+	"github.com/berth-dev/berth/shimproc"
 )
 
-// fakeShim is a runc shim's task API: State answers from states by task
-// ID, and NotFound for the others.
-type fakeShim struct {
-	taskapi.TTRPCTaskService
-	states map[string]error
-}
-
-func (s *fakeShim) State(_ context.Context, r *taskapi.StateRequest) (*taskapi.StateResponse, error) {
-	err, ok := s.states[r.ID]
-	if !ok {
-		return nil, errgrpc.ToGRPC(errdefs.ErrNotFound)
-	}
-	return &taskapi.StateResponse{ID: r.ID}, err
-}
-
-func TestOtherTasks(t *testing.T) {
+// TestOtherContainers checks that the tasks a shim is asked about, before
+// it is ended, are those of every container containerd knows but the
+// pause's (shimproc's TestServing: which of them the shim serves).
+func TestOtherContainers(t *testing.T) {
 	client := newFakeClient()
 	for _, id := range []string{"pause", "app", "neighbour", "elsewhere"} {
 		client.addContainer(containers.Container{ID: id})
 	}
 	r := &reaper{client: client}
-	ctx := context.Background()
-
-	shim := &fakeShim{states: map[string]error{"pause": nil, "app": nil, "neighbour": nil}}
-	got, err := r.otherTasks(ctx, shim, "pause")
-	if err != nil || !slices.Equal(got, []string{"app", "neighbour"}) {
-		t.Errorf("otherTasks = %v, %v; want the tasks the shim serves but the pause's", got, err)
-	}
-
-	// A shim that exits under the call says so, for the caller to tell
-	// from a failure.
-	shim.states["app"] = ttrpc.ErrClosed
-	if _, err := r.otherTasks(ctx, shim, "pause"); !isShimExiting(err) {
-		t.Errorf("otherTasks of an exiting shim: %v, want ttrpc's ErrClosed", err)
-	}
-	shim.states["app"] = errgrpc.ToGRPC(errdefs.ErrUnavailable)
-	if _, err := r.otherTasks(ctx, shim, "pause"); !errdefs.IsUnavailable(err) || isShimExiting(err) {
-		t.Errorf("otherTasks of a failing shim: %v, want Unavailable", err)
-	}
-}
-
-// runcLoggingShim deletes every task, writing runc's log.json into the
-// task's bundle as the runc shim's runc does.
-type runcLoggingShim struct {
-	taskapi.TTRPCTaskService
-	bundles string
-}
-
-func (s *runcLoggingShim) Delete(_ context.Context, r *taskapi.DeleteRequest) (*taskapi.DeleteResponse, error) {
-	if err := os.WriteFile(filepath.Join(s.bundles, Namespace, r.ID, "log.json"), nil, 0o600); err != nil {
-		return nil, errgrpc.ToGRPC(err)
-	}
-	return &taskapi.DeleteResponse{}, nil
-}
-
-// TestDeleteInShimRemovesStandInBundle checks that the bundle deleteInShim
-// stands in for a lost task's is gone once the task is, though runc logged
-// into it, and that a bundle it did not make is left alone.
-func TestDeleteInShimRemovesStandInBundle(t *testing.T) {
-	bundles := t.TempDir()
-	if err := os.Mkdir(filepath.Join(bundles, Namespace), 0o700); err != nil {
-		t.Fatal(err)
-	}
-	r := &reaper{sockets: ShimSockets{Bundles: bundles}}
-	shim := &runcLoggingShim{bundles: bundles}
-	if err := r.deleteInShim(context.Background(), shim, "lost"); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := os.Stat(filepath.Join(bundles, Namespace, "lost")); !errors.Is(err, fs.ErrNotExist) {
-		t.Errorf("stand-in bundle after the delete: %v, want it gone", err)
-	}
-
-	own := filepath.Join(bundles, Namespace, "known")
-	if err := os.Mkdir(own, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	if err := r.deleteInShim(context.Background(), shim, "known"); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := os.Stat(filepath.Join(own, "log.json")); err != nil {
-		t.Errorf("a bundle deleteInShim did not make: %v, want it left as it was", err)
+	got, err := r.otherContainers(context.Background(), "pause")
+	if err != nil || !slices.Equal(got, []string{"app", "elsewhere", "neighbour"}) {
+		t.Errorf("otherContainers = %v, %v; want every container but the pause", got, err)
 	}
 }
 
@@ -116,14 +45,13 @@ func (s *pidShim) Connect(context.Context, *taskapi.ConnectRequest) (*taskapi.Co
 
 // serveShim serves svc at the socket of group's shim under sockets, as the
 // runc shim listens.
-func serveShim(t *testing.T, sockets ShimSockets, group string, svc taskapi.TTRPCTaskService) {
+func serveShim(t *testing.T, sockets shimproc.Sockets, group string, svc taskapi.TTRPCTaskService) {
 	t.Helper()
-	r := &reaper{sockets: sockets}
-	addr, err := r.socketAddress(testContext(), group)
+	addr, err := sockets.TaskAddress(testContext(), group)
 	if err != nil {
 		t.Fatal(err)
 	}
-	path := strings.TrimPrefix(addr, "unix://")
+	path := strings.TrimPrefix(addr, "ttrpc+unix://")
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		t.Fatal(err)
 	}
@@ -144,7 +72,7 @@ func serveShim(t *testing.T, sockets ShimSockets, group string, svc taskapi.TTRP
 // the exits of the tasks made in its group are recorded when its process
 // dies, without waiting for containerd.
 func TestWatchShim(t *testing.T) {
-	sockets := ShimSockets{ContainerdAddress: "/run/berth-test/containerd.sock", Dir: t.TempDir()}
+	sockets := shimproc.Sockets{ContainerdAddress: "/run/berth-test/containerd.sock", Dir: t.TempDir(), Namespace: Namespace}
 	shim := exec.Command("sleep", "60")
 	if err := shim.Start(); err != nil {
 		t.Fatal(err)
@@ -154,7 +82,7 @@ func TestWatchShim(t *testing.T) {
 
 	groups := newShimGroups(func(string) int { return 4 })
 	died := make(chan []string, 1)
-	r := &reaper{sockets: sockets, groups: groups, shimDied: func(ids []string) { died <- ids }}
+	r := &reaper{shims: sockets, groups: groups, shimDied: func(ids []string) { died <- ids }}
 	id := groups.join(shimScope{handler: "h"})
 	groups.join(shimScope{handler: "h"})
 	mustMake(t, groups, id, "sb1")(makeDone)

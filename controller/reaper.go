@@ -14,6 +14,7 @@ import (
 	"github.com/containerd/ttrpc"
 
 	"github.com/berth-dev/berth/retry"
+	"github.com/berth-dev/berth/shimproc"
 	"github.com/berth-dev/berth/store"
 )
 
@@ -30,7 +31,7 @@ type reaper struct {
 	retries *retry.Queue
 	// exitTimeout bounds the first attempt at deleting an exited task.
 	exitTimeout time.Duration
-	sockets     ShimSockets
+	shims       shimproc.Sockets
 	// groups are the shared shims; a pod leaves its group when its pause
 	// task exits.
 	groups    *shimGroups
@@ -50,7 +51,7 @@ func newReaper(client containerdClient, retries *retry.Queue, t *telemetry, cfg 
 		client:      client,
 		retries:     retries,
 		exitTimeout: cfg.ExitTimeout,
-		sockets:     cfg.Shims,
+		shims:       cfg.Shims,
 		groups:      groups,
 		telemetry:   t,
 		killing:     map[string]bool{},
@@ -259,30 +260,6 @@ func (r *reaper) reattach(ctx context.Context, sb *store.Sandbox, scope shimScop
 	return nil
 }
 
-// loadTask returns the pause task of a recovered sandbox, or takes care of
-// its absence and returns nil: the sandbox's exit is recorded, with its
-// status lost, and it is marked deleted. A sandbox whose exit was handled
-// before the restart has no task, and its shim lives on only while it
-// serves the pod's app containers; one whose Start containerd's death cut
-// short, or whose shim's bundle containerd lost, may have left a shim and a
-// runc container, which cleanupLost ends.
-func (r *reaper) loadTask(ctx context.Context, sb *store.Sandbox) (containerd.Task, error) {
-	t, err := sb.Status().Instance.Container.Task(ctx, nil)
-	if err == nil {
-		return t, nil
-	}
-	if !errdefs.IsNotFound(err) {
-		return nil, fmt.Errorf("load pause task: %w", err)
-	}
-	sb.Exit(unknownExitCode, time.Now())
-	inst := sb.Status().Instance
-	if err := r.cleanupLost(ctx, lostTask{id: sb.ID, runtime: sb.Runtime, cgroupsPath: inst.CgroupsPath, group: inst.ShimGroup, sb: sb}); err != nil {
-		return nil, err
-	}
-	sb.SetDeleted()
-	return nil, nil
-}
-
 // deleteUnloaded deletes the pause task of a sandbox whose recovery could
 // not load it in time, once its shim answers.
 func (r *reaper) deleteUnloaded(ctx context.Context, sb *store.Sandbox) error {
@@ -291,27 +268,6 @@ func (r *reaper) deleteUnloaded(ctx context.Context, sb *store.Sandbox) error {
 		return err
 	}
 	return r.deleteExited(ctx, sb, t)
-}
-
-// removeTask deletes the pause task, if any, of a container no sandbox
-// owns, and cleans up after a Start that may have left it half made.
-func (r *reaper) removeTask(ctx context.Context, container containerd.Container) error {
-	t, err := container.Task(ctx, nil)
-	if err == nil {
-		return r.deleteTask(ctx, t)
-	}
-	if !errdefs.IsNotFound(err) {
-		return fmt.Errorf("load pause task: %w", err)
-	}
-	info, err := container.Info(ctx, containerd.WithoutRefreshedMetadata)
-	if err != nil {
-		return fmt.Errorf("pause container info: %w", err)
-	}
-	// A spec or record that does not decode has no cgroup to remove, and
-	// names no group: the shim is the pod's.
-	_, cgroupsPath, _ := specRecord(info.Spec)
-	rec, _ := recordOn(info)
-	return r.cleanupLost(ctx, lostTask{id: container.ID(), runtime: runtimeOf(info), cgroupsPath: cgroupsPath, group: rec.ShimGroup})
 }
 
 // retry queues step, named name, for sandbox id, counting it and its

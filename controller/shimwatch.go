@@ -2,14 +2,11 @@ package controller
 
 import (
 	"context"
-	"errors"
-	"fmt"
-	"os"
 	"time"
 
-	taskapi "github.com/containerd/containerd/api/runtime/task/v3"
 	"github.com/containerd/log"
-	"golang.org/x/sys/unix"
+
+	"github.com/berth-dev/berth/shimproc"
 )
 
 // watchShim watches the process of group's shared shim, which serves task
@@ -27,13 +24,13 @@ func (r *reaper) watchShim(ctx context.Context, group, id string) {
 	}
 	ctx = log.WithLogger(detached(ctx), log.G(ctx).WithField("shim_group", group))
 	go func() {
-		pidfd, err := r.shimPidfd(ctx, group, id)
+		pidfd, err := r.shims.Pidfd(ctx, group, id)
 		if err != nil || pidfd == nil {
 			log.G(ctx).WithError(err).Debug("shared shim not watched")
 			return
 		}
 		defer pidfd.Close()
-		if err := waitExit(pidfd); err != nil {
+		if err := shimproc.WaitExit(pidfd); err != nil {
 			log.G(ctx).WithError(err).Warn("watch shared shim")
 			return
 		}
@@ -43,67 +40,6 @@ func (r *reaper) watchShim(ctx context.Context, group, id string) {
 			r.shimDied(ids)
 		}
 	}()
-}
-
-// shimPidfd returns a pidfd of the shim of group, reached at its socket:
-// nil if no shim listens there. The pidfd is the shim's only if the shim
-// still answers with its pid once the pidfd is open, so a reused pid is
-// never watched.
-func (r *reaper) shimPidfd(ctx context.Context, group, id string) (*os.File, error) {
-	svc, closeShim, err := r.dialShim(ctx, group)
-	if err != nil || svc == nil {
-		return nil, err
-	}
-	defer closeShim()
-	pid, err := shimPid(ctx, svc, id)
-	if err != nil {
-		return nil, err
-	}
-	fd, err := unix.PidfdOpen(pid, unix.PIDFD_NONBLOCK)
-	if err != nil {
-		return nil, fmt.Errorf("pidfd of shim %d: %w", pid, err)
-	}
-	// Non-blocking, so that os waits for it in the runtime's poller, not
-	// in a thread of its own.
-	pidfd := os.NewFile(uintptr(fd), "shim pidfd")
-	if again, err := shimPid(ctx, svc, id); err != nil || again != pid {
-		pidfd.Close()
-		return nil, errors.Join(fmt.Errorf("shim %d did not answer again", pid), err)
-	}
-	return pidfd, nil
-}
-
-// shimPid asks the shim serving task id for its pid.
-func shimPid(ctx context.Context, svc taskapi.TTRPCTaskService, id string) (int, error) {
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	info, err := svc.Connect(ctx, &taskapi.ConnectRequest{ID: id})
-	if err != nil {
-		return 0, fmt.Errorf("connect to shim: %w", err)
-	}
-	if info.GetShimPid() == 0 {
-		return 0, errors.New("shim has no pid")
-	}
-	return int(info.GetShimPid()), nil
-}
-
-// waitExit blocks until the process of pidfd exits: its pidfd is then
-// readable.
-func waitExit(pidfd *os.File) error {
-	rc, err := pidfd.SyscallConn()
-	if err != nil {
-		return err
-	}
-	var pollErr error
-	err = rc.Read(func(fd uintptr) bool {
-		n, err := unix.Poll([]unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}, 0)
-		if err != nil && !errors.Is(err, unix.EINTR) {
-			pollErr = err
-			return true
-		}
-		return n > 0
-	})
-	return errors.Join(err, pollErr)
 }
 
 // shimDied records the exit of the pause tasks ids a dead shared shim

@@ -21,6 +21,7 @@ import (
 	"github.com/opencontainers/selinux/go-selinux"
 
 	"github.com/berth-dev/berth/podsandbox"
+	"github.com/berth-dev/berth/shimproc"
 	"github.com/berth-dev/berth/store"
 )
 
@@ -277,7 +278,7 @@ func (c *Controller) createContainer(ctx context.Context, sb *store.Sandbox, p s
 func (c *Controller) startTask(ctx context.Context, sb *store.Sandbox, container containerd.Container, p startPlan, making taskMaking, undo *rollback) (containerd.Task, *exitWatch, error) {
 	var opts []containerd.NewTaskOpts
 	if p.shim != "" {
-		opts = append(opts, containerd.WithTaskAPIEndpoint(p.shim, shimTaskAPIVersion))
+		opts = append(opts, containerd.WithTaskAPIEndpoint(p.shim, shimproc.TaskAPIVersion))
 	}
 	if p.runtime.Path != "" {
 		opts = append(opts, containerd.WithRuntimePath(p.runtime.Path))
@@ -312,10 +313,6 @@ func (c *Controller) startTask(ctx context.Context, sb *store.Sandbox, container
 // then made again in another group.
 var errSharedShimRefused = errors.New("shared shim refused the pause task")
 
-// shimTaskAPIVersion is the runc shim's task API version (task/v3), which
-// containerd needs with a shim's address.
-const shimTaskAPIVersion = 3
-
 // beginTask begins making the pause task in its shim group, waiting for
 // the group's first task if it is being made. If the group's shim is up, it
 // sets the address at which the task joins it.
@@ -328,7 +325,7 @@ func (c *Controller) beginTask(ctx context.Context, sb *store.Sandbox, p *startP
 		return taskMaking{}, fmt.Errorf("wait for the first pause task of shim group %s: %w", p.group, err)
 	}
 	if making.shimUp {
-		if p.shim, err = c.reaper.shimAddress(ctx, p.group); err != nil {
+		if p.shim, err = c.reaper.shims.TaskAddress(ctx, p.group); err != nil {
 			making.end(makeAbandoned)
 			return taskMaking{}, err
 		}

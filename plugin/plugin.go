@@ -24,6 +24,7 @@ import (
 	"github.com/berth-dev/berth/controller"
 	"github.com/berth-dev/berth/podsandbox"
 	"github.com/berth-dev/berth/retry"
+	"github.com/berth-dev/berth/shimproc"
 )
 
 // ID is berth's plugin ID, the value of a runtime handler's sandboxer.
@@ -100,11 +101,12 @@ func initController(ic *plugin.InitContext) (*controller.Controller, error) {
 		Node:         podsandbox.HostNode(),
 		HostFiles:    podsandbox.DefaultHostFiles,
 		BuiltinPause: builtinPause(ic, cfg, cri, root),
-		Shims: controller.ShimSockets{
+		Shims: shimproc.Sockets{
 			ContainerdAddress: ic.Properties[plugins.PropertyGRPCAddress],
 			Dir:               shimSocketDir(ic),
 			// Beside berth's state, as the shim manager lays bundles out.
-			Bundles: filepath.Join(filepath.Dir(ic.Properties[plugins.PropertyStateDir]), plugins.RuntimePluginV2.String()+".task"),
+			Bundles:   filepath.Join(filepath.Dir(ic.Properties[plugins.PropertyStateDir]), plugins.RuntimePluginV2.String()+".task"),
+			Namespace: controller.Namespace,
 		},
 		PodsPerShim:         cfg.PodsPerShim,
 		HandlerPodsPerShim:  cfg.HandlerPodsPerShim,

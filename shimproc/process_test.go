@@ -1,0 +1,91 @@
+package shimproc
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"testing"
+	"time"
+)
+
+// startProcess starts a process standing for a shim, reaped by the test:
+// the returned channel is closed once it is.
+func startProcess(t *testing.T) (*os.Process, <-chan struct{}) {
+	t.Helper()
+	cmd := exec.Command("sleep", "60")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	reaped := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(reaped) }()
+	t.Cleanup(func() { _ = cmd.Process.Kill(); <-reaped })
+	return cmd.Process, reaped
+}
+
+// TestPidfd checks that a shim's pidfd is taken only while the shim
+// answers with the same pid, and that WaitExit returns when, and only
+// when, its process exits.
+func TestPidfd(t *testing.T) {
+	ctx := context.Background()
+	proc, reaped := startProcess(t)
+	pid := uint32(proc.Pid)
+	for _, pids := range [][]uint32{{0}, {pid, 1}} {
+		if pidfd, err := (&Shim{svc: &fakeShim{pids: pids}}).pidfd(ctx, "id"); pidfd != nil || err == nil {
+			t.Errorf("pidfd of a shim answering %v: %v, %v; want an error", pids, pidfd, err)
+		}
+	}
+
+	pidfd, err := (&Shim{svc: &fakeShim{pids: []uint32{pid}}}).pidfd(ctx, "id")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pidfd.Close()
+	waited := make(chan error, 1)
+	go func() { waited <- WaitExit(pidfd) }()
+	select {
+	case err := <-waited:
+		t.Fatalf("WaitExit returned while the process runs: %v", err)
+	case <-time.After(100 * time.Millisecond):
+	}
+	if err := proc.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	<-reaped
+	select {
+	case err := <-waited:
+		if err != nil {
+			t.Errorf("WaitExit: %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("WaitExit did not return after the exit")
+	}
+}
+
+// TestShutdownKillsShimThatStays checks that a shim that does not exit
+// once shut down is killed, unless it answers with another pid by then:
+// the pid may be another process's.
+func TestShutdownKillsShimThatStays(t *testing.T) {
+	ctx := context.Background()
+	proc, reaped := startProcess(t)
+	pid := uint32(proc.Pid)
+
+	shim := &fakeShim{pids: []uint32{pid, 1}}
+	if err := (&Shim{svc: shim}).Shutdown(ctx, "id"); err != nil || shim.shutdowns != 1 {
+		t.Fatalf("Shutdown = %v after %d shutdowns, want one", err, shim.shutdowns)
+	}
+	select {
+	case <-reaped:
+		t.Fatal("a process that may not be the shim's killed")
+	default:
+	}
+
+	shim = &fakeShim{pids: []uint32{pid}}
+	if err := (&Shim{svc: shim}).Shutdown(ctx, "id"); err != nil || shim.shutdowns != 1 {
+		t.Fatalf("Shutdown = %v after %d shutdowns, want one", err, shim.shutdowns)
+	}
+	select {
+	case <-reaped:
+	case <-time.After(5 * time.Second):
+		t.Fatal("shim that stays not killed")
+	}
+}

@@ -1,0 +1,149 @@
+package shimproc
+
+import (
+	"context"
+	"errors"
+	"io/fs"
+	"net"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	taskapi "github.com/containerd/containerd/api/runtime/task/v3"
+	"github.com/containerd/errdefs"
+	"github.com/containerd/errdefs/pkg/errgrpc"
+	"github.com/containerd/ttrpc"
+	"google.golang.org/protobuf/types/known/emptypb"
+)
+
+// fakeShim is a runc shim's task API. State answers from states by task
+// ID, and NotFound for the others. Connect answers with pids in turn, the
+// last one from then on. Delete deletes every task, writing runc's
+// log.json into the task's bundle under bundles as the runc shim's runc
+// does. Shutdown is counted, and leaves the process running.
+type fakeShim struct {
+	taskapi.TTRPCTaskService
+	states    map[string]error
+	pids      []uint32
+	bundles   string
+	shutdowns int
+}
+
+func (s *fakeShim) State(_ context.Context, r *taskapi.StateRequest) (*taskapi.StateResponse, error) {
+	err, ok := s.states[r.ID]
+	if !ok {
+		return nil, errgrpc.ToGRPC(errdefs.ErrNotFound)
+	}
+	return &taskapi.StateResponse{ID: r.ID}, err
+}
+
+func (s *fakeShim) Connect(context.Context, *taskapi.ConnectRequest) (*taskapi.ConnectResponse, error) {
+	pid := s.pids[0]
+	if len(s.pids) > 1 {
+		s.pids = s.pids[1:]
+	}
+	return &taskapi.ConnectResponse{ShimPid: pid}, nil
+}
+
+func (s *fakeShim) Delete(_ context.Context, r *taskapi.DeleteRequest) (*taskapi.DeleteResponse, error) {
+	if err := os.WriteFile(filepath.Join(s.bundles, "k8s.io", r.ID, "log.json"), nil, 0o600); err != nil {
+		return nil, errgrpc.ToGRPC(err)
+	}
+	return &taskapi.DeleteResponse{}, nil
+}
+
+func (s *fakeShim) Shutdown(context.Context, *taskapi.ShutdownRequest) (*emptypb.Empty, error) {
+	s.shutdowns++
+	return &emptypb.Empty{}, nil
+}
+
+func TestServing(t *testing.T) {
+	ctx := context.Background()
+	shim := &Shim{svc: &fakeShim{states: map[string]error{"pause": nil, "app": nil, "neighbour": nil}}}
+	ids := []string{"app", "elsewhere", "neighbour"}
+	got, err := shim.Serving(ctx, ids)
+	if err != nil || !slices.Equal(got, []string{"app", "neighbour"}) {
+		t.Errorf("Serving = %v, %v; want the tasks among ids the shim serves", got, err)
+	}
+
+	// A shim that exits under the call says so, for the caller to tell
+	// from a failure.
+	shim.svc.(*fakeShim).states["app"] = ttrpc.ErrClosed
+	if _, err := shim.Serving(ctx, ids); !IsExiting(err) {
+		t.Errorf("Serving of an exiting shim: %v, want ttrpc's ErrClosed", err)
+	}
+	shim.svc.(*fakeShim).states["app"] = errgrpc.ToGRPC(errdefs.ErrUnavailable)
+	if _, err := shim.Serving(ctx, ids); !errdefs.IsUnavailable(err) || IsExiting(err) {
+		t.Errorf("Serving of a failing shim: %v, want Unavailable", err)
+	}
+}
+
+// TestDeleteTaskRemovesStandInBundle checks that the bundle DeleteTask
+// stands in for a lost task's is gone once the task is, though runc logged
+// into it, and that a bundle it did not make is left alone.
+func TestDeleteTaskRemovesStandInBundle(t *testing.T) {
+	bundles := t.TempDir()
+	if err := os.Mkdir(filepath.Join(bundles, "k8s.io"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	shim := &Shim{svc: &fakeShim{bundles: bundles}, sockets: Sockets{Bundles: bundles, Namespace: "k8s.io"}}
+	if err := shim.DeleteTask(context.Background(), "lost"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(bundles, "k8s.io", "lost")); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("stand-in bundle after the delete: %v, want it gone", err)
+	}
+
+	own := filepath.Join(bundles, "k8s.io", "known")
+	if err := os.Mkdir(own, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := shim.DeleteTask(context.Background(), "known"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(own, "log.json")); err != nil {
+		t.Errorf("a bundle DeleteTask did not make: %v, want it left as it was", err)
+	}
+}
+
+// TestDial checks where a shim is looked for, per group and namespace,
+// and that a shim that does not listen, or sockets berth does not know,
+// dial to nil.
+func TestDial(t *testing.T) {
+	ctx := context.Background()
+	sockets := Sockets{ContainerdAddress: "/run/berth-test/containerd.sock", Dir: t.TempDir(), Namespace: "k8s.io"}
+	addr, err := sockets.TaskAddress(ctx, "group")
+	if err != nil || !strings.HasPrefix(addr, "ttrpc+unix://"+sockets.Dir+"/") {
+		t.Fatalf("TaskAddress = %q, %v; want a socket under %s", addr, err, sockets.Dir)
+	}
+	elsewhere := sockets
+	elsewhere.Namespace = "other"
+	inNamespace, err1 := elsewhere.TaskAddress(ctx, "group")
+	ofGroup, err2 := sockets.TaskAddress(ctx, "other")
+	if inNamespace == addr || ofGroup == addr || err1 != nil || err2 != nil {
+		t.Errorf("TaskAddress in another namespace %q (%v), of another group %q (%v); want other sockets than %q", inNamespace, err1, ofGroup, err2, addr)
+	}
+	if a, err := (Sockets{}).TaskAddress(ctx, "group"); a != "" || err != nil {
+		t.Errorf("TaskAddress with unknown sockets = %q, %v; want none", a, err)
+	}
+
+	for _, s := range []Sockets{{}, sockets} {
+		if shim, err := s.Dial(ctx, "group"); shim != nil || err != nil {
+			t.Errorf("Dial of no shim with %+v = %v, %v; want none", s, shim, err)
+		}
+	}
+	l, err := net.Listen("unix", strings.TrimPrefix(addr, "ttrpc+unix://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	shim, err := sockets.Dial(ctx, "group")
+	if err != nil || shim == nil {
+		t.Fatalf("Dial of a listening shim = %v, %v", shim, err)
+	}
+	if err := shim.Close(); err != nil {
+		t.Error(err)
+	}
+}
