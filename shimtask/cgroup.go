@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 
 	"github.com/containerd/cgroups/v3"
 	"github.com/containerd/cgroups/v3/cgroup2"
@@ -85,10 +86,51 @@ func (h HostCgroups) devicesDir(group string) (string, error) {
 	if err := cgroup2.VerifyGroupPath(group); err != nil {
 		return "", fmt.Errorf("cgroup v1 devices path %q: %w", group, err)
 	}
-	path := filepath.Join(h.proc(), "self", "mountinfo")
+	find := hostDevicesMount
+	if h.Proc != "" {
+		find = func() (*mountinfo.Info, error) { return devicesMount(h.proc()) }
+	}
+	m, err := find()
+	if err != nil {
+		return "", err
+	}
+	rel, err := filepath.Rel(m.Root, group)
+	if err != nil || rel == ".." || strings.HasPrefix(rel, "../") {
+		return "", fmt.Errorf("cgroup %s is outside the devices mount %s of %s", group, m.Mountpoint, m.Root)
+	}
+	return filepath.Join(m.Mountpoint, rel), nil
+}
+
+// hostDevices is the host's devices hierarchy mount once found: it is
+// mounted at boot, and mountinfo would be read at every task's creation
+// otherwise.
+var hostDevices struct {
+	sync.Mutex
+	mount *mountinfo.Info
+}
+
+// hostDevicesMount is the host's devices hierarchy mount, found the first
+// time it can be.
+func hostDevicesMount() (*mountinfo.Info, error) {
+	hostDevices.Lock()
+	defer hostDevices.Unlock()
+	if hostDevices.mount == nil {
+		m, err := devicesMount("/proc")
+		if err != nil {
+			return nil, err
+		}
+		hostDevices.mount = m
+	}
+	return hostDevices.mount, nil
+}
+
+// devicesMount finds the cgroup v1 devices hierarchy's mount in
+// <proc>/self/mountinfo.
+func devicesMount(proc string) (*mountinfo.Info, error) {
+	path := filepath.Join(proc, "self", "mountinfo")
 	f, err := os.Open(path)
 	if err != nil {
-		return "", fmt.Errorf("find the devices cgroup mount: %w", err)
+		return nil, fmt.Errorf("find the devices cgroup mount: %w", err)
 	}
 	defer f.Close()
 	mounts, err := mountinfo.GetMountsFromReader(f, func(m *mountinfo.Info) (skip, stop bool) {
@@ -96,17 +138,12 @@ func (h HostCgroups) devicesDir(group string) (string, error) {
 		return !found, found
 	})
 	if err != nil {
-		return "", fmt.Errorf("parse %s: %w", path, err)
+		return nil, fmt.Errorf("parse %s: %w", path, err)
 	}
 	if len(mounts) == 0 {
-		return "", fmt.Errorf("no cgroup v1 devices hierarchy in %s: %w", path, fs.ErrNotExist)
+		return nil, fmt.Errorf("no cgroup v1 devices hierarchy in %s: %w", path, fs.ErrNotExist)
 	}
-	m := mounts[0]
-	rel, err := filepath.Rel(m.Root, group)
-	if err != nil || rel == ".." || strings.HasPrefix(rel, "../") {
-		return "", fmt.Errorf("cgroup %s is outside the devices mount %s of %s", group, m.Mountpoint, m.Root)
-	}
-	return filepath.Join(m.Mountpoint, rel), nil
+	return mounts[0], nil
 }
 
 // Procs lists the processes of the cgroup at dir and of its descendants
