@@ -22,11 +22,13 @@ import (
 	"sync/atomic"
 	"time"
 
+	containerd "github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/core/sandbox"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/platforms"
 	imagespec "github.com/opencontainers/image-spec/specs-go/v1"
 
+	"github.com/berth-dev/berth/placement"
 	"github.com/berth-dev/berth/podsandbox"
 	"github.com/berth-dev/berth/retry"
 	"github.com/berth-dev/berth/shimproc"
@@ -131,7 +133,11 @@ type Controller struct {
 	reaper    *reaper
 	locks     *keyLock
 	telemetry *telemetry
-	keepers   *keepers
+	// policy is how pods share shims; groups are the shared shims, and
+	// keepers the tasks that keep some warm.
+	policy  placement.Policy
+	groups  *placement.Groups
+	keepers *placement.Keepers[containerd.Container]
 	// abandoned are the checks for sandboxes created and never started
 	// (forgetIfAbandoned), by sandbox ID.
 	abandoned *timers
@@ -155,48 +161,28 @@ func New(cfg Config, client containerdClient, retries *retry.Queue) *Controller 
 		store:     s,
 		locks:     newKeyLock(),
 		telemetry: t,
-		keepers:   newKeepers(),
+		keepers:   placement.NewKeepers[containerd.Container](),
 		abandoned: newTimers(),
 		recovered: make(chan struct{}),
 	}
-	groups := newShimGroups(c.podsPerShim)
-	groups.waited = t.groupWaited
-	c.reaper = newReaper(client, retries, t, cfg, groups, c.shimDied)
+	c.policy = placement.Policy{
+		PodsPerShim:    cfg.PodsPerShim,
+		PerHandler:     cfg.HandlerPodsPerShim,
+		WarmHandlers:   cfg.WarmShims,
+		CrossNamespace: cfg.CrossNamespaceShims,
+		Groupable: func(handler string) bool {
+			r, ok := cfg.CRI.Runtimes[handler]
+			return ok && strings.HasPrefix(r.Type, runcRuntimePrefix)
+		},
+	}
+	c.groups = placement.NewGroups(c.policy.PerShim, placement.WithWaitObserver(t.groupWaited))
+	c.reaper = newReaper(client, retries, t, cfg, c.groups, c.shimDied)
 	return c
 }
 
-// podsPerShim is how many pods of handler share a shim. Only the runc shim
-// groups tasks; other shims would ignore the group.
-func (c *Controller) podsPerShim(handler string) int {
-	if r, ok := c.config.CRI.Runtimes[handler]; !ok || !strings.HasPrefix(r.Type, runcRuntimePrefix) {
-		return 1
-	}
-	if n, ok := c.config.HandlerPodsPerShim[handler]; ok {
-		return n
-	}
-	return c.config.PodsPerShim
-}
-
-// shimScope is what a pod of handler in Kubernetes namespace namespace
-// may share a shim with: its handler's pods of its namespace, a tenant's
-// pods apart from another's (a shim's crash, or its OOM kill, takes every
-// pod it serves), unless the handler shares shims across namespaces.
-func (c *Controller) shimScope(handler, namespace string) shimScope {
-	if c.sharesAcrossNamespaces(handler) {
-		return shimScope{handler: handler}
-	}
-	return shimScope{handler: handler, namespace: namespace}
-}
-
-// sharesAcrossNamespaces says whether handler's pods share shims with pods
-// of other Kubernetes namespaces.
-func (c *Controller) sharesAcrossNamespaces(handler string) bool {
-	return slices.Contains(c.config.CrossNamespaceShims, handler)
-}
-
 // podShimScope is the shim scope of the pod of md.
-func (c *Controller) podShimScope(md store.Metadata) shimScope {
-	return c.shimScope(c.handler(md), md.Config.GetMetadata().GetNamespace())
+func (c *Controller) podShimScope(md store.Metadata) placement.Scope {
+	return c.policy.Scope(c.handler(md), md.Config.GetMetadata().GetNamespace())
 }
 
 // Close waits for a recovery in progress, whose steps may queue retries,

@@ -24,6 +24,7 @@ import (
 	"google.golang.org/protobuf/types/known/anypb"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
+	"github.com/berth-dev/berth/placement"
 	"github.com/berth-dev/berth/podsandbox"
 	"github.com/berth-dev/berth/retry"
 	"github.com/berth-dev/berth/shimproc"
@@ -369,7 +370,7 @@ func TestStartInRefusingSharedShim(t *testing.T) {
 	}
 	var spec struct{ Annotations map[string]string }
 	info, _ := client.container("sb2").Info(testContext())
-	if err := json.Unmarshal(info.Spec.GetValue(), &spec); err != nil || spec.Annotations[ShimGroupAnnotation] != group {
+	if err := json.Unmarshal(info.Spec.GetValue(), &spec); err != nil || spec.Annotations[placement.GroupAnnotation] != group {
 		t.Errorf("pause spec annotations %v (%v), want the group %s", spec.Annotations, err, group)
 	}
 	if n := client.count("new container"); n != 3 {

@@ -8,9 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"slices"
 	"strings"
-	"sync"
 	"time"
 
 	runcoptions "github.com/containerd/containerd/api/types/runc/options"
@@ -22,6 +20,7 @@ import (
 	"github.com/containerd/log"
 	"github.com/containerd/typeurl/v2"
 
+	"github.com/berth-dev/berth/placement"
 	"github.com/berth-dev/berth/podsandbox"
 )
 
@@ -57,61 +56,8 @@ type keeperRecord struct {
 	ShimGroup string `json:"shimGroup"`
 }
 
-// keeper is a live shim keeper.
-type keeper struct {
-	id, group string
-	scope     shimScope
-	container containerd.Container
-}
-
-// keepers are the live shim keepers, one per warm scope at most.
-type keepers struct {
-	mu sync.Mutex
-	// byScope holds each scope's keeper; a nil one is being made or taken
-	// up.
-	byScope map[shimScope]*keeper
-}
-
-func newKeepers() *keepers { return &keepers{byScope: map[shimScope]*keeper{}} }
-
-// claim reserves scope's keeper for the caller to make, if the scope has
-// none. A keeper whose group no pod may join any more serves none: it is
-// returned, for the caller to remove, and the claim succeeds.
-func (k *keepers) claim(scope shimScope, isOpen func(group string) bool) (ok bool, stale *keeper) {
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	cur, has := k.byScope[scope]
-	if has && (cur == nil || isOpen(cur.group)) {
-		return false, nil
-	}
-	k.byScope[scope] = nil
-	return true, cur
-}
-
-// set makes kp its scope's keeper; nil releases a claim.
-func (k *keepers) set(scope shimScope, kp *keeper) {
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	if kp == nil {
-		delete(k.byScope, scope)
-		return
-	}
-	k.byScope[scope] = kp
-}
-
-// drop forgets keeper kp if it is still its scope's.
-func (k *keepers) drop(kp *keeper) {
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	if k.byScope[kp.scope] == kp {
-		delete(k.byScope, kp.scope)
-	}
-}
-
-// warmShim says whether handler keeps a warm shim.
-func (c *Controller) warmShim(handler string) bool {
-	return slices.Contains(c.config.WarmShims, handler) && c.podsPerShim(handler) > 1
-}
+// keeper is a live shim keeper and its container.
+type keeper = placement.Keeper[containerd.Container]
 
 // keepShimWarm makes a shim keeper as the first task of group, of scope,
 // which sb has just joined, if the scope's handler keeps a warm shim and
@@ -119,11 +65,11 @@ func (c *Controller) warmShim(handler string) bool {
 // before sb's pause task is made, so that the pause joins the keeper's
 // shim. A keeper that cannot be made is logged, never the pod's failure:
 // the pod's task starts the shim itself.
-func (c *Controller) keepShimWarm(ctx context.Context, runtime sandbox.RuntimeOpts, scope shimScope, group string) {
-	if group == "" || !c.warmShim(scope.handler) || !c.reaper.groups.fresh(group) {
+func (c *Controller) keepShimWarm(ctx context.Context, runtime sandbox.RuntimeOpts, scope placement.Scope, group string) {
+	if group == "" || !c.policy.KeepsWarm(scope.Handler) || !c.groups.Fresh(group) {
 		return
 	}
-	ok, stale := c.keepers.claim(scope, func(g string) bool { return c.reaper.groups.isOpen(scope, g) })
+	ok, stale := c.keepers.Claim(scope, func(g string) bool { return c.groups.IsOpen(scope, g) })
 	if !ok {
 		return
 	}
@@ -135,7 +81,7 @@ func (c *Controller) keepShimWarm(ctx context.Context, runtime sandbox.RuntimeOp
 	start := time.Now()
 	kp, err := c.startKeeper(ctx, runtime, scope, group)
 	c.telemetry.groupWaited("keeper", time.Since(start))
-	c.keepers.set(scope, kp)
+	c.keepers.Set(scope, kp)
 	switch {
 	case errors.Is(err, errShimUp):
 		// Another pod's task came first: the shim is warm already.
@@ -152,8 +98,8 @@ var errShimUp = errors.New("the group's shim is up")
 
 // startKeeper makes and starts a keeper of scope as the first task of
 // group, removing all it made if it fails.
-func (c *Controller) startKeeper(ctx context.Context, runtime sandbox.RuntimeOpts, scope shimScope, group string) (_ *keeper, retErr error) {
-	handler := scope.handler
+func (c *Controller) startKeeper(ctx context.Context, runtime sandbox.RuntimeOpts, scope placement.Scope, group string) (_ *keeper, retErr error) {
+	handler := scope.Handler
 	rootfs := c.config.BuiltinPause.Rootfs
 	if rootfs == "" {
 		return nil, fmt.Errorf("a shim keeper runs the built-in pause, which is not prepared: %w", errors.Join(errdefs.ErrFailedPrecondition, c.config.BuiltinPause.Err))
@@ -174,31 +120,31 @@ func (c *Controller) startKeeper(ctx context.Context, runtime sandbox.RuntimeOpt
 			c.rollBack(ctx, id, undo)
 		}
 	}()
-	if !c.reaper.groups.keep(group, id) {
+	if !c.groups.Keep(group, id) {
 		return nil, fmt.Errorf("shim group %s has a keeper: %w", group, errdefs.ErrAlreadyExists)
 	}
 	undo.push("take keeper out of its group", func(context.Context) error {
-		c.reaper.groups.unkeep(group, id)
+		c.groups.Unkeep(group, id)
 		return nil
 	})
-	making, err := c.reaper.groups.makeTask(ctx, group, id)
+	making, err := c.groups.MakeTask(ctx, group, id)
 	if err != nil {
 		return nil, fmt.Errorf("shim group %s: %w", group, err)
 	}
-	if making.shimUp {
-		making.end(makeAbandoned)
+	if making.ShimUp {
+		making.End(placement.Abandoned)
 		return nil, fmt.Errorf("shim group %s: %w", group, errShimUp)
 	}
 	undo.push("end keeper task making", func(context.Context) error {
-		making.end(makeAbandoned)
+		making.End(placement.Abandoned)
 		return nil
 	})
 	specOpts := podsandbox.KeeperSpec(podsandbox.KeeperCgroupsPath(Namespace, id, systemd),
-		c.config.CRI.RestrictOOMScoreAdj, map[string]string{ShimGroupAnnotation: group})
+		c.config.CRI.RestrictOOMScoreAdj, map[string]string{placement.GroupAnnotation: group})
 	container, err := c.client.NewContainer(ctx, id,
 		containerd.WithNewSpec(specOpts...),
 		containerd.WithContainerLabels(map[string]string{LabelKind: LabelKindKeeper}),
-		withKeeperRecord(keeperRecord{RuntimeHandler: handler, Namespace: scope.namespace, ShimGroup: group}),
+		withKeeperRecord(keeperRecord{RuntimeHandler: handler, Namespace: scope.Namespace, ShimGroup: group}),
 		containerd.WithRuntime(cmp.Or(rt.Type, runtime.Name), runtime.Options),
 	)
 	if err != nil {
@@ -213,10 +159,10 @@ func (c *Controller) startKeeper(ctx context.Context, runtime sandbox.RuntimeOpt
 	}
 	task, err := container.NewTask(ctx, cio.NullIO, opts...)
 	if err != nil {
-		making.end(makeFailed)
+		making.End(placement.Failed)
 		return nil, fmt.Errorf("create keeper task: %w", err)
 	}
-	making.end(makeDone)
+	making.End(placement.Made)
 	c.reaper.watchShim(ctx, group, id)
 	undo.push("delete keeper task", func(ctx context.Context) error {
 		return c.reaper.deleteGroupTask(ctx, group, id, task)
@@ -229,9 +175,9 @@ func (c *Controller) startKeeper(ctx context.Context, runtime sandbox.RuntimeOpt
 	if err := task.Start(ctx); err != nil {
 		return nil, fmt.Errorf("start keeper task: %w", err)
 	}
-	kp := &keeper{id: id, scope: scope, group: group, container: container}
+	kp := &keeper{ID: id, Scope: scope, Group: group, Handle: container}
 	c.watchKeeper(kp, w)
-	log.G(ctx).WithFields(log.Fields{"runtime_handler": handler, "namespace": scope.namespace}).Info("shim keeper started")
+	log.G(ctx).WithFields(log.Fields{"runtime_handler": handler, "namespace": scope.Namespace}).Info("shim keeper started")
 	return kp, nil
 }
 
@@ -241,7 +187,7 @@ func (c *Controller) watchKeeper(kp *keeper, w *exitWatch) {
 		defer w.cancel()
 		select {
 		case e := <-w.exitCh:
-			logger := log.G(w.ctx).WithField("keeper_id", kp.id)
+			logger := log.G(w.ctx).WithField("keeper_id", kp.ID)
 			if code, _, err := e.Result(); err != nil {
 				logger = logger.WithError(err)
 			} else {
@@ -251,7 +197,7 @@ func (c *Controller) watchKeeper(kp *keeper, w *exitWatch) {
 		case <-w.ctx.Done():
 			return
 		}
-		c.keepers.drop(kp)
+		c.keepers.Drop(kp)
 		c.removeKeeperOrRetry(w.ctx, kp)
 	}()
 }
@@ -260,8 +206,8 @@ func (c *Controller) watchKeeper(kp *keeper, w *exitWatch) {
 func (c *Controller) removeKeeperOrRetry(ctx context.Context, kp *keeper) {
 	ctx = context.WithoutCancel(ctx)
 	if err := c.removeKeeper(ctx, kp); err != nil {
-		log.G(ctx).WithError(err).WithField("keeper_id", kp.id).Warn("remove shim keeper; retrying")
-		c.reaper.retry(ctx, kp.id, "remove shim keeper", func(ctx context.Context) error { return c.removeKeeper(ctx, kp) })
+		log.G(ctx).WithError(err).WithField("keeper_id", kp.ID).Warn("remove shim keeper; retrying")
+		c.reaper.retry(ctx, kp.ID, "remove shim keeper", func(ctx context.Context) error { return c.removeKeeper(ctx, kp) })
 	}
 }
 
@@ -269,29 +215,29 @@ func (c *Controller) removeKeeperOrRetry(ctx context.Context, kp *keeper) {
 // in its group, and its container, then ends the group's shim if no pod is
 // in it.
 func (c *Controller) removeKeeper(ctx context.Context, kp *keeper) error {
-	task, err := kp.container.Task(ctx, nil)
+	task, err := kp.Handle.Task(ctx, nil)
 	switch {
 	case err == nil:
-		if err := c.reaper.deleteGroupTask(ctx, kp.group, kp.id, task); err != nil {
+		if err := c.reaper.deleteGroupTask(ctx, kp.Group, kp.ID, task); err != nil {
 			return fmt.Errorf("delete keeper task: %w", err)
 		}
 	case errdefs.IsNotFound(err):
-		info, err := kp.container.Info(ctx, containerd.WithoutRefreshedMetadata)
+		info, err := kp.Handle.Info(ctx, containerd.WithoutRefreshedMetadata)
 		if err != nil {
 			return ignoreNotFound(err)
 		}
 		_, cgroupsPath, _ := specRecord(info.Spec)
-		if err := c.reaper.cleanupLost(ctx, lostTask{id: kp.id, runtime: runtimeOf(info), cgroupsPath: cgroupsPath, group: kp.group}); err != nil {
+		if err := c.reaper.cleanupLost(ctx, lostTask{id: kp.ID, runtime: runtimeOf(info), cgroupsPath: cgroupsPath, group: kp.Group}); err != nil {
 			return err
 		}
 	default:
 		return fmt.Errorf("load keeper task: %w", err)
 	}
-	if err := ignoreNotFound(kp.container.Delete(ctx)); err != nil {
+	if err := ignoreNotFound(kp.Handle.Delete(ctx)); err != nil {
 		return fmt.Errorf("delete keeper container: %w", err)
 	}
-	c.reaper.groups.unkeep(kp.group, kp.id)
-	c.reaper.endIdleShim(ctx, kp.group, kp.id)
+	c.groups.Unkeep(kp.Group, kp.ID)
+	c.reaper.endIdleShim(ctx, kp.Group, kp.ID)
 	return nil
 }
 
@@ -314,22 +260,22 @@ func (c *Controller) recoverKeepers(ctx context.Context, found []containerd.Cont
 func (c *Controller) loadKeeper(ctx context.Context, container containerd.Container) (*keeper, error) {
 	info, err := container.Info(ctx, containerd.WithoutRefreshedMetadata)
 	if err != nil {
-		return &keeper{id: container.ID(), container: container}, fmt.Errorf("keeper container info: %w", err)
+		return &keeper{ID: container.ID(), Handle: container}, fmt.Errorf("keeper container info: %w", err)
 	}
 	var rec keeperRecord
 	err = json.Unmarshal(info.Extensions[extensionKeeper].GetValue(), &rec)
-	scope := shimScope{handler: rec.RuntimeHandler, namespace: rec.Namespace}
-	kp := &keeper{id: info.ID, scope: scope, group: rec.ShimGroup, container: container}
+	scope := placement.Scope{Handler: rec.RuntimeHandler, Namespace: rec.Namespace}
+	kp := &keeper{ID: info.ID, Scope: scope, Group: rec.ShimGroup, Handle: container}
 	if err != nil {
 		return kp, fmt.Errorf("decode keeper record: %w", err)
 	}
-	if !c.warmShim(rec.RuntimeHandler) {
+	if !c.policy.KeepsWarm(rec.RuntimeHandler) {
 		return kp, fmt.Errorf("runtime handler %q keeps no warm shim", rec.RuntimeHandler)
 	}
-	if c.sharesAcrossNamespaces(rec.RuntimeHandler) != (rec.Namespace == "") {
+	if c.policy.SharesAcrossNamespaces(rec.RuntimeHandler) != (rec.Namespace == "") {
 		return kp, fmt.Errorf("the keeper's namespace %q is not a shim scope of runtime handler %q", rec.Namespace, rec.RuntimeHandler)
 	}
-	if ok, _ := c.keepers.claim(scope, func(string) bool { return true }); !ok {
+	if ok, _ := c.keepers.Claim(scope, func(string) bool { return true }); !ok {
 		return kp, fmt.Errorf("runtime handler %q has a keeper for namespace %q", rec.RuntimeHandler, rec.Namespace)
 	}
 	task, err := container.Task(ctx, nil)
@@ -344,12 +290,12 @@ func (c *Controller) loadKeeper(ctx context.Context, container containerd.Contai
 		w, err = c.reaper.waitFor(ctx, task)
 	}
 	if err != nil {
-		c.keepers.set(scope, nil)
+		c.keepers.Set(scope, nil)
 		return kp, err
 	}
-	c.reaper.groups.rekeep(scope, rec.ShimGroup, kp.id)
-	c.reaper.watchShim(ctx, rec.ShimGroup, kp.id)
-	c.keepers.set(scope, kp)
+	c.groups.Rekeep(scope, rec.ShimGroup, kp.ID)
+	c.reaper.watchShim(ctx, rec.ShimGroup, kp.ID)
+	c.keepers.Set(scope, kp)
 	c.watchKeeper(kp, w)
 	return kp, nil
 }

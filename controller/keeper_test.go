@@ -11,6 +11,8 @@ import (
 	"github.com/containerd/containerd/v2/core/containers"
 	"github.com/containerd/typeurl/v2"
 	"google.golang.org/protobuf/types/known/anypb"
+
+	"github.com/berth-dev/berth/placement"
 )
 
 // warmController is a test controller whose handler shares shims and
@@ -53,7 +55,7 @@ func keeperGroup(t *testing.T, k *fakeContainer) string {
 	if err := json.Unmarshal(k.info.Spec.GetValue(), &spec); err != nil {
 		t.Fatal(err)
 	}
-	return spec.Annotations[ShimGroupAnnotation]
+	return spec.Annotations[placement.GroupAnnotation]
 }
 
 func groupOf(t *testing.T, c *Controller, id string) string {
@@ -99,7 +101,7 @@ func TestWarmShimKeeper(t *testing.T) {
 	if err := json.Unmarshal(k.info.Spec.GetValue(), &spec); err != nil {
 		t.Fatal(err)
 	}
-	if spec.Annotations[ShimGroupAnnotation] != group || !slices.Equal(spec.Process.Args, []string{"/pause"}) ||
+	if spec.Annotations[placement.GroupAnnotation] != group || !slices.Equal(spec.Process.Args, []string{"/pause"}) ||
 		spec.Process.User.UID != 65535 || spec.Linux.CgroupsPath != "/k8s.io/"+k.info.ID {
 		t.Errorf("keeper spec %+v, want the built-in pause as nobody in group %s", spec, group)
 	}
@@ -118,7 +120,7 @@ func TestWarmShimKeeper(t *testing.T) {
 
 	k.task.exit(137)
 	eventually(t, "exited keeper removed", func() bool { return len(keeperContainers(client)) == 0 })
-	eventually(t, "keeper's group retired", func() bool { return !c.reaper.groups.has(group) })
+	eventually(t, "keeper's group retired", func() bool { return !c.groups.Has(group) })
 	started(t, c, client, "sb3")
 	if k2 := onlyKeeper(t, client); k2 == k || groupOf(t, c, "sb3") == group {
 		t.Errorf("after the keeper's death, keeper %s in group %s: want a new one in a new group", k2.info.ID, groupOf(t, c, "sb3"))
@@ -145,7 +147,7 @@ func TestWarmShimKeeperFails(t *testing.T) {
 			if got := groupOf(t, c, "sb2"); got != group {
 				t.Errorf("second pod in group %s, want the first's %s", got, group)
 			}
-			if _, claimed := c.keepers.byScope[shimScope{testHandler, "default"}]; claimed != (len(keeperContainers(client)) == 1) {
+			if claimed := c.keepers.Claimed(placement.Scope{Handler: testHandler, Namespace: "default"}); claimed != (len(keeperContainers(client)) == 1) {
 				t.Errorf("keeper claimed %v with %d keepers", claimed, len(keeperContainers(client)))
 			}
 		})
@@ -214,8 +216,8 @@ func TestRecoverKeepers(t *testing.T) {
 	}
 	eventually(t, "keepers removed", func() bool { return len(keeperContainers(client)) == 1 })
 	kept := keeperContainers(client)[0]
-	if !kept.hasTask() || !c.reaper.groups.isOpen(shimScope{testHandler, "default"}, kept.info.ID[len("k-"):]) && !c.reaper.groups.has(groupFor(kept)) {
-		t.Errorf("kept keeper %s: task %v, group open %v", kept.info.ID, kept.hasTask(), c.reaper.groups.has(groupFor(kept)))
+	if !kept.hasTask() || !c.groups.IsOpen(placement.Scope{Handler: testHandler, Namespace: "default"}, kept.info.ID[len("k-"):]) && !c.groups.Has(groupFor(kept)) {
+		t.Errorf("kept keeper %s: task %v, group open %v", kept.info.ID, kept.hasTask(), c.groups.Has(groupFor(kept)))
 	}
 	if ctr := client.container("impostor"); ctr == nil || !ctr.hasTask() {
 		t.Error("a container labelled as a keeper by someone else was touched")

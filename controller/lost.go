@@ -179,7 +179,7 @@ func (r *reaper) endLostShim(ctx context.Context, t lostTask) error {
 	if err != nil {
 		return fmt.Errorf("delete pause task in lost shim: %w", err)
 	}
-	if t.group != "" && r.groups.has(t.group) {
+	if t.group != "" && r.groups.Has(t.group) {
 		// The group's shim, serving its pods or about to: it ends with
 		// them (endIdleShim).
 		return nil
@@ -195,7 +195,7 @@ func (r *reaper) endLostShim(ctx context.Context, t lostTask) error {
 // shim to exit after deleting a task that joined it at its socket. Failing
 // here never fails the deletion: it is logged.
 func (r *reaper) endIdleShim(ctx context.Context, group, id string) {
-	if group == "" || r.groups.has(group) {
+	if group == "" || r.groups.Has(group) {
 		return
 	}
 	logger := log.G(ctx).WithField("shim_group", group)

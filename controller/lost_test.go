@@ -15,6 +15,7 @@ import (
 	"github.com/containerd/containerd/v2/core/containers"
 	"github.com/containerd/ttrpc"
 
+	"github.com/berth-dev/berth/placement"
 	"github.com/berth-dev/berth/shimproc"
 )
 
@@ -80,13 +81,18 @@ func TestWatchShim(t *testing.T) {
 	reaped := make(chan struct{})
 	go func() { _ = shim.Wait(); close(reaped) }()
 
-	groups := newShimGroups(func(string) int { return 4 })
+	groups := placement.NewGroups(func(string) int { return 4 })
 	died := make(chan []string, 1)
 	r := &reaper{shims: sockets, groups: groups, shimDied: func(ids []string) { died <- ids }}
-	id := groups.join(shimScope{handler: "h"})
-	groups.join(shimScope{handler: "h"})
-	mustMake(t, groups, id, "sb1")(makeDone)
-	mustMake(t, groups, id, "sb2")(makeDone)
+	id := groups.Join(placement.Scope{Handler: "h"})
+	groups.Join(placement.Scope{Handler: "h"})
+	for _, sb := range []string{"sb1", "sb2"} {
+		making, err := groups.MakeTask(context.Background(), id, sb)
+		if err != nil {
+			t.Fatal(err)
+		}
+		making.End(placement.Made)
+	}
 	serveShim(t, sockets, id, &pidShim{pid: uint32(shim.Process.Pid)})
 	// Each task made in the group asks; the shim is watched once.
 	r.watchShim(testContext(), id, "sb1")

@@ -13,6 +13,7 @@ import (
 	"github.com/containerd/log"
 	"github.com/containerd/ttrpc"
 
+	"github.com/berth-dev/berth/placement"
 	"github.com/berth-dev/berth/retry"
 	"github.com/berth-dev/berth/shimproc"
 	"github.com/berth-dev/berth/store"
@@ -34,7 +35,7 @@ type reaper struct {
 	shims       shimproc.Sockets
 	// groups are the shared shims; a pod leaves its group when its pause
 	// task exits.
-	groups    *shimGroups
+	groups    *placement.Groups
 	telemetry *telemetry
 	// shimDied records the exits of the tasks a dead shared shim served
 	// (watchShim).
@@ -45,7 +46,7 @@ type reaper struct {
 	killing map[string]bool
 }
 
-func newReaper(client containerdClient, retries *retry.Queue, t *telemetry, cfg Config, groups *shimGroups, shimDied func(ids []string)) *reaper {
+func newReaper(client containerdClient, retries *retry.Queue, t *telemetry, cfg Config, groups *placement.Groups, shimDied func(ids []string)) *reaper {
 	return &reaper{
 		shimDied:    shimDied,
 		client:      client,
@@ -105,7 +106,7 @@ func (r *reaper) watch(sb *store.Sandbox, w *exitWatch) {
 			code, at = unknownExitCode, time.Now()
 		}
 		sb.Exit(code, at)
-		r.groups.leave(sb.Status().Instance.ShimGroup)
+		r.groups.Leave(sb.Status().Instance.ShimGroup)
 		logger.WithField("exit_status", code).Debug("pause task exited")
 		r.deleteExitedOrRetry(log.WithLogger(w.ctx, logger), sb, w.task)
 	}()
@@ -160,9 +161,9 @@ func (r *reaper) deleteTask(ctx context.Context, task containerd.Task) error {
 
 // deleteGroupTask deletes the pause task of sandbox id, of shim group
 // group, in turn with the tasks being made in the group: the group's last
-// task ends its shim (shimGroups.deleteTask).
+// task ends its shim (placement.Groups.DeleteTask).
 func (r *reaper) deleteGroupTask(ctx context.Context, group, id string, task containerd.Task) error {
-	done, err := r.groups.deleteTask(ctx, group, id)
+	done, err := r.groups.DeleteTask(ctx, group, id)
 	if err != nil {
 		return fmt.Errorf("wait for the pause tasks being made in shim group %s: %w", group, err)
 	}
@@ -216,7 +217,7 @@ func (r *reaper) kill(ctx context.Context, sb *store.Sandbox, task containerd.Ta
 // was down, or that a crash left created but never started, is deleted and
 // the sandbox reports its exit. A running task rejoins its shim group,
 // among scope's.
-func (r *reaper) reattach(ctx context.Context, sb *store.Sandbox, scope shimScope) error {
+func (r *reaper) reattach(ctx context.Context, sb *store.Sandbox, scope placement.Scope) error {
 	t, err := r.loadTask(ctx, sb)
 	if err != nil || t == nil {
 		return err
@@ -246,7 +247,7 @@ func (r *reaper) reattach(ctx context.Context, sb *store.Sandbox, scope shimScop
 			w.stop()
 			return err
 		}
-		r.groups.rejoin(scope, sb.Status().Instance.ShimGroup, sb.ID)
+		r.groups.Rejoin(scope, sb.Status().Instance.ShimGroup, sb.ID)
 		r.watchShim(ctx, sb.Status().Instance.ShimGroup, sb.ID)
 		r.watch(sb, w)
 		return nil

@@ -19,7 +19,7 @@ import (
 // shims listen, or the shim already died) is not watched; its pods' exits
 // come from containerd as before.
 func (r *reaper) watchShim(ctx context.Context, group, id string) {
-	if group == "" || !r.groups.watch(group) {
+	if group == "" || !r.groups.Watch(group) {
 		return
 	}
 	ctx = log.WithLogger(detached(ctx), log.G(ctx).WithField("shim_group", group))
@@ -34,7 +34,7 @@ func (r *reaper) watchShim(ctx context.Context, group, id string) {
 			log.G(ctx).WithError(err).Warn("watch shared shim")
 			return
 		}
-		ids := r.groups.tasksOf(group)
+		ids := r.groups.TasksOf(group)
 		if len(ids) > 0 {
 			log.G(ctx).WithField("tasks", ids).Warn("shared shim died; its pause tasks have exited")
 			r.shimDied(ids)

@@ -20,6 +20,7 @@ import (
 	"github.com/containerd/typeurl/v2"
 	"github.com/opencontainers/selinux/go-selinux"
 
+	"github.com/berth-dev/berth/placement"
 	"github.com/berth-dev/berth/podsandbox"
 	"github.com/berth-dev/berth/shimproc"
 	"github.com/berth-dev/berth/store"
@@ -82,9 +83,9 @@ func (c *Controller) start(ctx context.Context, sb *store.Sandbox, undo *rollbac
 		return sandbox.ControllerInstance{}, err
 	}
 	scope := c.podShimScope(sb.Metadata)
-	p.group = c.reaper.groups.join(scope)
+	p.group = c.groups.Join(scope)
 	undo.push("leave shim group", func(context.Context) error {
-		c.reaper.groups.leave(p.group)
+		c.groups.Leave(p.group)
 		return nil
 	})
 	c.keepShimWarm(ctx, sb.Runtime, scope, p.group)
@@ -101,7 +102,7 @@ func (c *Controller) start(ctx context.Context, sb *store.Sandbox, undo *rollbac
 	}
 	// A no-op once the task's making ended in newTask.
 	undo.push("end pause task making", func(context.Context) error {
-		making.end(makeAbandoned)
+		making.End(placement.Abandoned)
 		return nil
 	})
 	container, spec, err := c.createContainer(ctx, sb, p, undo)
@@ -249,7 +250,7 @@ func (c *Controller) createContainer(ctx context.Context, sb *store.Sandbox, p s
 	}
 	specOpts := p.spec.Opts
 	if p.group != "" {
-		specOpts = append(slices.Clip(specOpts), oci.WithAnnotations(map[string]string{ShimGroupAnnotation: p.group}))
+		specOpts = append(slices.Clip(specOpts), oci.WithAnnotations(map[string]string{placement.GroupAnnotation: p.group}))
 	}
 	var spec typeurl.Any
 	container, err := c.client.NewContainer(ctx, sb.ID, append(opts,
@@ -275,7 +276,7 @@ func (c *Controller) createContainer(ctx context.Context, sb *store.Sandbox, p s
 
 // startTask makes and starts the pause task, waiting for its exit from
 // before it starts.
-func (c *Controller) startTask(ctx context.Context, sb *store.Sandbox, container containerd.Container, p startPlan, making taskMaking, undo *rollback) (containerd.Task, *exitWatch, error) {
+func (c *Controller) startTask(ctx context.Context, sb *store.Sandbox, container containerd.Container, p startPlan, making placement.Making, undo *rollback) (containerd.Task, *exitWatch, error) {
 	var opts []containerd.NewTaskOpts
 	if p.shim != "" {
 		opts = append(opts, containerd.WithTaskAPIEndpoint(p.shim, shimproc.TaskAPIVersion))
@@ -309,38 +310,38 @@ func (c *Controller) startTask(ctx context.Context, sb *store.Sandbox, container
 
 // errSharedShimRefused says a shared shim did not take the pause task
 // because it is exiting or gone, or that berth did not give it the task
-// because the group's shim may be exiting (shimGroups.makeTask). Start is
+// because the group's shim may be exiting (placement.Groups.MakeTask). Start is
 // then made again in another group.
 var errSharedShimRefused = errors.New("shared shim refused the pause task")
 
 // beginTask begins making the pause task in its shim group, waiting for
 // the group's first task if it is being made. If the group's shim is up, it
 // sets the address at which the task joins it.
-func (c *Controller) beginTask(ctx context.Context, sb *store.Sandbox, p *startPlan) (taskMaking, error) {
-	making, err := c.reaper.groups.makeTask(ctx, p.group, sb.ID)
-	if errors.Is(err, errShimEnding) {
-		return taskMaking{}, fmt.Errorf("shim group %s: %w: %w", p.group, errSharedShimRefused, err)
+func (c *Controller) beginTask(ctx context.Context, sb *store.Sandbox, p *startPlan) (placement.Making, error) {
+	making, err := c.groups.MakeTask(ctx, p.group, sb.ID)
+	if errors.Is(err, placement.ErrShimEnding) {
+		return placement.Making{}, fmt.Errorf("shim group %s: %w: %w", p.group, errSharedShimRefused, err)
 	}
 	if err != nil {
-		return taskMaking{}, fmt.Errorf("wait for the first pause task of shim group %s: %w", p.group, err)
+		return placement.Making{}, fmt.Errorf("wait for the first pause task of shim group %s: %w", p.group, err)
 	}
-	if making.shimUp {
+	if making.ShimUp {
 		if p.shim, err = c.reaper.shims.TaskAddress(ctx, p.group); err != nil {
-			making.end(makeAbandoned)
-			return taskMaking{}, err
+			making.End(placement.Abandoned)
+			return placement.Making{}, err
 		}
 	}
 	return making, nil
 }
 
 // newTask makes the pause task, ending its making. A shared shim that
-// refuses it is retired: no pod joins it again (shimGroups.makeTask). Any
+// refuses it is retired: no pod joins it again (placement.Groups.MakeTask). Any
 // other failure is the pod's own, Start's error, and leaves the group as
 // it was.
-func (c *Controller) newTask(ctx context.Context, sb *store.Sandbox, container containerd.Container, group string, making taskMaking, opts []containerd.NewTaskOpts) (containerd.Task, error) {
+func (c *Controller) newTask(ctx context.Context, sb *store.Sandbox, container containerd.Container, group string, making placement.Making, opts []containerd.NewTaskOpts) (containerd.Task, error) {
 	if group != "" {
 		if err := failpoint(sb, FailpointSharedShimRefuses); err != nil {
-			making.end(makeRefused)
+			making.End(placement.Refused)
 			return nil, fmt.Errorf("create pause task in shim group %s: %w: %w", group, errSharedShimRefused, err)
 		}
 	}
@@ -348,17 +349,17 @@ func (c *Controller) newTask(ctx context.Context, sb *store.Sandbox, container c
 	task, err := container.NewTask(ctx, cio.NullIO, opts...)
 	switch {
 	case err == nil:
-		making.end(makeDone)
+		making.End(placement.Made)
 		c.reaper.watchShim(ctx, group, sb.ID)
 		return task, nil
 	case group == "":
-		making.end(makeFailed)
+		making.End(placement.Failed)
 		return nil, fmt.Errorf("create pause task: %w", err)
 	case isShimRefusal(err):
-		making.end(makeRefused)
+		making.End(placement.Refused)
 		return nil, fmt.Errorf("create pause task in shim group %s: %w: %w", group, errSharedShimRefused, err)
 	default:
-		making.end(makeFailed)
+		making.End(placement.Failed)
 		return nil, fmt.Errorf("create pause task in shim group %s: %w", group, err)
 	}
 }

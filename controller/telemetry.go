@@ -23,7 +23,7 @@ type telemetry struct {
 	// recovery is how long the last recovery took.
 	recovery metrics.Gauge
 	// groupWaits times what pods wait on other pods of their shim group
-	// for, by step (shimGroups.waited).
+	// for, by step (placement.WithWaitObserver).
 	groupWaits metrics.LabeledTimer
 }
 

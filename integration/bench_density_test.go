@@ -16,8 +16,8 @@ import (
 
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
-	"github.com/berth-dev/berth/controller"
 	"github.com/berth-dev/berth/integration/hostproc"
+	"github.com/berth-dev/berth/placement"
 )
 
 // handlerGrouped is the built-in controller with pods that put themselves
@@ -31,7 +31,7 @@ const handlerGrouped = "runc-grouped"
 func benchPodConfigFor(handler, prefix string, i int) *runtimeapi.PodSandboxConfig {
 	cfg := benchPodConfig(prefix, i)
 	if handler == handlerGrouped {
-		cfg.Annotations = map[string]string{controller.ShimGroupAnnotation: fmt.Sprintf("bench-%s-%d", prefix, i/podsPerShim)}
+		cfg.Annotations = map[string]string{placement.GroupAnnotation: fmt.Sprintf("bench-%s-%d", prefix, i/podsPerShim)}
 	}
 	return cfg
 }

@@ -20,7 +20,7 @@ import (
 	"google.golang.org/grpc/status"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
-	"github.com/berth-dev/berth/controller"
+	"github.com/berth-dev/berth/placement"
 )
 
 // parityAllowlist is every intended difference between what berth and the
@@ -41,7 +41,7 @@ var parityAllowlist = []allowedDifference{
 	},
 	{
 		field: "Annotations",
-		key:   controller.ShimGroupAnnotation,
+		key:   placement.GroupAnnotation,
 		when:  always,
 		why: "berth puts pods into shared runc shims (pods_per_shim), by the runc shim's group annotation; " +
 			"the built-in gives each pod a shim of its own",

@@ -1,4 +1,4 @@
-package controller
+package placement
 
 import (
 	"context"
@@ -12,26 +12,13 @@ import (
 	"time"
 )
 
-// ShimGroupAnnotation groups tasks into one runc shim: the shim's start
-// command joins the shim already serving the group, if any, before it
-// looks at io.kubernetes.cri.sandbox-id. containerd then sends each
-// sandbox's app containers to its pause task's shim.
-const ShimGroupAnnotation = "io.containerd.runc.v2.group"
-
-// shimScope is what a pod may share a shim with: the pods of its handler
-// in its Kubernetes namespace, the usual tenant boundary, or, with no
-// namespace, every pod of its handler (Controller.shimScope).
-type shimScope struct {
-	handler, namespace string
-}
-
-// shimGroups shares runc shims between pods: up to perShim pods of a
+// Groups shares runc shims between pods: up to perShim pods of a
 // scope have their pause tasks, and so their app containers, served by
 // one shim. A pod is in its group from Start until its pause exits; a group
 // no pod is in is retired, never used again: its shim exits as soon as it
 // serves no task, and a pod joining it then could land in a shim that is
 // shutting down. The reaper ends the shim of such a group if it does not
-// exit (endIdleShim). A group a shim keeper is in (keeper.go) is not
+// exit. A group a shim keeper is in (Keep) is not
 // retired when its last pod leaves: the keeper's task keeps its shim up for
 // the next pod.
 //
@@ -39,31 +26,31 @@ type shimScope struct {
 // asks it to shut down after every delete, and it counts only the tasks
 // already made), and when its first task fails to be made. So a group's
 // last pause task is deleted only once no task is being made in the group,
-// and none is made there after it (deleteTask); until a group's first task
-// is made, one task at a time is made there (makeTask). Only the first runs
+// and none is made there after it (DeleteTask); until a group's first task
+// is made, one task at a time is made there (MakeTask). Only the first runs
 // the shim's start command; the others join the shim at its socket. The
 // start command is what splits a group: given a live shim that does not
 // answer within 100 ms (an exiting one, or one starved of CPU), it binds a
 // socket of its own, which the other shim may then remove; containerd can
 // then reach a shim other than the one started for it, which is left
 // running, unreachable, for good.
-type shimGroups struct {
+type Groups struct {
 	// perShim is the pods per shim of each handler; 1 or less, or no entry,
 	// means a shim of its own per pod.
 	perShim func(handler string) int
 	// waited, if set, is told how long each wait on other pods' tasks took,
-	// and at which step: "first task" (makeTask) or "last task"
-	// (deleteTask).
+	// and at which step: "first task" (MakeTask) or "last task"
+	// (DeleteTask).
 	waited func(step string, d time.Duration)
 
 	mu sync.Mutex // guards open, inUse and their groups
 	// open are the groups pods may join, by scope.
-	open map[shimScope][]*shimGroup
+	open map[Scope][]*group
 	// inUse are the groups pods are in, open or retired, by ID.
-	inUse map[string]*shimGroup
+	inUse map[string]*group
 }
 
-type shimGroup struct {
+type group struct {
 	id string
 	// pods in the group, that is, started and not yet exited.
 	pods int
@@ -79,22 +66,37 @@ type shimGroup struct {
 	changed chan struct{}
 	// keeper is the ID of the shim keeper in the group, "" if none.
 	keeper string
-	// watched says the group's shim process is watched (watchShim).
+	// watched says the group's shim process is watched (Watch).
 	watched bool
 }
 
-func newShimGroups(perShim func(handler string) int) *shimGroups {
-	return &shimGroups{perShim: perShim, open: map[shimScope][]*shimGroup{}, inUse: map[string]*shimGroup{}}
+// Option configures Groups.
+type Option func(*Groups)
+
+// WithWaitObserver has observe told how long each wait on other pods'
+// tasks took, and at which step: "first task" (MakeTask) or "last task"
+// (DeleteTask).
+func WithWaitObserver(observe func(step string, d time.Duration)) Option {
+	return func(g *Groups) { g.waited = observe }
 }
 
-func newShimGroup(id string) *shimGroup {
-	return &shimGroup{id: id, pods: 1, tasks: map[string]bool{}, changed: make(chan struct{})}
+// NewGroups returns groups of up to perShim(handler) pods per shim.
+func NewGroups(perShim func(handler string) int, opts ...Option) *Groups {
+	g := &Groups{perShim: perShim, open: map[Scope][]*group{}, inUse: map[string]*group{}}
+	for _, o := range opts {
+		o(g)
+	}
+	return g
 }
 
-// join puts a pod of scope into a group with room, or a new one, and
+func newGroup(id string) *group {
+	return &group{id: id, pods: 1, tasks: map[string]bool{}, changed: make(chan struct{})}
+}
+
+// Join puts a pod of scope into a group with room, or a new one, and
 // returns the group's ID; "" means a shim of the pod's own.
-func (s *shimGroups) join(scope shimScope) string {
-	n := s.perShim(scope.handler)
+func (s *Groups) Join(scope Scope) string {
+	n := s.perShim(scope.Handler)
 	if n <= 1 {
 		return ""
 	}
@@ -106,15 +108,15 @@ func (s *shimGroups) join(scope shimScope) string {
 			return g.id
 		}
 	}
-	g := newShimGroup(newGroupID(scope.handler))
+	g := newGroup(newGroupID(scope.Handler))
 	s.open[scope] = append(s.open[scope], g)
 	s.inUse[g.id] = g
 	return g.id
 }
 
-// rejoin counts recovered sandbox sb, whose pause task runs, into its
+// Rejoin counts recovered sandbox sb, whose pause task runs, into its
 // group id, of scope, again.
-func (s *shimGroups) rejoin(scope shimScope, id, sb string) {
+func (s *Groups) Rejoin(scope Scope, id, sb string) {
 	if id == "" {
 		return
 	}
@@ -124,16 +126,16 @@ func (s *shimGroups) rejoin(scope shimScope, id, sb string) {
 	if ok {
 		g.pods++
 	} else {
-		g = newShimGroup(id)
+		g = newGroup(id)
 		s.open[scope] = append(s.open[scope], g)
 		s.inUse[id] = g
 	}
 	g.tasks[sb] = true
 }
 
-// leave takes a pod whose pause exited (or never started) out of group
+// Leave takes a pod whose pause exited (or never started) out of group
 // id, and retires the group if that left it empty.
-func (s *shimGroups) leave(id string) {
+func (s *Groups) Leave(id string) {
 	if id == "" {
 		return
 	}
@@ -150,9 +152,9 @@ func (s *shimGroups) leave(id string) {
 	s.retireLocked(id)
 }
 
-// keep puts shim keeper keeper into group id, which a pod is in: the group
+// Keep puts shim keeper keeper into group id, which a pod is in: the group
 // then outlives its pods. It fails if the group has a keeper already.
-func (s *shimGroups) keep(id, keeper string) bool {
+func (s *Groups) Keep(id, keeper string) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	g, ok := s.inUse[id]
@@ -163,14 +165,14 @@ func (s *shimGroups) keep(id, keeper string) bool {
 	return true
 }
 
-// rekeep counts recovered shim keeper keeper, whose task runs, into its
+// Rekeep counts recovered shim keeper keeper, whose task runs, into its
 // group id, of scope, again.
-func (s *shimGroups) rekeep(scope shimScope, id, keeper string) {
+func (s *Groups) Rekeep(scope Scope, id, keeper string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	g, ok := s.inUse[id]
 	if !ok {
-		g = newShimGroup(id)
+		g = newGroup(id)
 		g.pods = 0
 		s.open[scope] = append(s.open[scope], g)
 		s.inUse[id] = g
@@ -179,9 +181,9 @@ func (s *shimGroups) rekeep(scope shimScope, id, keeper string) {
 	g.tasks[keeper] = true
 }
 
-// unkeep takes shim keeper keeper, whose task is deleted or was never
+// Unkeep takes shim keeper keeper, whose task is deleted or was never
 // made, out of group id, and retires the group if no pod is in it.
-func (s *shimGroups) unkeep(id, keeper string) {
+func (s *Groups) Unkeep(id, keeper string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	g, ok := s.inUse[id]
@@ -196,85 +198,85 @@ func (s *shimGroups) unkeep(id, keeper string) {
 	s.retireLocked(id)
 }
 
-// fresh reports whether no task is made, or being made, in group id: its
+// Fresh reports whether no task is made, or being made, in group id: its
 // shim is not up.
-func (s *shimGroups) fresh(id string) bool {
+func (s *Groups) Fresh(id string) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	g, ok := s.inUse[id]
 	return ok && len(g.tasks) == 0 && g.making == 0
 }
 
-// isOpen reports whether pods of scope may join group id.
-func (s *shimGroups) isOpen(scope shimScope, id string) bool {
+// IsOpen reports whether pods of scope may join group id.
+func (s *Groups) IsOpen(scope Scope, id string) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return slices.ContainsFunc(s.open[scope], func(g *shimGroup) bool { return g.id == id })
+	return slices.ContainsFunc(s.open[scope], func(g *group) bool { return g.id == id })
 }
 
-// errShimEnding says a group's shim may be exiting: its last pause task is
+// ErrShimEnding says a group's shim may be exiting: its last pause task is
 // being deleted.
-var errShimEnding = errors.New("the group's last pause task is deleted; its shim may be exiting")
+var ErrShimEnding = errors.New("the group's last pause task is deleted; its shim may be exiting")
 
-// makeOutcome is how the making of a pause task ended.
-type makeOutcome int
+// Outcome is how the making of a pause task ended.
+type Outcome int
 
 const (
-	// makeAbandoned: the shim was never asked for the task.
-	makeAbandoned makeOutcome = iota
-	// makeFailed: the shim was asked for the task, and it was not made
+	// Abandoned: the shim was never asked for the task.
+	Abandoned Outcome = iota
+	// Failed: the shim was asked for the task, and it was not made
 	// (a hook failed, runc refused the spec): the shim serves the group's
 	// other tasks as before.
-	makeFailed
-	// makeRefused: the shim did not take the task because it is exiting,
+	Failed
+	// Refused: the shim did not take the task because it is exiting,
 	// or gone (its connection closed or refused): no task may be made in
 	// it again.
-	makeRefused
-	// makeDone: the task is made.
-	makeDone
+	Refused
+	// Made: the task is made.
+	Made
 )
 
-// taskMaking is a pause task being made in a shim group (makeTask).
-type taskMaking struct {
+// Making is a pause task being made in a shim group (MakeTask).
+type Making struct {
 	// shimUp says the group's shim serves a task made in it, and serves it
 	// until the making ends: the task joins that shim at its socket rather
 	// than through the shim's start command.
-	shimUp bool
+	ShimUp bool
 	// end ends the making; only its first call counts.
-	end func(makeOutcome)
+	End func(Outcome)
 }
 
-// makeTask begins making the pause task of sandbox sb in group id, and
-// fails with errShimEnding if the group's shim may be exiting. Until a task
+// MakeTask begins making the pause task of sandbox sb in group id, and
+// fails with ErrShimEnding if the group's shim may be exiting. Until a task
 // is made in the group, its shim may not be up, and one task at a time is
 // made there: the runc shim's start command is not safe to run twice at
 // once for a group with no shim (it can find the socket the other binds
 // not answering yet, and bind its own), and a shim whose first task fails
 // is shut down by containerd. Once one is made, the shim stays up until
-// the making ends (deleteTask). A group whose first task is not made ends:
+// the making ends (DeleteTask). A group whose first task is not made ends:
 // containerd shuts down the shim it started for that task. A refusal by
 // the shim retires the group; any other failure leaves it as it was, so
 // that a pod whose pause can never be made does not cost its group's
 // pods their shim.
-func (s *shimGroups) makeTask(ctx context.Context, id, sb string) (taskMaking, error) {
+func (s *Groups) MakeTask(ctx context.Context, id, sb string) (Making, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	g, ok := s.inUse[id]
 	if !ok {
 		// A shim of the pod's own.
-		return taskMaking{end: func(makeOutcome) {}}, nil
+		return Making{End: func(Outcome) {}}, nil
 	}
 	for !g.ending && len(g.tasks) == 0 && g.making > 0 {
 		if err := s.waitLocked(ctx, g, "first task"); err != nil {
-			return taskMaking{}, err
+			return Making{}, err
 		}
 	}
 	if g.ending {
-		return taskMaking{}, errShimEnding
+		return Making{}, ErrShimEnding
 	}
 	g.making++
 	ended := false
-	return taskMaking{shimUp: len(g.tasks) > 0, end: func(o makeOutcome) {
+	return Making{ShimUp: len(g.tasks) > 0, End: func(o Outcome) {
 		s.mu.Lock()
 		defer s.mu.Unlock()
 		if ended {
@@ -283,12 +285,12 @@ func (s *shimGroups) makeTask(ctx context.Context, id, sb string) (taskMaking, e
 		ended = true
 		g.making--
 		switch {
-		case o == makeAbandoned:
-		case o == makeDone:
+		case o == Abandoned:
+		case o == Made:
 			g.tasks[sb] = true
 		case len(g.tasks) == 0:
 			s.endLocked(g)
-		case o == makeRefused:
+		case o == Refused:
 			s.retireLocked(id)
 		}
 		close(g.changed)
@@ -297,14 +299,14 @@ func (s *shimGroups) makeTask(ctx context.Context, id, sb string) (taskMaking, e
 }
 
 // endLocked ends group g: its shim may exit, and no task is made in it.
-func (s *shimGroups) endLocked(g *shimGroup) {
+func (s *Groups) endLocked(g *group) {
 	g.ending = true
 	s.retireLocked(g.id)
 }
 
 // waitLocked waits, with s.mu held, until a making in group g ends, and
 // tells s.waited how long it waited at step.
-func (s *shimGroups) waitLocked(ctx context.Context, g *shimGroup, step string) error {
+func (s *Groups) waitLocked(ctx context.Context, g *group, step string) error {
 	changed := g.changed
 	s.mu.Unlock()
 	defer s.mu.Lock()
@@ -319,11 +321,11 @@ func (s *shimGroups) waitLocked(ctx context.Context, g *shimGroup, step string) 
 	}
 }
 
-// deleteTask waits until the pause task of sandbox sb in group id may be
+// DeleteTask waits until the pause task of sandbox sb in group id may be
 // deleted: if it is the group's last, the group ends, no task is made in
 // it any more, and the deletion waits for the tasks being made. done ends
 // the deletion, saying whether the task was deleted.
-func (s *shimGroups) deleteTask(ctx context.Context, id, sb string) (done func(deleted bool), err error) {
+func (s *Groups) DeleteTask(ctx context.Context, id, sb string) (done func(deleted bool), err error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	g, ok := s.inUse[id]
@@ -351,9 +353,9 @@ func (s *shimGroups) deleteTask(ctx context.Context, id, sb string) (done func(d
 	}, nil
 }
 
-// watch reports whether group id's shim is to be watched: true once for a
+// Watch reports whether group id's shim is to be watched: true once for a
 // group pods are in, when the first caller claims the watch.
-func (s *shimGroups) watch(id string) bool {
+func (s *Groups) Watch(id string) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	g, ok := s.inUse[id]
@@ -364,9 +366,9 @@ func (s *shimGroups) watch(id string) bool {
 	return true
 }
 
-// tasksOf lists the sandboxes and keepers whose task is made in group id
+// TasksOf lists the sandboxes and keepers whose task is made in group id
 // and not yet deleted.
-func (s *shimGroups) tasksOf(id string) []string {
+func (s *Groups) TasksOf(id string) []string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	g, ok := s.inUse[id]
@@ -376,8 +378,8 @@ func (s *shimGroups) tasksOf(id string) []string {
 	return slices.Collect(maps.Keys(g.tasks))
 }
 
-// has reports whether pods are in group id, open or retired.
-func (s *shimGroups) has(id string) bool {
+// Has reports whether pods are in group id, open or retired.
+func (s *Groups) Has(id string) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	_, ok := s.inUse[id]
@@ -386,9 +388,9 @@ func (s *shimGroups) has(id string) bool {
 
 // retireLocked stops pods from joining group id, with s.mu held. Its pods
 // need not leave it.
-func (s *shimGroups) retireLocked(id string) {
+func (s *Groups) retireLocked(id string) {
 	for scope, groups := range s.open {
-		s.open[scope] = slices.DeleteFunc(groups, func(g *shimGroup) bool { return g.id == id })
+		s.open[scope] = slices.DeleteFunc(groups, func(g *group) bool { return g.id == id })
 	}
 }
 

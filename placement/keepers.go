@@ -1,0 +1,66 @@
+package placement
+
+import "sync"
+
+// Keeper is a live shim keeper: a task of berth's own, made as the first
+// task of a group of its scope, that keeps the group's shim running while
+// no pod of the scope runs. T is what the caller holds of it (its
+// container).
+type Keeper[T any] struct {
+	ID, Group string
+	Scope     Scope
+	Handle    T
+}
+
+// Keepers are the live shim keepers, one per warm scope at most.
+type Keepers[T any] struct {
+	mu sync.Mutex
+	// byScope holds each scope's keeper; a nil one is being made or taken
+	// up.
+	byScope map[Scope]*Keeper[T]
+}
+
+// NewKeepers returns an empty set of keepers.
+func NewKeepers[T any]() *Keepers[T] { return &Keepers[T]{byScope: map[Scope]*Keeper[T]{}} }
+
+// Claim reserves scope's keeper for the caller to make, if the scope has
+// none. A keeper whose group no pod may join any more serves none: it is
+// returned, for the caller to remove, and the claim succeeds.
+func (k *Keepers[T]) Claim(scope Scope, isOpen func(group string) bool) (ok bool, stale *Keeper[T]) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	cur, has := k.byScope[scope]
+	if has && (cur == nil || isOpen(cur.Group)) {
+		return false, nil
+	}
+	k.byScope[scope] = nil
+	return true, cur
+}
+
+// Claimed says whether scope has a keeper, or one being made.
+func (k *Keepers[T]) Claimed(scope Scope) bool {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	_, ok := k.byScope[scope]
+	return ok
+}
+
+// Set makes kp the keeper of scope; nil releases a claim.
+func (k *Keepers[T]) Set(scope Scope, kp *Keeper[T]) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if kp == nil {
+		delete(k.byScope, scope)
+		return
+	}
+	k.byScope[scope] = kp
+}
+
+// Drop forgets keeper kp if it is still its scope's.
+func (k *Keepers[T]) Drop(kp *Keeper[T]) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if k.byScope[kp.Scope] == kp {
+		delete(k.byScope, kp.Scope)
+	}
+}
