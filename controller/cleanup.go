@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/containerd/containerd/v2/pkg/namespaces"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
 )
@@ -14,18 +13,6 @@ import (
 // the caller cannot cancel: a half-made sandbox must not be left behind
 // because the caller gave up.
 const cleanupTimeout = 30 * time.Second
-
-// detached returns a context for work that outlives the call ctx belongs
-// to: it has ctx's namespace and logger and nothing else of the call (its
-// gRPC metadata, deadline, lease), which the work would otherwise hold for
-// as long as it runs, a pod's whole life for the wait on its pause task.
-func detached(ctx context.Context) context.Context {
-	out := log.WithLogger(context.Background(), log.G(ctx))
-	if ns, ok := namespaces.Namespace(ctx); ok {
-		out = namespaces.WithNamespace(out, ns)
-	}
-	return out
-}
 
 // rollback is a stack of undo steps, pushed as a Start makes things.
 type rollback []undoStep
@@ -69,7 +56,7 @@ func (c *Controller) rollBack(ctx context.Context, id string, undo rollback) {
 		return
 	}
 	log.G(ctx).WithError(err).Warn("roll back sandbox start; retrying")
-	c.reaper.retry(ctx, id, "rollback", func(ctx context.Context) error {
+	c.events.Retry(ctx, id, "rollback", func(ctx context.Context) error {
 		if rest, err = rest.run(ctx); err != nil {
 			return err
 		}

@@ -28,9 +28,9 @@ import (
 	"github.com/containerd/platforms"
 	imagespec "github.com/opencontainers/image-spec/specs-go/v1"
 
+	"github.com/berth-dev/berth/events"
 	"github.com/berth-dev/berth/placement"
 	"github.com/berth-dev/berth/podsandbox"
-	"github.com/berth-dev/berth/retry"
 	"github.com/berth-dev/berth/shimproc"
 	"github.com/berth-dev/berth/store"
 )
@@ -43,10 +43,6 @@ const (
 	instanceLabelSELinux     = "selinux_label"
 	instanceLabelRuntimeType = "oci_runtime_type"
 )
-
-// unknownExitCode is the exit code recorded when the real one is lost, as in
-// containerd.
-const unknownExitCode = 255
 
 // Runtime is the part of a CRI runtime handler's config berth uses.
 type Runtime struct {
@@ -96,8 +92,9 @@ type Config struct {
 	// handled.
 	StopTimeout time.Duration
 	// ExitTimeout bounds the first attempt at deleting an exited task;
-	// failures go to the retry queue.
+	// failures go to the retry queue, which backs off as ExitRetry says.
 	ExitTimeout time.Duration
+	ExitRetry   events.Backoff
 	// Node is what the kernel offers the pause container.
 	Node podsandbox.Node
 	// HostFiles are the node files a pod's hosts and resolv.conf start from.
@@ -127,9 +124,11 @@ type Config struct {
 
 // Controller is berth's sandbox controller.
 type Controller struct {
-	config    Config
-	client    containerdClient
-	store     *store.Store
+	config Config
+	client containerdClient
+	store  *store.Store
+	// events tells of pause tasks' exits and runs failed steps again.
+	events    *events.Monitor
 	reaper    *reaper
 	locks     *keyLock
 	telemetry *telemetry
@@ -150,9 +149,9 @@ type Controller struct {
 
 var _ sandbox.Controller = (*Controller)(nil)
 
-// New returns a controller. It runs failed steps again on retries, which it
-// stops on Close.
-func New(cfg Config, client containerdClient, retries *retry.Queue) *Controller {
+// New returns a controller. It runs failed steps again, backing off as
+// cfg.ExitRetry says, until Close.
+func New(cfg Config, client containerdClient) *Controller {
 	s := store.New()
 	t := newTelemetry(s)
 	c := &Controller{
@@ -176,7 +175,10 @@ func New(cfg Config, client containerdClient, retries *retry.Queue) *Controller 
 		},
 	}
 	c.groups = placement.NewGroups(c.policy.PerShim, placement.WithWaitObserver(t.groupWaited))
-	c.reaper = newReaper(client, retries, t, cfg, c.groups, c.shimDied)
+	c.events = events.NewMonitor(cfg.ExitRetry, events.WithRetryCounters(
+		func(step string) { t.retries.WithValues(step).Inc() },
+		func(step string) { t.retryFailures.WithValues(step).Inc() }))
+	c.reaper = newReaper(client, c.events, cfg, c.groups, c.shimDied)
 	return c
 }
 
@@ -191,7 +193,7 @@ func (c *Controller) Close() error {
 	if c.recoveryStarted.Load() {
 		<-c.recovered
 	}
-	c.reaper.retries.Stop()
+	c.events.Stop()
 	return nil
 }
 

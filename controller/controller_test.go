@@ -24,9 +24,9 @@ import (
 	"google.golang.org/protobuf/types/known/anypb"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
+	"github.com/berth-dev/berth/events"
 	"github.com/berth-dev/berth/placement"
 	"github.com/berth-dev/berth/podsandbox"
-	"github.com/berth-dev/berth/retry"
 	"github.com/berth-dev/berth/shimproc"
 	"github.com/berth-dev/berth/store"
 )
@@ -61,15 +61,14 @@ func testController(t *testing.T, client *fakeClient, change ...func(*Config)) *
 		},
 		StopTimeout:  time.Minute,
 		ExitTimeout:  10 * time.Second,
+		ExitRetry:    events.Backoff{InitialDelay: time.Second, Factor: 2, MaxDelay: time.Minute, AttemptTimeout: 10 * time.Second},
 		HostFiles:    podsandbox.HostFiles{Hosts: hosts, ResolvConf: hosts, Hostname: func() (string, error) { return "node", nil }},
 		BuiltinPause: BuiltinPause{Handlers: []string{testHandler}, Rootfs: filepath.Join(dir, "pause")},
 	}
 	for _, f := range change {
 		f(&cfg)
 	}
-	c := New(cfg, client, retry.New(retry.Config{
-		InitialDelay: time.Second, Factor: 2, MaxDelay: time.Minute, AttemptTimeout: 10 * time.Second,
-	}))
+	c := New(cfg, client)
 	t.Cleanup(func() { c.Close() })
 	return c
 }

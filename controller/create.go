@@ -14,6 +14,7 @@ import (
 	"github.com/containerd/typeurl/v2"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
+	"github.com/berth-dev/berth/events"
 	"github.com/berth-dev/berth/podsandbox"
 	"github.com/berth-dev/berth/store"
 )
@@ -130,7 +131,7 @@ func withCRIMetadata(md *store.Metadata, info sandbox.Sandbox) error {
 // and no more, and Start and forget disarm it: nothing of a pod outlives
 // the pod by the check's two minutes.
 func (c *Controller) forgetIfAbandoned(ctx context.Context, id string) {
-	ctx = detached(ctx)
+	ctx = events.Detached(ctx)
 	c.abandoned.arm(id, abandonedAfter, func() {
 		unlock, err := c.locks.lock(ctx, id)
 		if err != nil {
@@ -194,7 +195,7 @@ func (t *timers) disarm(key string) {
 // started are woken with an unknown exit; for any other, Exit already ran.
 func (c *Controller) forget(sb *store.Sandbox) {
 	c.abandoned.disarm(sb.ID)
-	sb.Exit(unknownExitCode, time.Now())
+	sb.Exit(events.UnknownExitCode, time.Now())
 	sb.SetDeleted()
 	c.store.Remove(sb.ID)
 }

@@ -20,6 +20,7 @@ import (
 	"github.com/containerd/log"
 	"github.com/containerd/typeurl/v2"
 
+	"github.com/berth-dev/berth/events"
 	"github.com/berth-dev/berth/placement"
 	"github.com/berth-dev/berth/podsandbox"
 )
@@ -167,11 +168,11 @@ func (c *Controller) startKeeper(ctx context.Context, runtime sandbox.RuntimeOpt
 	undo.push("delete keeper task", func(ctx context.Context) error {
 		return c.reaper.deleteGroupTask(ctx, group, id, task)
 	})
-	w, err := c.reaper.waitFor(ctx, task)
+	w, err := c.events.WaitFor(ctx, task)
 	if err != nil {
 		return nil, err
 	}
-	undo.push("stop waiting for keeper task", func(context.Context) error { w.stop(); return nil })
+	undo.push("stop waiting for keeper task", func(context.Context) error { w.Stop(); return nil })
 	if err := task.Start(ctx); err != nil {
 		return nil, fmt.Errorf("start keeper task: %w", err)
 	}
@@ -182,24 +183,18 @@ func (c *Controller) startKeeper(ctx context.Context, runtime sandbox.RuntimeOpt
 }
 
 // watchKeeper removes keeper kp once its task exits.
-func (c *Controller) watchKeeper(kp *keeper, w *exitWatch) {
-	go func() {
-		defer w.cancel()
-		select {
-		case e := <-w.exitCh:
-			logger := log.G(w.ctx).WithField("keeper_id", kp.ID)
-			if code, _, err := e.Result(); err != nil {
-				logger = logger.WithError(err)
-			} else {
-				logger = logger.WithField("exit_status", code)
-			}
-			logger.Warn("shim keeper exited; removing it")
-		case <-w.ctx.Done():
-			return
+func (c *Controller) watchKeeper(kp *keeper, w *events.Wait) {
+	w.Handle(func(ctx context.Context, e events.Exit) {
+		logger := log.G(ctx).WithField("keeper_id", kp.ID)
+		if e.Lost != nil {
+			logger = logger.WithError(e.Lost)
+		} else {
+			logger = logger.WithField("exit_status", e.Code)
 		}
+		logger.Warn("shim keeper exited; removing it")
 		c.keepers.Drop(kp)
-		c.removeKeeperOrRetry(w.ctx, kp)
-	}()
+		c.removeKeeperOrRetry(ctx, kp)
+	})
 }
 
 // removeKeeperOrRetry removes keeper kp, in the background if it fails.
@@ -207,7 +202,7 @@ func (c *Controller) removeKeeperOrRetry(ctx context.Context, kp *keeper) {
 	ctx = context.WithoutCancel(ctx)
 	if err := c.removeKeeper(ctx, kp); err != nil {
 		log.G(ctx).WithError(err).WithField("keeper_id", kp.ID).Warn("remove shim keeper; retrying")
-		c.reaper.retry(ctx, kp.ID, "remove shim keeper", func(ctx context.Context) error { return c.removeKeeper(ctx, kp) })
+		c.events.Retry(ctx, kp.ID, "remove shim keeper", func(ctx context.Context) error { return c.removeKeeper(ctx, kp) })
 	}
 }
 
@@ -285,9 +280,9 @@ func (c *Controller) loadKeeper(ctx context.Context, container containerd.Contai
 			err = fmt.Errorf("keeper task is %s", st.Status)
 		}
 	}
-	var w *exitWatch
+	var w *events.Wait
 	if err == nil {
-		w, err = c.reaper.waitFor(ctx, task)
+		w, err = c.events.WaitFor(ctx, task)
 	}
 	if err != nil {
 		c.keepers.Set(scope, nil)

@@ -19,6 +19,7 @@ import (
 	"github.com/containerd/log"
 	"github.com/containerd/typeurl/v2"
 
+	"github.com/berth-dev/berth/events"
 	"github.com/berth-dev/berth/podcgroup"
 	"github.com/berth-dev/berth/shimproc"
 	"github.com/berth-dev/berth/store"
@@ -52,7 +53,7 @@ func (r *reaper) loadTask(ctx context.Context, sb *store.Sandbox) (containerd.Ta
 	if !errdefs.IsNotFound(err) {
 		return nil, fmt.Errorf("load pause task: %w", err)
 	}
-	sb.Exit(unknownExitCode, time.Now())
+	sb.Exit(events.UnknownExitCode, time.Now())
 	inst := sb.Status().Instance
 	if err := r.cleanupLost(ctx, lostTask{id: sb.ID, runtime: sb.Runtime, cgroupsPath: inst.CgroupsPath, group: inst.ShimGroup, sb: sb}); err != nil {
 		return nil, err

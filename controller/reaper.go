@@ -13,8 +13,8 @@ import (
 	"github.com/containerd/log"
 	"github.com/containerd/ttrpc"
 
+	"github.com/berth-dev/berth/events"
 	"github.com/berth-dev/berth/placement"
-	"github.com/berth-dev/berth/retry"
 	"github.com/berth-dev/berth/shimproc"
 	"github.com/berth-dev/berth/store"
 )
@@ -28,15 +28,16 @@ import (
 // Start or of its recovery; before that, Start's rollback deletes it, and
 // recovery deletes the tasks of sandboxes that no longer exist.
 type reaper struct {
-	client  containerdClient
-	retries *retry.Queue
+	client containerdClient
+	// events tells the reaper of its tasks' exits, and runs its failed
+	// steps again.
+	events *events.Monitor
 	// exitTimeout bounds the first attempt at deleting an exited task.
 	exitTimeout time.Duration
 	shims       shimproc.Sockets
 	// groups are the shared shims; a pod leaves its group when its pause
 	// task exits.
-	groups    *placement.Groups
-	telemetry *telemetry
+	groups *placement.Groups
 	// shimDied records the exits of the tasks a dead shared shim served
 	// (watchShim).
 	shimDied func(ids []string)
@@ -46,70 +47,34 @@ type reaper struct {
 	killing map[string]bool
 }
 
-func newReaper(client containerdClient, retries *retry.Queue, t *telemetry, cfg Config, groups *placement.Groups, shimDied func(ids []string)) *reaper {
+func newReaper(client containerdClient, monitor *events.Monitor, cfg Config, groups *placement.Groups, shimDied func(ids []string)) *reaper {
 	return &reaper{
 		shimDied:    shimDied,
 		client:      client,
-		retries:     retries,
+		events:      monitor,
 		exitTimeout: cfg.ExitTimeout,
 		shims:       cfg.Shims,
 		groups:      groups,
-		telemetry:   t,
 		killing:     map[string]bool{},
 	}
 }
 
-// exitWatch is a wait for a pause task's exit, begun before the task
-// starts so that no exit is missed.
-type exitWatch struct {
-	task   containerd.Task
-	exitCh <-chan containerd.ExitStatus
-	// ctx outlives the call that began the wait; cancel ends it.
-	ctx    context.Context
-	cancel context.CancelFunc
-}
-
-// waitFor begins waiting for task's exit. Hand the wait to watch, or stop
-// it. The wait, and the exit handling after it, hold nothing of ctx's call
-// but its namespace and logger.
-func (r *reaper) waitFor(ctx context.Context, task containerd.Task) (*exitWatch, error) {
-	waitCtx, cancel := context.WithCancel(detached(ctx))
-	exitCh, err := task.Wait(waitCtx)
-	if err != nil {
-		cancel()
-		return nil, fmt.Errorf("wait for pause task: %w", err)
-	}
-	return &exitWatch{task: task, exitCh: exitCh, ctx: waitCtx, cancel: cancel}, nil
-}
-
-// stop ends a wait that was never handed to watch.
-func (w *exitWatch) stop() { w.cancel() }
-
 // watch hands the sandbox's pause task to a goroutine of its own, which
 // records the exit the moment it comes, so that Status and Wait report it
 // without delay, then deletes the task.
-func (r *reaper) watch(sb *store.Sandbox, w *exitWatch) {
-	go func() {
-		defer w.cancel()
-		var e containerd.ExitStatus
-		select {
-		case e = <-w.exitCh:
-		case <-w.ctx.Done():
-			return
-		}
-		code, at, err := e.Result()
-		logger := log.G(w.ctx).WithField("sandbox_id", sb.ID)
-		if err != nil {
+func (r *reaper) watch(sb *store.Sandbox, task containerd.Task, w *events.Wait) {
+	w.Handle(func(ctx context.Context, e events.Exit) {
+		logger := log.G(ctx).WithField("sandbox_id", sb.ID)
+		if e.Lost != nil {
 			// The wait itself failed, e.g. the shim died: the task is gone
 			// all the same, with its exit code.
-			logger.WithError(err).Warn("pause task exit status lost")
-			code, at = unknownExitCode, time.Now()
+			logger.WithError(e.Lost).Warn("pause task exit status lost")
 		}
-		sb.Exit(code, at)
+		sb.Exit(e.Code, e.At)
 		r.groups.Leave(sb.Status().Instance.ShimGroup)
-		logger.WithField("exit_status", code).Debug("pause task exited")
-		r.deleteExitedOrRetry(log.WithLogger(w.ctx, logger), sb, w.task)
-	}()
+		logger.WithField("exit_status", e.Code).Debug("pause task exited")
+		r.deleteExitedOrRetry(log.WithLogger(ctx, logger), sb, task)
+	})
 }
 
 // deleteExitedOrRetry deletes the exited pause task of sb within the exit
@@ -119,7 +84,7 @@ func (r *reaper) deleteExitedOrRetry(ctx context.Context, sb *store.Sandbox, tas
 	defer cancel()
 	if err := r.deleteExited(attemptCtx, sb, task); err != nil {
 		log.G(ctx).WithError(err).Warn("delete exited pause task; retrying")
-		r.retry(ctx, sb.ID, "delete exited task", func(ctx context.Context) error { return r.deleteExited(ctx, sb, task) })
+		r.events.Retry(ctx, sb.ID, "delete exited task", func(ctx context.Context) error { return r.deleteExited(ctx, sb, task) })
 	}
 }
 
@@ -193,7 +158,7 @@ func (r *reaper) kill(ctx context.Context, sb *store.Sandbox, task containerd.Ta
 	r.killing[sb.ID] = true
 	r.mu.Unlock()
 	if !queued {
-		r.retry(ctx, sb.ID, "kill", func(ctx context.Context) error {
+		r.events.Retry(ctx, sb.ID, "kill", func(ctx context.Context) error {
 			select {
 			case <-sb.Exited():
 				// Nothing left to kill; the task's deletion, queued behind
@@ -236,7 +201,7 @@ func (r *reaper) reattach(ctx context.Context, sb *store.Sandbox, scope placemen
 	}
 	switch st.Status {
 	case containerd.Running, containerd.Paused, containerd.Pausing:
-		w, err := r.waitFor(ctx, t)
+		w, err := r.events.WaitFor(ctx, t)
 		if err != nil {
 			return err
 		}
@@ -244,18 +209,18 @@ func (r *reaper) reattach(ctx context.Context, sb *store.Sandbox, scope placemen
 			s.State, s.Pid = store.StateReady, t.Pid()
 			return s, nil
 		}); err != nil {
-			w.stop()
+			w.Stop()
 			return err
 		}
 		r.groups.Rejoin(scope, sb.Status().Instance.ShimGroup, sb.ID)
 		r.watchShim(ctx, sb.Status().Instance.ShimGroup, sb.ID)
-		r.watch(sb, w)
+		r.watch(sb, t, w)
 		return nil
 	case containerd.Stopped:
 		sb.Exit(st.ExitStatus, st.ExitTime)
 	default:
 		// Created (Start was cut short) or unknown: never ready.
-		sb.Exit(unknownExitCode, time.Now())
+		sb.Exit(events.UnknownExitCode, time.Now())
 	}
 	r.deleteExitedOrRetry(ctx, sb, t)
 	return nil
@@ -269,17 +234,4 @@ func (r *reaper) deleteUnloaded(ctx context.Context, sb *store.Sandbox) error {
 		return err
 	}
 	return r.deleteExited(ctx, sb, t)
-}
-
-// retry queues step, named name, for sandbox id, counting it and its
-// failures.
-func (r *reaper) retry(ctx context.Context, id, name string, step retry.Step) {
-	r.telemetry.retries.WithValues(name).Inc()
-	r.retries.Add(ctx, id, name, func(ctx context.Context) error {
-		err := step(ctx)
-		if err != nil {
-			r.telemetry.retryFailures.WithValues(name).Inc()
-		}
-		return err
-	})
 }

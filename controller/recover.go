@@ -18,6 +18,8 @@ import (
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
 	"github.com/opencontainers/selinux/go-selinux"
+
+	"github.com/berth-dev/berth/events"
 )
 
 // RecoverConfig bounds recovery after a containerd restart.
@@ -163,8 +165,8 @@ func (c *Controller) recoverSandbox(ctx context.Context, container containerd.Co
 		// NOTREADY, so that kubelet replaces it, and delete its task in the
 		// background.
 		logger.WithError(err).Warn("cannot reattach to pause task; deleting it")
-		sb.Exit(unknownExitCode, time.Now())
-		c.reaper.retry(ctx, id, "delete exited task", func(ctx context.Context) error {
+		sb.Exit(events.UnknownExitCode, time.Now())
+		c.events.Retry(ctx, id, "delete exited task", func(ctx context.Context) error {
 			return c.reaper.deleteUnloaded(ctx, sb)
 		})
 	}
@@ -175,7 +177,7 @@ func (c *Controller) recoverSandbox(ctx context.Context, container containerd.Co
 func (c *Controller) removeOrphan(ctx context.Context, container containerd.Container) {
 	id := container.ID()
 	log.G(ctx).WithField("sandbox_id", id).Info("removing a pause container no sandbox owns")
-	c.reaper.retry(ctx, id, "remove orphan", func(ctx context.Context) error {
+	c.events.Retry(ctx, id, "remove orphan", func(ctx context.Context) error {
 		if err := c.reaper.removeTask(ctx, container); err != nil {
 			return err
 		}

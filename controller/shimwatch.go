@@ -6,6 +6,7 @@ import (
 
 	"github.com/containerd/log"
 
+	"github.com/berth-dev/berth/events"
 	"github.com/berth-dev/berth/shimproc"
 )
 
@@ -22,7 +23,7 @@ func (r *reaper) watchShim(ctx context.Context, group, id string) {
 	if group == "" || !r.groups.Watch(group) {
 		return
 	}
-	ctx = log.WithLogger(detached(ctx), log.G(ctx).WithField("shim_group", group))
+	ctx = log.WithLogger(events.Detached(ctx), log.G(ctx).WithField("shim_group", group))
 	go func() {
 		pidfd, err := r.shims.Pidfd(ctx, group, id)
 		if err != nil || pidfd == nil {
@@ -53,7 +54,7 @@ func (c *Controller) shimDied(ids []string) {
 	now := time.Now()
 	for _, id := range ids {
 		if sb, err := c.store.Get(id); err == nil {
-			sb.Exit(unknownExitCode, now)
+			sb.Exit(events.UnknownExitCode, now)
 		}
 	}
 }

@@ -20,6 +20,7 @@ import (
 	"github.com/containerd/typeurl/v2"
 	"github.com/opencontainers/selinux/go-selinux"
 
+	"github.com/berth-dev/berth/events"
 	"github.com/berth-dev/berth/placement"
 	"github.com/berth-dev/berth/podsandbox"
 	"github.com/berth-dev/berth/shimproc"
@@ -138,7 +139,7 @@ func (c *Controller) start(ctx context.Context, sb *store.Sandbox, undo *rollbac
 		s.State, s.Pid, s.CreatedAt, s.Instance = store.StateReady, pid, info.CreatedAt, inst
 		return s, nil
 	})
-	c.reaper.watch(sb, w)
+	c.reaper.watch(sb, task, w)
 	log.G(ctx).WithField("pid", pid).Debug("sandbox started")
 	return controllerInstance(sb, p, pid, info.CreatedAt, spec), nil
 }
@@ -276,7 +277,7 @@ func (c *Controller) createContainer(ctx context.Context, sb *store.Sandbox, p s
 
 // startTask makes and starts the pause task, waiting for its exit from
 // before it starts.
-func (c *Controller) startTask(ctx context.Context, sb *store.Sandbox, container containerd.Container, p startPlan, making placement.Making, undo *rollback) (containerd.Task, *exitWatch, error) {
+func (c *Controller) startTask(ctx context.Context, sb *store.Sandbox, container containerd.Container, p startPlan, making placement.Making, undo *rollback) (containerd.Task, *events.Wait, error) {
 	var opts []containerd.NewTaskOpts
 	if p.shim != "" {
 		opts = append(opts, containerd.WithTaskAPIEndpoint(p.shim, shimproc.TaskAPIVersion))
@@ -297,11 +298,11 @@ func (c *Controller) startTask(ctx context.Context, sb *store.Sandbox, container
 	if err := failpoint(sb, FailpointStartTask); err != nil {
 		return nil, nil, err
 	}
-	w, err := c.reaper.waitFor(ctx, task)
+	w, err := c.events.WaitFor(ctx, task)
 	if err != nil {
 		return nil, nil, err
 	}
-	undo.push("stop waiting for pause task", func(context.Context) error { w.stop(); return nil })
+	undo.push("stop waiting for pause task", func(context.Context) error { w.Stop(); return nil })
 	if err := task.Start(ctx); err != nil {
 		return nil, nil, fmt.Errorf("start pause task: %w", err)
 	}

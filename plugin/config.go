@@ -8,7 +8,7 @@ import (
 
 	"github.com/containerd/errdefs"
 
-	"github.com/berth-dev/berth/retry"
+	"github.com/berth-dev/berth/events"
 )
 
 // Config is berth's section of containerd's config,
@@ -123,9 +123,9 @@ func (c *Config) podsPerShim() map[string]int {
 	return m
 }
 
-// retryConfig is the retry queue's backoff.
-func (r ExitRetry) retryConfig() retry.Config {
-	return retry.Config{
+// backoff is the retry queue's backoff.
+func (r ExitRetry) backoff() events.Backoff {
+	return events.Backoff{
 		InitialDelay:   r.InitialDelay.Duration(),
 		Factor:         r.Factor,
 		MaxDelay:       r.MaxDelay.Duration(),

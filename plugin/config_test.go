@@ -11,7 +11,7 @@ import (
 	"github.com/containerd/errdefs"
 	"github.com/pelletier/go-toml/v2"
 
-	"github.com/berth-dev/berth/retry"
+	"github.com/berth-dev/berth/events"
 )
 
 func TestDefaultConfig(t *testing.T) {
@@ -53,14 +53,14 @@ func TestExitRetryConfig(t *testing.T) {
 		MaxDelay:       Duration{time.Minute},
 		AttemptTimeout: Duration{3 * time.Second},
 	}
-	want := retry.Config{
+	want := events.Backoff{
 		InitialDelay:   2 * time.Second,
 		Factor:         1.5,
 		MaxDelay:       time.Minute,
 		AttemptTimeout: 3 * time.Second,
 	}
-	if got := r.retryConfig(); got != want {
-		t.Errorf("retryConfig() = %+v, want %+v", got, want)
+	if got := r.backoff(); got != want {
+		t.Errorf("backoff() = %+v, want %+v", got, want)
 	}
 }
 

@@ -23,7 +23,6 @@ import (
 
 	"github.com/berth-dev/berth/controller"
 	"github.com/berth-dev/berth/podsandbox"
-	"github.com/berth-dev/berth/retry"
 	"github.com/berth-dev/berth/shimproc"
 )
 
@@ -98,6 +97,7 @@ func initController(ic *plugin.InitContext) (*controller.Controller, error) {
 		},
 		StopTimeout:  cfg.StopTimeout.Duration(),
 		ExitTimeout:  cfg.ExitRetry.AttemptTimeout.Duration(),
+		ExitRetry:    cfg.ExitRetry.backoff(),
 		Node:         podsandbox.HostNode(),
 		HostFiles:    podsandbox.DefaultHostFiles,
 		BuiltinPause: builtinPause(ic, cfg, cri, root),
@@ -113,7 +113,7 @@ func initController(ic *plugin.InitContext) (*controller.Controller, error) {
 		WarmShims:           cfg.WarmShimHandlers,
 		CrossNamespaceShims: cfg.CrossNamespaceShimHandlers,
 		ConfigErr:           configErr,
-	}, client, retry.New(cfg.ExitRetry.retryConfig()))
+	}, client)
 	// On containerd's Prometheus endpoint ([metrics] address).
 	metrics.Register(c.MetricsNamespace())
 	// The reload runs while containerd loads its other plugins; CRI's own

@@ -1,4 +1,4 @@
-package retry
+package events
 
 import (
 	"context"
@@ -66,8 +66,8 @@ func (r *recorder) check(t *testing.T, want ...run) {
 }
 
 // config is the backoff the tests start from: berth's defaults.
-func config(change ...func(*Config)) Config {
-	c := Config{InitialDelay: time.Second, Factor: 2, MaxDelay: 5 * time.Minute, AttemptTimeout: 10 * time.Second}
+func backoff(change ...func(*Backoff)) Backoff {
+	c := Backoff{InitialDelay: time.Second, Factor: 2, MaxDelay: 5 * time.Minute, AttemptTimeout: 10 * time.Second}
 	for _, f := range change {
 		f(&c)
 	}
@@ -76,7 +76,7 @@ func config(change ...func(*Config)) Config {
 
 func TestFirstRetryAfterInitialDelay(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		m := New(config(func(c *Config) { c.InitialDelay = 3 * time.Second }))
+		m := NewQueue(backoff(func(c *Backoff) { c.InitialDelay = 3 * time.Second }))
 		defer m.Stop()
 		r := newRecorder()
 
@@ -93,7 +93,7 @@ func TestFirstRetryAfterInitialDelay(t *testing.T) {
 
 func TestBackoff(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		m := New(config(func(c *Config) { c.MaxDelay = 10 * time.Second }))
+		m := NewQueue(backoff(func(c *Backoff) { c.MaxDelay = 10 * time.Second }))
 		defer m.Stop()
 		r := newRecorder()
 
@@ -111,7 +111,7 @@ func TestBackoff(t *testing.T) {
 
 func TestFailThenSucceed(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		m := New(config())
+		m := NewQueue(backoff())
 		defer m.Stop()
 		r := newRecorder()
 
@@ -140,7 +140,7 @@ func TestFailThenSucceed(t *testing.T) {
 func TestOrder(t *testing.T) {
 	t.Run("appended and requeued", func(t *testing.T) {
 		synctest.Test(t, func(t *testing.T) {
-			m := New(config())
+			m := NewQueue(backoff())
 			defer m.Stop()
 			r := newRecorder()
 			gate := make(chan struct{})
@@ -170,7 +170,7 @@ func TestOrder(t *testing.T) {
 
 	t.Run("appended after success", func(t *testing.T) {
 		synctest.Test(t, func(t *testing.T) {
-			m := New(config())
+			m := NewQueue(backoff())
 			defer m.Stop()
 			r := newRecorder()
 			gate := make(chan struct{})
@@ -191,7 +191,7 @@ func TestOrder(t *testing.T) {
 
 func TestManyKeys(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		m := New(config())
+		m := NewQueue(backoff())
 		defer m.Stop()
 		r := newRecorder()
 
@@ -219,7 +219,7 @@ func TestManyKeys(t *testing.T) {
 
 func TestKeysIndependent(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		m := New(config(func(c *Config) { c.AttemptTimeout = time.Hour }))
+		m := NewQueue(backoff(func(c *Backoff) { c.AttemptTimeout = time.Hour }))
 		defer m.Stop()
 		r := newRecorder()
 
@@ -243,7 +243,7 @@ func TestKeysIndependent(t *testing.T) {
 // cancellation: retries outlive their caller.
 func TestAttemptContextValues(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		m := New(config())
+		m := NewQueue(backoff())
 		defer m.Stop()
 		type key struct{}
 		ctx, cancel := context.WithCancel(context.WithValue(t.Context(), key{}, "k8s.io"))
@@ -270,7 +270,7 @@ func TestAttemptContextValues(t *testing.T) {
 
 func TestAttemptTimeout(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		m := New(config(func(c *Config) { c.AttemptTimeout = 3 * time.Second }))
+		m := NewQueue(backoff(func(c *Backoff) { c.AttemptTimeout = 3 * time.Second }))
 		defer m.Stop()
 		start := time.Now()
 
@@ -299,7 +299,7 @@ func TestAttemptTimeout(t *testing.T) {
 
 func TestStop(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		m := New(config())
+		m := NewQueue(backoff())
 		r := newRecorder()
 
 		var inFlight error
@@ -330,7 +330,7 @@ func TestStop(t *testing.T) {
 // context, and that the attempts queued after it do not run.
 func TestStopRestOfBatch(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		m := New(config())
+		m := NewQueue(backoff())
 		r := newRecorder()
 		gate := make(chan struct{})
 

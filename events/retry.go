@@ -1,8 +1,4 @@
-// Package retry runs steps that failed again, with a backoff per key, until
-// they succeed. berth keys it by sandbox ID: the steps of one sandbox (a
-// kill, a task deletion, a rollback) run one at a time and in the order they
-// failed, and no sandbox ever waits on another's.
-package retry
+package events
 
 import (
 	"context"
@@ -12,9 +8,10 @@ import (
 	"github.com/containerd/log"
 )
 
-// Config is the backoff. Every field must be positive and InitialDelay at
-// most MaxDelay; the caller validates it (berth's plugin config does).
-type Config struct {
+// Backoff is the retry queue's backoff. Every field must be positive and
+// InitialDelay at most MaxDelay; the caller validates it (berth's plugin
+// config does).
+type Backoff struct {
 	// InitialDelay is the wait before a key's first retry.
 	InitialDelay time.Duration
 	// Factor multiplies the delay after each failed retry (>= 1).
@@ -27,7 +24,7 @@ type Config struct {
 
 // next returns the delay that follows d. It compares in float64 so that a
 // large factor cannot overflow the duration.
-func (c Config) next(d time.Duration) time.Duration {
+func (c Backoff) next(d time.Duration) time.Duration {
 	if f := float64(d) * c.Factor; f < float64(c.MaxDelay) {
 		return time.Duration(f)
 	}
@@ -79,7 +76,7 @@ type result struct {
 // One goroutine owns the queues; Add and finished batches talk to it over
 // channels, so the queues need no lock.
 type Queue struct {
-	cfg Config
+	cfg Backoff
 
 	// ctx is the base of every run's context; Stop cancels it.
 	ctx    context.Context
@@ -98,8 +95,8 @@ type Queue struct {
 	running int
 }
 
-// New starts a queue with cfg, which must be valid (see Config).
-func New(cfg Config) *Queue {
+// New starts a queue with cfg, which must be valid (see Backoff).
+func NewQueue(cfg Backoff) *Queue {
 	ctx, cancel := context.WithCancel(context.Background())
 	q := &Queue{
 		cfg:     cfg,
