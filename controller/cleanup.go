@@ -7,6 +7,8 @@ import (
 
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
+
+	"github.com/berth-dev/berth/failpoint"
 )
 
 // cleanupTimeout bounds each undo and cleanup step, which run on a context
@@ -52,7 +54,7 @@ func (r rollback) run(ctx context.Context) (rollback, error) {
 func (c *Controller) rollBack(ctx context.Context, id string, undo rollback) {
 	rest, err := undo.run(ctx)
 	if err == nil {
-		clearFailpoints(id)
+		failpoint.Clear(id)
 		return
 	}
 	log.G(ctx).WithError(err).Warn("roll back sandbox start; retrying")
@@ -60,7 +62,7 @@ func (c *Controller) rollBack(ctx context.Context, id string, undo rollback) {
 		if rest, err = rest.run(ctx); err != nil {
 			return err
 		}
-		clearFailpoints(id)
+		failpoint.Clear(id)
 		log.G(ctx).Info("rolled back sandbox start")
 		return nil
 	})

@@ -20,6 +20,7 @@ import (
 	"github.com/containerd/typeurl/v2"
 
 	"github.com/berth-dev/berth/events"
+	"github.com/berth-dev/berth/failpoint"
 	"github.com/berth-dev/berth/podcgroup"
 	"github.com/berth-dev/berth/shimproc"
 	"github.com/berth-dev/berth/store"
@@ -173,7 +174,7 @@ func (r *reaper) endLostShim(ctx context.Context, t lostTask) error {
 	// shared shim must not keep this one: the shim would outlive its last
 	// pod, serving nothing. A delete that fails is retried with the rest of
 	// the cleanup.
-	err = failpoint(t.sb, FailpointLostShimDelete)
+	err = failpoint.Inject(t.sb, failpoint.LostShimDelete)
 	if err == nil {
 		err = shim.DeleteTask(ctx, t.id)
 	}

@@ -14,6 +14,7 @@ import (
 	"github.com/containerd/ttrpc"
 
 	"github.com/berth-dev/berth/events"
+	"github.com/berth-dev/berth/failpoint"
 	"github.com/berth-dev/berth/placement"
 	"github.com/berth-dev/berth/shimproc"
 	"github.com/berth-dev/berth/store"
@@ -91,7 +92,7 @@ func (r *reaper) deleteExitedOrRetry(ctx context.Context, sb *store.Sandbox, tas
 // deleteExited deletes the exited pause task of sb and its shim, then marks
 // the sandbox deleted, which releases Shutdown.
 func (r *reaper) deleteExited(ctx context.Context, sb *store.Sandbox, task containerd.Task) error {
-	if err := failpoint(sb, FailpointTaskDelete); err != nil {
+	if err := failpoint.Inject(sb, failpoint.TaskDelete); err != nil {
 		return err
 	}
 	if err := r.deleteGroupTask(ctx, sb.Status().Instance.ShimGroup, sb.ID, task); err != nil {

@@ -7,6 +7,8 @@ import (
 	containerd "github.com/containerd/containerd/v2/client"
 	"github.com/containerd/log"
 	"github.com/opencontainers/selinux/go-selinux"
+
+	"github.com/berth-dev/berth/failpoint"
 )
 
 // Shutdown deletes everything the sandbox has: its pause task (by stopping
@@ -47,7 +49,7 @@ func (c *Controller) Shutdown(ctx context.Context, id string) error {
 		selinux.ReleaseLabel(inst.ProcessLabel)
 	}
 	c.forget(sb)
-	clearFailpoints(id)
+	failpoint.Clear(id)
 	log.G(ctx).Debug("sandbox shut down")
 	return nil
 }

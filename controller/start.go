@@ -21,6 +21,7 @@ import (
 	"github.com/opencontainers/selinux/go-selinux"
 
 	"github.com/berth-dev/berth/events"
+	"github.com/berth-dev/berth/failpoint"
 	"github.com/berth-dev/berth/placement"
 	"github.com/berth-dev/berth/podsandbox"
 	"github.com/berth-dev/berth/shimproc"
@@ -224,7 +225,7 @@ func (c *Controller) createFiles(sb *store.Sandbox, p startPlan, undo *rollback)
 			return err
 		}
 	}
-	return failpoint(sb, FailpointStartFiles)
+	return failpoint.Inject(sb, failpoint.StartFiles)
 }
 
 // createContainer makes the pause container, and its snapshot, under ctx's
@@ -246,7 +247,7 @@ func (c *Controller) createContainer(ctx context.Context, sb *store.Sandbox, p s
 			containerd.WithNewSnapshot(sb.ID, p.pause.image, append(p.spec.SnapshotOpts,
 				snapshots.WithLabels(snapshots.FilterInheritedLabels(sb.Config.GetAnnotations())))...),
 			func(context.Context, *containerd.Client, *containers.Container) error {
-				return failpoint(sb, FailpointStartSnapshot)
+				return failpoint.Inject(sb, failpoint.StartSnapshot)
 			})
 	}
 	specOpts := p.spec.Opts
@@ -272,7 +273,7 @@ func (c *Controller) createContainer(ctx context.Context, sb *store.Sandbox, p s
 	undo.push("delete pause container", c.undoable(sb, "container", func(ctx context.Context) error {
 		return ignoreNotFound(container.Delete(ctx, containerd.WithSnapshotCleanup))
 	}))
-	return container, spec, failpoint(sb, FailpointStartContainer)
+	return container, spec, failpoint.Inject(sb, failpoint.StartContainer)
 }
 
 // startTask makes and starts the pause task, waiting for its exit from
@@ -295,7 +296,7 @@ func (c *Controller) startTask(ctx context.Context, sb *store.Sandbox, container
 	undo.push("delete pause task", c.undoable(sb, "task", func(ctx context.Context) error {
 		return c.reaper.deleteGroupTask(ctx, p.group, sb.ID, task)
 	}))
-	if err := failpoint(sb, FailpointStartTask); err != nil {
+	if err := failpoint.Inject(sb, failpoint.StartTask); err != nil {
 		return nil, nil, err
 	}
 	w, err := c.events.WaitFor(ctx, task)
@@ -306,7 +307,7 @@ func (c *Controller) startTask(ctx context.Context, sb *store.Sandbox, container
 	if err := task.Start(ctx); err != nil {
 		return nil, nil, fmt.Errorf("start pause task: %w", err)
 	}
-	return task, w, failpoint(sb, FailpointStartTaskStart)
+	return task, w, failpoint.Inject(sb, failpoint.StartTaskStart)
 }
 
 // errSharedShimRefused says a shared shim did not take the pause task
@@ -341,12 +342,12 @@ func (c *Controller) beginTask(ctx context.Context, sb *store.Sandbox, p *startP
 // it was.
 func (c *Controller) newTask(ctx context.Context, sb *store.Sandbox, container containerd.Container, group string, making placement.Making, opts []containerd.NewTaskOpts) (containerd.Task, error) {
 	if group != "" {
-		if err := failpoint(sb, FailpointSharedShimRefuses); err != nil {
+		if err := failpoint.Inject(sb, failpoint.SharedShimRefuses); err != nil {
 			making.End(placement.Refused)
 			return nil, fmt.Errorf("create pause task in shim group %s: %w: %w", group, errSharedShimRefused, err)
 		}
 	}
-	hold(sb, FailpointHoldTaskMake)
+	failpoint.Hold(sb, failpoint.HoldTaskMake)
 	task, err := container.NewTask(ctx, cio.NullIO, opts...)
 	switch {
 	case err == nil:
@@ -386,10 +387,10 @@ func isShimRefusal(err error) bool {
 }
 
 // undoable is undo step fn of Start step point, which failpoint
-// FailpointUndoPrefix+point fails in test builds.
+// failpoint.UndoPrefix+point fails in test builds.
 func (c *Controller) undoable(sb *store.Sandbox, point string, fn func(context.Context) error) func(context.Context) error {
 	return func(ctx context.Context) error {
-		if err := failpoint(sb, FailpointUndoPrefix+point); err != nil {
+		if err := failpoint.Inject(sb, failpoint.UndoPrefix+point); err != nil {
 			return err
 		}
 		return fn(ctx)

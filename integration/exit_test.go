@@ -17,7 +17,7 @@ import (
 	"github.com/containerd/typeurl/v2"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
-	"github.com/berth-dev/berth/controller"
+	"github.com/berth-dev/berth/failpoint"
 )
 
 // TestFailpointExitRetry fails the deletion of an exited pause task three
@@ -32,7 +32,7 @@ func TestFailpointExitRetry(t *testing.T) {
 		t.Skip("needs -failpoints")
 	}
 	cfg := podConfig(t)
-	cfg.Annotations[controller.FailpointAnnotationPrefix+controller.FailpointTaskDelete] = "3"
+	cfg.Annotations[failpoint.AnnotationPrefix+failpoint.TaskDelete] = "3"
 	id := runPod(t, cfg, handlerBerth)
 	deletes := countTaskDeletes(t, id)
 

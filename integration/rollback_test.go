@@ -12,31 +12,31 @@ import (
 	"google.golang.org/grpc/status"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
-	"github.com/berth-dev/berth/controller"
+	"github.com/berth-dev/berth/failpoint"
 )
 
 // startSteps are the failpoints of Start's steps, with the undo failpoint
 // of the step each one's failure leaves made.
 var startSteps = []struct{ point, undo string }{
-	{controller.FailpointStartFiles, "files"},
-	{controller.FailpointStartSnapshot, "snapshot"},
-	{controller.FailpointStartContainer, "container"},
-	{controller.FailpointStartTask, "task"},
-	{controller.FailpointStartTaskStart, "task"},
+	{failpoint.StartFiles, "files"},
+	{failpoint.StartSnapshot, "snapshot"},
+	{failpoint.StartContainer, "container"},
+	{failpoint.StartTask, "task"},
+	{failpoint.StartTaskStart, "task"},
 }
 
 // withFailpoints sets berth failpoints on a pod, point -> count.
 func withFailpoints(points map[string]int) podOpt {
 	return func(c *runtimeapi.PodSandboxConfig) {
 		for p, n := range points {
-			c.Annotations[controller.FailpointAnnotationPrefix+p] = fmt.Sprint(n)
+			c.Annotations[failpoint.AnnotationPrefix+p] = fmt.Sprint(n)
 		}
 	}
 }
 
 // skipSnapshotOnBuiltinPause: the built-in pause has no snapshot step.
 func skipSnapshotOnBuiltinPause(t *testing.T, point string) {
-	if point == controller.FailpointStartSnapshot && handlerBerth == handlerBuiltinPause {
+	if point == failpoint.StartSnapshot && handlerBerth == handlerBuiltinPause {
 		t.Skip("the built-in pause makes no snapshot")
 	}
 }
@@ -72,7 +72,7 @@ func TestFailpointRollbackRetried(t *testing.T) {
 		t.Run(step.point, func(t *testing.T) {
 			skipSnapshotOnBuiltinPause(t, step.point)
 			before := scrapeMetrics(t)
-			cfg := podConfig(t, withFailpoints(map[string]int{step.point: 1, controller.FailpointUndoPrefix + step.undo: 2}))
+			cfg := podConfig(t, withFailpoints(map[string]int{step.point: 1, failpoint.UndoPrefix + step.undo: 2}))
 			start := time.Now()
 			_, err := daemon.runtime.RunPodSandbox(ctxT(t), &runtimeapi.RunPodSandboxRequest{Config: cfg, RuntimeHandler: handlerBerth})
 			if s, _ := status.FromError(err); s.Code() != codes.Unavailable {
@@ -100,11 +100,11 @@ func TestFailpointRollbackAcrossRestart(t *testing.T) {
 		t.Skip("needs -failpoints")
 	}
 	cfg := podConfig(t, withFailpoints(map[string]int{
-		controller.FailpointStartTaskStart:           1,
-		controller.FailpointUndoPrefix + "task":      1000,
-		controller.FailpointUndoPrefix + "container": 1000,
-		controller.FailpointUndoPrefix + "snapshot":  1000,
-		controller.FailpointUndoPrefix + "files":     1000,
+		failpoint.StartTaskStart:           1,
+		failpoint.UndoPrefix + "task":      1000,
+		failpoint.UndoPrefix + "container": 1000,
+		failpoint.UndoPrefix + "snapshot":  1000,
+		failpoint.UndoPrefix + "files":     1000,
 	}))
 	if _, err := daemon.runtime.RunPodSandbox(ctxT(t), &runtimeapi.RunPodSandboxRequest{Config: cfg, RuntimeHandler: handlerBerth}); err == nil {
 		t.Fatal("RunPodSandbox succeeded")

@@ -14,7 +14,7 @@ import (
 
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
-	"github.com/berth-dev/berth/controller"
+	"github.com/berth-dev/berth/failpoint"
 	"github.com/berth-dev/berth/integration/hostproc"
 )
 
@@ -276,7 +276,7 @@ func TestFailpointLostSharedShimDeleteRetried(t *testing.T) {
 	if !*failpoints {
 		t.Skip("needs -failpoints")
 	}
-	pods := runSharedPods(t, 2, withFailpoints(map[string]int{controller.FailpointLostShimDelete: 1}))
+	pods := runSharedPods(t, 2, withFailpoints(map[string]int{failpoint.LostShimDelete: 1}))
 	shim := restartLosingBundle(t, pods)
 	removePod(t, pods[0].id)
 	if out := execSync(t, pods[1].ctr, "echo", "ok"); out != "ok\n" {
@@ -296,7 +296,7 @@ func TestFailpointSharedShimRefuses(t *testing.T) {
 		t.Skip("needs -failpoints")
 	}
 	first := runPod(t, podConfig(t, withName("first")), handlerBerth)
-	refused := runPod(t, podConfig(t, withName("refused"), withFailpoints(map[string]int{controller.FailpointSharedShimRefuses: 1})), handlerBerth)
+	refused := runPod(t, podConfig(t, withName("refused"), withFailpoints(map[string]int{failpoint.SharedShimRefuses: 1})), handlerBerth)
 	if shimOf(t, refused) == shimOf(t, first) {
 		t.Error("the pod refused by the group's shim runs in it")
 	}
@@ -314,7 +314,7 @@ func TestFailpointLastTaskWaitsForMake(t *testing.T) {
 	shim := shimOf(t, first)
 	joining := podConfig(t, withName("joining"), func(c *runtimeapi.PodSandboxConfig) {
 		c.Labels["role"] = "joining"
-		c.Annotations[controller.FailpointAnnotationPrefix+controller.FailpointHoldTaskMake] = "2s"
+		c.Annotations[failpoint.AnnotationPrefix+failpoint.HoldTaskMake] = "2s"
 	})
 	type result struct {
 		id  string

@@ -1,6 +1,6 @@
 //go:build berth_failpoint
 
-package controller
+package failpoint
 
 import (
 	"fmt"
@@ -19,16 +19,16 @@ import (
 // "<sandbox id>/<point>".
 var failpoints sync.Map
 
-// failpoint fails the first N calls of point for a sandbox whose pod has the
-// annotation FailpointAnnotationPrefix+point = "N" (never for a nil
+// Inject fails the first N calls of point for a sandbox whose pod has the
+// annotation AnnotationPrefix+point = "N" (never for a nil
 // sandbox, a container no sandbox owns), with an Unavailable
 // error, as a shim that did not answer would. Only test builds (build tag
 // berth_failpoint) have it; tests use it to prove retries and rollbacks.
-func failpoint(sb *store.Sandbox, point string) error {
+func Inject(sb *store.Sandbox, point string) error {
 	if sb == nil {
 		return nil
 	}
-	v, ok := sb.Config.GetAnnotations()[FailpointAnnotationPrefix+point]
+	v, ok := sb.Config.GetAnnotations()[AnnotationPrefix+point]
 	if !ok {
 		return nil
 	}
@@ -43,20 +43,20 @@ func failpoint(sb *store.Sandbox, point string) error {
 	return nil
 }
 
-// hold pauses a sandbox's Start at point for as long as its pod's
-// annotation FailpointAnnotationPrefix+point says ("2s"; none, or one that
+// Hold pauses a sandbox's Start at point for as long as its pod's
+// annotation AnnotationPrefix+point says ("2s"; none, or one that
 // does not parse, is no pause), for tests that make another step overlap
 // it.
-func hold(sb *store.Sandbox, point string) {
+func Hold(sb *store.Sandbox, point string) {
 	if sb == nil {
 		return
 	}
-	d, _ := time.ParseDuration(sb.Config.GetAnnotations()[FailpointAnnotationPrefix+point])
+	d, _ := time.ParseDuration(sb.Config.GetAnnotations()[AnnotationPrefix+point])
 	time.Sleep(d)
 }
 
-// clearFailpoints forgets a removed sandbox's counters.
-func clearFailpoints(id string) {
+// Clear forgets a removed sandbox's counters.
+func Clear(id string) {
 	failpoints.Range(func(k, _ any) bool {
 		if strings.HasPrefix(k.(string), id+"/") {
 			failpoints.Delete(k)
