@@ -18,7 +18,6 @@ import (
 	"context"
 	"fmt"
 	"slices"
-	"strings"
 	"sync/atomic"
 	"time"
 
@@ -31,6 +30,7 @@ import (
 	"github.com/berth-dev/berth/events"
 	"github.com/berth-dev/berth/placement"
 	"github.com/berth-dev/berth/podsandbox"
+	"github.com/berth-dev/berth/reaper"
 	"github.com/berth-dev/berth/shimproc"
 	"github.com/berth-dev/berth/store"
 )
@@ -129,7 +129,7 @@ type Controller struct {
 	store  *store.Store
 	// events tells of pause tasks' exits and runs failed steps again.
 	events    *events.Monitor
-	reaper    *reaper
+	reaper    *reaper.Reaper
 	locks     *keyLock
 	telemetry *telemetry
 	// policy is how pods share shims; groups are the shared shims, and
@@ -171,20 +171,43 @@ func New(cfg Config, client containerdClient) *Controller {
 		CrossNamespace: cfg.CrossNamespaceShims,
 		Groupable: func(handler string) bool {
 			r, ok := cfg.CRI.Runtimes[handler]
-			return ok && strings.HasPrefix(r.Type, runcRuntimePrefix)
+			return ok && shimproc.IsRunc(r.Type)
 		},
 	}
 	c.groups = placement.NewGroups(c.policy.PerShim, placement.WithWaitObserver(t.groupWaited))
 	c.events = events.NewMonitor(cfg.ExitRetry, events.WithRetryCounters(
 		func(step string) { t.retries.WithValues(step).Inc() },
 		func(step string) { t.retryFailures.WithValues(step).Inc() }))
-	c.reaper = newReaper(client, c.events, cfg, c.groups, c.shimDied)
+	c.reaper = reaper.New(reaper.Config{
+		Client:      client,
+		Events:      c.events,
+		Groups:      c.groups,
+		Shims:       cfg.Shims,
+		ExitTimeout: cfg.ExitTimeout,
+		ShimDied:    c.shimDied,
+	})
 	return c
 }
 
 // podShimScope is the shim scope of the pod of md.
 func (c *Controller) podShimScope(md store.Metadata) placement.Scope {
 	return c.policy.Scope(c.handler(md), md.Config.GetMetadata().GetNamespace())
+}
+
+// shimDied records the exit of the pause tasks ids a dead shared shim
+// served: each pod is NOTREADY at once. The pause processes die when
+// containerd cleans up after the shim (runc delete --force), and nothing
+// can reach them meanwhile. Each pause's watch still gets its exit from
+// containerd, finds it recorded, and deletes the task as ever. IDs of
+// shim keepers, which are no sandboxes, are skipped: a keeper's own watch
+// removes it.
+func (c *Controller) shimDied(ids []string) {
+	now := time.Now()
+	for _, id := range ids {
+		if sb, err := c.store.Get(id); err == nil {
+			sb.Exit(events.UnknownExitCode, now)
+		}
+	}
 }
 
 // Close waits for a recovery in progress, whose steps may queue retries,

@@ -23,6 +23,8 @@ import (
 	"github.com/berth-dev/berth/events"
 	"github.com/berth-dev/berth/placement"
 	"github.com/berth-dev/berth/podsandbox"
+	"github.com/berth-dev/berth/reaper"
+	"github.com/berth-dev/berth/shimproc"
 )
 
 // A shim keeper keeps a shared runc shim warm for a shim scope (a handler,
@@ -164,9 +166,9 @@ func (c *Controller) startKeeper(ctx context.Context, runtime sandbox.RuntimeOpt
 		return nil, fmt.Errorf("create keeper task: %w", err)
 	}
 	making.End(placement.Made)
-	c.reaper.watchShim(ctx, group, id)
+	c.reaper.WatchShim(ctx, group, id)
 	undo.push("delete keeper task", func(ctx context.Context) error {
-		return c.reaper.deleteGroupTask(ctx, group, id, task)
+		return c.reaper.DeleteGroupTask(ctx, group, id, task)
 	})
 	w, err := c.events.WaitFor(ctx, task)
 	if err != nil {
@@ -213,7 +215,7 @@ func (c *Controller) removeKeeper(ctx context.Context, kp *keeper) error {
 	task, err := kp.Handle.Task(ctx, nil)
 	switch {
 	case err == nil:
-		if err := c.reaper.deleteGroupTask(ctx, kp.Group, kp.ID, task); err != nil {
+		if err := c.reaper.DeleteGroupTask(ctx, kp.Group, kp.ID, task); err != nil {
 			return fmt.Errorf("delete keeper task: %w", err)
 		}
 	case errdefs.IsNotFound(err):
@@ -222,7 +224,7 @@ func (c *Controller) removeKeeper(ctx context.Context, kp *keeper) error {
 			return ignoreNotFound(err)
 		}
 		_, cgroupsPath, _ := specRecord(info.Spec)
-		if err := c.reaper.cleanupLost(ctx, lostTask{id: kp.ID, runtime: runtimeOf(info), cgroupsPath: cgroupsPath, group: kp.Group}); err != nil {
+		if err := c.reaper.CleanupLost(ctx, reaper.LostTask{ID: kp.ID, Runtime: runtimeOf(info), CgroupsPath: cgroupsPath, Group: kp.Group}); err != nil {
 			return err
 		}
 	default:
@@ -232,7 +234,7 @@ func (c *Controller) removeKeeper(ctx context.Context, kp *keeper) error {
 		return fmt.Errorf("delete keeper container: %w", err)
 	}
 	c.groups.Unkeep(kp.Group, kp.ID)
-	c.reaper.endIdleShim(ctx, kp.Group, kp.ID)
+	c.reaper.EndIdleShim(ctx, kp.Group, kp.ID)
 	return nil
 }
 
@@ -289,7 +291,7 @@ func (c *Controller) loadKeeper(ctx context.Context, container containerd.Contai
 		return kp, err
 	}
 	c.groups.Rekeep(scope, rec.ShimGroup, kp.ID)
-	c.reaper.watchShim(ctx, rec.ShimGroup, kp.ID)
+	c.reaper.WatchShim(ctx, rec.ShimGroup, kp.ID)
 	c.keepers.Set(scope, kp)
 	c.watchKeeper(kp, w)
 	return kp, nil
@@ -314,7 +316,7 @@ func withKeeperRecord(r keeperRecord) containerd.NewContainerOpts {
 // systemdCgroup says whether the runc options of runtime ask for systemd's
 // cgroup driver.
 func systemdCgroup(runtime sandbox.RuntimeOpts) (bool, error) {
-	if runtime.Options == nil || !strings.HasPrefix(runtime.Name, runcRuntimePrefix) {
+	if runtime.Options == nil || !shimproc.IsRunc(runtime.Name) {
 		return false, nil
 	}
 	var opts runcoptions.Options

@@ -20,6 +20,7 @@ import (
 	"github.com/opencontainers/selinux/go-selinux"
 
 	"github.com/berth-dev/berth/events"
+	"github.com/berth-dev/berth/reaper"
 )
 
 // RecoverConfig bounds recovery after a containerd restart.
@@ -160,14 +161,14 @@ func (c *Controller) recoverSandbox(ctx context.Context, container containerd.Co
 
 	loadCtx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	if err := c.reaper.reattach(loadCtx, sb, c.podShimScope(sb.Metadata)); err != nil {
+	if err := c.reaper.Reattach(loadCtx, sb, c.podShimScope(sb.Metadata)); err != nil {
 		// A shim that does not answer leaves the sandbox unknown: report it
 		// NOTREADY, so that kubelet replaces it, and delete its task in the
 		// background.
 		logger.WithError(err).Warn("cannot reattach to pause task; deleting it")
 		sb.Exit(events.UnknownExitCode, time.Now())
 		c.events.Retry(ctx, id, "delete exited task", func(ctx context.Context) error {
-			return c.reaper.deleteUnloaded(ctx, sb)
+			return c.reaper.DeleteUnloaded(ctx, sb)
 		})
 	}
 }
@@ -178,7 +179,7 @@ func (c *Controller) removeOrphan(ctx context.Context, container containerd.Cont
 	id := container.ID()
 	log.G(ctx).WithField("sandbox_id", id).Info("removing a pause container no sandbox owns")
 	c.events.Retry(ctx, id, "remove orphan", func(ctx context.Context) error {
-		if err := c.reaper.removeTask(ctx, container); err != nil {
+		if err := c.removeTask(ctx, container); err != nil {
 			return err
 		}
 		if err := ignoreNotFound(container.Delete(ctx, containerd.WithSnapshotCleanup)); err != nil {
@@ -241,4 +242,25 @@ func (c *Controller) removeOrphanFiles(ctx context.Context) {
 			}
 		}
 	}
+}
+
+// removeTask deletes the pause task, if any, of a container no sandbox
+// owns, and cleans up after a Start that may have left it half made.
+func (c *Controller) removeTask(ctx context.Context, container containerd.Container) error {
+	t, err := container.Task(ctx, nil)
+	if err == nil {
+		return c.reaper.DeleteTask(ctx, t)
+	}
+	if !errdefs.IsNotFound(err) {
+		return fmt.Errorf("load pause task: %w", err)
+	}
+	info, err := container.Info(ctx, containerd.WithoutRefreshedMetadata)
+	if err != nil {
+		return fmt.Errorf("pause container info: %w", err)
+	}
+	// A spec or record that does not decode has no cgroup to remove, and
+	// names no group: the shim is the pod's.
+	_, cgroupsPath, _ := specRecord(info.Spec)
+	rec, _ := recordOn(info)
+	return c.reaper.CleanupLost(ctx, reaper.LostTask{ID: container.ID(), Runtime: runtimeOf(info), CgroupsPath: cgroupsPath, Group: rec.ShimGroup})
 }

@@ -140,7 +140,7 @@ func (c *Controller) start(ctx context.Context, sb *store.Sandbox, undo *rollbac
 		s.State, s.Pid, s.CreatedAt, s.Instance = store.StateReady, pid, info.CreatedAt, inst
 		return s, nil
 	})
-	c.reaper.watch(sb, task, w)
+	c.reaper.Watch(sb, task, w)
 	log.G(ctx).WithField("pid", pid).Debug("sandbox started")
 	return controllerInstance(sb, p, pid, info.CreatedAt, spec), nil
 }
@@ -294,7 +294,7 @@ func (c *Controller) startTask(ctx context.Context, sb *store.Sandbox, container
 		return nil, nil, err
 	}
 	undo.push("delete pause task", c.undoable(sb, "task", func(ctx context.Context) error {
-		return c.reaper.deleteGroupTask(ctx, p.group, sb.ID, task)
+		return c.reaper.DeleteGroupTask(ctx, p.group, sb.ID, task)
 	}))
 	if err := failpoint.Inject(sb, failpoint.StartTask); err != nil {
 		return nil, nil, err
@@ -328,7 +328,7 @@ func (c *Controller) beginTask(ctx context.Context, sb *store.Sandbox, p *startP
 		return placement.Making{}, fmt.Errorf("wait for the first pause task of shim group %s: %w", p.group, err)
 	}
 	if making.ShimUp {
-		if p.shim, err = c.reaper.shims.TaskAddress(ctx, p.group); err != nil {
+		if p.shim, err = c.config.Shims.TaskAddress(ctx, p.group); err != nil {
 			making.End(placement.Abandoned)
 			return placement.Making{}, err
 		}
@@ -352,7 +352,7 @@ func (c *Controller) newTask(ctx context.Context, sb *store.Sandbox, container c
 	switch {
 	case err == nil:
 		making.End(placement.Made)
-		c.reaper.watchShim(ctx, group, sb.ID)
+		c.reaper.WatchShim(ctx, group, sb.ID)
 		return task, nil
 	case group == "":
 		making.End(placement.Failed)
@@ -374,7 +374,7 @@ func (c *Controller) newTask(ctx context.Context, sb *store.Sandbox, container c
 // is all there is to match. Anything else (a hook, runc, the spec) is the
 // task's own failure: the shim serves its other tasks as before.
 func isShimRefusal(err error) bool {
-	if isShimGone(err) || errdefs.IsUnavailable(err) {
+	if shimproc.IsGone(err) || errdefs.IsUnavailable(err) {
 		return true
 	}
 	msg := err.Error()

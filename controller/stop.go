@@ -42,7 +42,7 @@ func (c *Controller) stop(ctx context.Context, sb *store.Sandbox) error {
 	status := sb.Status()
 	if status.State == store.StateReady {
 		// Stop only kills the task; its watcher deletes it.
-		if err := c.reaper.kill(ctx, sb, status.Instance.Task); err != nil {
+		if err := c.reaper.Kill(ctx, sb, status.Instance.Task); err != nil {
 			if ctx.Err() != nil {
 				// The shim's error text says deadline; its class is lost on
 				// the way. Give the caller the class to branch on.

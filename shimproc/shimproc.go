@@ -17,6 +17,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
@@ -170,4 +171,18 @@ func (s *Shim) DeleteTask(ctx context.Context, id string) error {
 // call: the shim is exiting.
 func IsExiting(err error) bool {
 	return errors.Is(err, ttrpc.ErrClosed) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
+}
+
+// RuntimePrefix starts the runtime types of the runc shim.
+const RuntimePrefix = "io.containerd.runc."
+
+// IsRunc says whether runtimeType is the runc shim's.
+func IsRunc(runtimeType string) bool { return strings.HasPrefix(runtimeType, RuntimePrefix) }
+
+// IsGone reports whether err, from containerd's task API, says the shim's
+// connection is closed: the shim died. ttrpc's error crosses containerd's
+// API as an Unknown status with its text, so the text is all there is to
+// match.
+func IsGone(err error) bool {
+	return errdefs.IsUnknown(err) && strings.HasSuffix(err.Error(), ttrpc.ErrClosed.Error())
 }

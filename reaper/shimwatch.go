@@ -1,8 +1,7 @@
-package controller
+package reaper
 
 import (
 	"context"
-	"time"
 
 	"github.com/containerd/log"
 
@@ -10,7 +9,7 @@ import (
 	"github.com/berth-dev/berth/shimproc"
 )
 
-// watchShim watches the process of group's shared shim, which serves task
+// WatchShim watches the process of group's shared shim, which serves task
 // id, once per group, and calls r.shimDied with the IDs of the tasks made
 // in the group the moment the shim dies. containerd learns of a dead shim through
 // its connection, then cleans up after each of its tasks in turn (a `shim
@@ -19,13 +18,13 @@ import (
 // node. A group whose shim cannot be reached (berth does not know where
 // shims listen, or the shim already died) is not watched; its pods' exits
 // come from containerd as before.
-func (r *reaper) watchShim(ctx context.Context, group, id string) {
-	if group == "" || !r.groups.Watch(group) {
+func (r *Reaper) WatchShim(ctx context.Context, group, id string) {
+	if group == "" || !r.cfg.Groups.Watch(group) {
 		return
 	}
 	ctx = log.WithLogger(events.Detached(ctx), log.G(ctx).WithField("shim_group", group))
 	go func() {
-		pidfd, err := r.shims.Pidfd(ctx, group, id)
+		pidfd, err := r.cfg.Shims.Pidfd(ctx, group, id)
 		if err != nil || pidfd == nil {
 			log.G(ctx).WithError(err).Debug("shared shim not watched")
 			return
@@ -35,26 +34,10 @@ func (r *reaper) watchShim(ctx context.Context, group, id string) {
 			log.G(ctx).WithError(err).Warn("watch shared shim")
 			return
 		}
-		ids := r.groups.TasksOf(group)
+		ids := r.cfg.Groups.TasksOf(group)
 		if len(ids) > 0 {
 			log.G(ctx).WithField("tasks", ids).Warn("shared shim died; its pause tasks have exited")
-			r.shimDied(ids)
+			r.cfg.ShimDied(ids)
 		}
 	}()
-}
-
-// shimDied records the exit of the pause tasks ids a dead shared shim
-// served: each pod is NOTREADY at once. The pause processes die when
-// containerd cleans up after the shim (runc delete --force), and nothing
-// can reach them meanwhile. Each pause's watch still gets its exit from
-// containerd, finds it recorded, and deletes the task as ever. IDs of
-// shim keepers, which are no sandboxes, are skipped: a keeper's own watch
-// removes it.
-func (c *Controller) shimDied(ids []string) {
-	now := time.Now()
-	for _, id := range ids {
-		if sb, err := c.store.Get(id); err == nil {
-			sb.Exit(events.UnknownExitCode, now)
-		}
-	}
 }

@@ -1,4 +1,4 @@
-package controller
+package reaper
 
 import (
 	"context"
@@ -12,7 +12,8 @@ import (
 	"time"
 
 	taskapi "github.com/containerd/containerd/api/runtime/task/v3"
-	"github.com/containerd/containerd/v2/core/containers"
+	containerd "github.com/containerd/containerd/v2/client"
+	"github.com/containerd/containerd/v2/pkg/namespaces"
 	"github.com/containerd/ttrpc"
 
 	"github.com/berth-dev/berth/placement"
@@ -23,15 +24,37 @@ import (
 // it is ended, are those of every container containerd knows but the
 // pause's (shimproc's TestServing: which of them the shim serves).
 func TestOtherContainers(t *testing.T) {
-	client := newFakeClient()
-	for _, id := range []string{"pause", "app", "neighbour", "elsewhere"} {
-		client.addContainer(containers.Container{ID: id})
+	client := &fakeClient{}
+	for _, id := range []string{"pause", "app", "elsewhere", "neighbour"} {
+		client.containers = append(client.containers, fakeContainer{id: id})
 	}
-	r := &reaper{client: client}
+	r := New(Config{Client: client})
 	got, err := r.otherContainers(context.Background(), "pause")
 	if err != nil || !slices.Equal(got, []string{"app", "elsewhere", "neighbour"}) {
 		t.Errorf("otherContainers = %v, %v; want every container but the pause", got, err)
 	}
+}
+
+// fakeClient lists containers; it has no task service.
+type fakeClient struct {
+	Client
+	containers []containerd.Container
+}
+
+func (f *fakeClient) Containers(context.Context, ...string) ([]containerd.Container, error) {
+	return f.containers, nil
+}
+
+// fakeContainer is a container of which only the ID is asked.
+type fakeContainer struct {
+	containerd.Container
+	id string
+}
+
+func (f fakeContainer) ID() string { return f.id }
+
+func testContext() context.Context {
+	return namespaces.WithNamespace(context.Background(), "k8s.io")
 }
 
 // pidShim answers Connect with the pid of a process of the test's.
@@ -73,7 +96,7 @@ func serveShim(t *testing.T, sockets shimproc.Sockets, group string, svc taskapi
 // the exits of the tasks made in its group are recorded when its process
 // dies, without waiting for containerd.
 func TestWatchShim(t *testing.T) {
-	sockets := shimproc.Sockets{ContainerdAddress: "/run/berth-test/containerd.sock", Dir: t.TempDir(), Namespace: Namespace}
+	sockets := shimproc.Sockets{ContainerdAddress: "/run/berth-test/containerd.sock", Dir: t.TempDir(), Namespace: "k8s.io"}
 	shim := exec.Command("sleep", "60")
 	if err := shim.Start(); err != nil {
 		t.Fatal(err)
@@ -83,7 +106,7 @@ func TestWatchShim(t *testing.T) {
 
 	groups := placement.NewGroups(func(string) int { return 4 })
 	died := make(chan []string, 1)
-	r := &reaper{shims: sockets, groups: groups, shimDied: func(ids []string) { died <- ids }}
+	r := New(Config{Shims: sockets, Groups: groups, ShimDied: func(ids []string) { died <- ids }})
 	id := groups.Join(placement.Scope{Handler: "h"})
 	groups.Join(placement.Scope{Handler: "h"})
 	for _, sb := range []string{"sb1", "sb2"} {
@@ -95,8 +118,8 @@ func TestWatchShim(t *testing.T) {
 	}
 	serveShim(t, sockets, id, &pidShim{pid: uint32(shim.Process.Pid)})
 	// Each task made in the group asks; the shim is watched once.
-	r.watchShim(testContext(), id, "sb1")
-	r.watchShim(testContext(), id, "sb2")
+	r.WatchShim(testContext(), id, "sb1")
+	r.WatchShim(testContext(), id, "sb2")
 
 	select {
 	case ids := <-died:

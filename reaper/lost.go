@@ -1,4 +1,4 @@
-package controller
+package reaper
 
 import (
 	"bytes"
@@ -26,17 +26,18 @@ import (
 	"github.com/berth-dev/berth/store"
 )
 
-// lostTask is a pause task containerd does not know: what its container
+// LostTask is a pause task containerd does not know: what its container
 // says of it.
-type lostTask struct {
-	id      string
-	runtime sandbox.RuntimeOpts
-	// cgroupsPath is the spec's linux.cgroupsPath.
-	cgroupsPath string
-	// group is its shim group, "" for a shim of its own.
-	group string
-	// sb is the sandbox of the task, nil for a container no sandbox owns.
-	sb *store.Sandbox
+type LostTask struct {
+	ID      string
+	Runtime sandbox.RuntimeOpts
+	// CgroupsPath is the spec's linux.cgroupsPath.
+	CgroupsPath string
+	// Group is its shim group, "" for a shim of its own.
+	Group string
+	// Sandbox is the sandbox of the task, nil for a container no sandbox
+	// owns.
+	Sandbox *store.Sandbox
 }
 
 // loadTask returns the pause task of a recovered sandbox, or takes care of
@@ -45,8 +46,8 @@ type lostTask struct {
 // before the restart has no task, and its shim lives on only while it
 // serves the pod's app containers; one whose Start containerd's death cut
 // short, or whose shim's bundle containerd lost, may have left a shim and a
-// runc container, which cleanupLost ends.
-func (r *reaper) loadTask(ctx context.Context, sb *store.Sandbox) (containerd.Task, error) {
+// runc container, which CleanupLost ends.
+func (r *Reaper) loadTask(ctx context.Context, sb *store.Sandbox) (containerd.Task, error) {
 	t, err := sb.Status().Instance.Container.Task(ctx, nil)
 	if err == nil {
 		return t, nil
@@ -56,51 +57,30 @@ func (r *reaper) loadTask(ctx context.Context, sb *store.Sandbox) (containerd.Ta
 	}
 	sb.Exit(events.UnknownExitCode, time.Now())
 	inst := sb.Status().Instance
-	if err := r.cleanupLost(ctx, lostTask{id: sb.ID, runtime: sb.Runtime, cgroupsPath: inst.CgroupsPath, group: inst.ShimGroup, sb: sb}); err != nil {
+	if err := r.CleanupLost(ctx, LostTask{ID: sb.ID, Runtime: sb.Runtime, CgroupsPath: inst.CgroupsPath, Group: inst.ShimGroup, Sandbox: sb}); err != nil {
 		return nil, err
 	}
 	sb.SetDeleted()
 	return nil, nil
 }
 
-// removeTask deletes the pause task, if any, of a container no sandbox
-// owns, and cleans up after a Start that may have left it half made.
-func (r *reaper) removeTask(ctx context.Context, container containerd.Container) error {
-	t, err := container.Task(ctx, nil)
-	if err == nil {
-		return r.deleteTask(ctx, t)
-	}
-	if !errdefs.IsNotFound(err) {
-		return fmt.Errorf("load pause task: %w", err)
-	}
-	info, err := container.Info(ctx, containerd.WithoutRefreshedMetadata)
-	if err != nil {
-		return fmt.Errorf("pause container info: %w", err)
-	}
-	// A spec or record that does not decode has no cgroup to remove, and
-	// names no group: the shim is the pod's.
-	_, cgroupsPath, _ := specRecord(info.Spec)
-	rec, _ := recordOn(info)
-	return r.cleanupLost(ctx, lostTask{id: container.ID(), runtime: runtimeOf(info), cgroupsPath: cgroupsPath, group: rec.ShimGroup})
-}
-
-// cleanupLost cleans up after a pause task containerd does not know, when a
+// CleanupLost cleans up after a pause task containerd does not know, when a
 // Start was cut short by containerd's death: NewTask can have left a shim
 // registered in the task service, a runc container the shim lost (its init
 // waiting forever) with its cgroup, and a shim containerd forgot. Each is
 // ended; a shim only if it serves no other task.
-func (r *reaper) cleanupLost(ctx context.Context, t lostTask) error {
-	if err := r.deleteFromTaskService(ctx, t.id); err != nil {
+func (r *Reaper) CleanupLost(ctx context.Context, t LostTask) error {
+	if err := r.deleteFromTaskService(ctx, t.ID); err != nil {
 		return err
 	}
 	// runc first: it kills the pause process a lost shim may still run.
-	if err := deleteRuncContainer(ctx, t.id, t.runtime); err != nil {
+	if err := deleteRuncContainer(ctx, t.ID, r.cfg.Shims.Namespace, t.Runtime); err != nil {
 		return err
 	}
 	// runc leaves the cgroup of a container it made only part of. A
 	// systemd-driver path ("slice:prefix:name") is systemd's to remove.
-	if t.cgroupsPath != "" && !strings.Contains(t.cgroupsPath, ":") {
-		if err := podcgroup.Remove(t.cgroupsPath); err != nil {
+	if t.CgroupsPath != "" && !strings.Contains(t.CgroupsPath, ":") {
+		if err := podcgroup.Remove(t.CgroupsPath); err != nil {
 			return err
 		}
 	}
@@ -111,9 +91,9 @@ func (r *reaper) cleanupLost(ctx context.Context, t lostTask) error {
 // of container id and shut its shim down. It also reaps a shim whose task
 // was never created: containerd keeps such a shim registered after a
 // restart that cut a NewTask short, and only this call ends it.
-func (r *reaper) deleteFromTaskService(ctx context.Context, id string) error {
-	_, err := r.client.TaskService().Delete(ctx, &apitasks.DeleteTaskRequest{ContainerID: id})
-	if err := ignoreNotFound(errgrpc.ToNative(err)); err != nil {
+func (r *Reaper) deleteFromTaskService(ctx context.Context, id string) error {
+	_, err := r.cfg.Client.TaskService().Delete(ctx, &apitasks.DeleteTaskRequest{ContainerID: id})
+	if err = errgrpc.ToNative(err); err != nil && !errdefs.IsNotFound(err) {
 		return fmt.Errorf("delete pause task from the task service: %w", err)
 	}
 	return nil
@@ -122,9 +102,6 @@ func (r *reaper) deleteFromTaskService(ctx context.Context, id string) error {
 // runcRoot is the runc shim's default state root; it adds the namespace.
 const runcRoot = "/run/containerd/runc"
 
-// runcRuntimePrefix starts the runtime types of the runc shim.
-const runcRuntimePrefix = "io.containerd.runc."
-
 // deleteRuncContainer removes a pause container that runc made but the runc
 // shim lost track of. When containerd dies while the shim creates the
 // container, runc has made it (its init process waits to be started) but
@@ -132,8 +109,8 @@ const runcRuntimePrefix = "io.containerd.runc."
 // ends the shim and leaves runc's container and its init process behind
 // for good. runc still knows the container, so berth asks runc, as the shim
 // would, to delete it. Other runtimes are left alone.
-func deleteRuncContainer(ctx context.Context, id string, runtime sandbox.RuntimeOpts) error {
-	if !strings.HasPrefix(runtime.Name, runcRuntimePrefix) {
+func deleteRuncContainer(ctx context.Context, id, namespace string, runtime sandbox.RuntimeOpts) error {
+	if !shimproc.IsRunc(runtime.Name) {
 		return nil
 	}
 	binary, root := "runc", runcRoot
@@ -149,7 +126,7 @@ func deleteRuncContainer(ctx context.Context, id string, runtime sandbox.Runtime
 			root = opts.Root
 		}
 	}
-	out, err := exec.CommandContext(ctx, binary, "--root", filepath.Join(root, Namespace), "delete", "--force", id).CombinedOutput()
+	out, err := exec.CommandContext(ctx, binary, "--root", filepath.Join(root, namespace), "delete", "--force", id).CombinedOutput()
 	if err != nil && !bytes.Contains(out, []byte("does not exist")) {
 		return fmt.Errorf("runc delete %s: %w: %s", id, err, bytes.TrimSpace(out))
 	}
@@ -164,8 +141,8 @@ func deleteRuncContainer(ctx context.Context, id string, runtime sandbox.Runtime
 // socket derived from containerd's address and its group (group, or the
 // sandbox ID), so berth can still reach it there (shimproc). A shim that
 // is not there is fine.
-func (r *reaper) endLostShim(ctx context.Context, t lostTask) error {
-	shim, err := r.shims.Dial(ctx, cmp.Or(t.group, t.id))
+func (r *Reaper) endLostShim(ctx context.Context, t LostTask) error {
+	shim, err := r.cfg.Shims.Dial(ctx, cmp.Or(t.Group, t.ID))
 	if err != nil || shim == nil {
 		return err
 	}
@@ -174,34 +151,34 @@ func (r *reaper) endLostShim(ctx context.Context, t lostTask) error {
 	// shared shim must not keep this one: the shim would outlive its last
 	// pod, serving nothing. A delete that fails is retried with the rest of
 	// the cleanup.
-	err = failpoint.Inject(t.sb, failpoint.LostShimDelete)
+	err = failpoint.Inject(t.Sandbox, failpoint.LostShimDelete)
 	if err == nil {
-		err = shim.DeleteTask(ctx, t.id)
+		err = shim.DeleteTask(ctx, t.ID)
 	}
 	if err != nil {
 		return fmt.Errorf("delete pause task in lost shim: %w", err)
 	}
-	if t.group != "" && r.groups.Has(t.group) {
+	if t.Group != "" && r.cfg.Groups.Has(t.Group) {
 		// The group's shim, serving its pods or about to: it ends with
-		// them (endIdleShim).
+		// them (EndIdleShim).
 		return nil
 	}
-	return r.shutdownUnlessServing(ctx, shim, t.id)
+	return r.shutdownUnlessServing(ctx, shim, t.ID)
 }
 
-// endIdleShim ends the shim of group, whose task id was just deleted, once
+// EndIdleShim ends the shim of group, whose task id was just deleted, once
 // no pod or shim keeper is in the group and the shim serves no task
 // containerd knows of. The shim exits by itself when containerd deletes its
 // last task, unless a crash left it a task containerd does not know, which
 // keeps it running, serving nothing, for good; containerd does not ask a
 // shim to exit after deleting a task that joined it at its socket. Failing
 // here never fails the deletion: it is logged.
-func (r *reaper) endIdleShim(ctx context.Context, group, id string) {
-	if group == "" || r.groups.Has(group) {
+func (r *Reaper) EndIdleShim(ctx context.Context, group, id string) {
+	if group == "" || r.cfg.Groups.Has(group) {
 		return
 	}
 	logger := log.G(ctx).WithField("shim_group", group)
-	shim, err := r.shims.Dial(ctx, group)
+	shim, err := r.cfg.Shims.Dial(ctx, group)
 	if err == nil && shim != nil {
 		defer shim.Close()
 		err = r.shutdownUnlessServing(log.WithLogger(ctx, logger), shim, id)
@@ -215,7 +192,7 @@ func (r *reaper) endIdleShim(ctx context.Context, group, id string) {
 // exit, unless it serves a task of a container containerd knows besides
 // sandbox id's pause: the pod's app containers, and with a shared shim
 // other pods and theirs.
-func (r *reaper) shutdownUnlessServing(ctx context.Context, shim *shimproc.Shim, id string) error {
+func (r *Reaper) shutdownUnlessServing(ctx context.Context, shim *shimproc.Shim, id string) error {
 	ids, err := r.otherContainers(ctx, id)
 	if err != nil {
 		return err
@@ -235,8 +212,8 @@ func (r *reaper) shutdownUnlessServing(ctx context.Context, shim *shimproc.Shim,
 
 // otherContainers lists the IDs of the containers containerd knows
 // besides id.
-func (r *reaper) otherContainers(ctx context.Context, id string) ([]string, error) {
-	containers, err := r.client.Containers(ctx)
+func (r *Reaper) otherContainers(ctx context.Context, id string) ([]string, error) {
+	containers, err := r.cfg.Client.Containers(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("list containers: %w", err)
 	}

@@ -1,17 +1,28 @@
-package controller
+// Package reaper owns what happens to a pause task once it exists: the
+// handling of its exit, its kill, its deletion with its shim (in turn with
+// the tasks being made in its shim group: package placement), and the
+// cleanup of what a crash left of it (lost.go); it watches a shared shim's
+// process (shimwatch.go). Steps that fail go to the event monitor's retry
+// queue.
+//
+// A task handed to Watch is deleted by its watch and by nothing else, so
+// no task is deleted twice. A task is handed to Watch as the last step of
+// Start or of its recovery (Reattach); before that, Start's rollback
+// deletes it (DeleteGroupTask), and recovery deletes the tasks of
+// sandboxes that no longer exist.
+package reaper
 
 import (
 	"context"
 	"fmt"
-	"strings"
 	"sync"
 	"syscall"
 	"time"
 
+	tasks "github.com/containerd/containerd/api/services/tasks/v1"
 	containerd "github.com/containerd/containerd/v2/client"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
-	"github.com/containerd/ttrpc"
 
 	"github.com/berth-dev/berth/events"
 	"github.com/berth-dev/berth/failpoint"
@@ -20,50 +31,51 @@ import (
 	"github.com/berth-dev/berth/store"
 )
 
-// reaper owns what happens to a pause task once it exists: waiting for its
-// exit, killing it, deleting it with its shim, and cleaning up what a crash
-// left of it (lost.go). Steps that fail go to the retry queue.
-//
-// A task handed to watch is deleted by its watcher and by nothing else, so
-// no task is deleted twice. A task is handed to watch as the last step of
-// Start or of its recovery; before that, Start's rollback deletes it, and
-// recovery deletes the tasks of sandboxes that no longer exist.
-type reaper struct {
-	client containerdClient
-	// events tells the reaper of its tasks' exits, and runs its failed
+// Client is what the reaper asks of containerd's client.
+type Client interface {
+	// Containers lists the namespace's containers: a shim is ended only if
+	// it serves none of their tasks.
+	Containers(ctx context.Context, filters ...string) ([]containerd.Container, error)
+	// TaskService deletes tasks whose shim is gone or never started.
+	TaskService() tasks.TasksClient
+}
+
+// Config is what a Reaper is made of.
+type Config struct {
+	Client Client
+	// Events tells the reaper of its tasks' exits, and runs its failed
 	// steps again.
-	events *events.Monitor
-	// exitTimeout bounds the first attempt at deleting an exited task.
-	exitTimeout time.Duration
-	shims       shimproc.Sockets
-	// groups are the shared shims; a pod leaves its group when its pause
+	Events *events.Monitor
+	// Groups are the shared shims; a pod leaves its group when its pause
 	// task exits.
-	groups *placement.Groups
-	// shimDied records the exits of the tasks a dead shared shim served
-	// (watchShim).
-	shimDied func(ids []string)
+	Groups *placement.Groups
+	// Shims is where the runc shims listen.
+	Shims shimproc.Sockets
+	// ExitTimeout bounds the first attempt at deleting an exited task.
+	ExitTimeout time.Duration
+	// ShimDied records the exits of the tasks a dead shared shim served
+	// (WatchShim).
+	ShimDied func(ids []string)
+}
+
+// Reaper handles pause tasks from their start to their deletion.
+type Reaper struct {
+	cfg Config
 
 	mu sync.Mutex // guards killing
 	// killing holds the sandboxes whose kill is queued for a retry.
 	killing map[string]bool
 }
 
-func newReaper(client containerdClient, monitor *events.Monitor, cfg Config, groups *placement.Groups, shimDied func(ids []string)) *reaper {
-	return &reaper{
-		shimDied:    shimDied,
-		client:      client,
-		events:      monitor,
-		exitTimeout: cfg.ExitTimeout,
-		shims:       cfg.Shims,
-		groups:      groups,
-		killing:     map[string]bool{},
-	}
+// New returns a reaper.
+func New(cfg Config) *Reaper {
+	return &Reaper{cfg: cfg, killing: map[string]bool{}}
 }
 
-// watch hands the sandbox's pause task to a goroutine of its own, which
+// Watch hands the sandbox's pause task to a goroutine of its own, which
 // records the exit the moment it comes, so that Status and Wait report it
 // without delay, then deletes the task.
-func (r *reaper) watch(sb *store.Sandbox, task containerd.Task, w *events.Wait) {
+func (r *Reaper) Watch(sb *store.Sandbox, task containerd.Task, w *events.Wait) {
 	w.Handle(func(ctx context.Context, e events.Exit) {
 		logger := log.G(ctx).WithField("sandbox_id", sb.ID)
 		if e.Lost != nil {
@@ -72,7 +84,7 @@ func (r *reaper) watch(sb *store.Sandbox, task containerd.Task, w *events.Wait) 
 			logger.WithError(e.Lost).Warn("pause task exit status lost")
 		}
 		sb.Exit(e.Code, e.At)
-		r.groups.Leave(sb.Status().Instance.ShimGroup)
+		r.cfg.Groups.Leave(sb.Status().Instance.ShimGroup)
 		logger.WithField("exit_status", e.Code).Debug("pause task exited")
 		r.deleteExitedOrRetry(log.WithLogger(ctx, logger), sb, task)
 	})
@@ -80,36 +92,36 @@ func (r *reaper) watch(sb *store.Sandbox, task containerd.Task, w *events.Wait) 
 
 // deleteExitedOrRetry deletes the exited pause task of sb within the exit
 // timeout, and hands the deletion to the retry queue if that fails.
-func (r *reaper) deleteExitedOrRetry(ctx context.Context, sb *store.Sandbox, task containerd.Task) {
-	attemptCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), r.exitTimeout)
+func (r *Reaper) deleteExitedOrRetry(ctx context.Context, sb *store.Sandbox, task containerd.Task) {
+	attemptCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), r.cfg.ExitTimeout)
 	defer cancel()
 	if err := r.deleteExited(attemptCtx, sb, task); err != nil {
 		log.G(ctx).WithError(err).Warn("delete exited pause task; retrying")
-		r.events.Retry(ctx, sb.ID, "delete exited task", func(ctx context.Context) error { return r.deleteExited(ctx, sb, task) })
+		r.cfg.Events.Retry(ctx, sb.ID, "delete exited task", func(ctx context.Context) error { return r.deleteExited(ctx, sb, task) })
 	}
 }
 
 // deleteExited deletes the exited pause task of sb and its shim, then marks
 // the sandbox deleted, which releases Shutdown.
-func (r *reaper) deleteExited(ctx context.Context, sb *store.Sandbox, task containerd.Task) error {
+func (r *Reaper) deleteExited(ctx context.Context, sb *store.Sandbox, task containerd.Task) error {
 	if err := failpoint.Inject(sb, failpoint.TaskDelete); err != nil {
 		return err
 	}
-	if err := r.deleteGroupTask(ctx, sb.Status().Instance.ShimGroup, sb.ID, task); err != nil {
+	if err := r.DeleteGroupTask(ctx, sb.Status().Instance.ShimGroup, sb.ID, task); err != nil {
 		return err
 	}
-	r.endIdleShim(ctx, sb.Status().Instance.ShimGroup, sb.ID)
+	r.EndIdleShim(ctx, sb.Status().Instance.ShimGroup, sb.ID)
 	sb.SetDeleted()
 	return nil
 }
 
-// deleteTask deletes a pause task and its shim. A task the shim no longer
+// DeleteTask deletes a pause task and its shim. A task the shim no longer
 // knows can still have a live shim connection in containerd's task service
 // (containerd#7496: a delete cancelled while the shim was unmounting), and a
 // dead shim answers nothing at all ("ttrpc: closed"), so in both cases the
 // task service is asked to delete the task as well: it cleans up after a
 // dead shim itself.
-func (r *reaper) deleteTask(ctx context.Context, task containerd.Task) error {
+func (r *Reaper) DeleteTask(ctx context.Context, task containerd.Task) error {
 	// What is left in the pause's cgroup is killed first, exited pause or
 	// not, as containerd's client and the built-in do: runc 1.1, or a
 	// runtime BinaryName names, signals the cgroup's processes, which a
@@ -119,38 +131,31 @@ func (r *reaper) deleteTask(ctx context.Context, task containerd.Task) error {
 	if err == nil {
 		return nil
 	}
-	if !errdefs.IsNotFound(err) && !isShimGone(err) {
+	if !errdefs.IsNotFound(err) && !shimproc.IsGone(err) {
 		return fmt.Errorf("delete pause task: %w", err)
 	}
 	return r.deleteFromTaskService(ctx, task.ID())
 }
 
-// deleteGroupTask deletes the pause task of sandbox id, of shim group
+// DeleteGroupTask deletes the pause task of sandbox id, of shim group
 // group, in turn with the tasks being made in the group: the group's last
 // task ends its shim (placement.Groups.DeleteTask).
-func (r *reaper) deleteGroupTask(ctx context.Context, group, id string, task containerd.Task) error {
-	done, err := r.groups.DeleteTask(ctx, group, id)
+func (r *Reaper) DeleteGroupTask(ctx context.Context, group, id string, task containerd.Task) error {
+	done, err := r.cfg.Groups.DeleteTask(ctx, group, id)
 	if err != nil {
 		return fmt.Errorf("wait for the pause tasks being made in shim group %s: %w", group, err)
 	}
-	err = r.deleteTask(ctx, task)
+	err = r.DeleteTask(ctx, task)
 	done(err == nil)
 	return err
 }
 
-// isShimGone reports whether err says the shim's connection is closed: the
-// shim died. ttrpc's error crosses containerd's API as an Unknown status
-// with its text, so the text is all there is to match.
-func isShimGone(err error) bool {
-	return errdefs.IsUnknown(err) && strings.HasSuffix(err.Error(), ttrpc.ErrClosed.Error())
-}
-
-// kill sends SIGKILL to the pause task of a ready sandbox. If the shim does
+// Kill sends SIGKILL to the pause task of a ready sandbox. If the shim does
 // not answer, the kill is retried in the background until the pause exits,
 // so that the pod dies as soon as the shim answers again; however many
 // Stops fail meanwhile, one kill is queued.
-func (r *reaper) kill(ctx context.Context, sb *store.Sandbox, task containerd.Task) error {
-	err := ignoreNotFound(task.Kill(ctx, syscall.SIGKILL))
+func (r *Reaper) Kill(ctx context.Context, sb *store.Sandbox, task containerd.Task) error {
+	err := sigkill(ctx, task)
 	if err == nil {
 		return nil
 	}
@@ -159,13 +164,13 @@ func (r *reaper) kill(ctx context.Context, sb *store.Sandbox, task containerd.Ta
 	r.killing[sb.ID] = true
 	r.mu.Unlock()
 	if !queued {
-		r.events.Retry(ctx, sb.ID, "kill", func(ctx context.Context) error {
+		r.cfg.Events.Retry(ctx, sb.ID, "kill", func(ctx context.Context) error {
 			select {
 			case <-sb.Exited():
 				// Nothing left to kill; the task's deletion, queued behind
 				// this step, can run.
 			default:
-				if err := ignoreNotFound(task.Kill(ctx, syscall.SIGKILL)); err != nil {
+				if err := sigkill(ctx, task); err != nil {
 					return err
 				}
 			}
@@ -178,12 +183,20 @@ func (r *reaper) kill(ctx context.Context, sb *store.Sandbox, task containerd.Ta
 	return err
 }
 
-// reattach takes up the pause task of a recovered sandbox: a running one is
+// sigkill kills task; one already gone is killed.
+func sigkill(ctx context.Context, task containerd.Task) error {
+	if err := task.Kill(ctx, syscall.SIGKILL); err != nil && !errdefs.IsNotFound(err) {
+		return err
+	}
+	return nil
+}
+
+// Reattach takes up the pause task of a recovered sandbox: a running one is
 // watched again and the sandbox is READY; one that exited while containerd
 // was down, or that a crash left created but never started, is deleted and
 // the sandbox reports its exit. A running task rejoins its shim group,
 // among scope's.
-func (r *reaper) reattach(ctx context.Context, sb *store.Sandbox, scope placement.Scope) error {
+func (r *Reaper) Reattach(ctx context.Context, sb *store.Sandbox, scope placement.Scope) error {
 	t, err := r.loadTask(ctx, sb)
 	if err != nil || t == nil {
 		return err
@@ -202,7 +215,7 @@ func (r *reaper) reattach(ctx context.Context, sb *store.Sandbox, scope placemen
 	}
 	switch st.Status {
 	case containerd.Running, containerd.Paused, containerd.Pausing:
-		w, err := r.events.WaitFor(ctx, t)
+		w, err := r.cfg.Events.WaitFor(ctx, t)
 		if err != nil {
 			return err
 		}
@@ -213,9 +226,9 @@ func (r *reaper) reattach(ctx context.Context, sb *store.Sandbox, scope placemen
 			w.Stop()
 			return err
 		}
-		r.groups.Rejoin(scope, sb.Status().Instance.ShimGroup, sb.ID)
-		r.watchShim(ctx, sb.Status().Instance.ShimGroup, sb.ID)
-		r.watch(sb, t, w)
+		r.cfg.Groups.Rejoin(scope, sb.Status().Instance.ShimGroup, sb.ID)
+		r.WatchShim(ctx, sb.Status().Instance.ShimGroup, sb.ID)
+		r.Watch(sb, t, w)
 		return nil
 	case containerd.Stopped:
 		sb.Exit(st.ExitStatus, st.ExitTime)
@@ -227,9 +240,9 @@ func (r *reaper) reattach(ctx context.Context, sb *store.Sandbox, scope placemen
 	return nil
 }
 
-// deleteUnloaded deletes the pause task of a sandbox whose recovery could
+// DeleteUnloaded deletes the pause task of a sandbox whose recovery could
 // not load it in time, once its shim answers.
-func (r *reaper) deleteUnloaded(ctx context.Context, sb *store.Sandbox) error {
+func (r *Reaper) DeleteUnloaded(ctx context.Context, sb *store.Sandbox) error {
 	t, err := r.loadTask(ctx, sb)
 	if err != nil || t == nil {
 		return err
