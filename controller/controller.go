@@ -306,3 +306,10 @@ const (
 	annotationUntrustedWorkload = "io.kubernetes.cri.untrusted-workload"
 	runtimeUntrusted            = "untrusted"
 )
+
+func ignoreNotFound(err error) error {
+	if errdefs.IsNotFound(err) {
+		return nil
+	}
+	return err
+}

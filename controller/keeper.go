@@ -21,9 +21,11 @@ import (
 	"github.com/containerd/typeurl/v2"
 
 	"github.com/berth-dev/berth/events"
+	"github.com/berth-dev/berth/failpoint"
 	"github.com/berth-dev/berth/placement"
 	"github.com/berth-dev/berth/podsandbox"
 	"github.com/berth-dev/berth/reaper"
+	"github.com/berth-dev/berth/rollback"
 	"github.com/berth-dev/berth/shimproc"
 )
 
@@ -117,16 +119,16 @@ func (c *Controller) startKeeper(ctx context.Context, runtime sandbox.RuntimeOpt
 	}
 	id := newKeeperID(handler)
 	ctx = log.WithLogger(ctx, log.G(ctx).WithFields(log.Fields{"keeper_id": id, "shim_group": group}))
-	var undo rollback
+	var undo rollback.Stack
 	defer func() {
 		if retErr != nil {
-			c.rollBack(ctx, id, undo)
+			undo.RunOrRetry(ctx, id, c.events, func() { failpoint.Clear(id) })
 		}
 	}()
 	if !c.groups.Keep(group, id) {
 		return nil, fmt.Errorf("shim group %s has a keeper: %w", group, errdefs.ErrAlreadyExists)
 	}
-	undo.push("take keeper out of its group", func(context.Context) error {
+	undo.Push("take keeper out of its group", func(context.Context) error {
 		c.groups.Unkeep(group, id)
 		return nil
 	})
@@ -138,7 +140,7 @@ func (c *Controller) startKeeper(ctx context.Context, runtime sandbox.RuntimeOpt
 		making.End(placement.Abandoned)
 		return nil, fmt.Errorf("shim group %s: %w", group, errShimUp)
 	}
-	undo.push("end keeper task making", func(context.Context) error {
+	undo.Push("end keeper task making", func(context.Context) error {
 		making.End(placement.Abandoned)
 		return nil
 	})
@@ -153,7 +155,7 @@ func (c *Controller) startKeeper(ctx context.Context, runtime sandbox.RuntimeOpt
 	if err != nil {
 		return nil, fmt.Errorf("create keeper container: %w", err)
 	}
-	undo.push("delete keeper container", func(ctx context.Context) error {
+	undo.Push("delete keeper container", func(ctx context.Context) error {
 		return ignoreNotFound(container.Delete(ctx))
 	})
 	opts := []containerd.NewTaskOpts{containerd.WithRootFS(builtinPauseRootfs(rootfs))}
@@ -167,14 +169,14 @@ func (c *Controller) startKeeper(ctx context.Context, runtime sandbox.RuntimeOpt
 	}
 	making.End(placement.Made)
 	c.reaper.WatchShim(ctx, group, id)
-	undo.push("delete keeper task", func(ctx context.Context) error {
+	undo.Push("delete keeper task", func(ctx context.Context) error {
 		return c.reaper.DeleteGroupTask(ctx, group, id, task)
 	})
 	w, err := c.events.WaitFor(ctx, task)
 	if err != nil {
 		return nil, err
 	}
-	undo.push("stop waiting for keeper task", func(context.Context) error { w.Stop(); return nil })
+	undo.Push("stop waiting for keeper task", func(context.Context) error { w.Stop(); return nil })
 	if err := task.Start(ctx); err != nil {
 		return nil, fmt.Errorf("start keeper task: %w", err)
 	}

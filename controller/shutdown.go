@@ -9,6 +9,7 @@ import (
 	"github.com/opencontainers/selinux/go-selinux"
 
 	"github.com/berth-dev/berth/failpoint"
+	"github.com/berth-dev/berth/rollback"
 )
 
 // Shutdown deletes everything the sandbox has: its pause task (by stopping
@@ -17,7 +18,7 @@ import (
 func (c *Controller) Shutdown(ctx context.Context, id string) error {
 	defer c.telemetry.timeOperation("shutdown")()
 	ctx = log.WithLogger(ctx, log.G(ctx).WithField("sandbox_id", id))
-	ctx, cancel := context.WithTimeout(ctx, c.config.StopTimeout+cleanupTimeout)
+	ctx, cancel := context.WithTimeout(ctx, c.config.StopTimeout+rollback.StepTimeout)
 	defer cancel()
 	sb, unlock, err := c.locked(ctx, id)
 	if err != nil {

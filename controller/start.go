@@ -24,6 +24,7 @@ import (
 	"github.com/berth-dev/berth/failpoint"
 	"github.com/berth-dev/berth/placement"
 	"github.com/berth-dev/berth/podsandbox"
+	"github.com/berth-dev/berth/rollback"
 	"github.com/berth-dev/berth/shimproc"
 	"github.com/berth-dev/berth/store"
 )
@@ -46,14 +47,14 @@ func (c *Controller) Start(ctx context.Context, id string) (sandbox.ControllerIn
 	// Started, or forgotten if the start fails: no longer abandoned.
 	c.abandoned.disarm(id)
 
-	var undo rollback
+	var undo rollback.Stack
 	inst, err := c.start(ctx, sb, &undo)
 	if errors.Is(err, errSharedShimRefused) {
 		// Undone at once, so that the sandbox's container can be made
 		// again; if that fails, so does Start.
 		log.G(ctx).WithError(err).Warn("a shared shim refused the pause task; starting it in another")
-		var rest rollback
-		if rest, err = undo.run(ctx); err == nil {
+		var rest rollback.Stack
+		if rest, err = undo.Run(ctx); err == nil {
 			undo = nil
 			inst, err = c.start(ctx, sb, &undo)
 		} else {
@@ -64,7 +65,7 @@ func (c *Controller) Start(ctx context.Context, id string) (sandbox.ControllerIn
 		// Forgotten before the rollback ends: CRI forgets it too, and
 		// nothing may find it half undone.
 		c.forget(sb)
-		c.rollBack(ctx, id, undo)
+		undo.RunOrRetry(ctx, id, c.events, func() { failpoint.Clear(id) })
 		return sandbox.ControllerInstance{}, err
 	}
 	return inst, nil
@@ -72,12 +73,12 @@ func (c *Controller) Start(ctx context.Context, id string) (sandbox.ControllerIn
 
 // start does Start's work, pushing the undo of each step it completes. Its
 // last step hands the task to the reaper, after which nothing can fail.
-func (c *Controller) start(ctx context.Context, sb *store.Sandbox, undo *rollback) (sandbox.ControllerInstance, error) {
+func (c *Controller) start(ctx context.Context, sb *store.Sandbox, undo *rollback.Stack) (sandbox.ControllerInstance, error) {
 	p, err := c.plan(ctx, sb)
 	if err != nil {
 		return sandbox.ControllerInstance{}, err
 	}
-	undo.push("release selinux label", func(context.Context) error {
+	undo.Push("release selinux label", func(context.Context) error {
 		selinux.ReleaseLabel(p.spec.ProcessLabel)
 		return nil
 	})
@@ -86,7 +87,7 @@ func (c *Controller) start(ctx context.Context, sb *store.Sandbox, undo *rollbac
 	}
 	scope := c.podShimScope(sb.Metadata)
 	p.group = c.groups.Join(scope)
-	undo.push("leave shim group", func(context.Context) error {
+	undo.Push("leave shim group", func(context.Context) error {
 		c.groups.Leave(p.group)
 		return nil
 	})
@@ -103,7 +104,7 @@ func (c *Controller) start(ctx context.Context, sb *store.Sandbox, undo *rollbac
 		return sandbox.ControllerInstance{}, err
 	}
 	// A no-op once the task's making ended in newTask.
-	undo.push("end pause task making", func(context.Context) error {
+	undo.Push("end pause task making", func(context.Context) error {
 		making.End(placement.Abandoned)
 		return nil
 	})
@@ -215,8 +216,8 @@ func (c *Controller) plan(ctx context.Context, sb *store.Sandbox) (startPlan, er
 
 // createFiles makes the sandbox's files and, for a pod with a user
 // namespace of its own, pins the namespace the pause joins.
-func (c *Controller) createFiles(sb *store.Sandbox, p startPlan, undo *rollback) error {
-	undo.push("remove sandbox files", c.undoable(sb, "files", func(context.Context) error { return p.files.Remove() }))
+func (c *Controller) createFiles(sb *store.Sandbox, p startPlan, undo *rollback.Stack) error {
+	undo.Push("remove sandbox files", c.undoable(sb, "files", func(context.Context) error { return p.files.Remove() }))
 	if err := p.files.Create(sb.Config, c.config.HostFiles); err != nil {
 		return err
 	}
@@ -230,7 +231,7 @@ func (c *Controller) createFiles(sb *store.Sandbox, p startPlan, undo *rollback)
 
 // createContainer makes the pause container, and its snapshot, under ctx's
 // lease. It returns the container with its spec as containerd stores it.
-func (c *Controller) createContainer(ctx context.Context, sb *store.Sandbox, p startPlan, undo *rollback) (containerd.Container, typeurl.Any, error) {
+func (c *Controller) createContainer(ctx context.Context, sb *store.Sandbox, p startPlan, undo *rollback.Stack) (containerd.Container, typeurl.Any, error) {
 	var opts []containerd.NewContainerOpts
 	if p.shim != "" {
 		// containerd's shim manager takes the task API address it is given
@@ -239,7 +240,7 @@ func (c *Controller) createContainer(ctx context.Context, sb *store.Sandbox, p s
 		opts = append(opts, containerd.WithSandbox(sb.ID))
 	}
 	if p.pause.image != nil {
-		undo.push("remove pause snapshot", c.undoable(sb, "snapshot", func(ctx context.Context) error {
+		undo.Push("remove pause snapshot", c.undoable(sb, "snapshot", func(ctx context.Context) error {
 			return ignoreNotFound(c.client.SnapshotService(p.snapshotter).Remove(ctx, sb.ID))
 		}))
 		opts = append(opts,
@@ -270,7 +271,7 @@ func (c *Controller) createContainer(ctx context.Context, sb *store.Sandbox, p s
 	if err != nil {
 		return nil, nil, fmt.Errorf("create pause container: %w", err)
 	}
-	undo.push("delete pause container", c.undoable(sb, "container", func(ctx context.Context) error {
+	undo.Push("delete pause container", c.undoable(sb, "container", func(ctx context.Context) error {
 		return ignoreNotFound(container.Delete(ctx, containerd.WithSnapshotCleanup))
 	}))
 	return container, spec, failpoint.Inject(sb, failpoint.StartContainer)
@@ -278,7 +279,7 @@ func (c *Controller) createContainer(ctx context.Context, sb *store.Sandbox, p s
 
 // startTask makes and starts the pause task, waiting for its exit from
 // before it starts.
-func (c *Controller) startTask(ctx context.Context, sb *store.Sandbox, container containerd.Container, p startPlan, making placement.Making, undo *rollback) (containerd.Task, *events.Wait, error) {
+func (c *Controller) startTask(ctx context.Context, sb *store.Sandbox, container containerd.Container, p startPlan, making placement.Making, undo *rollback.Stack) (containerd.Task, *events.Wait, error) {
 	var opts []containerd.NewTaskOpts
 	if p.shim != "" {
 		opts = append(opts, containerd.WithTaskAPIEndpoint(p.shim, shimproc.TaskAPIVersion))
@@ -293,7 +294,7 @@ func (c *Controller) startTask(ctx context.Context, sb *store.Sandbox, container
 	if err != nil {
 		return nil, nil, err
 	}
-	undo.push("delete pause task", c.undoable(sb, "task", func(ctx context.Context) error {
+	undo.Push("delete pause task", c.undoable(sb, "task", func(ctx context.Context) error {
 		return c.reaper.DeleteGroupTask(ctx, p.group, sb.ID, task)
 	}))
 	if err := failpoint.Inject(sb, failpoint.StartTask); err != nil {
@@ -303,7 +304,7 @@ func (c *Controller) startTask(ctx context.Context, sb *store.Sandbox, container
 	if err != nil {
 		return nil, nil, err
 	}
-	undo.push("stop waiting for pause task", func(context.Context) error { w.Stop(); return nil })
+	undo.Push("stop waiting for pause task", func(context.Context) error { w.Stop(); return nil })
 	if err := task.Start(ctx); err != nil {
 		return nil, nil, fmt.Errorf("start pause task: %w", err)
 	}
