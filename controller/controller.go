@@ -21,13 +21,13 @@ import (
 	"sync/atomic"
 	"time"
 
-	containerd "github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/core/sandbox"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/platforms"
 	imagespec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/berth-dev/berth/events"
+	"github.com/berth-dev/berth/keeper"
 	"github.com/berth-dev/berth/placement"
 	"github.com/berth-dev/berth/podsandbox"
 	"github.com/berth-dev/berth/reaper"
@@ -136,7 +136,7 @@ type Controller struct {
 	// keepers the tasks that keep some warm.
 	policy  placement.Policy
 	groups  *placement.Groups
-	keepers *placement.Keepers[containerd.Container]
+	keepers *keeper.Keepers
 	// abandoned are the checks for sandboxes created and never started
 	// (forgetIfAbandoned), by sandbox ID.
 	abandoned *timers
@@ -160,7 +160,6 @@ func New(cfg Config, client containerdClient) *Controller {
 		store:     s,
 		locks:     newKeyLock(),
 		telemetry: t,
-		keepers:   placement.NewKeepers[containerd.Container](),
 		abandoned: newTimers(),
 		recovered: make(chan struct{}),
 	}
@@ -185,6 +184,24 @@ func New(cfg Config, client containerdClient) *Controller {
 		Shims:       cfg.Shims,
 		ExitTimeout: cfg.ExitTimeout,
 		ShimDied:    c.shimDied,
+	})
+	c.keepers = keeper.New(keeper.Config{
+		Client: client,
+		Reaper: c.reaper,
+		Events: c.events,
+		Groups: c.groups,
+		Policy: c.policy,
+		Runtime: func(handler string) (string, string, bool) {
+			r, ok := cfg.CRI.Runtimes[handler]
+			return r.Type, r.Path, ok
+		},
+		PauseRootfs:         cfg.BuiltinPause.Rootfs,
+		PauseErr:            cfg.BuiltinPause.Err,
+		RestrictOOMScoreAdj: cfg.CRI.RestrictOOMScoreAdj,
+		Namespace:           Namespace,
+		Labels:              map[string]string{LabelKind: LabelKindKeeper},
+		Lost:                lostTask,
+		Waited:              t.groupWaited,
 	})
 	return c
 }

@@ -12,6 +12,7 @@ import (
 	"github.com/containerd/typeurl/v2"
 	"google.golang.org/protobuf/types/known/anypb"
 
+	"github.com/berth-dev/berth/keeper"
 	"github.com/berth-dev/berth/placement"
 )
 
@@ -31,7 +32,7 @@ func keeperContainers(client *fakeClient) []*fakeContainer {
 	defer client.mu.Unlock()
 	var keepers []*fakeContainer
 	for _, c := range client.containers {
-		if isKeeperContainer(c.info) {
+		if keeper.IsContainer(c.info) {
 			keepers = append(keepers, c)
 		}
 	}
@@ -174,11 +175,11 @@ func TestWarmShimKeeperFails(t *testing.T) {
 // default as a previous containerd left it.
 func keeperContainer(t *testing.T, id, handler, group string) containers.Container {
 	t.Helper()
-	return keeperContainerOf(t, id, keeperRecord{RuntimeHandler: handler, Namespace: "default", ShimGroup: group})
+	return keeperContainerOf(t, id, keeper.Record{RuntimeHandler: handler, Namespace: "default", ShimGroup: group})
 }
 
 // keeperContainerOf is a keeper container with record rec.
-func keeperContainerOf(t *testing.T, id string, rec keeperRecord) containers.Container {
+func keeperContainerOf(t *testing.T, id string, rec keeper.Record) containers.Container {
 	t.Helper()
 	b, err := json.Marshal(rec)
 	if err != nil {
@@ -188,7 +189,7 @@ func keeperContainerOf(t *testing.T, id string, rec keeperRecord) containers.Con
 		ID:         id,
 		Labels:     map[string]string{LabelKind: LabelKindKeeper},
 		Runtime:    containers.RuntimeInfo{Name: testRuntime},
-		Extensions: map[string]typeurl.Any{extensionKeeper: &anypb.Any{TypeUrl: keeperTypeURL, Value: b}},
+		Extensions: map[string]typeurl.Any{keeper.Extension: &anypb.Any{TypeUrl: keeper.TypeURL, Value: b}},
 	}
 }
 
@@ -205,7 +206,7 @@ func TestRecoverKeepers(t *testing.T) {
 	client.addContainer(keeperContainer(t, "k-stopped", testHandler, "g3")).setTask(containerd.Stopped)
 	client.addContainer(keeperContainer(t, "k-no-task", testHandler, "g4"))
 	client.addContainer(keeperContainer(t, "k-cold", "other", "g5")).setTask(containerd.Running)
-	client.addContainer(keeperContainerOf(t, "k-all-namespaces", keeperRecord{RuntimeHandler: testHandler, ShimGroup: "g6"})).setTask(containerd.Running)
+	client.addContainer(keeperContainerOf(t, "k-all-namespaces", keeper.Record{RuntimeHandler: testHandler, ShimGroup: "g6"})).setTask(containerd.Running)
 	client.addContainer(containers.Container{ID: "impostor", Labels: map[string]string{LabelKind: LabelKindKeeper}}).setTask(containerd.Running)
 	c := warmController(t, client)
 	if err := c.Recover(testContext(), RecoverConfig{Parallelism: 2, Timeout: time.Second}); err != nil {
@@ -234,7 +235,7 @@ func TestRecoverKeepers(t *testing.T) {
 
 // groupFor is the group in keeper container c's record.
 func groupFor(c *fakeContainer) string {
-	var rec keeperRecord
-	_ = json.Unmarshal(c.info.Extensions[extensionKeeper].GetValue(), &rec)
+	var rec keeper.Record
+	_ = json.Unmarshal(c.info.Extensions[keeper.Extension].GetValue(), &rec)
 	return rec.ShimGroup
 }

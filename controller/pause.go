@@ -36,7 +36,7 @@ func (c *Controller) pauseSource(ctx context.Context, builtin bool, snapshotter 
 		return pause{
 			config: podsandbox.BuiltinPauseImage,
 			name:   podsandbox.BuiltinPauseName, ref: podsandbox.BuiltinPauseName,
-			rootfs: builtinPauseRootfs(c.config.BuiltinPause.Rootfs),
+			rootfs: podsandbox.RootfsMounts(c.config.BuiltinPause.Rootfs),
 		}, nil
 	}
 	image, err := c.pauseImage(ctx, snapshotter)
@@ -73,10 +73,4 @@ func (c *Controller) pauseImage(ctx context.Context, snapshotter string) (contai
 		}
 	}
 	return image, nil
-}
-
-// builtinPauseRootfs is the mount of the built-in pause's shared rootfs,
-// bound read-only into a task's bundle.
-func builtinPauseRootfs(rootfs string) []mount.Mount {
-	return []mount.Mount{{Type: "bind", Source: rootfs, Options: []string{"rbind", "ro"}}}
 }

@@ -42,6 +42,7 @@ const (
 const (
 	LabelKind        = "io.berth.kind"
 	LabelKindSandbox = "sandbox"
+	LabelKindKeeper  = "shim-keeper"
 	// LabelKindStartLease marks the lease a pause snapshot is made under.
 	LabelKindStartLease = "start-lease"
 )

@@ -20,6 +20,7 @@ import (
 	"github.com/opencontainers/selinux/go-selinux"
 
 	"github.com/berth-dev/berth/events"
+	"github.com/berth-dev/berth/keeper"
 	"github.com/berth-dev/berth/reaper"
 )
 
@@ -47,7 +48,7 @@ type RecoverConfig struct {
 // neither can be set by a pod or an image. A berth pause container that no
 // record owns belongs to a sandbox CRI forgot (a failed Start whose
 // rollback containerd's death cut short): it is removed. Shim keepers are
-// taken up or removed (recoverKeepers).
+// taken up or removed (keeper.Keepers.Recover).
 //
 // It fails only when it cannot list what it needs; a sandbox it cannot
 // reload is reported NOTREADY and its task deleted in the background.
@@ -87,7 +88,7 @@ func (c *Controller) reload(ctx context.Context, cfg RecoverConfig, owned map[st
 	)
 	for _, container := range all {
 		info, err := container.Info(ctx, containerd.WithoutRefreshedMetadata)
-		if err == nil && isKeeperContainer(info) {
+		if err == nil && keeper.IsContainer(info) {
 			keepers = append(keepers, container)
 			continue
 		}
@@ -109,7 +110,7 @@ func (c *Controller) reload(ctx context.Context, cfg RecoverConfig, owned map[st
 		}()
 	}
 	wg.Wait()
-	c.recoverKeepers(ctx, keepers)
+	c.keepers.Recover(ctx, keepers)
 	c.releaseStartLeases(ctx)
 	c.removeOrphanFiles(ctx)
 	return recovered
@@ -258,9 +259,15 @@ func (c *Controller) removeTask(ctx context.Context, container containerd.Contai
 	if err != nil {
 		return fmt.Errorf("pause container info: %w", err)
 	}
-	// A spec or record that does not decode has no cgroup to remove, and
-	// names no group: the shim is the pod's.
-	_, cgroupsPath, _ := specRecord(info.Spec)
+	// A record that does not decode names no group: the shim is the pod's.
 	rec, _ := recordOn(info)
-	return c.reaper.CleanupLost(ctx, reaper.LostTask{ID: container.ID(), Runtime: runtimeOf(info), CgroupsPath: cgroupsPath, Group: rec.ShimGroup})
+	return c.reaper.CleanupLost(ctx, lostTask(info, rec.ShimGroup))
+}
+
+// lostTask is what a container of berth's whose task containerd lost, of
+// shim group group, left behind. A spec that does not decode has no cgroup
+// to remove.
+func lostTask(info containers.Container, group string) reaper.LostTask {
+	_, cgroupsPath, _ := specRecord(info.Spec)
+	return reaper.LostTask{ID: info.ID, Runtime: runtimeOf(info), CgroupsPath: cgroupsPath, Group: group}
 }

@@ -91,7 +91,7 @@ func (c *Controller) start(ctx context.Context, sb *store.Sandbox, undo *rollbac
 		c.groups.Leave(p.group)
 		return nil
 	})
-	c.keepShimWarm(ctx, sb.Runtime, scope, p.group)
+	c.keepers.KeepWarm(ctx, sb.Runtime, scope, p.group)
 	// The lease spans the container's and the task's making, so that
 	// recovery can tell a Start containerd's death cut short (record.go).
 	ctx, releaseLease, err := c.startLease(ctx, sb.ID)

@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/containerd/containerd/v2/core/mount"
 	imagespec "github.com/opencontainers/image-spec/specs-go/v1"
 )
 
@@ -48,4 +49,10 @@ func PrepareRootfs(dir, pauseBinary string) (string, error) {
 		return "", fmt.Errorf("install pause binary: %w", err)
 	}
 	return rootfs, nil
+}
+
+// RootfsMounts is the mount of the built-in pause's shared rootfs, rootfs,
+// bound read-only into a task's bundle.
+func RootfsMounts(rootfs string) []mount.Mount {
+	return []mount.Mount{{Type: "bind", Source: rootfs, Options: []string{"rbind", "ro"}}}
 }

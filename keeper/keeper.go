@@ -1,4 +1,18 @@
-package controller
+// Package keeper keeps a shared runc shim warm for a shim scope (a
+// handler, or a handler's pods of one Kubernetes namespace) while no pod of
+// the scope runs: a shim keeper is a task of berth's own, the built-in
+// pause alone in its own namespaces, made as the first task of a shim
+// group. Without it, each pod on a node with no other pod of its handler
+// starts a shim and, at its end, has containerd wait for the shim's exit
+// and run `shim delete`; with it, every pod joins a running shim. A warm
+// scope has one keeper at a time, in the group it was made in, for as long
+// as the keeper's task runs; one that exits is removed, and the next pod
+// that opens a group makes a new one. Recovery takes up a keeper whose task
+// runs and removes any other (Recover).
+//
+// Which scopes are warm, and the group rules a keeper follows, are package
+// placement's; deleting a keeper's task with its shim is the reaper's.
+package keeper
 
 import (
 	"cmp"
@@ -19,9 +33,9 @@ import (
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
 	"github.com/containerd/typeurl/v2"
+	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/berth-dev/berth/events"
-	"github.com/berth-dev/berth/failpoint"
 	"github.com/berth-dev/berth/placement"
 	"github.com/berth-dev/berth/podsandbox"
 	"github.com/berth-dev/berth/reaper"
@@ -29,31 +43,65 @@ import (
 	"github.com/berth-dev/berth/shimproc"
 )
 
-// A shim keeper keeps a shared runc shim warm for a shim scope (a handler,
-// or a handler's pods of one Kubernetes namespace) while no pod of the
-// scope runs: a task of berth's own, the built-in pause alone in its
-// own namespaces, made as the first task of a shim group. Without it, each
-// pod on a node with no other pod of its handler starts a shim and, at its
-// end, has containerd wait for the shim's exit and run `shim delete`; with
-// it, every pod joins a running shim. A warm scope has one keeper at a
-// time, in the group it was made in, for as long as the keeper's task runs;
-// one that exits is removed, and the next pod that opens a group makes a new
-// one. Recovery takes up a keeper whose task runs and removes any other
-// (recoverKeepers).
-//
-// A container is a keeper when it carries extensionKeeper, which only
-// berth writes; the keeper label is for people.
+// A container is a keeper when it carries Extension, which only berth
+// writes; its labels are for people.
 const (
-	extensionKeeper = "io.berth.keeper.record"
-	keeperTypeURL   = "io.berth.keeper.Record.v1"
-	LabelKindKeeper = "shim-keeper"
-	// keeperStartTimeout bounds the making of a keeper, which a pod's Start
+	Extension = "io.berth.keeper.record"
+	TypeURL   = "io.berth.keeper.Record.v1"
+	// startTimeout bounds the making of a keeper, which a pod's Start
 	// waits for.
-	keeperStartTimeout = 10 * time.Second
+	startTimeout = 10 * time.Second
 )
 
-// keeperRecord is what recovery needs of a keeper.
-type keeperRecord struct {
+// Client is what the keepers ask of containerd's client.
+type Client interface {
+	NewContainer(ctx context.Context, id string, opts ...containerd.NewContainerOpts) (containerd.Container, error)
+}
+
+// Config is what Keepers are made of.
+type Config struct {
+	Client Client
+	Reaper *reaper.Reaper
+	Events *events.Monitor
+	Groups *placement.Groups
+	Policy placement.Policy
+	// Runtime is a handler's runtime type and path; ok is false for a
+	// handler that is not configured.
+	Runtime func(handler string) (runtimeType, path string, ok bool)
+	// PauseRootfs is the built-in pause's prepared rootfs, which keepers
+	// run; "" when PauseErr says why there is none.
+	PauseRootfs string
+	PauseErr    error
+	// RestrictOOMScoreAdj is CRI's restrict_oom_score_adj.
+	RestrictOOMScoreAdj bool
+	// Namespace is the containerd namespace keepers are made in.
+	Namespace string
+	// Labels are put on every keeper container, for people.
+	Labels map[string]string
+	// Lost says what a keeper container whose task containerd lost left
+	// behind, for the reaper to clean up.
+	Lost func(info containers.Container, group string) reaper.LostTask
+	// Waited, if set, is told how long a pod's Start waited for a keeper.
+	Waited func(step string, d time.Duration)
+}
+
+// Keepers are the live shim keepers, one per warm scope at most.
+type Keepers struct {
+	cfg Config
+	// live holds each scope's keeper, with its container.
+	live *placement.Keepers[containerd.Container]
+}
+
+// New returns keepers with none live.
+func New(cfg Config) *Keepers {
+	return &Keepers{cfg: cfg, live: placement.NewKeepers[containerd.Container]()}
+}
+
+// Claimed says whether scope has a keeper, or one being made.
+func (k *Keepers) Claimed(scope placement.Scope) bool { return k.live.Claimed(scope) }
+
+// Record is what recovery needs of a keeper.
+type Record struct {
 	RuntimeHandler string `json:"runtimeHandler"`
 	// Namespace is the Kubernetes namespace whose pods the keeper's shim
 	// serves, "" for every namespace's (or a keeper of an earlier berth).
@@ -64,29 +112,31 @@ type keeperRecord struct {
 // keeper is a live shim keeper and its container.
 type keeper = placement.Keeper[containerd.Container]
 
-// keepShimWarm makes a shim keeper as the first task of group, of scope,
+// KeepWarm makes a shim keeper as the first task of group, of scope,
 // which sb has just joined, if the scope's handler keeps a warm shim and
 // the scope has no keeper. It runs
 // before sb's pause task is made, so that the pause joins the keeper's
 // shim. A keeper that cannot be made is logged, never the pod's failure:
 // the pod's task starts the shim itself.
-func (c *Controller) keepShimWarm(ctx context.Context, runtime sandbox.RuntimeOpts, scope placement.Scope, group string) {
-	if group == "" || !c.policy.KeepsWarm(scope.Handler) || !c.groups.Fresh(group) {
+func (k *Keepers) KeepWarm(ctx context.Context, runtime sandbox.RuntimeOpts, scope placement.Scope, group string) {
+	if group == "" || !k.cfg.Policy.KeepsWarm(scope.Handler) || !k.cfg.Groups.Fresh(group) {
 		return
 	}
-	ok, stale := c.keepers.Claim(scope, func(g string) bool { return c.groups.IsOpen(scope, g) })
+	ok, stale := k.live.Claim(scope, func(g string) bool { return k.cfg.Groups.IsOpen(scope, g) })
 	if !ok {
 		return
 	}
 	if stale != nil {
-		c.removeKeeperOrRetry(ctx, stale)
+		k.removeKeeperOrRetry(ctx, stale)
 	}
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), keeperStartTimeout)
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), startTimeout)
 	defer cancel()
 	start := time.Now()
-	kp, err := c.startKeeper(ctx, runtime, scope, group)
-	c.telemetry.groupWaited("keeper", time.Since(start))
-	c.keepers.Set(scope, kp)
+	kp, err := k.startKeeper(ctx, runtime, scope, group)
+	if k.cfg.Waited != nil {
+		k.cfg.Waited("keeper", time.Since(start))
+	}
+	k.live.Set(scope, kp)
 	switch {
 	case errors.Is(err, errShimUp):
 		// Another pod's task came first: the shim is warm already.
@@ -103,13 +153,13 @@ var errShimUp = errors.New("the group's shim is up")
 
 // startKeeper makes and starts a keeper of scope as the first task of
 // group, removing all it made if it fails.
-func (c *Controller) startKeeper(ctx context.Context, runtime sandbox.RuntimeOpts, scope placement.Scope, group string) (_ *keeper, retErr error) {
+func (k *Keepers) startKeeper(ctx context.Context, runtime sandbox.RuntimeOpts, scope placement.Scope, group string) (_ *keeper, retErr error) {
 	handler := scope.Handler
-	rootfs := c.config.BuiltinPause.Rootfs
+	rootfs := k.cfg.PauseRootfs
 	if rootfs == "" {
-		return nil, fmt.Errorf("a shim keeper runs the built-in pause, which is not prepared: %w", errors.Join(errdefs.ErrFailedPrecondition, c.config.BuiltinPause.Err))
+		return nil, fmt.Errorf("a shim keeper runs the built-in pause, which is not prepared: %w", errors.Join(errdefs.ErrFailedPrecondition, k.cfg.PauseErr))
 	}
-	rt, ok := c.config.CRI.Runtimes[handler]
+	runtimeType, runtimePath, ok := k.cfg.Runtime(handler)
 	if !ok {
 		return nil, fmt.Errorf("runtime handler %q is not configured: %w", handler, errdefs.ErrNotFound)
 	}
@@ -117,22 +167,22 @@ func (c *Controller) startKeeper(ctx context.Context, runtime sandbox.RuntimeOpt
 	if err != nil {
 		return nil, err
 	}
-	id := newKeeperID(handler)
+	id := newID(handler)
 	ctx = log.WithLogger(ctx, log.G(ctx).WithFields(log.Fields{"keeper_id": id, "shim_group": group}))
 	var undo rollback.Stack
 	defer func() {
 		if retErr != nil {
-			undo.RunOrRetry(ctx, id, c.events, func() { failpoint.Clear(id) })
+			undo.RunOrRetry(ctx, id, k.cfg.Events, nil)
 		}
 	}()
-	if !c.groups.Keep(group, id) {
+	if !k.cfg.Groups.Keep(group, id) {
 		return nil, fmt.Errorf("shim group %s has a keeper: %w", group, errdefs.ErrAlreadyExists)
 	}
 	undo.Push("take keeper out of its group", func(context.Context) error {
-		c.groups.Unkeep(group, id)
+		k.cfg.Groups.Unkeep(group, id)
 		return nil
 	})
-	making, err := c.groups.MakeTask(ctx, group, id)
+	making, err := k.cfg.Groups.MakeTask(ctx, group, id)
 	if err != nil {
 		return nil, fmt.Errorf("shim group %s: %w", group, err)
 	}
@@ -144,13 +194,13 @@ func (c *Controller) startKeeper(ctx context.Context, runtime sandbox.RuntimeOpt
 		making.End(placement.Abandoned)
 		return nil
 	})
-	specOpts := podsandbox.KeeperSpec(podsandbox.KeeperCgroupsPath(Namespace, id, systemd),
-		c.config.CRI.RestrictOOMScoreAdj, map[string]string{placement.GroupAnnotation: group})
-	container, err := c.client.NewContainer(ctx, id,
+	specOpts := podsandbox.KeeperSpec(podsandbox.KeeperCgroupsPath(k.cfg.Namespace, id, systemd),
+		k.cfg.RestrictOOMScoreAdj, map[string]string{placement.GroupAnnotation: group})
+	container, err := k.cfg.Client.NewContainer(ctx, id,
 		containerd.WithNewSpec(specOpts...),
-		containerd.WithContainerLabels(map[string]string{LabelKind: LabelKindKeeper}),
-		withKeeperRecord(keeperRecord{RuntimeHandler: handler, Namespace: scope.Namespace, ShimGroup: group}),
-		containerd.WithRuntime(cmp.Or(rt.Type, runtime.Name), runtime.Options),
+		containerd.WithContainerLabels(k.cfg.Labels),
+		withRecord(Record{RuntimeHandler: handler, Namespace: scope.Namespace, ShimGroup: group}),
+		containerd.WithRuntime(cmp.Or(runtimeType, runtime.Name), runtime.Options),
 	)
 	if err != nil {
 		return nil, fmt.Errorf("create keeper container: %w", err)
@@ -158,9 +208,9 @@ func (c *Controller) startKeeper(ctx context.Context, runtime sandbox.RuntimeOpt
 	undo.Push("delete keeper container", func(ctx context.Context) error {
 		return ignoreNotFound(container.Delete(ctx))
 	})
-	opts := []containerd.NewTaskOpts{containerd.WithRootFS(builtinPauseRootfs(rootfs))}
-	if rt.Path != "" {
-		opts = append(opts, containerd.WithRuntimePath(rt.Path))
+	opts := []containerd.NewTaskOpts{containerd.WithRootFS(podsandbox.RootfsMounts(rootfs))}
+	if runtimePath != "" {
+		opts = append(opts, containerd.WithRuntimePath(runtimePath))
 	}
 	task, err := container.NewTask(ctx, cio.NullIO, opts...)
 	if err != nil {
@@ -168,11 +218,11 @@ func (c *Controller) startKeeper(ctx context.Context, runtime sandbox.RuntimeOpt
 		return nil, fmt.Errorf("create keeper task: %w", err)
 	}
 	making.End(placement.Made)
-	c.reaper.WatchShim(ctx, group, id)
+	k.cfg.Reaper.WatchShim(ctx, group, id)
 	undo.Push("delete keeper task", func(ctx context.Context) error {
-		return c.reaper.DeleteGroupTask(ctx, group, id, task)
+		return k.cfg.Reaper.DeleteGroupTask(ctx, group, id, task)
 	})
-	w, err := c.events.WaitFor(ctx, task)
+	w, err := k.cfg.Events.WaitFor(ctx, task)
 	if err != nil {
 		return nil, err
 	}
@@ -181,13 +231,13 @@ func (c *Controller) startKeeper(ctx context.Context, runtime sandbox.RuntimeOpt
 		return nil, fmt.Errorf("start keeper task: %w", err)
 	}
 	kp := &keeper{ID: id, Scope: scope, Group: group, Handle: container}
-	c.watchKeeper(kp, w)
+	k.watchKeeper(kp, w)
 	log.G(ctx).WithFields(log.Fields{"runtime_handler": handler, "namespace": scope.Namespace}).Info("shim keeper started")
 	return kp, nil
 }
 
 // watchKeeper removes keeper kp once its task exits.
-func (c *Controller) watchKeeper(kp *keeper, w *events.Wait) {
+func (k *Keepers) watchKeeper(kp *keeper, w *events.Wait) {
 	w.Handle(func(ctx context.Context, e events.Exit) {
 		logger := log.G(ctx).WithField("keeper_id", kp.ID)
 		if e.Lost != nil {
@@ -196,28 +246,28 @@ func (c *Controller) watchKeeper(kp *keeper, w *events.Wait) {
 			logger = logger.WithField("exit_status", e.Code)
 		}
 		logger.Warn("shim keeper exited; removing it")
-		c.keepers.Drop(kp)
-		c.removeKeeperOrRetry(ctx, kp)
+		k.live.Drop(kp)
+		k.removeKeeperOrRetry(ctx, kp)
 	})
 }
 
 // removeKeeperOrRetry removes keeper kp, in the background if it fails.
-func (c *Controller) removeKeeperOrRetry(ctx context.Context, kp *keeper) {
+func (k *Keepers) removeKeeperOrRetry(ctx context.Context, kp *keeper) {
 	ctx = context.WithoutCancel(ctx)
-	if err := c.removeKeeper(ctx, kp); err != nil {
+	if err := k.removeKeeper(ctx, kp); err != nil {
 		log.G(ctx).WithError(err).WithField("keeper_id", kp.ID).Warn("remove shim keeper; retrying")
-		c.events.Retry(ctx, kp.ID, "remove shim keeper", func(ctx context.Context) error { return c.removeKeeper(ctx, kp) })
+		k.cfg.Events.Retry(ctx, kp.ID, "remove shim keeper", func(ctx context.Context) error { return k.removeKeeper(ctx, kp) })
 	}
 }
 
 // removeKeeper deletes keeper kp's task, in turn with the tasks being made
 // in its group, and its container, then ends the group's shim if no pod is
 // in it.
-func (c *Controller) removeKeeper(ctx context.Context, kp *keeper) error {
+func (k *Keepers) removeKeeper(ctx context.Context, kp *keeper) error {
 	task, err := kp.Handle.Task(ctx, nil)
 	switch {
 	case err == nil:
-		if err := c.reaper.DeleteGroupTask(ctx, kp.Group, kp.ID, task); err != nil {
+		if err := k.cfg.Reaper.DeleteGroupTask(ctx, kp.Group, kp.ID, task); err != nil {
 			return fmt.Errorf("delete keeper task: %w", err)
 		}
 	case errdefs.IsNotFound(err):
@@ -225,8 +275,7 @@ func (c *Controller) removeKeeper(ctx context.Context, kp *keeper) error {
 		if err != nil {
 			return ignoreNotFound(err)
 		}
-		_, cgroupsPath, _ := specRecord(info.Spec)
-		if err := c.reaper.CleanupLost(ctx, reaper.LostTask{ID: kp.ID, Runtime: runtimeOf(info), CgroupsPath: cgroupsPath, Group: kp.Group}); err != nil {
+		if err := k.cfg.Reaper.CleanupLost(ctx, k.cfg.Lost(info, kp.Group)); err != nil {
 			return err
 		}
 	default:
@@ -235,46 +284,46 @@ func (c *Controller) removeKeeper(ctx context.Context, kp *keeper) error {
 	if err := ignoreNotFound(kp.Handle.Delete(ctx)); err != nil {
 		return fmt.Errorf("delete keeper container: %w", err)
 	}
-	c.groups.Unkeep(kp.Group, kp.ID)
-	c.reaper.EndIdleShim(ctx, kp.Group, kp.ID)
+	k.cfg.Groups.Unkeep(kp.Group, kp.ID)
+	k.cfg.Reaper.EndIdleShim(ctx, kp.Group, kp.ID)
 	return nil
 }
 
-// recoverKeepers takes up, after a restart, the keeper of each warm scope
+// Recover takes up, after a restart, the keeper of each warm scope
 // whose task runs, and removes every other keeper container: of a handler
 // no longer warm, of a scope the config no longer makes, a second of a
 // scope, or one whose task is gone.
-func (c *Controller) recoverKeepers(ctx context.Context, found []containerd.Container) {
+func (k *Keepers) Recover(ctx context.Context, found []containerd.Container) {
 	for _, container := range found {
-		kp, err := c.loadKeeper(ctx, container)
+		kp, err := k.loadKeeper(ctx, container)
 		if err != nil {
 			log.G(ctx).WithError(err).WithField("keeper_id", container.ID()).Warn("cannot take up shim keeper; removing it")
-			c.removeKeeperOrRetry(ctx, kp)
+			k.removeKeeperOrRetry(ctx, kp)
 		}
 	}
 }
 
 // loadKeeper takes up keeper container, returning it for removal if it
 // cannot be.
-func (c *Controller) loadKeeper(ctx context.Context, container containerd.Container) (*keeper, error) {
+func (k *Keepers) loadKeeper(ctx context.Context, container containerd.Container) (*keeper, error) {
 	info, err := container.Info(ctx, containerd.WithoutRefreshedMetadata)
 	if err != nil {
 		return &keeper{ID: container.ID(), Handle: container}, fmt.Errorf("keeper container info: %w", err)
 	}
-	var rec keeperRecord
-	err = json.Unmarshal(info.Extensions[extensionKeeper].GetValue(), &rec)
+	var rec Record
+	err = json.Unmarshal(info.Extensions[Extension].GetValue(), &rec)
 	scope := placement.Scope{Handler: rec.RuntimeHandler, Namespace: rec.Namespace}
 	kp := &keeper{ID: info.ID, Scope: scope, Group: rec.ShimGroup, Handle: container}
 	if err != nil {
 		return kp, fmt.Errorf("decode keeper record: %w", err)
 	}
-	if !c.policy.KeepsWarm(rec.RuntimeHandler) {
+	if !k.cfg.Policy.KeepsWarm(rec.RuntimeHandler) {
 		return kp, fmt.Errorf("runtime handler %q keeps no warm shim", rec.RuntimeHandler)
 	}
-	if c.policy.SharesAcrossNamespaces(rec.RuntimeHandler) != (rec.Namespace == "") {
+	if k.cfg.Policy.SharesAcrossNamespaces(rec.RuntimeHandler) != (rec.Namespace == "") {
 		return kp, fmt.Errorf("the keeper's namespace %q is not a shim scope of runtime handler %q", rec.Namespace, rec.RuntimeHandler)
 	}
-	if ok, _ := c.keepers.Claim(scope, func(string) bool { return true }); !ok {
+	if ok, _ := k.live.Claim(scope, func(string) bool { return true }); !ok {
 		return kp, fmt.Errorf("runtime handler %q has a keeper for namespace %q", rec.RuntimeHandler, rec.Namespace)
 	}
 	task, err := container.Task(ctx, nil)
@@ -286,33 +335,46 @@ func (c *Controller) loadKeeper(ctx context.Context, container containerd.Contai
 	}
 	var w *events.Wait
 	if err == nil {
-		w, err = c.events.WaitFor(ctx, task)
+		w, err = k.cfg.Events.WaitFor(ctx, task)
 	}
 	if err != nil {
-		c.keepers.Set(scope, nil)
+		k.live.Set(scope, nil)
 		return kp, err
 	}
-	c.groups.Rekeep(scope, rec.ShimGroup, kp.ID)
-	c.reaper.WatchShim(ctx, rec.ShimGroup, kp.ID)
-	c.keepers.Set(scope, kp)
-	c.watchKeeper(kp, w)
+	k.cfg.Groups.Rekeep(scope, rec.ShimGroup, kp.ID)
+	k.cfg.Reaper.WatchShim(ctx, rec.ShimGroup, kp.ID)
+	k.live.Set(scope, kp)
+	k.watchKeeper(kp, w)
 	return kp, nil
 }
 
-// isKeeperContainer says whether berth made the container as a keeper.
-func isKeeperContainer(info containers.Container) bool {
-	return hasExtension(info, extensionKeeper, keeperTypeURL)
+// IsContainer says whether berth made the container as a keeper.
+func IsContainer(info containers.Container) bool {
+	ext, ok := info.Extensions[Extension]
+	return ok && ext.GetTypeUrl() == TypeURL
 }
 
-func withKeeperRecord(r keeperRecord) containerd.NewContainerOpts {
+// withRecord puts r on the keeper container being made.
+func withRecord(r Record) containerd.NewContainerOpts {
 	return func(_ context.Context, _ *containerd.Client, c *containers.Container) error {
-		rec, err := jsonExtension(keeperTypeURL, r)
+		b, err := json.Marshal(r)
 		if err != nil {
 			return fmt.Errorf("encode keeper record: %w", err)
 		}
-		setExtensions(c, map[string]typeurl.Any{extensionKeeper: rec})
+		if c.Extensions == nil {
+			c.Extensions = map[string]typeurl.Any{}
+		}
+		c.Extensions[Extension] = &anypb.Any{TypeUrl: TypeURL, Value: b}
 		return nil
 	}
+}
+
+// ignoreNotFound is nil for a NotFound error: what is gone is removed.
+func ignoreNotFound(err error) error {
+	if errdefs.IsNotFound(err) {
+		return nil
+	}
+	return err
 }
 
 // systemdCgroup says whether the runc options of runtime ask for systemd's
@@ -328,9 +390,9 @@ func systemdCgroup(runtime sandbox.RuntimeOpts) (bool, error) {
 	return opts.SystemdCgroup, nil
 }
 
-// newKeeperID names a new keeper: random, like a group, since one a
+// newID names a new keeper: random, like a group, since one a
 // previous containerd made may still exist.
-func newKeeperID(handler string) string {
+func newID(handler string) string {
 	b := make([]byte, 8)
 	_, _ = rand.Read(b)
 	return "berth-keeper-" + strings.ReplaceAll(handler, "/", "-") + "-" + hex.EncodeToString(b)
