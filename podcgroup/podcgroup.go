@@ -1,5 +1,6 @@
 // Package podcgroup reads and writes a pod's cgroup on cgroup v1 (legacy or
-// hybrid hierarchies) and v2, for cgroupfs and systemd cgroup drivers.
+// hybrid hierarchies) and v2, for cgroupfs and systemd cgroup drivers, and
+// works out what the cgroup must hold for the resources kubelet sends.
 package podcgroup
 
 import (

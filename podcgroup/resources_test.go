@@ -1,4 +1,4 @@
-package controller
+package podcgroup
 
 import (
 	"testing"
@@ -68,7 +68,7 @@ func TestPodCgroupResources(t *testing.T) {
 		{"no request, unlimited memory", &runtimeapi.LinuxContainerResources{CpuShares: 2}, overhead, 0, 102, 0},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			r, err := podCgroupResources(tc.res, tc.overhead)
+			r, err := Resources(tc.res, tc.overhead)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -88,10 +88,10 @@ func TestPodCgroupResources(t *testing.T) {
 		})
 	}
 	// The sum is what is validated.
-	if _, err := podCgroupResources(&runtimeapi.LinuxContainerResources{CpuQuota: 500}, nil); !errdefs.IsInvalidArgument(err) {
+	if _, err := Resources(&runtimeapi.LinuxContainerResources{CpuQuota: 500}, nil); !errdefs.IsInvalidArgument(err) {
 		t.Errorf("quota below 1ms: %v, want InvalidArgument", err)
 	}
-	if _, err := podCgroupResources(&runtimeapi.LinuxContainerResources{CpuQuota: 500}, &runtimeapi.LinuxContainerResources{CpuQuota: 1000}); err != nil {
+	if _, err := Resources(&runtimeapi.LinuxContainerResources{CpuQuota: 500}, &runtimeapi.LinuxContainerResources{CpuQuota: 1000}); err != nil {
 		t.Errorf("quota of 1.5ms with the overhead: %v", err)
 	}
 }
