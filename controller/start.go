@@ -6,26 +6,22 @@ import (
 	"fmt"
 	"maps"
 	"slices"
-	"strings"
 	"time"
 
 	containerd "github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/core/containers"
 	"github.com/containerd/containerd/v2/core/sandbox"
 	"github.com/containerd/containerd/v2/core/snapshots"
-	"github.com/containerd/containerd/v2/pkg/cio"
 	"github.com/containerd/containerd/v2/pkg/oci"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
 	"github.com/containerd/typeurl/v2"
 	"github.com/opencontainers/selinux/go-selinux"
 
-	"github.com/berth-dev/berth/events"
 	"github.com/berth-dev/berth/failpoint"
 	"github.com/berth-dev/berth/placement"
 	"github.com/berth-dev/berth/podsandbox"
 	"github.com/berth-dev/berth/rollback"
-	"github.com/berth-dev/berth/shimproc"
 	"github.com/berth-dev/berth/store"
 )
 
@@ -275,116 +271,6 @@ func (c *Controller) createContainer(ctx context.Context, sb *store.Sandbox, p s
 		return ignoreNotFound(container.Delete(ctx, containerd.WithSnapshotCleanup))
 	}))
 	return container, spec, failpoint.Inject(sb, failpoint.StartContainer)
-}
-
-// startTask makes and starts the pause task, waiting for its exit from
-// before it starts.
-func (c *Controller) startTask(ctx context.Context, sb *store.Sandbox, container containerd.Container, p startPlan, making placement.Making, undo *rollback.Stack) (containerd.Task, *events.Wait, error) {
-	var opts []containerd.NewTaskOpts
-	if p.shim != "" {
-		opts = append(opts, containerd.WithTaskAPIEndpoint(p.shim, shimproc.TaskAPIVersion))
-	}
-	if p.runtime.Path != "" {
-		opts = append(opts, containerd.WithRuntimePath(p.runtime.Path))
-	}
-	if p.pause.rootfs != nil {
-		opts = append(opts, containerd.WithRootFS(p.pause.rootfs))
-	}
-	task, err := c.newTask(ctx, sb, container, p.group, making, opts)
-	if err != nil {
-		return nil, nil, err
-	}
-	undo.Push("delete pause task", c.undoable(sb, "task", func(ctx context.Context) error {
-		return c.reaper.DeleteGroupTask(ctx, p.group, sb.ID, task)
-	}))
-	if err := failpoint.Inject(sb, failpoint.StartTask); err != nil {
-		return nil, nil, err
-	}
-	w, err := c.events.WaitFor(ctx, task)
-	if err != nil {
-		return nil, nil, err
-	}
-	undo.Push("stop waiting for pause task", func(context.Context) error { w.Stop(); return nil })
-	if err := task.Start(ctx); err != nil {
-		return nil, nil, fmt.Errorf("start pause task: %w", err)
-	}
-	return task, w, failpoint.Inject(sb, failpoint.StartTaskStart)
-}
-
-// errSharedShimRefused says a shared shim did not take the pause task
-// because it is exiting or gone, or that berth did not give it the task
-// because the group's shim may be exiting (placement.Groups.MakeTask). Start is
-// then made again in another group.
-var errSharedShimRefused = errors.New("shared shim refused the pause task")
-
-// beginTask begins making the pause task in its shim group, waiting for
-// the group's first task if it is being made. If the group's shim is up, it
-// sets the address at which the task joins it.
-func (c *Controller) beginTask(ctx context.Context, sb *store.Sandbox, p *startPlan) (placement.Making, error) {
-	making, err := c.groups.MakeTask(ctx, p.group, sb.ID)
-	if errors.Is(err, placement.ErrShimEnding) {
-		return placement.Making{}, fmt.Errorf("shim group %s: %w: %w", p.group, errSharedShimRefused, err)
-	}
-	if err != nil {
-		return placement.Making{}, fmt.Errorf("wait for the first pause task of shim group %s: %w", p.group, err)
-	}
-	if making.ShimUp {
-		if p.shim, err = c.config.Shims.TaskAddress(ctx, p.group); err != nil {
-			making.End(placement.Abandoned)
-			return placement.Making{}, err
-		}
-	}
-	return making, nil
-}
-
-// newTask makes the pause task, ending its making. A shared shim that
-// refuses it is retired: no pod joins it again (placement.Groups.MakeTask). Any
-// other failure is the pod's own, Start's error, and leaves the group as
-// it was.
-func (c *Controller) newTask(ctx context.Context, sb *store.Sandbox, container containerd.Container, group string, making placement.Making, opts []containerd.NewTaskOpts) (containerd.Task, error) {
-	if group != "" {
-		if err := failpoint.Inject(sb, failpoint.SharedShimRefuses); err != nil {
-			making.End(placement.Refused)
-			return nil, fmt.Errorf("create pause task in shim group %s: %w: %w", group, errSharedShimRefused, err)
-		}
-	}
-	failpoint.Hold(sb, failpoint.HoldTaskMake)
-	task, err := container.NewTask(ctx, cio.NullIO, opts...)
-	switch {
-	case err == nil:
-		making.End(placement.Made)
-		c.reaper.WatchShim(ctx, group, sb.ID)
-		return task, nil
-	case group == "":
-		making.End(placement.Failed)
-		return nil, fmt.Errorf("create pause task: %w", err)
-	case isShimRefusal(err):
-		making.End(placement.Refused)
-		return nil, fmt.Errorf("create pause task in shim group %s: %w: %w", group, errSharedShimRefused, err)
-	default:
-		making.End(placement.Failed)
-		return nil, fmt.Errorf("create pause task in shim group %s: %w", group, err)
-	}
-}
-
-// isShimRefusal reports whether err, from a task's creation in a shared
-// shim, says the shim did not take it because it is exiting or gone: its
-// connection closed or reset under the call, or nothing answers at its
-// socket any more (containerd could not load the sandbox's shim). Such
-// errors cross containerd's API as Unknown with their text, so the text
-// is all there is to match. Anything else (a hook, runc, the spec) is the
-// task's own failure: the shim serves its other tasks as before.
-func isShimRefusal(err error) bool {
-	if shimproc.IsGone(err) || errdefs.IsUnavailable(err) {
-		return true
-	}
-	msg := err.Error()
-	for _, s := range []string{"failed to load sandbox task", "connection reset by peer", "broken pipe"} {
-		if strings.Contains(msg, s) {
-			return true
-		}
-	}
-	return false
 }
 
 // undoable is undo step fn of Start step point, which failpoint
