@@ -3,6 +3,7 @@ package placement
 import (
 	"context"
 	"errors"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -410,5 +411,46 @@ func TestShimGroupWaitsObserved(t *testing.T) {
 	defer mu.Unlock()
 	if waits["first task"] != 1 || waits["last task"] != 1 {
 		t.Errorf("waits %v, want one for the first task and one for the last", waits)
+	}
+}
+
+// TestShimGroupRecovered checks a group rebuilt after a restart (one that
+// may have cut a Start short): the recovered pods' running tasks keep its
+// shim up, so a new pod's task joins it at its socket; the shim is watched
+// once, and its death reports every task made in it; the last recovered
+// task's deletion ends it.
+func TestShimGroupRecovered(t *testing.T) {
+	ctx := context.Background()
+	g := NewGroups(func(string) int { return 4 })
+	scope := Scope{Handler: "h", Namespace: "ns"}
+	// The pod whose Start was cut short has no running task: it is not
+	// rejoined, and its group counts only the others.
+	g.Rejoin(scope, "berth-h-1", "sb1")
+	g.Rejoin(scope, "berth-h-1", "sb2")
+	if got := g.Join(scope); got != "berth-h-1" {
+		t.Fatalf("joined %s, want the recovered group with room", got)
+	}
+	making, err := g.MakeTask(ctx, "berth-h-1", "sb3")
+	if err != nil || !making.ShimUp {
+		t.Fatalf("making a task in a recovered group: %+v, %v; want it to join the running shim", making, err)
+	}
+	making.End(Made)
+	if !g.Watch("berth-h-1") || g.Watch("berth-h-1") {
+		t.Error("a group's shim is to be watched exactly once")
+	}
+	tasks := g.TasksOf("berth-h-1")
+	slices.Sort(tasks)
+	if !slices.Equal(tasks, []string{"sb1", "sb2", "sb3"}) {
+		t.Errorf("tasks of the recovered group %v, want sb1, sb2 and sb3", tasks)
+	}
+	for _, sb := range []string{"sb1", "sb2", "sb3"} {
+		g.Leave("berth-h-1")
+		mustDelete(t, g, "berth-h-1", sb, true)
+	}
+	if g.Has("berth-h-1") {
+		t.Error("the recovered group is in use after its pods left")
+	}
+	if g.Watch("nosuch") || g.TasksOf("nosuch") != nil {
+		t.Error("a group no pod is in is watched, or has tasks")
 	}
 }
