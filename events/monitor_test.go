@@ -24,6 +24,17 @@ func (f *fakeTask) Wait(ctx context.Context) (<-chan containerd.ExitStatus, erro
 	return f.exits, f.err
 }
 
+// waitOn begins a wait on a fake task of a test monitor's.
+func waitOn(t *testing.T, ctx context.Context) (*fakeTask, *Wait) {
+	t.Helper()
+	task := &fakeTask{exits: make(chan containerd.ExitStatus, 1)}
+	w, err := testMonitor(t).WaitFor(ctx, task)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return task, w
+}
+
 func testMonitor(t *testing.T, opts ...Option) *Monitor {
 	m := NewMonitor(Backoff{InitialDelay: time.Millisecond, Factor: 1, MaxDelay: time.Millisecond, AttemptTimeout: time.Second}, opts...)
 	t.Cleanup(m.Stop)
@@ -31,13 +42,8 @@ func testMonitor(t *testing.T, opts ...Option) *Monitor {
 }
 
 func TestWaitHandlesExit(t *testing.T) {
-	m := testMonitor(t)
-	task := &fakeTask{exits: make(chan containerd.ExitStatus, 1)}
 	callCtx, cancelCall := context.WithCancel(namespaces.WithNamespace(context.Background(), "k8s.io"))
-	w, err := m.WaitFor(callCtx, task)
-	if err != nil {
-		t.Fatal(err)
-	}
+	task, w := waitOn(t, callCtx)
 	// The call that began the wait ends; the wait goes on, in its
 	// namespace.
 	cancelCall()
@@ -62,12 +68,7 @@ func TestWaitHandlesExit(t *testing.T) {
 }
 
 func TestWaitLostStatus(t *testing.T) {
-	m := testMonitor(t)
-	task := &fakeTask{exits: make(chan containerd.ExitStatus, 1)}
-	w, err := m.WaitFor(context.Background(), task)
-	if err != nil {
-		t.Fatal(err)
-	}
+	task, w := waitOn(t, context.Background())
 	got := make(chan Exit, 1)
 	w.Handle(func(_ context.Context, e Exit) { got <- e })
 	shimDied := errors.New("ttrpc: closed")
@@ -79,12 +80,7 @@ func TestWaitLostStatus(t *testing.T) {
 }
 
 func TestWaitStopped(t *testing.T) {
-	m := testMonitor(t)
-	task := &fakeTask{exits: make(chan containerd.ExitStatus, 1)}
-	w, err := m.WaitFor(context.Background(), task)
-	if err != nil {
-		t.Fatal(err)
-	}
+	task, w := waitOn(t, context.Background())
 	w.Stop()
 	handled := make(chan struct{})
 	w.Handle(func(context.Context, Exit) { close(handled) })
@@ -94,7 +90,7 @@ func TestWaitStopped(t *testing.T) {
 		t.Error("a stopped wait handled an exit")
 	case <-time.After(50 * time.Millisecond):
 	}
-	if _, err := m.WaitFor(context.Background(), &fakeTask{err: errors.New("no task")}); err == nil {
+	if _, err := testMonitor(t).WaitFor(context.Background(), &fakeTask{err: errors.New("no task")}); err == nil {
 		t.Error("WaitFor of a task whose wait fails succeeded")
 	}
 }
