@@ -7,6 +7,8 @@ import (
 
 	containerd "github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
+	"github.com/containerd/errdefs"
+	"github.com/containerd/errdefs/pkg/errgrpc"
 	"github.com/containerd/log"
 )
 
@@ -74,10 +76,20 @@ type Exit struct {
 // containerd.
 const UnknownExitCode = 255
 
+// Backoff of a wait begun again while containerd does not answer.
+const (
+	rewaitFirst = 100 * time.Millisecond
+	rewaitMax   = 2 * time.Second
+)
+
 // Wait is a wait for a task's exit, begun before the task starts so that
 // no exit is missed. Hand it a handler (Handle), or Stop it.
 type Wait struct {
+	task   Task
 	exitCh <-chan containerd.ExitStatus
+	// rewaitFirst and rewaitMax back off the waits begun again while
+	// containerd does not answer.
+	rewaitFirst, rewaitMax time.Duration
 	// ctx outlives the call that began the wait; cancel ends it.
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -93,7 +105,7 @@ func (m *Monitor) WaitFor(ctx context.Context, task Task) (*Wait, error) {
 		cancel()
 		return nil, fmt.Errorf("wait for task exit: %w", err)
 	}
-	return &Wait{exitCh: exitCh, ctx: waitCtx, cancel: cancel}, nil
+	return &Wait{task: task, exitCh: exitCh, ctx: waitCtx, cancel: cancel, rewaitFirst: rewaitFirst, rewaitMax: rewaitMax}, nil
 }
 
 // Stop ends a wait that was never handed a handler, or one whose handler
@@ -103,25 +115,75 @@ func (w *Wait) Stop() { w.cancel() }
 // Handle hands the exit to handle, on a goroutine of its own, the moment
 // it comes; handle gets the wait's context. A wait stopped first never
 // calls it.
+//
+// A wait that fails because containerd does not answer (Unavailable: it
+// is restarting, and berth runs beside it as berthd) is no exit: the task
+// runs on in its shim, which keeps its exit status until the task is
+// deleted, so the wait is begun again, backing off, until containerd
+// answers with the exit or says what became of the task.
 func (w *Wait) Handle(handle func(ctx context.Context, e Exit)) {
 	go func() {
 		defer w.cancel()
-		var st containerd.ExitStatus
-		select {
-		case st = <-w.exitCh:
-		case <-w.ctx.Done():
+		delay := w.rewaitFirst
+		for {
+			var st containerd.ExitStatus
+			select {
+			case st = <-w.exitCh:
+			case <-w.ctx.Done():
+				return
+			}
+			if w.ctx.Err() != nil {
+				// Stopped: what came is the wait's own end, not the task's.
+				return
+			}
+			code, at, err := st.Result()
+			if err != nil && isUnavailable(err) {
+				log.G(w.ctx).WithError(err).WithField("retry_in", delay).Warn("containerd does not answer a wait for a task's exit; waiting again")
+				if !w.rewait(delay) {
+					return
+				}
+				delay = min(2*delay, w.rewaitMax)
+				continue
+			}
+			if err != nil {
+				code, at = UnknownExitCode, time.Now()
+			}
+			handle(w.ctx, Exit{Code: code, At: at, Lost: err})
 			return
 		}
-		if w.ctx.Err() != nil {
-			// Stopped: what came is the wait's own end, not the task's.
-			return
-		}
-		code, at, err := st.Result()
-		if err != nil {
-			code, at = UnknownExitCode, time.Now()
-		}
-		handle(w.ctx, Exit{Code: code, At: at, Lost: err})
 	}()
+}
+
+// rewait begins the wait again after delay, until it is begun or the wait
+// stopped; it reports whether it was begun. A wait that cannot be begun
+// for a reason other than containerd's silence is begun as a failed one,
+// for Handle to hand on as a lost exit.
+func (w *Wait) rewait(delay time.Duration) bool {
+	for {
+		select {
+		case <-time.After(delay):
+		case <-w.ctx.Done():
+			return false
+		}
+		exitCh, err := w.task.Wait(w.ctx)
+		if err == nil {
+			w.exitCh = exitCh
+			return true
+		}
+		if !isUnavailable(err) {
+			failed := make(chan containerd.ExitStatus, 1)
+			failed <- *containerd.NewExitStatus(UnknownExitCode, time.Time{}, err)
+			w.exitCh = failed
+			return true
+		}
+		delay = min(2*delay, w.rewaitMax)
+	}
+}
+
+// isUnavailable says whether err, from containerd's API, says containerd
+// did not answer: its connection is down, or it is shutting down.
+func isUnavailable(err error) bool {
+	return errdefs.IsUnavailable(errgrpc.ToNative(err))
 }
 
 // Detached returns a context for work that outlives the call ctx belongs

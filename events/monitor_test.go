@@ -9,6 +9,8 @@ import (
 
 	containerd "github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 )
 
 // fakeTask is a task whose exit the test sends.
@@ -124,5 +126,98 @@ func TestRetryCounted(t *testing.T) {
 	defer mu.Unlock()
 	if counts["retried kill"] != 1 || counts["failed again kill"] != 2 {
 		t.Errorf("counts %v, want kill retried once and failed again twice", counts)
+	}
+}
+
+// restartingTask answers its waits in turn, as a containerd that restarts
+// under the wait would: each entry is either the error of Wait itself or
+// the status its channel gets.
+type restartingTask struct {
+	mu      sync.Mutex
+	answers []any
+	waits   int
+}
+
+func (r *restartingTask) Wait(context.Context) (<-chan containerd.ExitStatus, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.waits++
+	if len(r.answers) == 0 {
+		// containerd answers no more: the wait blocks.
+		return make(chan containerd.ExitStatus), nil
+	}
+	a := r.answers[0]
+	r.answers = r.answers[1:]
+	if err, ok := a.(error); ok {
+		return nil, err
+	}
+	ch := make(chan containerd.ExitStatus, 1)
+	ch <- a.(containerd.ExitStatus)
+	return ch, nil
+}
+
+func handled(t *testing.T, task *restartingTask) (*Wait, <-chan Exit) {
+	t.Helper()
+	w, err := testMonitor(t).WaitFor(context.Background(), task)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.rewaitFirst, w.rewaitMax = time.Millisecond, 4*time.Millisecond
+	got := make(chan Exit, 1)
+	w.Handle(func(_ context.Context, e Exit) { got <- e })
+	return w, got
+}
+
+// TestWaitContainerdRestarts checks that a wait containerd did not answer
+// is begun again, as often as containerd does not answer, and that the
+// task's real exit then comes; and that an answer other than Unavailable
+// to a wait begun again is a lost exit.
+func TestWaitContainerdRestarts(t *testing.T) {
+	unavailable := status.Error(codes.Unavailable, "error reading from server: EOF")
+	at := time.Unix(200, 0)
+	task := &restartingTask{answers: []any{
+		*containerd.NewExitStatus(UnknownExitCode, time.Time{}, unavailable),
+		unavailable,
+		unavailable,
+		*containerd.NewExitStatus(7, at, nil),
+	}}
+	_, got := handled(t, task)
+	select {
+	case e := <-got:
+		if e.Code != 7 || !e.At.Equal(at) || e.Lost != nil {
+			t.Errorf("exit %+v, want the task's own, 7 at %s", e, at)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("no exit after containerd answered")
+	}
+	if task.waits != 4 {
+		t.Errorf("%d waits, want 4", task.waits)
+	}
+
+	gone := status.Error(codes.NotFound, "no running task found")
+	_, got = handled(t, &restartingTask{answers: []any{
+		*containerd.NewExitStatus(UnknownExitCode, time.Time{}, unavailable),
+		gone,
+	}})
+	if e := <-got; e.Code != UnknownExitCode || e.Lost == nil {
+		t.Errorf("exit %+v, want a lost one", e)
+	}
+}
+
+// TestWaitStoppedWhileContainerdAway checks that a wait stopped while it
+// waits for containerd to answer again hands nothing on.
+func TestWaitStoppedWhileContainerdAway(t *testing.T) {
+	unavailable := status.Error(codes.Unavailable, "connection refused")
+	task := &restartingTask{answers: []any{*containerd.NewExitStatus(UnknownExitCode, time.Time{}, unavailable)}}
+	for range 100 {
+		task.answers = append(task.answers, unavailable)
+	}
+	w, got := handled(t, task)
+	time.Sleep(20 * time.Millisecond)
+	w.Stop()
+	select {
+	case e := <-got:
+		t.Errorf("a stopped wait handed on %+v", e)
+	case <-time.After(50 * time.Millisecond):
 	}
 }
