@@ -10,10 +10,10 @@ import (
 	"github.com/containerd/containerd/v2/core/snapshots"
 )
 
-// containerdClient is what the controller asks of containerd's client:
+// Client is what the controller asks of containerd's client:
 // *containerd.Client in containerd, fakes in the unit tests. Containers and
 // tasks are containerd's own interfaces.
-type containerdClient interface {
+type Client interface {
 	NewContainer(ctx context.Context, id string, opts ...containerd.NewContainerOpts) (containerd.Container, error)
 	// Containers lists the namespace's containers, with their records.
 	Containers(ctx context.Context, filters ...string) ([]containerd.Container, error)
@@ -27,4 +27,4 @@ type containerdClient interface {
 	TaskService() tasks.TasksClient
 }
 
-var _ containerdClient = (*containerd.Client)(nil)
+var _ Client = (*containerd.Client)(nil)

@@ -51,7 +51,7 @@ const (
 // Controller is berth's sandbox controller.
 type Controller struct {
 	config Config
-	client containerdClient
+	client Client
 	store  *store.Store
 	// events tells of pause tasks' exits and runs failed steps again.
 	events    *events.Monitor
@@ -77,7 +77,7 @@ var _ sandbox.Controller = (*Controller)(nil)
 
 // New returns a controller. It runs failed steps again, backing off as
 // cfg.ExitRetry says, until Close.
-func New(cfg Config, client containerdClient) *Controller {
+func New(cfg Config, client Client) *Controller {
 	s := store.New()
 	t := newTelemetry(s)
 	c := &Controller{

@@ -45,7 +45,7 @@ type fakeClient struct {
 	nextPid            uint32
 }
 
-var _ containerdClient = (*fakeClient)(nil)
+var _ Client = (*fakeClient)(nil)
 
 func newFakeClient() *fakeClient {
 	return &fakeClient{

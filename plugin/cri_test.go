@@ -155,7 +155,7 @@ func TestLoadCRIConfig(t *testing.T) {
 		{
 			name: "defaults",
 			want: controller.CRIConfig{
-				SandboxImage: criDefaultSandboxImage,
+				SandboxImage: "registry.k8s.io/pause:3.10.2",
 				Runtimes:     map[string]controller.Runtime{},
 			},
 			wantRoot:  filepath.Join(testContainerdRoot, "io.containerd.grpc.v1.cri"),
@@ -167,7 +167,8 @@ func TestLoadCRIConfig(t *testing.T) {
 				"runtime": fakeCRIService{tc.runtime},
 				"images":  fakeCRIService{tc.images},
 			})
-			got, root, state, err := loadCRIConfig(ic)
+			cri, err := loadCRIConfig(ic)
+			got, root, state := cri.Config, cri.Root, cri.State
 			if err != nil {
 				t.Fatalf("loadCRIConfig: %v", err)
 			}
@@ -234,7 +235,7 @@ func TestLoadCRIConfigErrors(t *testing.T) {
 		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			_, _, _, err := loadCRIConfig(testInitContext(t, tc.services))
+			_, err := loadCRIConfig(testInitContext(t, tc.services))
 			if err == nil {
 				t.Fatal("loadCRIConfig succeeded, want an error")
 			}
@@ -295,7 +296,8 @@ func TestLoadCRIConfigRealRuntime(t *testing.T) {
 		plugins.PropertyRootDir:  filepath.Join(base, "root", "io.containerd.sandbox.controller.v1.berth"),
 		plugins.PropertyStateDir: filepath.Join(base, "state", "io.containerd.sandbox.controller.v1.berth"),
 	}
-	cfg, root, state, err := loadCRIConfig(plugin.NewContext(context.Background(), set, berthProps))
+	cri, err := loadCRIConfig(plugin.NewContext(context.Background(), set, berthProps))
+	cfg, root, state := cri.Config, cri.Root, cri.State
 	if err != nil {
 		t.Fatalf("loadCRIConfig: %v", err)
 	}
@@ -305,8 +307,8 @@ func TestLoadCRIConfigRealRuntime(t *testing.T) {
 	if rt, ok := cfg.Runtimes["runc"]; !ok || rt.Type != plugins.RuntimeRuncV2 {
 		t.Errorf("runtimes = %+v, want runc of type %s", cfg.Runtimes, plugins.RuntimeRuncV2)
 	}
-	if cfg.SandboxImage != criDefaultSandboxImage {
-		t.Errorf("sandbox image = %q, want %q", cfg.SandboxImage, criDefaultSandboxImage)
+	if cfg.SandboxImage != "registry.k8s.io/pause:3.10.2" {
+		t.Errorf("sandbox image = %q, want %q", cfg.SandboxImage, "registry.k8s.io/pause:3.10.2")
 	}
 	// Both CRI and berth derive the directories from containerd's.
 	if want := filepath.Join(base, "root", "io.containerd.grpc.v1.cri"); root != want {

@@ -23,17 +23,18 @@ import (
 
 	"github.com/berth-dev/berth/controller"
 	"github.com/berth-dev/berth/podsandbox"
+	"github.com/berth-dev/berth/setup"
 	"github.com/berth-dev/berth/shimproc"
 )
 
 // ID is berth's plugin ID, the value of a runtime handler's sandboxer.
-const ID = "berth"
+const ID = setup.ID
 
 func init() {
 	registry.Register(&plugin.Registration{
 		Type:   plugins.SandboxControllerPlugin,
 		ID:     ID,
-		Config: DefaultConfig(),
+		Config: setup.DefaultConfig(),
 		// Everything the in-memory containerd client and CRI's config need
 		// must be initialised first, and the shim manager, whose socket
 		// directory berth reads.
@@ -62,22 +63,14 @@ func init() {
 // only when berth cannot work at all (no CRI config, no containerd client,
 // no list of containers).
 func initController(ic *plugin.InitContext) (*controller.Controller, error) {
-	cfg, ok := ic.Config.(*Config)
+	cfg, ok := ic.Config.(*setup.Config)
 	if !ok {
 		return nil, fmt.Errorf("unexpected config type %T", ic.Config)
 	}
-	configErr := cfg.Validate()
-	if configErr != nil {
-		log.G(ic.Context).WithError(configErr).Error("berth's config is invalid: berth runs no new sandboxes, and keeps stopping and removing those it has on default settings")
-		builtin := cfg
-		cfg = DefaultConfig()
-		cfg.BuiltinPauseHandlers, cfg.BuiltinPauseBinary = builtin.BuiltinPauseHandlers, builtin.BuiltinPauseBinary
-	}
-	cri, criRoot, criState, err := loadCRIConfig(ic)
+	cri, err := loadCRIConfig(ic)
 	if err != nil {
 		return nil, err
 	}
-	root := ic.Properties[plugins.PropertyRootDir]
 	client, err := containerd.New("",
 		containerd.WithDefaultNamespace(controller.Namespace),
 		containerd.WithDefaultPlatform(platforms.Default()),
@@ -86,21 +79,17 @@ func initController(ic *plugin.InitContext) (*controller.Controller, error) {
 	if err != nil {
 		return nil, fmt.Errorf("containerd client: %w", err)
 	}
-	c := controller.New(controller.Config{
-		Sandboxer: ID,
-		CRI:       cri,
+	// The reload runs while containerd loads its other plugins; CRI's own
+	// recovery, which runs once every plugin has loaded and asks berth for
+	// the state of each of its sandboxes, waits for it.
+	c, err := setup.NewController(ic.Context, cfg, setup.Node{
+		CRI: cri.Config,
 		Dirs: podsandbox.Dirs{
-			Root:     root,
+			Root:     ic.Properties[plugins.PropertyRootDir],
 			State:    ic.Properties[plugins.PropertyStateDir],
-			CRIRoot:  criRoot,
-			CRIState: criState,
+			CRIRoot:  cri.Root,
+			CRIState: cri.State,
 		},
-		StopTimeout:  cfg.StopTimeout.Duration(),
-		ExitTimeout:  cfg.ExitRetry.AttemptTimeout.Duration(),
-		ExitRetry:    cfg.ExitRetry.backoff(),
-		Node:         podsandbox.HostNode(),
-		HostFiles:    podsandbox.DefaultHostFiles,
-		BuiltinPause: builtinPause(ic, cfg, cri, root),
 		Shims: shimproc.Sockets{
 			ContainerdAddress: ic.Properties[plugins.PropertyGRPCAddress],
 			Dir:               shimSocketDir(ic),
@@ -108,51 +97,13 @@ func initController(ic *plugin.InitContext) (*controller.Controller, error) {
 			Bundles:   filepath.Join(filepath.Dir(ic.Properties[plugins.PropertyStateDir]), plugins.RuntimePluginV2.String()+".task"),
 			Namespace: controller.Namespace,
 		},
-		PodsPerShim:         cfg.PodsPerShim,
-		HandlerPodsPerShim:  cfg.HandlerPodsPerShim,
-		WarmShims:           cfg.WarmShimHandlers,
-		CrossNamespaceShims: cfg.CrossNamespaceShimHandlers,
-		ConfigErr:           configErr,
 	}, client)
-	// On containerd's Prometheus endpoint ([metrics] address).
-	metrics.Register(c.MetricsNamespace())
-	// The reload runs while containerd loads its other plugins; CRI's own
-	// recovery, which runs once every plugin has loaded and asks berth for
-	// the state of each of its sandboxes, waits for it.
-	if err := c.Recover(ic.Context, controller.RecoverConfig{
-		Parallelism: cfg.Recovery.Parallelism,
-		Timeout:     cfg.Recovery.SandboxTimeout.Duration(),
-	}); err != nil {
-		c.Close()
+	if err != nil {
 		return nil, err
 	}
+	// On containerd's Prometheus endpoint ([metrics] address).
+	metrics.Register(c.MetricsNamespace())
 	return c, nil
-}
-
-// builtinPause prepares the built-in pause's shared rootfs, under berth's
-// root directory, for the handlers that run it and the shim keepers of warm
-// handlers. A setting or binary that does not work disables the built-in
-// pause alone: its handlers' pods fail with the error, warm handlers keep
-// no shim warm, every other pod runs.
-func builtinPause(ic *plugin.InitContext, cfg *Config, cri controller.CRIConfig, root string) controller.BuiltinPause {
-	b := controller.BuiltinPause{Handlers: cfg.BuiltinPauseHandlers}
-	if len(b.Handlers) == 0 && len(cfg.WarmShimHandlers) == 0 {
-		return b
-	}
-	for key, handlers := range map[string][]string{"builtin_pause_handlers": b.Handlers, "warm_shim_handlers": cfg.WarmShimHandlers} {
-		for _, h := range handlers {
-			if _, ok := cri.Runtimes[h]; !ok {
-				log.G(ic.Context).WithField("runtime_handler", h).Warn(key + " names a runtime handler CRI does not have")
-			}
-		}
-	}
-	if b.Err = cfg.validateBuiltinPause(); b.Err == nil {
-		b.Rootfs, b.Err = podsandbox.PrepareRootfs(filepath.Join(root, "pause"), cfg.BuiltinPauseBinary)
-	}
-	if b.Err != nil {
-		log.G(ic.Context).WithError(b.Err).WithFields(log.Fields{"runtime_handlers": b.Handlers, "warm_shim_handlers": cfg.WarmShimHandlers}).Error("berth's built-in pause is disabled; its handlers' pods will fail, and no shim is kept warm")
-	}
-	return b
 }
 
 // shimSocketDir is where the shim manager puts shim sockets: its

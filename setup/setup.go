@@ -1,0 +1,96 @@
+// Package setup builds berth's controller from berth's settings (Config)
+// and what it needs of the containerd it serves (Node): the same for the
+// plugin compiled into containerd and for berthd beside a stock
+// containerd, which differ only in where they read both from.
+package setup
+
+import (
+	"context"
+	"path/filepath"
+
+	"github.com/containerd/log"
+
+	"github.com/berth-dev/berth/controller"
+	"github.com/berth-dev/berth/podsandbox"
+	"github.com/berth-dev/berth/shimproc"
+)
+
+// ID is berth's name as a sandbox controller: its plugin ID, the value of
+// a runtime handler's sandboxer.
+const ID = "berth"
+
+// Node is what berth needs of the containerd it serves.
+type Node struct {
+	// CRI is CRI's config of runtime handlers and images.
+	CRI controller.CRIConfig
+	// Dirs are berth's root and state directories and CRI's.
+	Dirs podsandbox.Dirs
+	// Shims is where containerd's runc shims listen.
+	Shims shimproc.Sockets
+}
+
+// NewController builds the controller and begins the recovery of its
+// sandboxes. An invalid cfg is logged and replaced by the defaults (its
+// built-in pause settings kept), so that berth keeps stopping and removing
+// the sandboxes it has, and refuses new ones with the error. It fails only
+// when berth cannot list what it had.
+func NewController(ctx context.Context, cfg *Config, node Node, client controller.Client) (*controller.Controller, error) {
+	configErr := cfg.Validate()
+	if configErr != nil {
+		log.G(ctx).WithError(configErr).Error("berth's config is invalid: berth runs no new sandboxes, and keeps stopping and removing those it has on default settings")
+		builtin := cfg
+		cfg = DefaultConfig()
+		cfg.BuiltinPauseHandlers, cfg.BuiltinPauseBinary = builtin.BuiltinPauseHandlers, builtin.BuiltinPauseBinary
+	}
+	c := controller.New(controller.Config{
+		Sandboxer:           ID,
+		CRI:                 node.CRI,
+		Dirs:                node.Dirs,
+		StopTimeout:         cfg.StopTimeout.Duration(),
+		ExitTimeout:         cfg.ExitRetry.AttemptTimeout.Duration(),
+		ExitRetry:           cfg.ExitRetry.backoff(),
+		Node:                podsandbox.HostNode(),
+		HostFiles:           podsandbox.DefaultHostFiles,
+		BuiltinPause:        builtinPause(ctx, cfg, node.CRI, node.Dirs.Root),
+		Shims:               node.Shims,
+		PodsPerShim:         cfg.PodsPerShim,
+		HandlerPodsPerShim:  cfg.HandlerPodsPerShim,
+		WarmShims:           cfg.WarmShimHandlers,
+		CrossNamespaceShims: cfg.CrossNamespaceShimHandlers,
+		ConfigErr:           configErr,
+	}, client)
+	if err := c.Recover(ctx, controller.RecoverConfig{
+		Parallelism: cfg.Recovery.Parallelism,
+		Timeout:     cfg.Recovery.SandboxTimeout.Duration(),
+	}); err != nil {
+		c.Close()
+		return nil, err
+	}
+	return c, nil
+}
+
+// builtinPause prepares the built-in pause's shared rootfs, under berth's
+// root directory, for the handlers that run it and the shim keepers of warm
+// handlers. A setting or binary that does not work disables the built-in
+// pause alone: its handlers' pods fail with the error, warm handlers keep
+// no shim warm, every other pod runs.
+func builtinPause(ctx context.Context, cfg *Config, cri controller.CRIConfig, root string) controller.BuiltinPause {
+	b := controller.BuiltinPause{Handlers: cfg.BuiltinPauseHandlers}
+	if len(b.Handlers) == 0 && len(cfg.WarmShimHandlers) == 0 {
+		return b
+	}
+	for key, handlers := range map[string][]string{"builtin_pause_handlers": b.Handlers, "warm_shim_handlers": cfg.WarmShimHandlers} {
+		for _, h := range handlers {
+			if _, ok := cri.Runtimes[h]; !ok {
+				log.G(ctx).WithField("runtime_handler", h).Warn(key + " names a runtime handler CRI does not have")
+			}
+		}
+	}
+	if b.Err = cfg.validateBuiltinPause(); b.Err == nil {
+		b.Rootfs, b.Err = podsandbox.PrepareRootfs(filepath.Join(root, "pause"), cfg.BuiltinPauseBinary)
+	}
+	if b.Err != nil {
+		log.G(ctx).WithError(b.Err).WithFields(log.Fields{"runtime_handlers": b.Handlers, "warm_shim_handlers": cfg.WarmShimHandlers}).Error("berth's built-in pause is disabled; its handlers' pods will fail, and no shim is kept warm")
+	}
+	return b
+}
