@@ -21,6 +21,9 @@ VERSION     ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 PKG_VERSION := github.com/containerd/containerd/v2/version
 LDFLAGS     := -X $(PKG_VERSION).Version=$(CONTAINERD_VERSION)+berth.$(VERSION) -X $(PKG_VERSION).Package=github.com/berth-dev/berth
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
+# The stock containerd berthd is tested beside: containerd's own release
+# build of the version tools/containerd pins, nothing of berth's in it.
+STOCK_CONTAINERD_VERSION = $(shell cd tools/containerd && $(GO) list -m -f '{{.Version}}' github.com/containerd/containerd/v2)
 
 PAUSE_IMAGE   := localhost/berth/pause:1
 BUSYBOX_IMAGE := localhost/berth/busybox:1
@@ -33,6 +36,11 @@ build: binaries images
 binaries:
 	$(GO) build -tags "urfave_cli_no_docs no_btrfs" -ldflags "$(LDFLAGS)" -o $(BIN)/containerd ./cmd/containerd
 	$(GO) build -tags "urfave_cli_no_docs no_btrfs berth_failpoint" -ldflags "$(LDFLAGS)" -o $(BIN)/containerd-failpoint ./cmd/containerd
+	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/berthd ./cmd/berthd
+	$(GO) build -tags berth_failpoint -ldflags "$(LDFLAGS)" -o $(BIN)/berthd-failpoint ./cmd/berthd
+	cd tools/containerd && $(GO) build -trimpath -tags "urfave_cli_no_docs no_btrfs" \
+		-ldflags "-X $(PKG_VERSION).Version=$(STOCK_CONTAINERD_VERSION)" \
+		-o $(BIN)/containerd-stock github.com/containerd/containerd/v2/cmd/containerd
 	CGO_ENABLED=0 $(GO) build -tags "urfave_cli_no_docs no_grpc" -ldflags "$(LDFLAGS) -extldflags -static" \
 		-o $(BIN)/containerd-shim-runc-v2 github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2
 	CGO_ENABLED=0 $(GO) build -tags "urfave_cli_no_docs no_grpc" -ldflags "$(LDFLAGS) -extldflags -static" \
@@ -81,7 +89,7 @@ up: build
 test: unit integration
 
 unit:
-	$(GO) test -race -count=1 ./store/... ./events/... ./keeper/... ./placement/... ./reaper/... ./rollback/... ./podsandbox/... ./controller/... ./plugin/... ./setup/... ./podcgroup/... ./shimtask/... ./shimmanager/... ./shimproc/... ./integration/hostcgroup/... ./cmd/berth-image/... ./critest/...
+	$(GO) test -race -count=1 ./store/... ./events/... ./keeper/... ./placement/... ./reaper/... ./rollback/... ./podsandbox/... ./controller/... ./plugin/... ./setup/... ./containerdconfig/... ./sandboxapi/... ./podcgroup/... ./shimtask/... ./shimmanager/... ./shimproc/... ./integration/hostcgroup/... ./cmd/berth-image/... ./critest/...
 
 # The suite runs on the release build, with berth's pods on the pause
 # image (with a 100-lifecycle soak and a 200-lifecycle chaos run), on the

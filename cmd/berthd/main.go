@@ -1,0 +1,270 @@
+// Command berthd serves berth's sandbox controller to a stock containerd
+// 2.x, as the proxy sandbox plugin containerd's config names:
+//
+//	[proxy_plugins.berth]
+//	  type = "sandbox"
+//	  address = "/run/berthd/berthd.sock"
+//
+// It reads containerd's own config for everything berth reads from CRI in
+// process (runtime handlers, pause image, snapshotter, directories, where
+// shims listen) and berth's settings from the same table as in process,
+// [plugins."io.containerd.sandbox.controller.v1.berth"], so that an
+// operator writes nothing twice and a node can move between the two ways
+// of running berth with its pods in place.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"time"
+
+	"github.com/containerd/containerd/v2/client"
+	"github.com/containerd/containerd/v2/defaults"
+	"github.com/containerd/containerd/v2/plugins"
+	"github.com/containerd/log"
+	"github.com/containerd/platforms"
+	"github.com/coreos/go-systemd/v22/daemon"
+	"github.com/docker/go-metrics"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"golang.org/x/sys/unix"
+	"google.golang.org/grpc"
+
+	"github.com/berth-dev/berth/containerdconfig"
+	"github.com/berth-dev/berth/controller"
+	"github.com/berth-dev/berth/podsandbox"
+	"github.com/berth-dev/berth/sandboxapi"
+	"github.com/berth-dev/berth/setup"
+	"github.com/berth-dev/berth/shimproc"
+)
+
+// options are berthd's flags.
+type options struct {
+	containerdConfig string
+	address          string
+	metricsAddress   string
+	logLevel         string
+	// waitContainerd bounds the wait for containerd to answer at start.
+	waitContainerd time.Duration
+}
+
+func main() {
+	var o options
+	flag.StringVar(&o.containerdConfig, "containerd-config", defaults.DefaultConfigDir+"/config.toml", "containerd's config file, read for CRI's runtime handlers, directories and berth's settings")
+	flag.StringVar(&o.address, "address", "/run/berthd/berthd.sock", "the unix socket berthd serves containerd's sandbox controller API on: the address of containerd's [proxy_plugins."+setup.ID+"]")
+	flag.StringVar(&o.metricsAddress, "metrics-address", "", "host:port to serve berth's Prometheus series on, at /v1/metrics; none if empty")
+	flag.StringVar(&o.logLevel, "log-level", "info", "log level: trace, debug, info, warn, error")
+	flag.DurationVar(&o.waitContainerd, "containerd-timeout", 0, "how long to wait for containerd to answer at start; 0 waits for as long as it takes")
+	flag.Parse()
+	if err := run(o); err != nil {
+		log.L.WithError(err).Error("berthd")
+		os.Exit(1)
+	}
+}
+
+func run(o options) error {
+	if err := log.SetLevel(o.logLevel); err != nil {
+		return err
+	}
+	if err := log.SetFormat(log.TextFormat); err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), unix.SIGINT, unix.SIGTERM)
+	defer stop()
+
+	node, err := containerdconfig.Load(ctx, o.containerdConfig, containerdconfig.Overrides{})
+	if err != nil {
+		return err
+	}
+	cfg := setup.DefaultConfig()
+	if err := node.DecodePlugin(ctx, plugins.SandboxControllerPlugin.String()+"."+setup.ID, cfg); err != nil {
+		return err
+	}
+	cri, err := setup.DecodeCRI(node.CRIRuntime, node.CRIImages, node.Root, node.State)
+	if err != nil {
+		return err
+	}
+	checkProxy(ctx, node, o.address)
+	// berth's directories are the plugin's, so that pods survive a move
+	// between the plugin and berthd.
+	dirName := plugins.SandboxControllerPlugin.String() + "." + setup.ID
+	dirs := podsandbox.Dirs{
+		Root:     filepath.Join(node.Root, dirName),
+		State:    filepath.Join(node.State, dirName),
+		CRIRoot:  cri.Root,
+		CRIState: cri.State,
+	}
+	unlock, err := lockRoot(dirs.Root)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+
+	l, err := listen(o.address)
+	if err != nil {
+		return err
+	}
+	server := sandboxapi.NewServer(setup.ID)
+	g := grpc.NewServer()
+	server.Register(g)
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- g.Serve(l) }()
+	defer g.Stop()
+	log.G(ctx).WithField("address", o.address).Info("berthd listening; calls wait for the recovery of its sandboxes")
+
+	c, err := startController(ctx, o, cfg, cri, dirs, node)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	if o.metricsAddress != "" {
+		go serveMetrics(ctx, o.metricsAddress, c.MetricsNamespace())
+	}
+	server.Serve(c)
+	if _, err := daemon.SdNotify(false, daemon.SdNotifyReady); err != nil {
+		log.G(ctx).WithError(err).Warn("tell systemd berthd is ready")
+	}
+	log.G(ctx).Info("berthd serving")
+
+	select {
+	case <-ctx.Done():
+		log.G(ctx).Info("berthd stopping")
+	case err := <-serveErr:
+		return fmt.Errorf("serve %s: %w", o.address, err)
+	}
+	// Waits in flight get Unavailable, which containerd's proxy retries
+	// until a berthd answers again; everything else ends with the server.
+	server.Shutdown()
+	return nil
+}
+
+// startController waits for containerd to answer, then builds the
+// controller and begins the recovery of its sandboxes.
+func startController(ctx context.Context, o options, cfg *setup.Config, cri setup.CRI, dirs podsandbox.Dirs, node *containerdconfig.Node) (*controller.Controller, error) {
+	cc, err := client.New(node.GRPCAddress,
+		client.WithDefaultNamespace(controller.Namespace),
+		client.WithDefaultPlatform(platforms.Default()),
+	)
+	if err != nil {
+		return nil, fmt.Errorf("containerd client: %w", err)
+	}
+	if err := waitServing(ctx, cc, node.GRPCAddress, o.waitContainerd); err != nil {
+		cc.Close()
+		return nil, err
+	}
+	return setup.NewController(ctx, cfg, setup.Node{
+		CRI:  cri.Config,
+		Dirs: dirs,
+		Shims: shimproc.Sockets{
+			ContainerdAddress: node.GRPCAddress,
+			Dir:               node.ShimSocketDir,
+			Bundles:           filepath.Join(node.State, plugins.RuntimePluginV2.String()+".task"),
+			Namespace:         controller.Namespace,
+		},
+	}, cc)
+}
+
+// waitServing waits until containerd at address answers, for at most
+// timeout (0: no bound): berthd may start before containerd, as at boot.
+func waitServing(ctx context.Context, cc *client.Client, address string, timeout time.Duration) error {
+	if timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, timeout)
+		defer cancel()
+	}
+	for logged := false; ; logged = true {
+		attempt, cancel := context.WithTimeout(ctx, 5*time.Second)
+		serving, err := cc.IsServing(attempt)
+		cancel()
+		if serving {
+			return nil
+		}
+		if ctx.Err() != nil {
+			return fmt.Errorf("containerd at %s does not answer: %w", address, errors.Join(ctx.Err(), err))
+		}
+		if !logged {
+			log.G(ctx).WithError(err).WithField("address", address).Info("waiting for containerd")
+		}
+	}
+}
+
+// checkProxy warns when containerd's config does not send berth's calls to
+// address: containerd would not reach this berthd.
+func checkProxy(ctx context.Context, node *containerdconfig.Node, address string) {
+	p, ok := node.ProxyPlugins[setup.ID]
+	switch {
+	case !ok:
+		log.G(ctx).Warnf("containerd's config has no [proxy_plugins.%s]: no runtime handler can reach berthd", setup.ID)
+	case p.Type != "sandbox" && p.Type != plugins.SandboxControllerPlugin.String():
+		log.G(ctx).Warnf("containerd's [proxy_plugins.%s] is of type %q, not \"sandbox\"", setup.ID, p.Type)
+	case p.Address != address:
+		log.G(ctx).Warnf("containerd's [proxy_plugins.%s] address is %q, berthd serves %q", setup.ID, p.Address, address)
+	}
+}
+
+// lockRoot takes berth's root directory for this berthd alone: two berths
+// managing one root would delete each other's sandboxes.
+func lockRoot(root string) (func(), error) {
+	if err := os.MkdirAll(root, 0o711); err != nil {
+		return nil, err
+	}
+	f, err := os.OpenFile(filepath.Join(root, "berthd.lock"), os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("berth's root %s is another berthd's (lock %s): %w", root, f.Name(), err)
+	}
+	return func() { f.Close() }, nil
+}
+
+// listen binds the unix socket at address. A socket left by a berthd that
+// died is replaced; one another process answers on is an error.
+func listen(address string) (net.Listener, error) {
+	if err := os.MkdirAll(filepath.Dir(address), 0o700); err != nil {
+		return nil, err
+	}
+	if conn, err := net.DialTimeout("unix", address, time.Second); err == nil {
+		conn.Close()
+		return nil, fmt.Errorf("another process serves %s", address)
+	}
+	if err := os.Remove(address); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, err
+	}
+	l, err := net.Listen("unix", address)
+	if err != nil {
+		return nil, err
+	}
+	if err := os.Chmod(address, 0o600); err != nil {
+		l.Close()
+		return nil, err
+	}
+	return l, nil
+}
+
+// serveMetrics serves berth's Prometheus series, ns, until ctx ends: from
+// a registry of berth's own, since containerd's packages berthd links
+// register series of their own (CRI's image pulls) that berthd never
+// updates.
+func serveMetrics(ctx context.Context, address string, ns *metrics.Namespace) {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(ns)
+	mux := http.NewServeMux()
+	mux.Handle("/v1/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	srv := &http.Server{Addr: address, Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	go func() {
+		<-ctx.Done()
+		srv.Close()
+	}()
+	if err := srv.ListenAndServe(); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		log.G(ctx).WithError(err).Error("serve metrics")
+	}
+}
