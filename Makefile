@@ -29,7 +29,7 @@ PAUSE_IMAGE   := localhost/berth/pause:1
 BUSYBOX_IMAGE := localhost/berth/busybox:1
 BUSYBOX       ?= /bin/busybox
 
-.PHONY: build binaries images kube install up test unit integration e2e soak chaos bench bench-restart critest critest-binaries lint clean
+.PHONY: build binaries images kube install up test unit integration e2e soak chaos bench bench-restart critest critest-berthd critest-binaries lint clean
 
 build: binaries images
 
@@ -76,12 +76,15 @@ images: binaries
 		$(foreach c,sh sleep cat ls hostname id readlink echo true ps wc grep top head,-link /bin/$(c)=busybox) \
 		$(BUSYBOX)=/bin/busybox
 
-# Installs the node binaries: containerd with berth, the runc shim and
+# Installs the node binaries: berthd and its systemd unit (berth beside the
+# node's own containerd), containerd with berth built in, the runc shim and
 # berth's (containerd-shim-berth-v2), ctr, runc and the built-in pause binary.
 PREFIX ?= /usr/local
 install: binaries
-	install -D -m 0755 -t $(DESTDIR)$(PREFIX)/bin $(BIN)/containerd $(BIN)/containerd-shim-runc-v2 $(BIN)/containerd-shim-berth-v2 \
+	install -D -m 0755 -t $(DESTDIR)$(PREFIX)/bin $(BIN)/berthd $(BIN)/containerd $(BIN)/containerd-shim-runc-v2 $(BIN)/containerd-shim-berth-v2 \
 		$(BIN)/ctr $(BIN)/runc $(BIN)/berth-pause
+	sed 's#/usr/local/bin/berthd#$(PREFIX)/bin/berthd#' config/systemd/berthd.service | \
+		install -D -m 0644 /dev/stdin $(DESTDIR)$(PREFIX)/lib/systemd/system/berthd.service
 
 up: build
 	hack/up.sh $(OUT) $(BIN)
@@ -102,6 +105,10 @@ unit:
 SOAK  ?= 100
 CHAOS ?= 200
 CONFIG_TESTS := TestPodLifecycle|TestContainerJoinsPod|TestPauseKilled|TestPreciseErrors|TestRestartRecovery|TestRestartLostShim|TestUpdatePodResources
+# With -berthd, berth runs as berthd beside containerd-stock (containerd's
+# own build): the config-sensitive tests, berthd's and containerd's
+# restarts under it, and the failpoints.
+BERTHD_TESTS := $(CONFIG_TESTS)|TestPodMetrics|TestSharedShim|TestWarmShim|TestBerthd|TestContainerdKilledUnderBerthd
 INTEGRATION := $(GO) test -count=1 -timeout 30m -v ./integration
 integration: build
 	$(INTEGRATION) -args -bin $(BIN) -soak $(SOAK) -chaos $(CHAOS)
@@ -110,6 +117,8 @@ integration: build
 	$(INTEGRATION) -run '$(CONFIG_TESTS)' -args -bin $(BIN) -handler berth-native
 	$(INTEGRATION) -run '$(CONFIG_TESTS)' -args -bin $(BIN) -default-runtime berth -handler=
 	$(INTEGRATION) -run Failpoint -args -bin $(BIN) -failpoints
+	$(INTEGRATION) -run '$(BERTHD_TESTS)' -args -bin $(BIN) -berthd
+	$(INTEGRATION) -run Failpoint -args -bin $(BIN) -berthd -failpoints
 	$(GO) test -count=1 -timeout 10m -v -run '^$$' -bench Compare -benchtime 1x ./integration \
 		-args -bin $(BIN) -bench-out $(OUT)/bench-smoke -bench-serial 2 -bench-parallel 8 -bench-count 1 \
 		-bench-live 8 -bench-handlers runc,berth
@@ -174,6 +183,12 @@ critest-binaries: binaries
 CRITEST_OUT ?= $(OUT)/critest
 critest: build critest-binaries
 	GOARCH=$$($(GO) env GOARCH) hack/critest.sh $(BIN) $(CRITEST_OUT)
+
+# critest on berthd beside containerd-stock (containerd v2.4.2's own build):
+# berth must pass every test the built-in passes on the same containerd.
+critest-berthd: build critest-binaries
+	GOARCH=$$($(GO) env GOARCH) CRITEST_BERTHD=1 CRITEST_HANDLERS="runc berth" \
+		hack/critest.sh $(BIN) $(CRITEST_OUT)-berthd
 
 lint:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); exit 1; }

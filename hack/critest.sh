@@ -18,7 +18,8 @@
 # CRITEST_REGISTRY (the registry's host:port on 127.0.0.1),
 # CRITEST_HANDLERS, CRITEST_DEFAULT_RUNTIME (CRI's default_runtime_name,
 # which "default" runs on; berth), CRITEST_FOCUS (a regexp: only the tests
-# it matches).
+# it matches), CRITEST_BERTHD (set: berth runs as berthd beside
+# containerd-stock, containerd's own build, instead of in process).
 set -euo pipefail
 bin=$(realpath "$1"); out=$(realpath -m "$2")
 here=$(dirname "$(realpath "$0")")/..
@@ -29,6 +30,7 @@ registry=${CRITEST_REGISTRY:-127.0.0.1:5342}
 handlers=${CRITEST_HANDLERS:-runc berth berth-builtin default}
 default_runtime=${CRITEST_DEFAULT_RUNTIME:-berth}
 focus=${CRITEST_FOCUS:-}
+berthd=${CRITEST_BERTHD:-}
 # Tests that cannot be faithful here, skipped for every handler alike (the
 # README lists them with the reasons):
 # - the image pinned by a digest of cri-tools' own registry, which an image
@@ -49,7 +51,7 @@ tmp=$(mktemp -d /tmp/berth-critest-XXXXXX)
 # Searchable by all, as /var/lib/containerd is: the root of a pod's user
 # namespace must reach its bundle and rootfs under it.
 chmod 0711 "$tmp"
-ctrd_pid="" registry_pid=""
+ctrd_pid="" registry_pid="" berthd_pid=""
 sock=$tmp/containerd.sock
 export PATH="$bin:$PATH"
 # ctr without its warning, on every call, that cgroup v1 is deprecated.
@@ -64,6 +66,10 @@ cleanup() {
     kill -TERM "$ctrd_pid" 2>/dev/null
     wait "$ctrd_pid" 2>/dev/null
   fi
+  if [ -n "$berthd_pid" ]; then
+    kill -TERM "$berthd_pid" 2>/dev/null
+    wait "$berthd_pid" 2>/dev/null
+  fi
   if [ -n "$registry_pid" ]; then
     kill -TERM "$registry_pid" 2>/dev/null
     wait "$registry_pid" 2>/dev/null
@@ -73,6 +79,7 @@ cleanup() {
   awk -v d="$tmp" 'index($5, d) == 1 {print $5}' /proc/self/mountinfo | sort -r |
     while read -r m; do umount -l "$m"; done
   [ -e "$tmp/containerd.log" ] && cp "$tmp/containerd.log" "$out/containerd.log"
+  [ -e "$tmp/berthd.log" ] && cp "$tmp/berthd.log" "$out/berthd.log"
   rm -rf "$tmp"
   exit "$rc"
 }
@@ -149,9 +156,24 @@ server = "http://$registry"
 EOF
 done
 ip link delete "$bridge" 2>/dev/null || true
+containerd=containerd
+if [ -n "$berthd" ]; then
+  # berthd first, as its systemd unit orders it: containerd's CRI asks it
+  # for its pods' states as it starts.
+  printf "\n[proxy_plugins.berth]\n  type = 'sandbox'\n  address = '%s'\n" "$tmp/berthd.sock" >>"$tmp/config.toml"
+  setsid "$bin/berthd" --containerd-config "$tmp/config.toml" --address "$tmp/berthd.sock" \
+    --log-level debug >"$tmp/berthd.log" 2>&1 &
+  berthd_pid=$!
+  for _ in $(seq 300); do
+    [ -S "$tmp/berthd.sock" ] && break
+    sleep 0.1
+  done
+  [ -S "$tmp/berthd.sock" ]
+  containerd=containerd-stock
+fi
 # A session of its own: a signal to this script's process group (Ctrl-C, a
 # CI timeout) does not reach containerd before cleanup has removed the pods.
-setsid "$bin/containerd" --config "$tmp/config.toml" --log-level debug >"$tmp/containerd.log" 2>&1 &
+setsid "$bin/$containerd" --config "$tmp/config.toml" --log-level debug >"$tmp/containerd.log" 2>&1 &
 ctrd_pid=$!
 for _ in $(seq 300); do
   ctr version >/dev/null 2>&1 && break
@@ -160,7 +182,7 @@ done
 ctr version >/dev/null
 # setsid forks only in a process group leader, which a job of this script
 # is not: the pid is containerd's, for cleanup to stop it.
-grep -qx containerd "/proc/$ctrd_pid/comm"
+grep -qx "${containerd:0:15}" "/proc/$ctrd_pid/comm"
 # The pinned pause image and busybox, as make up imports them.
 for image in "$bin"/images/*.tar; do
   ctr -n k8s.io images import "$image" >/dev/null

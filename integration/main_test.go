@@ -34,7 +34,12 @@ var (
 	// failpoints runs the suite on bin/containerd-failpoint, berth built
 	// with its test-only failpoints; the tests that need them run only then.
 	failpoints = flag.Bool("failpoints", false, "run on containerd-failpoint and run the failpoint tests")
-	soak       = flag.Int("soak", 0, "pod lifecycles of the soak test; 0 skips it")
+	// berthdMode runs berth as berthd beside a stock containerd
+	// (bin/containerd-stock, containerd's own build), its proxy sandbox
+	// plugin, instead of in process.
+	berthdMode    = flag.Bool("berthd", false, "run berth as berthd beside bin/containerd-stock instead of in bin/containerd")
+	berthdMetrics = flag.String("berthd-metrics", "127.0.0.1:1340", "where berthd serves berth's Prometheus series, with -berthd")
+	soak          = flag.Int("soak", 0, "pod lifecycles of the soak test; 0 skips it")
 	// handlerBerth is the handler the suite runs berth's pods with: with
 	// -handler berth-builtin the whole suite runs on the built-in pause,
 	// with -handler berth-noopts on a handler without an options table.
@@ -98,10 +103,13 @@ type containerdProcess struct {
 	bin     string
 	cmd     *exec.Cmd
 	logPath string
-	conn    *grpc.ClientConn
-	runtime runtimeapi.RuntimeServiceClient
-	images  runtimeapi.ImageServiceClient
-	client  *containerd.Client
+	// berthd, with -berthd, is the berthd beside containerd.
+	berthd        *exec.Cmd
+	berthdLogPath string
+	conn          *grpc.ClientConn
+	runtime       runtimeapi.RuntimeServiceClient
+	images        runtimeapi.ImageServiceClient
+	client        *containerd.Client
 }
 
 func (d *containerdProcess) socket() string { return filepath.Join(d.dir, "containerd.sock") }
@@ -136,7 +144,7 @@ func startContainerd(bin string) (*containerdProcess, error) {
 	if err := os.Chmod(dir, 0o711); err != nil {
 		return nil, err
 	}
-	d := &containerdProcess{dir: dir, bin: bin, logPath: filepath.Join(dir, "containerd.log")}
+	d := &containerdProcess{dir: dir, bin: bin, logPath: filepath.Join(dir, "containerd.log"), berthdLogPath: filepath.Join(dir, "berthd.log")}
 	// The CNI bridge is the tests' own; one left by an earlier run may carry
 	// another subnet's address.
 	deleteBridge()
@@ -147,6 +155,11 @@ func startContainerd(bin string) (*containerdProcess, error) {
 	}
 	if *defaultRuntime != "" {
 		if err := setDefaultRuntime(filepath.Join(dir, "config.toml"), *defaultRuntime); err != nil {
+			return d, err
+		}
+	}
+	if *berthdMode {
+		if err := d.addProxyPlugin(); err != nil {
 			return d, err
 		}
 	}
@@ -174,38 +187,116 @@ func setDefaultRuntime(config, handler string) error {
 	return os.WriteFile(config, []byte(strings.Replace(string(b), key, "default_runtime_name = '"+handler+"'", 1)), 0o644)
 }
 
-// start runs containerd on d's directory and connects to it.
+// start runs containerd on d's directory, with -berthd after berthd if
+// berthd does not run, and connects to it.
 func (d *containerdProcess) start() error {
-	logFile, err := os.OpenFile(d.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
-	if err != nil {
-		return err
+	if *berthdMode && d.berthd == nil {
+		if err := d.startBerthd(); err != nil {
+			return err
+		}
 	}
-	defer logFile.Close()
 	binary := "containerd"
-	if *failpoints {
+	switch {
+	case *berthdMode:
+		binary = "containerd-stock"
+	case *failpoints:
 		binary = "containerd-failpoint"
 	}
-	d.cmd = exec.Command(filepath.Join(d.bin, binary), "--config", filepath.Join(d.dir, "config.toml"), "--log-level", "debug")
-	d.cmd.Stdout, d.cmd.Stderr = logFile, logFile
-	d.cmd.Env = append(os.Environ(), "PATH="+d.bin+":"+os.Getenv("PATH"))
-	// Its own process group: a signal to the test binary's group does not
-	// reach it before the tests have cleaned up.
-	d.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := d.cmd.Start(); err != nil {
+	cmd, err := d.run(d.logPath, binary, "--config", filepath.Join(d.dir, "config.toml"), "--log-level", "debug")
+	if err != nil {
 		return fmt.Errorf("start: %w", err)
 	}
+	d.cmd = cmd
 	return d.connect()
 }
 
-// kill sends sig to containerd and waits for it to exit. Shims and pods
-// live on, as they do when a node's containerd crashes.
-func (d *containerdProcess) kill(sig syscall.Signal) error {
-	d.client.Close()
-	d.conn.Close()
-	if err := d.cmd.Process.Signal(sig); err != nil {
+// run starts binary of d.bin with args, logging to logPath.
+func (d *containerdProcess) run(logPath, binary string, args ...string) (*exec.Cmd, error) {
+	logFile, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return nil, err
+	}
+	defer logFile.Close()
+	cmd := exec.Command(filepath.Join(d.bin, binary), args...)
+	cmd.Stdout, cmd.Stderr = logFile, logFile
+	cmd.Env = append(os.Environ(), "PATH="+d.bin+":"+os.Getenv("PATH"))
+	// Its own process group: a signal to the test binary's group does not
+	// reach it before the tests have cleaned up.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	return cmd, cmd.Start()
+}
+
+// berthdSocket is where berthd serves, with -berthd.
+func (d *containerdProcess) berthdSocket() string { return filepath.Join(d.dir, "berthd.sock") }
+
+// addProxyPlugin sends containerd's calls for sandboxer berth to berthd.
+func (d *containerdProcess) addProxyPlugin() error {
+	f, err := os.OpenFile(filepath.Join(d.dir, "config.toml"), os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
 		return err
 	}
-	_ = d.cmd.Wait()
+	defer f.Close()
+	_, err = fmt.Fprintf(f, "\n[proxy_plugins.%s]\n  type = \"sandbox\"\n  address = %q\n", sandboxerBerth, d.berthdSocket())
+	return err
+}
+
+// startBerthd runs berthd on d's config and waits for its socket.
+func (d *containerdProcess) startBerthd() error {
+	binary := "berthd"
+	if *failpoints {
+		binary = "berthd-failpoint"
+	}
+	cmd, err := d.run(d.berthdLogPath, binary, "--containerd-config", filepath.Join(d.dir, "config.toml"),
+		"--address", d.berthdSocket(), "--metrics-address", *berthdMetrics, "--log-level", "debug")
+	if err != nil {
+		return fmt.Errorf("start berthd: %w", err)
+	}
+	d.berthd = cmd
+	for deadline := time.Now().Add(30 * time.Second); ; {
+		if c, err := net.Dial("unix", d.berthdSocket()); err == nil {
+			c.Close()
+			return nil
+		}
+		if time.Now().After(deadline) {
+			b, _ := os.ReadFile(d.berthdLogPath)
+			return fmt.Errorf("berthd socket did not appear; log: %s", tail(b))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// kill sends sig to containerd, and with -berthd to berthd, and waits for
+// them to exit. Shims and pods live on, as they do when a node's
+// containerd crashes.
+func (d *containerdProcess) kill(sig syscall.Signal) error {
+	if err := d.killContainerd(sig); err != nil {
+		return err
+	}
+	if d.berthd != nil {
+		return d.killBerthd(sig)
+	}
+	return nil
+}
+
+// killContainerd sends sig to containerd alone and waits for it to exit.
+func (d *containerdProcess) killContainerd(sig syscall.Signal) error {
+	d.client.Close()
+	d.conn.Close()
+	return signalAndWait(d.cmd, sig)
+}
+
+// killBerthd sends sig to berthd, with -berthd, and waits for it to exit.
+func (d *containerdProcess) killBerthd(sig syscall.Signal) error {
+	err := signalAndWait(d.berthd, sig)
+	d.berthd = nil
+	return err
+}
+
+func signalAndWait(cmd *exec.Cmd, sig syscall.Signal) error {
+	if err := cmd.Process.Signal(sig); err != nil {
+		return err
+	}
+	_ = cmd.Wait()
 	return nil
 }
 
@@ -268,15 +359,9 @@ func (d *containerdProcess) stop() error {
 	if d.conn != nil {
 		d.conn.Close()
 	}
-	if d.cmd != nil && d.cmd.Process != nil {
-		_ = d.cmd.Process.Signal(syscall.SIGTERM)
-		done := make(chan error, 1)
-		go func() { done <- d.cmd.Wait() }()
-		select {
-		case <-done:
-		case <-time.After(30 * time.Second):
-			_ = d.cmd.Process.Kill()
-			<-done
+	for _, cmd := range []*exec.Cmd{d.cmd, d.berthd} {
+		if cmd != nil && cmd.Process != nil {
+			terminate(cmd)
 		}
 	}
 	if *keep {
@@ -333,8 +418,26 @@ func deleteBridge() {
 }
 
 // logTail is the end of containerd's log, for failure messages.
+// terminate sends cmd SIGTERM, and SIGKILL if it has not exited 30 s on.
+func terminate(cmd *exec.Cmd) {
+	_ = cmd.Process.Signal(syscall.SIGTERM)
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case <-done:
+	case <-time.After(30 * time.Second):
+		_ = cmd.Process.Kill()
+		<-done
+	}
+}
+
 func (d *containerdProcess) logTail() string {
 	b, _ := os.ReadFile(d.logPath)
+	return tail(b)
+}
+
+// tail is the end of a log, to quote in an error.
+func tail(b []byte) string {
 	if len(b) > 4000 {
 		b = b[len(b)-4000:]
 	}

@@ -283,7 +283,12 @@ func TestPrometheusSeries(t *testing.T) {
 // keyed by name and labels as Prometheus writes them.
 func scrapeMetrics(t testing.TB) map[string]float64 {
 	t.Helper()
-	resp, err := http.Get("http://" + *testMetrics + "/v1/metrics")
+	address := *testMetrics
+	if *berthdMode {
+		// berth's series are berthd's, on its own endpoint.
+		address = *berthdMetrics
+	}
+	resp, err := http.Get("http://" + address + "/v1/metrics")
 	if err != nil {
 		t.Fatalf("scrape: %v", err)
 	}

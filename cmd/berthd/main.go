@@ -118,6 +118,12 @@ func run(o options) error {
 	go func() { serveErr <- g.Serve(l) }()
 	defer g.Stop()
 	log.G(ctx).WithField("address", o.address).Info("berthd listening; calls wait for the recovery of its sandboxes")
+	// Ready for systemd once listening, not once serving: containerd is
+	// ordered after berthd (its CRI recovery asks berthd first), and
+	// berthd's recovery waits for containerd.
+	if _, err := daemon.SdNotify(false, daemon.SdNotifyReady); err != nil {
+		log.G(ctx).WithError(err).Warn("tell systemd berthd is ready")
+	}
 
 	c, err := startController(ctx, o, cfg, cri, dirs, node)
 	if err != nil {
@@ -128,9 +134,6 @@ func run(o options) error {
 		go serveMetrics(ctx, o.metricsAddress, c.MetricsNamespace())
 	}
 	server.Serve(c)
-	if _, err := daemon.SdNotify(false, daemon.SdNotifyReady); err != nil {
-		log.G(ctx).WithError(err).Warn("tell systemd berthd is ready")
-	}
 	log.G(ctx).Info("berthd serving")
 
 	select {

@@ -1,0 +1,196 @@
+package integration
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+)
+
+// needBerthd skips a test of berthd's own restarts when berth runs in
+// process.
+func needBerthd(t *testing.T) {
+	t.Helper()
+	if !*berthdMode {
+		t.Skip("needs -berthd")
+	}
+}
+
+// berthdPods runs a pod with a sleeping container that must outlive a
+// restart, and a pod whose pause the test kills while something is down.
+func berthdPods(t *testing.T) (live *restartPod, killed *restartPod) {
+	t.Helper()
+	live = &restartPod{cfg: podConfig(t, withName("live"))}
+	live.id = runPod(t, live.cfg, handlerBerth)
+	live.pid = podPid(t, live.id)
+	live.container = startContainer(t, live.id, live.cfg, "sleep", "3600")
+	killed = &restartPod{cfg: podConfig(t, withName("killed"))}
+	killed.id = runPod(t, killed.cfg, handlerBerth)
+	killed.pid = podPid(t, killed.id)
+	return live, killed
+}
+
+// assertSurvived checks that the live pod is READY with the same pause and
+// its container running, that the killed one is NOTREADY with its pause's
+// exit, and that a new pod runs.
+func assertSurvived(t *testing.T, live, killed *restartPod) {
+	t.Helper()
+	// containerd's connection to berthd backs off while berthd is away
+	// (up to 3 s between attempts): its calls fail Unavailable until the
+	// next attempt finds berthd, as kubelet's retries would.
+	took := eventually(t, 30*time.Second, "CRI reaches berth again", func() bool {
+		_, err := daemon.runtime.PodSandboxStatus(ctxT(t), &runtimeapi.PodSandboxStatusRequest{PodSandboxId: live.id})
+		return err == nil
+	})
+	t.Logf("CRI reached berth %s after the restart", took.Round(time.Millisecond))
+	if got := podStatus(t, live.id).GetStatus().GetState(); got != runtimeapi.PodSandboxState_SANDBOX_READY {
+		t.Errorf("live pod is %v, want READY", got)
+	}
+	if pid := podPid(t, live.id); pid != live.pid {
+		t.Errorf("live pod's pause is %d, was %d", pid, live.pid)
+	}
+	resp, err := daemon.runtime.ContainerStatus(ctxT(t), &runtimeapi.ContainerStatusRequest{ContainerId: live.container})
+	if err != nil || resp.GetStatus().GetState() != runtimeapi.ContainerState_CONTAINER_RUNNING {
+		t.Errorf("live pod's container: %v, %v; want running", resp.GetStatus().GetState(), err)
+	}
+	if out := execSync(t, live.container, "echo", "ok"); out != "ok\n" {
+		t.Errorf("exec in the live pod's container: %q", out)
+	}
+	// CRI learns of the exit through its Wait on berthd, which containerd's
+	// proxy retried while berthd or containerd was away.
+	eventually(t, 30*time.Second, "killed pod NOTREADY in CRI's list", func() bool {
+		list, err := daemon.runtime.ListPodSandbox(ctxT(t), &runtimeapi.ListPodSandboxRequest{Filter: &runtimeapi.PodSandboxFilter{Id: killed.id}})
+		return err == nil && len(list.GetItems()) == 1 && list.GetItems()[0].GetState() == runtimeapi.PodSandboxState_SANDBOX_NOTREADY
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	exit, err := daemon.client.SandboxController(sandboxerBerth).Wait(ctx, killed.id)
+	if err != nil || exit.ExitStatus != 128+uint32(syscall.SIGKILL) {
+		t.Errorf("killed pod: exit %+v, %v; want status %d", exit, err, 128+syscall.SIGKILL)
+	}
+	runPod(t, podConfig(t, withName("after")), handlerBerth)
+}
+
+// must fails the test at once if err is set.
+func must(t *testing.T, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestBerthdKilled SIGKILLs berthd with pods running: no pod changes state
+// and no container dies; CRI calls that need berthd fail Unavailable while
+// it is down and succeed after; a pause that exits while berthd is down is
+// reported NOTREADY once it is back.
+func TestBerthdKilled(t *testing.T) {
+	needBerthd(t)
+	live, killed := berthdPods(t)
+	must(t, daemon.killBerthd(syscall.SIGKILL))
+	must(t, syscall.Kill(killed.pid, syscall.SIGKILL))
+	ctx := ctxT(t)
+	if _, err := daemon.runtime.RunPodSandbox(ctx, &runtimeapi.RunPodSandboxRequest{Config: podConfig(t, withName("while-down")), RuntimeHandler: handlerBerth}); status.Code(err) != codes.Unavailable {
+		t.Errorf("RunPodSandbox while berthd is down: %v, want Unavailable", err)
+	}
+	// CRI's own record still says READY: kubelet sees no change.
+	list, err := daemon.runtime.ListPodSandbox(ctx, &runtimeapi.ListPodSandboxRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range list.GetItems() {
+		if p.GetState() != runtimeapi.PodSandboxState_SANDBOX_READY {
+			t.Errorf("pod %s listed %v while berthd is down", p.GetMetadata().GetName(), p.GetState())
+		}
+	}
+	must(t, daemon.startBerthd())
+	assertSurvived(t, live, killed)
+}
+
+// TestBerthdReplaced stops berthd as a package upgrade does (SIGTERM) and
+// starts it again: the same as a crash for the pods.
+func TestBerthdReplaced(t *testing.T) {
+	needBerthd(t)
+	live, killed := berthdPods(t)
+	must(t, daemon.killBerthd(syscall.SIGTERM))
+	must(t, syscall.Kill(killed.pid, syscall.SIGKILL))
+	must(t, daemon.startBerthd())
+	assertSurvived(t, live, killed)
+}
+
+// TestContainerdKilledUnderBerthd SIGKILLs containerd under a running
+// berthd: berthd's waits on the pause tasks are begun again once
+// containerd is back (no pod is taken for exited), and the exit of a pause
+// killed in the gap is reported.
+func TestContainerdKilledUnderBerthd(t *testing.T) {
+	needBerthd(t)
+	live, killed := berthdPods(t)
+	must(t, daemon.killContainerd(syscall.SIGKILL))
+	must(t, syscall.Kill(killed.pid, syscall.SIGKILL))
+	time.Sleep(time.Second)
+	if err := syscall.Kill(daemon.berthd.Process.Pid, 0); err != nil {
+		t.Fatalf("berthd died while containerd was down: %v", err)
+	}
+	// berthd lives on: start starts containerd alone.
+	must(t, daemon.start())
+	assertSurvived(t, live, killed)
+}
+
+// TestBerthdBeforeContainerd starts berthd, then containerd 2 s later, as
+// at a node's boot: berthd waits for containerd, and every pod comes back.
+func TestBerthdBeforeContainerd(t *testing.T) {
+	needBerthd(t)
+	live, killed := berthdPods(t)
+	must(t, daemon.kill(syscall.SIGKILL))
+	must(t, syscall.Kill(killed.pid, syscall.SIGKILL))
+	must(t, daemon.startBerthd())
+	time.Sleep(2 * time.Second)
+	must(t, daemon.start())
+	assertSurvived(t, live, killed)
+}
+
+// TestBerthdBadSetup checks that berthd refuses, with a clear error and
+// changing nothing, a containerd config it cannot read and a second berthd
+// for the same node; the berthd that runs keeps serving.
+func TestBerthdBadSetup(t *testing.T) {
+	needBerthd(t)
+	bad := filepath.Join(t.TempDir(), "config.toml")
+	if err := os.WriteFile(bad, []byte("version = 3\n[plugins\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	second := filepath.Join(t.TempDir(), "berthd.sock")
+	// A node of its own, so that the socket check is what refuses it.
+	elsewhere := filepath.Join(t.TempDir(), "config.toml")
+	if err := os.WriteFile(elsewhere, []byte(fmt.Sprintf("version = 3\nroot = %q\nstate = %q\n", filepath.Dir(elsewhere)+"/root", filepath.Dir(elsewhere)+"/state")), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		name, want string
+		args       []string
+	}{
+		{"invalid containerd config", "containerd config " + bad, []string{"--containerd-config", bad, "--address", second}},
+		{"a second berthd of the node", "another berthd", []string{"--containerd-config", filepath.Join(daemon.dir, "config.toml"), "--address", second}},
+		{"a second berthd on the socket", "another process serves", []string{"--containerd-config", elsewhere, "--address", daemon.berthdSocket()}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			out, err := exec.CommandContext(ctx, filepath.Join(daemon.bin, "berthd"), c.args...).CombinedOutput()
+			if err == nil || !strings.Contains(string(out), c.want) {
+				t.Errorf("berthd: %v, output %s; want it to fail with %q", err, out, c.want)
+			}
+			if _, err := os.Stat(second); err == nil {
+				t.Errorf("a refused berthd left its socket %s", second)
+			}
+		})
+	}
+	runPod(t, podConfig(t), handlerBerth)
+}
