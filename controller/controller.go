@@ -125,6 +125,7 @@ func New(cfg Config, client Client) *Controller {
 		PauseErr:            cfg.BuiltinPause.Err,
 		RestrictOOMScoreAdj: cfg.CRI.RestrictOOMScoreAdj,
 		Namespace:           Namespace,
+		Sandboxer:           cfg.Sandboxer,
 		Labels:              map[string]string{LabelKind: LabelKindKeeper},
 		Lost:                lostTask,
 		Waited:              t.groupWaited,

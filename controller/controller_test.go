@@ -583,6 +583,16 @@ func TestRecover(t *testing.T) {
 	if _, err := client.SandboxStore().Create(testContext(), sandbox.Sandbox{ID: "impostor", Sandboxer: "podsandbox"}); err != nil {
 		t.Fatal(err)
 	}
+	// Another berth's on the same containerd (berthd beside the build with
+	// berth), CRI's record naming it: neither recovered nor removed.
+	others := berthContainer(t, "others")
+	if err := withRecord(record{Sandboxer: "berthd", RuntimeHandler: testHandler}, testPodConfig("others"))(testContext(), nil, &others); err != nil {
+		t.Fatal(err)
+	}
+	client.addContainer(others).setTask(containerd.Running)
+	if _, err := client.SandboxStore().Create(testContext(), sandbox.Sandbox{ID: "others", Sandboxer: "berthd"}); err != nil {
+		t.Fatal(err)
+	}
 	// What a Start cut short left.
 	if _, _, err := client.WithLease(testContext(), startLeaseOpts("no-task")...); err != nil {
 		t.Fatal(err)
@@ -624,6 +634,12 @@ func TestRecover(t *testing.T) {
 	}
 	if ctr := client.container("impostor"); ctr == nil || !ctr.hasTask() {
 		t.Error("the built-in's pod was touched")
+	}
+	if ctr := client.container("others"); ctr == nil || !ctr.hasTask() {
+		t.Error("another berth's pod was touched")
+	}
+	if _, err := c.store.Get("others"); !errdefs.IsNotFound(err) {
+		t.Errorf("another berth's pod is in berth's store: %v", err)
 	}
 	if got := client.leaseIDs(); !slices.Equal(got, []string{"no-task"}) {
 		t.Errorf("leases after recovery %v, want the start lease released and CRI's kept", got)

@@ -208,6 +208,8 @@ func TestRecoverKeepers(t *testing.T) {
 	client.addContainer(keeperContainer(t, "k-cold", "other", "g5")).setTask(containerd.Running)
 	client.addContainer(keeperContainerOf(t, "k-all-namespaces", keeper.Record{RuntimeHandler: testHandler, ShimGroup: "g6"})).setTask(containerd.Running)
 	client.addContainer(containers.Container{ID: "impostor", Labels: map[string]string{LabelKind: LabelKindKeeper}}).setTask(containerd.Running)
+	// Another berth's on the same containerd: its to recover.
+	client.addContainer(keeperContainerOf(t, "k-others", keeper.Record{Sandboxer: "berthd", RuntimeHandler: testHandler, Namespace: "default", ShimGroup: "g7"})).setTask(containerd.Running)
 	c := warmController(t, client)
 	if err := c.Recover(testContext(), RecoverConfig{Parallelism: 2, Timeout: time.Second}); err != nil {
 		t.Fatal(err)
@@ -215,8 +217,11 @@ func TestRecoverKeepers(t *testing.T) {
 	if err := c.awaitRecovery(testContext()); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "keepers removed", func() bool { return len(keeperContainers(client)) == 1 })
-	kept := keeperContainers(client)[0]
+	eventually(t, "keepers removed", func() bool { return len(keeperContainers(client)) == 2 })
+	if ctr := client.container("k-others"); ctr == nil || !ctr.hasTask() {
+		t.Fatal("another berth's keeper was touched")
+	}
+	kept := ownKeepers(client)[0]
 	if !kept.hasTask() || !c.groups.IsOpen(placement.Scope{Handler: testHandler, Namespace: "default"}, kept.info.ID[len("k-"):]) && !c.groups.Has(groupFor(kept)) {
 		t.Errorf("kept keeper %s: task %v, group open %v", kept.info.ID, kept.hasTask(), c.groups.Has(groupFor(kept)))
 	}
@@ -228,7 +233,7 @@ func TestRecoverKeepers(t *testing.T) {
 	if got := groupOf(t, c, "sb1"); got != groupFor(kept) {
 		t.Errorf("pod in group %s, want the recovered keeper's %s", got, groupFor(kept))
 	}
-	if n := len(keeperContainers(client)); n != 1 {
+	if n := len(ownKeepers(client)); n != 1 {
 		t.Errorf("%d keepers after a pod started, want the recovered one", n)
 	}
 }
@@ -238,4 +243,9 @@ func groupFor(c *fakeContainer) string {
 	var rec keeper.Record
 	_ = json.Unmarshal(c.info.Extensions[keeper.Extension].GetValue(), &rec)
 	return rec.ShimGroup
+}
+
+// ownKeepers are the keeper containers but another berth's (k-others).
+func ownKeepers(client *fakeClient) []*fakeContainer {
+	return slices.DeleteFunc(keeperContainers(client), func(c *fakeContainer) bool { return c.info.ID == "k-others" })
 }

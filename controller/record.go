@@ -50,6 +50,11 @@ const (
 // record is what the pause container does not hold by itself and recovery
 // needs: what Create was given, what Start chose, what Update applied.
 type record struct {
+	// Sandboxer is the berth that made the container (Config.Sandboxer):
+	// two berths can serve one containerd (berthd beside the build with
+	// berth, as make bench runs them), and each recovers only its own. ""
+	// is a container of a berth from before the name was recorded.
+	Sandboxer      string `json:"sandboxer,omitempty"`
 	RuntimeHandler string `json:"runtimeHandler,omitempty"`
 	NetNSPath      string `json:"netnsPath,omitempty"`
 	ProcessLabel   string `json:"processLabel,omitempty"`
@@ -60,9 +65,9 @@ type record struct {
 	Overhead  *runtimeapi.LinuxContainerResources `json:"overhead,omitempty"`
 }
 
-func recordOf(sb *store.Sandbox) record {
+func (c *Controller) recordOf(sb *store.Sandbox) record {
 	s := sb.Status()
-	r := record{RuntimeHandler: sb.RuntimeHandler, NetNSPath: sb.NetNSPath, Resources: s.Resources, Overhead: s.Overhead}
+	r := record{Sandboxer: c.config.Sandboxer, RuntimeHandler: sb.RuntimeHandler, NetNSPath: sb.NetNSPath, Resources: s.Resources, Overhead: s.Overhead}
 	if s.Instance != nil {
 		r.ProcessLabel, r.ShimGroup = s.Instance.ProcessLabel, s.Instance.ShimGroup
 	}
@@ -113,6 +118,11 @@ func hasExtension(info containers.Container, key, typeURL string) bool {
 // isBerthContainer says whether berth made the container.
 func isBerthContainer(info containers.Container) bool {
 	return hasExtension(info, extensionRecord, recordTypeURL)
+}
+
+// ownedBy says whether the record is of a container sandboxer made.
+func (r record) ownedBy(sandboxer string) bool {
+	return r.Sandboxer == "" || r.Sandboxer == sandboxer
 }
 
 // recordOn returns the record on a berth pause container.

@@ -95,6 +95,10 @@ func (c *Controller) reload(ctx context.Context, cfg RecoverConfig, owned map[st
 		if err != nil || !isBerthContainer(info) {
 			continue
 		}
+		if rec, err := recordOn(info); err == nil && !rec.ownedBy(c.config.Sandboxer) {
+			// Another berth's, on the same containerd.
+			continue
+		}
 		cri, ok := owned[info.ID]
 		if !ok {
 			c.removeOrphan(ctx, container)

@@ -77,7 +77,7 @@ func (c *Controller) Update(ctx context.Context, id string, info sandbox.Sandbox
 		log.G(ctx).Info("pod has no cgroup parent; resources recorded, not applied")
 	}
 	// On the container, so that recovery after a restart reads them back.
-	r := recordOf(sb)
+	r := c.recordOf(sb)
 	r.Resources, r.Overhead = upd.Resources, upd.Overhead
 	if err := status.Instance.Container.Update(ctx, containerd.UpdateContainerOpts(withRecord(r, sb.Config))); err != nil {
 		return fmt.Errorf("record pod resources: %w", err)

@@ -261,7 +261,7 @@ func (c *Controller) createContainer(ctx context.Context, sb *store.Sandbox, p s
 			return nil
 		},
 		containerd.WithContainerLabels(containerLabels(sb)),
-		withRecord(record{RuntimeHandler: sb.RuntimeHandler, NetNSPath: sb.NetNSPath, ProcessLabel: p.spec.ProcessLabel, ShimGroup: p.group}, sb.Config),
+		withRecord(record{Sandboxer: c.config.Sandboxer, RuntimeHandler: sb.RuntimeHandler, NetNSPath: sb.NetNSPath, ProcessLabel: p.spec.ProcessLabel, ShimGroup: p.group}, sb.Config),
 		containerd.WithRuntime(p.runtime.Type, sb.Runtime.Options),
 	)...)
 	if err != nil {

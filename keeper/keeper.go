@@ -76,6 +76,9 @@ type Config struct {
 	RestrictOOMScoreAdj bool
 	// Namespace is the containerd namespace keepers are made in.
 	Namespace string
+	// Sandboxer is berth's name in containerd: a keeper another berth made
+	// on the same containerd is that berth's to recover.
+	Sandboxer string
 	// Labels are put on every keeper container, for people.
 	Labels map[string]string
 	// Lost says what a keeper container whose task containerd lost left
@@ -102,6 +105,9 @@ func (k *Keepers) Claimed(scope placement.Scope) bool { return k.live.Claimed(sc
 
 // Record is what recovery needs of a keeper.
 type Record struct {
+	// Sandboxer is the berth that made the keeper (Config.Sandboxer), ""
+	// for a keeper of a berth from before the name was recorded.
+	Sandboxer      string `json:"sandboxer,omitempty"`
 	RuntimeHandler string `json:"runtimeHandler"`
 	// Namespace is the Kubernetes namespace whose pods the keeper's shim
 	// serves, "" for every namespace's (or a keeper of an earlier berth).
@@ -145,6 +151,9 @@ func (k *Keepers) KeepWarm(ctx context.Context, runtime sandbox.RuntimeOpts, sco
 		log.G(ctx).WithError(err).WithField("shim_group", group).Warn("cannot make a shim keeper; the pod starts its group's shim")
 	}
 }
+
+// errOthers says a keeper is another berth's, on the same containerd.
+var errOthers = errors.New("the keeper is another berth's")
 
 // errShimUp says a keeper was not made because its group's shim already
 // serves a task: a keeper is only ever a group's first task, made by the
@@ -199,7 +208,7 @@ func (k *Keepers) startKeeper(ctx context.Context, runtime sandbox.RuntimeOpts, 
 	container, err := k.cfg.Client.NewContainer(ctx, id,
 		containerd.WithNewSpec(specOpts...),
 		containerd.WithContainerLabels(k.cfg.Labels),
-		withRecord(Record{RuntimeHandler: handler, Namespace: scope.Namespace, ShimGroup: group}),
+		withRecord(Record{Sandboxer: k.cfg.Sandboxer, RuntimeHandler: handler, Namespace: scope.Namespace, ShimGroup: group}),
 		containerd.WithRuntime(cmp.Or(runtimeType, runtime.Name), runtime.Options),
 	)
 	if err != nil {
@@ -296,6 +305,9 @@ func (k *Keepers) removeKeeper(ctx context.Context, kp *keeper) error {
 func (k *Keepers) Recover(ctx context.Context, found []containerd.Container) {
 	for _, container := range found {
 		kp, err := k.loadKeeper(ctx, container)
+		if errors.Is(err, errOthers) {
+			continue
+		}
 		if err != nil {
 			log.G(ctx).WithError(err).WithField("keeper_id", container.ID()).Warn("cannot take up shim keeper; removing it")
 			k.removeKeeperOrRetry(ctx, kp)
@@ -316,6 +328,9 @@ func (k *Keepers) loadKeeper(ctx context.Context, container containerd.Container
 	kp := &keeper{ID: info.ID, Scope: scope, Group: rec.ShimGroup, Handle: container}
 	if err != nil {
 		return kp, fmt.Errorf("decode keeper record: %w", err)
+	}
+	if rec.Sandboxer != "" && rec.Sandboxer != k.cfg.Sandboxer {
+		return nil, errOthers
 	}
 	if !k.cfg.Policy.KeepsWarm(rec.RuntimeHandler) {
 		return kp, fmt.Errorf("runtime handler %q keeps no warm shim", rec.RuntimeHandler)

@@ -5,6 +5,7 @@
 package setup
 
 import (
+	"cmp"
 	"context"
 	"path/filepath"
 
@@ -21,6 +22,10 @@ const ID = "berth"
 
 // Node is what berth needs of the containerd it serves.
 type Node struct {
+	// Sandboxer is berth's name in containerd (its plugin ID, or the key of
+	// its proxy_plugins entry), which runtime handlers give as their
+	// sandboxer and CRI records on each sandbox; "" is ID.
+	Sandboxer string
 	// CRI is CRI's config of runtime handlers and images.
 	CRI controller.CRIConfig
 	// Dirs are berth's root and state directories and CRI's.
@@ -43,7 +48,7 @@ func NewController(ctx context.Context, cfg *Config, node Node, client controlle
 		cfg.BuiltinPauseHandlers, cfg.BuiltinPauseBinary = builtin.BuiltinPauseHandlers, builtin.BuiltinPauseBinary
 	}
 	c := controller.New(controller.Config{
-		Sandboxer:           ID,
+		Sandboxer:           cmp.Or(node.Sandboxer, ID),
 		CRI:                 node.CRI,
 		Dirs:                node.Dirs,
 		StopTimeout:         cfg.StopTimeout.Duration(),

@@ -47,6 +47,8 @@ import (
 
 // options are berthd's flags.
 type options struct {
+	// sandboxer is berth's name in containerd: its proxy_plugins key.
+	sandboxer        string
 	containerdConfig string
 	address          string
 	metricsAddress   string
@@ -57,8 +59,9 @@ type options struct {
 
 func main() {
 	var o options
+	flag.StringVar(&o.sandboxer, "sandboxer", setup.ID, "berth's name in containerd: the key of its [proxy_plugins.NAME], the sandboxer of its runtime handlers; it names berth's table and directories too")
 	flag.StringVar(&o.containerdConfig, "containerd-config", defaults.DefaultConfigDir+"/config.toml", "containerd's config file, read for CRI's runtime handlers, directories and berth's settings")
-	flag.StringVar(&o.address, "address", "/run/berthd/berthd.sock", "the unix socket berthd serves containerd's sandbox controller API on: the address of containerd's [proxy_plugins."+setup.ID+"]")
+	flag.StringVar(&o.address, "address", "/run/berthd/berthd.sock", "the unix socket berthd serves containerd's sandbox controller API on: the address of containerd's [proxy_plugins.NAME]")
 	flag.StringVar(&o.metricsAddress, "metrics-address", "", "host:port to serve berth's Prometheus series on, at /v1/metrics; none if empty")
 	flag.StringVar(&o.logLevel, "log-level", "info", "log level: trace, debug, info, warn, error")
 	flag.DurationVar(&o.waitContainerd, "containerd-timeout", 0, "how long to wait for containerd to answer at start; 0 waits for as long as it takes")
@@ -83,18 +86,18 @@ func run(o options) error {
 	if err != nil {
 		return err
 	}
+	// berth's table and directories are named as the plugin's, so that
+	// pods survive a move between the plugin and berthd.
+	dirName := plugins.SandboxControllerPlugin.String() + "." + o.sandboxer
 	cfg := setup.DefaultConfig()
-	if err := node.DecodePlugin(ctx, plugins.SandboxControllerPlugin.String()+"."+setup.ID, cfg); err != nil {
+	if err := node.DecodePlugin(ctx, dirName, cfg); err != nil {
 		return err
 	}
 	cri, err := setup.DecodeCRI(node.CRIRuntime, node.CRIImages, node.Root, node.State)
 	if err != nil {
 		return err
 	}
-	checkProxy(ctx, node, o.address)
-	// berth's directories are the plugin's, so that pods survive a move
-	// between the plugin and berthd.
-	dirName := plugins.SandboxControllerPlugin.String() + "." + setup.ID
+	checkProxy(ctx, node, o.sandboxer, o.address)
 	dirs := podsandbox.Dirs{
 		Root:     filepath.Join(node.Root, dirName),
 		State:    filepath.Join(node.State, dirName),
@@ -111,7 +114,7 @@ func run(o options) error {
 	if err != nil {
 		return err
 	}
-	server := sandboxapi.NewServer(setup.ID)
+	server := sandboxapi.NewServer(o.sandboxer)
 	g := grpc.NewServer()
 	server.Register(g)
 	serveErr := make(chan error, 1)
@@ -163,8 +166,9 @@ func startController(ctx context.Context, o options, cfg *setup.Config, cri setu
 		return nil, err
 	}
 	return setup.NewController(ctx, cfg, setup.Node{
-		CRI:  cri.Config,
-		Dirs: dirs,
+		Sandboxer: o.sandboxer,
+		CRI:       cri.Config,
+		Dirs:      dirs,
 		Shims: shimproc.Sockets{
 			ContainerdAddress: node.GRPCAddress,
 			Dir:               node.ShimSocketDir,
@@ -200,15 +204,15 @@ func waitServing(ctx context.Context, cc *client.Client, address string, timeout
 
 // checkProxy warns when containerd's config does not send berth's calls to
 // address: containerd would not reach this berthd.
-func checkProxy(ctx context.Context, node *containerdconfig.Node, address string) {
-	p, ok := node.ProxyPlugins[setup.ID]
+func checkProxy(ctx context.Context, node *containerdconfig.Node, name, address string) {
+	p, ok := node.ProxyPlugins[name]
 	switch {
 	case !ok:
-		log.G(ctx).Warnf("containerd's config has no [proxy_plugins.%s]: no runtime handler can reach berthd", setup.ID)
+		log.G(ctx).Warnf("containerd's config has no [proxy_plugins.%s]: no runtime handler can reach berthd", name)
 	case p.Type != "sandbox" && p.Type != plugins.SandboxControllerPlugin.String():
-		log.G(ctx).Warnf("containerd's [proxy_plugins.%s] is of type %q, not \"sandbox\"", setup.ID, p.Type)
+		log.G(ctx).Warnf("containerd's [proxy_plugins.%s] is of type %q, not \"sandbox\"", name, p.Type)
 	case p.Address != address:
-		log.G(ctx).Warnf("containerd's [proxy_plugins.%s] address is %q, berthd serves %q", setup.ID, p.Address, address)
+		log.G(ctx).Warnf("containerd's [proxy_plugins.%s] address is %q, berthd serves %q", name, p.Address, address)
 	}
 }
 

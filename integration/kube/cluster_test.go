@@ -134,7 +134,7 @@ func (c *cluster) stop() error {
 			}
 		}
 		c.containerd.close()
-		c.containerd.stop()
+		c.containerd.stopAll()
 		if shims := hostproc.Shims(c.containerd.socket(), ""); len(shims) > 0 {
 			errs = append(errs, fmt.Errorf("leak: shims %v outlive containerd", shims))
 			for _, pid := range shims {

@@ -17,10 +17,14 @@ import (
 
 // containerdDaemon is the project's containerd (with berth) under the
 // cluster's directory, with the config `make up` uses: runtime handlers
-// runc (the built-in controller), berth and berth-builtin.
+// runc (the built-in controller), berth and berth-builtin. With -berthd it
+// is containerd's own build (containerd-stock), and berth is berthd beside
+// it, started first, as its systemd unit orders it.
 type containerdDaemon struct {
 	*process
 	dir string
+	// berthd, with -berthd, serves berth beside containerd-stock.
+	berthd *process
 	// runtime is CRI, as kubelet sees it; client is containerd's own API,
 	// for the sandbox records. Both reconnect across a restart.
 	conn    *grpc.ClientConn
@@ -46,11 +50,26 @@ func startContainerd(dir, bin string) (*containerdDaemon, error) {
 	if out, err := render.CombinedOutput(); err != nil {
 		return nil, fmt.Errorf("render containerd config: %w: %s", err, out)
 	}
-	d := &containerdDaemon{
-		dir: dir,
-		process: newProcess(dir, "containerd", filepath.Join(bin, "containerd"),
-			"--config", filepath.Join(dir, "config.toml"), "--log-level", "debug"),
+	config := filepath.Join(dir, "config.toml")
+	binary := "containerd"
+	d := &containerdDaemon{dir: dir}
+	if *berthdMode {
+		binary = "containerd-stock"
+		socket := filepath.Join(dir, "berthd.sock")
+		if err := appendProxyPlugin(config, socket); err != nil {
+			return nil, err
+		}
+		d.berthd = newProcess(dir, "berthd", filepath.Join(bin, "berthd"),
+			"--containerd-config", config, "--address", socket, "--log-level", "debug")
+		d.berthd.env = []string{"PATH=" + bin + ":" + os.Getenv("PATH")}
+		if err := d.berthd.start(); err != nil {
+			return d, err
+		}
+		if err := d.berthd.waitFor(time.Minute, "its socket", func() error { return dial(socket) }); err != nil {
+			return d, err
+		}
 	}
+	d.process = newProcess(dir, "containerd", filepath.Join(bin, binary), "--config", config, "--log-level", "debug")
 	d.env = []string{"PATH=" + bin + ":" + os.Getenv("PATH")}
 	if err := d.start(); err != nil {
 		return d, err
@@ -87,13 +106,38 @@ func (d *containerdDaemon) connect() error {
 
 // waitReady waits for containerd's socket to accept connections.
 func (d *containerdDaemon) waitReady() error {
-	return d.waitFor(time.Minute, "its socket", func() error {
-		conn, err := net.Dial("unix", d.socket())
-		if err != nil {
-			return err
-		}
-		return conn.Close()
-	})
+	return d.waitFor(time.Minute, "its socket", func() error { return dial(d.socket()) })
+}
+
+// dial checks that socket accepts connections.
+func dial(socket string) error {
+	conn, err := net.Dial("unix", socket)
+	if err != nil {
+		return err
+	}
+	return conn.Close()
+}
+
+// appendProxyPlugin sends containerd's calls for sandboxer berth to berthd
+// at socket.
+func appendProxyPlugin(config, socket string) error {
+	f, err := os.OpenFile(config, os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	_, err = fmt.Fprintf(f, "\n[proxy_plugins.berth]\n  type = 'sandbox'\n  address = '%s'\n", socket)
+	return err
+}
+
+// stopAll stops containerd, then berthd.
+func (d *containerdDaemon) stopAll() {
+	if d.process != nil {
+		d.stop()
+	}
+	if d.berthd != nil {
+		d.berthd.stop()
+	}
 }
 
 // restart starts containerd again after a kill, as a node's service

@@ -19,6 +19,9 @@ import (
 var (
 	binDir = flag.String("bin", "../../bin", "directory with containerd, runc, the shim, kubelet, kube-apiserver, etcd and images/")
 	keep   = flag.Bool("keep", false, "keep the cluster's directory after the tests, for debugging")
+	// berthdMode runs berth as berthd beside containerd's own build
+	// (bin/containerd-stock) instead of in bin/containerd.
+	berthdMode = flag.Bool("berthd", false, "run berth as berthd beside bin/containerd-stock instead of in bin/containerd")
 	// Everything the cluster binds or creates on the host is a flag, so that
 	// two runs (two worktrees) can share a machine.
 	bridge     = flag.String("bridge", "berthk8s0", "CNI bridge of the pod network")
