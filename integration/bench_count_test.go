@@ -69,6 +69,10 @@ func installCounters(b *testing.B, stats []*handlerStats) *callCounter {
 		}
 	}
 	var copies []handlerCopy
+	berthd := slices.ContainsFunc(stats, func(h *handlerStats) bool { return h.Handler == handlerBerthd })
+	if berthd {
+		copies = append(copies, handlerCopy{from: handlerBerth, to: handlerBerthd, sandboxer: handlerBerthd})
+	}
 	for _, f := range strings.Split(*benchPodsPerShim, ",") {
 		if f == "" {
 			continue
@@ -95,10 +99,44 @@ func installCounters(b *testing.B, stats []*handlerStats) *callCounter {
 	if err := daemon.kill(syscall.SIGTERM); err != nil {
 		b.Fatal(err)
 	}
+	if berthd {
+		startBenchBerthd(b)
+	}
 	if err := daemon.start(); err != nil {
 		b.Fatal(err)
 	}
 	return c
+}
+
+// handlerBerthd is the bench's berthd handler: berth served by a berthd
+// of that name beside the containerd with berth built in, so that the two
+// ways of running berth are measured side by side, in one containerd.
+const handlerBerthd = "berthd"
+
+// startBenchBerthd adds berthd as proxy plugin handlerBerthd to
+// containerd's config and starts it, for the rest of the bench. Its own
+// table is absent from the config: berth's defaults, which the config's
+// berth table repeats.
+func startBenchBerthd(b *testing.B) {
+	socket := filepath.Join(daemon.dir, "berthd-bench.sock")
+	f, err := os.OpenFile(filepath.Join(daemon.dir, "config.toml"), os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		b.Fatal(err)
+	}
+	_, err = fmt.Fprintf(f, "\n[proxy_plugins.%s]\n  type = 'sandbox'\n  address = '%s'\n", handlerBerthd, socket)
+	f.Close()
+	if err != nil {
+		b.Fatal(err)
+	}
+	cmd, err := daemon.run(filepath.Join(daemon.dir, "berthd-bench.log"), "berthd", "--sandboxer", handlerBerthd,
+		"--containerd-config", filepath.Join(daemon.dir, "config.toml"), "--address", socket)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { terminate(cmd) })
+	if !within(30*time.Second, func() bool { return dial(socket) == nil }) {
+		b.Fatalf("berthd %s did not listen on %s", handlerBerthd, socket)
+	}
 }
 
 // handlerCopy is a runtime handler the bench adds to the config, a copy of
@@ -111,6 +149,8 @@ type handlerCopy struct {
 	counter *callCounter
 	// podsPerShim, if set, replaces the copy's pods per shim.
 	podsPerShim int
+	// sandboxer, if set, replaces the copy's sandboxer.
+	sandboxer string
 }
 
 // addHandlers adds copies to the config file at path, in order.
@@ -149,6 +189,9 @@ func addHandlers(path string, copies []handlerCopy) error {
 			cp["runtime_path"] = c.counter.shimWrapping(path)
 		}
 		cp["options"] = opts
+		if c.sandboxer != "" {
+			cp["sandboxer"] = c.sandboxer
+		}
 		runtimes[c.to] = cp
 		if slices.Contains(builtin, any(c.from)) {
 			builtin = append(builtin, c.to)

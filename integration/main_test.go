@@ -252,17 +252,20 @@ func (d *containerdProcess) startBerthd() error {
 		return fmt.Errorf("start berthd: %w", err)
 	}
 	d.berthd = cmd
-	for deadline := time.Now().Add(30 * time.Second); ; {
-		if c, err := net.Dial("unix", d.berthdSocket()); err == nil {
-			c.Close()
-			return nil
-		}
-		if time.Now().After(deadline) {
-			b, _ := os.ReadFile(d.berthdLogPath)
-			return fmt.Errorf("berthd socket did not appear; log: %s", tail(b))
-		}
-		time.Sleep(20 * time.Millisecond)
+	if !within(30*time.Second, func() bool { return dial(d.berthdSocket()) == nil }) {
+		b, _ := os.ReadFile(d.berthdLogPath)
+		return fmt.Errorf("berthd socket did not appear; log: %s", tail(b))
 	}
+	return nil
+}
+
+// dial checks that socket accepts connections.
+func dial(socket string) error {
+	c, err := net.Dial("unix", socket)
+	if err != nil {
+		return err
+	}
+	return c.Close()
 }
 
 // kill sends sig to containerd, and with -berthd to berthd, and waits for
