@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/containerd/errdefs"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
@@ -169,7 +170,9 @@ func TestBerthdBadSetup(t *testing.T) {
 	second := filepath.Join(t.TempDir(), "berthd.sock")
 	// A node of its own, so that the socket check is what refuses it.
 	elsewhere := filepath.Join(t.TempDir(), "config.toml")
-	if err := os.WriteFile(elsewhere, []byte(fmt.Sprintf("version = 3\nroot = %q\nstate = %q\n", filepath.Dir(elsewhere)+"/root", filepath.Dir(elsewhere)+"/state")), 0o644); err != nil {
+	// Its containerd is not there.
+	dir := filepath.Dir(elsewhere)
+	if err := os.WriteFile(elsewhere, []byte(fmt.Sprintf("version = 3\nroot = %q\nstate = %q\n[grpc]\n  address = %q\n", dir+"/root", dir+"/state", dir+"/absent.sock")), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	for _, c := range []struct {
@@ -179,6 +182,7 @@ func TestBerthdBadSetup(t *testing.T) {
 		{"invalid containerd config", "containerd config " + bad, []string{"--containerd-config", bad, "--address", second}},
 		{"a second berthd of the node", "another berthd", []string{"--containerd-config", filepath.Join(daemon.dir, "config.toml"), "--address", second}},
 		{"a second berthd on the socket", "another process serves", []string{"--containerd-config", elsewhere, "--address", daemon.berthdSocket()}},
+		{"containerd unreachable past --containerd-timeout", "does not answer", []string{"--containerd-config", elsewhere, "--address", second, "--containerd-timeout", "1s"}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -193,4 +197,8 @@ func TestBerthdBadSetup(t *testing.T) {
 		})
 	}
 	runPod(t, podConfig(t), handlerBerth)
+	// A sandbox berthd does not know is NotFound, through containerd.
+	if _, err := daemon.client.SandboxController(sandboxerBerth).Status(ctxT(t), "nosuch", false); !errdefs.IsNotFound(err) {
+		t.Errorf("status of an unknown sandbox: %v, want NotFound", err)
+	}
 }
