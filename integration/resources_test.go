@@ -277,10 +277,45 @@ func TestPrometheusSeries(t *testing.T) {
 	if v, ok := after["berth_sandbox_recovery_duration_seconds"]; !ok || v <= 0 {
 		t.Errorf("berth_sandbox_recovery_duration_seconds = %v (present: %v), want the time containerd's start took", v, ok)
 	}
+	if *berthdMode {
+		checkHopSeries(t, before, after)
+	}
+}
+
+// checkHopSeries checks that berthd's gRPC series counted one lifecycle's
+// calls from containerd, and logs the calls berthd made to containerd for
+// it: what running out of process adds to a lifecycle.
+func checkHopSeries(t *testing.T, before, after map[string]float64) {
+	t.Helper()
+	served := func(method string) float64 {
+		series := fmt.Sprintf(`grpc_server_handled_total{grpc_code="OK",grpc_method=%q,grpc_service="containerd.services.sandbox.v1.Controller",grpc_type="unary"}`, method)
+		return after[series] - before[series]
+	}
+	for _, method := range []string{"Create", "Start", "Stop", "Shutdown"} {
+		if d := served(method); d != 1 {
+			t.Errorf("berthd served %v %s calls for one lifecycle, want 1", d, method)
+		}
+	}
+	calls := map[string]float64{}
+	var total float64
+	for series, v := range after {
+		if !strings.HasPrefix(series, "grpc_client_handled_total{") {
+			continue
+		}
+		if d := v - before[series]; d > 0 {
+			calls[series[len("grpc_client_handled_total"):]] = d
+			total += d
+		}
+	}
+	if calls[`{grpc_code="OK",grpc_method="Create",grpc_service="containerd.services.tasks.v1.Tasks",grpc_type="unary"}`] < 1 {
+		t.Errorf("berthd's calls to containerd for one lifecycle count no task Create: %v", calls)
+	}
+	t.Logf("berthd's calls to containerd for one lifecycle: %v in all, %v", total, calls)
 }
 
 // scrapeMetrics reads berth's series from containerd's metrics endpoint,
-// keyed by name and labels as Prometheus writes them.
+// keyed by name and labels as Prometheus writes them; with -berthd,
+// berthd's, and the gRPC series of its hops too.
 func scrapeMetrics(t testing.TB) map[string]float64 {
 	t.Helper()
 	address := *testMetrics
@@ -299,7 +334,7 @@ func scrapeMetrics(t testing.TB) map[string]float64 {
 	}
 	m := map[string]float64{}
 	for _, line := range strings.Split(string(b), "\n") {
-		if !strings.HasPrefix(line, "berth_") {
+		if !strings.HasPrefix(line, "berth_") && !strings.HasPrefix(line, "grpc_") {
 			continue
 		}
 		i := strings.LastIndexByte(line, ' ')

@@ -19,7 +19,6 @@ import (
 	"flag"
 	"fmt"
 	"net"
-	"net/http"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -31,9 +30,6 @@ import (
 	"github.com/containerd/log"
 	"github.com/containerd/platforms"
 	"github.com/coreos/go-systemd/v22/daemon"
-	"github.com/docker/go-metrics"
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
 
@@ -115,8 +111,10 @@ func run(o options) error {
 		return err
 	}
 	server := sandboxapi.NewServer(o.sandboxer)
-	g := grpc.NewServer()
+	hops := newHopMetrics()
+	g := grpc.NewServer(hops.serverOptions()...)
 	server.Register(g)
+	hops.server.InitializeMetrics(g)
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- g.Serve(l) }()
 	defer g.Stop()
@@ -128,13 +126,13 @@ func run(o options) error {
 		log.G(ctx).WithError(err).Warn("tell systemd berthd is ready")
 	}
 
-	c, err := startController(ctx, o, cfg, cri, dirs, node)
+	c, err := startController(ctx, o, cfg, cri, dirs, node, hops.clientOptions())
 	if err != nil {
 		return err
 	}
 	defer c.Close()
 	if o.metricsAddress != "" {
-		go serveMetrics(ctx, o.metricsAddress, c.MetricsNamespace())
+		go serveMetrics(ctx, o.metricsAddress, c.MetricsNamespace(), hops.server, hops.client)
 	}
 	server.Serve(c)
 	log.G(ctx).Info("berthd serving")
@@ -153,10 +151,11 @@ func run(o options) error {
 
 // startController waits for containerd to answer, then builds the
 // controller and begins the recovery of its sandboxes.
-func startController(ctx context.Context, o options, cfg *setup.Config, cri setup.CRI, dirs podsandbox.Dirs, node *containerdconfig.Node) (*controller.Controller, error) {
+func startController(ctx context.Context, o options, cfg *setup.Config, cri setup.CRI, dirs podsandbox.Dirs, node *containerdconfig.Node, dialOpts []grpc.DialOption) (*controller.Controller, error) {
 	cc, err := client.New(node.GRPCAddress,
 		client.WithDefaultNamespace(controller.Namespace),
 		client.WithDefaultPlatform(platforms.Default()),
+		client.WithExtraDialOpts(dialOpts),
 	)
 	if err != nil {
 		return nil, fmt.Errorf("containerd client: %w", err)
@@ -255,23 +254,4 @@ func listen(address string) (net.Listener, error) {
 		return nil, err
 	}
 	return l, nil
-}
-
-// serveMetrics serves berth's Prometheus series, ns, until ctx ends: from
-// a registry of berth's own, since containerd's packages berthd links
-// register series of their own (CRI's image pulls) that berthd never
-// updates.
-func serveMetrics(ctx context.Context, address string, ns *metrics.Namespace) {
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(ns)
-	mux := http.NewServeMux()
-	mux.Handle("/v1/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-	srv := &http.Server{Addr: address, Handler: mux, ReadHeaderTimeout: 10 * time.Second}
-	go func() {
-		<-ctx.Done()
-		srv.Close()
-	}()
-	if err := srv.ListenAndServe(); err != nil && !errors.Is(err, http.ErrServerClosed) {
-		log.G(ctx).WithError(err).Error("serve metrics")
-	}
 }

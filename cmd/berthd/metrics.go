@@ -1,0 +1,68 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"time"
+
+	"github.com/containerd/log"
+	"github.com/docker/go-metrics"
+	grpcprom "github.com/grpc-ecosystem/go-grpc-middleware/providers/prometheus"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"google.golang.org/grpc"
+)
+
+// hopMetrics count what running out of process costs: the calls containerd
+// makes to berthd (grpc_server_*) and those berthd makes to containerd
+// (grpc_client_*), by method and code, with their handling times. In
+// process neither hop exists: CRI calls berth, and berth containerd's
+// services, in memory.
+type hopMetrics struct {
+	server *grpcprom.ServerMetrics
+	client *grpcprom.ClientMetrics
+}
+
+func newHopMetrics() hopMetrics {
+	return hopMetrics{
+		server: grpcprom.NewServerMetrics(grpcprom.WithServerHandlingTimeHistogram()),
+		client: grpcprom.NewClientMetrics(grpcprom.WithClientHandlingTimeHistogram()),
+	}
+}
+
+// serverOptions count the calls berthd serves.
+func (h hopMetrics) serverOptions() []grpc.ServerOption {
+	return []grpc.ServerOption{
+		grpc.ChainUnaryInterceptor(h.server.UnaryServerInterceptor()),
+		grpc.ChainStreamInterceptor(h.server.StreamServerInterceptor()),
+	}
+}
+
+// clientOptions count the calls berthd makes to containerd.
+func (h hopMetrics) clientOptions() []grpc.DialOption {
+	return []grpc.DialOption{
+		grpc.WithChainUnaryInterceptor(h.client.UnaryClientInterceptor()),
+		grpc.WithChainStreamInterceptor(h.client.StreamClientInterceptor()),
+	}
+}
+
+// serveMetrics serves berth's Prometheus series, ns, and collectors until
+// ctx ends: from a registry of berthd's own, since containerd's packages
+// berthd links register series of their own (CRI's image pulls) that
+// berthd never updates.
+func serveMetrics(ctx context.Context, address string, ns *metrics.Namespace, collectors ...prometheus.Collector) {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(ns)
+	reg.MustRegister(collectors...)
+	mux := http.NewServeMux()
+	mux.Handle("/v1/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	srv := &http.Server{Addr: address, Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	go func() {
+		<-ctx.Done()
+		srv.Close()
+	}()
+	if err := srv.ListenAndServe(); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		log.G(ctx).WithError(err).Error("serve metrics")
+	}
+}
