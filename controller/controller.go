@@ -66,6 +66,8 @@ type Controller struct {
 	// abandoned are the checks for sandboxes created and never started
 	// (forgetIfAbandoned), by sandbox ID.
 	abandoned *timers
+	// pauseImages is what berth read of the pause image, by snapshotter.
+	pauseImages pauseImages
 	// recoveryStarted is set once Recover has listed the sandboxes and
 	// begun their reload in the background; recovered is closed when the
 	// reload ends. Every operation waits for it (awaitRecovery).

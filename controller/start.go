@@ -197,7 +197,7 @@ func (c *Controller) plan(ctx context.Context, sb *store.Sandbox) (startPlan, er
 	if p.spec, err = podsandbox.GenerateSpec(podsandbox.SpecConfig{
 		ID:              sb.ID,
 		Config:          sb.Config,
-		Image:           p.pause.config,
+		Image:           p.pause.unpacked.config,
 		ImageName:       p.pause.ref,
 		NetNSPath:       sb.NetNSPath,
 		Files:           p.files,
@@ -241,8 +241,7 @@ func (c *Controller) createContainer(ctx context.Context, sb *store.Sandbox, p s
 		}))
 		opts = append(opts,
 			containerd.WithSnapshotter(p.snapshotter),
-			containerd.WithNewSnapshot(sb.ID, p.pause.image, append(p.spec.SnapshotOpts,
-				snapshots.WithLabels(snapshots.FilterInheritedLabels(sb.Config.GetAnnotations())))...),
+			c.withPauseSnapshot(sb.ID, p, snapshots.WithLabels(snapshots.FilterInheritedLabels(sb.Config.GetAnnotations()))),
 			func(context.Context, *containerd.Client, *containers.Container) error {
 				return failpoint.Inject(sb, failpoint.StartSnapshot)
 			})

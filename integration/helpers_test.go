@@ -16,6 +16,7 @@ import (
 	"github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2/process"
 	"github.com/containerd/containerd/v2/core/leases"
 	"github.com/containerd/errdefs"
+	"github.com/opencontainers/image-spec/identity"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/berth-dev/berth/integration/hostproc"
@@ -384,6 +385,22 @@ func shimOf(t *testing.T, id string) int {
 		t.Fatal(err)
 	}
 	return ppid
+}
+
+// pauseChainID is the chain ID of the pause image's rootfs: the name of its
+// unpacked snapshot, the parent of each pod's.
+func pauseChainID(t *testing.T) string {
+	t.Helper()
+	ctx := ctxT(t)
+	image, err := daemon.client.GetImage(ctx, pauseImage)
+	if err != nil {
+		t.Fatal(err)
+	}
+	diffIDs, err := image.RootFS(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return identity.ChainID(diffIDs).String()
 }
 
 // withoutPauseImage deletes the pause image for the rest of the test.

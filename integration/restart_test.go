@@ -16,7 +16,6 @@ import (
 
 	"github.com/containerd/containerd/v2/core/leases"
 	"github.com/containerd/errdefs"
-	"github.com/opencontainers/image-spec/identity"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/berth-dev/berth/controller"
@@ -281,16 +280,8 @@ func TestRestartReleasesStartLease(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	image, err := daemon.client.GetImage(ctx, pauseImage)
-	if err != nil {
-		t.Fatal(err)
-	}
-	diffIDs, err := image.RootFS(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
 	sn := daemon.client.SnapshotService("overlayfs")
-	if _, err := sn.Prepare(leases.WithLease(ctx, lease.ID), id, identity.ChainID(diffIDs).String()); err != nil {
+	if _, err := sn.Prepare(leases.WithLease(ctx, lease.ID), id, pauseChainID(t)); err != nil {
 		t.Fatal(err)
 	}
 

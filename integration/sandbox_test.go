@@ -346,6 +346,27 @@ func TestPauseImageMissing(t *testing.T) {
 	}
 }
 
+// TestPauseSnapshotGone removes the pause image's snapshot behind berth's
+// back between two pods: berth, which remembers the image as unpacked,
+// unpacks it again, and the second pod runs. The pods are on the handler
+// with the native snapshotter, where no other test's pod keeps a child of
+// that snapshot.
+func TestPauseSnapshotGone(t *testing.T) {
+	const handler, snapshotter = "berth-native", "native"
+	ctx := ctxT(t)
+	removePod(t, runPod(t, podConfig(t), handler))
+	chainID := pauseChainID(t)
+	if err := daemon.client.SnapshotService(snapshotter).Remove(ctx, chainID); err != nil {
+		t.Fatalf("remove the pause image's snapshot %s: %v", chainID, err)
+	}
+	id := runPod(t, podConfig(t), handler)
+	if _, err := daemon.client.SnapshotService(snapshotter).Stat(ctx, chainID); err != nil {
+		t.Errorf("the pause image's snapshot after the second pod: %v, want it unpacked again", err)
+	}
+	removePod(t, id)
+	assertNoLeaks(t, id)
+}
+
 // assertNothingLeft checks, after a failed RunPodSandbox, that no sandbox
 // of any kind is left: no containers, snapshots, sandbox dirs, shims or
 // mounts.
