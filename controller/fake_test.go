@@ -273,16 +273,24 @@ type fakeTaskService struct {
 	tasks.TasksClient
 }
 
+// Delete is logged as "task delete", as a task's own Delete is. Errors
+// are as they cross containerd's API.
 func (s fakeTaskService) Delete(_ context.Context, r *tasks.DeleteTaskRequest, _ ...grpc.CallOption) (*tasks.DeleteResponse, error) {
+	if err := s.call("task delete", r.ContainerID); err != nil {
+		return nil, errgrpc.ToGRPC(err)
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.taskServiceDeletes = append(s.taskServiceDeletes, r.ContainerID)
-	if c := s.containers[r.ContainerID]; c != nil && c.task != nil {
-		c.task = nil
-		return &tasks.DeleteResponse{}, nil
+	c := s.containers[r.ContainerID]
+	if c == nil || c.task == nil {
+		return nil, errgrpc.ToGRPC(errdefs.ErrNotFound)
 	}
-	// As it crosses containerd's API.
-	return nil, errgrpc.ToGRPC(errdefs.ErrNotFound)
+	if st, _ := c.task.state(); st == containerd.Running {
+		return nil, errgrpc.ToGRPC(fmt.Errorf("task %s is running: %w", r.ContainerID, errdefs.ErrFailedPrecondition))
+	}
+	c.task = nil
+	return &tasks.DeleteResponse{}, nil
 }
 
 // fakeContainer is a container with at most one task.
@@ -459,6 +467,14 @@ func (t *fakeTask) Delete(ctx context.Context, opts ...containerd.ProcessDeleteO
 	}
 	t.c.task = nil
 	return containerd.NewExitStatus(t.code, time.Now(), nil), nil
+}
+
+// state is the task's status and exit code, as containerd's shim holds
+// them.
+func (t *fakeTask) state() (containerd.ProcessStatus, uint32) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.status, t.code
 }
 
 func (t *fakeTask) Status(context.Context) (containerd.Status, error) {

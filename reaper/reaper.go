@@ -107,7 +107,7 @@ func (r *Reaper) deleteExited(ctx context.Context, sb *store.Sandbox, task conta
 	if err := failpoint.Inject(sb, failpoint.TaskDelete); err != nil {
 		return err
 	}
-	if err := r.DeleteGroupTask(ctx, sb.Status().Instance.ShimGroup, sb.ID, task); err != nil {
+	if err := r.inGroupTurn(ctx, sb.Status().Instance.ShimGroup, sb.ID, func() error { return r.deleteExitedTask(ctx, task) }); err != nil {
 		return err
 	}
 	r.EndIdleShim(ctx, sb.Status().Instance.ShimGroup, sb.ID)
@@ -141,13 +141,31 @@ func (r *Reaper) DeleteTask(ctx context.Context, task containerd.Task) error {
 // group, in turn with the tasks being made in the group: the group's last
 // task ends its shim (placement.Groups.DeleteTask).
 func (r *Reaper) DeleteGroupTask(ctx context.Context, group, id string, task containerd.Task) error {
+	return r.inGroupTurn(ctx, group, id, func() error { return r.DeleteTask(ctx, task) })
+}
+
+// inGroupTurn runs del, the deletion of the task of sandbox or keeper id,
+// when group's tasks being made let it (placement.Groups.DeleteTask).
+func (r *Reaper) inGroupTurn(ctx context.Context, group, id string, del func() error) error {
 	done, err := r.cfg.Groups.DeleteTask(ctx, group, id)
 	if err != nil {
 		return fmt.Errorf("wait for the pause tasks being made in shim group %s: %w", group, err)
 	}
-	err = r.DeleteTask(ctx, task)
+	err = del()
 	done(err == nil)
 	return err
+}
+
+// deleteExitedTask deletes a pause task whose exit was handled, as
+// DeleteTask does, but without first waiting for its exit and asking its
+// state again, which containerd's WithProcessKill and Delete do: two round
+// trips to containerd that berthd would make for every pod.
+func (r *Reaper) deleteExitedTask(ctx context.Context, task containerd.Task) error {
+	// What is left in the pause's cgroup is killed first (DeleteTask).
+	if err := task.Kill(ctx, syscall.SIGKILL, containerd.WithKillAll); err != nil && !errdefs.IsNotFound(err) && !shimproc.IsGone(err) {
+		return fmt.Errorf("kill what is left of the exited pause: %w", err)
+	}
+	return r.deleteFromTaskService(ctx, task.ID())
 }
 
 // Kill sends SIGKILL to the pause task of a ready sandbox. If the shim does
