@@ -92,7 +92,7 @@ up: build
 test: unit integration
 
 unit:
-	$(GO) test -race -count=1 ./store/... ./events/... ./keeper/... ./placement/... ./reaper/... ./rollback/... ./podsandbox/... ./controller/... ./plugin/... ./setup/... ./containerdconfig/... ./sandboxapi/... ./podcgroup/... ./shimtask/... ./shimmanager/... ./shimproc/... ./integration/hostcgroup/... ./cmd/berth-image/... ./critest/...
+	$(GO) test -race -count=1 ./store/... ./events/... ./keeper/... ./placement/... ./reaper/... ./rollback/... ./podsandbox/... ./controller/... ./plugin/... ./setup/... ./containerdconfig/... ./containerstore/... ./sandboxapi/... ./podcgroup/... ./shimtask/... ./shimmanager/... ./shimproc/... ./integration/hostcgroup/... ./cmd/berth-image/... ./critest/...
 
 # The suite runs on the release build, with berth's pods on the pause
 # image (with a 100-lifecycle soak and a 200-lifecycle chaos run), on the
@@ -108,7 +108,7 @@ CONFIG_TESTS := TestPodLifecycle|TestContainerJoinsPod|TestPauseKilled|TestPreci
 # With -berthd, berth runs as berthd beside containerd-stock (containerd's
 # own build): the config-sensitive tests, berthd's and containerd's
 # restarts under it, and the failpoints.
-BERTHD_TESTS := $(CONFIG_TESTS)|TestPodMetrics|TestSharedShim|TestWarmShim|TestBerthd|TestContainerdKilledUnderBerthd
+BERTHD_TESTS := $(CONFIG_TESTS)|TestPodMetrics|TestPrometheusSeries|TestSharedShim|TestWarmShim|TestBerthd|TestContainerdKilledUnderBerthd
 INTEGRATION := $(GO) test -count=1 -timeout 30m -v ./integration
 integration: build
 	$(INTEGRATION) -args -bin $(BIN) -soak $(SOAK) -chaos $(CHAOS)

@@ -24,7 +24,9 @@ import (
 	"path/filepath"
 	"time"
 
+	containersapi "github.com/containerd/containerd/api/services/containers/v1"
 	"github.com/containerd/containerd/v2/client"
+	"github.com/containerd/containerd/v2/core/containers"
 	"github.com/containerd/containerd/v2/defaults"
 	"github.com/containerd/containerd/v2/plugins"
 	"github.com/containerd/log"
@@ -34,6 +36,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/berth-dev/berth/containerdconfig"
+	"github.com/berth-dev/berth/containerstore"
 	"github.com/berth-dev/berth/controller"
 	"github.com/berth-dev/berth/podsandbox"
 	"github.com/berth-dev/berth/sandboxapi"
@@ -152,10 +155,17 @@ func run(o options) error {
 // startController waits for containerd to answer, then builds the
 // controller and begins the recovery of its sandboxes.
 func startController(ctx context.Context, o options, cfg *setup.Config, cri setup.CRI, dirs podsandbox.Dirs, node *containerdconfig.Node, dialOpts []grpc.DialOption) (*controller.Controller, error) {
+	// Container records berthd wrote are read back from memory
+	// (containerstore), through the client's own connection.
+	var cc *client.Client
+	records := containerstore.New(func() containers.Store {
+		return client.NewRemoteContainerStore(containersapi.NewContainersClient(cc.Conn().(*grpc.ClientConn)))
+	}, controller.Namespace)
 	cc, err := client.New(node.GRPCAddress,
 		client.WithDefaultNamespace(controller.Namespace),
 		client.WithDefaultPlatform(platforms.Default()),
 		client.WithExtraDialOpts(dialOpts),
+		client.WithServices(client.WithContainerStore(records)),
 	)
 	if err != nil {
 		return nil, fmt.Errorf("containerd client: %w", err)
