@@ -22,7 +22,9 @@ import (
 )
 
 // Store answers Get from the records it wrote through it; every other call,
-// and a Get of a record it did not write, goes to the store Inner returns.
+// and a Get of a record it did not write, goes to the store inner returns.
+// A record is remembered while its container lives: about the size of the
+// pause spec for each of berthd's pods.
 type Store struct {
 	// inner returns the store the records are in; it is asked at each
 	// call, so that it may follow a reconnection.
