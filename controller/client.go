@@ -5,6 +5,7 @@ import (
 
 	tasks "github.com/containerd/containerd/api/services/tasks/v1"
 	containerd "github.com/containerd/containerd/v2/client"
+	"github.com/containerd/containerd/v2/core/containers"
 	"github.com/containerd/containerd/v2/core/leases"
 	"github.com/containerd/containerd/v2/core/sandbox"
 	"github.com/containerd/containerd/v2/core/snapshots"
@@ -20,6 +21,9 @@ type Client interface {
 	GetImage(ctx context.Context, ref string) (containerd.Image, error)
 	WithLease(ctx context.Context, opts ...leases.Opt) (context.Context, func(context.Context) error, error)
 	SnapshotService(snapshotter string) snapshots.Snapshotter
+	// ContainerService deletes the records of pause containers whose task
+	// berth deleted.
+	ContainerService() containers.Store
 	// SandboxStore holds CRI's record of every sandbox.
 	SandboxStore() sandbox.Store
 	LeasesService() leases.Manager

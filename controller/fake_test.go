@@ -180,6 +180,7 @@ func (f *fakeClient) WithLease(ctx context.Context, opts ...leases.Opt) (context
 }
 
 func (f *fakeClient) SnapshotService(string) snapshots.Snapshotter { return nil }
+func (f *fakeClient) ContainerService() containers.Store           { return fakeContainerStore{f} }
 func (f *fakeClient) SandboxStore() sandbox.Store                  { return fakeSandboxStore{f} }
 func (f *fakeClient) LeasesService() leases.Manager                { return fakeLeases{f} }
 func (f *fakeClient) TaskService() tasks.TasksClient               { return fakeTaskService{fakeClient: f} }
@@ -320,17 +321,48 @@ func (c *fakeContainer) Update(ctx context.Context, opts ...containerd.UpdateCon
 	return nil
 }
 
-func (c *fakeContainer) Delete(context.Context, ...containerd.DeleteOpts) error {
-	if err := c.client.call("container delete", c.info.ID); err != nil {
+func (c *fakeContainer) Delete(ctx context.Context, _ ...containerd.DeleteOpts) error {
+	return fakeContainerStore{c.client}.Delete(ctx, c.info.ID)
+}
+
+// fakeContainerStore is containerd's container records as the controller
+// deletes them. Its Delete refuses a container with a task, as
+// containerd's client does, so that a test sees one deleted too early.
+type fakeContainerStore struct {
+	*fakeClient
+}
+
+func (s fakeContainerStore) Delete(_ context.Context, id string) error {
+	if err := s.call("container delete", id); err != nil {
 		return err
 	}
-	c.client.mu.Lock()
-	defer c.client.mu.Unlock()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	c, ok := s.containers[id]
+	if !ok {
+		return errdefs.ErrNotFound
+	}
 	if c.task != nil {
 		return fmt.Errorf("container has a task: %w", errdefs.ErrFailedPrecondition)
 	}
-	delete(c.client.containers, c.info.ID)
+	delete(s.containers, id)
 	return nil
+}
+
+func (fakeContainerStore) Get(context.Context, string) (containers.Container, error) {
+	panic("not used")
+}
+
+func (fakeContainerStore) List(context.Context, ...string) ([]containers.Container, error) {
+	panic("not used")
+}
+
+func (fakeContainerStore) Create(context.Context, containers.Container) (containers.Container, error) {
+	panic("not used")
+}
+
+func (fakeContainerStore) Update(context.Context, containers.Container, ...string) (containers.Container, error) {
+	panic("not used")
 }
 
 func (c *fakeContainer) NewTask(context.Context, cio.Creator, ...containerd.NewTaskOpts) (containerd.Task, error) {

@@ -39,8 +39,8 @@ func (c *Controller) Shutdown(ctx context.Context, id string) error {
 		case <-ctx.Done():
 			return fmt.Errorf("pause task not deleted yet (retrying in the background): %w", ctx.Err())
 		}
-		if err := ignoreNotFound(inst.Container.Delete(ctx, containerd.WithSnapshotCleanup)); err != nil {
-			return fmt.Errorf("delete pause container: %w", err)
+		if err := c.deleteContainer(ctx, inst.Container); err != nil {
+			return err
 		}
 	}
 	if err := c.config.Dirs.Files(id).Remove(); err != nil {
@@ -52,5 +52,27 @@ func (c *Controller) Shutdown(ctx context.Context, id string) error {
 	c.forget(sb)
 	failpoint.Clear(id)
 	log.G(ctx).Debug("sandbox shut down")
+	return nil
+}
+
+// deleteContainer deletes a pause container whose task is deleted, and its
+// snapshot, as containerd's client does with WithSnapshotCleanup, but
+// without first asking containerd for the task to refuse a container that
+// has one: berth deleted the task itself, and through berthd the question
+// is a round trip to containerd for every pod.
+func (c *Controller) deleteContainer(ctx context.Context, container containerd.Container) error {
+	// The record as containerd stored it at creation or recovery: no call.
+	r, err := container.Info(ctx, containerd.WithoutRefreshedMetadata)
+	if err != nil {
+		return fmt.Errorf("pause container record: %w", err)
+	}
+	if r.SnapshotKey != "" {
+		if err := ignoreNotFound(c.client.SnapshotService(r.Snapshotter).Remove(ctx, r.SnapshotKey)); err != nil {
+			return fmt.Errorf("remove pause snapshot: %w", err)
+		}
+	}
+	if err := ignoreNotFound(c.client.ContainerService().Delete(ctx, r.ID)); err != nil {
+		return fmt.Errorf("delete pause container: %w", err)
+	}
 	return nil
 }

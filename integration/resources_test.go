@@ -310,6 +310,13 @@ func checkHopSeries(t *testing.T, before, after map[string]float64) {
 	if calls[`{grpc_code="OK",grpc_method="Create",grpc_service="containerd.services.tasks.v1.Tasks",grpc_type="unary"}`] < 1 {
 		t.Errorf("berthd's calls to containerd for one lifecycle count no task Create: %v", calls)
 	}
+	// A lifecycle that goes well asks containerd for nothing it does not
+	// have: each such question is a round trip of the hop.
+	for series := range calls {
+		if !strings.Contains(series, `grpc_code="OK"`) {
+			t.Errorf("berthd's call %s failed in a lifecycle that went well", series)
+		}
+	}
 	t.Logf("berthd's calls to containerd for one lifecycle: %v in all, %v", total, calls)
 }
 
