@@ -94,7 +94,16 @@ func (c *Controller) newTask(ctx context.Context, sb *store.Sandbox, container c
 		}
 	}
 	failpoint.Hold(sb, failpoint.HoldTaskMake)
+	var announced func()
+	if group != "" && !making.ShimUp {
+		announced = c.announceShim(ctx, group)
+	}
 	task, err := container.NewTask(ctx, cio.NullIO, opts...)
+	if announced != nil {
+		// Before the making ends: a group whose first task failed is not
+		// announced after it ended.
+		announced()
+	}
 	switch {
 	case err == nil:
 		making.End(placement.Made)
@@ -109,6 +118,28 @@ func (c *Controller) newTask(ctx context.Context, sb *store.Sandbox, container c
 	default:
 		making.End(placement.Failed)
 		return nil, fmt.Errorf("create pause task in shim group %s: %w", group, err)
+	}
+}
+
+// announceShim tells the pods waiting for shim group's first task that
+// the shim its making started answers at its socket, so that they join it
+// there while the task is made (placement.Groups.ShimAnswers). stop ends
+// the watch, and returns once it has ended.
+func (c *Controller) announceShim(ctx context.Context, group string) (stop func()) {
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := c.config.Shims.AwaitAnswer(ctx, group); err != nil {
+			// Shim sockets berth does not know, or the making ended
+			// first: its end is what the waiting pods go on.
+			return
+		}
+		c.groups.ShimAnswers(group)
+	}()
+	return func() {
+		cancel()
+		<-done
 	}
 }
 

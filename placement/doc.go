@@ -10,7 +10,8 @@
 //   - Join, Leave: a pod enters and leaves its group; Rejoin counts a
 //     recovered pod in again.
 //   - MakeTask, then Making.End: a pause task is being made in the group.
-//     Until the group's first task is made, one at a time is made, and a
+//     Until the group's first task is made, or the shim its making started
+//     answers at its socket (ShimAnswers), one at a time is made, and a
 //     group whose shim may be exiting takes none (ErrShimEnding).
 //   - DeleteTask: a task may be deleted; the group's last one waits for the
 //     tasks being made, and ends the group's shim.

@@ -27,9 +27,10 @@ import (
 // already made), and when its first task fails to be made. So a group's
 // last pause task is deleted only once no task is being made in the group,
 // and none is made there after it (DeleteTask); until a group's first task
-// is made, one task at a time is made there (MakeTask). Only the first runs
-// the shim's start command; the others join the shim at its socket. The
-// start command is what splits a group: given a live shim that does not
+// is made, or the shim its making started answers (ShimAnswers), one task
+// at a time is made there (MakeTask). Only the first runs the shim's start
+// command; the others join the shim at its socket. The start command is
+// what splits a group: given a live shim that does not
 // answer within 100 ms (an exiting one, or one starved of CPU), it binds a
 // socket of its own, which the other shim may then remove; containerd can
 // then reach a shim other than the one started for it, which is left
@@ -59,6 +60,10 @@ type group struct {
 	tasks map[string]bool
 	// making counts the pause tasks being made in the group.
 	making int
+	// answering says the shim that the group's first making started
+	// answers at its socket (ShimAnswers): tasks join it there, beside that
+	// making, though no task is made yet.
+	answering bool
 	// ending says the group's last pause task is being deleted, or is: its
 	// shim may exit, and no task may be made in it.
 	ending bool
@@ -248,16 +253,17 @@ type Making struct {
 
 // MakeTask begins making the pause task of sandbox sb in group id, and
 // fails with ErrShimEnding if the group's shim may be exiting. Until a task
-// is made in the group, its shim may not be up, and one task at a time is
-// made there: the runc shim's start command is not safe to run twice at
-// once for a group with no shim (it can find the socket the other binds
-// not answering yet, and bind its own), and a shim whose first task fails
-// is shut down by containerd. Once one is made, the shim stays up until
+// is made in the group, its shim may not be up, and the first making runs
+// alone until the shim it starts answers at its socket (ShimAnswers) or
+// the task is made: the runc shim's start command is not safe to run twice
+// at once for a group with no shim (it can find the socket the other binds
+// not answering yet, and bind its own), so the others join the shim at its
+// socket, without that command. Once one is made, the shim stays up until
 // the making ends (DeleteTask). A group whose first task is not made ends:
-// containerd shuts down the shim it started for that task. A refusal by
-// the shim retires the group; any other failure leaves it as it was, so
-// that a pod whose pause can never be made does not cost its group's
-// pods their shim.
+// containerd shuts down the shim it started for that task, and a task
+// joining it meanwhile is refused. A refusal by the shim retires the
+// group; any other failure leaves it as it was, so that a pod whose pause
+// can never be made does not cost its group's pods their shim.
 func (s *Groups) MakeTask(ctx context.Context, id, sb string) (Making, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -266,7 +272,7 @@ func (s *Groups) MakeTask(ctx context.Context, id, sb string) (Making, error) {
 		// A shim of the pod's own.
 		return Making{End: func(Outcome) {}}, nil
 	}
-	for !g.ending && len(g.tasks) == 0 && g.making > 0 {
+	for !g.ending && !g.shimUp() && g.making > 0 {
 		if err := s.waitLocked(ctx, g, "first task"); err != nil {
 			return Making{}, err
 		}
@@ -276,7 +282,7 @@ func (s *Groups) MakeTask(ctx context.Context, id, sb string) (Making, error) {
 	}
 	g.making++
 	ended := false
-	return Making{ShimUp: len(g.tasks) > 0, End: func(o Outcome) {
+	return Making{ShimUp: g.shimUp(), End: func(o Outcome) {
 		s.mu.Lock()
 		defer s.mu.Unlock()
 		if ended {
@@ -293,9 +299,33 @@ func (s *Groups) MakeTask(ctx context.Context, id, sb string) (Making, error) {
 		case o == Refused:
 			s.retireLocked(id)
 		}
-		close(g.changed)
-		g.changed = make(chan struct{})
+		g.changedLocked()
 	}}, nil
+}
+
+// shimUp says a task made in g joins its shim at its socket.
+func (g *group) shimUp() bool { return len(g.tasks) > 0 || g.answering }
+
+// changedLocked wakes those waiting on g, with the Groups' lock held.
+func (g *group) changedLocked() {
+	close(g.changed)
+	g.changed = make(chan struct{})
+}
+
+// ShimAnswers says the shim that group id's first making started answers
+// at its socket: the makings waiting for the first go ahead beside it,
+// joining the shim there, rather than wait for the first task to be made
+// (on a node with cores to spare, most of a group's start). Said of a group
+// whose shim may be exiting, it changes nothing.
+func (s *Groups) ShimAnswers(id string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	g, ok := s.inUse[id]
+	if !ok || g.ending || g.answering {
+		return
+	}
+	g.answering = true
+	g.changedLocked()
 }
 
 // endLocked ends group g: its shim may exit, and no task is made in it.

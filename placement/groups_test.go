@@ -241,6 +241,58 @@ func TestShimGroupFirstTask(t *testing.T) {
 	}
 }
 
+// TestShimGroupShimAnswers checks that the makings waiting for a group's
+// first task go ahead, joining its shim, once that shim answers, with the
+// first still being made; that a group whose shim may be exiting is not
+// reopened by it; and that a making that fails while no task is made ends
+// the group, whichever it is: containerd shuts the shim down after any
+// failed create, and it exits if it serves no task yet.
+func TestShimGroupShimAnswers(t *testing.T) {
+	ctx := context.Background()
+	g := NewGroups(func(string) int { return 4 })
+	id := g.Join(Scope{Handler: "h"})
+	first := mustMake(t, g, id, "a")
+	g.Join(Scope{Handler: "h"})
+	b := blocked(t, "making a second task while the group's first is being made",
+		func() (Making, error) { return g.MakeTask(ctx, id, "b") },
+		func() { g.ShimAnswers(id) })
+	if !b.ShimUp {
+		t.Error("a making that went ahead once the shim answered does not join the shim")
+	}
+	g.Join(Scope{Handler: "h"})
+	c, err := g.MakeTask(ctx, id, "c")
+	if err != nil || !c.ShimUp {
+		t.Fatalf("making a task in a group whose shim answers: %+v, %v; want it to join the shim", c, err)
+	}
+	b.End(Made)
+	first(Made)
+	c.End(Made)
+	if got := g.TasksOf(id); len(got) != 3 {
+		t.Errorf("tasks of the group: %v, want a, b and c", got)
+	}
+
+	// A joiner's failure with no task made ends the group: the shim the
+	// first making started may exit under it.
+	g = NewGroups(func(string) int { return 4 })
+	other := g.Join(Scope{Handler: "h"})
+	firstOther := mustMake(t, g, other, "d")
+	g.ShimAnswers(other)
+	g.Join(Scope{Handler: "h"})
+	joiner, err := g.MakeTask(ctx, other, "e")
+	if err != nil || !joiner.ShimUp {
+		t.Fatalf("making a task in a group whose shim answers: %+v, %v", joiner, err)
+	}
+	joiner.End(Failed)
+	firstOther(Refused)
+	g.ShimAnswers(other)
+	if _, err := g.MakeTask(ctx, other, "f"); !errors.Is(err, ErrShimEnding) {
+		t.Errorf("making a task in a group whose joiner failed before any task was made: %v, want ErrShimEnding", err)
+	}
+	if got := g.Join(Scope{Handler: "h"}); got == other {
+		t.Error("a pod joined a group whose shim may be exiting")
+	}
+}
+
 // TestShimGroupKeeper checks that a group with a shim keeper outlives its
 // pods, and is retired once the keeper and its pods are gone; that a
 // keeper is made only in a fresh group; and that a recovered keeper

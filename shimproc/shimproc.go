@@ -99,6 +99,45 @@ func (s Sockets) Dial(ctx context.Context, group string) (*Shim, error) {
 	return &Shim{svc: taskapi.NewTTRPCTaskClient(client), client: client, sockets: s}, nil
 }
 
+// AwaitAnswer returns once the runc shim of group answers a call at its
+// socket, polling for the socket while nothing listens there: a shim whose
+// start command is still running. It fails when ctx ends first, and at
+// once with sockets berth does not know.
+func (s Sockets) AwaitAnswer(ctx context.Context, group string) error {
+	if s.ContainerdAddress == "" {
+		return fmt.Errorf("shim sockets are not known: %w", errdefs.ErrNotImplemented)
+	}
+	for wait := time.Millisecond; ; wait = min(2*wait, 8*time.Millisecond) {
+		shim, err := s.Dial(ctx, group)
+		if err != nil {
+			return err
+		}
+		if shim != nil {
+			err = shim.answer(ctx)
+			shim.Close()
+			if err == nil {
+				return nil
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(wait):
+		}
+	}
+}
+
+// answer asks the shim about a task no shim has: any answer from its task
+// API, NotFound included, says it serves. The start command binds the
+// socket before the shim serves it, so the call waits until it does.
+func (s *Shim) answer(ctx context.Context) error {
+	_, err := s.svc.State(ctx, &taskapi.StateRequest{ID: ""})
+	if err == nil || errdefs.IsNotFound(errgrpc.ToNative(err)) {
+		return nil
+	}
+	return err
+}
+
 // Shim is a connection to a runc shim's task API.
 type Shim struct {
 	svc taskapi.TTRPCTaskService

@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	taskapi "github.com/containerd/containerd/api/runtime/task/v3"
 	"github.com/containerd/errdefs"
@@ -145,5 +146,55 @@ func TestDial(t *testing.T) {
 	}
 	if err := shim.Close(); err != nil {
 		t.Error(err)
+	}
+}
+
+// TestAwaitAnswer checks that AwaitAnswer waits for a shim's socket, then
+// for the shim to serve it, as the runc shim's start command binds the
+// socket before its shim serves, and returns once the shim answers.
+func TestAwaitAnswer(t *testing.T) {
+	ctx := context.Background()
+	if err := (Sockets{}).AwaitAnswer(ctx, "group"); !errdefs.IsNotImplemented(err) {
+		t.Errorf("AwaitAnswer with unknown sockets: %v, want NotImplemented", err)
+	}
+	sockets := Sockets{ContainerdAddress: "/run/berth-test/containerd.sock", Dir: t.TempDir(), Namespace: "k8s.io"}
+	short, cancel := context.WithTimeout(ctx, 30*time.Millisecond)
+	defer cancel()
+	if err := sockets.AwaitAnswer(short, "group"); !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("AwaitAnswer with no shim: %v, want the deadline", err)
+	}
+
+	answered := make(chan error, 1)
+	go func() { answered <- sockets.AwaitAnswer(ctx, "group") }()
+	addr, err := sockets.TaskAddress(ctx, "group")
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(20 * time.Millisecond)
+	l, err := net.Listen("unix", strings.TrimPrefix(addr, "ttrpc+unix://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	time.Sleep(30 * time.Millisecond)
+	select {
+	case err := <-answered:
+		t.Fatalf("AwaitAnswer returned %v before the shim served its socket", err)
+	default:
+	}
+	server, err := ttrpc.NewServer()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer server.Close()
+	taskapi.RegisterTTRPCTaskService(server, &fakeShim{})
+	go func() { _ = server.Serve(ctx, l) }()
+	select {
+	case err := <-answered:
+		if err != nil {
+			t.Errorf("AwaitAnswer of a serving shim: %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("AwaitAnswer did not return once the shim served")
 	}
 }
