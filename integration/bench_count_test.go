@@ -113,6 +113,12 @@ func installCounters(b *testing.B, stats []*handlerStats) *callCounter {
 // ways of running berth are measured side by side, in one containerd.
 const handlerBerthd = "berthd"
 
+// benchBerthdMetrics is where the bench's berthd serves its series, and
+// benchBerthdStarted says it runs.
+const benchBerthdMetrics = "127.0.0.1:1343"
+
+var benchBerthdStarted bool
+
 // startBenchBerthd adds berthd as proxy plugin handlerBerthd to
 // containerd's config and starts it, for the rest of the bench. Its own
 // table is absent from the config: berth's defaults, which the config's
@@ -129,14 +135,18 @@ func startBenchBerthd(b *testing.B) {
 		b.Fatal(err)
 	}
 	cmd, err := daemon.run(filepath.Join(daemon.dir, "berthd-bench.log"), "berthd", "--sandboxer", handlerBerthd,
-		"--containerd-config", filepath.Join(daemon.dir, "config.toml"), "--address", socket)
+		"--containerd-config", filepath.Join(daemon.dir, "config.toml"), "--address", socket, "--metrics-address", benchBerthdMetrics)
 	if err != nil {
 		b.Fatal(err)
 	}
-	b.Cleanup(func() { terminate(cmd) })
+	b.Cleanup(func() {
+		terminate(cmd)
+		benchBerthdStarted = false
+	})
 	if !within(30*time.Second, func() bool { return dial(socket) == nil }) {
 		b.Fatalf("berthd %s did not listen on %s", handlerBerthd, socket)
 	}
+	benchBerthdStarted = true
 }
 
 // handlerCopy is a runtime handler the bench adds to the config, a copy of

@@ -405,12 +405,19 @@ func measureLive(b *testing.B, h *handlerStats) {
 }
 
 // groupWait is the time berth's pods have waited on other pods of their
-// shim group so far, from containerd's metrics endpoint.
+// shim group so far, from containerd's metrics endpoint and, with the
+// bench's berthd running, from berthd's.
 func groupWait(b testing.TB) time.Duration {
+	scrapes := []map[string]float64{scrapeMetrics(b)}
+	if benchBerthdStarted {
+		scrapes = append(scrapes, scrapeMetricsAt(b, benchBerthdMetrics))
+	}
 	var total float64
-	for series, v := range scrapeMetrics(b) {
-		if strings.HasPrefix(series, "berth_sandbox_group_wait_seconds_sum") {
-			total += v
+	for _, m := range scrapes {
+		for series, v := range m {
+			if strings.HasPrefix(series, "berth_sandbox_group_wait_seconds_sum") {
+				total += v
+			}
 		}
 	}
 	return time.Duration(total * float64(time.Second))

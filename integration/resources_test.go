@@ -330,6 +330,12 @@ func scrapeMetrics(t testing.TB) map[string]float64 {
 		// berth's series are berthd's, on its own endpoint.
 		address = *berthdMetrics
 	}
+	return scrapeMetricsAt(t, address)
+}
+
+// scrapeMetricsAt reads the berth and gRPC series served at address.
+func scrapeMetricsAt(t testing.TB, address string) map[string]float64 {
+	t.Helper()
 	resp, err := http.Get("http://" + address + "/v1/metrics")
 	if err != nil {
 		t.Fatalf("scrape: %v", err)
