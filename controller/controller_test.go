@@ -184,16 +184,34 @@ func TestLifecycle(t *testing.T) {
 	if n := client.count("task delete"); n != 1 {
 		t.Errorf("%d task deletes, want 1", n)
 	}
-	// Stop's kill, then a kill of whatever may be left in the pause's
-	// cgroup when the exited pause is deleted, as containerd's client and
-	// the built-in do: runc 1.1, or a runtime BinaryName names, signals
-	// the cgroup's processes. berth's shim answers it without runc when
-	// the cgroup is empty (shimtask).
-	if n := client.count("task kill"); n != 1 {
-		t.Errorf("%d task kills, want 1", n)
+	// Stop's kill reaches every process of the pause's cgroup, as
+	// containerd's client and the built-in do when they delete an exited
+	// pause (runc 1.1, or a runtime BinaryName names, signals the cgroup's
+	// processes); that deletion then kills nothing again.
+	if n := client.count("task kill"); n != 0 {
+		t.Errorf("%d kills of the pause alone, want none", n)
 	}
 	if n := client.count("task killall"); n != 1 {
-		t.Errorf("%d kills of all the pause's processes, want 1", n)
+		t.Errorf("%d kills of all the pause's processes, want Stop's only", n)
+	}
+}
+
+// TestExitedPauseKilledAll: a pause that exits by itself, or whose kill
+// failed, has what is left in its cgroup killed before its task is
+// deleted.
+func TestExitedPauseKilledAll(t *testing.T) {
+	client := newFakeClient()
+	c := testController(t, client)
+	task := started(t, c, client, "sb1")
+	task.exit(0)
+	if _, err := c.Wait(testContext(), "sb1"); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Shutdown(testContext(), "sb1"); err != nil {
+		t.Fatalf("Shutdown: %v", err)
+	}
+	if n := client.count("task killall"); n != 1 {
+		t.Errorf("%d kills of all the exited pause's processes, want 1", n)
 	}
 }
 
@@ -290,16 +308,17 @@ func TestKillRetriedOnce(t *testing.T) {
 		client := newFakeClient()
 		c := testController(t, client)
 		started(t, c, client, "sb1")
-		client.failNext("task kill", errdefs.ErrUnavailable, errdefs.ErrUnavailable, errdefs.ErrUnavailable, errdefs.ErrUnavailable, errdefs.ErrUnavailable)
+		client.failNext("task killall", errdefs.ErrUnavailable, errdefs.ErrUnavailable, errdefs.ErrUnavailable, errdefs.ErrUnavailable, errdefs.ErrUnavailable)
 		for range 3 {
 			if err := c.Stop(testContext(), "sb1"); err == nil {
 				t.Fatal("Stop succeeded while the kill fails")
 			}
 		}
-		// Retries at 1s and 3s fail; the one at 7s kills.
+		// Retries at 1s and 3s fail; the one at 7s kills, and the exited
+		// pause's deletion kills nothing again.
 		time.Sleep(time.Hour)
 		synctest.Wait()
-		if n := client.count("task kill"); n != 6 {
+		if n := client.count("task killall"); n != 6 {
 			t.Errorf("%d kills, want 3 by Stop and 3 by one retry", n)
 		}
 		if got := state(t, c, "sb1"); got != runtimeapi.PodSandboxState_SANDBOX_NOTREADY.String() {
@@ -315,15 +334,17 @@ func TestKillRetryEndsAtExit(t *testing.T) {
 		client := newFakeClient()
 		c := testController(t, client)
 		task := started(t, c, client, "sb1")
-		client.failNext("task kill", errdefs.ErrUnavailable, errdefs.ErrUnavailable, errdefs.ErrUnavailable)
+		client.failNext("task killall", errdefs.ErrUnavailable)
 		if err := c.Stop(testContext(), "sb1"); err == nil {
 			t.Fatal("Stop succeeded while the kill fails")
 		}
 		task.exit(0)
 		time.Sleep(time.Hour)
 		synctest.Wait()
-		if n := client.count("task kill"); n != 1 {
-			t.Errorf("%d kills, want only Stop's: the pause exited before the retry", n)
+		// Stop's, which failed, and the deletion's of what its failure may
+		// have left; none by the retry: the pause exited before it.
+		if n := client.count("task killall"); n != 2 {
+			t.Errorf("%d kills, want Stop's and the deletion's", n)
 		}
 		if client.container("sb1").hasTask() {
 			t.Error("exited task not deleted")
@@ -673,7 +694,7 @@ func TestRecoverInBackground(t *testing.T) {
 	if err := c.Stop(stopCtx, "running"); !errors.Is(err, context.DeadlineExceeded) {
 		t.Errorf("Stop during the reload: %v, want it to wait until its context ends", err)
 	}
-	if n := client.count("task kill"); n != 0 {
+	if n := client.count("task killall"); n != 0 {
 		t.Error("Stop during the reload killed the pause task")
 	}
 	release()

@@ -62,14 +62,19 @@ type Config struct {
 type Reaper struct {
 	cfg Config
 
-	mu sync.Mutex // guards killing
+	mu sync.Mutex // guards killing and killedAll
 	// killing holds the sandboxes whose kill is queued for a retry.
 	killing map[string]bool
+	// killedAll holds the sandboxes whose kill is being sent, or was, to
+	// every process of the pause's cgroup: the deletion of their exited
+	// task kills nothing again. An entry goes with the task's deletion, or
+	// with the kill's failure.
+	killedAll map[string]bool
 }
 
 // New returns a reaper.
 func New(cfg Config) *Reaper {
-	return &Reaper{cfg: cfg, killing: map[string]bool{}}
+	return &Reaper{cfg: cfg, killing: map[string]bool{}, killedAll: map[string]bool{}}
 }
 
 // Watch hands the sandbox's pause task to a goroutine of its own, which
@@ -107,9 +112,15 @@ func (r *Reaper) deleteExited(ctx context.Context, sb *store.Sandbox, task conta
 	if err := failpoint.Inject(sb, failpoint.TaskDelete); err != nil {
 		return err
 	}
-	if err := r.inGroupTurn(ctx, sb.Status().Instance.ShimGroup, sb.ID, func() error { return r.deleteExitedTask(ctx, task) }); err != nil {
+	r.mu.Lock()
+	killed := r.killedAll[sb.ID]
+	r.mu.Unlock()
+	if err := r.inGroupTurn(ctx, sb.Status().Instance.ShimGroup, sb.ID, func() error { return r.deleteExitedTask(ctx, task, !killed) }); err != nil {
 		return err
 	}
+	r.mu.Lock()
+	delete(r.killedAll, sb.ID)
+	r.mu.Unlock()
 	r.EndIdleShim(ctx, sb.Status().Instance.ShimGroup, sb.ID)
 	sb.SetDeleted()
 	return nil
@@ -159,21 +170,27 @@ func (r *Reaper) inGroupTurn(ctx context.Context, group, id string, del func() e
 // deleteExitedTask deletes a pause task whose exit was handled, as
 // DeleteTask does, but without first waiting for its exit and asking its
 // state again, which containerd's WithProcessKill and Delete do: two round
-// trips to containerd that berthd would make for every pod.
-func (r *Reaper) deleteExitedTask(ctx context.Context, task containerd.Task) error {
-	// What is left in the pause's cgroup is killed first (DeleteTask).
-	if err := task.Kill(ctx, syscall.SIGKILL, containerd.WithKillAll); err != nil && !errdefs.IsNotFound(err) && !shimproc.IsGone(err) {
-		return fmt.Errorf("kill what is left of the exited pause: %w", err)
+// trips to containerd that berthd would make for every pod. killLeft kills
+// what is left in the pause's cgroup first (DeleteTask), which a pause
+// that Kill killed, with the rest of its cgroup, does not need: a runc
+// process and, through berthd, a round trip, saved for every pod Stop ends.
+func (r *Reaper) deleteExitedTask(ctx context.Context, task containerd.Task, killLeft bool) error {
+	if killLeft {
+		if err := task.Kill(ctx, syscall.SIGKILL, containerd.WithKillAll); err != nil && !errdefs.IsNotFound(err) && !shimproc.IsGone(err) {
+			return fmt.Errorf("kill what is left of the exited pause: %w", err)
+		}
 	}
 	return r.deleteFromTaskService(ctx, task.ID())
 }
 
-// Kill sends SIGKILL to the pause task of a ready sandbox. If the shim does
-// not answer, the kill is retried in the background until the pause exits,
-// so that the pod dies as soon as the shim answers again; however many
-// Stops fail meanwhile, one kill is queued.
+// Kill sends SIGKILL to the pause task of a ready sandbox and to whatever
+// else is in its cgroup, as the deletion of an exited pause task does
+// (DeleteTask), which then need not. If the shim does not answer, the
+// kill is retried in the background until the pause exits, so that the pod
+// dies as soon as the shim answers again; however many Stops fail
+// meanwhile, one kill is queued.
 func (r *Reaper) Kill(ctx context.Context, sb *store.Sandbox, task containerd.Task) error {
-	err := sigkill(ctx, task)
+	err := r.killAll(ctx, sb.ID, task)
 	if err == nil {
 		return nil
 	}
@@ -188,7 +205,7 @@ func (r *Reaper) Kill(ctx context.Context, sb *store.Sandbox, task containerd.Ta
 				// Nothing left to kill; the task's deletion, queued behind
 				// this step, can run.
 			default:
-				if err := sigkill(ctx, task); err != nil {
+				if err := r.killAll(ctx, sb.ID, task); err != nil {
 					return err
 				}
 			}
@@ -201,12 +218,26 @@ func (r *Reaper) Kill(ctx context.Context, sb *store.Sandbox, task containerd.Ta
 	return err
 }
 
-// sigkill kills task; one already gone is killed.
-func sigkill(ctx context.Context, task containerd.Task) error {
-	if err := task.Kill(ctx, syscall.SIGKILL); err != nil && !errdefs.IsNotFound(err) {
-		return err
+// killAll kills every process of the cgroup of sandbox id's pause task;
+// a task already gone is killed. The kill is recorded before it is sent:
+// the pause's exit can be handled before the kill's answer comes. The
+// record goes if the kill is not sent, or finds the task gone: its
+// deletion, which would drop the record, may be over.
+func (r *Reaper) killAll(ctx context.Context, id string, task containerd.Task) error {
+	r.mu.Lock()
+	r.killedAll[id] = true
+	r.mu.Unlock()
+	err := task.Kill(ctx, syscall.SIGKILL, containerd.WithKillAll)
+	if err == nil {
+		return nil
 	}
-	return nil
+	r.mu.Lock()
+	delete(r.killedAll, id)
+	r.mu.Unlock()
+	if errdefs.IsNotFound(err) {
+		return nil
+	}
+	return err
 }
 
 // Reattach takes up the pause task of a recovered sandbox: a running one is

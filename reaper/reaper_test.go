@@ -8,12 +8,14 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
 	taskapi "github.com/containerd/containerd/api/runtime/task/v3"
 	containerd "github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
+	"github.com/containerd/errdefs"
 	"github.com/containerd/ttrpc"
 
 	"github.com/berth-dev/berth/placement"
@@ -145,5 +147,53 @@ func TestWatchShim(t *testing.T) {
 	case ids := <-died:
 		t.Errorf("shim death reported twice, the second time for %v", ids)
 	case <-time.After(100 * time.Millisecond):
+	}
+}
+
+// killTask is a pause task whose kill answers err; it records whether each
+// kill reached every process of its cgroup.
+type killTask struct {
+	containerd.Task
+	err  error
+	alls []bool
+}
+
+func (t *killTask) Kill(ctx context.Context, _ syscall.Signal, opts ...containerd.KillOpts) error {
+	var info containerd.KillInfo
+	for _, o := range opts {
+		if err := o(ctx, &info); err != nil {
+			return err
+		}
+	}
+	t.alls = append(t.alls, info.All)
+	return t.err
+}
+
+// TestKillAllRecorded checks that a kill of a pause's whole cgroup is
+// recorded only while its task's deletion may still need it: kept once
+// sent, for the deletion to drop, and dropped at once if the kill failed
+// or found the task gone, whose deletion may be over.
+func TestKillAllRecorded(t *testing.T) {
+	for _, tc := range []struct {
+		err    error
+		kept   bool
+		failed bool
+	}{
+		{err: nil, kept: true},
+		{err: errdefs.ErrNotFound},
+		{err: errdefs.ErrUnavailable, failed: true},
+	} {
+		r := New(Config{})
+		task := &killTask{err: tc.err}
+		err := r.killAll(testContext(), "sb1", task)
+		if (err != nil) != tc.failed {
+			t.Errorf("kill answering %v: %v", tc.err, err)
+		}
+		if !slices.Equal(task.alls, []bool{true}) {
+			t.Errorf("kills %v, want one of every process of the cgroup", task.alls)
+		}
+		if got := r.killedAll["sb1"]; got != tc.kept {
+			t.Errorf("kill answering %v recorded: %v, want %v", tc.err, got, tc.kept)
+		}
 	}
 }
