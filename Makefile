@@ -121,7 +121,7 @@ integration: build
 	$(INTEGRATION) -run Failpoint -args -bin $(BIN) -berthd -failpoints
 	$(GO) test -count=1 -timeout 10m -v -run '^$$' -bench Compare -benchtime 1x ./integration \
 		-args -bin $(BIN) -bench-out $(OUT)/bench-smoke -bench-serial 2 -bench-parallel 8 -bench-count 1 \
-		-bench-live 8 -bench-handlers runc,berth
+		-bench-live 8 -bench-handlers runc,berth -bench-shim-kills 1
 
 # A one-node Kubernetes (etcd, kube-apiserver, kubelet) on this machine around
 # this containerd; the tests drive it through the API server with

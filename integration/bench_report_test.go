@@ -49,6 +49,8 @@ type summary struct {
 	RuncCalls  map[string]float64 `json:"runc_calls_per_lifecycle"`
 	ShimCalls  map[string]float64 `json:"shim_calls_per_lifecycle"`
 	Live       []liveSample       `json:"live,omitempty"`
+	// ShimKillMS is each shim kill's ms until its last pod was NOTREADY.
+	ShimKillMS []float64 `json:"shim_kill_ms,omitempty"`
 	values     map[string]float64
 }
 
@@ -142,7 +144,9 @@ func summarize(h *handlerStats, floor *summary) *summary {
 		}
 	}
 	if k := h.ShimKill; k != nil {
+		s.ShimKillMS = k.RoundsMS
 		set("ms to NOTREADY after a shim kill", k.NotReadyMS)
+		set("ms to NOTREADY after a shim kill, slowest", k.MaxMS)
 		set("pods of a killed shim", float64(k.Pods))
 	}
 	return s
@@ -180,6 +184,7 @@ func figureNames(s *summary) []string {
 		add(fmt.Sprintf("node KiB per pod, %d pods", l.Pods))
 	}
 	add("ms to NOTREADY after a shim kill")
+	add("ms to NOTREADY after a shim kill, slowest")
 	add("pods of a killed shim")
 	return names
 }
