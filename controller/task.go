@@ -96,7 +96,7 @@ func (c *Controller) newTask(ctx context.Context, sb *store.Sandbox, container c
 	failpoint.Hold(sb, failpoint.HoldTaskMake)
 	var announced func()
 	if group != "" && !making.ShimUp {
-		announced = c.announceShim(ctx, group)
+		announced = c.announceShim(ctx, group, making.Awaited)
 	}
 	task, err := container.NewTask(ctx, cio.NullIO, opts...)
 	if announced != nil {
@@ -123,13 +123,21 @@ func (c *Controller) newTask(ctx context.Context, sb *store.Sandbox, container c
 
 // announceShim tells the pods waiting for shim group's first task that
 // the shim its making started answers at its socket, so that they join it
-// there while the task is made (placement.Groups.ShimAnswers). stop ends
+// there while the task is made (placement.Groups.ShimAnswers). It watches
+// the socket only once a pod waits (awaited is closed): a pod that starts
+// alone, as most do, has no one to tell, and the watch's dials and calls
+// to the new shim would cost berth and the shim CPU for nothing. stop ends
 // the watch, and returns once it has ended.
-func (c *Controller) announceShim(ctx context.Context, group string) (stop func()) {
+func (c *Controller) announceShim(ctx context.Context, group string, awaited <-chan struct{}) (stop func()) {
 	ctx, cancel := context.WithCancel(ctx)
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
+		select {
+		case <-awaited:
+		case <-ctx.Done():
+			return
+		}
 		if err := c.config.Shims.AwaitAnswer(ctx, group); err != nil {
 			// Shim sockets berth does not know, or the making ended
 			// first: its end is what the waiting pods go on.

@@ -12,7 +12,8 @@
 //   - MakeTask, then Making.End: a pause task is being made in the group.
 //     Until the group's first task is made, or the shim its making started
 //     answers at its socket (ShimAnswers), one at a time is made, and a
-//     group whose shim may be exiting takes none (ErrShimEnding).
+//     group whose shim may be exiting takes none (ErrShimEnding); the
+//     first making's Awaited says when another waits for it.
 //   - DeleteTask: a task may be deleted; the group's last one waits for the
 //     tasks being made, and ends the group's shim.
 //   - Has: whether pods are in a group: a shim of a group no pod is in may

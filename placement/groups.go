@@ -64,6 +64,9 @@ type group struct {
 	// answers at its socket (ShimAnswers): tasks join it there, beside that
 	// making, though no task is made yet.
 	answering bool
+	// awaited is the first making's Making.Awaited while no other making
+	// has waited for it; nil otherwise.
+	awaited chan struct{}
 	// ending says the group's last pause task is being deleted, or is: its
 	// shim may exit, and no task may be made in it.
 	ending bool
@@ -247,6 +250,11 @@ type Making struct {
 	// until the making ends: the task joins that shim at its socket rather
 	// than through the shim's start command.
 	ShimUp bool
+	// Awaited, for a making whose shim is not up, is closed once another
+	// making waits for it: only then is there a making to tell that the
+	// shim answers (ShimAnswers). Nil for one whose shim is up, or that has
+	// a shim of its own.
+	Awaited <-chan struct{}
 	// end ends the making; only its first call counts.
 	End func(Outcome)
 }
@@ -273,6 +281,10 @@ func (s *Groups) MakeTask(ctx context.Context, id, sb string) (Making, error) {
 		return Making{End: func(Outcome) {}}, nil
 	}
 	for !g.ending && !g.shimUp() && g.making > 0 {
+		if g.awaited != nil {
+			close(g.awaited)
+			g.awaited = nil
+		}
 		if err := s.waitLocked(ctx, g, "first task"); err != nil {
 			return Making{}, err
 		}
@@ -281,8 +293,13 @@ func (s *Groups) MakeTask(ctx context.Context, id, sb string) (Making, error) {
 		return Making{}, ErrShimEnding
 	}
 	g.making++
+	var awaited chan struct{}
+	if !g.shimUp() {
+		awaited = make(chan struct{})
+		g.awaited = awaited
+	}
 	ended := false
-	return Making{ShimUp: g.shimUp(), End: func(o Outcome) {
+	return Making{ShimUp: g.shimUp(), Awaited: awaited, End: func(o Outcome) {
 		s.mu.Lock()
 		defer s.mu.Unlock()
 		if ended {
@@ -290,6 +307,9 @@ func (s *Groups) MakeTask(ctx context.Context, id, sb string) (Making, error) {
 		}
 		ended = true
 		g.making--
+		if awaited != nil && g.awaited == awaited {
+			g.awaited = nil
+		}
 		switch {
 		case o == Abandoned:
 		case o == Made:

@@ -293,6 +293,71 @@ func TestShimGroupShimAnswers(t *testing.T) {
 	}
 }
 
+// TestShimGroupAwaited checks that a group's first making is told when
+// another making waits for it, and only then: a pod that starts alone has
+// no one to announce its shim to.
+func TestShimGroupAwaited(t *testing.T) {
+	ctx := context.Background()
+	g := NewGroups(func(string) int { return 4 })
+	id := g.Join(Scope{Handler: "h"})
+	first, err := g.MakeTask(ctx, id, "a")
+	if err != nil || first.ShimUp || first.Awaited == nil {
+		t.Fatalf("the first making of a group: %+v, %v; want its shim not up, and Awaited", first, err)
+	}
+	if isClosed(first.Awaited) {
+		t.Fatal("the first making is awaited with no other making")
+	}
+	g.Join(Scope{Handler: "h"})
+	waiting := make(chan Making, 1)
+	go func() {
+		m, err := g.MakeTask(ctx, id, "b")
+		if err != nil {
+			t.Errorf("making a second task: %v", err)
+		}
+		waiting <- m
+	}()
+	select {
+	case <-first.Awaited:
+	case <-time.After(time.Second):
+		t.Fatal("the first making is not awaited while a second waits for it")
+	}
+	g.ShimAnswers(id)
+	second := <-waiting
+	if !second.ShimUp || second.Awaited != nil {
+		t.Errorf("a making joining an answering shim: %+v; want its shim up and no Awaited", second)
+	}
+	second.End(Made)
+	first.End(Made)
+
+	// A first making abandoned unawaited leaves nothing awaited for the
+	// next first.
+	other := NewGroups(func(string) int { return 4 })
+	gid := other.Join(Scope{Handler: "h"})
+	alone, err := other.MakeTask(ctx, gid, "c")
+	if err != nil {
+		t.Fatal(err)
+	}
+	alone.End(Abandoned)
+	again, err := other.MakeTask(ctx, gid, "d")
+	if err != nil || again.ShimUp {
+		t.Fatalf("the making after an abandoned first: %+v, %v; want the first again", again, err)
+	}
+	if isClosed(again.Awaited) || isClosed(alone.Awaited) {
+		t.Error("a first making is awaited with no other making")
+	}
+	again.End(Made)
+}
+
+// isClosed says whether ch is closed, without waiting.
+func isClosed(ch <-chan struct{}) bool {
+	select {
+	case <-ch:
+		return true
+	default:
+		return false
+	}
+}
+
 // TestShimGroupKeeper checks that a group with a shim keeper outlives its
 // pods, and is retired once the keeper and its pods are gone; that a
 // keeper is made only in a fresh group; and that a recovered keeper
