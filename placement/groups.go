@@ -293,13 +293,14 @@ func (s *Groups) MakeTask(ctx context.Context, id, sb string) (Making, error) {
 		return Making{}, ErrShimEnding
 	}
 	g.making++
+	up := g.shimUp()
 	var awaited chan struct{}
-	if !g.shimUp() {
+	if !up {
 		awaited = make(chan struct{})
 		g.awaited = awaited
 	}
 	ended := false
-	return Making{ShimUp: g.shimUp(), Awaited: awaited, End: func(o Outcome) {
+	return Making{ShimUp: up, Awaited: awaited, End: func(o Outcome) {
 		s.mu.Lock()
 		defer s.mu.Unlock()
 		if ended {
