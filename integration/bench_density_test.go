@@ -115,9 +115,6 @@ func measureShimKill(b *testing.B, h *handlerStats) {
 		k.Pods = pods
 		k.RoundsMS = append(k.RoundsMS, float64(took.Microseconds())/1000)
 	}
-	sorted := slices.Sorted(slices.Values(k.RoundsMS))
-	k.NotReadyMS = sorted[(len(sorted)-1)/2]
-	k.MaxMS = sorted[len(sorted)-1]
 	h.ShimKill = k
 }
 
@@ -177,11 +174,15 @@ func killShimOnce(b *testing.B, h *handlerStats, round int) (int, time.Duration)
 	return len(victims), slices.Max(notReady)
 }
 
-// shimKill is how long the pods of a killed shim took to be NOTREADY: the
-// median and the longest of the kills, and each kill's.
+// shimKill is how long the pods of a killed shim took to be NOTREADY, in
+// each kill.
 type shimKill struct {
-	Pods       int       `json:"pods"`
-	NotReadyMS float64   `json:"not_ready_ms"`
-	MaxMS      float64   `json:"max_ms"`
-	RoundsMS   []float64 `json:"rounds_ms"`
+	Pods     int       `json:"pods"`
+	RoundsMS []float64 `json:"rounds_ms"`
+}
+
+// medianAndMax returns the median and the longest of the kills.
+func (k *shimKill) medianAndMax() (median, longest float64) {
+	sorted := slices.Sorted(slices.Values(k.RoundsMS))
+	return sorted[(len(sorted)-1)/2], sorted[len(sorted)-1]
 }

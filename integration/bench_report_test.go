@@ -145,8 +145,9 @@ func summarize(h *handlerStats, floor *summary) *summary {
 	}
 	if k := h.ShimKill; k != nil {
 		s.ShimKillMS = k.RoundsMS
-		set("ms to NOTREADY after a shim kill", k.NotReadyMS)
-		set("ms to NOTREADY after a shim kill, slowest", k.MaxMS)
+		median, longest := k.medianAndMax()
+		set("ms to NOTREADY after a shim kill", median)
+		set("ms to NOTREADY after a shim kill, slowest", longest)
 		set("pods of a killed shim", float64(k.Pods))
 	}
 	return s
