@@ -215,6 +215,43 @@ func TestExitedPauseKilledAll(t *testing.T) {
 	}
 }
 
+// TestShimDeathDuringStart: a shared shim that dies between the pause
+// task's start and Start's end has the pod's exit recorded (shimDied); Start
+// leaves it NOTREADY, not READY, and the pause's own exit, when containerd
+// reports it, still has the task deleted.
+func TestShimDeathDuringStart(t *testing.T) {
+	client := newFakeClient()
+	c := testController(t, client)
+	if err := create(t, c, client, "sb1", testPodConfig("sb1")); err != nil {
+		t.Fatal(err)
+	}
+	release := client.hold("task start")
+	defer release()
+	done := make(chan error, 1)
+	go func() {
+		_, err := c.Start(testContext(), "sb1")
+		done <- err
+	}()
+	eventually(t, "the pause task's start", func() bool { return client.count("task start") == 1 })
+	c.shimDied([]string{"sb1"})
+	release()
+	if err := <-done; err != nil {
+		t.Fatalf("Start: %v", err)
+	}
+	if got := state(t, c, "sb1"); got != runtimeapi.PodSandboxState_SANDBOX_NOTREADY.String() {
+		t.Errorf("state %s after Start, want the shim's death to stand: NOTREADY", got)
+	}
+	exit, err := c.Wait(testContext(), "sb1")
+	if err != nil || exit.ExitStatus != events.UnknownExitCode {
+		t.Errorf("Wait = %+v, %v; want the dead shim's status %d", exit, err, events.UnknownExitCode)
+	}
+	client.container("sb1").task.exit(137)
+	if err := c.Shutdown(testContext(), "sb1"); err != nil {
+		t.Fatalf("Shutdown: %v", err)
+	}
+	assertGone(t, c, client, "sb1")
+}
+
 // TestStartRollsBack fails each step of Start: the error is Start's, and
 // nothing is left.
 func TestStartRollsBack(t *testing.T) {

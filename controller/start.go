@@ -134,7 +134,13 @@ func (c *Controller) start(ctx context.Context, sb *store.Sandbox, undo *rollbac
 		ShimGroup:    p.group,
 	}
 	_ = sb.Update(func(s store.Status) (store.Status, error) {
-		s.State, s.Pid, s.CreatedAt, s.Instance = store.StateReady, pid, info.CreatedAt, inst
+		// A shared shim that died since the task was made has had its
+		// pods' exits recorded (shimDied), this one's included: the exit
+		// stands, as the pause's own exit, when it comes, changes nothing.
+		if s.State == store.StateCreated {
+			s.State, s.Pid = store.StateReady, pid
+		}
+		s.CreatedAt, s.Instance = info.CreatedAt, inst
 		return s, nil
 	})
 	c.reaper.Watch(sb, task, w)

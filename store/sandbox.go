@@ -24,9 +24,11 @@ import (
 //	                      v                                       v
 //	                   (none)                                  (none)
 //
-// A sandbox leaves Ready only through Exit, which runs once per sandbox. Its
-// exited pause task is deleted after that, possibly after retries; Deleted
-// says when, and only then may the sandbox's resources go.
+// A sandbox leaves Ready only through Exit, which runs once per sandbox and
+// can come before Start ends (a shared shim that dies under a task it just
+// started): Start then leaves the sandbox NotReady. Its exited pause task
+// is deleted after that, possibly after retries; Deleted says when, and only
+// then may the sandbox's resources go.
 type State int
 
 const (
