@@ -36,6 +36,9 @@ type fakeClient struct {
 	// kill", "task delete", "container delete", "task status", "lease
 	// delete") to the errors of its next calls.
 	fail map[string][]error
+	// failFor maps a step to a test of the container IDs all of whose
+	// calls of it fail with errInjected.
+	failFor map[string]func(id string) bool
 	// held maps a step to a channel its calls wait on until it is closed.
 	held map[string]chan struct{}
 	// calls logs the steps, with their container ID.
@@ -53,6 +56,7 @@ func newFakeClient() *fakeClient {
 		records:    map[string]sandbox.Sandbox{},
 		leases:     map[string]leases.Lease{},
 		fail:       map[string][]error{},
+		failFor:    map[string]func(string) bool{},
 		held:       map[string]chan struct{}{},
 		nextPid:    1000,
 	}
@@ -63,6 +67,14 @@ func (f *fakeClient) failNext(step string, errs ...error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.fail[step] = append(f.fail[step], errs...)
+}
+
+// failAlways makes every call of step for a container whose ID match
+// accepts fail with errInjected.
+func (f *fakeClient) failAlways(step string, match func(id string) bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.failFor[step] = match
 }
 
 // hold makes the calls of step wait until release is called: a shim slow
@@ -84,6 +96,9 @@ func (f *fakeClient) call(step, id string) error {
 	var err error
 	if errs := f.fail[step]; len(errs) > 0 {
 		f.fail[step], err = errs[1:], errs[0]
+	}
+	if match := f.failFor[step]; match != nil && match(id) {
+		err = errInjected
 	}
 	f.mu.Unlock()
 	if held != nil {

@@ -153,6 +153,23 @@ func TestWarmShimKeeperFails(t *testing.T) {
 			}
 		})
 	}
+	// A keeper that always fails costs the pods nothing: a pod whose
+	// group the keeper's failure ended opens a group without a keeper.
+	for _, step := range []string{"new task", "task start"} {
+		t.Run(step+" always", func(t *testing.T) {
+			client := newFakeClient()
+			c := warmController(t, client)
+			client.failAlways(step, func(id string) bool { return strings.HasPrefix(id, "berth-keeper-") })
+			started(t, c, client, "sb1")
+			eventually(t, "failed keepers removed", func() bool { return len(keeperContainers(client)) == 0 })
+			if claimed := c.keepers.Claimed(placement.Scope{Handler: testHandler, Namespace: "default"}); claimed {
+				t.Error("the scope's keeper is claimed with no keeper")
+			}
+			if n := client.count("new task"); n != 2 {
+				t.Errorf("%d tasks made, want one keeper's and the pod's", n)
+			}
+		})
+	}
 	t.Run("no built-in pause", func(t *testing.T) {
 		client := newFakeClient()
 		c := testController(t, client, func(cfg *Config) {

@@ -87,7 +87,14 @@ func (c *Controller) start(ctx context.Context, sb *store.Sandbox, undo *rollbac
 		c.groups.Leave(p.group)
 		return nil
 	})
-	c.keepers.KeepWarm(ctx, sb.Runtime, scope, p.group)
+	if err := c.keepers.KeepWarm(ctx, sb.Runtime, scope, p.group); err != nil && c.groups.Ending(p.group) {
+		// The keeper was the group's first task, and its failure ended the
+		// group with the shim it started: the pod opens another group,
+		// without a keeper, so that a keeper that keeps failing costs the
+		// pods nothing but its attempt.
+		c.groups.Leave(p.group)
+		p.group = c.groups.Join(scope)
+	}
 	// The lease spans the container's and the task's making, so that
 	// recovery can tell a Start containerd's death cut short (record.go).
 	ctx, releaseLease, err := c.startLease(ctx, sb.ID)

@@ -123,14 +123,16 @@ type keeper = placement.Keeper[containerd.Container]
 // the scope has no keeper. It runs
 // before sb's pause task is made, so that the pause joins the keeper's
 // shim. A keeper that cannot be made is logged, never the pod's failure:
-// the pod's task starts the shim itself.
-func (k *Keepers) KeepWarm(ctx context.Context, runtime sandbox.RuntimeOpts, scope placement.Scope, group string) {
+// the pod's task starts the shim itself. The error says why none was
+// made; one whose task was made ends the group with the shim it started
+// (placement.Groups.Ending).
+func (k *Keepers) KeepWarm(ctx context.Context, runtime sandbox.RuntimeOpts, scope placement.Scope, group string) error {
 	if group == "" || !k.cfg.Policy.KeepsWarm(scope.Handler) || !k.cfg.Groups.Fresh(group) {
-		return
+		return nil
 	}
 	ok, stale := k.live.Claim(scope, func(g string) bool { return k.cfg.Groups.IsOpen(scope, g) })
 	if !ok {
-		return
+		return nil
 	}
 	if stale != nil {
 		k.removeKeeperOrRetry(ctx, stale)
@@ -138,18 +140,21 @@ func (k *Keepers) KeepWarm(ctx context.Context, runtime sandbox.RuntimeOpts, sco
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), startTimeout)
 	defer cancel()
 	start := time.Now()
-	kp, err := k.startKeeper(ctx, runtime, scope, group)
+	err := k.startKeeper(ctx, runtime, scope, group)
 	if k.cfg.Waited != nil {
 		k.cfg.Waited("keeper", time.Since(start))
 	}
-	k.live.Set(scope, kp)
 	switch {
+	case err == nil:
+		return nil
 	case errors.Is(err, errShimUp):
 		// Another pod's task came first: the shim is warm already.
 		log.G(ctx).WithError(err).Debug("no shim keeper made")
-	case err != nil:
+	default:
 		log.G(ctx).WithError(err).WithField("shim_group", group).Warn("cannot make a shim keeper; the pod starts its group's shim")
 	}
+	k.live.Set(scope, nil)
+	return err
 }
 
 // errOthers says a keeper is another berth's, on the same containerd.
@@ -161,20 +166,21 @@ var errOthers = errors.New("the keeper is another berth's")
 var errShimUp = errors.New("the group's shim is up")
 
 // startKeeper makes and starts a keeper of scope as the first task of
-// group, removing all it made if it fails.
-func (k *Keepers) startKeeper(ctx context.Context, runtime sandbox.RuntimeOpts, scope placement.Scope, group string) (_ *keeper, retErr error) {
+// group, and makes it the scope's keeper; it removes all it made if it
+// fails.
+func (k *Keepers) startKeeper(ctx context.Context, runtime sandbox.RuntimeOpts, scope placement.Scope, group string) (retErr error) {
 	handler := scope.Handler
 	rootfs := k.cfg.PauseRootfs
 	if rootfs == "" {
-		return nil, fmt.Errorf("a shim keeper runs the built-in pause, which is not prepared: %w", errors.Join(errdefs.ErrFailedPrecondition, k.cfg.PauseErr))
+		return fmt.Errorf("a shim keeper runs the built-in pause, which is not prepared: %w", errors.Join(errdefs.ErrFailedPrecondition, k.cfg.PauseErr))
 	}
 	runtimeType, runtimePath, ok := k.cfg.Runtime(handler)
 	if !ok {
-		return nil, fmt.Errorf("runtime handler %q is not configured: %w", handler, errdefs.ErrNotFound)
+		return fmt.Errorf("runtime handler %q is not configured: %w", handler, errdefs.ErrNotFound)
 	}
 	systemd, err := systemdCgroup(runtime)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	id := newID(handler)
 	ctx = log.WithLogger(ctx, log.G(ctx).WithFields(log.Fields{"keeper_id": id, "shim_group": group}))
@@ -185,7 +191,7 @@ func (k *Keepers) startKeeper(ctx context.Context, runtime sandbox.RuntimeOpts, 
 		}
 	}()
 	if !k.cfg.Groups.Keep(group, id) {
-		return nil, fmt.Errorf("shim group %s has a keeper: %w", group, errdefs.ErrAlreadyExists)
+		return fmt.Errorf("shim group %s has a keeper: %w", group, errdefs.ErrAlreadyExists)
 	}
 	undo.Push("take keeper out of its group", func(context.Context) error {
 		k.cfg.Groups.Unkeep(group, id)
@@ -193,11 +199,11 @@ func (k *Keepers) startKeeper(ctx context.Context, runtime sandbox.RuntimeOpts, 
 	})
 	making, err := k.cfg.Groups.MakeTask(ctx, group, id)
 	if err != nil {
-		return nil, fmt.Errorf("shim group %s: %w", group, err)
+		return fmt.Errorf("shim group %s: %w", group, err)
 	}
 	if making.ShimUp {
 		making.End(placement.Abandoned)
-		return nil, fmt.Errorf("shim group %s: %w", group, errShimUp)
+		return fmt.Errorf("shim group %s: %w", group, errShimUp)
 	}
 	undo.Push("end keeper task making", func(context.Context) error {
 		making.End(placement.Abandoned)
@@ -212,7 +218,7 @@ func (k *Keepers) startKeeper(ctx context.Context, runtime sandbox.RuntimeOpts, 
 		containerd.WithRuntime(cmp.Or(runtimeType, runtime.Name), runtime.Options),
 	)
 	if err != nil {
-		return nil, fmt.Errorf("create keeper container: %w", err)
+		return fmt.Errorf("create keeper container: %w", err)
 	}
 	undo.Push("delete keeper container", func(ctx context.Context) error {
 		return ignoreNotFound(container.Delete(ctx))
@@ -224,7 +230,7 @@ func (k *Keepers) startKeeper(ctx context.Context, runtime sandbox.RuntimeOpts, 
 	task, err := container.NewTask(ctx, cio.NullIO, opts...)
 	if err != nil {
 		making.End(placement.Failed)
-		return nil, fmt.Errorf("create keeper task: %w", err)
+		return fmt.Errorf("create keeper task: %w", err)
 	}
 	making.End(placement.Made)
 	k.cfg.Reaper.WatchShim(ctx, group, id)
@@ -233,16 +239,19 @@ func (k *Keepers) startKeeper(ctx context.Context, runtime sandbox.RuntimeOpts, 
 	})
 	w, err := k.cfg.Events.WaitFor(ctx, task)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	undo.Push("stop waiting for keeper task", func(context.Context) error { w.Stop(); return nil })
 	if err := task.Start(ctx); err != nil {
-		return nil, fmt.Errorf("start keeper task: %w", err)
+		return fmt.Errorf("start keeper task: %w", err)
 	}
 	kp := &keeper{ID: id, Scope: scope, Group: group, Handle: container}
+	// The scope's keeper before its exit is watched, so that an exit that
+	// comes at once drops it (Drop), and no dead keeper holds the scope.
+	k.live.Set(scope, kp)
 	k.watchKeeper(kp, w)
 	log.G(ctx).WithFields(log.Fields{"runtime_handler": handler, "namespace": scope.Namespace}).Info("shim keeper started")
-	return kp, nil
+	return nil
 }
 
 // watchKeeper removes keeper kp once its task exits.

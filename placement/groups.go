@@ -215,6 +215,15 @@ func (s *Groups) Fresh(id string) bool {
 	return ok && len(g.tasks) == 0 && g.making == 0
 }
 
+// Ending reports whether group id ended (its shim may exit, and no task is
+// made in it) while pods are still in it.
+func (s *Groups) Ending(id string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	g, ok := s.inUse[id]
+	return ok && g.ending
+}
+
 // IsOpen reports whether pods of scope may join group id.
 func (s *Groups) IsOpen(scope Scope, id string) bool {
 	s.mu.Lock()

@@ -232,7 +232,13 @@ func TestShimGroupFirstTask(t *testing.T) {
 	if _, err := g.MakeTask(short, other, "e"); !errors.Is(err, context.DeadlineExceeded) {
 		t.Errorf("making a second task until the deadline: %v", err)
 	}
+	if g.Ending(other) {
+		t.Error("a group whose first task is being made is ending")
+	}
 	failed(Failed)
+	if !g.Ending(other) {
+		t.Error("a group whose first task failed is not ending")
+	}
 	if _, err := g.MakeTask(ctx, other, "e"); !errors.Is(err, ErrShimEnding) {
 		t.Errorf("making a task in a group whose first failed: %v, want ErrShimEnding", err)
 	}
@@ -468,6 +474,9 @@ func TestShimGroupTaskFails(t *testing.T) {
 	mustMake(t, g, id, "a")(Made)
 	g.Join(Scope{Handler: "h"})
 	mustMake(t, g, id, "failing")(Failed)
+	if g.Ending(id) {
+		t.Error("a group whose shim serves a task is ending after another task failed")
+	}
 	if got := g.Join(Scope{Handler: "h"}); got != id {
 		t.Fatalf("joined %s after a task failed in group %s, want that group", got, id)
 	}
