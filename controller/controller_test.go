@@ -400,6 +400,35 @@ func sharingController(t *testing.T, client *fakeClient, change ...func(*Config)
 	}}, change...)...)
 }
 
+// TestStartFailsUndoFails: a Start that fails before its pause task is
+// made, and whose undo then fails, does not hold its shim group's next
+// pod, which makes the group's first task while the undo is retried.
+func TestStartFailsUndoFails(t *testing.T) {
+	client := newFakeClient()
+	c := sharingController(t, client)
+	if err := create(t, c, client, "sb1", testPodConfig("sb1")); err != nil {
+		t.Fatal(err)
+	}
+	client.failNext("container info", errInjected)
+	client.failAlways("container delete", func(id string) bool { return id == "sb1" })
+	if _, err := c.Start(testContext(), "sb1"); !errors.Is(err, errInjected) {
+		t.Fatalf("Start = %v, want the injected error", err)
+	}
+	if err := create(t, c, client, "sb2", testPodConfig("sb2")); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(testContext(), 5*time.Second)
+	defer cancel()
+	if _, err := c.Start(ctx, "sb2"); err != nil {
+		t.Fatalf("Start of the group's next pod: %v", err)
+	}
+	client.failAlways("container delete", nil)
+	eventually(t, "the failed Start undone", func() bool {
+		_, err := c.store.Get("sb1")
+		return errdefs.IsNotFound(err) && client.container("sb1") == nil
+	})
+}
+
 // TestStartInRefusingSharedShim fails the pause task's creation in a
 // shared shim, as a shim shutting down fails it: Start undoes what it made
 // and makes the pod again in another shim group, and the refusing group

@@ -32,7 +32,8 @@ type fakeClient struct {
 	containers map[string]*fakeContainer
 	records    map[string]sandbox.Sandbox
 	leases     map[string]leases.Lease
-	// fail maps a step ("new container", "new task", "task start", "task
+	// fail maps a step ("new container", "container info", "new task",
+	// "task start", "task
 	// kill", "task delete", "container delete", "task status", "lease
 	// delete") to the errors of its next calls.
 	fail map[string][]error
@@ -320,6 +321,9 @@ type fakeContainer struct {
 func (c *fakeContainer) ID() string { return c.info.ID }
 
 func (c *fakeContainer) Info(context.Context, ...containerd.InfoOpts) (containers.Container, error) {
+	if err := c.client.call("container info", c.info.ID); err != nil {
+		return containers.Container{}, err
+	}
 	c.client.mu.Lock()
 	defer c.client.mu.Unlock()
 	return c.info, nil

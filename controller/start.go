@@ -69,7 +69,7 @@ func (c *Controller) Start(ctx context.Context, id string) (sandbox.ControllerIn
 
 // start does Start's work, pushing the undo of each step it completes. Its
 // last step hands the task to the reaper, after which nothing can fail.
-func (c *Controller) start(ctx context.Context, sb *store.Sandbox, undo *rollback.Stack) (sandbox.ControllerInstance, error) {
+func (c *Controller) start(ctx context.Context, sb *store.Sandbox, undo *rollback.Stack) (_ sandbox.ControllerInstance, retErr error) {
 	p, err := c.plan(ctx, sb)
 	if err != nil {
 		return sandbox.ControllerInstance{}, err
@@ -106,11 +106,15 @@ func (c *Controller) start(ctx context.Context, sb *store.Sandbox, undo *rollbac
 	if err != nil {
 		return sandbox.ControllerInstance{}, err
 	}
-	// A no-op once the task's making ended in newTask.
-	undo.Push("end pause task making", func(context.Context) error {
-		making.End(placement.Abandoned)
-		return nil
-	})
+	// Ended as Start fails, not in turn with the undo: the group's other
+	// makings wait on it, and an undo step that fails (the pause
+	// container's deletion, say) stops the undo until its retry, with
+	// backoff, succeeds. A no-op once the making ended in newTask.
+	defer func() {
+		if retErr != nil {
+			making.End(placement.Abandoned)
+		}
+	}()
 	container, spec, err := c.createContainer(ctx, sb, p, undo)
 	if err != nil {
 		return sandbox.ControllerInstance{}, err
