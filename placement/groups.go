@@ -53,6 +53,8 @@ type Groups struct {
 
 type group struct {
 	id string
+	// scope is the scope whose pods the group serves.
+	scope Scope
 	// pods in the group, that is, started and not yet exited.
 	pods int
 	// tasks are the sandboxes whose pause task is made in the group's shim
@@ -97,8 +99,8 @@ func NewGroups(perShim func(handler string) int, opts ...Option) *Groups {
 	return g
 }
 
-func newGroup(id string) *group {
-	return &group{id: id, pods: 1, tasks: map[string]bool{}, changed: make(chan struct{})}
+func newGroup(id string, scope Scope) *group {
+	return &group{id: id, scope: scope, pods: 1, tasks: map[string]bool{}, changed: make(chan struct{})}
 }
 
 // Join puts a pod of scope into a group with room, or a new one, and
@@ -116,7 +118,7 @@ func (s *Groups) Join(scope Scope) string {
 			return g.id
 		}
 	}
-	g := newGroup(newGroupID(scope.Handler))
+	g := newGroup(newGroupID(scope.Handler), scope)
 	s.open[scope] = append(s.open[scope], g)
 	s.inUse[g.id] = g
 	return g.id
@@ -133,12 +135,24 @@ func (s *Groups) Rejoin(scope Scope, id, sb string) {
 	g, ok := s.inUse[id]
 	if ok {
 		g.pods++
+		s.retireMixedLocked(g, scope)
 	} else {
-		g = newGroup(id)
+		g = newGroup(id, scope)
 		s.open[scope] = append(s.open[scope], g)
 		s.inUse[id] = g
 	}
 	g.tasks[sb] = true
+}
+
+// retireMixedLocked retires group g, with s.mu held, if it serves a
+// recovered task of another scope than its own: its shim was shared under
+// a policy that no longer lets pods of those scopes share (a handler taken
+// out of cross_namespace_shim_handlers, or a berth from before the
+// namespace boundary), and no new pod may join it.
+func (s *Groups) retireMixedLocked(g *group, scope Scope) {
+	if g.scope != scope {
+		s.retireLocked(g.id)
+	}
 }
 
 // Leave takes a pod whose pause exited (or never started) out of group
@@ -179,8 +193,10 @@ func (s *Groups) Rekeep(scope Scope, id, keeper string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	g, ok := s.inUse[id]
-	if !ok {
-		g = newGroup(id)
+	if ok {
+		s.retireMixedLocked(g, scope)
+	} else {
+		g = newGroup(id, scope)
 		g.pods = 0
 		s.open[scope] = append(s.open[scope], g)
 		s.inUse[id] = g

@@ -580,3 +580,27 @@ func TestShimGroupRecovered(t *testing.T) {
 		t.Error("a group no pod is in is watched, or has tasks")
 	}
 }
+
+// TestShimGroupRecoveredMixed checks a recovered group whose shim serves
+// pods of two scopes, shared under an earlier policy: no new pod joins it,
+// of either scope, and its pods keep it until they leave.
+func TestShimGroupRecoveredMixed(t *testing.T) {
+	g := NewGroups(func(string) int { return 4 })
+	a, b := Scope{Handler: "h", Namespace: "a"}, Scope{Handler: "h", Namespace: "b"}
+	g.Rejoin(a, "berth-h-1", "sb1")
+	g.Rejoin(b, "berth-h-1", "sb2")
+	for _, scope := range []Scope{a, b} {
+		if got := g.Join(scope); got == "berth-h-1" {
+			t.Errorf("a pod of %v joined a recovered group serving two namespaces", scope)
+		}
+	}
+	if !g.Has("berth-h-1") {
+		t.Error("the mixed group is not in use with its recovered pods in it")
+	}
+	// So is one whose keeper, of a scope, serves beside a pod of another.
+	g.Rejoin(a, "berth-h-2", "sb3")
+	g.Rekeep(b, "berth-h-2", "keeper")
+	if got := g.Join(a); got == "berth-h-2" {
+		t.Error("a pod joined a recovered group whose keeper serves another namespace")
+	}
+}
