@@ -92,7 +92,7 @@ up: build
 test: unit integration
 
 unit:
-	$(GO) test -race -count=1 ./store/... ./events/... ./keeper/... ./placement/... ./reaper/... ./rollback/... ./podsandbox/... ./controller/... ./plugin/... ./setup/... ./containerdconfig/... ./containerstore/... ./sandboxapi/... ./podcgroup/... ./shimtask/... ./shimmanager/... ./shimproc/... ./integration/hostcgroup/... ./cmd/berth-image/... ./critest/...
+	$(GO) test -race -count=1 ./store/... ./events/... ./keeper/... ./placement/... ./reaper/... ./rollback/... ./podsandbox/... ./controller/... ./plugin/... ./setup/... ./containerdconfig/... ./containerstore/... ./sandboxapi/... ./podcgroup/... ./shimtask/... ./shimmanager/... ./shimproc/... ./integration/hostcgroup/... ./cmd/berth-image/... ./cmd/berthd/... ./critest/...
 
 # The suite runs on the release build, with berth's pods on the pause
 # image (with a 100-lifecycle soak and a 200-lifecycle chaos run), on the

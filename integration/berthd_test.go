@@ -15,6 +15,8 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/berth-dev/berth/failpoint"
 )
 
 // needBerthd skips a test of berthd's own restarts when berth runs in
@@ -125,6 +127,50 @@ func TestBerthdReplaced(t *testing.T) {
 	must(t, syscall.Kill(killed.pid, syscall.SIGKILL))
 	must(t, daemon.startBerthd())
 	assertSurvived(t, live, killed)
+}
+
+// TestBerthdStoppedMidStart stops berthd (SIGTERM) while it starts a pod:
+// berthd lets the Start finish before it exits, so the pod runs, and the
+// berthd started after it finds it READY.
+func TestBerthdStoppedMidStart(t *testing.T) {
+	needBerthd(t)
+	if !*failpoints {
+		t.Skip("needs -failpoints")
+	}
+	cfg := podConfig(t, withName("mid-start"), func(c *runtimeapi.PodSandboxConfig) {
+		c.Labels["role"] = "mid-start"
+		c.Annotations[failpoint.AnnotationPrefix+failpoint.HoldTaskMake] = "2s"
+	})
+	type result struct {
+		id  string
+		err error
+	}
+	ran := make(chan result, 1)
+	go func() {
+		resp, err := daemon.runtime.RunPodSandbox(context.Background(), &runtimeapi.RunPodSandboxRequest{Config: cfg, RuntimeHandler: handlerBerth})
+		ran <- result{resp.GetPodSandboxId(), err}
+	}()
+	// Its pause container is made just before the hold begins.
+	eventually(t, 30*time.Second, "the pod's pause container", func() bool {
+		cs, err := daemon.client.Containers(ctxT(t), `labels."role"==mid-start`)
+		return err == nil && len(cs) == 1
+	})
+	stopped := time.Now()
+	must(t, daemon.killBerthd(syscall.SIGTERM))
+	t.Logf("berthd stopped %s after SIGTERM", time.Since(stopped).Round(time.Millisecond))
+	r := <-ran
+	must(t, daemon.startBerthd())
+	if r.err != nil {
+		t.Fatalf("RunPodSandbox across berthd's stop: %v", r.err)
+	}
+	t.Cleanup(func() { removePod(t, r.id) })
+	eventually(t, 30*time.Second, "CRI reaches berth again", func() bool {
+		_, err := daemon.runtime.PodSandboxStatus(ctxT(t), &runtimeapi.PodSandboxStatusRequest{PodSandboxId: r.id})
+		return err == nil
+	})
+	if got := podStatus(t, r.id).GetStatus().GetState(); got != runtimeapi.PodSandboxState_SANDBOX_READY {
+		t.Errorf("the pod started across berthd's stop is %v, want READY", got)
+	}
 }
 
 // TestContainerdKilledUnderBerthd SIGKILLs containerd under a running

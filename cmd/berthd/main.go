@@ -22,6 +22,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"time"
 
 	containersapi "github.com/containerd/containerd/api/services/containers/v1"
@@ -58,17 +59,23 @@ type options struct {
 
 func main() {
 	var o options
-	flag.StringVar(&o.sandboxer, "sandboxer", setup.ID, "berth's name in containerd: the key of its [proxy_plugins.NAME], the sandboxer of its runtime handlers; it names berth's table and directories too")
-	flag.StringVar(&o.containerdConfig, "containerd-config", defaults.DefaultConfigDir+"/config.toml", "containerd's config file, read for CRI's runtime handlers, directories and berth's settings")
-	flag.StringVar(&o.address, "address", "/run/berthd/berthd.sock", "the unix socket berthd serves containerd's sandbox controller API on: the address of containerd's [proxy_plugins.NAME]")
-	flag.StringVar(&o.metricsAddress, "metrics-address", "", "host:port to serve berth's Prometheus series on, at /v1/metrics; none if empty")
-	flag.StringVar(&o.logLevel, "log-level", "info", "log level: trace, debug, info, warn, error")
-	flag.DurationVar(&o.waitContainerd, "containerd-timeout", 0, "how long to wait for containerd to answer at start; 0 waits for as long as it takes")
+	o.register(flag.CommandLine)
 	flag.Parse()
+	o.address = socketPath(o.address)
 	if err := run(o); err != nil {
 		log.L.WithError(err).Error("berthd")
 		os.Exit(1)
 	}
+}
+
+// register defines berthd's flags, into o, on fs.
+func (o *options) register(fs *flag.FlagSet) {
+	fs.StringVar(&o.sandboxer, "sandboxer", setup.ID, "berth's name in containerd: the key of its [proxy_plugins.NAME], the sandboxer of its runtime handlers; it names berth's table and directories too")
+	fs.StringVar(&o.containerdConfig, "containerd-config", defaults.DefaultConfigDir+"/config.toml", "containerd's config file, read for CRI's runtime handlers, directories and berth's settings")
+	fs.StringVar(&o.address, "address", "/run/berthd/berthd.sock", "the unix socket berthd serves containerd's sandbox controller API on: the address of containerd's [proxy_plugins.NAME]")
+	fs.StringVar(&o.metricsAddress, "metrics-address", "", "host:port to serve berth's Prometheus series on, at /v1/metrics; none if empty")
+	fs.StringVar(&o.logLevel, "log-level", "info", "log level: trace, debug, info, warn, error")
+	fs.DurationVar(&o.waitContainerd, "containerd-timeout", 0, "how long to wait for containerd to answer at start; 0 waits for as long as it takes")
 }
 
 func run(o options) error {
@@ -147,9 +154,31 @@ func run(o options) error {
 		return fmt.Errorf("serve %s: %w", o.address, err)
 	}
 	// Waits in flight get Unavailable, which containerd's proxy retries
-	// until a berthd answers again; everything else ends with the server.
+	// until a berthd answers again; the other calls in flight end before
+	// the controller closes (deferred), so that none is cut short.
 	server.Shutdown()
+	drain(ctx, g, drainTimeout)
 	return nil
+}
+
+// drainTimeout bounds how long a stopping berthd lets the calls in flight
+// finish: a Start or a Shutdown cut short leaves its undo to the next
+// berthd's recovery. Under systemd's default stop timeout (90 s).
+const drainTimeout = 30 * time.Second
+
+// drain stops g once the calls in flight have ended, or after timeout.
+func drain(ctx context.Context, g *grpc.Server, timeout time.Duration) {
+	drained := make(chan struct{})
+	go func() {
+		g.GracefulStop()
+		close(drained)
+	}()
+	select {
+	case <-drained:
+	case <-time.After(timeout):
+		log.G(ctx).WithField("timeout", timeout).Warn("calls still in flight; stopping without them")
+		g.Stop()
+	}
 }
 
 // startController waits for containerd to answer, then builds the
@@ -220,9 +249,15 @@ func checkProxy(ctx context.Context, node *containerdconfig.Node, name, address 
 		log.G(ctx).Warnf("containerd's config has no [proxy_plugins.%s]: no runtime handler can reach berthd", name)
 	case p.Type != "sandbox" && p.Type != plugins.SandboxControllerPlugin.String():
 		log.G(ctx).Warnf("containerd's [proxy_plugins.%s] is of type %q, not \"sandbox\"", name, p.Type)
-	case p.Address != address:
+	case socketPath(p.Address) != address:
 		log.G(ctx).Warnf("containerd's [proxy_plugins.%s] address is %q, berthd serves %q", name, p.Address, address)
 	}
+}
+
+// socketPath is the path of unix socket address, which containerd's
+// proxy plugins take with or without a unix:// scheme.
+func socketPath(address string) string {
+	return strings.TrimPrefix(address, "unix://")
 }
 
 // lockRoot takes berth's root directory for this berthd alone: two berths

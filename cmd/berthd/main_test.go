@@ -1,0 +1,65 @@
+package main
+
+import (
+	"flag"
+	"os"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/coreos/go-systemd/v22/unit"
+)
+
+// TestSocketPath: containerd's proxy plugins take a unix socket's address
+// with or without its scheme; berthd listens on the path either way.
+func TestSocketPath(t *testing.T) {
+	for _, address := range []string{"/run/berthd/berthd.sock", "unix:///run/berthd/berthd.sock"} {
+		if got := socketPath(address); got != "/run/berthd/berthd.sock" {
+			t.Errorf("socketPath(%q) = %q", address, got)
+		}
+	}
+}
+
+// TestSystemdUnit checks berthd's unit against what berthd needs of it:
+// started before containerd, which wants it, and restarted with it, so
+// that a change to containerd's config reaches berthd; ready once it
+// listens (sd_notify); and flags berthd has.
+func TestSystemdUnit(t *testing.T) {
+	f, err := os.Open("../../config/systemd/berthd.service")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	opts, err := unit.DeserializeOptions(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	values := func(section, name string) []string {
+		var vs []string
+		for _, o := range opts {
+			if o.Section == section && o.Name == name {
+				vs = append(vs, strings.Fields(o.Value)...)
+			}
+		}
+		return vs
+	}
+	for _, want := range []struct{ section, name, value string }{
+		{"Unit", "Before", "containerd.service"},
+		{"Unit", "PartOf", "containerd.service"},
+		{"Install", "WantedBy", "containerd.service"},
+		{"Service", "Type", "notify"},
+	} {
+		if !slices.Contains(values(want.section, want.name), want.value) {
+			t.Errorf("[%s] %s lacks %s: %v", want.section, want.name, want.value, values(want.section, want.name))
+		}
+	}
+	exec := values("Service", "ExecStart")
+	if len(exec) == 0 {
+		t.Fatal("no ExecStart")
+	}
+	fs := flag.NewFlagSet("berthd", flag.ContinueOnError)
+	new(options).register(fs)
+	if err := fs.Parse(exec[1:]); err != nil || fs.NArg() != 0 {
+		t.Errorf("ExecStart %v: %v, arguments left %v", exec, err, fs.Args())
+	}
+}
