@@ -681,7 +681,15 @@ func TestRecover(t *testing.T) {
 		t.Fatal(err)
 	}
 	// What a Start cut short left.
-	if _, _, err := client.WithLease(testContext(), startLeaseOpts("no-task")...); err != nil {
+	if _, _, err := client.WithLease(testContext(), startLeaseOpts("berth", "no-task")...); err != nil {
+		t.Fatal(err)
+	}
+	// A Start another berth has in flight, and one of a berth from before
+	// leases named their berth (released).
+	if _, _, err := client.WithLease(testContext(), startLeaseOpts("berthd", "others-starting")...); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := client.WithLease(testContext(), leases.WithID(startLeasePrefix+"unnamed"), leases.WithLabel(LabelKind, LabelKindStartLease)); err != nil {
 		t.Fatal(err)
 	}
 	other := leases.Lease{ID: "no-task", Labels: map[string]string{LabelKind: LabelKindStartLease}}
@@ -728,8 +736,8 @@ func TestRecover(t *testing.T) {
 	if _, err := c.store.Get("others"); !errdefs.IsNotFound(err) {
 		t.Errorf("another berth's pod is in berth's store: %v", err)
 	}
-	if got := client.leaseIDs(); !slices.Equal(got, []string{"no-task"}) {
-		t.Errorf("leases after recovery %v, want the start lease released and CRI's kept", got)
+	if got := client.leaseIDs(); !slices.Equal(got, []string{startLeasePrefix + "others-starting", "no-task"}) {
+		t.Errorf("leases after recovery %v, want berth's start leases released, CRI's and the other berth's kept", got)
 	}
 	// The pod's removal right after the restart finds its snapshot gone.
 	if n := client.count("lease delete and collect"); n != 1 {

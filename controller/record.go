@@ -222,18 +222,25 @@ const (
 	startLeaseExpiry = time.Hour
 )
 
-func startLeaseOpts(id string) []leases.Opt {
+// labelStartLeaseSandboxer names the berth whose Start a start lease is
+// (Config.Sandboxer): two berths can serve one containerd, and each
+// releases only its own leases. Leases, unlike containers, carry no label
+// a pod gave.
+const labelStartLeaseSandboxer = "io.berth.sandboxer"
+
+func startLeaseOpts(sandboxer, id string) []leases.Opt {
 	return []leases.Opt{
 		leases.WithID(startLeasePrefix + id),
 		leases.WithExpiration(startLeaseExpiry),
 		leases.WithLabel(LabelKind, LabelKindStartLease),
+		leases.WithLabel(labelStartLeaseSandboxer, sandboxer),
 	}
 }
 
 // startLease makes the lease sandbox id's Start makes its pause container,
 // snapshot and task under; release ends it, logging what it cannot.
 func (c *Controller) startLease(ctx context.Context, id string) (_ context.Context, release func(), _ error) {
-	ctx, done, err := c.client.WithLease(ctx, startLeaseOpts(id)...)
+	ctx, done, err := c.client.WithLease(ctx, startLeaseOpts(c.config.Sandboxer, id)...)
 	if err != nil {
 		return nil, nil, fmt.Errorf("create start lease: %w", err)
 	}
@@ -244,7 +251,10 @@ func (c *Controller) startLease(ctx context.Context, id string) (_ context.Conte
 	}, nil
 }
 
-// isStartLease says whether l is a Start's lease.
-func isStartLease(l leases.Lease) bool {
-	return l.Labels[LabelKind] == LabelKindStartLease && strings.HasPrefix(l.ID, startLeasePrefix)
+// isStartLease says whether l is the lease of a Start of sandboxer's, or
+// of a berth from before the sandboxer was recorded.
+func isStartLease(l leases.Lease, sandboxer string) bool {
+	owner, named := l.Labels[labelStartLeaseSandboxer]
+	return l.Labels[LabelKind] == LabelKindStartLease && strings.HasPrefix(l.ID, startLeasePrefix) &&
+		(!named || owner == sandboxer)
 }

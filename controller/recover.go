@@ -195,11 +195,12 @@ func (c *Controller) removeOrphan(ctx context.Context, container containerd.Cont
 }
 
 // releaseStartLeases deletes the leases of Starts that containerd's death
-// interrupted. No Start runs before recovery ends, so every such lease is
-// stale; a snapshot that no container holds is then garbage. The last
-// deletion waits for a garbage collection, which takes every such snapshot:
-// kubelet removes the half-made pods as soon as CRI answers, and their
-// removal must leave nothing, not a snapshot for a later collection.
+// interrupted. No Start of this berth runs before recovery ends, so every
+// such lease of its own is stale (another berth's is left to it); a
+// snapshot that no container holds is then garbage. The last deletion
+// waits for a garbage collection, which takes every such snapshot: kubelet
+// removes the half-made pods as soon as CRI answers, and their removal
+// must leave nothing, not a snapshot for a later collection.
 func (c *Controller) releaseStartLeases(ctx context.Context) {
 	ls := c.client.LeasesService()
 	all, err := ls.List(ctx)
@@ -209,7 +210,7 @@ func (c *Controller) releaseStartLeases(ctx context.Context) {
 	}
 	var stale []leases.Lease
 	for _, l := range all {
-		if isStartLease(l) {
+		if isStartLease(l, c.config.Sandboxer) {
 			stale = append(stale, l)
 		}
 	}
