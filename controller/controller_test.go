@@ -215,6 +215,34 @@ func TestExitedPauseKilledAll(t *testing.T) {
 	}
 }
 
+// TestStartCallerGaveUp: a Start whose caller's context ends while the
+// shim starts the pause task fails with the context's error and leaves
+// nothing: the caller (CRI, or containerd's proxy under berthd) shuts
+// nothing down after a failed Start.
+func TestStartCallerGaveUp(t *testing.T) {
+	client := newFakeClient()
+	c := testController(t, client)
+	if err := create(t, c, client, "sb1", testPodConfig("sb1")); err != nil {
+		t.Fatal(err)
+	}
+	release := client.hold("task start")
+	defer release()
+	ctx, cancel := context.WithCancel(testContext())
+	done := make(chan error, 1)
+	go func() {
+		_, err := c.Start(ctx, "sb1")
+		done <- err
+	}()
+	eventually(t, "the pause task's start", func() bool { return client.count("task start") == 1 })
+	cancel()
+	release()
+	if err := <-done; !errors.Is(err, context.Canceled) {
+		t.Fatalf("Start = %v, want the caller's context's error", err)
+	}
+	eventually(t, "the Start undone", func() bool { return client.container("sb1") == nil })
+	assertGone(t, c, client, "sb1")
+}
+
 // TestShimDeathDuringStart: a shared shim that dies between the pause
 // task's start and Start's end has the pod's exit recorded (shimDied); Start
 // leaves it NOTREADY, not READY, and the pause's own exit, when containerd

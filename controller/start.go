@@ -131,6 +131,13 @@ func (c *Controller) start(ctx context.Context, sb *store.Sandbox, undo *rollbac
 	if err != nil {
 		return sandbox.ControllerInstance{}, err
 	}
+	// A caller that gave up (its deadline passed while the shim started the
+	// task) takes the call for failed and, as CRI does, shuts nothing down:
+	// a pod started all the same would run with no CRI record, until a
+	// restart's recovery removed it.
+	if err := ctx.Err(); err != nil {
+		return sandbox.ControllerInstance{}, fmt.Errorf("started the pause task after the caller gave up: %w", err)
+	}
 
 	pid := task.Pid()
 	inst := &store.Instance{
