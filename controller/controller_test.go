@@ -215,6 +215,25 @@ func TestExitedPauseKilledAll(t *testing.T) {
 	}
 }
 
+// startHeld creates sandbox id and starts it on ctx in the background,
+// its pause task's start held until release; it returns once the shim was
+// asked to start the task, with the channel Start's error comes on.
+func startHeld(t *testing.T, c *Controller, client *fakeClient, ctx context.Context, id string) (done <-chan error, release func()) {
+	t.Helper()
+	if err := create(t, c, client, id, testPodConfig(id)); err != nil {
+		t.Fatal(err)
+	}
+	release = client.hold("task start")
+	t.Cleanup(release)
+	started := make(chan error, 1)
+	go func() {
+		_, err := c.Start(ctx, id)
+		started <- err
+	}()
+	eventually(t, "the pause task's start", func() bool { return client.count("task start") == 1 })
+	return started, release
+}
+
 // TestStartCallerGaveUp: a Start whose caller's context ends while the
 // shim starts the pause task fails with the context's error and leaves
 // nothing: the caller (CRI, or containerd's proxy under berthd) shuts
@@ -222,18 +241,8 @@ func TestExitedPauseKilledAll(t *testing.T) {
 func TestStartCallerGaveUp(t *testing.T) {
 	client := newFakeClient()
 	c := testController(t, client)
-	if err := create(t, c, client, "sb1", testPodConfig("sb1")); err != nil {
-		t.Fatal(err)
-	}
-	release := client.hold("task start")
-	defer release()
 	ctx, cancel := context.WithCancel(testContext())
-	done := make(chan error, 1)
-	go func() {
-		_, err := c.Start(ctx, "sb1")
-		done <- err
-	}()
-	eventually(t, "the pause task's start", func() bool { return client.count("task start") == 1 })
+	done, release := startHeld(t, c, client, ctx, "sb1")
 	cancel()
 	release()
 	if err := <-done; !errors.Is(err, context.Canceled) {
@@ -250,17 +259,7 @@ func TestStartCallerGaveUp(t *testing.T) {
 func TestShimDeathDuringStart(t *testing.T) {
 	client := newFakeClient()
 	c := testController(t, client)
-	if err := create(t, c, client, "sb1", testPodConfig("sb1")); err != nil {
-		t.Fatal(err)
-	}
-	release := client.hold("task start")
-	defer release()
-	done := make(chan error, 1)
-	go func() {
-		_, err := c.Start(testContext(), "sb1")
-		done <- err
-	}()
-	eventually(t, "the pause task's start", func() bool { return client.count("task start") == 1 })
+	done, release := startHeld(t, c, client, testContext(), "sb1")
 	c.shimDied([]string{"sb1"})
 	release()
 	if err := <-done; err != nil {

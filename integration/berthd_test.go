@@ -15,8 +15,6 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
-
-	"github.com/berth-dev/berth/failpoint"
 )
 
 // needBerthd skips a test of berthd's own restarts when berth runs in
@@ -137,24 +135,7 @@ func TestBerthdStoppedMidStart(t *testing.T) {
 	if !*failpoints {
 		t.Skip("needs -failpoints")
 	}
-	cfg := podConfig(t, withName("mid-start"), func(c *runtimeapi.PodSandboxConfig) {
-		c.Labels["role"] = "mid-start"
-		c.Annotations[failpoint.AnnotationPrefix+failpoint.HoldTaskMake] = "2s"
-	})
-	type result struct {
-		id  string
-		err error
-	}
-	ran := make(chan result, 1)
-	go func() {
-		resp, err := daemon.runtime.RunPodSandbox(context.Background(), &runtimeapi.RunPodSandboxRequest{Config: cfg, RuntimeHandler: handlerBerth})
-		ran <- result{resp.GetPodSandboxId(), err}
-	}()
-	// Its pause container is made just before the hold begins.
-	eventually(t, 30*time.Second, "the pod's pause container", func() bool {
-		cs, err := daemon.client.Containers(ctxT(t), `labels."role"==mid-start`)
-		return err == nil && len(cs) == 1
-	})
+	ran := runHeldPod(t, "mid-start")
 	stopped := time.Now()
 	must(t, daemon.killBerthd(syscall.SIGTERM))
 	t.Logf("berthd stopped %s after SIGTERM", time.Since(stopped).Round(time.Millisecond))

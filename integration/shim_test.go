@@ -302,6 +302,35 @@ func TestFailpointSharedShimRefuses(t *testing.T) {
 	}
 }
 
+// podRun is what RunPodSandbox answered.
+type podRun struct {
+	id  string
+	err error
+}
+
+// runHeldPod runs pod name on berth in the background, its Start held for
+// 2 s (failpoint.HoldTaskMake) just before its pause task is made, and
+// returns once its pause container is made, with the channel
+// RunPodSandbox's answer comes on.
+func runHeldPod(t *testing.T, name string) <-chan podRun {
+	t.Helper()
+	cfg := podConfig(t, withName(name), func(c *runtimeapi.PodSandboxConfig) {
+		c.Labels["role"] = name
+		c.Annotations[failpoint.AnnotationPrefix+failpoint.HoldTaskMake] = "2s"
+	})
+	ran := make(chan podRun, 1)
+	go func() {
+		resp, err := daemon.runtime.RunPodSandbox(context.Background(), &runtimeapi.RunPodSandboxRequest{Config: cfg, RuntimeHandler: handlerBerth})
+		ran <- podRun{resp.GetPodSandboxId(), err}
+	}()
+	// Its pause container is made just before the hold begins.
+	eventually(t, 30*time.Second, "the pause container of pod "+name, func() bool {
+		cs, err := daemon.client.Containers(ctxT(t), fmt.Sprintf(`labels."role"==%q`, name))
+		return err == nil && len(cs) == 1
+	})
+	return ran
+}
+
 // TestFailpointLastTaskWaitsForMake stops the only running pod of a group
 // while another pod's pause task is being made in it. Deleting the group's
 // last task ends its shim, so the deletion waits for the making: the
@@ -312,24 +341,7 @@ func TestFailpointLastTaskWaitsForMake(t *testing.T) {
 	}
 	first := runPod(t, podConfig(t, withName("first")), handlerBerth)
 	shim := shimOf(t, first)
-	joining := podConfig(t, withName("joining"), func(c *runtimeapi.PodSandboxConfig) {
-		c.Labels["role"] = "joining"
-		c.Annotations[failpoint.AnnotationPrefix+failpoint.HoldTaskMake] = "2s"
-	})
-	type result struct {
-		id  string
-		err error
-	}
-	ran := make(chan result, 1)
-	go func() {
-		resp, err := daemon.runtime.RunPodSandbox(context.Background(), &runtimeapi.RunPodSandboxRequest{Config: joining, RuntimeHandler: handlerBerth})
-		ran <- result{resp.GetPodSandboxId(), err}
-	}()
-	// Its pause container is made just before the hold begins.
-	eventually(t, 30*time.Second, "the joining pod's pause container", func() bool {
-		cs, err := daemon.client.Containers(ctxT(t), `labels."role"==joining`)
-		return err == nil && len(cs) == 1
-	})
+	ran := runHeldPod(t, "joining")
 	time.Sleep(200 * time.Millisecond)
 	// Removed by its cleanup, once the joining pod is listed: the leak
 	// check counts network namespaces against listed pods.
