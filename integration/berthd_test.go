@@ -127,10 +127,11 @@ func TestBerthdReplaced(t *testing.T) {
 	assertSurvived(t, live, killed)
 }
 
-// TestBerthdStoppedMidStart stops berthd (SIGTERM) while it starts a pod:
-// berthd lets the Start finish before it exits, so the pod runs, and the
-// berthd started after it finds it READY.
-func TestBerthdStoppedMidStart(t *testing.T) {
+// TestFailpointBerthdStoppedMidStart stops berthd (SIGTERM) while it
+// starts a pod: berthd lets the Start finish before it exits, so the pod
+// runs, and the berthd started after it finds it READY. Named for make
+// integration's -berthd -failpoints pass (-run Failpoint).
+func TestFailpointBerthdStoppedMidStart(t *testing.T) {
 	needBerthd(t)
 	if !*failpoints {
 		t.Skip("needs -failpoints")
