@@ -33,9 +33,8 @@ type fakeClient struct {
 	records    map[string]sandbox.Sandbox
 	leases     map[string]leases.Lease
 	// fail maps a step ("new container", "container info", "new task",
-	// "task start", "task
-	// kill", "task delete", "container delete", "task status", "lease
-	// delete") to the errors of its next calls.
+	// "task start", "task kill", "task delete", "container delete", "task
+	// status", "lease delete") to the errors of its next calls.
 	fail map[string][]error
 	// failFor maps a step to a test of the container IDs all of whose
 	// calls of it fail with errInjected.

@@ -132,27 +132,28 @@ func (s *Groups) Rejoin(scope Scope, id, sb string) {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	g, ok := s.inUse[id]
-	if ok {
-		g.pods++
-		s.retireMixedLocked(g, scope)
-	} else {
-		g = newGroup(id, scope)
-		s.open[scope] = append(s.open[scope], g)
-		s.inUse[id] = g
-	}
+	g := s.recoveredLocked(scope, id)
+	g.pods++
 	g.tasks[sb] = true
 }
 
-// retireMixedLocked retires group g, with s.mu held, if it serves a
-// recovered task of another scope than its own: its shim was shared under
-// a policy that no longer lets pods of those scopes share (a handler taken
-// out of cross_namespace_shim_handlers, or a berth from before the
-// namespace boundary), and no new pod may join it.
-func (s *Groups) retireMixedLocked(g *group, scope Scope) {
-	if g.scope != scope {
-		s.retireLocked(g.id)
+// recoveredLocked returns group id, of scope, that a recovered task runs
+// in, with s.mu held: open with no pod in it if no task found it before.
+// A group that serves recovered tasks of two scopes is retired: its shim
+// was shared under a policy that no longer lets pods of those scopes share
+// (a handler taken out of cross_namespace_shim_handlers, or a berth from
+// before the namespace boundary), and no new pod may join it.
+func (s *Groups) recoveredLocked(scope Scope, id string) *group {
+	g, ok := s.inUse[id]
+	if !ok {
+		g = newGroup(id, scope)
+		g.pods = 0
+		s.open[scope] = append(s.open[scope], g)
+		s.inUse[id] = g
+	} else if g.scope != scope {
+		s.retireLocked(id)
 	}
+	return g
 }
 
 // Leave takes a pod whose pause exited (or never started) out of group
@@ -192,15 +193,7 @@ func (s *Groups) Keep(id, keeper string) bool {
 func (s *Groups) Rekeep(scope Scope, id, keeper string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	g, ok := s.inUse[id]
-	if ok {
-		s.retireMixedLocked(g, scope)
-	} else {
-		g = newGroup(id, scope)
-		g.pods = 0
-		s.open[scope] = append(s.open[scope], g)
-		s.inUse[id] = g
-	}
+	g := s.recoveredLocked(scope, id)
 	g.keeper = keeper
 	g.tasks[keeper] = true
 }
