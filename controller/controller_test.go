@@ -804,6 +804,37 @@ func TestRecoverInBackground(t *testing.T) {
 	}
 }
 
+// TestStopAfterReattachFailed: a sandbox whose shim did not answer at
+// recovery is NOTREADY at once, but its pause may still run until the
+// background deletion ends it; Stop returns only after that deletion.
+func TestStopAfterReattachFailed(t *testing.T) {
+	client := newFakeClient()
+	ownedContainer(t, client, "unanswered").setTask(containerd.Running)
+	client.failNext("task status", context.DeadlineExceeded)
+	release := client.hold("task delete")
+	// Before the controller's Close, which waits for the retry queue.
+	defer release()
+	c := testController(t, client)
+	if err := c.Recover(testContext(), RecoverConfig{Parallelism: 1, Timeout: time.Second}); err != nil {
+		t.Fatal(err)
+	}
+	if got := state(t, c, "unanswered"); got != runtimeapi.PodSandboxState_SANDBOX_NOTREADY.String() {
+		t.Errorf("%s after a failed reattach, want NOTREADY", got)
+	}
+	ctx, cancel := context.WithTimeout(testContext(), 100*time.Millisecond)
+	defer cancel()
+	if err := c.Stop(ctx, "unanswered"); !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("Stop while the pause task is not deleted: %v, want it to wait until its context ends", err)
+	}
+	release()
+	if err := c.Stop(testContext(), "unanswered"); err != nil {
+		t.Errorf("Stop after the deletion: %v", err)
+	}
+	if client.container("unanswered").hasTask() {
+		t.Error("Stop returned with the pause task not deleted")
+	}
+}
+
 // TestRecoverUpdatedResources: the pod resources Update recorded come back
 // after a restart; a pod label of the same name as berth's old label does
 // nothing.

@@ -7,6 +7,7 @@ import (
 	"github.com/containerd/containerd/v2/core/sandbox"
 	"github.com/containerd/log"
 
+	"github.com/berth-dev/berth/events"
 	"github.com/berth-dev/berth/store"
 )
 
@@ -59,6 +60,18 @@ func (c *Controller) stop(ctx context.Context, sb *store.Sandbox) error {
 		case <-sb.Exited():
 		case <-ctx.Done():
 			return fmt.Errorf("pause task has not exited (killing in the background): %w", ctx.Err())
+		}
+		// An exit whose status was lost (its shim died, or did not answer
+		// at recovery) does not say the pause process is gone: the task's
+		// deletion ends it (runc delete --force). Wait for that, as the
+		// built-in's Stop waits for the kill of a task whose state is
+		// unknown.
+		if sb.Status().ExitStatus == events.UnknownExitCode {
+			select {
+			case <-sb.Deleted():
+			case <-ctx.Done():
+				return fmt.Errorf("pause task of unknown state not deleted yet (retrying in the background): %w", ctx.Err())
+			}
 		}
 	}
 	// No process uses the pod's /dev/shm any more; app containers have their
