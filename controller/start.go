@@ -223,6 +223,7 @@ func (c *Controller) plan(ctx context.Context, sb *store.Sandbox) (startPlan, er
 		Config:          sb.Config,
 		Image:           p.pause.unpacked.config,
 		ImageName:       p.pause.ref,
+		NoUserDatabase:  builtin,
 		NetNSPath:       sb.NetNSPath,
 		Files:           p.files,
 		PodAnnotations:  rt.PodAnnotations,

@@ -44,23 +44,18 @@ func TestBuiltinPause(t *testing.T) {
 	}
 
 	pid := strconv.Itoa(podPid(t, pod))
-	status, err := os.ReadFile(filepath.Join("/proc", pid, "status"))
-	if err != nil {
-		t.Fatal(err)
+	status := procStatus(t, pid)
+	if uid, gid := status["Uid"], status["Gid"]; uid[0] != "65535" || gid[0] != "65535" {
+		t.Errorf("pause process uid %s gid %s, want 65535", uid, gid)
 	}
-	for _, line := range strings.Split(string(status), "\n") {
-		if f := strings.Fields(line); len(f) > 1 && (f[0] == "Uid:" || f[0] == "Gid:") && f[1] != "65535" {
-			t.Errorf("pause process %s, want 65535", line)
-		}
-		if f := strings.Fields(line); len(f) > 1 && f[0] == "CapEff:" && strings.Trim(f[1], "0") != "" {
-			t.Errorf("pause process has capabilities: %s", line)
-		}
-		if f := strings.Fields(line); len(f) > 1 && f[0] == "NoNewPrivs:" && f[1] != "1" {
-			t.Errorf("pause process may gain privileges: %s", line)
-		}
-		if f := strings.Fields(line); len(f) > 1 && f[0] == "Seccomp:" && f[1] != "2" {
-			t.Errorf("pause process is not under a seccomp filter: %s", line)
-		}
+	if capEff := status["CapEff"][0]; strings.Trim(capEff, "0") != "" {
+		t.Errorf("pause process has capabilities: %s", capEff)
+	}
+	if nnp := status["NoNewPrivs"][0]; nnp != "1" {
+		t.Errorf("pause process may gain privileges: NoNewPrivs %s", nnp)
+	}
+	if sec := status["Seccomp"][0]; sec != "2" {
+		t.Errorf("pause process is not under a seccomp filter: Seccomp %s", sec)
 	}
 	mounts, err := os.ReadFile(filepath.Join("/proc", pid, "mountinfo"))
 	if err != nil {
@@ -71,6 +66,38 @@ func TestBuiltinPause(t *testing.T) {
 			t.Errorf("pause rootfs is writable: %s", line)
 		}
 	}
+}
+
+// TestBuiltinPauseRunAsUser runs a pod that names its user and not its
+// group, as many do: with no user database in the built-in pause's rootfs,
+// the pause runs with group 0, as a user the pause image's /etc/passwd
+// does not name does.
+func TestBuiltinPauseRunAsUser(t *testing.T) {
+	cfg := podConfig(t, func(c *runtimeapi.PodSandboxConfig) {
+		c.Linux.SecurityContext.RunAsUser = &runtimeapi.Int64Value{Value: 1000}
+	})
+	pod := runPod(t, cfg, handlerBuiltinPause)
+	status := procStatus(t, strconv.Itoa(podPid(t, pod)))
+	if uid, gid := status["Uid"], status["Gid"]; uid[0] != "1000" || gid[0] != "0" {
+		t.Errorf("pause process uid %s gid %s, want 1000 and 0", uid, gid)
+	}
+}
+
+// procStatus is /proc/PID/status, each field's values by its name. Every
+// field the tests read is there on any kernel they run on.
+func procStatus(t *testing.T, pid string) map[string][]string {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join("/proc", pid, "status"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	fields := map[string][]string{}
+	for _, line := range strings.Split(string(b), "\n") {
+		if name, values, ok := strings.Cut(line, ":"); ok {
+			fields[name] = append(strings.Fields(values), "")
+		}
+	}
+	return fields
 }
 
 // TestBuiltinPauseUserNamespace runs a pod with a user namespace of its own

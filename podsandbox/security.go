@@ -23,7 +23,10 @@ import (
 // userString is the user the pause process runs as: run_as_user and
 // run_as_group from the pod, else the image's USER. IDs oci.WithUser would
 // refuse are refused here, before the pause container's snapshot exists.
-func userString(sc *runtimeapi.LinuxSandboxSecurityContext, imageUser string) (string, error) {
+// Without a user database, a run_as_user alone gets GID 0, what
+// containerd's lookup gives a UID /etc/passwd does not name; asked to look
+// it up in a container without a snapshot, oci.WithUser fails instead.
+func userString(sc *runtimeapi.LinuxSandboxSecurityContext, imageUser string, noUserDatabase bool) (string, error) {
 	uid, gid := sc.GetRunAsUser(), sc.GetRunAsGroup()
 	for _, id := range []struct {
 		name string
@@ -38,6 +41,8 @@ func userString(sc *runtimeapi.LinuxSandboxSecurityContext, imageUser string) (s
 		return "", invalidf("linux.security_context.run_as_group", "%d is set without run_as_user", gid.GetValue())
 	case uid == nil:
 		return imageUser, nil
+	case gid == nil && noUserDatabase:
+		return strconv.FormatInt(uid.GetValue(), 10) + ":0", nil
 	case gid == nil:
 		return strconv.FormatInt(uid.GetValue(), 10), nil
 	}

@@ -60,6 +60,10 @@ type SpecConfig struct {
 	// ImageName is the pause image as the CRI config names it, for the
 	// image-name annotation.
 	ImageName string
+	// NoUserDatabase says the pause's rootfs has no /etc/passwd to look a
+	// user up in, and no snapshot for containerd's lookup to read: the
+	// built-in pause's.
+	NoUserDatabase bool
 	// NetNSPath is the pod's network namespace; unused for host network.
 	NetNSPath string
 	Files     Files
@@ -107,7 +111,7 @@ func GenerateSpec(c SpecConfig) (Spec, error) {
 	if err != nil {
 		return Spec{}, err
 	}
-	user, err := userString(sc, c.Image.User)
+	user, err := userString(sc, c.Image.User, c.NoUserDatabase)
 	if err != nil {
 		return Spec{}, err
 	}

@@ -688,10 +688,12 @@ func TestGenerateSpecUser(t *testing.T) {
 		groups    []int64
 		// rootfs makes the container resolve users in a fake rootfs, as
 		// a real snapshot would.
-		rootfs      bool
-		wantUID     uint32
-		wantGID     uint32
-		wantAddGids []uint32
+		rootfs bool
+		// noUserDatabase is the built-in pause's: no rootfs to look in.
+		noUserDatabase bool
+		wantUID        uint32
+		wantGID        uint32
+		wantAddGids    []uint32
 	}{
 		{
 			name:    "no user",
@@ -741,6 +743,16 @@ func TestGenerateSpecUser(t *testing.T) {
 			wantAddGids: []uint32{0},
 		},
 		{
+			// The built-in pause: no snapshot, no lookup.
+			name:           "run_as_user only, no user database",
+			uid:            &runtimeapi.Int64Value{Value: 1000},
+			imageUser:      "65535:65535",
+			noUserDatabase: true,
+			wantUID:        1000,
+			wantGID:        0,
+			wantAddGids:    []uint32{0},
+		},
+		{
 			name:        "image user name",
 			imageUser:   "pause",
 			rootfs:      true,
@@ -785,7 +797,7 @@ func TestGenerateSpecUser(t *testing.T) {
 			c := specTestSpecConfig()
 			sc := testSecurityContext(c)
 			sc.RunAsUser, sc.RunAsGroup, sc.SupplementalGroups = tc.uid, tc.gid, tc.groups
-			c.Image.User = tc.imageUser
+			c.Image.User, c.NoUserDatabase = tc.imageUser, tc.noUserDatabase
 
 			var (
 				client oci.Client

@@ -108,7 +108,7 @@ func Validate(cfg *runtimeapi.PodSandboxConfig, settings RuntimeSettings, node N
 	if _, err := podSysctls(cfg, settings, userNS != nil); err != nil {
 		return err
 	}
-	if _, err := userString(sc, ""); err != nil {
+	if _, err := userString(sc, "", false); err != nil {
 		return err
 	}
 	if _, err := supplementalGroups(sc.GetSupplementalGroups()); err != nil {
