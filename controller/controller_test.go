@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -193,6 +194,18 @@ func TestLifecycle(t *testing.T) {
 	}
 	if n := client.count("task killall"); n != 1 {
 		t.Errorf("%d kills of all the pause's processes, want Stop's only", n)
+	}
+}
+
+// TestContainerLabels: the pause container carries the pod's labels but
+// not CRI's kind label, which a pod may set.
+func TestContainerLabels(t *testing.T) {
+	sb := store.NewSandbox(store.Metadata{Config: &runtimeapi.PodSandboxConfig{Labels: map[string]string{
+		"app": "web", criLabelKind: "sandbox",
+	}}})
+	got := containerLabels(sb)
+	if want := map[string]string{"app": "web", LabelKind: LabelKindSandbox}; !maps.Equal(got, want) {
+		t.Errorf("labels %v, want %v", got, want)
 	}
 }
 

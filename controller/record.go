@@ -45,6 +45,10 @@ const (
 	LabelKindKeeper  = "shim-keeper"
 	// LabelKindStartLease marks the lease a pause snapshot is made under.
 	LabelKindStartLease = "start-lease"
+
+	// criLabelKind is the label CRI lists its sandbox and app containers
+	// by (crilabels.ContainerKindLabel, internal to containerd).
+	criLabelKind = "io.cri-containerd.kind"
 )
 
 // record is what the pause container does not hold by itself and recovery

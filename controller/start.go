@@ -310,12 +310,16 @@ func (c *Controller) undoable(sb *store.Sandbox, point string, fn func(context.C
 
 // containerLabels are the pause container's labels: the pod's, as the
 // built-in's carries them, and berth's kind, for people listing containers.
-// Nothing reads them back: a pod sets them.
+// Nothing of berth's reads them back: a pod sets them. CRI does read its
+// kind label: a pod's would have CRI load the pause container as the
+// built-in's, or as an app container, after a restart. The built-in
+// overwrites it; berth drops it.
 func containerLabels(sb *store.Sandbox) map[string]string {
 	l := maps.Clone(sb.Config.GetLabels())
 	if l == nil {
 		l = map[string]string{}
 	}
+	delete(l, criLabelKind)
 	l[LabelKind] = LabelKindSandbox
 	return l
 }
