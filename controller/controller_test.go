@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"maps"
 	"os"
 	"path/filepath"
@@ -438,6 +439,48 @@ func sharingController(t *testing.T, client *fakeClient, change ...func(*Config)
 		cfg.PodsPerShim = 4
 		cfg.Shims = shimproc.Sockets{ContainerdAddress: "/run/berth-test/containerd.sock", Dir: "/run/berth-test/s", Namespace: Namespace}
 	}}, change...)...)
+}
+
+// TestStartAnswerLost: a pause container or task whose making's answer
+// was lost (containerd died under berthd before it answered) is undone
+// with the rest of the failed Start. In a shared shim the loss reads as a
+// refusal (Unavailable): the task is undone and made in another group.
+func TestStartAnswerLost(t *testing.T) {
+	for _, shared := range []bool{false, true} {
+		for _, step := range []string{"new container", "new task"} {
+			t.Run(fmt.Sprintf("%s shared=%v", step, shared), func(t *testing.T) {
+				client := newFakeClient()
+				c := testController(t, client)
+				if shared {
+					c = sharingController(t, client)
+					// Its shim serves the lost task beside another's.
+					started(t, c, client, "sb0")
+				}
+				if err := create(t, c, client, "sb1", testPodConfig("sb1")); err != nil {
+					t.Fatal(err)
+				}
+				client.loseNextAnswer(step)
+				_, err := c.Start(testContext(), "sb1")
+				if shared && step == "new task" {
+					if err != nil {
+						t.Fatalf("Start: %v, want it made again in another group", err)
+					}
+					if !slices.Contains(client.taskServiceDeletes, "sb1") {
+						t.Error("the lost task was not deleted")
+					}
+					if err := c.Shutdown(testContext(), "sb1"); err != nil {
+						t.Fatalf("Shutdown: %v", err)
+					}
+				} else if !errors.Is(err, errAnswerLost) {
+					t.Fatalf("Start: %v, want the lost answer's error", err)
+				}
+				assertGone(t, c, client, "sb1")
+				if shared && !client.container("sb0").hasTask() {
+					t.Error("the other pod's task was deleted")
+				}
+			})
+		}
+	}
 }
 
 // TestStartFailsUndoFails: a Start that fails before its pause task is

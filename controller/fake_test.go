@@ -43,6 +43,9 @@ type fakeClient struct {
 	held map[string]chan struct{}
 	// calls logs the steps, with their container ID.
 	calls []string
+	// lostAnswers are the steps whose next call does its work and then
+	// fails with errAnswerLost.
+	lostAnswers map[string]bool
 	// taskServiceDeletes are the IDs the task service was asked to delete.
 	taskServiceDeletes []string
 	nextPid            uint32
@@ -52,13 +55,14 @@ var _ Client = (*fakeClient)(nil)
 
 func newFakeClient() *fakeClient {
 	return &fakeClient{
-		containers: map[string]*fakeContainer{},
-		records:    map[string]sandbox.Sandbox{},
-		leases:     map[string]leases.Lease{},
-		fail:       map[string][]error{},
-		failFor:    map[string]func(string) bool{},
-		held:       map[string]chan struct{}{},
-		nextPid:    1000,
+		containers:  map[string]*fakeContainer{},
+		records:     map[string]sandbox.Sandbox{},
+		leases:      map[string]leases.Lease{},
+		fail:        map[string][]error{},
+		failFor:     map[string]func(string) bool{},
+		held:        map[string]chan struct{}{},
+		lostAnswers: map[string]bool{},
+		nextPid:     1000,
 	}
 }
 
@@ -75,6 +79,28 @@ func (f *fakeClient) failAlways(step string, match func(id string) bool) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.failFor[step] = match
+}
+
+// errAnswerLost is the error of a call whose work was done and whose
+// answer was lost: containerd died under berthd before it answered.
+var errAnswerLost = fmt.Errorf("answer lost: %w", errdefs.ErrUnavailable)
+
+// loseNextAnswer makes the next call of step, "new container" or "new
+// task", do its work and fail with errAnswerLost.
+func (f *fakeClient) loseNextAnswer(step string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.lostAnswers[step] = true
+}
+
+// answer is the error of a call of step whose work is done, with f.mu held:
+// errAnswerLost once after loseNextAnswer(step), else nil.
+func (f *fakeClient) answerLocked(step string) error {
+	if f.lostAnswers[step] {
+		delete(f.lostAnswers, step)
+		return errAnswerLost
+	}
+	return nil
 }
 
 // hold makes the calls of step wait until release is called: a shim slow
@@ -150,6 +176,9 @@ func (f *fakeClient) NewContainer(ctx context.Context, id string, opts ...contai
 	}
 	c := &fakeContainer{client: f, info: info}
 	f.containers[id] = c
+	if err := f.answerLocked("new container"); err != nil {
+		return nil, err
+	}
 	return c, nil
 }
 
@@ -391,6 +420,9 @@ func (c *fakeContainer) NewTask(context.Context, cio.Creator, ...containerd.NewT
 	defer c.client.mu.Unlock()
 	c.client.nextPid++
 	c.task = newFakeTask(c, c.client.nextPid, containerd.Created)
+	if err := c.client.answerLocked("new task"); err != nil {
+		return nil, err
+	}
 	return c.task, nil
 }
 

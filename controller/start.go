@@ -127,7 +127,9 @@ func (c *Controller) start(ctx context.Context, sb *store.Sandbox, undo *rollbac
 	if err != nil {
 		return sandbox.ControllerInstance{}, fmt.Errorf("pause container info: %w", err)
 	}
-	task, w, err := c.startTask(ctx, sb, container, p, making, undo)
+	lost := lostTask(info, p.group)
+	lost.Sandbox = sb
+	task, w, err := c.startTask(ctx, sb, container, lost, p, making, undo)
 	if err != nil {
 		return sandbox.ControllerInstance{}, err
 	}
@@ -275,6 +277,12 @@ func (c *Controller) createContainer(ctx context.Context, sb *store.Sandbox, p s
 	if p.group != "" {
 		specOpts = append(slices.Clip(specOpts), oci.WithAnnotations(map[string]string{placement.GroupAnnotation: p.group}))
 	}
+	// Before the making: a create whose answer was lost (containerd died
+	// under berthd, or the caller's deadline passed) may have made it. The
+	// snapshot's undo, pushed before, runs after it.
+	undo.Push("delete pause container", c.undoable(sb, "container", func(ctx context.Context) error {
+		return ignoreNotFound(c.client.ContainerService().Delete(ctx, sb.ID))
+	}))
 	var spec typeurl.Any
 	container, err := c.client.NewContainer(ctx, sb.ID, append(opts,
 		// After the snapshot: the image's user is looked up in it.
@@ -291,9 +299,6 @@ func (c *Controller) createContainer(ctx context.Context, sb *store.Sandbox, p s
 	if err != nil {
 		return nil, nil, fmt.Errorf("create pause container: %w", err)
 	}
-	undo.Push("delete pause container", c.undoable(sb, "container", func(ctx context.Context) error {
-		return ignoreNotFound(container.Delete(ctx, containerd.WithSnapshotCleanup))
-	}))
 	return container, spec, failpoint.Inject(sb, failpoint.StartContainer)
 }
 

@@ -17,14 +17,15 @@ import (
 	"github.com/berth-dev/berth/events"
 	"github.com/berth-dev/berth/failpoint"
 	"github.com/berth-dev/berth/placement"
+	"github.com/berth-dev/berth/reaper"
 	"github.com/berth-dev/berth/rollback"
 	"github.com/berth-dev/berth/shimproc"
 	"github.com/berth-dev/berth/store"
 )
 
 // startTask makes and starts the pause task, waiting for its exit from
-// before it starts.
-func (c *Controller) startTask(ctx context.Context, sb *store.Sandbox, container containerd.Container, p startPlan, making placement.Making, undo *rollback.Stack) (containerd.Task, *events.Wait, error) {
+// before it starts. lost is what a create that failed may have left.
+func (c *Controller) startTask(ctx context.Context, sb *store.Sandbox, container containerd.Container, lost reaper.LostTask, p startPlan, making placement.Making, undo *rollback.Stack) (containerd.Task, *events.Wait, error) {
 	var opts []containerd.NewTaskOpts
 	if p.shim != "" {
 		opts = append(opts, containerd.WithTaskAPIEndpoint(p.shim, shimproc.TaskAPIVersion))
@@ -37,6 +38,20 @@ func (c *Controller) startTask(ctx context.Context, sb *store.Sandbox, container
 	}
 	task, err := c.newTask(ctx, sb, container, p.group, making, opts)
 	if err != nil {
+		// The task may be made though the answer was lost: containerd
+		// died under berthd (its API unavailable, taken for a refusal), or
+		// the caller's deadline passed. A task left would keep its
+		// container from being deleted, and its shim from ending.
+		cleanup := func(ctx context.Context) error { return c.reaper.DeleteFromTaskService(ctx, sb.ID) }
+		if !errors.Is(err, errSharedShimRefused) {
+			// As recovery cleans up after a Start cut short: runc's
+			// container, its cgroup and the shim too, should the shim
+			// have lost track of them. Not after a refusal, whose undo
+			// runs before the pause is made again in another group: the
+			// shim may be exiting, and only answer with errors.
+			cleanup = func(ctx context.Context) error { return c.reaper.CleanupLost(ctx, lost) }
+		}
+		undo.Push("delete the pause task a failed create may have left", c.undoable(sb, "task", cleanup))
 		return nil, nil, err
 	}
 	undo.Push("delete pause task", c.undoable(sb, "task", func(ctx context.Context) error {

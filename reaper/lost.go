@@ -70,7 +70,7 @@ func (r *Reaper) loadTask(ctx context.Context, sb *store.Sandbox) (containerd.Ta
 // waiting forever) with its cgroup, and a shim containerd forgot. Each is
 // ended; a shim only if it serves no other task.
 func (r *Reaper) CleanupLost(ctx context.Context, t LostTask) error {
-	if err := r.deleteFromTaskService(ctx, t.ID); err != nil {
+	if err := r.DeleteFromTaskService(ctx, t.ID); err != nil {
 		return err
 	}
 	// runc first: it kills the pause process a lost shim may still run.
@@ -87,11 +87,12 @@ func (r *Reaper) CleanupLost(ctx context.Context, t LostTask) error {
 	return r.endLostShim(ctx, t)
 }
 
-// deleteFromTaskService asks containerd's task service to delete the task
+// DeleteFromTaskService asks containerd's task service to delete the task
 // of container id and shut its shim down. It also reaps a shim whose task
 // was never created: containerd keeps such a shim registered after a
-// restart that cut a NewTask short, and only this call ends it.
-func (r *Reaper) deleteFromTaskService(ctx context.Context, id string) error {
+// restart that cut a NewTask short, and only this call ends it. A task
+// containerd does not know is no error.
+func (r *Reaper) DeleteFromTaskService(ctx context.Context, id string) error {
 	_, err := r.cfg.Client.TaskService().Delete(ctx, &apitasks.DeleteTaskRequest{ContainerID: id})
 	if err = errgrpc.ToNative(err); err != nil && !errdefs.IsNotFound(err) {
 		return fmt.Errorf("delete pause task from the task service: %w", err)

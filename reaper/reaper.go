@@ -145,7 +145,7 @@ func (r *Reaper) DeleteTask(ctx context.Context, task containerd.Task) error {
 	if !errdefs.IsNotFound(err) && !shimproc.IsGone(err) {
 		return fmt.Errorf("delete pause task: %w", err)
 	}
-	return r.deleteFromTaskService(ctx, task.ID())
+	return r.DeleteFromTaskService(ctx, task.ID())
 }
 
 // DeleteGroupTask deletes the pause task of sandbox id, of shim group
@@ -180,7 +180,7 @@ func (r *Reaper) deleteExitedTask(ctx context.Context, task containerd.Task, kil
 			return fmt.Errorf("kill what is left of the exited pause: %w", err)
 		}
 	}
-	return r.deleteFromTaskService(ctx, task.ID())
+	return r.DeleteFromTaskService(ctx, task.ID())
 }
 
 // Kill sends SIGKILL to the pause task of a ready sandbox and to whatever
