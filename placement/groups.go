@@ -151,7 +151,7 @@ func (s *Groups) recoveredLocked(scope Scope, id string) *group {
 		s.open[scope] = append(s.open[scope], g)
 		s.inUse[id] = g
 	} else if g.scope != scope {
-		s.retireLocked(id)
+		s.retireLocked(g)
 	}
 	return g
 }
@@ -172,7 +172,7 @@ func (s *Groups) Leave(id string) {
 		return
 	}
 	delete(s.inUse, id)
-	s.retireLocked(id)
+	s.retireLocked(g)
 }
 
 // Keep puts shim keeper keeper into group id, which a pod is in: the group
@@ -212,7 +212,7 @@ func (s *Groups) Unkeep(id, keeper string) {
 		return
 	}
 	delete(s.inUse, id)
-	s.retireLocked(id)
+	s.retireLocked(g)
 }
 
 // Fresh reports whether no task is made, or being made, in group id: its
@@ -336,7 +336,7 @@ func (s *Groups) MakeTask(ctx context.Context, id, sb string) (Making, error) {
 		case len(g.tasks) == 0:
 			s.endLocked(g)
 		case o == Refused:
-			s.retireLocked(id)
+			s.retireLocked(g)
 		}
 		g.changedLocked()
 	}}, nil
@@ -370,7 +370,7 @@ func (s *Groups) ShimAnswers(id string) {
 // endLocked ends group g: its shim may exit, and no task is made in it.
 func (s *Groups) endLocked(g *group) {
 	g.ending = true
-	s.retireLocked(g.id)
+	s.retireLocked(g)
 }
 
 // waitLocked waits, with s.mu held, until a making in group g ends, and
@@ -455,12 +455,16 @@ func (s *Groups) Has(id string) bool {
 	return ok
 }
 
-// retireLocked stops pods from joining group id, with s.mu held. Its pods
-// need not leave it.
-func (s *Groups) retireLocked(id string) {
-	for scope, groups := range s.open {
-		s.open[scope] = slices.DeleteFunc(groups, func(g *group) bool { return g.id == id })
+// retireLocked stops pods from joining group g, with s.mu held. Its pods
+// need not leave it. A scope left with no open group is forgotten: scopes
+// are namespaces, which come and go by the thousand on some clusters.
+func (s *Groups) retireLocked(g *group) {
+	open := slices.DeleteFunc(s.open[g.scope], func(o *group) bool { return o == g })
+	if len(open) == 0 {
+		delete(s.open, g.scope)
+		return
 	}
+	s.open[g.scope] = open
 }
 
 // newGroupID names a new group. It is random: group IDs name shim sockets,

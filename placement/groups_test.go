@@ -3,6 +3,7 @@ package placement
 import (
 	"context"
 	"errors"
+	"fmt"
 	"slices"
 	"sync"
 	"testing"
@@ -509,6 +510,34 @@ func TestShimGroupsByScope(t *testing.T) {
 	}
 	if !g.IsOpen(a, ga) || g.IsOpen(b, ga) {
 		t.Errorf("group %s open to a %v, to b %v; want a's only", ga, g.IsOpen(a, ga), g.IsOpen(b, ga))
+	}
+}
+
+// TestShimGroupScopesForgotten: a namespace whose pods are all gone
+// leaves nothing behind, whether its group ended with its last task or
+// was left by its last pod.
+func TestShimGroupScopesForgotten(t *testing.T) {
+	g := NewGroups(func(string) int { return 4 })
+	ctx := context.Background()
+	for i := range 100 {
+		scope := Scope{"h", fmt.Sprint("ns-", i)}
+		id := g.Join(scope)
+		if i%2 == 0 {
+			making, err := g.MakeTask(ctx, id, "sb")
+			if err != nil {
+				t.Fatal(err)
+			}
+			making.End(Made)
+			done, err := g.DeleteTask(ctx, id, "sb")
+			if err != nil {
+				t.Fatal(err)
+			}
+			done(true)
+		}
+		g.Leave(id)
+	}
+	if len(g.open) != 0 || len(g.inUse) != 0 {
+		t.Errorf("%d scopes and %d groups left, want none", len(g.open), len(g.inUse))
 	}
 }
 
