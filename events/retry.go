@@ -120,10 +120,11 @@ func (q *Queue) Stop() {
 
 // Add queues step fn, named name in logs, for key. fn already failed once;
 // it runs after the key's current delay, and after the steps queued for key
-// before it. After Stop, Add only logs that fn is dropped.
+// before it, on a context with ctx's namespace and logger (Detached). After
+// Stop, Add only logs that fn is dropped.
 func (q *Queue) Add(ctx context.Context, key, name string, fn Step) {
 	l := log.G(ctx).WithFields(log.Fields{"sandbox_id": key, "step": name})
-	e := &entry{name: name, fn: fn, ctx: log.WithLogger(context.WithoutCancel(ctx), l), log: l, tries: 1}
+	e := &entry{name: name, fn: fn, ctx: log.WithLogger(Detached(ctx), l), log: l, tries: 1}
 	select {
 	case q.adds <- addReq{key: key, e: e}:
 	case <-q.ctx.Done():

@@ -9,6 +9,8 @@ import (
 	"testing"
 	"testing/synctest"
 	"time"
+
+	"github.com/containerd/containerd/v2/pkg/namespaces"
 )
 
 var errFail = errors.New("attempt failed")
@@ -241,18 +243,22 @@ func TestKeysIndependent(t *testing.T) {
 // TestAttemptContextValues checks that an attempt's context carries the
 // values of Add's (the containerd namespace, for one) but not its
 // cancellation: retries outlive their caller.
+// TestAttemptContextValues: a step runs with its caller's namespace and
+// logger, and nothing else of the call: not its cancellation, nor the call
+// values (gRPC metadata, a lease) it would hold until the step succeeds.
 func TestAttemptContextValues(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		m := NewQueue(backoff())
 		defer m.Stop()
 		type key struct{}
-		ctx, cancel := context.WithCancel(context.WithValue(t.Context(), key{}, "k8s.io"))
+		ctx, cancel := context.WithCancel(context.WithValue(namespaces.WithNamespace(t.Context(), "k8s.io"), key{}, "call"))
 		var mu sync.Mutex
-		var got []any
+		var got []string
 		m.Add(ctx, "a", "step", func(ctx context.Context) error {
 			mu.Lock()
 			defer mu.Unlock()
-			got = append(got, ctx.Value(key{}))
+			ns, _ := namespaces.Namespace(ctx)
+			got = append(got, fmt.Sprint(ns, " ", ctx.Value(key{})))
 			return ctx.Err()
 		})
 		cancel()
@@ -262,8 +268,8 @@ func TestAttemptContextValues(t *testing.T) {
 		defer mu.Unlock()
 		// One run: had the caller's cancellation reached it, it would have
 		// failed and run again.
-		if len(got) != 1 || got[0] != "k8s.io" {
-			t.Fatalf("runs saw context values %v, want one run with k8s.io", got)
+		if want := []string{"k8s.io <nil>"}; !slices.Equal(got, want) {
+			t.Fatalf("runs saw namespace and call value %q, want %q", got, want)
 		}
 	})
 }
