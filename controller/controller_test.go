@@ -379,6 +379,28 @@ func TestExitDeleteRetried(t *testing.T) {
 	})
 }
 
+// TestStopShimDiedUnderKill: a Stop whose kill finds the shim gone (it
+// died before its death was seen) waits for the pod's exit and the task's
+// deletion, and succeeds, instead of failing a pod that is dying anyway.
+func TestStopShimDiedUnderKill(t *testing.T) {
+	client := newFakeClient()
+	c := testController(t, client)
+	task := started(t, c, client, "sb1")
+	client.failNext("task killall", errgrpc.ToNative(status.Error(codes.Unknown, "ttrpc: closed")))
+	stopped := make(chan error, 1)
+	go func() { stopped <- c.Stop(testContext(), "sb1") }()
+	eventually(t, "the kill sent", func() bool { return client.count("task killall") == 1 })
+	c.shimDied([]string{"sb1"})
+	// containerd's cleanup after the dead shim ends the pause.
+	task.exit(137)
+	if err := <-stopped; err != nil {
+		t.Fatalf("Stop: %v", err)
+	}
+	if client.container("sb1").hasTask() {
+		t.Error("Stop returned before the task's deletion")
+	}
+}
+
 // TestKillRetriedOnce fails the kills of Stop: however many Stops fail,
 // one kill is retried in the background, until the pause dies.
 func TestKillRetriedOnce(t *testing.T) {

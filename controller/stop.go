@@ -8,6 +8,7 @@ import (
 	"github.com/containerd/log"
 
 	"github.com/berth-dev/berth/events"
+	"github.com/berth-dev/berth/shimproc"
 	"github.com/berth-dev/berth/store"
 )
 
@@ -42,8 +43,11 @@ func (c *Controller) Stop(ctx context.Context, id string, opts ...sandbox.StopOp
 func (c *Controller) stop(ctx context.Context, sb *store.Sandbox) error {
 	status := sb.Status()
 	if status.State == store.StateReady {
-		// Stop only kills the task; its watcher deletes it.
-		if err := c.reaper.Kill(ctx, sb, status.Instance.Task); err != nil {
+		// Stop only kills the task; its watcher deletes it. A shim that
+		// died under the kill has its pods' exits recorded (shimDied, or
+		// containerd's cleanup) and the pause ended by containerd's
+		// cleanup: waited for below, as after a kill.
+		if err := c.reaper.Kill(ctx, sb, status.Instance.Task); err != nil && !shimproc.IsGone(err) {
 			if ctx.Err() != nil {
 				// The shim's error text says deadline; its class is lost on
 				// the way. Give the caller the class to branch on.
