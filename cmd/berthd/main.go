@@ -1,5 +1,5 @@
 // Command berthd serves berth's sandbox controller to a stock containerd
-// 2.x, as the proxy sandbox plugin containerd's config names:
+// 2.4, as the proxy sandbox plugin containerd's config names:
 //
 //	[proxy_plugins.berth]
 //	  type = "sandbox"
@@ -50,9 +50,15 @@ type options struct {
 	// sandboxer is berth's name in containerd: its proxy_plugins key.
 	sandboxer        string
 	containerdConfig string
-	address          string
-	metricsAddress   string
-	logLevel         string
+	// containerdConfigSet says --containerd-config was given: a missing
+	// file is then an error, as for containerd's --config.
+	containerdConfigSet bool
+	// containerd are containerd's own --address, --root and --state, as
+	// its service gives them (k3s, RKE2).
+	containerd     containerdconfig.Overrides
+	address        string
+	metricsAddress string
+	logLevel       string
 	// waitContainerd bounds the wait for containerd to answer at start.
 	waitContainerd time.Duration
 }
@@ -61,7 +67,7 @@ func main() {
 	var o options
 	o.register(flag.CommandLine)
 	flag.Parse()
-	o.address = socketPath(o.address)
+	o.parsed(flag.CommandLine)
 	if err := run(o); err != nil {
 		log.L.WithError(err).Error("berthd")
 		os.Exit(1)
@@ -76,6 +82,33 @@ func (o *options) register(fs *flag.FlagSet) {
 	fs.StringVar(&o.metricsAddress, "metrics-address", "", "host:port to serve berth's Prometheus series on, at /v1/metrics; none if empty")
 	fs.StringVar(&o.logLevel, "log-level", "info", "log level: trace, debug, info, warn, error")
 	fs.DurationVar(&o.waitContainerd, "containerd-timeout", 0, "how long to wait for containerd to answer at start; 0 waits for as long as it takes")
+	fs.StringVar(&o.containerd.Address, "containerd-address", "", "containerd's --address, if its service sets one: it wins over the config's, as in containerd")
+	fs.StringVar(&o.containerd.Root, "containerd-root", "", "containerd's --root, if its service sets one")
+	fs.StringVar(&o.containerd.State, "containerd-state", "", "containerd's --state, if its service sets one")
+}
+
+// parsed completes o once fs, on which register defined berthd's flags,
+// is parsed.
+func (o *options) parsed(fs *flag.FlagSet) {
+	o.address = socketPath(o.address)
+	fs.Visit(func(f *flag.Flag) {
+		if f.Name == "containerd-config" {
+			o.containerdConfigSet = true
+		}
+	})
+}
+
+// loadNode reads containerd's config as containerd, started with o's
+// flags, reads it: a config path given and missing fails, as it fails
+// containerd, rather than be read as containerd's defaults, with none of
+// the node's runtime handlers.
+func loadNode(ctx context.Context, o options) (*containerdconfig.Node, error) {
+	if o.containerdConfigSet {
+		if _, err := os.Stat(o.containerdConfig); err != nil {
+			return nil, fmt.Errorf("containerd config: %w", err)
+		}
+	}
+	return containerdconfig.Load(ctx, o.containerdConfig, o.containerd)
 }
 
 func run(o options) error {
@@ -88,7 +121,7 @@ func run(o options) error {
 	ctx, stop := signal.NotifyContext(context.Background(), unix.SIGINT, unix.SIGTERM)
 	defer stop()
 
-	node, err := containerdconfig.Load(ctx, o.containerdConfig, containerdconfig.Overrides{})
+	node, err := loadNode(ctx, o)
 	if err != nil {
 		return err
 	}

@@ -1,8 +1,12 @@
 package main
 
 import (
+	"context"
+	"errors"
 	"flag"
+	"io/fs"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -61,5 +65,43 @@ func TestSystemdUnit(t *testing.T) {
 	new(options).register(fs)
 	if err := fs.Parse(exec[1:]); err != nil || fs.NArg() != 0 {
 		t.Errorf("ExecStart %v: %v, arguments left %v", exec, err, fs.Args())
+	}
+}
+
+// TestLoadNode: berthd reads containerd's config as containerd started
+// with the same flags does. A config path given and missing fails; the
+// default path missing is containerd's defaults. containerd's own flags,
+// as k3s and RKE2 give them, win over the file.
+func TestLoadNode(t *testing.T) {
+	missing := filepath.Join(t.TempDir(), "config.toml")
+	parse := func(args ...string) options {
+		t.Helper()
+		var o options
+		fs := flag.NewFlagSet("berthd", flag.ContinueOnError)
+		o.register(fs)
+		if err := fs.Parse(args); err != nil {
+			t.Fatal(err)
+		}
+		o.parsed(fs)
+		return o
+	}
+	ctx := context.Background()
+	if _, err := loadNode(ctx, parse("--containerd-config", missing)); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("a config given and missing: %v, want it not found", err)
+	}
+	o := parse()
+	o.containerdConfig = missing
+	if _, err := loadNode(ctx, o); err != nil {
+		t.Errorf("the default config path missing: %v, want containerd's defaults", err)
+	}
+	n, err := loadNode(ctx, parse("--containerd-config", "../../containerdconfig/testdata/v3.toml",
+		"--containerd-address", "/run/k3s/containerd/containerd.sock",
+		"--containerd-root", "/var/lib/rancher/k3s/agent/containerd",
+		"--containerd-state", "/run/k3s/containerd"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n.GRPCAddress != "/run/k3s/containerd/containerd.sock" || n.Root != "/var/lib/rancher/k3s/agent/containerd" || n.State != "/run/k3s/containerd" {
+		t.Errorf("address %s, root %s, state %s: want containerd's flags'", n.GRPCAddress, n.Root, n.State)
 	}
 }
