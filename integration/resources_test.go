@@ -161,16 +161,15 @@ type podLimits struct {
 //   - v1: cpu.cfs_quota_us, cpu.cfs_period_us and cpu.shares in the cpu
 //     hierarchy, memory.limit_in_bytes in the memory one.
 //   - v2: cpu.max ("$MAX $PERIOD", $MAX "max" for no quota), cpu.weight
-//     (the shares converted as containerd's cgroups library and runc
-//     convert them, hostcgroup.RuncWeight: 1024 shares are 100) and
-//     memory.max. berth alone writes this cgroup: no kubelet converts the
-//     shares after it.
+//     (the shares converted as kubelet converts them for the pod cgroup,
+//     which is kubelet's, hostcgroup.KubeletWeight: 1024 shares are 39)
+//     and memory.max. berth alone writes this cgroup here: no kubelet.
 func checkPodCgroup(t *testing.T, parent string, want podLimits) {
 	t.Helper()
 	if err := hostcgroup.Check(parent, hostcgroup.Limits{
 		Quota:     want.quota,
 		Period:    want.period,
-		CPUWeight: hostcgroup.CPUWeight(want.shares, hostcgroup.RuncWeight),
+		CPUWeight: hostcgroup.CPUWeight(want.shares),
 		Memory:    want.memory,
 	}); err != nil {
 		t.Error(err)

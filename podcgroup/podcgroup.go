@@ -103,13 +103,14 @@ func (h hierarchy) validateUnified(unified map[string]string) error {
 // written: the kernel would fail it (v1) or OOM-kill the pod to meet it
 // (v2). A cgroup that does not exist is errdefs.ErrNotFound.
 //
-// CPU on cgroup v2 is written as runc writes a container's: shares as
-// cpu.weight through the conversion of containerd's cgroups library (and
-// runc ≥ 1.3.2, crun ≥ 1.23: 1024 shares are weight 100), quota and period
-// as cpu.max, a quota of -1 as "max" (see cpuMax). kubelet's cgroup v2
-// manager has converted shares linearly (1024 shares are 39) when it writes
-// the pod cgroup after this call; where it still does, cpu.weight differs
-// from berth's until it has.
+// CPU on cgroup v2 is written as kubelet writes the pod cgroup, which is
+// kubelet's: shares as cpu.weight by kubelet's linear conversion (1024
+// shares are 39; runc ≥ 1.3.2 makes a container's 100), quota and period
+// as cpu.max, a quota of -1 as "max" (see cpuMax). kubelet writes only the
+// resource it resizes after this call, and reads cpu.weight back with the
+// inverse of its conversion: a weight of another conversion, written for
+// the shares of a limit or memory resize, would stay, and read back as
+// other shares.
 func Update(path string, resources *runtimespec.LinuxResources) error {
 	return host().update(path, resources)
 }
@@ -151,10 +152,21 @@ func (h hierarchy) updateUnified(path string, resources *runtimespec.LinuxResour
 			return err
 		}
 	}
+	// Each unified key's file is there before anything is written: a
+	// refused update changes nothing.
+	for k := range resources.Unified {
+		if _, err := os.Stat(filepath.Join(dir, k)); err != nil {
+			return fmt.Errorf("update cgroup %s: %s: %w", path, k, unifiedFileError(err))
+		}
+	}
 	res := cgroup2.ToResources(resources)
 	if res.CPU != nil {
 		if res.CPU.Max, err = cpuMax(dir, resources.CPU); err != nil {
 			return fmt.Errorf("read cgroup %s: %w", path, classify(err))
+		}
+		if shares := resources.CPU.Shares; shares != nil && *shares != 0 {
+			w := kubeletCPUWeight(*shares)
+			res.CPU.Weight = &w
 		}
 	}
 	if err := m.Update(res); err != nil {
@@ -228,17 +240,36 @@ func cpuMax(dir string, cpu *runtimespec.LinuxCPU) (cgroup2.CPUMax, error) {
 // enabled for the group) is errdefs.ErrInvalidArgument.
 func writeUnified(dir, key, value string) error {
 	f, err := os.OpenFile(filepath.Join(dir, key), os.O_WRONLY|os.O_TRUNC, 0)
-	if errors.Is(err, os.ErrNotExist) {
-		return fmt.Errorf("the cgroup has no such file (is the controller enabled for it?): %w", errdefs.ErrInvalidArgument)
-	}
 	if err != nil {
-		return classify(err)
+		return unifiedFileError(err)
 	}
 	_, err = f.WriteString(value)
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
 	return classify(err)
+}
+
+// unifiedFileError is err, from opening a unified key's file, with its
+// class: a file the cgroup lacks is the caller's mistake.
+func unifiedFileError(err error) error {
+	if errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("the cgroup has no such file (is the controller enabled for it?): %w", errdefs.ErrInvalidArgument)
+	}
+	return classify(err)
+}
+
+// kubeletCPUWeight is the cpu.weight kubelet's cgroup v2 manager writes
+// for shares (getCPUWeight, pkg/kubelet/cm, v1.37): [2, 262144] mapped
+// linearly onto [1, 10000].
+func kubeletCPUWeight(shares uint64) uint64 {
+	switch {
+	case shares <= 2:
+		return 1
+	case shares >= 262144:
+		return 10000
+	}
+	return 1 + ((shares-2)*9999)/262142
 }
 
 func memoryUsage(st *cgroup1stats.Metrics) uint64 {

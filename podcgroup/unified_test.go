@@ -167,9 +167,9 @@ func TestUnifiedUpdate(t *testing.T) {
 			CPU:    &runtimespec.LinuxCPU{Quota: ptr[int64](50000), Period: ptr[uint64](100000), Shares: ptr[uint64](512)},
 			Memory: &runtimespec.LinuxMemory{Limit: ptr[int64](256 << 20)},
 		},
-		// Weight by cgroups/v3's conversion (as runc ≥ 1.3.2, crun ≥ 1.23):
-		// 512 shares are 59; kubelet's own linear one makes them 20.
-		want: map[string]string{"cpu.max": "50000 100000", "cpu.weight": "59", "memory.max": "268435456"},
+		// Weight by kubelet's linear conversion, as kubelet writes the pod
+		// cgroup: 512 shares are 20 (runc ≥ 1.3.2 makes a container's 59).
+		want: map[string]string{"cpu.max": "50000 100000", "cpu.weight": "20", "memory.max": "268435456"},
 	}, {
 		name: "shares 2",
 		res:  runtimespec.LinuxResources{CPU: &runtimespec.LinuxCPU{Shares: ptr[uint64](2)}},
@@ -179,10 +179,17 @@ func TestUnifiedUpdate(t *testing.T) {
 		res:  runtimespec.LinuxResources{CPU: &runtimespec.LinuxCPU{Shares: ptr[uint64](262144)}},
 		want: map[string]string{"cpu.weight": "10000"},
 	}, {
+		// A limit's resize: kubelet sends the pod's shares unchanged, and
+		// writes only cpu.max after it; its weight, 39, is written again
+		// as it was (by cgroups/v3's conversion, it would become 100).
 		name: "shares 1024",
-		set:  map[string]string{"cpu.weight": "39\n"},
-		res:  runtimespec.LinuxResources{CPU: &runtimespec.LinuxCPU{Shares: ptr[uint64](1024)}},
-		want: map[string]string{"cpu.weight": "100"},
+		set:  map[string]string{"cpu.weight": "39\n", "cpu.max": "max 100000\n"},
+		res:  runtimespec.LinuxResources{CPU: &runtimespec.LinuxCPU{Quota: ptr[int64](50000), Period: ptr[uint64](100000), Shares: ptr[uint64](1024)}},
+		want: map[string]string{"cpu.max": "50000 100000", "cpu.weight": "39"},
+	}, {
+		name: "shares 102",
+		res:  runtimespec.LinuxResources{CPU: &runtimespec.LinuxCPU{Shares: ptr[uint64](102)}},
+		want: map[string]string{"cpu.weight": "4"},
 	}, {
 		// kubelet's "no CPU limit": the kernel takes "max", not "-1"
 		// (EINVAL), as runc and kubelet write it.
@@ -272,6 +279,15 @@ func TestUnifiedUpdateRefused(t *testing.T) {
 		name: "unified key without a file",
 		res:  runtimespec.LinuxResources{Unified: map[string]string{"hugetlb.2MB.max": "0"}},
 		is:   errdefs.IsInvalidArgument,
+	}, {
+		// Checked before the rest is written: a partial update would
+		// leave the cgroup neither the old resources nor the new.
+		name: "unified key without a file, with CPU",
+		res: runtimespec.LinuxResources{
+			CPU:     &runtimespec.LinuxCPU{Quota: ptr[int64](50000), Period: ptr[uint64](100000), Shares: ptr[uint64](2048)},
+			Unified: map[string]string{"hugetlb.2MB.max": "0"},
+		},
+		is: errdefs.IsInvalidArgument,
 	}, {
 		// Not the kernel's format: nothing is written from it.
 		name: "cpu.max the kernel never writes",

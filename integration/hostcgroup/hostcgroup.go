@@ -17,7 +17,6 @@ import (
 	"strings"
 
 	"github.com/containerd/cgroups/v3"
-	"github.com/containerd/cgroups/v3/cgroup2"
 )
 
 // Limits are a cgroup's CPU and memory limits as its files hold them in
@@ -211,31 +210,22 @@ func (h hierarchy) memoryUsage(path string) (int64, error) {
 	return n, nil
 }
 
-// CPUWeight is what the host's cgroup holds for CRI's CPU shares, as
-// written by whoever converts them with toWeight on v2: the shares
-// themselves on v1, toWeight(shares) in cpu.weight on v2. The writers of a
-// pod cgroup convert differently (RuncWeight, KubeletWeight), and the last
-// one to write it decides what it holds.
-func CPUWeight(shares uint64, toWeight func(shares uint64) uint64) uint64 {
-	return host().cpuWeight(shares, toWeight)
+// CPUWeight is what the host's cgroup holds for a pod's CRI CPU shares:
+// the shares themselves on v1, on v2 cpu.weight as kubelet converts them
+// (KubeletWeight), as both kubelet and berth write a pod cgroup.
+func CPUWeight(shares uint64) uint64 {
+	return host().cpuWeight(shares)
 }
 
-func (h hierarchy) cpuWeight(shares uint64, toWeight func(uint64) uint64) uint64 {
+func (h hierarchy) cpuWeight(shares uint64) uint64 {
 	if h.unified {
-		return toWeight(shares)
+		return KubeletWeight(shares)
 	}
 	return shares
 }
 
-// RuncWeight converts CPU shares to cpu.weight as containerd's cgroups
-// library (cgroup2.ConvertCPUSharesToCgroupV2Value), runc ≥ 1.3.2 and
-// crun ≥ 1.23 do, and so berth when it writes a pod cgroup: 1024 shares
-// are weight 100, the default of both.
-func RuncWeight(shares uint64) uint64 { return cgroup2.ConvertCPUSharesToCgroupV2Value(shares) }
-
 // KubeletWeight converts CPU shares to cpu.weight as kubelet v1.37.2 does
-// when it writes a pod cgroup on v2, which it does after berth on a
-// resize: linearly from [2, 262144] to [1, 10000], so 1024 shares are 39
+// when it writes a pod cgroup on v2: linearly from [2, 262144] to [1, 10000], so 1024 shares are 39
 // (getCPUWeight in k8s.io/kubernetes pkg/kubelet/cm/cgroup_manager_linux.go;
 // opencontainers/cgroups' fs2 writes the weight as given). kubelet never
 // has fewer than 2 shares (MinShares); fewer are weight 1 here.

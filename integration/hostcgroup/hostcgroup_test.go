@@ -131,32 +131,29 @@ func TestMissing(t *testing.T) {
 	}
 }
 
-// TestCPUWeight converts the shares the integration tests use as each
-// writer does: kubelet's pod cgroup of 300m and 400m, berth's 512 shares,
-// and the default 1024.
+// TestCPUWeight converts the shares the integration tests use as kubelet
+// does: kubelet's pod cgroup of 300m and 400m, berth's 512 shares, and the
+// default 1024.
 func TestCPUWeight(t *testing.T) {
 	for _, tc := range []struct {
-		shares, runc, kubelet uint64
+		shares, kubelet uint64
 	}{
-		{2, 1, 1},
-		{307, 40, 12},
-		{409, 49, 16},
-		{512, 59, 20},
-		{1024, 100, 39},
-		{262144, 10000, 10000},
+		{2, 1},
+		{307, 12},
+		{409, 16},
+		{512, 20},
+		{1024, 39},
+		{262144, 10000},
 	} {
-		if got := RuncWeight(tc.shares); got != tc.runc {
-			t.Errorf("RuncWeight(%d) = %d, want %d", tc.shares, got, tc.runc)
-		}
 		if got := KubeletWeight(tc.shares); got != tc.kubelet {
 			t.Errorf("KubeletWeight(%d) = %d, want %d", tc.shares, got, tc.kubelet)
 		}
 		v1, v2 := hierarchy{}, hierarchy{unified: true}
-		if got := v1.cpuWeight(tc.shares, KubeletWeight); got != tc.shares {
+		if got := v1.cpuWeight(tc.shares); got != tc.shares {
 			t.Errorf("v1 cpuWeight(%d) = %d, want the shares", tc.shares, got)
 		}
-		if got := v2.cpuWeight(tc.shares, KubeletWeight); got != tc.kubelet {
-			t.Errorf("v2 cpuWeight(%d, KubeletWeight) = %d, want %d", tc.shares, got, tc.kubelet)
+		if got := v2.cpuWeight(tc.shares); got != tc.kubelet {
+			t.Errorf("v2 cpuWeight(%d) = %d, want %d", tc.shares, got, tc.kubelet)
 		}
 	}
 }

@@ -35,17 +35,15 @@ const (
 // (cm.MilliCPUToShares: milliCPU * 1024 / 1000) and the memory limit.
 //
 // On cgroup v2 the shares are held as cpu.weight converted as kubelet
-// converts them, not as berth does: on a resize kubelet calls
-// UpdatePodSandboxResources (berth writes cpu.weight with
-// hostcgroup.RuncWeight, 409 shares are 49) and then writes the pod cgroup
-// itself (kuberuntime_manager.go, setPodCgroupConfig), with its own linear
-// conversion (hostcgroup.KubeletWeight, 409 shares are 16). The file holds
-// kubelet's weight once kubelet is done; berth's shows only in between.
+// converts them (hostcgroup.KubeletWeight, 409 shares are 16): on a resize
+// kubelet calls UpdatePodSandboxResources, where berth writes the weight
+// as kubelet would, and then writes the resized resource itself
+// (kuberuntime_manager.go, doPodResizeAction), and only that one.
 func kubeletLimits(milliCPU, memory int64) hostcgroup.Limits {
 	return hostcgroup.Limits{
 		Quota:     milliCPU * 100,
 		Period:    100000,
-		CPUWeight: hostcgroup.CPUWeight(uint64(milliCPU*1024/1000), hostcgroup.KubeletWeight),
+		CPUWeight: hostcgroup.CPUWeight(uint64(milliCPU * 1024 / 1000)),
 		Memory:    memory,
 	}
 }
