@@ -188,6 +188,22 @@ func TestWarmShimKeeperFails(t *testing.T) {
 	})
 }
 
+// TestWarmShimKeeperAnswerLost: a keeper whose container or task was made
+// with its answer lost (containerd died under berthd) is undone, to the
+// last step (its group's release); the pod starts without it.
+func TestWarmShimKeeperAnswerLost(t *testing.T) {
+	for _, step := range []string{"new container", "new task"} {
+		t.Run(step, func(t *testing.T) {
+			client := newFakeClient()
+			c := warmController(t, client)
+			client.loseNextAnswer(step)
+			started(t, c, client, "sb1")
+			eventually(t, "lost keeper removed", func() bool { return len(keeperContainers(client)) == 0 })
+			removed(t, c, "sb1")
+		})
+	}
+}
+
 // keeperContainer is a keeper container of handler's pods of namespace
 // default as a previous containerd left it.
 func keeperContainer(t *testing.T, id, handler, group string) containers.Container {

@@ -56,6 +56,7 @@ const (
 // Client is what the keepers ask of containerd's client.
 type Client interface {
 	NewContainer(ctx context.Context, id string, opts ...containerd.NewContainerOpts) (containerd.Container, error)
+	ContainerService() containers.Store
 }
 
 // Config is what Keepers are made of.
@@ -211,6 +212,12 @@ func (k *Keepers) startKeeper(ctx context.Context, runtime sandbox.RuntimeOpts, 
 	})
 	specOpts := podsandbox.KeeperSpec(podsandbox.KeeperCgroupsPath(k.cfg.Namespace, id, systemd),
 		k.cfg.RestrictOOMScoreAdj, map[string]string{placement.GroupAnnotation: group})
+	// Before the making, as for a pod's pause: a create whose answer was
+	// lost (containerd died under berthd, or startTimeout passed) may have
+	// made it.
+	undo.Push("delete keeper container", func(ctx context.Context) error {
+		return ignoreNotFound(k.cfg.Client.ContainerService().Delete(ctx, id))
+	})
 	container, err := k.cfg.Client.NewContainer(ctx, id,
 		containerd.WithNewSpec(specOpts...),
 		containerd.WithContainerLabels(k.cfg.Labels),
@@ -220,9 +227,6 @@ func (k *Keepers) startKeeper(ctx context.Context, runtime sandbox.RuntimeOpts, 
 	if err != nil {
 		return fmt.Errorf("create keeper container: %w", err)
 	}
-	undo.Push("delete keeper container", func(ctx context.Context) error {
-		return ignoreNotFound(container.Delete(ctx))
-	})
 	opts := []containerd.NewTaskOpts{containerd.WithRootFS(podsandbox.RootfsMounts(rootfs))}
 	if runtimePath != "" {
 		opts = append(opts, containerd.WithRuntimePath(runtimePath))
@@ -230,6 +234,11 @@ func (k *Keepers) startKeeper(ctx context.Context, runtime sandbox.RuntimeOpts, 
 	task, err := container.NewTask(ctx, cio.NullIO, opts...)
 	if err != nil {
 		making.End(placement.Failed)
+		// A task made with its answer lost would keep the container from
+		// being deleted, and its shim from ending.
+		undo.Push("delete the keeper task a failed create may have left", func(ctx context.Context) error {
+			return k.cfg.Reaper.DeleteFromTaskService(ctx, id)
+		})
 		return fmt.Errorf("create keeper task: %w", err)
 	}
 	making.End(placement.Made)
