@@ -85,14 +85,14 @@ type ExitRetry struct {
 // DefaultConfig is the config berth runs with when its section is absent.
 func DefaultConfig() *Config {
 	return &Config{
-		StopTimeout: Duration{time.Minute},
+		StopTimeout: Duration{d: time.Minute},
 		ExitRetry: ExitRetry{
-			InitialDelay:   Duration{time.Second},
+			InitialDelay:   Duration{d: time.Second},
 			Factor:         2,
-			MaxDelay:       Duration{5 * time.Minute},
-			AttemptTimeout: Duration{10 * time.Second},
+			MaxDelay:       Duration{d: 5 * time.Minute},
+			AttemptTimeout: Duration{d: 10 * time.Second},
 		},
-		Recovery: Recovery{Parallelism: 16, SandboxTimeout: Duration{10 * time.Second}},
+		Recovery: Recovery{Parallelism: 16, SandboxTimeout: Duration{d: 10 * time.Second}},
 		// Empty, not nil, so that `containerd config dump` shows the key.
 		BuiltinPauseHandlers: []string{},
 		BuiltinPauseBinary:   "/usr/local/bin/berth-pause",
@@ -149,7 +149,10 @@ func (c *Config) Validate() error {
 		{"exit_retry.attempt_timeout", c.ExitRetry.AttemptTimeout},
 		{"recovery.sandbox_timeout", c.Recovery.SandboxTimeout},
 	} {
-		if d.v.Duration() <= 0 {
+		switch {
+		case d.v.invalid:
+			errs = append(errs, fmt.Errorf("%s must be a Go duration such as \"30s\", got %q", d.key, d.v.text))
+		case d.v.Duration() <= 0:
 			errs = append(errs, fmt.Errorf("%s must be positive, got %s", d.key, d.v))
 		}
 	}
@@ -172,7 +175,7 @@ func (c *Config) Validate() error {
 	if !(c.ExitRetry.Factor >= 1) {
 		errs = append(errs, fmt.Errorf("exit_retry.factor must be at least 1, got %v", c.ExitRetry.Factor))
 	}
-	if c.ExitRetry.InitialDelay.Duration() > c.ExitRetry.MaxDelay.Duration() {
+	if r := c.ExitRetry; !r.InitialDelay.invalid && !r.MaxDelay.invalid && r.InitialDelay.Duration() > r.MaxDelay.Duration() {
 		errs = append(errs, fmt.Errorf("exit_retry.initial_delay %s exceeds exit_retry.max_delay %s", c.ExitRetry.InitialDelay, c.ExitRetry.MaxDelay))
 	}
 	if err := errors.Join(errs...); err != nil {
@@ -191,27 +194,43 @@ func (c *Config) validateBuiltinPause() error {
 }
 
 // Duration is a time.Duration written in TOML as a string such as "30s".
-// It is a struct so that a bare TOML integer fails to decode instead of
-// being taken as nanoseconds.
-type Duration struct{ d time.Duration }
+// Text that is no duration (a bare TOML integer too, whose text go-toml
+// hands to UnmarshalText, rather than nanoseconds) decodes, and Validate
+// reports it: containerd decodes every plugin's config before any plugin
+// starts, and a decode error fails its whole config load, CRI and every
+// pod with it.
+type Duration struct {
+	d time.Duration
+	// invalid says the text was no duration; text is the text.
+	invalid bool
+	text    string
+}
 
-// UnmarshalText parses a Go duration string.
+// UnmarshalText parses a Go duration string, and keeps text that is none
+// for Validate.
 func (d *Duration) UnmarshalText(b []byte) error {
 	v, err := time.ParseDuration(string(b))
 	if err != nil {
-		return fmt.Errorf("invalid duration %q: %w", b, err)
+		*d = Duration{invalid: true, text: string(b)}
+		return nil
 	}
-	d.d = v
+	*d = Duration{d: v}
 	return nil
 }
 
 // MarshalText writes the duration as a Go duration string, so that
-// `containerd config dump` shows it as it is written.
+// `containerd config dump` shows it as it is written; text that is no
+// duration as it was written.
 func (d Duration) MarshalText() ([]byte, error) {
-	return []byte(d.d.String()), nil
+	return []byte(d.String()), nil
 }
 
-func (d Duration) String() string { return d.d.String() }
+func (d Duration) String() string {
+	if d.invalid {
+		return d.text
+	}
+	return d.d.String()
+}
 
 // Duration returns d as a time.Duration.
 func (d Duration) Duration() time.Duration { return d.d }

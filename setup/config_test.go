@@ -20,14 +20,14 @@ func TestDefaultConfig(t *testing.T) {
 		t.Fatalf("DefaultConfig().Validate() = %v", err)
 	}
 	want := Config{
-		StopTimeout: Duration{time.Minute},
+		StopTimeout: Duration{d: time.Minute},
 		ExitRetry: ExitRetry{
-			InitialDelay:   Duration{time.Second},
+			InitialDelay:   Duration{d: time.Second},
 			Factor:         2,
-			MaxDelay:       Duration{5 * time.Minute},
-			AttemptTimeout: Duration{10 * time.Second},
+			MaxDelay:       Duration{d: 5 * time.Minute},
+			AttemptTimeout: Duration{d: 10 * time.Second},
 		},
-		Recovery:             Recovery{Parallelism: 16, SandboxTimeout: Duration{10 * time.Second}},
+		Recovery:             Recovery{Parallelism: 16, SandboxTimeout: Duration{d: 10 * time.Second}},
 		BuiltinPauseHandlers: []string{},
 		BuiltinPauseBinary:   "/usr/local/bin/berth-pause",
 		PodsPerShim:          16,
@@ -41,17 +41,17 @@ func TestDefaultConfig(t *testing.T) {
 	}
 	// Every call returns a fresh config: containerd decodes into it.
 	DefaultConfig().StopTimeout = Duration{}
-	if DefaultConfig().StopTimeout != (Duration{time.Minute}) {
+	if DefaultConfig().StopTimeout != (Duration{d: time.Minute}) {
 		t.Error("DefaultConfig() shares its value between calls")
 	}
 }
 
 func TestExitRetryConfig(t *testing.T) {
 	r := ExitRetry{
-		InitialDelay:   Duration{2 * time.Second},
+		InitialDelay:   Duration{d: 2 * time.Second},
 		Factor:         1.5,
-		MaxDelay:       Duration{time.Minute},
-		AttemptTimeout: Duration{3 * time.Second},
+		MaxDelay:       Duration{d: time.Minute},
+		AttemptTimeout: Duration{d: 3 * time.Second},
 	}
 	want := events.Backoff{
 		InitialDelay:   2 * time.Second,
@@ -81,13 +81,13 @@ func TestConfigValidate(t *testing.T) {
 		{
 			name: "initial delay equals max delay",
 			modify: func(c *Config) {
-				c.ExitRetry.InitialDelay = Duration{time.Minute}
-				c.ExitRetry.MaxDelay = Duration{time.Minute}
+				c.ExitRetry.InitialDelay = Duration{d: time.Minute}
+				c.ExitRetry.MaxDelay = Duration{d: time.Minute}
 			},
 		},
 		{
 			name:   "tiny positive timeouts",
-			modify: func(c *Config) { c.StopTimeout, c.ExitRetry.AttemptTimeout = Duration{1}, Duration{1} },
+			modify: func(c *Config) { c.StopTimeout, c.ExitRetry.AttemptTimeout = Duration{d: 1}, Duration{d: 1} },
 		},
 		{
 			name:    "zero stop timeout",
@@ -96,7 +96,7 @@ func TestConfigValidate(t *testing.T) {
 		},
 		{
 			name:    "negative stop timeout",
-			modify:  func(c *Config) { c.StopTimeout = Duration{-time.Second} },
+			modify:  func(c *Config) { c.StopTimeout = Duration{d: -time.Second} },
 			wantErr: "stop_timeout",
 		},
 		{
@@ -173,7 +173,7 @@ func TestConfigValidate(t *testing.T) {
 		},
 		{
 			name:    "negative attempt timeout",
-			modify:  func(c *Config) { c.ExitRetry.AttemptTimeout = Duration{-time.Second} },
+			modify:  func(c *Config) { c.ExitRetry.AttemptTimeout = Duration{d: -time.Second} },
 			wantErr: "attempt_timeout",
 		},
 		{
@@ -194,19 +194,19 @@ func TestConfigValidate(t *testing.T) {
 		{
 			name: "initial delay above max delay",
 			modify: func(c *Config) {
-				c.ExitRetry.InitialDelay = Duration{time.Minute}
-				c.ExitRetry.MaxDelay = Duration{time.Second}
+				c.ExitRetry.InitialDelay = Duration{d: time.Minute}
+				c.ExitRetry.MaxDelay = Duration{d: time.Second}
 			},
 			wantErr: "exceeds exit_retry.max_delay",
 		},
 		{
 			name:    "negative initial delay",
-			modify:  func(c *Config) { c.ExitRetry.InitialDelay = Duration{-time.Second} },
+			modify:  func(c *Config) { c.ExitRetry.InitialDelay = Duration{d: -time.Second} },
 			wantErr: "initial_delay",
 		},
 		{
 			name:    "negative max delay",
-			modify:  func(c *Config) { c.ExitRetry.MaxDelay = Duration{-time.Second} },
+			modify:  func(c *Config) { c.ExitRetry.MaxDelay = Duration{d: -time.Second} },
 			wantErr: "max_delay",
 		},
 	} {
@@ -293,8 +293,8 @@ func TestConfigDecode(t *testing.T) {
 			name: "partial",
 			data: "stop_timeout = \"30s\"\n[exit_retry]\ninitial_delay = \"2s\"\n",
 			modify: func(c *Config) {
-				c.StopTimeout = Duration{30 * time.Second}
-				c.ExitRetry.InitialDelay = Duration{2 * time.Second}
+				c.StopTimeout = Duration{d: 30 * time.Second}
+				c.ExitRetry.InitialDelay = Duration{d: 2 * time.Second}
 			},
 		},
 		{
@@ -307,12 +307,12 @@ max_delay = "10m"
 attempt_timeout = "1h"
 `,
 			modify: func(c *Config) {
-				c.StopTimeout = Duration{90 * time.Second}
+				c.StopTimeout = Duration{d: 90 * time.Second}
 				c.ExitRetry = ExitRetry{
-					InitialDelay:   Duration{500 * time.Millisecond},
+					InitialDelay:   Duration{d: 500 * time.Millisecond},
 					Factor:         1.5,
-					MaxDelay:       Duration{10 * time.Minute},
-					AttemptTimeout: Duration{time.Hour},
+					MaxDelay:       Duration{d: 10 * time.Minute},
+					AttemptTimeout: Duration{d: time.Hour},
 				}
 			},
 		},
@@ -344,15 +344,8 @@ func TestConfigDecodeInvalid(t *testing.T) {
 		name string
 		data string
 	}{
-		{name: "not a duration", data: `stop_timeout = "soon"`},
-		{name: "no unit", data: `stop_timeout = "30"`},
-		{name: "nested not a duration", data: "[exit_retry]\nmax_delay = \"5 minutes\"\n"},
 		{name: "unknown key", data: `stop_timeot = "30s"`},
 		{name: "array", data: `stop_timeout = ["30s"]`},
-		{
-			name: "integer",
-			data: `stop_timeout = 30`,
-		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c, err := decodeConfig(tc.data)
@@ -363,6 +356,30 @@ func TestConfigDecodeInvalid(t *testing.T) {
 	}
 }
 
+// TestConfigDecodeNotADuration: text that is no duration decodes, so that
+// containerd's config load, and CRI with it, does not fail on it, and
+// Validate names the key.
+func TestConfigDecodeNotADuration(t *testing.T) {
+	for _, tc := range []struct{ data, key string }{
+		{`stop_timeout = "soon"`, "stop_timeout"},
+		{`stop_timeout = "30"`, "stop_timeout"},
+		{`stop_timeout = "1 minute"`, "stop_timeout"},
+		// go-toml hands a TextUnmarshaler an integer's text.
+		{`stop_timeout = 30`, "stop_timeout"},
+		{"[exit_retry]\nmax_delay = \"5 minutes\"\n", "exit_retry.max_delay"},
+		{"[recovery]\nsandbox_timeout = \"\"\n", "recovery.sandbox_timeout"},
+	} {
+		c, err := decodeConfig(tc.data)
+		if err != nil {
+			t.Errorf("decode %q: %v, want it decoded", tc.data, err)
+			continue
+		}
+		if err := c.Validate(); !errdefs.IsInvalidArgument(err) || !strings.Contains(err.Error(), tc.key+" must be a Go duration") {
+			t.Errorf("Validate after %q = %v, want %s named", tc.data, err, tc.key)
+		}
+	}
+}
+
 func TestConfigEncodeRoundTrip(t *testing.T) {
 	for _, tc := range []struct {
 		name   string
@@ -370,14 +387,14 @@ func TestConfigEncodeRoundTrip(t *testing.T) {
 	}{
 		{"default", DefaultConfig()},
 		{"custom", &Config{
-			StopTimeout: Duration{90 * time.Second},
+			StopTimeout: Duration{d: 90 * time.Second},
 			ExitRetry: ExitRetry{
-				InitialDelay:   Duration{250 * time.Millisecond},
+				InitialDelay:   Duration{d: 250 * time.Millisecond},
 				Factor:         1.25,
-				MaxDelay:       Duration{2 * time.Hour},
-				AttemptTimeout: Duration{1500 * time.Millisecond},
+				MaxDelay:       Duration{d: 2 * time.Hour},
+				AttemptTimeout: Duration{d: 1500 * time.Millisecond},
 			},
-			Recovery:             Recovery{Parallelism: 4, SandboxTimeout: Duration{3 * time.Second}},
+			Recovery:             Recovery{Parallelism: 4, SandboxTimeout: Duration{d: 3 * time.Second}},
 			BuiltinPauseHandlers: []string{"berth-builtin"},
 			BuiltinPauseBinary:   "/opt/berth/pause",
 			PodsPerShim:          16,
@@ -412,43 +429,41 @@ func TestDurationText(t *testing.T) {
 	for _, tc := range []struct {
 		text    string
 		want    time.Duration
-		wantErr bool
+		invalid bool
 	}{
 		{text: "30s", want: 30 * time.Second},
 		{text: "1m30s", want: 90 * time.Second},
 		{text: "250ms", want: 250 * time.Millisecond},
 		{text: "0", want: 0},
 		{text: "-5s", want: -5 * time.Second},
-		{text: "", wantErr: true},
-		{text: "30", wantErr: true},
-		{text: "soon", wantErr: true},
-		{text: "1d", wantErr: true},
+		{text: "", invalid: true},
+		{text: "30", invalid: true},
+		{text: "soon", invalid: true},
+		{text: "1d", invalid: true},
+		{text: "1 minute", invalid: true},
 	} {
 		t.Run(tc.text, func(t *testing.T) {
-			d := Duration{42}
-			err := d.UnmarshalText([]byte(tc.text))
-			if tc.wantErr {
-				if err == nil {
-					t.Fatalf("UnmarshalText(%q) = nil, want an error", tc.text)
-				}
-				if d != (Duration{42}) {
-					t.Errorf("failed UnmarshalText(%q) changed the duration to %v", tc.text, d)
-				}
-				return
-			}
-			if err != nil {
+			d := Duration{d: 42}
+			// Never an error: containerd would fail its whole config.
+			if err := d.UnmarshalText([]byte(tc.text)); err != nil {
 				t.Fatalf("UnmarshalText(%q) = %v", tc.text, err)
 			}
-			if d.Duration() != tc.want {
-				t.Errorf("UnmarshalText(%q) = %v, want %v", tc.text, d.Duration(), tc.want)
+			want := tc.want.String()
+			if tc.invalid {
+				want = tc.text
+				if d != (Duration{invalid: true, text: tc.text}) {
+					t.Errorf("UnmarshalText(%q) = %+v, want the text kept as invalid", tc.text, d)
+				}
+			} else if d != (Duration{d: tc.want}) {
+				t.Errorf("UnmarshalText(%q) = %+v, want %v", tc.text, d, tc.want)
 			}
-			// MarshalText and String write what UnmarshalText reads.
+			// MarshalText and String write what UnmarshalText read.
 			b, err := d.MarshalText()
 			if err != nil {
 				t.Fatalf("MarshalText() = %v", err)
 			}
-			if string(b) != tc.want.String() || d.String() != tc.want.String() {
-				t.Errorf("MarshalText() = %q, String() = %q, want %q", b, d.String(), tc.want.String())
+			if string(b) != want || d.String() != want {
+				t.Errorf("MarshalText() = %q, String() = %q, want %q", b, d.String(), want)
 			}
 			var back Duration
 			if err := back.UnmarshalText(b); err != nil || back != d {
