@@ -298,12 +298,14 @@ func (s *Groups) MakeTask(ctx context.Context, id, sb string) (Making, error) {
 		// A shim of the pod's own.
 		return Making{End: func(Outcome) {}}, nil
 	}
+	w := wait{step: "first task"}
+	defer s.observe(&w)
 	for !g.ending && !g.shimUp() && g.making > 0 {
 		if g.awaited != nil {
 			close(g.awaited)
 			g.awaited = nil
 		}
-		if err := s.waitLocked(ctx, g, "first task"); err != nil {
+		if err := s.waitLocked(ctx, g, &w); err != nil {
 			return Making{}, err
 		}
 	}
@@ -367,21 +369,35 @@ func (s *Groups) ShimAnswers(id string) {
 	g.changedLocked()
 }
 
+// wait is one wait of a caller on a group's makings, at step, told to
+// s.waited once, when it ends (observe): a wait can take several wake-ups.
+type wait struct {
+	step  string
+	start time.Time
+}
+
+// observe tells s.waited how long w waited, if it did.
+func (s *Groups) observe(w *wait) {
+	if s.waited != nil && !w.start.IsZero() {
+		s.waited(w.step, time.Since(w.start))
+	}
+}
+
 // endLocked ends group g: its shim may exit, and no task is made in it.
 func (s *Groups) endLocked(g *group) {
 	g.ending = true
 	s.retireLocked(g)
 }
 
-// waitLocked waits, with s.mu held, until a making in group g ends, and
-// tells s.waited how long it waited at step.
-func (s *Groups) waitLocked(ctx context.Context, g *group, step string) error {
+// waitLocked waits, with s.mu held, until a making in group g ends. w
+// times the caller's wait, of however many wake-ups.
+func (s *Groups) waitLocked(ctx context.Context, g *group, w *wait) error {
+	if w.start.IsZero() {
+		w.start = time.Now()
+	}
 	changed := g.changed
 	s.mu.Unlock()
 	defer s.mu.Lock()
-	if s.waited != nil {
-		defer func(start time.Time) { s.waited(step, time.Since(start)) }(time.Now())
-	}
 	select {
 	case <-changed:
 		return nil
@@ -407,8 +423,10 @@ func (s *Groups) DeleteTask(ctx context.Context, id, sb string) (done func(delet
 	if len(g.tasks) == 0 {
 		s.endLocked(g)
 	}
+	w := wait{step: "last task"}
+	defer s.observe(&w)
 	for g.ending && g.making > 0 {
-		if err := s.waitLocked(ctx, g, "last task"); err != nil {
+		if err := s.waitLocked(ctx, g, &w); err != nil {
 			g.tasks[sb] = true
 			return nil, err
 		}

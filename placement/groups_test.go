@@ -567,6 +567,35 @@ func TestShimGroupWaitsObserved(t *testing.T) {
 	if waits["first task"] != 1 || waits["last task"] != 1 {
 		t.Errorf("waits %v, want one for the first task and one for the last", waits)
 	}
+	// Two makings wait on a first that is abandoned: one goes ahead, the
+	// other waits on, one wait of two wake-ups.
+	clear(waits)
+	mu.Unlock()
+	id = g.Join(Scope{Handler: "h"})
+	g.Join(Scope{Handler: "h"})
+	g.Join(Scope{Handler: "h"})
+	first = mustMake(t, g, id, "c")
+	makings := make(chan Making, 2)
+	for _, sb := range []string{"d", "e"} {
+		go func() {
+			m, err := g.MakeTask(context.Background(), id, sb)
+			if err != nil {
+				t.Error(err)
+			}
+			makings <- m
+		}()
+	}
+	time.Sleep(50 * time.Millisecond)
+	first(Abandoned)
+	ahead := <-makings
+	// The other is waiting again on the one ahead.
+	time.Sleep(50 * time.Millisecond)
+	ahead.End(Made)
+	(<-makings).End(Made)
+	mu.Lock()
+	if waits["first task"] != 2 {
+		t.Errorf("%d first task waits observed, want 2, one a making", waits["first task"])
+	}
 }
 
 // TestShimGroupRecovered checks a group rebuilt after a restart (one that
