@@ -80,19 +80,24 @@ func TestBadBuiltinPauseSetting(t *testing.T) {
 	removePod(t, builtin)
 }
 
-// TestInvalidConfig restarts containerd with an invalid berth setting:
-// berth still recovers, stops and removes its pods, on its defaults, and
-// refuses new ones with FailedPrecondition naming the setting.
+// TestInvalidConfig restarts containerd with an invalid berth setting, a
+// zero or a duration that does not parse: containerd starts, and berth
+// still recovers, stops and removes its pods, on its defaults, and refuses
+// new ones with FailedPrecondition naming the setting.
 func TestInvalidConfig(t *testing.T) {
-	id := runPod(t, podConfig(t), handlerBerth)
-	reconfigure(t, `stop_timeout = '[^']*'`, `stop_timeout = '0s'`)
-	if got := podStatus(t, id).GetStatus().GetState(); got != runtimeapi.PodSandboxState_SANDBOX_READY {
-		t.Errorf("pod is %v after the restart, want READY", got)
+	for _, value := range []string{"0s", "1 minute"} {
+		t.Run(value, func(t *testing.T) {
+			id := runPod(t, podConfig(t), handlerBerth)
+			reconfigure(t, `stop_timeout = '[^']*'`, `stop_timeout = '`+value+`'`)
+			if got := podStatus(t, id).GetStatus().GetState(); got != runtimeapi.PodSandboxState_SANDBOX_READY {
+				t.Errorf("pod is %v after the restart, want READY", got)
+			}
+			if s := runPodCode(t, handlerBerth); s.Code() != codes.FailedPrecondition || !strings.Contains(s.Message(), "stop_timeout") {
+				t.Errorf("new pod: %v, want FailedPrecondition naming stop_timeout", s.Err())
+			}
+			removePod(t, id)
+		})
 	}
-	if s := runPodCode(t, handlerBerth); s.Code() != codes.FailedPrecondition || !strings.Contains(s.Message(), "stop_timeout") {
-		t.Errorf("new pod: %v, want FailedPrecondition naming stop_timeout", s.Err())
-	}
-	removePod(t, id)
 }
 
 // TestHandlerConfigs runs berth on runtime handlers configured as
