@@ -76,6 +76,9 @@ type Config struct {
 	// WarmShims are the handlers whose shared shim a shim keeper keeps
 	// running while none of their pods does (package keeper).
 	WarmShims []string
+	// WarmShimIdleTimeout is how long a shim keeper outlives the last pod
+	// of its scope; 0 keeps it for good.
+	WarmShimIdleTimeout time.Duration
 	// CrossNamespaceShims are the handlers whose pods share shims with
 	// pods of other Kubernetes namespaces; every other handler's pods
 	// share one only with pods of their own namespace.

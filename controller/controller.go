@@ -27,6 +27,7 @@ import (
 	"time"
 
 	"github.com/containerd/containerd/v2/core/sandbox"
+	"github.com/containerd/containerd/v2/pkg/namespaces"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/platforms"
 	imagespec "github.com/opencontainers/image-spec/specs-go/v1"
@@ -63,6 +64,10 @@ type Controller struct {
 	policy  placement.Policy
 	groups  *placement.Groups
 	keepers *keeper.Keepers
+	// stopKeepers ends the removal of idle keepers; keepersDone is closed
+	// once it has ended.
+	stopKeepers context.CancelFunc
+	keepersDone chan struct{}
 	// abandoned are the checks for sandboxes created and never started
 	// (forgetIfAbandoned), by sandbox ID.
 	abandoned *timers
@@ -131,7 +136,15 @@ func New(cfg Config, client Client) *Controller {
 		Labels:              map[string]string{LabelKind: LabelKindKeeper},
 		Lost:                lostTask,
 		Waited:              t.groupWaited,
+		IdleTimeout:         cfg.WarmShimIdleTimeout,
 	})
+	ctx, stop := context.WithCancel(namespaces.WithNamespace(context.Background(), Namespace))
+	c.stopKeepers = stop
+	c.keepersDone = make(chan struct{})
+	go func() {
+		defer close(c.keepersDone)
+		c.keepers.ExpireIdle(ctx)
+	}()
 	return c
 }
 
@@ -162,6 +175,8 @@ func (c *Controller) Close() error {
 	if c.recoveryStarted.Load() {
 		<-c.recovered
 	}
+	c.stopKeepers()
+	<-c.keepersDone
 	c.events.Stop()
 	return nil
 }

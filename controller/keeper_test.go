@@ -5,6 +5,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	containerd "github.com/containerd/containerd/v2/client"
@@ -18,12 +19,12 @@ import (
 
 // warmController is a test controller whose handler shares shims and
 // keeps one warm.
-func warmController(t *testing.T, client *fakeClient) *Controller {
-	return testController(t, client, func(cfg *Config) {
+func warmController(t *testing.T, client *fakeClient, change ...func(*Config)) *Controller {
+	return testController(t, client, append([]func(*Config){func(cfg *Config) {
 		cfg.CRI.Runtimes[testHandler] = Runtime{Type: "io.containerd.runc.v2"}
 		cfg.PodsPerShim = 4
 		cfg.WarmShims = []string{testHandler}
-	})
+	}}, change...)...)
 }
 
 // keeperContainers lists the keeper containers of the fake containerd.
@@ -185,6 +186,44 @@ func TestWarmShimKeeperFails(t *testing.T) {
 		if n := client.count("new container"); n > 1 {
 			t.Errorf("%d containers made without a built-in pause, want no keeper", n)
 		}
+	})
+}
+
+// TestWarmShimKeeperIdle: a keeper outlives its scope's last pod for the
+// idle timeout, and a pod that comes meanwhile finds its shim warm; then it
+// is removed with its group, and the scope's next pod makes a new one.
+func TestWarmShimKeeperIdle(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		client := newFakeClient()
+		c := warmController(t, client, func(cfg *Config) { cfg.WarmShimIdleTimeout = time.Hour })
+		started(t, c, client, "sb1")
+		k := onlyKeeper(t, client)
+		group := groupOf(t, c, "sb1")
+		removed(t, c, "sb1")
+		time.Sleep(50 * time.Minute)
+		started(t, c, client, "sb2")
+		if got := groupOf(t, c, "sb2"); got != group || onlyKeeper(t, client) != k {
+			t.Errorf("a pod 50 minutes after the last joined group %s, want the keeper's %s", got, group)
+		}
+		removed(t, c, "sb2")
+		time.Sleep(59 * time.Minute)
+		synctest.Wait()
+		if onlyKeeper(t, client) != k {
+			t.Fatal("keeper removed 59 minutes after its scope's last pod")
+		}
+		time.Sleep(7 * time.Minute)
+		synctest.Wait()
+		if ks := keeperContainers(client); len(ks) != 0 || c.groups.Has(group) {
+			t.Fatalf("an hour idle: keepers %v, group in use %v; want none", ks, c.groups.Has(group))
+		}
+		started(t, c, client, "sb3")
+		if k3 := onlyKeeper(t, client); k3 == k || groupOf(t, c, "sb3") == group {
+			t.Errorf("after the idle keeper's removal, keeper %s in group %s: want a new one in a new group", k3.info.ID, groupOf(t, c, "sb3"))
+		}
+		removed(t, c, "sb3")
+		// Nothing left waiting in the bubble.
+		onlyKeeper(t, client).task.exit(137)
+		eventually(t, "last keeper removed", func() bool { return len(keeperContainers(client)) == 0 })
 	})
 }
 

@@ -87,6 +87,9 @@ type Config struct {
 	Lost func(info containers.Container, group string) reaper.LostTask
 	// Waited, if set, is told how long a pod's Start waited for a keeper.
 	Waited func(step string, d time.Duration)
+	// IdleTimeout is how long a keeper outlives the last pod of its scope
+	// (ExpireIdle); 0 keeps it for good.
+	IdleTimeout time.Duration
 }
 
 // Keepers are the live shim keepers, one per warm scope at most.
@@ -276,6 +279,38 @@ func (k *Keepers) watchKeeper(kp *keeper, w *events.Wait) {
 		k.live.Drop(kp)
 		k.removeKeeperOrRetry(ctx, kp)
 	})
+}
+
+// ExpireIdle removes, until ctx ends, each keeper whose group no pod has
+// been in for the idle timeout, looking a tenth of the timeout apart (a
+// minute at most): a scope is a namespace, and a namespace deleted for
+// good would keep its shim and pause for good. The group is retired
+// first, under the keepers' lock, so that no pod joins the shim being
+// ended and the scope's next pod makes a new keeper.
+func (k *Keepers) ExpireIdle(ctx context.Context) {
+	idle := k.cfg.IdleTimeout
+	if idle <= 0 {
+		return
+	}
+	tick := time.NewTicker(min(idle/10, time.Minute))
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		for _, kp := range k.live.List() {
+			if k.live.DropIf(kp, func() bool { return k.cfg.Groups.RetireIdle(kp.Group, idle) }) {
+				log.G(ctx).WithFields(log.Fields{"keeper_id": kp.ID, "shim_group": kp.Group, "idle": idle}).Info("no pod of the shim keeper's scope ran for its idle timeout; removing it")
+				// Bounded, so that a wedged shim holds no Close: the
+				// retry queue takes over.
+				rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), rollback.StepTimeout)
+				k.removeKeeperOrRetry(rctx, kp)
+				cancel()
+			}
+		}
+	}
 }
 
 // removeKeeperOrRetry removes keeper kp, in the background if it fails.

@@ -78,6 +78,9 @@ type group struct {
 	keeper string
 	// watched says the group's shim process is watched (Watch).
 	watched bool
+	// idleSince is when the last pod left a group a keeper keeps; zero
+	// while a pod is in it.
+	idleSince time.Time
 }
 
 // Option configures Groups.
@@ -115,6 +118,7 @@ func (s *Groups) Join(scope Scope) string {
 	for _, g := range s.open[scope] {
 		if g.pods < n {
 			g.pods++
+			g.idleSince = time.Time{}
 			return g.id
 		}
 	}
@@ -134,6 +138,7 @@ func (s *Groups) Rejoin(scope Scope, id, sb string) {
 	defer s.mu.Unlock()
 	g := s.recoveredLocked(scope, id)
 	g.pods++
+	g.idleSince = time.Time{}
 	g.tasks[sb] = true
 }
 
@@ -168,7 +173,11 @@ func (s *Groups) Leave(id string) {
 	if !ok {
 		return
 	}
-	if g.pods--; g.pods > 0 || g.keeper != "" {
+	if g.pods--; g.pods > 0 {
+		return
+	}
+	if g.keeper != "" {
+		g.idleSince = time.Now()
 		return
 	}
 	delete(s.inUse, id)
@@ -196,6 +205,26 @@ func (s *Groups) Rekeep(scope Scope, id, keeper string) {
 	g := s.recoveredLocked(scope, id)
 	g.keeper = keeper
 	g.tasks[keeper] = true
+	if g.pods == 0 && g.idleSince.IsZero() {
+		// Idle since the restart, for all berth knows.
+		g.idleSince = time.Now()
+	}
+}
+
+// RetireIdle retires group id, which a shim keeper keeps, if no pod has
+// been in it for idle, and says whether it did: no pod joins it after, and
+// its keeper is the caller's to remove. A group retired already is not
+// retired again.
+func (s *Groups) RetireIdle(id string, idle time.Duration) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	g, ok := s.inUse[id]
+	if !ok || g.pods > 0 || g.keeper == "" || g.idleSince.IsZero() || time.Since(g.idleSince) < idle ||
+		!slices.Contains(s.open[g.scope], g) {
+		return false
+	}
+	s.retireLocked(g)
+	return true
 }
 
 // Unkeep takes shim keeper keeper, whose task is deleted or was never

@@ -7,6 +7,7 @@ import (
 	"slices"
 	"sync"
 	"testing"
+	"testing/synctest"
 	"time"
 )
 
@@ -432,6 +433,67 @@ func TestShimGroupKeeper(t *testing.T) {
 	g.Leave("berth-r-1")
 	if !g.Has("berth-r-1") {
 		t.Error("recovered keeper's group retired with its pods")
+	}
+}
+
+// TestShimGroupRetireIdle: a kept group no pod has been in for the idle
+// time is retired, once; a pod in it, or one that left it lately, keeps it.
+func TestShimGroupRetireIdle(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		g := NewGroups(func(string) int { return 4 })
+		scope := Scope{Handler: "h"}
+		id := g.Join(scope)
+		g.Keep(id, "k")
+		mustMake(t, g, id, "k")(Made)
+		time.Sleep(time.Hour)
+		if g.RetireIdle(id, time.Minute) {
+			t.Error("retired a group a pod is in")
+		}
+		g.Leave(id)
+		time.Sleep(30 * time.Second)
+		if g.RetireIdle(id, time.Minute) {
+			t.Error("retired a group idle for 30s of a minute")
+		}
+		// A pod that comes and goes starts the idle time again.
+		g.Leave(g.Join(scope))
+		time.Sleep(59 * time.Second)
+		if g.RetireIdle(id, time.Minute) {
+			t.Error("retired a group a pod left 59s ago")
+		}
+		time.Sleep(time.Second)
+		if !g.RetireIdle(id, time.Minute) {
+			t.Fatal("kept a group idle for a minute")
+		}
+		if g.IsOpen(scope, id) || g.RetireIdle(id, time.Minute) {
+			t.Error("an idle group retired is open, or retired again")
+		}
+		if got := g.Join(scope); got == id {
+			t.Error("a pod joined the retired idle group")
+		}
+		// A keeper taken up after a restart, with no pod: idle since then.
+		g.Rekeep(scope, "berth-r-1", "k2")
+		time.Sleep(time.Minute)
+		if !g.RetireIdle("berth-r-1", time.Minute) {
+			t.Error("kept a recovered keeper's group idle for a minute since the restart")
+		}
+	})
+}
+
+// TestKeepersDropIf: a keeper is dropped only while it is its scope's and
+// the condition holds.
+func TestKeepersDropIf(t *testing.T) {
+	k := NewKeepers[int]()
+	scope := Scope{Handler: "h"}
+	kp := &Keeper[int]{ID: "k", Scope: scope}
+	k.Set(scope, kp)
+	if k.DropIf(kp, func() bool { return false }) || len(k.List()) != 1 {
+		t.Error("dropped a keeper the condition kept")
+	}
+	if !k.DropIf(kp, func() bool { return true }) || k.Claimed(scope) {
+		t.Error("kept a keeper the condition dropped")
+	}
+	if k.DropIf(kp, func() bool { t.Error("condition asked of a keeper no longer its scope's"); return true }) {
+		t.Error("dropped a keeper twice")
 	}
 }
 

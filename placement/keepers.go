@@ -1,6 +1,10 @@
 package placement
 
-import "sync"
+import (
+	"maps"
+	"slices"
+	"sync"
+)
 
 // Keeper is a live shim keeper: a task of berth's own, made as the first
 // task of a group of its scope, that keeps the group's shim running while
@@ -63,4 +67,24 @@ func (k *Keepers[T]) Drop(kp *Keeper[T]) {
 	if k.byScope[kp.Scope] == kp {
 		delete(k.byScope, kp.Scope)
 	}
+}
+
+// List returns the live keepers, not those being made.
+func (k *Keepers[T]) List() []*Keeper[T] {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return slices.DeleteFunc(slices.Collect(maps.Values(k.byScope)), func(kp *Keeper[T]) bool { return kp == nil })
+}
+
+// DropIf forgets keeper kp, if it is still its scope's and cond holds, and
+// says whether it did. cond runs with the keepers locked: no claim of the
+// scope sees kp meanwhile.
+func (k *Keepers[T]) DropIf(kp *Keeper[T], cond func() bool) bool {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if k.byScope[kp.Scope] != kp || !cond() {
+		return false
+	}
+	delete(k.byScope, kp.Scope)
+	return true
 }

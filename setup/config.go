@@ -51,6 +51,12 @@ type Config struct {
 	// namespace its pods run in (per handler, with
 	// CrossNamespaceShimHandlers). Default none.
 	WarmShimHandlers []string `toml:"warm_shim_handlers"`
+	// WarmShimIdleTimeout is how long a shim keeper keeps a shim warm for
+	// a namespace (a handler, with CrossNamespaceShimHandlers) none of
+	// whose pods runs. It is then removed, and the namespace's next pod
+	// makes another: namespaces that come and go leave no shims behind.
+	// Default 1h.
+	WarmShimIdleTimeout Duration `toml:"warm_shim_idle_timeout"`
 	// CrossNamespaceShimHandlers are the runc-based handlers whose pods
 	// share shims with pods of other Kubernetes namespaces. A shim's crash,
 	// or its OOM kill, takes every pod it serves, so by default a pod shares
@@ -99,6 +105,7 @@ func DefaultConfig() *Config {
 		PodsPerShim:          defaultPodsPerShim,
 		HandlerPodsPerShim:   map[string]int{},
 		WarmShimHandlers:     []string{},
+		WarmShimIdleTimeout:  Duration{d: time.Hour},
 		// Empty, not nil, so that `containerd config dump` shows the key.
 		CrossNamespaceShimHandlers: []string{},
 	}
@@ -148,6 +155,7 @@ func (c *Config) Validate() error {
 		{"exit_retry.max_delay", c.ExitRetry.MaxDelay},
 		{"exit_retry.attempt_timeout", c.ExitRetry.AttemptTimeout},
 		{"recovery.sandbox_timeout", c.Recovery.SandboxTimeout},
+		{"warm_shim_idle_timeout", c.WarmShimIdleTimeout},
 	} {
 		switch {
 		case d.v.invalid:

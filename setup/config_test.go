@@ -33,6 +33,7 @@ func TestDefaultConfig(t *testing.T) {
 		PodsPerShim:          16,
 		HandlerPodsPerShim:   map[string]int{},
 		WarmShimHandlers:     []string{},
+		WarmShimIdleTimeout:  Duration{d: time.Hour},
 
 		CrossNamespaceShimHandlers: []string{},
 	}
@@ -368,6 +369,7 @@ func TestConfigDecodeNotADuration(t *testing.T) {
 		{`stop_timeout = 30`, "stop_timeout"},
 		{"[exit_retry]\nmax_delay = \"5 minutes\"\n", "exit_retry.max_delay"},
 		{"[recovery]\nsandbox_timeout = \"\"\n", "recovery.sandbox_timeout"},
+		{`warm_shim_idle_timeout = "never"`, "warm_shim_idle_timeout"},
 	} {
 		c, err := decodeConfig(tc.data)
 		if err != nil {

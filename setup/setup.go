@@ -61,6 +61,7 @@ func NewController(ctx context.Context, cfg *Config, node Node, client controlle
 		PodsPerShim:         cfg.PodsPerShim,
 		HandlerPodsPerShim:  cfg.HandlerPodsPerShim,
 		WarmShims:           cfg.WarmShimHandlers,
+		WarmShimIdleTimeout: cfg.WarmShimIdleTimeout.Duration(),
 		CrossNamespaceShims: cfg.CrossNamespaceShimHandlers,
 		ConfigErr:           configErr,
 	}, client)
