@@ -785,6 +785,12 @@ func TestRecover(t *testing.T) {
 	if _, err := client.SandboxStore().Create(testContext(), sandbox.Sandbox{ID: "others", Sandboxer: "berthd"}); err != nil {
 		t.Fatal(err)
 	}
+	// Another berth's, made before records named their berth: CRI's
+	// record says whose it is.
+	client.addContainer(berthContainer(t, "others-legacy")).setTask(containerd.Running)
+	if _, err := client.SandboxStore().Create(testContext(), sandbox.Sandbox{ID: "others-legacy", Sandboxer: "berthd"}); err != nil {
+		t.Fatal(err)
+	}
 	// What a Start cut short left.
 	if _, _, err := client.WithLease(testContext(), startLeaseOpts("berth", "no-task")...); err != nil {
 		t.Fatal(err)
@@ -835,8 +841,13 @@ func TestRecover(t *testing.T) {
 	if ctr := client.container("impostor"); ctr == nil || !ctr.hasTask() {
 		t.Error("the built-in's pod was touched")
 	}
-	if ctr := client.container("others"); ctr == nil || !ctr.hasTask() {
-		t.Error("another berth's pod was touched")
+	for _, id := range []string{"others", "others-legacy"} {
+		if ctr := client.container(id); ctr == nil || !ctr.hasTask() {
+			t.Errorf("another berth's pod %s was touched", id)
+		}
+		if _, err := c.store.Get(id); !errdefs.IsNotFound(err) {
+			t.Errorf("another berth's pod %s is in berth's store: %v", id, err)
+		}
 	}
 	if _, err := c.store.Get("others"); !errdefs.IsNotFound(err) {
 		t.Errorf("another berth's pod is in berth's store: %v", err)

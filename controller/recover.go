@@ -55,7 +55,7 @@ type RecoverConfig struct {
 func (c *Controller) Recover(ctx context.Context, cfg RecoverConfig) error {
 	ctx = namespaces.WithNamespace(ctx, Namespace)
 	start := time.Now()
-	owned, err := c.ownedSandboxes(ctx)
+	records, err := c.sandboxRecords(ctx)
 	if err != nil {
 		return err
 	}
@@ -69,17 +69,17 @@ func (c *Controller) Recover(ctx context.Context, cfg RecoverConfig) error {
 	ctx = context.WithoutCancel(ctx)
 	go func() {
 		defer close(c.recovered)
-		n := c.reload(ctx, cfg, owned, all)
+		n := c.reload(ctx, cfg, records, all)
 		c.telemetry.recovery.Set(time.Since(start).Seconds())
 		log.G(ctx).WithFields(log.Fields{"sandboxes": n, "took": time.Since(start)}).Info("berth recovered sandboxes")
 	}()
 	return nil
 }
 
-// reload reloads the sandboxes of CRI's records owned found among all
-// containers, takes up or removes the shim keepers, and removes what no
-// sandbox owns. It returns how many sandboxes it reloaded.
-func (c *Controller) reload(ctx context.Context, cfg RecoverConfig, owned map[string]sandbox.Sandbox, all []containerd.Container) int {
+// reload reloads the sandboxes of CRI's records naming berth found among
+// all containers, takes up or removes the shim keepers, and removes what
+// no sandbox owns. It returns how many sandboxes it reloaded.
+func (c *Controller) reload(ctx context.Context, cfg RecoverConfig, records map[string]sandbox.Sandbox, all []containerd.Container) int {
 	var (
 		wg        sync.WaitGroup
 		sem       = make(chan struct{}, max(cfg.Parallelism, 1))
@@ -99,9 +99,14 @@ func (c *Controller) reload(ctx context.Context, cfg RecoverConfig, owned map[st
 			// Another berth's, on the same containerd.
 			continue
 		}
-		cri, ok := owned[info.ID]
-		if !ok {
+		cri, ok := records[info.ID]
+		switch {
+		case !ok:
 			c.removeOrphan(ctx, container)
+			continue
+		case cri.Sandboxer != c.config.Sandboxer:
+			// CRI gave it to another controller: another berth's, made by a
+			// berth from before records named their berth.
 			continue
 		}
 		recovered++
@@ -120,19 +125,17 @@ func (c *Controller) reload(ctx context.Context, cfg RecoverConfig, owned map[st
 	return recovered
 }
 
-// ownedSandboxes are CRI's sandbox records that name berth, by ID.
-func (c *Controller) ownedSandboxes(ctx context.Context) (map[string]sandbox.Sandbox, error) {
-	records, err := c.client.SandboxStore().List(ctx)
+// sandboxRecords are CRI's sandbox records, by ID.
+func (c *Controller) sandboxRecords(ctx context.Context) (map[string]sandbox.Sandbox, error) {
+	list, err := c.client.SandboxStore().List(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("list sandbox records: %w", err)
 	}
-	owned := map[string]sandbox.Sandbox{}
-	for _, r := range records {
-		if r.Sandboxer == c.config.Sandboxer {
-			owned[r.ID] = r
-		}
+	records := make(map[string]sandbox.Sandbox, len(list))
+	for _, r := range list {
+		records[r.ID] = r
 	}
-	return owned, nil
+	return records, nil
 }
 
 // recoverSandbox reloads one sandbox from its pause container and CRI's
