@@ -113,6 +113,22 @@ func (f *fakeClient) hold(step string) (release func()) {
 	return sync.OnceFunc(func() { close(ch) })
 }
 
+// callCtx is call for a call that gives up when ctx ends, as a call to a
+// shim that does not answer does.
+func (f *fakeClient) callCtx(ctx context.Context, step, id string) error {
+	f.mu.Lock()
+	held := f.held[step]
+	f.mu.Unlock()
+	if held != nil {
+		select {
+		case <-held:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return f.call(step, id)
+}
+
 // call logs step for id, waits while step is held, and returns its
 // injected error, if any.
 func (f *fakeClient) call(step, id string) error {
@@ -538,7 +554,7 @@ func (t *fakeTask) Delete(ctx context.Context, opts ...containerd.ProcessDeleteO
 			return nil, err
 		}
 	}
-	if err := t.c.client.call("task delete", t.ID()); err != nil {
+	if err := t.c.client.callCtx(ctx, "task delete", t.ID()); err != nil {
 		return nil, err
 	}
 	t.exit(137)

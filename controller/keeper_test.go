@@ -310,6 +310,31 @@ func TestRecoverKeepers(t *testing.T) {
 	}
 }
 
+// TestRecoverKeeperWedged: the removal of a keeper whose shim does not
+// answer holds recovery, and every call waiting for it, only for a bounded
+// time; the removal goes on in the background.
+func TestRecoverKeeperWedged(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		client := newFakeClient()
+		client.addContainer(keeperContainer(t, "k-cold", "other", "g1")).setTask(containerd.Running)
+		release := client.hold("task delete")
+		defer release()
+		c := warmController(t, client)
+		start := time.Now()
+		if err := c.Recover(testContext(), RecoverConfig{Parallelism: 1, Timeout: time.Second}); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.awaitRecovery(testContext()); err != nil {
+			t.Fatal(err)
+		}
+		if took := time.Since(start); took > time.Minute {
+			t.Errorf("recovery took %v with a wedged keeper's shim, want it bounded", took)
+		}
+		release()
+		eventually(t, "wedged keeper removed once its shim answers", func() bool { return len(keeperContainers(client)) == 0 })
+	})
+}
+
 // groupFor is the group in keeper container c's record.
 func groupFor(c *fakeContainer) string {
 	var rec keeper.Record

@@ -119,7 +119,7 @@ func (c *Controller) reload(ctx context.Context, cfg RecoverConfig, records map[
 		}()
 	}
 	wg.Wait()
-	c.keepers.Recover(ctx, keepers)
+	c.keepers.Recover(ctx, keepers, cfg.Timeout)
 	c.releaseStartLeases(ctx)
 	c.removeOrphanFiles(ctx)
 	return recovered

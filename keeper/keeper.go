@@ -303,11 +303,7 @@ func (k *Keepers) ExpireIdle(ctx context.Context) {
 		for _, kp := range k.live.List() {
 			if k.live.DropIf(kp, func() bool { return k.cfg.Groups.RetireIdle(kp.Group, idle) }) {
 				log.G(ctx).WithFields(log.Fields{"keeper_id": kp.ID, "shim_group": kp.Group, "idle": idle}).Info("no pod of the shim keeper's scope ran for its idle timeout; removing it")
-				// Bounded, so that a wedged shim holds no Close: the
-				// retry queue takes over.
-				rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), rollback.StepTimeout)
-				k.removeKeeperOrRetry(rctx, kp)
-				cancel()
+				k.removeKeeperOrRetry(ctx, kp)
 			}
 		}
 	}
@@ -315,7 +311,10 @@ func (k *Keepers) ExpireIdle(ctx context.Context) {
 
 // removeKeeperOrRetry removes keeper kp, in the background if it fails.
 func (k *Keepers) removeKeeperOrRetry(ctx context.Context, kp *keeper) {
-	ctx = context.WithoutCancel(ctx)
+	// Bounded, so that a wedged shim holds neither recovery nor the
+	// controller's Close: the retry queue takes over.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), rollback.StepTimeout)
+	defer cancel()
 	if err := k.removeKeeper(ctx, kp); err != nil {
 		log.G(ctx).WithError(err).WithField("keeper_id", kp.ID).Warn("remove shim keeper; retrying")
 		k.cfg.Events.Retry(ctx, kp.ID, "remove shim keeper", func(ctx context.Context) error { return k.removeKeeper(ctx, kp) })
@@ -354,17 +353,28 @@ func (k *Keepers) removeKeeper(ctx context.Context, kp *keeper) error {
 // Recover takes up, after a restart, the keeper of each warm scope
 // whose task runs, and removes every other keeper container: of a handler
 // no longer warm, of a scope the config no longer makes, a second of a
-// scope, or one whose task is gone.
-func (k *Keepers) Recover(ctx context.Context, found []containerd.Container) {
+// scope, or one whose task is gone. Each keeper's is bounded by timeout,
+// as each sandbox's reload is, and each removal (removeKeeperOrRetry):
+// every call to berth waits for recovery, and a wedged shim must not hold
+// them, nor CRI's start, for good. A removal that times out is retried in
+// the background.
+func (k *Keepers) Recover(ctx context.Context, found []containerd.Container, timeout time.Duration) {
 	for _, container := range found {
-		kp, err := k.loadKeeper(ctx, container)
-		if errors.Is(err, errOthers) {
-			continue
-		}
-		if err != nil {
-			log.G(ctx).WithError(err).WithField("keeper_id", container.ID()).Warn("cannot take up shim keeper; removing it")
-			k.removeKeeperOrRetry(ctx, kp)
-		}
+		k.recoverKeeper(ctx, container, timeout)
+	}
+}
+
+// recoverKeeper takes up or removes keeper container, within timeout.
+func (k *Keepers) recoverKeeper(ctx context.Context, container containerd.Container, timeout time.Duration) {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	kp, err := k.loadKeeper(ctx, container)
+	if errors.Is(err, errOthers) {
+		return
+	}
+	if err != nil {
+		log.G(ctx).WithError(err).WithField("keeper_id", container.ID()).Warn("cannot take up shim keeper; removing it")
+		k.removeKeeperOrRetry(ctx, kp)
 	}
 }
 
