@@ -4,7 +4,10 @@ import (
 	"bytes"
 	"cmp"
 	"context"
+	"errors"
 	"fmt"
+	"io/fs"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -109,7 +112,10 @@ const runcRoot = "/run/containerd/runc"
 // the shim never recorded it; deleting the task through containerd then
 // ends the shim and leaves runc's container and its init process behind
 // for good. runc still knows the container, so berth asks runc, as the shim
-// would, to delete it. Other runtimes are left alone.
+// would, to delete it. Other runtimes are left alone. Only a container
+// runc has a state directory for is asked about: most lost tasks have
+// none, and berthd need not find the runc containerd's shims run (k3s and
+// RKE2 put theirs on containerd's PATH alone) to clean up after them.
 func deleteRuncContainer(ctx context.Context, id, namespace string, runtime sandbox.RuntimeOpts) error {
 	if !shimproc.IsRunc(runtime.Name) {
 		return nil
@@ -126,6 +132,9 @@ func deleteRuncContainer(ctx context.Context, id, namespace string, runtime sand
 		if opts.Root != "" {
 			root = opts.Root
 		}
+	}
+	if _, err := os.Lstat(filepath.Join(root, namespace, id)); errors.Is(err, fs.ErrNotExist) {
+		return nil
 	}
 	out, err := exec.CommandContext(ctx, binary, "--root", filepath.Join(root, namespace), "delete", "--force", id).CombinedOutput()
 	if err != nil && !bytes.Contains(out, []byte("does not exist")) {

@@ -13,10 +13,13 @@ import (
 	"time"
 
 	taskapi "github.com/containerd/containerd/api/runtime/task/v3"
+	runcoptions "github.com/containerd/containerd/api/types/runc/options"
 	containerd "github.com/containerd/containerd/v2/client"
+	"github.com/containerd/containerd/v2/core/sandbox"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/ttrpc"
+	"github.com/containerd/typeurl/v2"
 
 	"github.com/berth-dev/berth/placement"
 	"github.com/berth-dev/berth/shimproc"
@@ -195,5 +198,27 @@ func TestKillAllRecorded(t *testing.T) {
 		if got := r.killedAll["sb1"]; got != tc.kept {
 			t.Errorf("kill answering %v recorded: %v, want %v", tc.err, got, tc.kept)
 		}
+	}
+}
+
+// TestDeleteRuncContainer: runc is asked to delete a lost container only
+// where it keeps one (its state directory), so that a node whose runc is
+// on containerd's PATH alone, as k3s's is, and not on berthd's, still
+// cleans up every lost task that left none.
+func TestDeleteRuncContainer(t *testing.T) {
+	root := t.TempDir()
+	opts, err := typeurl.MarshalAny(&runcoptions.Options{BinaryName: "/no/such/runc", Root: root})
+	if err != nil {
+		t.Fatal(err)
+	}
+	runtime := sandbox.RuntimeOpts{Name: "io.containerd.runc.v2", Options: opts}
+	if err := deleteRuncContainer(context.Background(), "gone", "k8s.io", runtime); err != nil {
+		t.Errorf("a container runc keeps no state for: %v, want nothing asked of runc", err)
+	}
+	if err := os.MkdirAll(filepath.Join(root, "k8s.io", "left"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := deleteRuncContainer(context.Background(), "left", "k8s.io", runtime); err == nil || !strings.Contains(err.Error(), "/no/such/runc") {
+		t.Errorf("a container runc keeps: %v, want runc's delete run (and failing here)", err)
 	}
 }
