@@ -154,6 +154,11 @@ func assertGone(t *testing.T, c *Controller, client *fakeClient, id string) {
 	if ls := client.leaseIDs(); len(ls) != 0 {
 		t.Errorf("leases left: %v", ls)
 	}
+	client.mu.Lock()
+	if slices.Contains(client.orphanedTasks, id) {
+		t.Error("container record deleted under its task")
+	}
+	client.mu.Unlock()
 	f := c.config.Dirs.Files(id)
 	for _, p := range []string{f.RootDir, f.StateDir, f.CRIRootDir, f.CRIStateDir} {
 		if _, err := os.Lstat(p); !errors.Is(err, os.ErrNotExist) {

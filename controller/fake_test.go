@@ -46,6 +46,9 @@ type fakeClient struct {
 	// lostAnswers are the steps whose next call does its work and then
 	// fails with errAnswerLost.
 	lostAnswers map[string]bool
+	// orphanedTasks are the IDs of containers whose record was deleted
+	// while they had a task.
+	orphanedTasks []string
 	// taskServiceDeletes are the IDs the task service was asked to delete.
 	taskServiceDeletes []string
 	nextPid            uint32
@@ -384,13 +387,18 @@ func (c *fakeContainer) Update(ctx context.Context, opts ...containerd.UpdateCon
 	return nil
 }
 
+// Delete refuses a container with a task, as containerd's client does.
 func (c *fakeContainer) Delete(ctx context.Context, _ ...containerd.DeleteOpts) error {
+	if c.hasTask() {
+		return fmt.Errorf("container has a task: %w", errdefs.ErrFailedPrecondition)
+	}
 	return fakeContainerStore{c.client}.Delete(ctx, c.info.ID)
 }
 
 // fakeContainerStore is containerd's container records as the controller
-// deletes them. Its Delete refuses a container with a task, as
-// containerd's client does, so that a test sees one deleted too early.
+// deletes them. Its Delete deletes a record whatever its task, as
+// containerd's container service does, and records a task it leaves
+// behind so (orphanedTasks), which assertGone fails on.
 type fakeContainerStore struct {
 	*fakeClient
 }
@@ -406,7 +414,7 @@ func (s fakeContainerStore) Delete(_ context.Context, id string) error {
 		return errdefs.ErrNotFound
 	}
 	if c.task != nil {
-		return fmt.Errorf("container has a task: %w", errdefs.ErrFailedPrecondition)
+		s.orphanedTasks = append(s.orphanedTasks, id)
 	}
 	delete(s.containers, id)
 	return nil

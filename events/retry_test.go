@@ -240,9 +240,6 @@ func TestKeysIndependent(t *testing.T) {
 	})
 }
 
-// TestAttemptContextValues checks that an attempt's context carries the
-// values of Add's (the containerd namespace, for one) but not its
-// cancellation: retries outlive their caller.
 // TestAttemptContextValues: a step runs with its caller's namespace and
 // logger, and nothing else of the call: not its cancellation, nor the call
 // values (gRPC metadata, a lease) it would hold until the step succeeds.

@@ -237,8 +237,9 @@ func (k *Keepers) startKeeper(ctx context.Context, runtime sandbox.RuntimeOpts, 
 	task, err := container.NewTask(ctx, cio.NullIO, opts...)
 	if err != nil {
 		making.End(placement.Failed)
-		// A task made with its answer lost would keep the container from
-		// being deleted, and its shim from ending.
+		// A task made with its answer lost would outlive its container
+		// record, which the undo deletes next, and keep its shim from
+		// ending.
 		undo.Push("delete the keeper task a failed create may have left", func(ctx context.Context) error {
 			return k.cfg.Reaper.DeleteFromTaskService(ctx, id)
 		})
@@ -292,7 +293,7 @@ func (k *Keepers) ExpireIdle(ctx context.Context) {
 	if idle <= 0 {
 		return
 	}
-	tick := time.NewTicker(min(idle/10, time.Minute))
+	tick := time.NewTicker(max(min(idle/10, time.Minute), time.Millisecond))
 	defer tick.Stop()
 	for {
 		select {

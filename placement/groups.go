@@ -49,6 +49,9 @@ type Groups struct {
 	open map[Scope][]*group
 	// inUse are the groups pods are in, open or retired, by ID.
 	inUse map[string]*group
+	// scopePods counts the pods in groups, by scope; a scope with none has
+	// no entry.
+	scopePods map[Scope]int
 }
 
 type group struct {
@@ -78,8 +81,8 @@ type group struct {
 	keeper string
 	// watched says the group's shim process is watched (Watch).
 	watched bool
-	// idleSince is when the last pod left a group a keeper keeps; zero
-	// while a pod is in it.
+	// idleSince is, for a group a keeper keeps, when the last pod of its
+	// scope, in any group, left; zero if none has since it was kept.
 	idleSince time.Time
 }
 
@@ -95,7 +98,7 @@ func WithWaitObserver(observe func(step string, d time.Duration)) Option {
 
 // NewGroups returns groups of up to perShim(handler) pods per shim.
 func NewGroups(perShim func(handler string) int, opts ...Option) *Groups {
-	g := &Groups{perShim: perShim, open: map[Scope][]*group{}, inUse: map[string]*group{}}
+	g := &Groups{perShim: perShim, open: map[Scope][]*group{}, inUse: map[string]*group{}, scopePods: map[Scope]int{}}
 	for _, o := range opts {
 		o(g)
 	}
@@ -118,10 +121,11 @@ func (s *Groups) Join(scope Scope) string {
 	for _, g := range s.open[scope] {
 		if g.pods < n {
 			g.pods++
-			g.idleSince = time.Time{}
+			s.scopePods[scope]++
 			return g.id
 		}
 	}
+	s.scopePods[scope]++
 	g := newGroup(newGroupID(scope.Handler), scope)
 	s.open[scope] = append(s.open[scope], g)
 	s.inUse[g.id] = g
@@ -138,7 +142,7 @@ func (s *Groups) Rejoin(scope Scope, id, sb string) {
 	defer s.mu.Unlock()
 	g := s.recoveredLocked(scope, id)
 	g.pods++
-	g.idleSince = time.Time{}
+	s.scopePods[g.scope]++
 	g.tasks[sb] = true
 }
 
@@ -173,11 +177,18 @@ func (s *Groups) Leave(id string) {
 	if !ok {
 		return
 	}
-	if g.pods--; g.pods > 0 {
-		return
+	g.pods--
+	if s.scopePods[g.scope]--; s.scopePods[g.scope] <= 0 {
+		delete(s.scopePods, g.scope)
+		// The scope's keeper, in this group or another, idles from now.
+		now := time.Now()
+		for _, o := range s.inUse {
+			if o.scope == g.scope && o.keeper != "" {
+				o.idleSince = now
+			}
+		}
 	}
-	if g.keeper != "" {
-		g.idleSince = time.Now()
+	if g.pods > 0 || g.keeper != "" {
 		return
 	}
 	delete(s.inUse, id)
@@ -205,22 +216,22 @@ func (s *Groups) Rekeep(scope Scope, id, keeper string) {
 	g := s.recoveredLocked(scope, id)
 	g.keeper = keeper
 	g.tasks[keeper] = true
-	if g.pods == 0 && g.idleSince.IsZero() {
+	if s.scopePods[scope] == 0 && g.idleSince.IsZero() {
 		// Idle since the restart, for all berth knows.
 		g.idleSince = time.Now()
 	}
 }
 
-// RetireIdle retires group id, which a shim keeper keeps, if no pod has
-// been in it for idle, and says whether it did: no pod joins it after, and
-// its keeper is the caller's to remove. A group retired already is not
-// retired again.
+// RetireIdle retires group id, which a shim keeper keeps, if no pod of
+// its scope, in any group, has run for idle, and says whether the keeper
+// is idle so: no pod joins the group after, and the keeper is the
+// caller's to remove. A group retired before (its keeper serving no pod
+// since) is idle as well.
 func (s *Groups) RetireIdle(id string, idle time.Duration) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	g, ok := s.inUse[id]
-	if !ok || g.pods > 0 || g.keeper == "" || g.idleSince.IsZero() || time.Since(g.idleSince) < idle ||
-		!slices.Contains(s.open[g.scope], g) {
+	if !ok || g.keeper == "" || s.scopePods[g.scope] > 0 || g.idleSince.IsZero() || time.Since(g.idleSince) < idle {
 		return false
 	}
 	s.retireLocked(g)

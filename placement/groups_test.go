@@ -436,11 +436,12 @@ func TestShimGroupKeeper(t *testing.T) {
 	}
 }
 
-// TestShimGroupRetireIdle: a kept group no pod has been in for the idle
-// time is retired, once; a pod in it, or one that left it lately, keeps it.
+// TestShimGroupRetireIdle: a kept group is retired once no pod of its
+// scope, in it or in another group, has run for the idle time; a pod of
+// the scope, or one that left lately, keeps it.
 func TestShimGroupRetireIdle(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		g := NewGroups(func(string) int { return 4 })
+		g := NewGroups(func(string) int { return 2 })
 		scope := Scope{Handler: "h"}
 		id := g.Join(scope)
 		g.Keep(id, "k")
@@ -449,7 +450,16 @@ func TestShimGroupRetireIdle(t *testing.T) {
 		if g.RetireIdle(id, time.Minute) {
 			t.Error("retired a group a pod is in")
 		}
+		// The keeper's group full, a pod of the scope runs in another.
+		g.Join(scope)
+		other := g.Join(scope)
 		g.Leave(id)
+		g.Leave(id)
+		time.Sleep(time.Hour)
+		if g.RetireIdle(id, time.Minute) {
+			t.Error("retired the keeper's group while a pod of its scope runs in another")
+		}
+		g.Leave(other)
 		time.Sleep(30 * time.Second)
 		if g.RetireIdle(id, time.Minute) {
 			t.Error("retired a group idle for 30s of a minute")
@@ -464,14 +474,15 @@ func TestShimGroupRetireIdle(t *testing.T) {
 		if !g.RetireIdle(id, time.Minute) {
 			t.Fatal("kept a group idle for a minute")
 		}
-		if g.IsOpen(scope, id) || g.RetireIdle(id, time.Minute) {
-			t.Error("an idle group retired is open, or retired again")
+		if g.IsOpen(scope, id) {
+			t.Error("an idle group retired is open")
 		}
 		if got := g.Join(scope); got == id {
 			t.Error("a pod joined the retired idle group")
 		}
 		// A keeper taken up after a restart, with no pod: idle since then.
-		g.Rekeep(scope, "berth-r-1", "k2")
+		ns2 := Scope{"h", "ns2"}
+		g.Rekeep(ns2, "berth-r-1", "k2")
 		time.Sleep(time.Minute)
 		if !g.RetireIdle("berth-r-1", time.Minute) {
 			t.Error("kept a recovered keeper's group idle for a minute since the restart")
@@ -598,8 +609,8 @@ func TestShimGroupScopesForgotten(t *testing.T) {
 		}
 		g.Leave(id)
 	}
-	if len(g.open) != 0 || len(g.inUse) != 0 {
-		t.Errorf("%d scopes and %d groups left, want none", len(g.open), len(g.inUse))
+	if len(g.open) != 0 || len(g.inUse) != 0 || len(g.scopePods) != 0 {
+		t.Errorf("%d scopes open, %d groups and %d scopes with pods left, want none", len(g.open), len(g.inUse), len(g.scopePods))
 	}
 }
 
@@ -629,35 +640,42 @@ func TestShimGroupWaitsObserved(t *testing.T) {
 	if waits["first task"] != 1 || waits["last task"] != 1 {
 		t.Errorf("waits %v, want one for the first task and one for the last", waits)
 	}
-	// Two makings wait on a first that is abandoned: one goes ahead, the
-	// other waits on, one wait of two wake-ups.
-	clear(waits)
-	mu.Unlock()
-	id = g.Join(Scope{Handler: "h"})
-	g.Join(Scope{Handler: "h"})
-	g.Join(Scope{Handler: "h"})
-	first = mustMake(t, g, id, "c")
-	makings := make(chan Making, 2)
-	for _, sb := range []string{"d", "e"} {
-		go func() {
-			m, err := g.MakeTask(context.Background(), id, sb)
-			if err != nil {
-				t.Error(err)
-			}
-			makings <- m
-		}()
-	}
-	time.Sleep(50 * time.Millisecond)
-	first(Abandoned)
-	ahead := <-makings
-	// The other is waiting again on the one ahead.
-	time.Sleep(50 * time.Millisecond)
-	ahead.End(Made)
-	(<-makings).End(Made)
-	mu.Lock()
-	if waits["first task"] != 2 {
-		t.Errorf("%d first task waits observed, want 2, one a making", waits["first task"])
-	}
+}
+
+// TestShimGroupWaitObservedOnce: two makings wait on a first that is
+// abandoned; one goes ahead, the other waits on it: one wait of two
+// wake-ups, observed once.
+func TestShimGroupWaitObservedOnce(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var waits []string
+		g := NewGroups(func(string) int { return 4 }, WithWaitObserver(func(step string, d time.Duration) {
+			waits = append(waits, step)
+		}))
+		id := g.Join(Scope{Handler: "h"})
+		g.Join(Scope{Handler: "h"})
+		g.Join(Scope{Handler: "h"})
+		first := mustMake(t, g, id, "c")
+		makings := make(chan Making, 2)
+		for _, sb := range []string{"d", "e"} {
+			go func() {
+				m, err := g.MakeTask(context.Background(), id, sb)
+				if err != nil {
+					t.Error(err)
+				}
+				makings <- m
+			}()
+		}
+		synctest.Wait()
+		first(Abandoned)
+		ahead := <-makings
+		// The other is waiting again, on the one ahead.
+		synctest.Wait()
+		ahead.End(Made)
+		(<-makings).End(Made)
+		if !slices.Equal(waits, []string{"first task", "first task"}) {
+			t.Errorf("waits observed %v, want one for each waiting making", waits)
+		}
+	})
 }
 
 // TestShimGroupRecovered checks a group rebuilt after a restart (one that
