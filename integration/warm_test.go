@@ -137,3 +137,27 @@ func TestWarmShim(t *testing.T) {
 		t.Fatalf("shim keepers %+v on a config without warm shims", got)
 	}
 }
+
+// TestWarmShimIdle: a keeper outlives its namespace's last pod for
+// warm_shim_idle_timeout, then is removed with its shim, leaving nothing,
+// and the namespace's next pod makes a new one.
+func TestWarmShimIdle(t *testing.T) {
+	reconfigure(t, `warm_shim_handlers = \['berth-warm'\]`, "warm_shim_handlers = ['berth-warm']\n  warm_shim_idle_timeout = '3s'")
+	first := runPod(t, podConfig(t, withName("first")), handlerWarm)
+	k := onlyKeeper(t, handlerWarm)
+	removePod(t, first)
+	assertNoLeaks(t, first)
+	if got := onlyKeeper(t, handlerWarm); got != k {
+		t.Fatalf("keeper %+v right after the pod went, want %+v", got, k)
+	}
+	assertKeeperGone(t, k)
+	second := runPod(t, podConfig(t, withName("second")), handlerWarm)
+	k2 := onlyKeeper(t, handlerWarm)
+	if k2.id == k.id || shimOf(t, second) != k2.shim {
+		t.Fatalf("after the idle keeper went, keeper %+v and pod's shim %d, want a new keeper serving the pod", k2, shimOf(t, second))
+	}
+	removePod(t, second)
+	assertNoLeaks(t, second)
+	// Gone before the config is restored: no test after finds a keeper.
+	assertKeeperGone(t, k2)
+}
