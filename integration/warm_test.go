@@ -76,6 +76,21 @@ func assertKeeperGone(t *testing.T, k shimKeeper) {
 	}
 }
 
+// podAfterKeeper runs and removes pod name of the warm handler after its
+// keeper gone went: a new keeper is made, and serves the pod. It returns
+// the new keeper.
+func podAfterKeeper(t *testing.T, name string, gone shimKeeper) shimKeeper {
+	t.Helper()
+	pod := runPod(t, podConfig(t, withName(name)), handlerWarm)
+	k := onlyKeeper(t, handlerWarm)
+	if k.id == gone.id || shimOf(t, pod) != k.shim {
+		t.Fatalf("after keeper %s went, keeper %+v and pod's shim %d, want a new keeper serving the pod", gone.id, k, shimOf(t, pod))
+	}
+	removePod(t, pod)
+	assertNoLeaks(t, pod)
+	return k
+}
+
 // TestWarmShim runs pods of a handler with a warm shim one after another:
 // the first makes a shim keeper, and every pod runs in the keeper's shim,
 // which outlives each pod, a containerd restart, and which a pod that
@@ -123,13 +138,7 @@ func TestWarmShim(t *testing.T) {
 		t.Fatal(err)
 	}
 	assertKeeperGone(t, k)
-	fourth := runPod(t, podConfig(t, withName("fourth")), handlerWarm)
-	k2 := onlyKeeper(t, handlerWarm)
-	if k2.id == k.id || shimOf(t, fourth) != k2.shim {
-		t.Fatalf("after the keeper's death, keeper %+v and pod's shim %d, want a new keeper serving the pod", k2, shimOf(t, fourth))
-	}
-	removePod(t, fourth)
-	assertNoLeaks(t, fourth)
+	k2 := podAfterKeeper(t, "fourth", k)
 
 	reconfigure(t, `warm_shim_handlers = \['berth-warm'\]`, `warm_shim_handlers = []`)
 	assertKeeperGone(t, k2)
@@ -151,13 +160,7 @@ func TestWarmShimIdle(t *testing.T) {
 		t.Fatalf("keeper %+v right after the pod went, want %+v", got, k)
 	}
 	assertKeeperGone(t, k)
-	second := runPod(t, podConfig(t, withName("second")), handlerWarm)
-	k2 := onlyKeeper(t, handlerWarm)
-	if k2.id == k.id || shimOf(t, second) != k2.shim {
-		t.Fatalf("after the idle keeper went, keeper %+v and pod's shim %d, want a new keeper serving the pod", k2, shimOf(t, second))
-	}
-	removePod(t, second)
-	assertNoLeaks(t, second)
+	k2 := podAfterKeeper(t, "second", k)
 	// Gone before the config is restored: no test after finds a keeper.
 	assertKeeperGone(t, k2)
 }
