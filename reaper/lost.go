@@ -203,21 +203,26 @@ func (r *Reaper) EndIdleShim(ctx context.Context, group, id string) {
 // sandbox id's pause: the pod's app containers, and with a shared shim
 // other pods and theirs.
 func (r *Reaper) shutdownUnlessServing(ctx context.Context, shim *shimproc.Shim, id string) error {
-	ids, err := r.otherContainers(ctx, id)
-	if err != nil {
+	serving := func(ctx context.Context) (bool, error) {
+		ids, err := r.otherContainers(ctx, id)
+		if err != nil {
+			return false, err
+		}
+		others, err := shim.Serving(ctx, ids)
+		if err != nil {
+			return false, err
+		}
+		if len(others) > 0 {
+			// kubelet, not berth, decides when the pod's containers stop;
+			// the shim exits once containerd deletes the last of them.
+			log.G(ctx).WithField("tasks", others).Info("shim serves other tasks; leaving it")
+		}
+		return len(others) > 0, nil
+	}
+	if busy, err := serving(ctx); err != nil || busy {
 		return err
 	}
-	others, err := shim.Serving(ctx, ids)
-	if err != nil {
-		return err
-	}
-	if len(others) > 0 {
-		// kubelet, not berth, decides when the pod's containers stop; the
-		// shim exits once containerd deletes the last of them.
-		log.G(ctx).WithField("tasks", others).Info("shim serves other tasks; leaving it")
-		return nil
-	}
-	return shim.Shutdown(ctx, id)
+	return shim.Shutdown(ctx, id, serving)
 }
 
 // otherContainers lists the IDs of the containers containerd knows

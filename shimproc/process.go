@@ -16,9 +16,12 @@ import (
 // ends its process if it does not exit: a shim whose bundle containerd
 // deleted cannot delete its task, and one that holds a task containerd
 // forgot refuses to shut down; neither exits by itself. It shuts down
-// whatever tasks the shim still serves: ask Serving first. An error that
-// IsExiting says the shim exited under the calls.
-func (s *Shim) Shutdown(ctx context.Context, id string) error {
+// whatever tasks the shim still serves: ask Serving first, and again in
+// serving, which is asked before the kill: a task can join the shim in
+// between (the runc shim does not exit while it serves one), and a shim
+// that serves one then is left. An error that IsExiting says the shim
+// exited under the calls.
+func (s *Shim) Shutdown(ctx context.Context, id string, serving func(context.Context) (bool, error)) error {
 	info, err := s.svc.Connect(ctx, &taskapi.ConnectRequest{ID: id})
 	if err != nil {
 		return fmt.Errorf("connect to shim: %w", err)
@@ -26,13 +29,13 @@ func (s *Shim) Shutdown(ctx context.Context, id string) error {
 	if _, err := s.svc.Shutdown(ctx, &taskapi.ShutdownRequest{ID: id, Now: true}); err != nil && !IsExiting(err) {
 		return fmt.Errorf("shut down shim: %w", err)
 	}
-	return s.kill(ctx, id, int(info.GetShimPid()))
+	return s.kill(ctx, id, int(info.GetShimPid()), serving)
 }
 
 // kill waits a second for the shim, pid shimPid, to exit, then SIGKILLs
 // it. It signals through a pidfd taken while the shim still answered on
 // its socket with that pid, so that a reused pid is never hit.
-func (s *Shim) kill(ctx context.Context, id string, shimPid int) error {
+func (s *Shim) kill(ctx context.Context, id string, shimPid int, serving func(context.Context) (bool, error)) error {
 	if shimPid <= 0 {
 		return nil
 	}
@@ -52,6 +55,9 @@ func (s *Shim) kill(ctx context.Context, id string, shimPid int) error {
 	info, err := s.svc.Connect(ctx, &taskapi.ConnectRequest{ID: id})
 	if err != nil || int(info.GetShimPid()) != shimPid {
 		return nil
+	}
+	if busy, err := serving(ctx); err != nil || busy {
+		return err
 	}
 	if err := unix.PidfdSendSignal(pidfd, unix.SIGKILL, nil, 0); err != nil && !errors.Is(err, unix.ESRCH) {
 		return fmt.Errorf("kill shim %d: %w", shimPid, err)

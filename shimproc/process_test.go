@@ -62,15 +62,28 @@ func TestPidfd(t *testing.T) {
 }
 
 // TestShutdownKillsShimThatStays checks that a shim that does not exit
-// once shut down is killed, unless it answers with another pid by then:
-// the pid may be another process's.
+// once shut down is killed, unless it answers with another pid by then
+// (the pid may be another process's) or serves a task by then.
 func TestShutdownKillsShimThatStays(t *testing.T) {
 	ctx := context.Background()
 	proc, reaped := startProcess(t)
 	pid := uint32(proc.Pid)
+	idle := func(context.Context) (bool, error) { return false, nil }
 
-	shim := &fakeShim{pids: []uint32{pid, 1}}
-	if err := (&Shim{svc: shim}).Shutdown(ctx, "id"); err != nil || shim.shutdowns != 1 {
+	// A task joined the shim after it was asked to exit: it stays.
+	shim := &fakeShim{pids: []uint32{pid}}
+	if err := (&Shim{svc: shim}).Shutdown(ctx, "id", func(context.Context) (bool, error) { return true, nil }); err != nil {
+		t.Fatal(err)
+	}
+	// A kill is sent before Shutdown returns; the reaping follows at once.
+	select {
+	case <-reaped:
+		t.Fatal("a shim serving a task that joined it killed")
+	case <-time.After(200 * time.Millisecond):
+	}
+
+	shim = &fakeShim{pids: []uint32{pid, 1}}
+	if err := (&Shim{svc: shim}).Shutdown(ctx, "id", idle); err != nil || shim.shutdowns != 1 {
 		t.Fatalf("Shutdown = %v after %d shutdowns, want one", err, shim.shutdowns)
 	}
 	select {
@@ -80,7 +93,7 @@ func TestShutdownKillsShimThatStays(t *testing.T) {
 	}
 
 	shim = &fakeShim{pids: []uint32{pid}}
-	if err := (&Shim{svc: shim}).Shutdown(ctx, "id"); err != nil || shim.shutdowns != 1 {
+	if err := (&Shim{svc: shim}).Shutdown(ctx, "id", idle); err != nil || shim.shutdowns != 1 {
 		t.Fatalf("Shutdown = %v after %d shutdowns, want one", err, shim.shutdowns)
 	}
 	select {
