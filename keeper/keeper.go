@@ -282,10 +282,11 @@ func (k *Keepers) watchKeeper(kp *keeper, w *events.Wait) {
 	})
 }
 
-// ExpireIdle removes, until ctx ends, each keeper whose group no pod has
-// been in for the idle timeout, looking a tenth of the timeout apart (a
-// minute at most): a scope is a namespace, and a namespace deleted for
-// good would keep its shim and pause for good. The group is retired
+// ExpireIdle removes, until ctx ends, each keeper no pod of whose scope,
+// in any group, has run for the idle timeout (placement.Groups.RetireIdle),
+// looking a tenth of the timeout apart (a minute at most): a scope is a
+// namespace, and a namespace deleted for good would keep its shim and
+// pause for good. The group is retired
 // first, under the keepers' lock, so that no pod joins the shim being
 // ended and the scope's next pod makes a new keeper.
 func (k *Keepers) ExpireIdle(ctx context.Context) {
