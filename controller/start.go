@@ -21,6 +21,7 @@ import (
 	"github.com/berth-dev/berth/failpoint"
 	"github.com/berth-dev/berth/placement"
 	"github.com/berth-dev/berth/podsandbox"
+	"github.com/berth-dev/berth/reaper"
 	"github.com/berth-dev/berth/rollback"
 	"github.com/berth-dev/berth/store"
 )
@@ -127,8 +128,8 @@ func (c *Controller) start(ctx context.Context, sb *store.Sandbox, undo *rollbac
 	if err != nil {
 		return sandbox.ControllerInstance{}, fmt.Errorf("pause container info: %w", err)
 	}
-	lost := lostTask(info, p.group)
-	lost.Sandbox = sb
+	// What a failed create may leave, from the spec decoded above.
+	lost := reaper.LostTask{ID: sb.ID, Runtime: runtimeOf(info), CgroupsPath: cgroupsPath, Group: p.group, Sandbox: sb}
 	task, w, err := c.startTask(ctx, sb, container, lost, p, making, undo)
 	if err != nil {
 		return sandbox.ControllerInstance{}, err

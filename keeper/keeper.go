@@ -286,9 +286,9 @@ func (k *Keepers) watchKeeper(kp *keeper, w *events.Wait) {
 // in any group, has run for the idle timeout (placement.Groups.RetireIdle),
 // looking a tenth of the timeout apart (a minute at most): a scope is a
 // namespace, and a namespace deleted for good would keep its shim and
-// pause for good. The group is retired
-// first, under the keepers' lock, so that no pod joins the shim being
-// ended and the scope's next pod makes a new keeper.
+// pause for good. The group is retired first, under the keepers' lock, so
+// that no pod joins the shim being ended and the scope's next pod makes a
+// new keeper.
 func (k *Keepers) ExpireIdle(ctx context.Context) {
 	idle := k.cfg.IdleTimeout
 	if idle <= 0 {

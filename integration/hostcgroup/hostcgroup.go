@@ -225,8 +225,8 @@ func (h hierarchy) cpuWeight(shares uint64) uint64 {
 }
 
 // KubeletWeight converts CPU shares to cpu.weight as kubelet v1.37.2 does
-// when it writes a pod cgroup on v2: linearly from [2, 262144] to [1, 10000], so 1024 shares are 39
-// (getCPUWeight in k8s.io/kubernetes pkg/kubelet/cm/cgroup_manager_linux.go;
+// when it writes a pod cgroup on v2: linearly from [2, 262144] to
+// [1, 10000], so 1024 shares are 39 (getCPUWeight in k8s.io/kubernetes pkg/kubelet/cm/cgroup_manager_linux.go;
 // opencontainers/cgroups' fs2 writes the weight as given). kubelet never
 // has fewer than 2 shares (MinShares); fewer are weight 1 here.
 func KubeletWeight(shares uint64) uint64 {
