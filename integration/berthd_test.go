@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"os"
@@ -200,7 +201,8 @@ func TestBerthdBadSetup(t *testing.T) {
 	elsewhere := filepath.Join(t.TempDir(), "config.toml")
 	// Its containerd is not there.
 	dir := filepath.Dir(elsewhere)
-	if err := os.WriteFile(elsewhere, []byte(fmt.Sprintf("version = 3\nroot = %q\nstate = %q\n[grpc]\n  address = %q\n", dir+"/root", dir+"/state", dir+"/absent.sock")), 0o644); err != nil {
+	if err := os.WriteFile(elsewhere, []byte(fmt.Sprintf("version = 3\nroot = %q\nstate = %q\n[grpc]\n  address = %q\n[proxy_plugins.%s]\n  type = 'sandbox'\n  address = %q\n",
+		dir+"/root", dir+"/state", dir+"/absent.sock", sandboxerBerth, second)), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	for _, c := range []struct {
@@ -208,7 +210,7 @@ func TestBerthdBadSetup(t *testing.T) {
 		args       []string
 	}{
 		{"invalid containerd config", "containerd config " + bad, []string{"--containerd-config", bad, "--address", second}},
-		{"a second berthd of the node", "another berthd", []string{"--containerd-config", filepath.Join(daemon.dir, "config.toml"), "--address", second}},
+		{"a second berthd of the node", "held by another berth", []string{"--containerd-config", filepath.Join(daemon.dir, "config.toml"), "--address", second}},
 		{"a second berthd on the socket", "another process serves", []string{"--containerd-config", elsewhere, "--address", daemon.berthdSocket()}},
 		{"containerd unreachable past --containerd-timeout", "does not answer", []string{"--containerd-config", elsewhere, "--address", second, "--containerd-timeout", "1s"}},
 	} {
@@ -229,4 +231,84 @@ func TestBerthdBadSetup(t *testing.T) {
 	if _, err := daemon.client.SandboxController(sandboxerBerth).Status(ctxT(t), "nosuch", false); !errdefs.IsNotFound(err) {
 		t.Errorf("status of an unknown sandbox: %v, want NotFound", err)
 	}
+}
+
+// TestBerthdNotProxied starts a second berthd of the node on a copy of its
+// containerd config without berth's proxy plugin, as a berthd left enabled
+// on a node that moved to berth's own containerd build: it must take up
+// none of the pods (not even berth's root lock, which the running berthd
+// holds) and wait, serving nothing, until it is stopped; the berthd that
+// runs keeps serving.
+func TestBerthdNotProxied(t *testing.T) {
+	needBerthd(t)
+	id := runPod(t, podConfig(t), handlerBerth)
+	config, err := os.ReadFile(filepath.Join(daemon.dir, "config.toml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	proxy := strings.Index(string(config), "\n[proxy_plugins.")
+	if proxy < 0 {
+		t.Fatal("the node's config has no proxy plugin")
+	}
+	unproxied := filepath.Join(t.TempDir(), "config.toml")
+	if err := os.WriteFile(unproxied, config[:proxy], 0o644); err != nil {
+		t.Fatal(err)
+	}
+	second := filepath.Join(t.TempDir(), "berthd.sock")
+	var out bytes.Buffer
+	cmd := exec.Command(filepath.Join(daemon.bin, "berthd"), "--containerd-config", unproxied, "--address", second)
+	cmd.Stdout, cmd.Stderr = &out, &out
+	must(t, cmd.Start())
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	select {
+	case err := <-exited:
+		t.Fatalf("berthd without its proxy plugin exited: %v\n%s", err, out.String())
+	case <-time.After(2 * time.Second):
+	}
+	must(t, cmd.Process.Signal(syscall.SIGTERM))
+	if err := <-exited; err != nil {
+		t.Errorf("berthd without its proxy plugin, stopped: %v\n%s", err, out.String())
+	}
+	if !strings.Contains(out.String(), "no [proxy_plugins."+sandboxerBerth+"]") {
+		t.Errorf("berthd without its proxy plugin did not say so:\n%s", out.String())
+	}
+	if _, err := os.Stat(second); err == nil {
+		t.Errorf("berthd without its proxy plugin listens on %s", second)
+	}
+	if got := podStatus(t, id).GetStatus().GetState(); got != runtimeapi.PodSandboxState_SANDBOX_READY {
+		t.Errorf("pod %s is %v, want READY", id, got)
+	}
+	runPod(t, podConfig(t, withName("after")), handlerBerth)
+}
+
+// TestRootHeldInProcess starts berthd, with containerd's config and a proxy
+// plugin for it, beside containerd with berth built in, as on a node moving
+// to berthd before containerd's restart: the berth in process holds berth's
+// root, and berthd refuses to take up its sandboxes.
+func TestRootHeldInProcess(t *testing.T) {
+	if *berthdMode {
+		t.Skip("berth runs as berthd")
+	}
+	runPod(t, podConfig(t), handlerBerth)
+	socket := filepath.Join(t.TempDir(), "berthd.sock")
+	config, err := os.ReadFile(filepath.Join(daemon.dir, "config.toml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	proxied := filepath.Join(t.TempDir(), "config.toml")
+	config = fmt.Appendf(config, "\n[proxy_plugins.%s]\n  type = 'sandbox'\n  address = %q\n", sandboxerBerth, socket)
+	if err := os.WriteFile(proxied, config, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, filepath.Join(daemon.bin, "berthd"), "--containerd-config", proxied, "--address", socket).CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "held by another berth") {
+		t.Errorf("berthd beside berth in process: %v, output %s; want it refused", err, out)
+	}
+	if _, err := os.Stat(socket); err == nil {
+		t.Errorf("the refused berthd left its socket %s", socket)
+	}
+	runPod(t, podConfig(t, withName("after")), handlerBerth)
 }

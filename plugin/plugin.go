@@ -61,8 +61,8 @@ func init() {
 
 // initController builds the controller and recovers its sandboxes. It fails
 // only when berth cannot work at all (no CRI config, no containerd client,
-// no list of containers).
-func initController(ic *plugin.InitContext) (*controller.Controller, error) {
+// no list of containers) or another berth serves its sandboxes.
+func initController(ic *plugin.InitContext) (_ *controller.Controller, retErr error) {
 	cfg, ok := ic.Config.(*setup.Config)
 	if !ok {
 		return nil, fmt.Errorf("unexpected config type %T", ic.Config)
@@ -71,6 +71,18 @@ func initController(ic *plugin.InitContext) (*controller.Controller, error) {
 	if err != nil {
 		return nil, err
 	}
+	// Held for containerd's life (unlock is dropped): a berthd started
+	// beside it (a node moving to berthd, its proxy plugin written before
+	// containerd's restart) must not take up the same sandboxes.
+	unlock, err := setup.LockRoot(ic.Properties[plugins.PropertyRootDir])
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if retErr != nil {
+			unlock()
+		}
+	}()
 	client, err := containerd.New("",
 		containerd.WithDefaultNamespace(controller.Namespace),
 		containerd.WithDefaultPlatform(platforms.Default()),

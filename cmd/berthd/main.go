@@ -136,14 +136,23 @@ func run(o options) error {
 	if err != nil {
 		return err
 	}
-	checkProxy(ctx, node, o.sandboxer, o.address)
+	if !checkProxy(ctx, node, o.sandboxer, o.address) {
+		// containerd does not call this berthd, so the pods in berth's
+		// directories are not its to take up: they may be served by
+		// berth's own containerd build, which a node moved to with berthd
+		// still enabled, or wait for the proxy plugin berthd was installed
+		// before. Up for systemd, it waits to be restarted with containerd.
+		notifyReady(ctx)
+		<-ctx.Done()
+		return nil
+	}
 	dirs := podsandbox.Dirs{
 		Root:     filepath.Join(node.Root, dirName),
 		State:    filepath.Join(node.State, dirName),
 		CRIRoot:  cri.Root,
 		CRIState: cri.State,
 	}
-	unlock, err := lockRoot(dirs.Root)
+	unlock, err := setup.LockRoot(dirs.Root)
 	if err != nil {
 		return err
 	}
@@ -165,9 +174,7 @@ func run(o options) error {
 	// Ready for systemd once listening, not once serving: containerd is
 	// ordered after berthd (its CRI recovery asks berthd first), and
 	// berthd's recovery waits for containerd.
-	if _, err := daemon.SdNotify(false, daemon.SdNotifyReady); err != nil {
-		log.G(ctx).WithError(err).Warn("tell systemd berthd is ready")
-	}
+	notifyReady(ctx)
 
 	c, err := startController(ctx, o, cfg, cri, dirs, node, hops.clientOptions())
 	if err != nil {
@@ -273,41 +280,35 @@ func waitServing(ctx context.Context, cc *client.Client, address string, timeout
 	}
 }
 
-// checkProxy warns when containerd's config does not send berth's calls to
-// address: containerd would not reach this berthd.
-func checkProxy(ctx context.Context, node *containerdconfig.Node, name, address string) {
+// notifyReady tells systemd berthd is up (Type=notify).
+func notifyReady(ctx context.Context) {
+	if _, err := daemon.SdNotify(false, daemon.SdNotifyReady); err != nil {
+		log.G(ctx).WithError(err).Warn("tell systemd berthd is ready")
+	}
+}
+
+// checkProxy says whether containerd's config makes berthd its sandbox
+// controller name, logging why not, and warns when that proxy plugin's
+// address is not berthd's (it may name the same socket another way).
+func checkProxy(ctx context.Context, node *containerdconfig.Node, name, address string) bool {
 	p, ok := node.ProxyPlugins[name]
 	switch {
 	case !ok:
-		log.G(ctx).Warnf("containerd's config has no [proxy_plugins.%s]: no runtime handler can reach berthd", name)
+		log.G(ctx).Errorf("containerd's config has no [proxy_plugins.%s]: berthd serves nothing and takes up no pods until it is restarted with a config that has it", name)
+		return false
 	case p.Type != "sandbox" && p.Type != plugins.SandboxControllerPlugin.String():
-		log.G(ctx).Warnf("containerd's [proxy_plugins.%s] is of type %q, not \"sandbox\"", name, p.Type)
+		log.G(ctx).Errorf("containerd's [proxy_plugins.%s] is of type %q, not \"sandbox\": berthd serves nothing and takes up no pods until it is restarted with a config that makes it a sandbox controller", name, p.Type)
+		return false
 	case socketPath(p.Address) != address:
 		log.G(ctx).Warnf("containerd's [proxy_plugins.%s] address is %q, berthd serves %q", name, p.Address, address)
 	}
+	return true
 }
 
 // socketPath is the path of unix socket address, which containerd's
 // proxy plugins take with or without a unix:// scheme.
 func socketPath(address string) string {
 	return strings.TrimPrefix(address, "unix://")
-}
-
-// lockRoot takes berth's root directory for this berthd alone: two berths
-// managing one root would delete each other's sandboxes.
-func lockRoot(root string) (func(), error) {
-	if err := os.MkdirAll(root, 0o711); err != nil {
-		return nil, err
-	}
-	f, err := os.OpenFile(filepath.Join(root, "berthd.lock"), os.O_CREATE|os.O_RDWR, 0o600)
-	if err != nil {
-		return nil, err
-	}
-	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
-		f.Close()
-		return nil, fmt.Errorf("berth's root %s is another berthd's (lock %s): %w", root, f.Name(), err)
-	}
-	return func() { f.Close() }, nil
 }
 
 // listen binds the unix socket at address. A socket left by a berthd that
