@@ -2,7 +2,8 @@
 #
 #   make build   containerd (with berth), shims, ctr, runc, images -> bin/
 #   make up      run that containerd in the foreground under _output/
-#   make install install the node binaries into $(PREFIX)/bin
+#   make install berthd, its unit, berth's shim and pause -> $(PREFIX)/bin
+#   make install-containerd  containerd with berth built in, berth's shim and pause
 #   make test    unit tests, then integration tests (root, real containerd)
 #   make soak    1000 pod lifecycles, built-in then berth: leaks, heap, RSS
 #   make chaos   1000 pod lifecycles under SIGKILLs, then a leak check
@@ -29,7 +30,7 @@ PAUSE_IMAGE   := localhost/berth/pause:1
 BUSYBOX_IMAGE := localhost/berth/busybox:1
 BUSYBOX       ?= /bin/busybox
 
-.PHONY: build binaries images kube install up test unit integration e2e soak chaos bench bench-restart critest critest-berthd critest-binaries lint clean
+.PHONY: build binaries images kube install install-containerd up test unit integration e2e soak chaos bench bench-restart critest critest-berthd critest-binaries lint clean
 
 build: binaries images
 
@@ -76,15 +77,26 @@ images: binaries
 		$(foreach c,sh sleep cat ls hostname id readlink echo true ps wc grep top head,-link /bin/$(c)=busybox) \
 		$(BUSYBOX)=/bin/busybox
 
-# Installs the node binaries: berthd and its systemd unit (berth beside the
-# node's own containerd), containerd with berth built in, the runc shim and
-# berth's (containerd-shim-berth-v2), ctr, runc and the built-in pause binary.
+# Installs berth beside the node's own containerd (README, "Using berth on
+# a node that already runs containerd 2.4"): berthd and its systemd unit,
+# berth's shim (containerd-shim-berth-v2) and the built-in pause. Nothing
+# of containerd's: a containerd, runc shim, runc or ctr of berth's build in
+# $(PREFIX)/bin would shadow the node's own (or be the node's own, where it
+# runs /usr/local/bin/containerd). The unit goes where systemd looks for an
+# administrator's units whatever the PREFIX.
 PREFIX ?= /usr/local
+UNITDIR ?= /usr/local/lib/systemd/system
+NODE_BINARIES := $(BIN)/containerd-shim-berth-v2 $(BIN)/berth-pause
 install: binaries
-	install -D -m 0755 -t $(DESTDIR)$(PREFIX)/bin $(BIN)/berthd $(BIN)/containerd $(BIN)/containerd-shim-runc-v2 $(BIN)/containerd-shim-berth-v2 \
-		$(BIN)/ctr $(BIN)/runc $(BIN)/berth-pause
+	install -D -m 0755 -t $(DESTDIR)$(PREFIX)/bin $(BIN)/berthd $(NODE_BINARIES)
 	sed 's#/usr/local/bin/berthd#$(PREFIX)/bin/berthd#' config/systemd/berthd.service | \
-		install -D -m 0644 /dev/stdin $(DESTDIR)$(PREFIX)/lib/systemd/system/berthd.service
+		install -D -m 0644 /dev/stdin $(DESTDIR)$(UNITDIR)/berthd.service
+
+# Installs containerd with berth built in, for a node that runs it in place
+# of its own (README, "Using berth built into containerd"), with berth's
+# shim and the built-in pause; the node's runc shim, runc and ctr stay.
+install-containerd: binaries
+	install -D -m 0755 -t $(DESTDIR)$(PREFIX)/bin $(BIN)/containerd $(NODE_BINARIES)
 
 up: build
 	hack/up.sh $(OUT) $(BIN)

@@ -326,3 +326,78 @@ func TestRepoTemplate(t *testing.T) {
 		t.Errorf("berth section: %+v", berth)
 	}
 }
+
+// TestReadmeShowsDropIn checks that the README's install steps show
+// config/conf.d/berth.toml as it is (indented as a list item's block).
+func TestReadmeShowsDropIn(t *testing.T) {
+	dropIn, err := os.ReadFile("../config/conf.d/berth.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	readme, err := os.ReadFile("../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	shown := strings.ReplaceAll("\n"+string(readme), "\n   ", "\n")
+	if !strings.Contains(shown, "```toml\n"+string(dropIn)+"```") {
+		t.Errorf("README.md does not show config/conf.d/berth.toml as it is:\n%s", dropIn)
+	}
+}
+
+// TestInstalledDropIn loads config/conf.d/berth.toml, berth's part of a
+// node's config as the README installs it, imported by a config.toml of
+// either version: berth's handler and proxy plugin are added, and the
+// node's own handlers keep their options. (Pasted into a version-2 file
+// instead, its version-3 tables would make CRI's migration drop that
+// file's handlers.)
+func TestInstalledDropIn(t *testing.T) {
+	dropIn, err := os.ReadFile("../config/conf.d/berth.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, main := range map[string]string{
+		"version 2": `version = 2
+imports = ["@DIR@/*.toml"]
+[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+  runtime_type = "io.containerd.runc.v2"
+  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+    SystemdCgroup = true
+[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.other]
+  runtime_type = "io.containerd.other.v1"
+`,
+		"version 3": `version = 3
+imports = ["@DIR@/*.toml"]
+[plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]
+  runtime_type = 'io.containerd.runc.v2'
+  [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc.options]
+    SystemdCgroup = true
+[plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.other]
+  runtime_type = 'io.containerd.other.v1'
+`,
+	} {
+		t.Run(name, func(t *testing.T) {
+			dir := t.TempDir()
+			if err := os.WriteFile(filepath.Join(dir, "berth.toml"), dropIn, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			n := load(t, writeFile(t, strings.ReplaceAll(main, "@DIR@", dir)), Overrides{})
+			if p := n.ProxyPlugins["berth"]; p.Type != "sandbox" || p.Address != "/run/berthd/berthd.sock" {
+				t.Errorf("proxy plugin berth: %+v", p)
+			}
+			rt, _ := decode(t, n)
+			wantBerth := criHandler{
+				Type: "io.containerd.runc.v2", Path: "/usr/local/bin/containerd-shim-berth-v2", Sandboxer: "berth",
+				Options: map[string]any{"SystemdCgroup": true},
+			}
+			if d := cmp.Diff(wantBerth, rt.Containerd.Runtimes["berth"]); d != "" {
+				t.Errorf("berth handler (-want +got):\n%s", d)
+			}
+			if got := rt.Containerd.Runtimes["runc"].Options["SystemdCgroup"]; got != true {
+				t.Errorf("the node's runc handler lost its options: SystemdCgroup %v", got)
+			}
+			if got := rt.Containerd.Runtimes["other"].Type; got != "io.containerd.other.v1" {
+				t.Errorf("the node's handler other: runtime_type %q", got)
+			}
+		})
+	}
+}
