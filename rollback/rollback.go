@@ -40,7 +40,12 @@ func (s *Stack) Push(what string, fn func(context.Context) error) {
 // before may depend on it being gone (a container with a task cannot be
 // deleted).
 func (s Stack) Run(ctx context.Context) (Stack, error) {
-	ctx = context.WithoutCancel(ctx)
+	return s.run(context.WithoutCancel(ctx))
+}
+
+// run is Run on ctx as it is: a retry's attempt, which the retry queue
+// bounds (AttemptTimeout) and cancels (Stop).
+func (s Stack) run(ctx context.Context) (Stack, error) {
 	for i := len(s) - 1; i >= 0; i-- {
 		stepCtx, cancel := context.WithTimeout(ctx, StepTimeout)
 		err := s[i].fn(stepCtx)
@@ -71,7 +76,7 @@ func (s Stack) RunOrRetry(ctx context.Context, key string, retrier Retrier, done
 	}
 	log.G(ctx).WithError(err).Warn("roll back; retrying")
 	retrier.Retry(ctx, key, "rollback", func(ctx context.Context) error {
-		if rest, err = rest.Run(ctx); err != nil {
+		if rest, err = rest.run(ctx); err != nil {
 			return err
 		}
 		if done != nil {

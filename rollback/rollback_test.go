@@ -5,6 +5,8 @@ import (
 	"errors"
 	"slices"
 	"testing"
+	"testing/synctest"
+	"time"
 
 	"github.com/berth-dev/berth/events"
 )
@@ -64,4 +66,36 @@ func TestRunStopsAtFailure(t *testing.T) {
 	if err == nil || err.Error() != "fails: busy" || len(rest) != 2 {
 		t.Errorf("Run = %d steps left, %v; want both, the failed step named", len(rest), err)
 	}
+}
+
+// TestRetriedUndoHonoursQueue: a retried undo step runs on the retry
+// queue's attempt context, bounded by AttemptTimeout and cancelled by the
+// queue's Stop (the controller's Close), not detached for StepTimeout as
+// the first run is.
+func TestRetriedUndoHonoursQueue(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		m := events.NewMonitor(events.Backoff{InitialDelay: time.Second, Factor: 2, MaxDelay: time.Minute, AttemptTimeout: 5 * time.Second})
+		tries := 0
+		retried := make(chan time.Duration, 1)
+		var s Stack
+		s.Push("wedged shim", func(ctx context.Context) error {
+			tries++
+			if tries == 1 {
+				return errors.New("busy")
+			}
+			d, _ := ctx.Deadline()
+			retried <- time.Until(d)
+			<-ctx.Done()
+			return ctx.Err()
+		})
+		s.RunOrRetry(context.Background(), "sb", m, nil)
+		if left := <-retried; left > 5*time.Second {
+			t.Errorf("retried undo step has %v to run, want at most the queue's AttemptTimeout (5s)", left)
+		}
+		start := time.Now()
+		m.Stop()
+		if took := time.Since(start); took > 0 {
+			t.Errorf("the queue's Stop waited %v for a retried undo step, want it cancelled at once", took)
+		}
+	})
 }
