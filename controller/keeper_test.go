@@ -1,6 +1,7 @@
 package controller
 
 import (
+	"context"
 	"encoding/json"
 	"slices"
 	"strings"
@@ -345,4 +346,61 @@ func groupFor(c *fakeContainer) string {
 // ownKeepers are the keeper containers but another berth's (k-others).
 func ownKeepers(client *fakeClient) []*fakeContainer {
 	return slices.DeleteFunc(keeperContainers(client), func(c *fakeContainer) bool { return c.info.ID == "k-others" })
+}
+
+// TestKeeperUndoFailureHoldsPods: a keeper whose container create fails,
+// and whose container delete then fails once, ends its task making as it
+// fails, not when its undo's retry deletes the container: the pod whose
+// Start made it, and the group's other pods, go on at once (before, they
+// waited in MakeTask for the retry's backoff, up to max_delay).
+func TestKeeperUndoFailureHoldsPods(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		client := newFakeClient()
+		c := warmController(t, client, func(cfg *Config) {
+			cfg.ExitRetry.InitialDelay = 30 * time.Second
+		})
+		client.failNext("new container", errInjected)    // the keeper's
+		client.failNext("container delete", errInjected) // its undo's
+		if err := create(t, c, client, "sb1", testPodConfig("sb1")); err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithTimeout(testContext(), 10*time.Second)
+		defer cancel()
+		start := time.Now()
+		_, err := c.Start(ctx, "sb1")
+		took := time.Since(start)
+		if err != nil || took > time.Second {
+			t.Errorf("Start took %v (fake clock), err %v: want the pod started at once, its keeper's undo retried in the background", took, err)
+		}
+		if err == nil {
+			removed(t, c, "sb1")
+		}
+	})
+}
+
+// TestRecoverWedgedKeepers: keepers whose shims do not answer are removed
+// in the background, so recovery, which every call to berth waits for,
+// does not grow by a removal's bound (rollback.StepTimeout) per keeper.
+func TestRecoverWedgedKeepers(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		client := newFakeClient()
+		for _, id := range []string{"k1", "k2", "k3", "k4"} {
+			client.addContainer(keeperContainer(t, id, "other", "g-"+id)).setTask(containerd.Running)
+		}
+		release := client.hold("task delete")
+		defer release()
+		c := warmController(t, client)
+		start := time.Now()
+		if err := c.Recover(testContext(), RecoverConfig{Parallelism: 16, Timeout: time.Second}); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.awaitRecovery(testContext()); err != nil {
+			t.Fatal(err)
+		}
+		if took := time.Since(start); took > 31*time.Second {
+			t.Errorf("recovery took %v with 4 wedged keepers (fake clock), want no more than one keeper's bound", took)
+		}
+		release()
+		eventually(t, "keepers removed", func() bool { return len(keeperContainers(client)) == 0 })
+	})
 }

@@ -209,10 +209,15 @@ func (k *Keepers) startKeeper(ctx context.Context, runtime sandbox.RuntimeOpts, 
 		making.End(placement.Abandoned)
 		return fmt.Errorf("shim group %s: %w", group, errShimUp)
 	}
-	undo.Push("end keeper task making", func(context.Context) error {
-		making.End(placement.Abandoned)
-		return nil
-	})
+	// Ended as the making fails, not in turn with the undo: the group's
+	// pods wait on it in MakeTask, and an undo step that fails (the
+	// container's deletion) stops the undo until its retry succeeds. A
+	// no-op once the making ended below.
+	defer func() {
+		if retErr != nil {
+			making.End(placement.Abandoned)
+		}
+	}()
 	specOpts := podsandbox.KeeperSpec(podsandbox.KeeperCgroupsPath(k.cfg.Namespace, id, systemd),
 		k.cfg.RestrictOOMScoreAdj, map[string]string{placement.GroupAnnotation: group})
 	// Before the making, as for a pod's pause: a create whose answer was
@@ -355,11 +360,10 @@ func (k *Keepers) removeKeeper(ctx context.Context, kp *keeper) error {
 // Recover takes up, after a restart, the keeper of each warm scope
 // whose task runs, and removes every other keeper container: of a handler
 // no longer warm, of a scope the config no longer makes, a second of a
-// scope, or one whose task is gone. Each keeper's is bounded by timeout,
-// as each sandbox's reload is, and each removal (removeKeeperOrRetry):
-// every call to berth waits for recovery, and a wedged shim must not hold
-// them, nor CRI's start, for good. A removal that times out is retried in
-// the background.
+// scope, or one whose task is gone. Each keeper's load is bounded by
+// timeout, as each sandbox's reload is, and its removal runs in the
+// background: every call to berth waits for recovery, and a wedged shim
+// must not hold them, nor CRI's start.
 func (k *Keepers) Recover(ctx context.Context, found []containerd.Container, timeout time.Duration) {
 	for _, container := range found {
 		k.recoverKeeper(ctx, container, timeout)
@@ -375,8 +379,11 @@ func (k *Keepers) recoverKeeper(ctx context.Context, container containerd.Contai
 		return
 	}
 	if err != nil {
-		log.G(ctx).WithError(err).WithField("keeper_id", container.ID()).Warn("cannot take up shim keeper; removing it")
-		k.removeKeeperOrRetry(ctx, kp)
+		log.G(ctx).WithError(err).WithField("keeper_id", container.ID()).Warn("cannot take up shim keeper; removing it in the background")
+		// Nothing waits for a keeper berth does not take up to be gone:
+		// its removal, which a wedged shim holds for StepTimeout, is not
+		// recovery's, which every call to berth waits for.
+		k.cfg.Events.Retry(ctx, kp.ID, "remove shim keeper", func(ctx context.Context) error { return k.removeKeeper(ctx, kp) })
 	}
 }
 
