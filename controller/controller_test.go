@@ -8,6 +8,7 @@ import (
 	"maps"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"testing"
 	"testing/synctest"
@@ -470,8 +471,9 @@ func sharingController(t *testing.T, client *fakeClient, change ...func(*Config)
 
 // TestStartAnswerLost: a pause container or task whose making's answer
 // was lost (containerd died under berthd before it answered) is undone
-// with the rest of the failed Start. In a shared shim the loss reads as a
-// refusal (Unavailable): the task is undone and made in another group.
+// with the rest of the failed Start. In a shared shim the loss is not the
+// shim's refusal (containerd, not the shim, was away): the group, whose
+// shim serves its other pod, takes the next pod.
 func TestStartAnswerLost(t *testing.T) {
 	for _, shared := range []bool{false, true} {
 		for _, step := range []string{"new container", "new task"} {
@@ -487,23 +489,19 @@ func TestStartAnswerLost(t *testing.T) {
 					t.Fatal(err)
 				}
 				client.loseNextAnswer(step)
-				_, err := c.Start(testContext(), "sb1")
-				if shared && step == "new task" {
-					if err != nil {
-						t.Fatalf("Start: %v, want it made again in another group", err)
-					}
-					if !slices.Contains(client.taskServiceDeletes, "sb1") {
-						t.Error("the lost task was not deleted")
-					}
-					if err := c.Shutdown(testContext(), "sb1"); err != nil {
-						t.Fatalf("Shutdown: %v", err)
-					}
-				} else if !errors.Is(err, errAnswerLost) {
+				if _, err := c.Start(testContext(), "sb1"); !errors.Is(err, errAnswerLost) {
 					t.Fatalf("Start: %v, want the lost answer's error", err)
 				}
 				assertGone(t, c, client, "sb1")
-				if shared && !client.container("sb0").hasTask() {
+				if !shared {
+					return
+				}
+				if !client.container("sb0").hasTask() {
 					t.Error("the other pod's task was deleted")
+				}
+				started(t, c, client, "sb2")
+				if a, b := groupOf(t, c, "sb0"), groupOf(t, c, "sb2"); a != b {
+					t.Errorf("the next pod started in shim group %s, want sb0's %s", b, a)
 				}
 			})
 		}
@@ -540,7 +538,7 @@ func TestStartFailsUndoFails(t *testing.T) {
 }
 
 // TestStartInRefusingSharedShim fails the pause task's creation in a
-// shared shim, as a shim shutting down fails it: Start undoes what it made
+// shared shim, as a shim shutting down fails it (its connection closed): Start undoes what it made
 // and makes the pod again in another shim group, and the refusing group
 // takes no pod again. A pod whose group's shim is up joins it at its
 // socket, which containerd takes only for a container of a sandbox.
@@ -555,7 +553,7 @@ func TestStartInRefusingSharedShim(t *testing.T) {
 	if err := create(t, c, client, "sb2", testPodConfig("sb2")); err != nil {
 		t.Fatal(err)
 	}
-	client.failNext("new task", errdefs.ErrUnavailable)
+	client.failNext("new task", errgrpc.ToNative(status.Error(codes.Unknown, "ttrpc: closed")))
 	if _, err := c.Start(testContext(), "sb2"); err != nil {
 		t.Fatalf("Start in a refusing shared shim: %v", err)
 	}
@@ -664,7 +662,8 @@ func TestIsShimRefusal(t *testing.T) {
 		{`failed to start shim: failed to load sandbox task "x": failed to create TTRPC connection: dial unix /run/s/1: connect: connection refused`, codes.Unknown, true},
 		{"write unix @->/run/s/1: write: broken pipe", codes.Unknown, true},
 		{"read unix @->/run/s/1: read: connection reset by peer", codes.Unknown, true},
-		{"shim unavailable", codes.Unavailable, true},
+		// containerd away under berthd: the task may be made.
+		{"connection error: desc = \"transport: Error while dialing: dial unix /run/containerd/containerd.sock: connect: connection refused\"", codes.Unavailable, false},
 		{`failed to create shim task: OCI runtime create failed: runc create failed: error running hook #0: exit status 1`, codes.Unknown, false},
 		{"failed to create shim task: OCI runtime create failed: invalid mount", codes.InvalidArgument, false},
 	} {
@@ -959,4 +958,48 @@ func TestRecoverUpdatedResources(t *testing.T) {
 	if got := sb.Status(); got.State != store.StateReady || got.Resources.GetCpuQuota() != 20000 {
 		t.Errorf("recovered %s with resources %v, want ready with the update's", got.State, got.Resources)
 	}
+}
+
+// TestMetricsNotReady: Metrics of a pod berth does not have is NotFound,
+// and of one that is not READY Unavailable, which CRI's
+// ListPodSandboxStats skips (any other error fails the node's list).
+func TestMetricsNotReady(t *testing.T) {
+	client := newFakeClient()
+	c := testController(t, client)
+	if _, err := c.Metrics(testContext(), "nosuch"); !errdefs.IsNotFound(err) {
+		t.Errorf("Metrics of an unknown pod: %v, want NotFound", err)
+	}
+	if err := create(t, c, client, "sb1", testPodConfig("sb1")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Metrics(testContext(), "sb1"); !errdefs.IsUnavailable(err) {
+		t.Errorf("Metrics of a created pod: %v, want Unavailable", err)
+	}
+}
+
+// TestPlatformAtOnce: Platform answers the node's platform for any
+// sandbox, while recovery runs too, as the built-in does: CRI asks it as
+// it handles app containers' exits, under a deadline of its own.
+func TestPlatformAtOnce(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		client := newFakeClient()
+		ownedContainer(t, client, "stopped").setTask(containerd.Stopped)
+		release := client.hold("task delete")
+		defer release()
+		c := testController(t, client)
+		if err := c.Recover(testContext(), RecoverConfig{Parallelism: 1, Timeout: time.Minute}); err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithTimeout(testContext(), 100*time.Millisecond)
+		defer cancel()
+		for _, id := range []string{"stopped", "nosuch"} {
+			if p, err := c.Platform(ctx, id); err != nil || p.OS != runtime.GOOS {
+				t.Errorf("Platform(%s) during recovery = %+v, %v; want the node's at once", id, p, err)
+			}
+		}
+		release()
+		if err := c.awaitRecovery(testContext()); err != nil {
+			t.Fatal(err)
+		}
+	})
 }

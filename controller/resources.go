@@ -98,7 +98,11 @@ func (c *Controller) Metrics(ctx context.Context, id string) (*types.Metric, err
 	}
 	s := sb.Status()
 	if s.State != store.StateReady {
-		return nil, fmt.Errorf("sandbox is %s: %w", s.State, errdefs.ErrFailedPrecondition)
+		// Unavailable, as CRI answers for a pod it knows is not ready:
+		// its ListPodSandboxStats skips such a pod, and fails the whole
+		// list on any other error (a pause that exited, before CRI saw
+		// the exit).
+		return nil, fmt.Errorf("sandbox is %s: %w", s.State, errdefs.ErrUnavailable)
 	}
 	path := podcgroup.Path(sb.Config.GetLinux().GetCgroupParent())
 	if sb.Config.GetLinux().GetCgroupParent() == "" {

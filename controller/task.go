@@ -12,7 +12,6 @@ import (
 
 	containerd "github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/pkg/cio"
-	"github.com/containerd/errdefs"
 
 	"github.com/berth-dev/berth/events"
 	"github.com/berth-dev/berth/failpoint"
@@ -39,8 +38,8 @@ func (c *Controller) startTask(ctx context.Context, sb *store.Sandbox, container
 	task, err := c.newTask(ctx, sb, container, p.group, making, opts)
 	if err != nil {
 		// The task may be made though the answer was lost: containerd
-		// died under berthd (its API unavailable, taken for a refusal), or
-		// the caller's deadline passed. A task left would outlive its
+		// died under berthd (its API unavailable), or the caller's
+		// deadline passed. A task left would outlive its
 		// container record, which the undo deletes next (containerd's
 		// container service deletes a record whatever its task), and keep
 		// its shim from ending.
@@ -176,7 +175,10 @@ func (c *Controller) announceShim(ctx context.Context, group string, awaited <-c
 // is all there is to match. Anything else (a hook, runc, the spec) is the
 // task's own failure: the shim serves its other tasks as before.
 func isShimRefusal(err error) bool {
-	if shimproc.IsGone(err) || errdefs.IsUnavailable(err) {
+	// Not Unavailable: no shim answers with it, and through berthd it
+	// says containerd is away, with the task perhaps made in a shim that
+	// is fine.
+	if shimproc.IsGone(err) {
 		return true
 	}
 	msg := err.Error()

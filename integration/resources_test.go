@@ -241,8 +241,8 @@ func TestPodMetrics(t *testing.T) {
 	if _, err := daemon.runtime.StopPodSandbox(context.Background(), &runtimeapi.StopPodSandboxRequest{PodSandboxId: id}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := ctrl.Metrics(ctxT(t), id); !errdefs.IsFailedPrecondition(err) {
-		t.Errorf("Metrics of a stopped pod: %v, want FailedPrecondition", err)
+	if _, err := ctrl.Metrics(ctxT(t), id); !errdefs.IsUnavailable(err) {
+		t.Errorf("Metrics of a stopped pod: %v, want Unavailable", err)
 	}
 }
 
