@@ -148,9 +148,10 @@ func New(cfg Config, client Client) *Controller {
 	return c
 }
 
-// podShimScope is the shim scope of the pod of md.
-func (c *Controller) podShimScope(md store.Metadata) placement.Scope {
-	return c.policy.Scope(c.handler(md), md.Config.GetMetadata().GetNamespace())
+// podShimScope is the shim scope of the pod of md, whose shim runs
+// runtime (shimRuntime).
+func (c *Controller) podShimScope(md store.Metadata, runtime string) placement.Scope {
+	return c.policy.Scope(c.handler(md), md.Config.GetMetadata().GetNamespace(), runtime)
 }
 
 // shimDied records the exit of the pause tasks ids a dead shared shim

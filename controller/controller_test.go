@@ -1003,3 +1003,77 @@ func TestPlatformAtOnce(t *testing.T) {
 		}
 	})
 }
+
+// TestRecoveredGroupAfterRuntimeChange: a handler's runtime_path (its shim
+// binary) changed across a restart. A pod started before runs on in its
+// shim, which a new pod of the handler does not join, so that the change
+// (a shim upgrade, a move from berth's shim to runc's) reaches new pods; a
+// restart with no change keeps the pods' sharing.
+func TestRecoveredGroupAfterRuntimeChange(t *testing.T) {
+	client := newFakeClient()
+	withPath := func(path string) func(*Config) {
+		return func(cfg *Config) { cfg.CRI.Runtimes[testHandler] = Runtime{Type: "io.containerd.runc.v2", Path: path} }
+	}
+	restart := func(c *Controller, path string) *Controller {
+		c.Close()
+		c = sharingController(t, client, withPath(path))
+		if err := c.Recover(testContext(), RecoverConfig{Parallelism: 1, Timeout: time.Second}); err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	c := sharingController(t, client, withPath("/opt/berth/containerd-shim-berth-v2"))
+	started(t, c, client, "old")
+	old := groupOf(t, c, "old")
+
+	c = restart(c, "/opt/berth/containerd-shim-runc-v2")
+	started(t, c, client, "new")
+	if got := groupOf(t, c, "new"); got == "" || got == old {
+		t.Errorf("a pod after the handler's change started in group %q, want another than the old shim's %s", got, old)
+	}
+	if got := groupOf(t, c, "old"); got != old {
+		t.Errorf("the old pod is in group %s after the restart, want %s", got, old)
+	}
+
+	c = restart(c, "/opt/berth/containerd-shim-runc-v2")
+	started(t, c, client, "next")
+	if got, want := groupOf(t, c, "next"), groupOf(t, c, "new"); got != want {
+		t.Errorf("a pod after a restart with no change started in group %s, want the group of its runtime, %s", got, want)
+	}
+}
+
+// TestShimRuntime: what a shim runs is named by the runtime type, the shim
+// binary down to its file (an upgrade replaces it) and the options.
+func TestShimRuntime(t *testing.T) {
+	bin := filepath.Join(t.TempDir(), "containerd-shim-berth-v2")
+	install := func(content string) {
+		tmp := bin + ".new"
+		if err := os.WriteFile(tmp, []byte(content), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(tmp, bin); err != nil {
+			t.Fatal(err)
+		}
+	}
+	install("v1")
+	rt := Runtime{Type: "io.containerd.runc.v2", Path: bin}
+	opts := &anypb.Any{TypeUrl: "runc.Options", Value: []byte{1}}
+	first := shimRuntime(rt, opts)
+	if got := shimRuntime(rt, opts); got != first {
+		t.Errorf("the same runtime named %s, then %s", first, got)
+	}
+	for name, got := range map[string]string{
+		"other options":   shimRuntime(rt, &anypb.Any{TypeUrl: "runc.Options", Value: []byte{2}}),
+		"no options":      shimRuntime(rt, nil),
+		"no runtime_path": shimRuntime(Runtime{Type: rt.Type}, opts),
+		"other type":      shimRuntime(Runtime{Type: "io.containerd.other.v1", Path: bin}, opts),
+	} {
+		if got == first {
+			t.Errorf("%s: named as the first runtime, %s", name, got)
+		}
+	}
+	install("v2")
+	if got := shimRuntime(rt, opts); got == first {
+		t.Errorf("a replaced shim binary named as the old one, %s", got)
+	}
+}

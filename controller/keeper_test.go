@@ -245,10 +245,11 @@ func TestWarmShimKeeperAnswerLost(t *testing.T) {
 }
 
 // keeperContainer is a keeper container of handler's pods of namespace
-// default as a previous containerd left it.
+// default, running what warmController's pods run, as a previous
+// containerd left it.
 func keeperContainer(t *testing.T, id, handler, group string) containers.Container {
 	t.Helper()
-	return keeperContainerOf(t, id, keeper.Record{RuntimeHandler: handler, Namespace: "default", ShimGroup: group})
+	return keeperContainerOf(t, id, keeper.Record{RuntimeHandler: handler, Namespace: "default", ShimGroup: group, ShimRuntime: shimRuntime(Runtime{Type: "io.containerd.runc.v2"}, nil)})
 }
 
 // keeperContainerOf is a keeper container with record rec.

@@ -64,6 +64,8 @@ type record struct {
 	ProcessLabel   string `json:"processLabel,omitempty"`
 	// ShimGroup is the pause task's shim group, "" for a shim of its own.
 	ShimGroup string `json:"shimGroup,omitempty"`
+	// ShimRuntime identifies what the shim runs (placement.Scope.Runtime).
+	ShimRuntime string `json:"shimRuntime,omitempty"`
 	// Resources and Overhead are the pod resources Update last applied.
 	Resources *runtimeapi.LinuxContainerResources `json:"resources,omitempty"`
 	Overhead  *runtimeapi.LinuxContainerResources `json:"overhead,omitempty"`
@@ -73,7 +75,7 @@ func (c *Controller) recordOf(sb *store.Sandbox) record {
 	s := sb.Status()
 	r := record{Sandboxer: c.config.Sandboxer, RuntimeHandler: sb.RuntimeHandler, NetNSPath: sb.NetNSPath, Resources: s.Resources, Overhead: s.Overhead}
 	if s.Instance != nil {
-		r.ProcessLabel, r.ShimGroup = s.Instance.ProcessLabel, s.Instance.ShimGroup
+		r.ProcessLabel, r.ShimGroup, r.ShimRuntime = s.Instance.ProcessLabel, s.Instance.ShimGroup, s.Instance.ShimRuntime
 	}
 	return r
 }
@@ -173,6 +175,7 @@ func loadSandbox(container containerd.Container, info containers.Container, cri 
 		RuntimeType:  info.Runtime.Name,
 		ProcessLabel: r.ProcessLabel,
 		ShimGroup:    r.ShimGroup,
+		ShimRuntime:  r.ShimRuntime,
 	}
 	err = sb.Update(func(s store.Status) (store.Status, error) {
 		s.CreatedAt, s.Instance, s.Resources, s.Overhead = info.CreatedAt, inst, r.Resources, r.Overhead

@@ -169,7 +169,7 @@ func (c *Controller) recoverSandbox(ctx context.Context, container containerd.Co
 
 	loadCtx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	if err := c.reaper.Reattach(loadCtx, sb, c.podShimScope(sb.Metadata)); err != nil {
+	if err := c.reaper.Reattach(loadCtx, sb, c.podShimScope(sb.Metadata, sb.Status().Instance.ShimRuntime)); err != nil {
 		// A shim that does not answer leaves the sandbox unknown: report it
 		// NOTREADY, so that kubelet replaces it, and delete its task in the
 		// background.

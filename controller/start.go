@@ -82,7 +82,8 @@ func (c *Controller) start(ctx context.Context, sb *store.Sandbox, undo *rollbac
 	if err := c.createFiles(sb, p, undo); err != nil {
 		return sandbox.ControllerInstance{}, err
 	}
-	scope := c.podShimScope(sb.Metadata)
+	p.shimRuntime = shimRuntime(p.runtime, sb.Runtime.Options)
+	scope := c.podShimScope(sb.Metadata, p.shimRuntime)
 	p.group = c.groups.Join(scope)
 	undo.Push("leave shim group", func(context.Context) error {
 		c.groups.Leave(p.group)
@@ -153,6 +154,7 @@ func (c *Controller) start(ctx context.Context, sb *store.Sandbox, undo *rollbac
 		RuntimeType:  p.runtime.Type,
 		ProcessLabel: p.spec.ProcessLabel,
 		ShimGroup:    p.group,
+		ShimRuntime:  p.shimRuntime,
 	}
 	_ = sb.Update(func(s store.Status) (store.Status, error) {
 		// A shared shim that died since the task was made has had its
@@ -197,6 +199,8 @@ type startPlan struct {
 	spec        podsandbox.Spec
 	// group is the pause task's shim group, "" for a shim of its own.
 	group string
+	// shimRuntime identifies what its shim runs (placement.Scope.Runtime).
+	shimRuntime string
 	// shim is the task API address of the group's shim, up and serving
 	// another pod, that the pause task joins; "" when the shim's start
 	// command runs for it.
@@ -294,7 +298,7 @@ func (c *Controller) createContainer(ctx context.Context, sb *store.Sandbox, p s
 			return nil
 		},
 		containerd.WithContainerLabels(containerLabels(sb)),
-		withRecord(record{Sandboxer: c.config.Sandboxer, RuntimeHandler: sb.RuntimeHandler, NetNSPath: sb.NetNSPath, ProcessLabel: p.spec.ProcessLabel, ShimGroup: p.group}, sb.Config),
+		withRecord(record{Sandboxer: c.config.Sandboxer, RuntimeHandler: sb.RuntimeHandler, NetNSPath: sb.NetNSPath, ProcessLabel: p.spec.ProcessLabel, ShimGroup: p.group, ShimRuntime: p.shimRuntime}, sb.Config),
 		containerd.WithRuntime(p.runtime.Type, sb.Runtime.Options),
 	)...)
 	if err != nil {

@@ -6,12 +6,17 @@ package controller
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
+	"os"
 	"strings"
+	"syscall"
 
 	containerd "github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/pkg/cio"
+	"github.com/containerd/typeurl/v2"
 
 	"github.com/berth-dev/berth/events"
 	"github.com/berth-dev/berth/failpoint"
@@ -188,4 +193,25 @@ func isShimRefusal(err error) bool {
 		}
 	}
 	return false
+}
+
+// shimRuntime identifies what the shim of a pod of runtime rt, with runtime
+// options opts, runs (placement.Scope.Runtime): the runtime type, the shim
+// binary runtime_path names, down to the file an upgrade replaces, and the
+// options. A shim started before a handler's change, or before its binary
+// was replaced, then takes no new pod. A binary containerd finds on its
+// PATH (no runtime_path) is named by the runtime type alone.
+func shimRuntime(rt Runtime, opts typeurl.Any) string {
+	h := sha256.New()
+	fmt.Fprintf(h, "%s\x00%s\x00", rt.Type, rt.Path)
+	if fi, err := os.Stat(rt.Path); err == nil {
+		if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+			fmt.Fprintf(h, "%d:%d:%d\x00", st.Dev, st.Ino, fi.ModTime().UnixNano())
+		}
+	}
+	if opts != nil {
+		fmt.Fprintf(h, "%s\x00", opts.GetTypeUrl())
+		h.Write(opts.GetValue())
+	}
+	return hex.EncodeToString(h.Sum(nil)[:8])
 }

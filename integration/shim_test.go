@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -398,5 +399,39 @@ func TestSharedShimConcurrentStarts(t *testing.T) {
 				removePod(t, id)
 			}
 		}
+	}
+}
+
+// TestSharedShimRuntimeChanged changes handler berth's shim binary
+// (runtime_path: berth's shim, then none, the runc shim) across a
+// containerd restart: the running pod stays in its shim, and a new pod
+// starts in a shim of the new binary rather than join the old one.
+func TestSharedShimRuntimeChanged(t *testing.T) {
+	shimBinary := func(pid int) string {
+		t.Helper()
+		exe, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return filepath.Base(exe)
+	}
+	old := runPod(t, podConfig(t, withName("old")), handlerBerthShim)
+	shim := shimOf(t, old)
+	if got := shimBinary(shim); got != "containerd-shim-berth-v2" {
+		t.Fatalf("the pod's shim runs %s, want berth's", got)
+	}
+	const handler = "runtimes.berth]\n      runtime_type = 'io.containerd.runc.v2'\n"
+	reconfigure(t, regexp.QuoteMeta(handler)+`      runtime_path = '[^']*'\n`, handler)
+	if got := podStatus(t, old).GetStatus().GetState(); got != runtimeapi.PodSandboxState_SANDBOX_READY {
+		t.Errorf("the pod is %v after the restart", got)
+	}
+	if got := shimOf(t, old); got != shim {
+		t.Errorf("the pod's shim is %d after the restart, want %d", got, shim)
+	}
+	next := runPod(t, podConfig(t, withName("next")), handlerBerthShim)
+	if got := shimOf(t, next); got == shim {
+		t.Errorf("a pod after the change joined the old pod's shim %d", shim)
+	} else if bin := shimBinary(got); bin != "containerd-shim-runc-v2" {
+		t.Errorf("a pod after the change runs in a shim of %s, want the runc shim", bin)
 	}
 }

@@ -117,6 +117,9 @@ type Record struct {
 	// serves, "" for every namespace's (or a keeper of an earlier berth).
 	Namespace string `json:"namespace,omitempty"`
 	ShimGroup string `json:"shimGroup"`
+	// ShimRuntime identifies what the shim runs (placement.Scope.Runtime),
+	// "" for a keeper of an earlier berth.
+	ShimRuntime string `json:"shimRuntime,omitempty"`
 }
 
 // keeper is a live shim keeper and its container.
@@ -229,7 +232,7 @@ func (k *Keepers) startKeeper(ctx context.Context, runtime sandbox.RuntimeOpts, 
 	container, err := k.cfg.Client.NewContainer(ctx, id,
 		containerd.WithNewSpec(specOpts...),
 		containerd.WithContainerLabels(k.cfg.Labels),
-		withRecord(Record{Sandboxer: k.cfg.Sandboxer, RuntimeHandler: handler, Namespace: scope.Namespace, ShimGroup: group}),
+		withRecord(Record{Sandboxer: k.cfg.Sandboxer, RuntimeHandler: handler, Namespace: scope.Namespace, ShimGroup: group, ShimRuntime: scope.Runtime}),
 		containerd.WithRuntime(cmp.Or(runtimeType, runtime.Name), runtime.Options),
 	)
 	if err != nil {
@@ -396,7 +399,7 @@ func (k *Keepers) loadKeeper(ctx context.Context, container containerd.Container
 	}
 	var rec Record
 	err = json.Unmarshal(info.Extensions[Extension].GetValue(), &rec)
-	scope := placement.Scope{Handler: rec.RuntimeHandler, Namespace: rec.Namespace}
+	scope := placement.Scope{Handler: rec.RuntimeHandler, Namespace: rec.Namespace, Runtime: rec.ShimRuntime}
 	kp := &keeper{ID: info.ID, Scope: scope, Group: rec.ShimGroup, Handle: container}
 	if err != nil {
 		return kp, fmt.Errorf("decode keeper record: %w", err)

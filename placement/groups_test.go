@@ -481,7 +481,7 @@ func TestShimGroupRetireIdle(t *testing.T) {
 			t.Error("a pod joined the retired idle group")
 		}
 		// A keeper taken up after a restart, with no pod: idle since then.
-		ns2 := Scope{"h", "ns2"}
+		ns2 := Scope{Handler: "h", Namespace: "ns2"}
 		g.Rekeep(ns2, "berth-r-1", "k2")
 		time.Sleep(time.Minute)
 		if !g.RetireIdle("berth-r-1", time.Minute) {
@@ -569,7 +569,7 @@ func TestShimGroupTaskFails(t *testing.T) {
 // scope with no namespace apart from both.
 func TestShimGroupsByScope(t *testing.T) {
 	g := NewGroups(func(string) int { return 4 })
-	a, b, all := Scope{"h", "a"}, Scope{"h", "b"}, Scope{Handler: "h"}
+	a, b, all := Scope{Handler: "h", Namespace: "a"}, Scope{Handler: "h", Namespace: "b"}, Scope{Handler: "h"}
 	ga := g.Join(a)
 	if got := g.Join(a); got != ga {
 		t.Errorf("a second pod of namespace a joined %s, want %s", got, ga)
@@ -593,7 +593,7 @@ func TestShimGroupScopesForgotten(t *testing.T) {
 	g := NewGroups(func(string) int { return 4 })
 	ctx := context.Background()
 	for i := range 100 {
-		scope := Scope{"h", fmt.Sprint("ns-", i)}
+		scope := Scope{Handler: "h", Namespace: fmt.Sprint("ns-", i)}
 		id := g.Join(scope)
 		if i%2 == 0 {
 			making, err := g.MakeTask(ctx, id, "sb")

@@ -10,9 +10,16 @@ const GroupAnnotation = "io.containerd.runc.v2.group"
 
 // Scope is what a pod may share a shim with: the pods of its handler in its
 // Kubernetes namespace, the usual tenant boundary, or, with no namespace,
-// every pod of its handler (Policy.Scope).
+// every pod of its handler (Policy.Scope), whose shims run what its own
+// would.
 type Scope struct {
 	Handler, Namespace string
+	// Runtime identifies what the shim runs: the handler's runtime type,
+	// shim binary and options as the pod's Start found them. A group
+	// whose shim was started otherwise (the handler changed since, or its
+	// shim binary was replaced) takes no new pod, so that the change
+	// reaches new pods at once; its shim serves its pods until they end.
+	Runtime string
 }
 
 // Policy is how the pods of each runtime handler share shims.
@@ -44,15 +51,16 @@ func (p Policy) PerShim(handler string) int {
 	return p.PodsPerShim
 }
 
-// Scope is what a pod of handler in Kubernetes namespace namespace may
-// share a shim with: its handler's pods of its namespace, a tenant's pods
-// apart from another's (a shim's crash, or its OOM kill, takes every pod it
-// serves), unless the handler shares shims across namespaces.
-func (p Policy) Scope(handler, namespace string) Scope {
+// Scope is what a pod of handler in Kubernetes namespace namespace, whose
+// shim runs runtime (Scope.Runtime), may share a shim with: its handler's
+// pods of its namespace, a tenant's pods apart from another's (a shim's
+// crash, or its OOM kill, takes every pod it serves), unless the handler
+// shares shims across namespaces.
+func (p Policy) Scope(handler, namespace, runtime string) Scope {
 	if p.SharesAcrossNamespaces(handler) {
-		return Scope{Handler: handler}
+		return Scope{Handler: handler, Runtime: runtime}
 	}
-	return Scope{Handler: handler, Namespace: namespace}
+	return Scope{Handler: handler, Namespace: namespace, Runtime: runtime}
 }
 
 // SharesAcrossNamespaces says whether handler's pods share shims with pods

@@ -29,11 +29,11 @@ func TestPolicy(t *testing.T) {
 			t.Errorf("KeepsWarm(%s) = %v, want %v", c.handler, got, c.warm)
 		}
 	}
-	if got := p.Scope("runc", "ns"); got != (Scope{Handler: "runc", Namespace: "ns"}) {
-		t.Errorf("Scope(runc, ns) = %+v, want the namespace's", got)
+	if got := p.Scope("runc", "ns", "r1"); got != (Scope{Handler: "runc", Namespace: "ns", Runtime: "r1"}) {
+		t.Errorf("Scope(runc, ns, r1) = %+v, want the namespace's", got)
 	}
-	if got := p.Scope("shared", "ns"); got != (Scope{Handler: "shared"}) {
-		t.Errorf("Scope(shared, ns) = %+v, want the handler's across namespaces", got)
+	if got := p.Scope("shared", "ns", "r1"); got != (Scope{Handler: "shared", Runtime: "r1"}) {
+		t.Errorf("Scope(shared, ns, r1) = %+v, want the handler's across namespaces", got)
 	}
 	if got := (Policy{PodsPerShim: 4}).PerShim("runc"); got != 1 {
 		t.Errorf("PerShim with no Groupable = %d, want 1", got)

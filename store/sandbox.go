@@ -99,6 +99,9 @@ type Instance struct {
 	// ShimGroup is the shim group of the pause task ("" for a shim of its
 	// own), the io.containerd.runc.v2.group annotation of its spec.
 	ShimGroup string
+	// ShimRuntime identifies what the shim runs (placement.Scope.Runtime);
+	// "" for a pod of a berth from before it was recorded.
+	ShimRuntime string
 }
 
 // Status is the mutable part of a sandbox. It is handled as a value: Get
