@@ -738,6 +738,35 @@ func TestAbandonedForgotten(t *testing.T) {
 	})
 }
 
+// TestAbandonedCheckBounded: the check for an abandoned sandbox holds its
+// lock while it asks containerd for CRI's record; a containerd that does
+// not answer holds a Start of the sandbox for the lookup's bound, not for
+// good.
+func TestAbandonedCheckBounded(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		client := newFakeClient()
+		c := testController(t, client)
+		if err := create(t, c, client, "sb1", testPodConfig("sb1")); err != nil {
+			t.Fatal(err)
+		}
+		release := client.hold("sandbox get")
+		defer release()
+		time.Sleep(abandonedAfter)
+		synctest.Wait()
+		start := time.Now()
+		ctx, cancel := context.WithTimeout(testContext(), time.Minute)
+		defer cancel()
+		if _, err := c.Start(ctx, "sb1"); err != nil {
+			t.Fatalf("Start while the check's lookup hangs: %v", err)
+		}
+		if took := time.Since(start); took > abandonedLookupTimeout {
+			t.Errorf("Start waited %v for the check, want at most %v", took, abandonedLookupTimeout)
+		}
+		release()
+		removed(t, c, "sb1")
+	})
+}
+
 // berthContainer is a pause container of sandbox id as Start leaves it.
 func berthContainer(t *testing.T, id string) containers.Container {
 	t.Helper()

@@ -27,6 +27,11 @@ const criMetadataExtension = "metadata"
 // before berth checks whether CRI gave up on it.
 const abandonedAfter = 2 * time.Minute
 
+// abandonedLookupTimeout bounds the check's lookup of CRI's record, made
+// with the sandbox's lock held: a containerd that does not answer must not
+// hold a Start of the sandbox.
+const abandonedLookupTimeout = 10 * time.Second
+
 // criMetadata mirrors CRI's metadata extension, and criSandboxMetadata the
 // fields berth reads of its Metadata. CRI's own type is internal, and
 // registering its type URL with typeurl would clash with CRI's
@@ -142,7 +147,10 @@ func (c *Controller) forgetIfAbandoned(ctx context.Context, id string) {
 		if err != nil || sb.Status().State != store.StateCreated {
 			return
 		}
-		if _, err := c.client.SandboxStore().Get(ctx, id); !errdefs.IsNotFound(err) {
+		lookup, cancel := context.WithTimeout(ctx, abandonedLookupTimeout)
+		_, err = c.client.SandboxStore().Get(lookup, id)
+		cancel()
+		if !errdefs.IsNotFound(err) {
 			// CRI still has it (a slow pull), or cannot say: look again later.
 			c.forgetIfAbandoned(ctx, id)
 			return

@@ -263,7 +263,10 @@ func (s fakeSandboxStore) Update(context.Context, sandbox.Sandbox, ...string) (s
 	panic("not used")
 }
 
-func (s fakeSandboxStore) Get(_ context.Context, id string) (sandbox.Sandbox, error) {
+func (s fakeSandboxStore) Get(ctx context.Context, id string) (sandbox.Sandbox, error) {
+	if err := s.callCtx(ctx, "sandbox get", id); err != nil {
+		return sandbox.Sandbox{}, err
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	sb, ok := s.records[id]
