@@ -63,7 +63,7 @@ func (c *Controller) stop(ctx context.Context, sb *store.Sandbox) error {
 		select {
 		case <-sb.Exited():
 		case <-ctx.Done():
-			return fmt.Errorf("pause task has not exited (killing in the background): %w", ctx.Err())
+			return fmt.Errorf("pause task has not exited yet: %w", ctx.Err())
 		}
 		// An exit whose status was lost (its shim died, or did not answer
 		// at recovery) does not say the pause process is gone: the task's

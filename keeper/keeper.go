@@ -142,7 +142,8 @@ func (k *Keepers) KeepWarm(ctx context.Context, runtime sandbox.RuntimeOpts, sco
 		return nil
 	}
 	if stale != nil {
-		k.removeKeeperOrRetry(ctx, stale)
+		// Not the pod's to wait for: its Start holds the sandbox's lock.
+		go k.removeKeeperOrRetry(ctx, stale)
 	}
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), startTimeout)
 	defer cancel()
@@ -319,10 +320,11 @@ func (k *Keepers) ExpireIdle(ctx context.Context) {
 	}
 }
 
-// removeKeeperOrRetry removes keeper kp, in the background if it fails.
+// removeKeeperOrRetry removes keeper kp, and has the retry queue take
+// over if that fails.
 func (k *Keepers) removeKeeperOrRetry(ctx context.Context, kp *keeper) {
-	// Bounded, so that a wedged shim holds neither recovery nor the
-	// controller's Close: the retry queue takes over.
+	// Bounded, and detached from the caller's end: the retry queue takes
+	// over from a wedged shim.
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), rollback.StepTimeout)
 	defer cancel()
 	if err := k.removeKeeper(ctx, kp); err != nil {
@@ -386,7 +388,7 @@ func (k *Keepers) recoverKeeper(ctx context.Context, container containerd.Contai
 		// Nothing waits for a keeper berth does not take up to be gone:
 		// its removal, which a wedged shim holds for StepTimeout, is not
 		// recovery's, which every call to berth waits for.
-		k.cfg.Events.Retry(ctx, kp.ID, "remove shim keeper", func(ctx context.Context) error { return k.removeKeeper(ctx, kp) })
+		go k.removeKeeperOrRetry(ctx, kp)
 	}
 }
 
