@@ -2,7 +2,7 @@
 #
 #   make build   containerd (with berth), shims, ctr, runc, images -> bin/
 #   make up      run that containerd in the foreground under _output/
-#   make install berthd, its unit, berth's shim and pause -> $(PREFIX)/bin
+#   make install berthd, berth's shim and pause -> $(PREFIX)/bin, berthd's unit
 #   make install-containerd  containerd with berth built in, berth's shim and pause
 #   make test    unit tests, then integration tests (root, real containerd)
 #   make soak    1000 pod lifecycles, built-in then berth: leaks, heap, RSS

@@ -150,7 +150,7 @@ func TestWarmShimKeeperFails(t *testing.T) {
 			if got := groupOf(t, c, "sb2"); got != group {
 				t.Errorf("second pod in group %s, want the first's %s", got, group)
 			}
-			if claimed := c.keepers.Claimed(placement.Scope{Handler: testHandler, Namespace: "default"}); claimed != (len(keeperContainers(client)) == 1) {
+			if claimed := c.keepers.Claimed(warmScope); claimed != (len(keeperContainers(client)) == 1) {
 				t.Errorf("keeper claimed %v with %d keepers", claimed, len(keeperContainers(client)))
 			}
 		})
@@ -164,7 +164,7 @@ func TestWarmShimKeeperFails(t *testing.T) {
 			client.failAlways(step, func(id string) bool { return strings.HasPrefix(id, "berth-keeper-") })
 			started(t, c, client, "sb1")
 			eventually(t, "failed keepers removed", func() bool { return len(keeperContainers(client)) == 0 })
-			if claimed := c.keepers.Claimed(placement.Scope{Handler: testHandler, Namespace: "default"}); claimed {
+			if claimed := c.keepers.Claimed(warmScope); claimed {
 				t.Error("the scope's keeper is claimed with no keeper")
 			}
 			if n := client.count("new task"); n != 2 {
@@ -244,6 +244,10 @@ func TestWarmShimKeeperAnswerLost(t *testing.T) {
 	}
 }
 
+// warmScope is the shim scope of warmController's pods of namespace
+// default.
+var warmScope = placement.Scope{Handler: testHandler, Namespace: "default", Runtime: shimRuntime(Runtime{Type: "io.containerd.runc.v2"}, nil)}
+
 // keeperContainer is a keeper container of handler's pods of namespace
 // default, running what warmController's pods run, as a previous
 // containerd left it.
@@ -296,8 +300,8 @@ func TestRecoverKeepers(t *testing.T) {
 		t.Fatal("another berth's keeper was touched")
 	}
 	kept := ownKeepers(client)[0]
-	if !kept.hasTask() || !c.groups.IsOpen(placement.Scope{Handler: testHandler, Namespace: "default"}, kept.info.ID[len("k-"):]) && !c.groups.Has(groupFor(kept)) {
-		t.Errorf("kept keeper %s: task %v, group open %v", kept.info.ID, kept.hasTask(), c.groups.Has(groupFor(kept)))
+	if !kept.hasTask() || !c.groups.IsOpen(warmScope, groupFor(kept)) {
+		t.Errorf("kept keeper %s: task %v, group open %v", kept.info.ID, kept.hasTask(), c.groups.IsOpen(warmScope, groupFor(kept)))
 	}
 	if ctr := client.container("impostor"); ctr == nil || !ctr.hasTask() {
 		t.Error("a container labelled as a keeper by someone else was touched")
