@@ -894,6 +894,17 @@ func TestRecover(t *testing.T) {
 	}
 }
 
+// recovering is a controller recovering what client holds, one sandbox at
+// a time, each for up to a minute.
+func recovering(t *testing.T, client *fakeClient) *Controller {
+	t.Helper()
+	c := testController(t, client)
+	if err := c.Recover(testContext(), RecoverConfig{Parallelism: 1, Timeout: time.Minute}); err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
 // TestRecoverInBackground: Recover returns before a sandbox whose shim is
 // slow to answer is reloaded; every operation waits for the reload, and
 // then finds the sandbox in its true state.
@@ -903,10 +914,7 @@ func TestRecoverInBackground(t *testing.T) {
 	release := client.hold("task status")
 	// Before the controller's Close, which waits for the reload.
 	defer release()
-	c := testController(t, client)
-	if err := c.Recover(testContext(), RecoverConfig{Parallelism: 1, Timeout: time.Minute}); err != nil {
-		t.Fatal(err)
-	}
+	c := recovering(t, client)
 	ctx, cancel := context.WithTimeout(testContext(), 100*time.Millisecond)
 	defer cancel()
 	if _, err := c.Status(ctx, "running", false); !errors.Is(err, context.DeadlineExceeded) {
@@ -1015,10 +1023,7 @@ func TestPlatformAtOnce(t *testing.T) {
 		ownedContainer(t, client, "stopped").setTask(containerd.Stopped)
 		release := client.hold("task delete")
 		defer release()
-		c := testController(t, client)
-		if err := c.Recover(testContext(), RecoverConfig{Parallelism: 1, Timeout: time.Minute}); err != nil {
-			t.Fatal(err)
-		}
+		c := recovering(t, client)
 		ctx, cancel := context.WithTimeout(testContext(), 100*time.Millisecond)
 		defer cancel()
 		for _, id := range []string{"stopped", "nosuch"} {
