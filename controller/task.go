@@ -44,10 +44,10 @@ func (c *Controller) startTask(ctx context.Context, sb *store.Sandbox, container
 	if err != nil {
 		// The task may be made though the answer was lost: containerd
 		// died under berthd (its API unavailable), or the caller's
-		// deadline passed. A task left would outlive its
-		// container record, which the undo deletes next (containerd's
-		// container service deletes a record whatever its task), and keep
-		// its shim from ending.
+		// deadline passed. A task left would outlive its container
+		// record, which the undo deletes next (containerd's container
+		// service deletes a record whatever its task), and keep its shim
+		// from ending.
 		cleanup := func(ctx context.Context) error { return c.reaper.DeleteFromTaskService(ctx, sb.ID) }
 		if !errors.Is(err, errSharedShimRefused) {
 			// As recovery cleans up after a Start cut short: runc's
