@@ -78,7 +78,7 @@ func (c *Controller) Recover(ctx context.Context, cfg RecoverConfig) error {
 
 // reload reloads the sandboxes of CRI's records naming berth found among
 // all containers, takes up or removes the shim keepers, and removes what
-// no sandbox owns. It returns how many sandboxes it reloaded.
+// no sandbox owns, and the task bundles a crash left half deleted. It returns how many sandboxes it reloaded.
 func (c *Controller) reload(ctx context.Context, cfg RecoverConfig, records map[string]sandbox.Sandbox, all []containerd.Container) int {
 	var (
 		wg        sync.WaitGroup
@@ -122,6 +122,7 @@ func (c *Controller) reload(ctx context.Context, cfg RecoverConfig, records map[
 	c.keepers.Recover(ctx, keepers, cfg.Timeout)
 	c.releaseStartLeases(ctx)
 	c.removeOrphanFiles(ctx)
+	c.config.Shims.RemoveHalfDeletedBundles(ctx)
 	return recovered
 }
 

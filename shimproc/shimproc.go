@@ -15,6 +15,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -203,6 +204,43 @@ func (s *Shim) DeleteTask(ctx context.Context, id string) error {
 		if err == nil || time.Now().After(deadline) {
 			return err
 		}
+	}
+}
+
+// RemoveHalfDeletedBundles removes the task bundles containerd was
+// deleting when it died. containerd deletes a bundle by unmounting and
+// removing its rootfs, renaming it to .<id>, then removing that; one
+// killed in between leaves the hidden directory for good, as it skips
+// hidden directories when it loads tasks. A containerd deleting one at the
+// same time removes it alike; a directory with a rootfs, which containerd
+// never renames, is left alone.
+func (s Sockets) RemoveHalfDeletedBundles(ctx context.Context) {
+	if s.Bundles == "" {
+		return
+	}
+	dir := filepath.Join(s.Bundles, s.Namespace)
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		if !errors.Is(err, fs.ErrNotExist) {
+			log.G(ctx).WithError(err).Warn("list task bundles")
+		}
+		return
+	}
+	for _, e := range entries {
+		if !e.IsDir() || !strings.HasPrefix(e.Name(), ".") {
+			continue
+		}
+		path := filepath.Join(dir, e.Name())
+		logger := log.G(ctx).WithField("path", path)
+		if _, err := os.Lstat(filepath.Join(path, "rootfs")); !errors.Is(err, fs.ErrNotExist) {
+			logger.WithError(err).Warn("hidden task bundle with a rootfs; leaving it")
+			continue
+		}
+		if err := os.RemoveAll(path); err != nil {
+			logger.WithError(err).Warn("remove half-deleted task bundle")
+			continue
+		}
+		logger.Info("removed a task bundle containerd was deleting when it died")
 	}
 }
 

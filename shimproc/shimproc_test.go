@@ -198,3 +198,33 @@ func TestAwaitAnswer(t *testing.T) {
 		t.Fatal("AwaitAnswer did not return once the shim served")
 	}
 }
+
+// TestRemoveHalfDeletedBundles: the hidden bundles a containerd killed
+// mid-deletion left go, with what they hold; bundles in use, and a hidden
+// one with a rootfs, stay.
+func TestRemoveHalfDeletedBundles(t *testing.T) {
+	s := Sockets{Bundles: t.TempDir(), Namespace: "k8s.io"}
+	dir := filepath.Join(s.Bundles, s.Namespace)
+	for _, p := range []string{".gone/work", "live/rootfs", ".mounted/rootfs"} {
+		if err := os.MkdirAll(filepath.Join(dir, p), 0o700); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.WriteFile(filepath.Join(dir, ".gone", "config.json"), []byte("{}"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	s.RemoveHalfDeletedBundles(context.Background())
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var left []string
+	for _, e := range entries {
+		left = append(left, e.Name())
+	}
+	if want := []string{".mounted", "live"}; !slices.Equal(left, want) {
+		t.Errorf("bundles left %v, want %v", left, want)
+	}
+	// No bundle directory at all (no task yet): nothing to do.
+	Sockets{Bundles: filepath.Join(t.TempDir(), "none"), Namespace: "k8s.io"}.RemoveHalfDeletedBundles(context.Background())
+}
