@@ -165,8 +165,7 @@ func (h hierarchy) updateUnified(path string, resources *runtimespec.LinuxResour
 			return fmt.Errorf("read cgroup %s: %w", path, classify(err))
 		}
 		if shares := resources.CPU.Shares; shares != nil && *shares != 0 {
-			w := kubeletCPUWeight(*shares)
-			res.CPU.Weight = &w
+			res.CPU.Weight = cpuWeight(dir, *shares)
 		}
 	}
 	if err := m.Update(res); err != nil {
@@ -257,6 +256,30 @@ func unifiedFileError(err error) error {
 		return fmt.Errorf("the cgroup has no such file (is the controller enabled for it?): %w", errdefs.ErrInvalidArgument)
 	}
 	return classify(err)
+}
+
+// cpuWeight is the cpu.weight to write to the cgroup v2 group in dir for
+// shares, or nil to keep the group's: kubelet sends a pod's current
+// resources as it reads them back from the cgroup (cpuWeightToCPUShares)
+// with a resize of another resource, and that reading, converted again,
+// loses one (39 reads as 998 shares, which convert to 38): each memory or
+// limit resize would lower the pod's weight. A weight that reads as
+// shares is the one kubelet means.
+func cpuWeight(dir string, shares uint64) *uint64 {
+	if b, err := os.ReadFile(filepath.Join(dir, "cpu.weight")); err == nil {
+		cur, err := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64)
+		if err == nil && cur >= 1 && kubeletCPUShares(cur) == shares {
+			return nil
+		}
+	}
+	w := kubeletCPUWeight(shares)
+	return &w
+}
+
+// kubeletCPUShares is kubelet's reading of a cgroup v2 cpu.weight as
+// shares (cpuWeightToCPUShares in pkg/kubelet/cm, v1.37).
+func kubeletCPUShares(weight uint64) uint64 {
+	return (weight-1)*262142/9999 + 2
 }
 
 // kubeletCPUWeight is the cpu.weight kubelet's cgroup v2 manager writes

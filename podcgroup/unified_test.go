@@ -179,13 +179,31 @@ func TestUnifiedUpdate(t *testing.T) {
 		res:  runtimespec.LinuxResources{CPU: &runtimespec.LinuxCPU{Shares: ptr[uint64](262144)}},
 		want: map[string]string{"cpu.weight": "10000"},
 	}, {
-		// A limit's resize: kubelet sends the pod's shares unchanged, and
-		// writes only cpu.max after it; its weight, 39, is written again
-		// as it was (by cgroups/v3's conversion, it would become 100).
+		// A CPU request's resize to 1024 shares (1 CPU): 39, not
+		// cgroups/v3's 100.
 		name: "shares 1024",
-		set:  map[string]string{"cpu.weight": "39\n", "cpu.max": "max 100000\n"},
+		set:  map[string]string{"cpu.max": "max 100000\n"},
 		res:  runtimespec.LinuxResources{CPU: &runtimespec.LinuxCPU{Quota: ptr[int64](50000), Period: ptr[uint64](100000), Shares: ptr[uint64](1024)}},
 		want: map[string]string{"cpu.max": "50000 100000", "cpu.weight": "39"},
+	}, {
+		// A limit's or memory's resize: kubelet sends the weight it reads
+		// back (39 as 998 shares) and writes only what it resizes. The
+		// weight stays; converted again it would be 38, one less at each
+		// such resize.
+		name: "shares read back",
+		set:  map[string]string{"cpu.weight": "39\n"},
+		res: runtimespec.LinuxResources{
+			CPU:    &runtimespec.LinuxCPU{Quota: ptr[int64](50000), Period: ptr[uint64](100000), Shares: ptr[uint64](998)},
+			Memory: &runtimespec.LinuxMemory{Limit: ptr[int64](256 << 20)},
+		},
+		want: map[string]string{"cpu.max": "50000 100000", "memory.max": "268435456"},
+	}, {
+		// A weight that does not read as the shares is rewritten: 2048
+		// shares after 1024's.
+		name: "shares changed",
+		set:  map[string]string{"cpu.weight": "39\n"},
+		res:  runtimespec.LinuxResources{CPU: &runtimespec.LinuxCPU{Shares: ptr[uint64](2048)}},
+		want: map[string]string{"cpu.weight": "79"},
 	}, {
 		name: "shares 102",
 		res:  runtimespec.LinuxResources{CPU: &runtimespec.LinuxCPU{Shares: ptr[uint64](102)}},
