@@ -407,6 +407,37 @@ func TestStopShimDiedUnderKill(t *testing.T) {
 	}
 }
 
+// TestShutdownRetriesDeletionNow: the exited pause task's deletion failed
+// long enough for its retry to back off for minutes; once its cause is
+// gone, Shutdown (CRI's removal of the pod) deletes it then, as the
+// built-in does, instead of failing until the retry's time.
+func TestShutdownRetriesDeletionNow(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		client := newFakeClient()
+		// berth's default: up to 5 minutes between retries.
+		c := testController(t, client, func(cfg *Config) { cfg.ExitRetry.MaxDelay = 5 * time.Minute })
+		task := started(t, c, client, "sb1")
+		// The first try and retries at 1s, 3s, ... 255s: the next is at
+		// 511s.
+		fails := make([]error, 9)
+		for i := range fails {
+			fails[i] = errdefs.ErrUnavailable
+		}
+		client.failNext("task delete", fails...)
+		task.exit(0)
+		time.Sleep(260 * time.Second)
+		synctest.Wait()
+		start := time.Now()
+		if err := c.Shutdown(testContext(), "sb1"); err != nil {
+			t.Fatalf("Shutdown after %v: %v", time.Since(start), err)
+		}
+		if waited := time.Since(start); waited > 0 {
+			t.Errorf("Shutdown waited %v for the retry's time", waited)
+		}
+		assertGone(t, c, client, "sb1")
+	})
+}
+
 // TestKillRetriedOnce fails the kills of Stop: however many Stops fail,
 // one kill is retried in the background, until the pause dies.
 func TestKillRetriedOnce(t *testing.T) {

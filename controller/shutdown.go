@@ -10,6 +10,7 @@ import (
 
 	"github.com/berth-dev/berth/failpoint"
 	"github.com/berth-dev/berth/rollback"
+	"github.com/berth-dev/berth/store"
 )
 
 // Shutdown deletes everything the sandbox has: its pause task (by stopping
@@ -34,10 +35,8 @@ func (c *Controller) Shutdown(ctx context.Context, id string) error {
 	if inst != nil {
 		// The watcher deletes the task after the exit Stop waited for; a
 		// container with a task cannot be deleted.
-		select {
-		case <-sb.Deleted():
-		case <-ctx.Done():
-			return fmt.Errorf("pause task not deleted yet (retrying in the background): %w", ctx.Err())
+		if err := c.awaitDeleted(ctx, sb); err != nil {
+			return fmt.Errorf("pause task not deleted yet (retrying in the background): %w", err)
 		}
 		if err := c.deleteContainer(ctx, inst.Container); err != nil {
 			return err
@@ -53,6 +52,26 @@ func (c *Controller) Shutdown(ctx context.Context, id string) error {
 	failpoint.Clear(id)
 	log.G(ctx).Debug("sandbox shut down")
 	return nil
+}
+
+// awaitDeleted waits for the deletion of the sandbox's pause task. A
+// deletion that failed is retried now, not after its backoff: the built-in
+// deletes the task in the caller's call, and CRI's removal of the pod
+// would otherwise fail until the retry's time, minutes after the failure
+// cleared.
+func (c *Controller) awaitDeleted(ctx context.Context, sb *store.Sandbox) error {
+	select {
+	case <-sb.Deleted():
+		return nil
+	default:
+	}
+	c.events.RetryNow(sb.ID)
+	select {
+	case <-sb.Deleted():
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
 
 // deleteContainer deletes a pause container whose task is deleted, and its

@@ -71,10 +71,8 @@ func (c *Controller) stop(ctx context.Context, sb *store.Sandbox) error {
 		// built-in's Stop waits for the kill of a task whose state is
 		// unknown.
 		if sb.Status().ExitStatus == events.UnknownExitCode {
-			select {
-			case <-sb.Deleted():
-			case <-ctx.Done():
-				return fmt.Errorf("pause task of unknown state not deleted yet (retrying in the background): %w", ctx.Err())
+			if err := c.awaitDeleted(ctx, sb); err != nil {
+				return fmt.Errorf("pause task of unknown state not deleted yet (retrying in the background): %w", err)
 			}
 		}
 	}

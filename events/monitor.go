@@ -57,6 +57,9 @@ func (m *Monitor) Retry(ctx context.Context, key, name string, step Step) {
 	})
 }
 
+// RetryNow runs the steps queued for key at once (Queue.Now).
+func (m *Monitor) RetryNow(key string) { m.queue.Now(key) }
+
 // Task is what the monitor waits on: a containerd task.
 type Task interface {
 	Wait(ctx context.Context) (<-chan containerd.ExitStatus, error)

@@ -83,6 +83,7 @@ type Queue struct {
 	cancel context.CancelFunc
 
 	adds    chan addReq
+	nows    chan string
 	results chan result
 
 	stopOnce sync.Once
@@ -103,6 +104,7 @@ func NewQueue(cfg Backoff) *Queue {
 		ctx:     ctx,
 		cancel:  cancel,
 		adds:    make(chan addReq),
+		nows:    make(chan string),
 		results: make(chan result),
 		done:    make(chan struct{}),
 		queues:  make(map[string]*queue),
@@ -132,6 +134,18 @@ func (q *Queue) Add(ctx context.Context, key, name string, fn Step) {
 	}
 }
 
+// Now runs the steps waiting for key at once, without waiting out its
+// delay: for a caller that waits on them, as CRI's removal of a pod waits on
+// its task's deletion, and would otherwise wait up to MaxDelay after their
+// cause is gone. Steps running already are left to finish; a failure backs
+// the key off further, as a retry at its time would.
+func (q *Queue) Now(key string) {
+	select {
+	case q.nows <- key:
+	case <-q.ctx.Done():
+	}
+}
+
 func (q *Queue) run() {
 	defer close(q.done)
 	// A single timer, pointed at the earliest waiting key.
@@ -142,6 +156,10 @@ func (q *Queue) run() {
 		select {
 		case r := <-q.adds:
 			q.add(r)
+		case key := <-q.nows:
+			if k, ok := q.queues[key]; ok && !k.running {
+				q.launch(key, k)
+			}
 		case res := <-q.results:
 			q.finish(res)
 		case <-wake:

@@ -139,6 +139,36 @@ func TestFailThenSucceed(t *testing.T) {
 	})
 }
 
+// TestNow runs a key's waiting steps at once, and backs the key off further
+// when they fail, as a retry at its time would.
+func TestNow(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		m := NewQueue(backoff())
+		defer m.Stop()
+		r := newRecorder()
+
+		m.Add(t.Context(), "a", "step", r.attempt("a", 2, nil))
+		m.Now("b") // no steps: nothing to run
+		time.Sleep(500 * time.Millisecond)
+		m.Now("a")
+		synctest.Wait()
+		r.check(t, run{"a", 500 * time.Millisecond, false})
+
+		// Failed now: the delay doubled from there (1s to 2s).
+		time.Sleep(2*time.Second - time.Nanosecond)
+		synctest.Wait()
+		r.check(t, run{"a", 500 * time.Millisecond, false})
+		time.Sleep(time.Second)
+		m.Now("a")
+		synctest.Wait()
+		r.check(t,
+			run{"a", 500 * time.Millisecond, false},
+			run{"a", 2500 * time.Millisecond, false},
+			run{"a", 3500*time.Millisecond - time.Nanosecond, true},
+		)
+	})
+}
+
 func TestOrder(t *testing.T) {
 	t.Run("appended and requeued", func(t *testing.T) {
 		synctest.Test(t, func(t *testing.T) {
