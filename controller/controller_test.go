@@ -1028,6 +1028,35 @@ func TestRecoverUpdatedResources(t *testing.T) {
 	}
 }
 
+// TestUpdateNotReady: an Update of a pod whose pause has exited succeeds
+// and changes nothing, as the built-in's, which kubelet would otherwise
+// report as a rejected resize.
+func TestUpdateNotReady(t *testing.T) {
+	client := newFakeClient()
+	c := testController(t, client)
+	task := started(t, c, client, "sb1")
+	task.exit(0)
+	eventually(t, "NOTREADY", func() bool {
+		return state(t, c, "sb1") == runtimeapi.PodSandboxState_SANDBOX_NOTREADY.String()
+	})
+	ext, err := json.Marshal(criUpdatedResources{Resources: &runtimeapi.LinuxContainerResources{CpuQuota: 20000, CpuPeriod: 100000}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Update(testContext(), "sb1", sandbox.Sandbox{Extensions: map[string]typeurl.Any{
+		criUpdatedResourcesExtension: &anypb.Any{Value: ext},
+	}}, "extensions"); err != nil {
+		t.Fatalf("Update: %v", err)
+	}
+	sb, err := c.sandbox(testContext(), "sb1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := sb.Status().Resources; got != nil {
+		t.Errorf("resources %v recorded for a pod that is not ready", got)
+	}
+}
+
 // TestMetricsNotReady: Metrics of a pod berth does not have is NotFound,
 // and of one that is not READY Unavailable, which CRI's
 // ListPodSandboxStats skips (any other error fails the node's list).

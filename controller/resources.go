@@ -67,7 +67,11 @@ func (c *Controller) Update(ctx context.Context, id string, info sandbox.Sandbox
 	defer unlock()
 	status := sb.Status()
 	if status.State != store.StateReady {
-		return fmt.Errorf("sandbox is %s: %w", status.State, errdefs.ErrFailedPrecondition)
+		// As the built-in, whose Update does nothing: kubelet rejects a
+		// resize the call fails, and a pod whose pause exited after
+		// kubelet last looked is recreated with its new resources anyway.
+		log.G(ctx).WithField("state", status.State).Info("sandbox is not ready; resources not applied")
+		return nil
 	}
 	if parent := sb.Config.GetLinux().GetCgroupParent(); parent != "" {
 		if err := podcgroup.Update(podcgroup.Path(parent), want); err != nil {
