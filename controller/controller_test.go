@@ -695,6 +695,7 @@ func TestIsShimRefusal(t *testing.T) {
 		{"read unix @->/run/s/1: read: connection reset by peer", codes.Unknown, true},
 		// containerd away under berthd: the task may be made.
 		{"connection error: desc = \"transport: Error while dialing: dial unix /run/containerd/containerd.sock: connect: connection refused\"", codes.Unavailable, false},
+		{"error reading from server: read unix @->/run/containerd/containerd.sock: read: connection reset by peer", codes.Unavailable, false},
 		{`failed to create shim task: OCI runtime create failed: runc create failed: error running hook #0: exit status 1`, codes.Unknown, false},
 		{"failed to create shim task: OCI runtime create failed: invalid mount", codes.InvalidArgument, false},
 	} {

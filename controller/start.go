@@ -85,8 +85,8 @@ func (c *Controller) start(ctx context.Context, sb *store.Sandbox, undo *rollbac
 	p.shimRuntime = shimRuntime(p.runtime, sb.Runtime.Options)
 	scope := c.podShimScope(sb.Metadata, p.shimRuntime)
 	p.group = c.groups.Join(scope)
-	undo.Push("leave shim group", func(context.Context) error {
-		c.groups.Leave(p.group)
+	undo.Push("leave shim group", func(ctx context.Context) error {
+		c.reaper.LeaveGroup(ctx, p.group, sb.ID)
 		return nil
 	})
 	if err := c.keepers.KeepWarm(ctx, sb.Runtime, scope, p.group); err != nil && c.groups.Ending(p.group) {
@@ -94,7 +94,7 @@ func (c *Controller) start(ctx context.Context, sb *store.Sandbox, undo *rollbac
 		// group with the shim it started: the pod opens another group,
 		// without a keeper, so that a keeper that keeps failing costs the
 		// pods nothing but its attempt.
-		c.groups.Leave(p.group)
+		c.reaper.LeaveGroup(ctx, p.group, sb.ID)
 		p.group = c.groups.Join(scope)
 	}
 	// The lease spans the container's and the task's making, so that

@@ -16,6 +16,7 @@ import (
 
 	containerd "github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/pkg/cio"
+	"github.com/containerd/errdefs"
 	"github.com/containerd/typeurl/v2"
 
 	"github.com/berth-dev/berth/events"
@@ -182,7 +183,11 @@ func (c *Controller) announceShim(ctx context.Context, group string, awaited <-c
 func isShimRefusal(err error) bool {
 	// Not Unavailable: no shim answers with it, and through berthd it
 	// says containerd is away, with the task perhaps made in a shim that
-	// is fine.
+	// is fine, whatever its text (gRPC's "connection reset by peer" of
+	// containerd's own socket).
+	if errdefs.IsUnavailable(err) {
+		return false
+	}
 	if shimproc.IsGone(err) {
 		return true
 	}

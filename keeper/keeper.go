@@ -248,9 +248,16 @@ func (k *Keepers) startKeeper(ctx context.Context, runtime sandbox.RuntimeOpts, 
 		making.End(placement.Failed)
 		// A task made with its answer lost would outlive its container
 		// record, which the undo deletes next, and keep its shim from
-		// ending.
+		// ending; containerd's death under berthd can leave runc's
+		// container and its cgroup too, and the shim, which the group's
+		// pod ends as it leaves the group (reaper.LeaveGroup).
+		info, infoErr := container.Info(ctx, containerd.WithoutRefreshedMetadata)
+		if infoErr != nil {
+			return errors.Join(fmt.Errorf("create keeper task: %w", err), infoErr)
+		}
+		lost := k.cfg.Lost(info, group)
 		undo.Push("delete the keeper task a failed create may have left", func(ctx context.Context) error {
-			return k.cfg.Reaper.DeleteFromTaskService(ctx, id)
+			return k.cfg.Reaper.CleanupLost(ctx, lost)
 		})
 		return fmt.Errorf("create keeper task: %w", err)
 	}

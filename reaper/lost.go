@@ -176,6 +176,17 @@ func (r *Reaper) endLostShim(ctx context.Context, t LostTask) error {
 	return r.shutdownUnlessServing(ctx, shim, t.ID)
 }
 
+// LeaveGroup takes sandbox id, whose Start failed, out of group and ends
+// the group's shim if that left the group empty: a failed first task can
+// leave the shim running, serving nothing (containerd died under berthd
+// before it recorded the shim, which CleanupLost reached while the pod was
+// still in the group), and no deletion of a task of the group's would end
+// it later.
+func (r *Reaper) LeaveGroup(ctx context.Context, group, id string) {
+	r.cfg.Groups.Leave(group)
+	r.EndIdleShim(ctx, group, id)
+}
+
 // EndIdleShim ends the shim of group, whose task id was just deleted, once
 // no pod or shim keeper is in the group and the shim serves no task
 // containerd knows of. The shim exits by itself when containerd deletes its

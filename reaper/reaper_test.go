@@ -8,18 +8,23 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
 	taskapi "github.com/containerd/containerd/api/runtime/task/v3"
+	tasks "github.com/containerd/containerd/api/services/tasks/v1"
 	runcoptions "github.com/containerd/containerd/api/types/runc/options"
 	containerd "github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/core/sandbox"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
 	"github.com/containerd/errdefs"
+	"github.com/containerd/errdefs/pkg/errgrpc"
 	"github.com/containerd/ttrpc"
 	"github.com/containerd/typeurl/v2"
+	"google.golang.org/grpc"
+	"google.golang.org/protobuf/types/known/emptypb"
 
 	"github.com/berth-dev/berth/placement"
 	"github.com/berth-dev/berth/shimproc"
@@ -220,5 +225,78 @@ func TestDeleteRuncContainer(t *testing.T) {
 	}
 	if err := deleteRuncContainer(context.Background(), "left", "k8s.io", runtime); err == nil || !strings.Contains(err.Error(), "/no/such/runc") {
 		t.Errorf("a container runc keeps: %v, want runc's delete run (and failing here)", err)
+	}
+}
+
+// noTasks is a task service that knows no task.
+type noTasks struct{ tasks.TasksClient }
+
+func (noTasks) Delete(context.Context, *tasks.DeleteTaskRequest, ...grpc.CallOption) (*tasks.DeleteResponse, error) {
+	return nil, errgrpc.ToGRPC(errdefs.ErrNotFound)
+}
+
+// lostShimClient knows no task and no container but the shim's.
+type lostShimClient struct{ fakeClient }
+
+func (*lostShimClient) TaskService() tasks.TasksClient { return noTasks{} }
+
+// idleShim serves no task, and counts the Shutdowns asked of it.
+type idleShim struct {
+	taskapi.TTRPCTaskService
+	shutdowns atomic.Int32
+}
+
+func (*idleShim) Delete(context.Context, *taskapi.DeleteRequest) (*taskapi.DeleteResponse, error) {
+	return nil, errgrpc.ToGRPC(errdefs.ErrNotFound)
+}
+
+func (*idleShim) State(context.Context, *taskapi.StateRequest) (*taskapi.StateResponse, error) {
+	return nil, errgrpc.ToGRPC(errdefs.ErrNotFound)
+}
+
+func (*idleShim) Connect(context.Context, *taskapi.ConnectRequest) (*taskapi.ConnectResponse, error) {
+	return &taskapi.ConnectResponse{}, nil
+}
+
+func (s *idleShim) Shutdown(context.Context, *taskapi.ShutdownRequest) (*emptypb.Empty, error) {
+	s.shutdowns.Add(1)
+	return &emptypb.Empty{}, nil
+}
+
+// TestLeaveGroupEndsLostShim: a group's first task failed with its shim
+// left running (containerd died under berthd before it recorded the
+// shim). Start's undo cleans up the lost task while the pod is still in
+// the group, so the shim is left for the group's pods; the pod's leaving,
+// the last, ends it. A pod leaving a group others are in ends nothing.
+func TestLeaveGroupEndsLostShim(t *testing.T) {
+	// Not t.TempDir: the test's name would make the socket's path too long.
+	dir, err := os.MkdirTemp("", "shims")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	sockets := shimproc.Sockets{ContainerdAddress: "/run/berth-test/containerd.sock", Dir: dir, Namespace: "k8s.io"}
+	groups := placement.NewGroups(func(string) int { return 4 })
+	r := New(Config{Client: &lostShimClient{}, Shims: sockets, Groups: groups})
+	id := groups.Join(placement.Scope{Handler: "h"})
+	groups.Join(placement.Scope{Handler: "h"})
+	making, err := groups.MakeTask(context.Background(), id, "sb1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	making.End(placement.Failed)
+	shim := &idleShim{}
+	serveShim(t, sockets, id, shim)
+
+	if err := r.CleanupLost(testContext(), LostTask{ID: "sb1", Group: id}); err != nil {
+		t.Fatal(err)
+	}
+	r.LeaveGroup(testContext(), id, "sb1")
+	if n := shim.shutdowns.Load(); n != 0 {
+		t.Fatalf("%d shutdowns of the shim while a pod is in its group", n)
+	}
+	r.LeaveGroup(testContext(), id, "sb2")
+	if n := shim.shutdowns.Load(); n != 1 {
+		t.Errorf("%d shutdowns of the lost shim once its group is empty, want 1", n)
 	}
 }
