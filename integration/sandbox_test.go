@@ -17,10 +17,13 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/berth-dev/berth/integration/hostproc"
 )
 
 // TestPodLifecycle runs, inspects, stops and removes a berth pod.
 func TestPodLifecycle(t *testing.T) {
+	start := time.Now()
 	id := runPod(t, podConfig(t), handlerBerth)
 
 	ctx := ctxT(t)
@@ -63,6 +66,8 @@ func TestPodLifecycle(t *testing.T) {
 	// Stop returns at the pause's exit; the task and its shim are deleted
 	// right after, while CRI tears down the pod network.
 	eventually(t, 5*time.Second, "shim gone after stop", func() bool { return len(shimsOf(id)) == 0 })
+	// The shim of a group leaves its sockets, which berth removes.
+	eventually(t, 5*time.Second, "shim sockets removed", func() bool { return len(hostproc.DeadShimSockets(start)) == 0 })
 	// A second stop is harmless.
 	if _, err := daemon.runtime.StopPodSandbox(ctx, &runtimeapi.StopPodSandboxRequest{PodSandboxId: id}); err != nil {
 		t.Errorf("second StopPodSandbox: %v", err)

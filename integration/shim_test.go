@@ -153,6 +153,7 @@ func TestSharedShimTenants(t *testing.T) {
 // is NOTREADY within a second and its container exits, and so they stay
 // across a restart; all of them are removed without leaks.
 func TestSharedShimKilled(t *testing.T) {
+	made := time.Now()
 	pods := runSharedPods(t, 4)
 	shims := shimsServing(t, pods)
 	if len(shims) != 1 {
@@ -178,6 +179,8 @@ func TestSharedShimKilled(t *testing.T) {
 		}
 	}
 	exited()
+	// A killed shim leaves its sockets, which berth removes.
+	eventually(t, 5*time.Second, "the killed shim's sockets removed", func() bool { return len(hostproc.DeadShimSockets(made)) == 0 })
 	if err := daemon.kill(syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}

@@ -17,7 +17,8 @@ import (
 // shim the last one's exit comes a quarter of a second later on a 16-core
 // node. A group whose shim cannot be reached (berth does not know where
 // shims listen, or the shim already died) is not watched; its pods' exits
-// come from containerd as before.
+// come from containerd as before. Once the shim has exited, its sockets
+// are removed (shimproc.Sockets.RemoveDeadSockets).
 func (r *Reaper) WatchShim(ctx context.Context, group, id string) {
 	if group == "" || !r.cfg.Groups.Watch(group) {
 		return
@@ -38,6 +39,9 @@ func (r *Reaper) WatchShim(ctx context.Context, group, id string) {
 		if len(ids) > 0 {
 			log.G(ctx).WithField("tasks", ids).Warn("shared shim died; its pause tasks have exited")
 			r.cfg.ShimDied(ids)
+		}
+		if err := r.cfg.Shims.RemoveDeadSockets(ctx, group); err != nil {
+			log.G(ctx).WithError(err).Warn("remove the sockets of an exited shim")
 		}
 	}()
 }

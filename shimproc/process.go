@@ -63,6 +63,10 @@ func (s *Shim) kill(ctx context.Context, id string, shimPid int, serving func(co
 		return fmt.Errorf("kill shim %d: %w", shimPid, err)
 	}
 	log.G(ctx).WithField("pid", shimPid).Info("killed a shim that would not exit")
+	// Killed, it leaves its sockets.
+	if exited(pidfd, time.Second) {
+		return s.sockets.RemoveDeadSockets(ctx, s.group)
+	}
 	return nil
 }
 

@@ -97,7 +97,34 @@ func (s Sockets) Dial(ctx context.Context, group string) (*Shim, error) {
 		return nil, fmt.Errorf("dial shim: %w", err)
 	}
 	client := ttrpc.NewClient(conn)
-	return &Shim{svc: taskapi.NewTTRPCTaskClient(client), client: client, sockets: s}, nil
+	return &Shim{svc: taskapi.NewTTRPCTaskClient(client), client: client, sockets: s, group: group}, nil
+}
+
+// RemoveDeadSockets removes the sockets of group's shim, its task API's and
+// its debug one, where no shim listens any more. A runc shim removes its
+// sockets as it exits, but it finds them by its first task's ID: a shim
+// of a group (placement) leaves both, and any shim killed (SIGKILL, the
+// OOM killer) leaves its own. Groups are never named again, so nothing
+// else would remove them until the node reboots.
+func (s Sockets) RemoveDeadSockets(ctx context.Context, group string) error {
+	if s.ContainerdAddress == "" {
+		return nil
+	}
+	var errs []error
+	for _, debug := range []bool{false, true} {
+		addr, err := shim.CreateSocketAddress(namespaces.WithNamespace(ctx, s.Namespace), s.Dir, s.ContainerdAddress, group, debug)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if shim.CanConnect(addr) {
+			continue
+		}
+		if err := shim.RemoveSocket(addr); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			errs = append(errs, fmt.Errorf("remove socket of shim group %s: %w", group, err))
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // AwaitAnswer returns once the runc shim of group answers a call at its
@@ -144,8 +171,10 @@ type Shim struct {
 	svc taskapi.TTRPCTaskService
 	// client is the connection svc goes through.
 	client *ttrpc.Client
-	// sockets is where the shim was dialled, for its tasks' bundles.
+	// sockets is where the shim was dialled, for its tasks' bundles, and
+	// group the shim's group there.
 	sockets Sockets
+	group   string
 }
 
 // Close closes the connection; the shim runs on.

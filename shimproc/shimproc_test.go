@@ -13,6 +13,8 @@ import (
 	"time"
 
 	taskapi "github.com/containerd/containerd/api/runtime/task/v3"
+	"github.com/containerd/containerd/v2/pkg/namespaces"
+	"github.com/containerd/containerd/v2/pkg/shim"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/errdefs/pkg/errgrpc"
 	"github.com/containerd/ttrpc"
@@ -227,4 +229,55 @@ func TestRemoveHalfDeletedBundles(t *testing.T) {
 	}
 	// No bundle directory at all (no task yet): nothing to do.
 	Sockets{Bundles: filepath.Join(t.TempDir(), "none"), Namespace: "k8s.io"}.RemoveHalfDeletedBundles(context.Background())
+}
+
+// TestRemoveDeadSockets: the sockets of a group whose shim exited without
+// removing them go, its task API's and its debug one; a socket a shim
+// still listens on stays.
+func TestRemoveDeadSockets(t *testing.T) {
+	// Not t.TempDir: the test's name would make the sockets' paths too long.
+	dir, err := os.MkdirTemp("", "shims")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	s := Sockets{ContainerdAddress: "/run/berth-test/containerd.sock", Dir: dir, Namespace: "k8s.io"}
+	ctx := context.Background()
+	listen := func(group string, debug bool) *net.UnixListener {
+		t.Helper()
+		addr, err := shim.CreateSocketAddress(namespaces.WithNamespace(ctx, s.Namespace), dir, s.ContainerdAddress, group, debug)
+		if err != nil {
+			t.Fatal(err)
+		}
+		l, err := net.ListenUnix("unix", &net.UnixAddr{Name: strings.TrimPrefix(addr, "unix://"), Net: "unix"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return l
+	}
+	// A shim that died: its sockets are there, with nothing listening.
+	for _, debug := range []bool{false, true} {
+		l := listen("dead", debug)
+		l.SetUnlinkOnClose(false)
+		l.Close()
+	}
+	live := listen("live", false)
+	defer live.Close()
+	for _, group := range []string{"dead", "live", "never"} {
+		if err := s.RemoveDeadSockets(ctx, group); err != nil {
+			t.Errorf("RemoveDeadSockets(%s): %v", group, err)
+		}
+	}
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	liveName := filepath.Base(live.Addr().String())
+	if len(entries) != 1 || entries[0].Name() != liveName {
+		var names []string
+		for _, e := range entries {
+			names = append(names, e.Name())
+		}
+		t.Errorf("sockets left %v, want only the live shim's %s", names, liveName)
+	}
 }

@@ -4,11 +4,15 @@
 package hostproc
 
 import (
+	"errors"
+	"net"
 	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
+	"time"
 )
 
 // The binaries of the shims the tests run: the runc shim, which a handler
@@ -116,4 +120,32 @@ func processes() []int {
 		}
 	}
 	return pids
+}
+
+// ShimSocketDir is where the tests' shims listen: containerd's default
+// socket_dir, which their configs keep.
+const ShimSocketDir = "/run/containerd/s"
+
+// DeadShimSockets lists the sockets in ShimSocketDir made at since or
+// after on which nothing listens: the sockets of shims that exited
+// without removing them.
+func DeadShimSockets(since time.Time) []string {
+	entries, _ := os.ReadDir(ShimSocketDir)
+	var dead []string
+	for _, e := range entries {
+		info, err := e.Info()
+		if err != nil || info.Mode().Type() != os.ModeSocket || info.ModTime().Before(since) {
+			continue
+		}
+		path := filepath.Join(ShimSocketDir, e.Name())
+		conn, err := net.DialTimeout("unix", path, time.Second)
+		if err == nil {
+			conn.Close()
+			continue
+		}
+		if errors.Is(err, syscall.ECONNREFUSED) {
+			dead = append(dead, e.Name())
+		}
+	}
+	return dead
 }
