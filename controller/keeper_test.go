@@ -383,6 +383,41 @@ func TestKeeperUndoFailureHoldsPods(t *testing.T) {
 	})
 }
 
+// TestCloseWaitsForKeeperRemovals: Close waits for the keeper removals
+// recovery left running in the background, which queue their retries if
+// they fail, before it stops the retry queue.
+func TestCloseWaitsForKeeperRemovals(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		client := newFakeClient()
+		client.addContainer(keeperContainer(t, "k1", "other", "g-k1")).setTask(containerd.Running)
+		release := client.hold("task delete")
+		defer release()
+		c := warmController(t, client)
+		if err := c.Recover(testContext(), RecoverConfig{Parallelism: 1, Timeout: time.Second}); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.awaitRecovery(testContext()); err != nil {
+			t.Fatal(err)
+		}
+		closed := make(chan struct{})
+		go func() {
+			c.Close()
+			close(closed)
+		}()
+		synctest.Wait()
+		select {
+		case <-closed:
+			t.Fatal("Close returned while a keeper's removal ran")
+		default:
+		}
+		release()
+		<-closed
+		if n := len(keeperContainers(client)); n != 0 {
+			t.Errorf("%d keeper containers after Close", n)
+		}
+	})
+}
+
 // TestRecoverWedgedKeepers: keepers whose shims do not answer are removed
 // in the background, so recovery, which every call to berth waits for,
 // does not grow by a removal's bound (rollback.StepTimeout) per keeper.

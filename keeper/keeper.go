@@ -23,6 +23,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"time"
 
 	runcoptions "github.com/containerd/containerd/api/types/runc/options"
@@ -97,6 +98,8 @@ type Keepers struct {
 	cfg Config
 	// live holds each scope's keeper, with its container.
 	live *placement.Keepers[containerd.Container]
+	// removals are the keeper removals running in the background.
+	removals sync.WaitGroup
 }
 
 // New returns keepers with none live.
@@ -143,7 +146,7 @@ func (k *Keepers) KeepWarm(ctx context.Context, runtime sandbox.RuntimeOpts, sco
 	}
 	if stale != nil {
 		// Not the pod's to wait for: its Start holds the sandbox's lock.
-		go k.removeKeeperOrRetry(ctx, stale)
+		k.removals.Go(func() { k.removeKeeperOrRetry(ctx, stale) })
 	}
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), startTimeout)
 	defer cancel()
@@ -327,6 +330,11 @@ func (k *Keepers) ExpireIdle(ctx context.Context) {
 	}
 }
 
+// WaitRemovals waits for the keeper removals running in the background
+// (recovery's, and of a stale keeper): one that fails queues its retry,
+// so the retry queue stops after them.
+func (k *Keepers) WaitRemovals() { k.removals.Wait() }
+
 // removeKeeperOrRetry removes keeper kp, and has the retry queue take
 // over if that fails.
 func (k *Keepers) removeKeeperOrRetry(ctx context.Context, kp *keeper) {
@@ -395,7 +403,7 @@ func (k *Keepers) recoverKeeper(ctx context.Context, container containerd.Contai
 		// Nothing waits for a keeper berth does not take up to be gone:
 		// its removal, which a wedged shim holds for StepTimeout, is not
 		// recovery's, which every call to berth waits for.
-		go k.removeKeeperOrRetry(ctx, kp)
+		k.removals.Go(func() { k.removeKeeperOrRetry(ctx, kp) })
 	}
 }
 
