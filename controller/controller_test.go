@@ -997,6 +997,19 @@ func TestStopAfterReattachFailed(t *testing.T) {
 	}
 }
 
+// updateResources calls Update as CRI's UpdatePodSandboxResources does,
+// with the pod's new resources in the sandbox's extension.
+func updateResources(t *testing.T, c *Controller, id string, res *runtimeapi.LinuxContainerResources) error {
+	t.Helper()
+	ext, err := json.Marshal(criUpdatedResources{Resources: res})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c.Update(testContext(), id, sandbox.Sandbox{Extensions: map[string]typeurl.Any{
+		criUpdatedResourcesExtension: &anypb.Any{Value: ext},
+	}}, "extensions")
+}
+
 // TestRecoverUpdatedResources: the pod resources Update recorded come back
 // after a restart; a pod label of the same name as berth's old label does
 // nothing.
@@ -1004,14 +1017,7 @@ func TestRecoverUpdatedResources(t *testing.T) {
 	client := newFakeClient()
 	c := testController(t, client)
 	started(t, c, client, "sb1")
-	res := &runtimeapi.LinuxContainerResources{CpuQuota: 20000, CpuPeriod: 100000}
-	ext, err := json.Marshal(criUpdatedResources{Resources: res})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := c.Update(testContext(), "sb1", sandbox.Sandbox{Extensions: map[string]typeurl.Any{
-		criUpdatedResourcesExtension: &anypb.Any{Value: ext},
-	}}, "extensions"); err != nil {
+	if err := updateResources(t, c, "sb1", &runtimeapi.LinuxContainerResources{CpuQuota: 20000, CpuPeriod: 100000}); err != nil {
 		t.Fatalf("Update: %v", err)
 	}
 
@@ -1040,13 +1046,7 @@ func TestUpdateNotReady(t *testing.T) {
 	eventually(t, "NOTREADY", func() bool {
 		return state(t, c, "sb1") == runtimeapi.PodSandboxState_SANDBOX_NOTREADY.String()
 	})
-	ext, err := json.Marshal(criUpdatedResources{Resources: &runtimeapi.LinuxContainerResources{CpuQuota: 20000, CpuPeriod: 100000}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := c.Update(testContext(), "sb1", sandbox.Sandbox{Extensions: map[string]typeurl.Any{
-		criUpdatedResourcesExtension: &anypb.Any{Value: ext},
-	}}, "extensions"); err != nil {
+	if err := updateResources(t, c, "sb1", &runtimeapi.LinuxContainerResources{CpuQuota: 20000, CpuPeriod: 100000}); err != nil {
 		t.Fatalf("Update: %v", err)
 	}
 	sb, err := c.sandbox(testContext(), "sb1")
