@@ -117,7 +117,13 @@ func (s Sockets) RemoveDeadSockets(ctx context.Context, group string) error {
 			errs = append(errs, err)
 			continue
 		}
-		if shim.CanConnect(addr) {
+		// Only a refused connection says no shim listens: one that times
+		// out may be a live shim's full backlog.
+		conn, err := shim.AnonDialer(addr, 100*time.Millisecond)
+		if err == nil {
+			conn.Close()
+		}
+		if !errors.Is(err, syscall.ECONNREFUSED) {
 			continue
 		}
 		if err := shim.RemoveSocket(addr); err != nil && !errors.Is(err, fs.ErrNotExist) {
