@@ -2,13 +2,11 @@ package reaper
 
 import (
 	"context"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -21,13 +19,12 @@ import (
 	"github.com/containerd/containerd/v2/pkg/namespaces"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/errdefs/pkg/errgrpc"
-	"github.com/containerd/ttrpc"
 	"github.com/containerd/typeurl/v2"
 	"google.golang.org/grpc"
-	"google.golang.org/protobuf/types/known/emptypb"
 
 	"github.com/berth-dev/berth/placement"
 	"github.com/berth-dev/berth/shimproc"
+	"github.com/berth-dev/berth/shimproc/shimtest"
 )
 
 // TestOtherContainers checks that the tasks a shim is asked about, before
@@ -77,31 +74,6 @@ func (s *pidShim) Connect(context.Context, *taskapi.ConnectRequest) (*taskapi.Co
 	return &taskapi.ConnectResponse{ShimPid: s.pid}, nil
 }
 
-// serveShim serves svc at the socket of group's shim under sockets, as the
-// runc shim listens.
-func serveShim(t *testing.T, sockets shimproc.Sockets, group string, svc taskapi.TTRPCTaskService) {
-	t.Helper()
-	addr, err := sockets.TaskAddress(testContext(), group)
-	if err != nil {
-		t.Fatal(err)
-	}
-	path := strings.TrimPrefix(addr, "ttrpc+unix://")
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-		t.Fatal(err)
-	}
-	l, err := net.Listen("unix", path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	server, err := ttrpc.NewServer()
-	if err != nil {
-		t.Fatal(err)
-	}
-	taskapi.RegisterTTRPCTaskService(server, svc)
-	go func() { _ = server.Serve(context.Background(), l) }()
-	t.Cleanup(func() { server.Close() })
-}
-
 // TestWatchShim checks that the death of a shared shim is seen at once:
 // the exits of the tasks made in its group are recorded when its process
 // dies, without waiting for containerd.
@@ -126,7 +98,7 @@ func TestWatchShim(t *testing.T) {
 		}
 		making.End(placement.Made)
 	}
-	serveShim(t, sockets, id, &pidShim{pid: uint32(shim.Process.Pid)})
+	shimtest.Serve(t, sockets, id, &pidShim{pid: uint32(shim.Process.Pid)})
 	// Each task made in the group asks; the shim is watched once.
 	r.WatchShim(testContext(), id, "sb1")
 	r.WatchShim(testContext(), id, "sb2")
@@ -240,42 +212,13 @@ type lostShimClient struct{ fakeClient }
 
 func (*lostShimClient) TaskService() tasks.TasksClient { return noTasks{} }
 
-// idleShim serves no task, and counts the Shutdowns asked of it.
-type idleShim struct {
-	taskapi.TTRPCTaskService
-	shutdowns atomic.Int32
-}
-
-func (*idleShim) Delete(context.Context, *taskapi.DeleteRequest) (*taskapi.DeleteResponse, error) {
-	return nil, errgrpc.ToGRPC(errdefs.ErrNotFound)
-}
-
-func (*idleShim) State(context.Context, *taskapi.StateRequest) (*taskapi.StateResponse, error) {
-	return nil, errgrpc.ToGRPC(errdefs.ErrNotFound)
-}
-
-func (*idleShim) Connect(context.Context, *taskapi.ConnectRequest) (*taskapi.ConnectResponse, error) {
-	return &taskapi.ConnectResponse{}, nil
-}
-
-func (s *idleShim) Shutdown(context.Context, *taskapi.ShutdownRequest) (*emptypb.Empty, error) {
-	s.shutdowns.Add(1)
-	return &emptypb.Empty{}, nil
-}
-
 // TestLeaveGroupEndsLostShim: a group's first task failed with its shim
 // left running (containerd died under berthd before it recorded the
 // shim). Start's undo cleans up the lost task while the pod is still in
 // the group, so the shim is left for the group's pods; the pod's leaving,
 // the last, ends it. A pod leaving a group others are in ends nothing.
 func TestLeaveGroupEndsLostShim(t *testing.T) {
-	// Not t.TempDir: the test's name would make the socket's path too long.
-	dir, err := os.MkdirTemp("", "shims")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	sockets := shimproc.Sockets{ContainerdAddress: "/run/berth-test/containerd.sock", Dir: dir, Namespace: "k8s.io"}
+	sockets := shimtest.Sockets(t, "k8s.io")
 	groups := placement.NewGroups(func(string) int { return 4 })
 	r := New(Config{Client: &lostShimClient{}, Shims: sockets, Groups: groups})
 	id := groups.Join(placement.Scope{Handler: "h"})
@@ -285,18 +228,18 @@ func TestLeaveGroupEndsLostShim(t *testing.T) {
 		t.Fatal(err)
 	}
 	making.End(placement.Failed)
-	shim := &idleShim{}
-	serveShim(t, sockets, id, shim)
+	shim := &shimtest.IdleShim{}
+	shimtest.Serve(t, sockets, id, shim)
 
 	if err := r.CleanupLost(testContext(), LostTask{ID: "sb1", Group: id}); err != nil {
 		t.Fatal(err)
 	}
 	r.LeaveGroup(testContext(), id, "sb1")
-	if n := shim.shutdowns.Load(); n != 0 {
+	if n := shim.Shutdowns(); n != 0 {
 		t.Fatalf("%d shutdowns of the shim while a pod is in its group", n)
 	}
 	r.LeaveGroup(testContext(), id, "sb2")
-	if n := shim.shutdowns.Load(); n != 1 {
+	if n := shim.Shutdowns(); n != 1 {
 		t.Errorf("%d shutdowns of the lost shim once its group is empty, want 1", n)
 	}
 }
