@@ -11,11 +11,13 @@ import (
 
 	containerd "github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/core/containers"
+	"github.com/containerd/errdefs"
 	"github.com/containerd/typeurl/v2"
 	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/berth-dev/berth/keeper"
 	"github.com/berth-dev/berth/placement"
+	"github.com/berth-dev/berth/shimproc/shimtest"
 )
 
 // warmController is a test controller whose handler shares shims and
@@ -242,6 +244,36 @@ func TestWarmShimKeeperAnswerLost(t *testing.T) {
 			removed(t, c, "sb1")
 		})
 	}
+}
+
+// TestWarmShimKeeperLostShimEnded: a keeper whose task was made with its
+// answer lost, and whose cleanup then failed (containerd still away), is
+// undone by the retry queue. The retry's cleanup leaves the lost shim to
+// the group the keeper still holds; the keeper's leaving the group, last,
+// ends it.
+func TestWarmShimKeeperLostShimEnded(t *testing.T) {
+	client := newFakeClient()
+	sockets := shimtest.Sockets(t, Namespace)
+	c := warmController(t, client, func(cfg *Config) { cfg.Shims = sockets })
+	client.loseNextAnswer("new task")
+	client.failNext("task delete", errdefs.ErrUnavailable)
+	started(t, c, client, "sb1")
+	keepers := keeperContainers(client)
+	if len(keepers) != 1 {
+		t.Fatalf("%d keeper containers, want the lost one's, its undo retried", len(keepers))
+	}
+	shim := &shimtest.IdleShim{}
+	shimtest.Serve(t, sockets, keeperGroup(t, keepers[0]), shim)
+	eventually(t, "lost keeper removed", func() bool { return len(keeperContainers(client)) == 0 })
+	// The group's release is the undo's last step, after the container's
+	// deletion.
+	for deadline := time.Now().Add(5 * time.Second); shim.Shutdowns() == 0 && time.Now().Before(deadline); {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if n := shim.Shutdowns(); n != 1 {
+		t.Errorf("%d shutdowns of the lost keeper's shim, want 1", n)
+	}
+	removed(t, c, "sb1")
 }
 
 // warmScope is the shim scope of warmController's pods of namespace

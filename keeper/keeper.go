@@ -204,8 +204,12 @@ func (k *Keepers) startKeeper(ctx context.Context, runtime sandbox.RuntimeOpts, 
 	if !k.cfg.Groups.Keep(group, id) {
 		return fmt.Errorf("shim group %s has a keeper: %w", group, errdefs.ErrAlreadyExists)
 	}
-	undo.Push("take keeper out of its group", func(context.Context) error {
+	// Last of the undo, as in removeKeeper: a lost task's cleanup that ran
+	// while the keeper held the group left the shim to the group, which
+	// ends it once it is empty.
+	undo.Push("take keeper out of its group", func(ctx context.Context) error {
 		k.cfg.Groups.Unkeep(group, id)
+		k.cfg.Reaper.EndIdleShim(ctx, group, id)
 		return nil
 	})
 	making, err := k.cfg.Groups.MakeTask(ctx, group, id)
