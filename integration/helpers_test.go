@@ -8,6 +8,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -302,6 +303,36 @@ func assertNoLeaks(t *testing.T, id string) {
 // runcNamespaceDir holds runc's state of each container of CRI's
 // namespace, at the root the handlers' runc has: the runc shim's default.
 var runcNamespaceDir = filepath.Join(process.RuncRoot, "k8s.io")
+
+// runcContainersOfTests lists the containers that runc keeps state of in
+// runcNamespaceDir for this containerd: those whose bundle is under its
+// directory. The root is the host's, shared with any other containerd on
+// it (a CI runner may be a Kubernetes node) and with earlier runs, whose
+// containers are not the tests' to count. A container whose state runc
+// has not written yet, or that cannot be read, counts as the tests'.
+func runcContainersOfTests() []string {
+	// runc records the bundle as the kernel names its working directory.
+	dir, err := filepath.EvalSymlinks(daemon.dir)
+	if err != nil {
+		dir = daemon.dir
+	}
+	entries, _ := os.ReadDir(runcNamespaceDir)
+	var ids []string
+	for _, e := range entries {
+		var state struct {
+			Config struct{ Labels []string } `json:"config"`
+		}
+		b, err := os.ReadFile(filepath.Join(runcNamespaceDir, e.Name(), "state.json"))
+		if err == nil && json.Unmarshal(b, &state) == nil {
+			if i := slices.IndexFunc(state.Config.Labels, func(l string) bool { return strings.HasPrefix(l, "bundle=") }); i >= 0 &&
+				!strings.HasPrefix(strings.TrimPrefix(state.Config.Labels[i], "bundle="), dir+"/") {
+				continue
+			}
+		}
+		ids = append(ids, e.Name())
+	}
+	return ids
+}
 
 // taskBundle is the bundle directory of task id in the tests' containerd,
 // as its task service (and berth's stand-in for a lost task's) makes it.

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -42,6 +43,11 @@ func TestPodLifecycle(t *testing.T) {
 	st := podStatus(t, id)
 	if got := st.GetStatus().GetState(); got != runtimeapi.PodSandboxState_SANDBOX_READY {
 		t.Errorf("state %v, want READY", got)
+	}
+	// The leak checks count the runc containers of this containerd only:
+	// its pause must be one.
+	if ids := runcContainersOfTests(); !slices.Contains(ids, id) {
+		t.Errorf("runc containers of the tests %v, want the pause's %s among them", ids, id)
 	}
 	_, subnet, _ := net.ParseCIDR(*testSubnet)
 	if ip := net.ParseIP(st.GetStatus().GetNetwork().GetIp()); ip == nil || !subnet.Contains(ip) {
@@ -399,9 +405,8 @@ func assertNothingLeft(t *testing.T) {
 	if pids := shimsOf(""); len(pids) > 0 {
 		t.Errorf("leak: shim processes %v", pids)
 	}
-	runcDirs, _ := os.ReadDir(runcNamespaceDir)
-	for _, e := range runcDirs {
-		t.Errorf("leak: runc container %s", e.Name())
+	for _, id := range runcContainersOfTests() {
+		t.Errorf("leak: runc container %s", id)
 	}
 	// Task bundles, and the stand-ins berth makes for lost tasks' bundles.
 	bundles, _ := os.ReadDir(taskBundle(""))
