@@ -204,12 +204,9 @@ func (k *Keepers) startKeeper(ctx context.Context, runtime sandbox.RuntimeOpts, 
 	if !k.cfg.Groups.Keep(group, id) {
 		return fmt.Errorf("shim group %s has a keeper: %w", group, errdefs.ErrAlreadyExists)
 	}
-	// Last of the undo, as in removeKeeper: a lost task's cleanup that ran
-	// while the keeper held the group left the shim to the group, which
-	// ends it once it is empty.
+	// Last of the undo, as in removeKeeper.
 	undo.Push("take keeper out of its group", func(ctx context.Context) error {
-		k.cfg.Groups.Unkeep(group, id)
-		k.cfg.Reaper.EndIdleShim(ctx, group, id)
+		k.cfg.Reaper.LeaveGroupAsKeeper(ctx, group, id)
 		return nil
 	})
 	making, err := k.cfg.Groups.MakeTask(ctx, group, id)
@@ -376,8 +373,7 @@ func (k *Keepers) removeKeeper(ctx context.Context, kp *keeper) error {
 	if err := ignoreNotFound(kp.Handle.Delete(ctx)); err != nil {
 		return fmt.Errorf("delete keeper container: %w", err)
 	}
-	k.cfg.Groups.Unkeep(kp.Group, kp.ID)
-	k.cfg.Reaper.EndIdleShim(ctx, kp.Group, kp.ID)
+	k.cfg.Reaper.LeaveGroupAsKeeper(ctx, kp.Group, kp.ID)
 	return nil
 }
 

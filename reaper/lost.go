@@ -187,6 +187,15 @@ func (r *Reaper) LeaveGroup(ctx context.Context, group, id string) {
 	r.EndIdleShim(ctx, group, id)
 }
 
+// LeaveGroupAsKeeper takes keeper id, removed or never made, out of group
+// and ends the group's shim if that left the group empty, as LeaveGroup
+// does for a pod: a keeper's lost task cleaned up while the keeper held
+// the group left the shim to the group.
+func (r *Reaper) LeaveGroupAsKeeper(ctx context.Context, group, id string) {
+	r.cfg.Groups.Unkeep(group, id)
+	r.EndIdleShim(ctx, group, id)
+}
+
 // EndIdleShim ends the shim of group, whose task id was just deleted, once
 // no pod or shim keeper is in the group and the shim serves no task
 // containerd knows of. The shim exits by itself when containerd deletes its
