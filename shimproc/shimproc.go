@@ -52,11 +52,11 @@ type Sockets struct {
 	Namespace string
 }
 
-// address is the address of the socket the runc shim of group listens on:
-// its plain one, which serves the task API (with debug logging it also has
-// a debug one, which does not).
-func (s Sockets) address(ctx context.Context, group string) (string, error) {
-	addr, err := shim.CreateSocketAddress(namespaces.WithNamespace(ctx, s.Namespace), s.Dir, s.ContainerdAddress, group, false)
+// address is the address of a socket the runc shim of group listens on:
+// its plain one, which serves the task API, or with debug its debug one,
+// which the shim has with debug logging.
+func (s Sockets) address(ctx context.Context, group string, debug bool) (string, error) {
+	addr, err := shim.CreateSocketAddress(namespaces.WithNamespace(ctx, s.Namespace), s.Dir, s.ContainerdAddress, group, debug)
 	if err != nil {
 		return "", fmt.Errorf("socket address of shim group %s: %w", group, err)
 	}
@@ -71,7 +71,7 @@ func (s Sockets) TaskAddress(ctx context.Context, group string) (string, error) 
 	if s.ContainerdAddress == "" {
 		return "", nil
 	}
-	addr, err := s.address(ctx, group)
+	addr, err := s.address(ctx, group, false)
 	if err != nil {
 		return "", err
 	}
@@ -85,7 +85,7 @@ func (s Sockets) Dial(ctx context.Context, group string) (*Shim, error) {
 	if s.ContainerdAddress == "" {
 		return nil, nil
 	}
-	addr, err := s.address(ctx, group)
+	addr, err := s.address(ctx, group, false)
 	if err != nil {
 		return nil, err
 	}
@@ -112,7 +112,7 @@ func (s Sockets) RemoveDeadSockets(ctx context.Context, group string) error {
 	}
 	var errs []error
 	for _, debug := range []bool{false, true} {
-		addr, err := shim.CreateSocketAddress(namespaces.WithNamespace(ctx, s.Namespace), s.Dir, s.ContainerdAddress, group, debug)
+		addr, err := s.address(ctx, group, debug)
 		if err != nil {
 			errs = append(errs, err)
 			continue
