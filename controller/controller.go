@@ -171,7 +171,8 @@ func (c *Controller) shimDied(ids []string) {
 }
 
 // Close waits for a recovery in progress and the keeper removals it
-// began, whose steps may queue retries, and stops the retry queue. containerd calls it when it shuts down.
+// began, whose steps may queue retries, and stops the retry queue.
+// containerd calls it when it shuts down.
 func (c *Controller) Close() error {
 	if c.recoveryStarted.Load() {
 		<-c.recovered
