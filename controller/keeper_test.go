@@ -348,23 +348,34 @@ func TestRecoverKeepers(t *testing.T) {
 	}
 }
 
+// recoveredWithWedgedKeeper is a warm controller that recovered a
+// running keeper of a handler keeping no warm shim, whose removal waits in
+// the task's deletion until release is called.
+func recoveredWithWedgedKeeper(t *testing.T, client *fakeClient) (c *Controller, release func()) {
+	t.Helper()
+	client.addContainer(keeperContainer(t, "k-cold", "other", "g1")).setTask(containerd.Running)
+	release = client.hold("task delete")
+	c = warmController(t, client)
+	if err := c.Recover(testContext(), RecoverConfig{Parallelism: 1, Timeout: time.Second}); err != nil {
+		release()
+		t.Fatal(err)
+	}
+	if err := c.awaitRecovery(testContext()); err != nil {
+		release()
+		t.Fatal(err)
+	}
+	return c, release
+}
+
 // TestRecoverKeeperWedged: the removal of a keeper whose shim does not
 // answer holds recovery, and every call waiting for it, only for a bounded
 // time; the removal goes on in the background.
 func TestRecoverKeeperWedged(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		client := newFakeClient()
-		client.addContainer(keeperContainer(t, "k-cold", "other", "g1")).setTask(containerd.Running)
-		release := client.hold("task delete")
-		defer release()
-		c := warmController(t, client)
 		start := time.Now()
-		if err := c.Recover(testContext(), RecoverConfig{Parallelism: 1, Timeout: time.Second}); err != nil {
-			t.Fatal(err)
-		}
-		if err := c.awaitRecovery(testContext()); err != nil {
-			t.Fatal(err)
-		}
+		_, release := recoveredWithWedgedKeeper(t, client)
+		defer release()
 		if took := time.Since(start); took > time.Minute {
 			t.Errorf("recovery took %v with a wedged keeper's shim, want it bounded", took)
 		}
@@ -421,16 +432,8 @@ func TestKeeperUndoFailureHoldsPods(t *testing.T) {
 func TestCloseWaitsForKeeperRemovals(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		client := newFakeClient()
-		client.addContainer(keeperContainer(t, "k1", "other", "g-k1")).setTask(containerd.Running)
-		release := client.hold("task delete")
+		c, release := recoveredWithWedgedKeeper(t, client)
 		defer release()
-		c := warmController(t, client)
-		if err := c.Recover(testContext(), RecoverConfig{Parallelism: 1, Timeout: time.Second}); err != nil {
-			t.Fatal(err)
-		}
-		if err := c.awaitRecovery(testContext()); err != nil {
-			t.Fatal(err)
-		}
 		closed := make(chan struct{})
 		go func() {
 			c.Close()
