@@ -81,7 +81,8 @@ func Mounts(dir string) []string {
 	var out []string
 	for _, line := range strings.Split(string(b), "\n") {
 		f := strings.Fields(line)
-		if len(f) > 4 && strings.HasPrefix(f[4], dir) {
+		// dir itself or below it, not a sibling whose name dir begins.
+		if len(f) > 4 && (f[4] == dir || strings.HasPrefix(f[4], dir+"/")) {
 			out = append([]string{f[4]}, out...)
 		}
 	}
