@@ -23,7 +23,6 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/berth-dev/berth/placement"
-	"github.com/berth-dev/berth/shimproc"
 	"github.com/berth-dev/berth/shimproc/shimtest"
 )
 
@@ -78,7 +77,7 @@ func (s *pidShim) Connect(context.Context, *taskapi.ConnectRequest) (*taskapi.Co
 // the exits of the tasks made in its group are recorded when its process
 // dies, without waiting for containerd.
 func TestWatchShim(t *testing.T) {
-	sockets := shimproc.Sockets{ContainerdAddress: "/run/berth-test/containerd.sock", Dir: t.TempDir(), Namespace: "k8s.io"}
+	sockets := shimtest.Sockets(t, "k8s.io")
 	shim := exec.Command("sleep", "60")
 	if err := shim.Start(); err != nil {
 		t.Fatal(err)
