@@ -12,7 +12,10 @@ import (
 	containerd "github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/core/containers"
 	"github.com/containerd/errdefs"
+	"github.com/containerd/errdefs/pkg/errgrpc"
 	"github.com/containerd/typeurl/v2"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/berth-dev/berth/keeper"
@@ -478,4 +481,33 @@ func TestRecoverWedgedKeepers(t *testing.T) {
 		release()
 		eventually(t, "keepers removed", func() bool { return len(keeperContainers(client)) == 0 })
 	})
+}
+
+// TestCloseLeavesStaleKeeper: a stale keeper that a Start finds once Close
+// has waited for the keeper removals is not removed in the background,
+// where Close could neither wait for it nor retry it; it is left to the
+// next start's recovery, and the pod starts all the same.
+func TestCloseLeavesStaleKeeper(t *testing.T) {
+	client := newFakeClient()
+	c := warmController(t, client)
+	started(t, c, client, "sb1")
+	stale := onlyKeeper(t, client)
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
+	// sb2's group refuses its task, as a shim exiting does: it ends, and
+	// sb2 starts in a new group, whose keeper replaces the ended one's.
+	if err := create(t, c, client, "sb2", testPodConfig("sb2")); err != nil {
+		t.Fatal(err)
+	}
+	client.failNext("new task", errgrpc.ToNative(status.Error(codes.Unknown, "ttrpc: closed")))
+	if _, err := c.Start(testContext(), "sb2"); err != nil {
+		t.Fatal(err)
+	}
+	if groupOf(t, c, "sb2") == groupOf(t, c, "sb1") || len(keeperContainers(client)) != 2 {
+		t.Fatalf("sb2 in sb1's group or no new keeper: keepers %v", keeperContainers(client))
+	}
+	if !stale.hasTask() {
+		t.Errorf("stale keeper %s removed after Close", stale.info.ID)
+	}
 }

@@ -98,6 +98,12 @@ type Keepers struct {
 	cfg Config
 	// live holds each scope's keeper, with its container.
 	live *placement.Keepers[containerd.Container]
+	// mu orders the start of a background removal before WaitRemovals,
+	// which a WaitGroup needs of its Adds, and none after it.
+	mu sync.Mutex
+	// closed is set by WaitRemovals: the retry queue a removal's failure
+	// would use is stopping.
+	closed bool
 	// removals are the keeper removals running in the background.
 	removals sync.WaitGroup
 }
@@ -146,7 +152,7 @@ func (k *Keepers) KeepWarm(ctx context.Context, runtime sandbox.RuntimeOpts, sco
 	}
 	if stale != nil {
 		// Not the pod's to wait for: its Start holds the sandbox's lock.
-		k.removals.Go(func() { k.removeKeeperOrRetry(ctx, stale) })
+		k.removeInBackground(ctx, stale)
 	}
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), startTimeout)
 	defer cancel()
@@ -333,8 +339,27 @@ func (k *Keepers) ExpireIdle(ctx context.Context) {
 
 // WaitRemovals waits for the keeper removals running in the background
 // (recovery's, and of a stale keeper): one that fails queues its retry,
-// so the retry queue stops after them.
-func (k *Keepers) WaitRemovals() { k.removals.Wait() }
+// so the retry queue stops after them. No removal starts after it.
+func (k *Keepers) WaitRemovals() {
+	k.mu.Lock()
+	k.closed = true
+	k.mu.Unlock()
+	k.removals.Wait()
+}
+
+// removeInBackground removes keeper kp in the background, unless
+// WaitRemovals has begun: then berth is closing, with no retry queue for a
+// removal that fails, and the keeper is left to the next start's recovery
+// (Recover), which keeps one keeper a scope and removes the rest.
+func (k *Keepers) removeInBackground(ctx context.Context, kp *keeper) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if k.closed {
+		log.G(ctx).WithField("keeper_id", kp.ID).Info("berth is closing; the shim keeper is left to the next start's recovery")
+		return
+	}
+	k.removals.Go(func() { k.removeKeeperOrRetry(ctx, kp) })
+}
 
 // removeKeeperOrRetry removes keeper kp, and has the retry queue take
 // over if that fails.
@@ -403,7 +428,7 @@ func (k *Keepers) recoverKeeper(ctx context.Context, container containerd.Contai
 		// Nothing waits for a keeper berth does not take up to be gone:
 		// its removal, which a wedged shim holds for StepTimeout, is not
 		// recovery's, which every call to berth waits for.
-		k.removals.Go(func() { k.removeKeeperOrRetry(ctx, kp) })
+		k.removeInBackground(ctx, kp)
 	}
 }
 
