@@ -32,11 +32,25 @@ func TestStreaming(t *testing.T) {
 			web := pod.Spec.Containers[0]
 			web.Name, web.Stdin = "web", false
 			web.Command = []string{"sh", "-c", "mkdir /www && echo pong > /www/index.html && exec /bin/busybox httpd -f -p 8080 -h /www"}
+			// Ready once it serves, so that port-forward does not race
+			// httpd's listen.
+			web.ReadinessProbe = &corev1.Probe{
+				ProbeHandler: corev1.ProbeHandler{Exec: &corev1.ExecAction{
+					Command: []string{"/bin/busybox", "wget", "-q", "-O", "/dev/null", "http://127.0.0.1:8080/index.html"},
+				}},
+				PeriodSeconds: 1,
+			}
 			pod.Spec.Containers = append(pod.Spec.Containers, web)
 			pod = runPod(t, pod)
 
 			t.Run("logs", func(t *testing.T) {
-				if log := podLogs(t, pod, "app"); log != "started\n" {
+				// The container runs before its first line reaches its log.
+				log := podLogs(t, pod, "app")
+				for deadline := time.Now().Add(10 * time.Second); log == "" && time.Now().Before(deadline); {
+					time.Sleep(200 * time.Millisecond)
+					log = podLogs(t, pod, "app")
+				}
+				if log != "started\n" {
 					t.Errorf("logs = %q, want %q", log, "started\n")
 				}
 			})
