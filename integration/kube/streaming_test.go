@@ -45,11 +45,11 @@ func TestStreaming(t *testing.T) {
 
 			t.Run("logs", func(t *testing.T) {
 				// The container runs before its first line reaches its log.
-				log := podLogs(t, pod, "app")
-				for deadline := time.Now().Add(10 * time.Second); log == "" && time.Now().Before(deadline); {
-					time.Sleep(200 * time.Millisecond)
+				var log string
+				eventually(t, 10*time.Second, "the app's first log line", func() bool {
 					log = podLogs(t, pod, "app")
-				}
+					return log != ""
+				})
 				if log != "started\n" {
 					t.Errorf("logs = %q, want %q", log, "started\n")
 				}
