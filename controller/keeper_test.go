@@ -279,6 +279,44 @@ func TestWarmShimKeeperLostShimEnded(t *testing.T) {
 	removed(t, c, "sb1")
 }
 
+// TestKeeperRefusedCallerGone: a pod leaves the group its keeper's refused
+// task ended, and ends the group's shim, though its caller gave up while
+// the keeper was being made: the pod was in the group, so only its leaving
+// can end the shim.
+func TestKeeperRefusedCallerGone(t *testing.T) {
+	client := newFakeClient()
+	sockets := shimtest.Sockets(t, Namespace)
+	c := warmController(t, client, func(cfg *Config) { cfg.Shims = sockets })
+	if err := create(t, c, client, "sb1", testPodConfig("sb1")); err != nil {
+		t.Fatal(err)
+	}
+	client.failNext("new task", errgrpc.ToNative(status.Error(codes.Unknown, "ttrpc: closed")))
+	release := client.hold("new task")
+	ctx, cancel := context.WithCancel(testContext())
+	done := make(chan error, 1)
+	go func() {
+		_, err := c.Start(ctx, "sb1")
+		done <- err
+	}()
+	eventually(t, "keeper's task asked for", func() bool { return client.count("new task") == 1 })
+	shim := &shimtest.IdleShim{}
+	shimtest.Serve(t, sockets, keeperGroup(t, onlyKeeperContainer(t, client)), shim)
+	cancel()
+	release()
+	<-done
+	eventually(t, "the ended group's shim shut down", func() bool { return shim.Shutdowns() > 0 })
+}
+
+// onlyKeeperContainer is the one keeper container, with a task or not.
+func onlyKeeperContainer(t *testing.T, client *fakeClient) *fakeContainer {
+	t.Helper()
+	keepers := keeperContainers(client)
+	if len(keepers) != 1 {
+		t.Fatalf("keepers %v, want one", keepers)
+	}
+	return keepers[0]
+}
+
 // warmScope is the shim scope of warmController's pods of namespace
 // default.
 var warmScope = placement.Scope{Handler: testHandler, Namespace: "default", Runtime: shimRuntime(Runtime{Type: "io.containerd.runc.v2"}, nil)}

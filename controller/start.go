@@ -93,8 +93,12 @@ func (c *Controller) start(ctx context.Context, sb *store.Sandbox, undo *rollbac
 		// The keeper was the group's first task, and its failure ended the
 		// group with the shim it started: the pod opens another group,
 		// without a keeper, so that a keeper that keeps failing costs the
-		// pods nothing but its attempt.
-		c.reaper.LeaveGroup(ctx, p.group, sb.ID)
+		// pods nothing but its attempt. Left as an undo step is, on a
+		// context the caller cannot cancel: the ended group's shim must not
+		// outlive it because the caller gave up meanwhile.
+		leaveCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), rollback.StepTimeout)
+		c.reaper.LeaveGroup(leaveCtx, p.group, sb.ID)
+		cancel()
 		p.group = c.groups.Join(scope)
 	}
 	// The lease spans the container's and the task's making, so that
