@@ -41,7 +41,7 @@ func (s *Shim) kill(ctx context.Context, id string, shimPid int, serving func(co
 	}
 	pidfd, err := unix.PidfdOpen(shimPid, 0)
 	if errors.Is(err, unix.ESRCH) {
-		return nil
+		return s.sockets.RemoveDeadSockets(ctx, s.group)
 	}
 	if err != nil {
 		return fmt.Errorf("pidfd of shim %d: %w", shimPid, err)
@@ -49,7 +49,10 @@ func (s *Shim) kill(ctx context.Context, id string, shimPid int, serving func(co
 	defer unix.Close(pidfd)
 	if exited(pidfd, time.Second) {
 		log.G(ctx).WithField("pid", shimPid).Debug("shim exited")
-		return nil
+		// A group's shim leaves its sockets (RemoveDeadSockets), and one
+		// whose group berth does not watch (a pod's recovered stopped
+		// pause's) has no watch to remove them.
+		return s.sockets.RemoveDeadSockets(ctx, s.group)
 	}
 	// The pidfd is the shim's only if the shim still answers with its pid.
 	info, err := s.svc.Connect(ctx, &taskapi.ConnectRequest{ID: id})

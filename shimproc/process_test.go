@@ -102,3 +102,28 @@ func TestShutdownKillsShimThatStays(t *testing.T) {
 		t.Fatal("shim that stays not killed")
 	}
 }
+
+// TestShutdownRemovesExitedShimSockets: a group's shim that exits when shut
+// down, or had exited already, leaves its sockets, which Shutdown removes.
+func TestShutdownRemovesExitedShimSockets(t *testing.T) {
+	idle := func(context.Context) (bool, error) { return false, nil }
+	for _, gone := range []bool{false, true} {
+		s := socketDir(t)
+		leaveDeadSockets(t, s, "g")
+		proc, reaped := startProcess(t)
+		shim := &fakeShim{pids: []uint32{uint32(proc.Pid)}, exit: proc}
+		if gone {
+			shim.exit = nil
+			if err := proc.Kill(); err != nil {
+				t.Fatal(err)
+			}
+			<-reaped
+		}
+		if err := (&Shim{svc: shim, sockets: s, group: "g"}).Shutdown(context.Background(), "id", idle); err != nil {
+			t.Fatalf("Shutdown (exited before: %v): %v", gone, err)
+		}
+		if names := socketNames(t, s); len(names) != 0 {
+			t.Errorf("sockets left after the shim exited (before Shutdown: %v): %v", gone, names)
+		}
+	}
+}

@@ -25,12 +25,14 @@ import (
 // ID, and NotFound for the others. Connect answers with pids in turn, the
 // last one from then on. Delete deletes every task, writing runc's
 // log.json into the task's bundle under bundles as the runc shim's runc
-// does. Shutdown is counted, and leaves the process running.
+// does. Shutdown is counted, and ends process exit if set, as a shim's
+// Shutdown ends the shim; else it leaves the process running.
 type fakeShim struct {
 	taskapi.TTRPCTaskService
 	states    map[string]error
 	pids      []uint32
 	bundles   string
+	exit      *os.Process
 	shutdowns int
 }
 
@@ -59,6 +61,11 @@ func (s *fakeShim) Delete(_ context.Context, r *taskapi.DeleteRequest) (*taskapi
 
 func (s *fakeShim) Shutdown(context.Context, *taskapi.ShutdownRequest) (*emptypb.Empty, error) {
 	s.shutdowns++
+	if s.exit != nil {
+		if err := s.exit.Kill(); err != nil {
+			return nil, errgrpc.ToGRPC(err)
+		}
+	}
 	return &emptypb.Empty{}, nil
 }
 
@@ -235,49 +242,68 @@ func TestRemoveHalfDeletedBundles(t *testing.T) {
 // removing them go, its task API's and its debug one; a socket a shim
 // still listens on stays.
 func TestRemoveDeadSockets(t *testing.T) {
-	// Not t.TempDir: the test's name would make the sockets' paths too long.
-	dir, err := os.MkdirTemp("", "shims")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	s := Sockets{ContainerdAddress: "/run/berth-test/containerd.sock", Dir: dir, Namespace: "k8s.io"}
+	s := socketDir(t)
 	ctx := context.Background()
-	listen := func(group string, debug bool) *net.UnixListener {
-		t.Helper()
-		addr, err := shim.CreateSocketAddress(namespaces.WithNamespace(ctx, s.Namespace), dir, s.ContainerdAddress, group, debug)
-		if err != nil {
-			t.Fatal(err)
-		}
-		l, err := net.ListenUnix("unix", &net.UnixAddr{Name: strings.TrimPrefix(addr, "unix://"), Net: "unix"})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return l
-	}
-	// A shim that died: its sockets are there, with nothing listening.
-	for _, debug := range []bool{false, true} {
-		l := listen("dead", debug)
-		l.SetUnlinkOnClose(false)
-		l.Close()
-	}
-	live := listen("live", false)
+	leaveDeadSockets(t, s, "dead")
+	live := listenShim(t, s, "live", false)
 	defer live.Close()
 	for _, group := range []string{"dead", "live", "never"} {
 		if err := s.RemoveDeadSockets(ctx, group); err != nil {
 			t.Errorf("RemoveDeadSockets(%s): %v", group, err)
 		}
 	}
-	entries, err := os.ReadDir(dir)
+	if names := socketNames(t, s); len(names) != 1 || names[0] != filepath.Base(live.Addr().String()) {
+		t.Errorf("sockets left %v, want only the live shim's %s", names, live.Addr())
+	}
+}
+
+// socketDir is Sockets in a directory of the test's own.
+func socketDir(t *testing.T) Sockets {
+	t.Helper()
+	// Not t.TempDir: the test's name would make the sockets' paths too long.
+	dir, err := os.MkdirTemp("", "shims")
 	if err != nil {
 		t.Fatal(err)
 	}
-	liveName := filepath.Base(live.Addr().String())
-	if len(entries) != 1 || entries[0].Name() != liveName {
-		var names []string
-		for _, e := range entries {
-			names = append(names, e.Name())
-		}
-		t.Errorf("sockets left %v, want only the live shim's %s", names, liveName)
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	return Sockets{ContainerdAddress: "/run/berth-test/containerd.sock", Dir: dir, Namespace: "k8s.io"}
+}
+
+// listenShim listens on the socket of group's shim, its debug one if debug.
+func listenShim(t *testing.T, s Sockets, group string, debug bool) *net.UnixListener {
+	t.Helper()
+	addr, err := shim.CreateSocketAddress(namespaces.WithNamespace(context.Background(), s.Namespace), s.Dir, s.ContainerdAddress, group, debug)
+	if err != nil {
+		t.Fatal(err)
 	}
+	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: strings.TrimPrefix(addr, "unix://"), Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l
+}
+
+// leaveDeadSockets leaves the sockets of a shim of group that died: there,
+// with nothing listening.
+func leaveDeadSockets(t *testing.T, s Sockets, group string) {
+	t.Helper()
+	for _, debug := range []bool{false, true} {
+		l := listenShim(t, s, group, debug)
+		l.SetUnlinkOnClose(false)
+		l.Close()
+	}
+}
+
+// socketNames lists the files in s's directory.
+func socketNames(t *testing.T, s Sockets) []string {
+	t.Helper()
+	entries, err := os.ReadDir(s.Dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, e := range entries {
+		names = append(names, e.Name())
+	}
+	return names
 }
