@@ -493,6 +493,17 @@ func (s *Groups) Watch(id string) bool {
 	return true
 }
 
+// Unwatch gives up the watch of group id's shim that Watch handed out and
+// its caller could not take up (the shim did not answer at its socket), so
+// that the next caller claims it.
+func (s *Groups) Unwatch(id string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if g, ok := s.inUse[id]; ok {
+		g.watched = false
+	}
+}
+
 // TasksOf lists the sandboxes and keepers whose task is made in group id
 // and not yet deleted.
 func (s *Groups) TasksOf(id string) []string {

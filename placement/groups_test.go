@@ -702,6 +702,9 @@ func TestShimGroupRecovered(t *testing.T) {
 	if !g.Watch("berth-h-1") || g.Watch("berth-h-1") {
 		t.Error("a group's shim is to be watched exactly once")
 	}
+	if g.Unwatch("berth-h-1"); !g.Watch("berth-h-1") || g.Watch("berth-h-1") {
+		t.Error("a watch given up is not handed out again, once")
+	}
 	tasks := g.TasksOf("berth-h-1")
 	slices.Sort(tasks)
 	if !slices.Equal(tasks, []string{"sb1", "sb2", "sb3"}) {

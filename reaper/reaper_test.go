@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -126,6 +127,79 @@ func TestWatchShim(t *testing.T) {
 	case ids := <-died:
 		t.Errorf("shim death reported twice, the second time for %v", ids)
 	case <-time.After(100 * time.Millisecond):
+	}
+}
+
+// flakyPidShim answers Connect with pids in turn, the last one from then
+// on, and counts the calls: a shim whose first answers are lost.
+type flakyPidShim struct {
+	taskapi.TTRPCTaskService
+	mu       sync.Mutex
+	pids     []uint32
+	connects int
+}
+
+func (s *flakyPidShim) Connect(context.Context, *taskapi.ConnectRequest) (*taskapi.ConnectResponse, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.connects++
+	pid := s.pids[0]
+	if len(s.pids) > 1 {
+		s.pids = s.pids[1:]
+	}
+	return &taskapi.ConnectResponse{ShimPid: pid}, nil
+}
+
+func (s *flakyPidShim) calls() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.connects
+}
+
+// TestWatchShimRetried: a shared shim that did not answer for its watch
+// (here: with another pid the second time) is watched at the group's next
+// task, and its death is seen.
+func TestWatchShimRetried(t *testing.T) {
+	sockets := shimtest.Sockets(t, "k8s.io")
+	shim := exec.Command("sleep", "60")
+	if err := shim.Start(); err != nil {
+		t.Fatal(err)
+	}
+	reaped := make(chan struct{})
+	go func() { _ = shim.Wait(); close(reaped) }()
+	t.Cleanup(func() { _ = shim.Process.Kill(); <-reaped })
+
+	groups := placement.NewGroups(func(string) int { return 4 })
+	died := make(chan []string, 1)
+	r := New(Config{Shims: sockets, Groups: groups, ShimDied: func(ids []string) { died <- ids }})
+	id := groups.Join(placement.Scope{Handler: "h"})
+	making, err := groups.MakeTask(context.Background(), id, "sb1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	making.End(placement.Made)
+	pid := uint32(shim.Process.Pid)
+	svc := &flakyPidShim{pids: []uint32{pid, 1, pid}}
+	shimtest.Serve(t, sockets, id, svc)
+	// The first watch's pidfd is refused (two answers); the group's next
+	// tasks ask until one takes the watch up (two more).
+	r.WatchShim(testContext(), id, "sb1")
+	for deadline := time.Now().Add(5 * time.Second); svc.calls() < 4; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the shim's watch not taken up again: %d calls", svc.calls())
+		}
+		r.WatchShim(testContext(), id, "sb1")
+	}
+	if err := shim.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case ids := <-died:
+		if !slices.Equal(ids, []string{"sb1"}) {
+			t.Errorf("shim death reported for %v, want sb1", ids)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("shim death not reported")
 	}
 }
 

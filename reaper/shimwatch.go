@@ -17,8 +17,9 @@ import (
 // shim the last one's exit comes a quarter of a second later on a 16-core
 // node. A group whose shim cannot be reached (berth does not know where
 // shims listen, or the shim already died) is not watched; its pods' exits
-// come from containerd as before. Once the shim has exited, its sockets
-// are removed (shimproc.Sockets.RemoveDeadSockets).
+// come from containerd as before; one that did not answer (a timeout under
+// load) is tried again at the group's next task. Once the shim has exited,
+// its sockets are removed (shimproc.Sockets.RemoveDeadSockets).
 func (r *Reaper) WatchShim(ctx context.Context, group, id string) {
 	if group == "" || !r.cfg.Groups.Watch(group) {
 		return
@@ -26,8 +27,13 @@ func (r *Reaper) WatchShim(ctx context.Context, group, id string) {
 	ctx = log.WithLogger(events.Detached(ctx), log.G(ctx).WithField("shim_group", group))
 	go func() {
 		pidfd, err := r.cfg.Shims.Pidfd(ctx, group, id)
-		if err != nil || pidfd == nil {
-			log.G(ctx).WithError(err).Debug("shared shim not watched")
+		if err != nil {
+			log.G(ctx).WithError(err).Warn("shared shim not watched; its group's next task tries again")
+			r.cfg.Groups.Unwatch(group)
+			return
+		}
+		if pidfd == nil {
+			log.G(ctx).Debug("shared shim not watched: no shim listens at its socket")
 			return
 		}
 		defer pidfd.Close()
