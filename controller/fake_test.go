@@ -152,6 +152,13 @@ func (f *fakeClient) call(step, id string) error {
 	return err
 }
 
+// countFor counts the calls of step for container id.
+func (f *fakeClient) countFor(step, id string) int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return len(slices.DeleteFunc(slices.Clone(f.calls), func(c string) bool { return c != step+" "+id }))
+}
+
 func (f *fakeClient) count(step string) int {
 	f.mu.Lock()
 	defer f.mu.Unlock()

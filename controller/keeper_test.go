@@ -222,6 +222,11 @@ func TestWarmShimKeeperIdle(t *testing.T) {
 		if ks := keeperContainers(client); len(ks) != 0 || c.groups.Has(group) {
 			t.Fatalf("an hour idle: keepers %v, group in use %v; want none", ks, c.groups.Has(group))
 		}
+		// Removed once: the exit the removal's kill caused is not taken
+		// for the keeper's death.
+		if n := client.countFor("container delete", k.info.ID); n != 1 {
+			t.Errorf("idle keeper's container deleted %d times, want once", n)
+		}
 		started(t, c, client, "sb3")
 		if k3 := onlyKeeper(t, client); k3 == k || groupOf(t, c, "sb3") == group {
 			t.Errorf("after the idle keeper's removal, keeper %s in group %s: want a new one in a new group", k3.info.ID, groupOf(t, c, "sb3"))

@@ -293,9 +293,15 @@ func (k *Keepers) startKeeper(ctx context.Context, runtime sandbox.RuntimeOpts, 
 	return nil
 }
 
-// watchKeeper removes keeper kp once its task exits.
+// watchKeeper removes keeper kp once its task exits, unless it was no
+// longer its scope's: then the exit is its removal's kill, or it is left
+// to whoever claimed or dropped it (an idle expiry, a stale keeper's
+// replacement), and removing it again would run the removal twice.
 func (k *Keepers) watchKeeper(kp *keeper, w *events.Wait) {
 	w.Handle(func(ctx context.Context, e events.Exit) {
+		if !k.live.Drop(kp) {
+			return
+		}
 		logger := log.G(ctx).WithField("keeper_id", kp.ID)
 		if e.Lost != nil {
 			logger = logger.WithError(e.Lost)
@@ -303,7 +309,6 @@ func (k *Keepers) watchKeeper(kp *keeper, w *events.Wait) {
 			logger = logger.WithField("exit_status", e.Code)
 		}
 		logger.Warn("shim keeper exited; removing it")
-		k.live.Drop(kp)
 		k.removeKeeperOrRetry(ctx, kp)
 	})
 }

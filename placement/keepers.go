@@ -60,13 +60,17 @@ func (k *Keepers[T]) Set(scope Scope, kp *Keeper[T]) {
 	k.byScope[scope] = kp
 }
 
-// Drop forgets keeper kp if it is still its scope's.
-func (k *Keepers[T]) Drop(kp *Keeper[T]) {
+// Drop forgets keeper kp if it is still its scope's, and says whether it
+// did: a keeper dropped (DropIf) or claimed (Claim) before is its
+// dropper's or claimer's to remove.
+func (k *Keepers[T]) Drop(kp *Keeper[T]) bool {
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	if k.byScope[kp.Scope] == kp {
-		delete(k.byScope, kp.Scope)
+	if k.byScope[kp.Scope] != kp {
+		return false
 	}
+	delete(k.byScope, kp.Scope)
+	return true
 }
 
 // List returns the live keepers, not those being made.
