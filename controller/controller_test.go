@@ -618,6 +618,24 @@ func TestStartInRefusingSharedShim(t *testing.T) {
 	}
 }
 
+// TestStartRefusedUndoFails: a Start whose pause task a shared shim
+// refused, and whose undo of it then fails, fails with both errors, and
+// its retried undo leaves nothing.
+func TestStartRefusedUndoFails(t *testing.T) {
+	client := newFakeClient()
+	c := sharingController(t, client)
+	started(t, c, client, "sb1")
+	if err := create(t, c, client, "sb2", testPodConfig("sb2")); err != nil {
+		t.Fatal(err)
+	}
+	client.failNext("new task", errgrpc.ToNative(status.Error(codes.Unknown, "ttrpc: closed")))
+	client.failNext("container delete", errInjected)
+	if _, err := c.Start(testContext(), "sb2"); !errors.Is(err, errSharedShimRefused) || !errors.Is(err, errInjected) {
+		t.Fatalf("Start = %v, want the refusal and the undo's error", err)
+	}
+	eventually(t, "sb2's container removed", func() bool { return client.container("sb2") == nil })
+}
+
 // TestStartFailsInSharedShim checks that a pause task that fails to be
 // made in a shared shim for a reason of its own (a hook, runc) fails Start
 // with that error, once, and leaves the group to its pods: the next pod

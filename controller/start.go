@@ -50,12 +50,15 @@ func (c *Controller) Start(ctx context.Context, id string) (sandbox.ControllerIn
 		// Undone at once, so that the sandbox's container can be made
 		// again; if that fails, so does Start.
 		log.G(ctx).WithError(err).Warn("a shared shim refused the pause task; starting it in another")
+		refused := err
 		var rest rollback.Stack
 		if rest, err = undo.Run(ctx); err == nil {
 			undo = nil
 			inst, err = c.start(ctx, sb, &undo)
 		} else {
-			undo = rest
+			// Both: the refusal is why Start failed, the undo's error why
+			// it did not start the pod elsewhere.
+			undo, err = rest, fmt.Errorf("%w; undo it: %w", refused, err)
 		}
 	}
 	if err != nil {
