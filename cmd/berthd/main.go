@@ -164,7 +164,7 @@ func run(o options) error {
 	}
 	server := sandboxapi.NewServer(o.sandboxer)
 	hops := newHopMetrics()
-	g := grpc.NewServer(hops.serverOptions()...)
+	g := newGRPCServer(hops)
 	server.Register(g)
 	hops.server.InitializeMetrics(g)
 	serveErr := make(chan error, 1)
@@ -207,6 +207,16 @@ func run(o options) error {
 const drainTimeout = 30 * time.Second
 
 // drain stops g once the calls in flight have ended, or after timeout.
+// newGRPCServer is berthd's gRPC server, counted by hops. It takes and
+// sends messages as large as containerd's proxy client does (16 MiB, not
+// gRPC's 4): a pod config CRI hands berth in process (a Create carries it
+// twice) reaches berthd too.
+func newGRPCServer(hops hopMetrics) *grpc.Server {
+	return grpc.NewServer(append(hops.serverOptions(),
+		grpc.MaxRecvMsgSize(defaults.DefaultMaxRecvMsgSize),
+		grpc.MaxSendMsgSize(defaults.DefaultMaxSendMsgSize))...)
+}
+
 func drain(ctx context.Context, g *grpc.Server, timeout time.Duration) {
 	drained := make(chan struct{})
 	go func() {

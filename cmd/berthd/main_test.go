@@ -11,7 +11,16 @@ import (
 	"strings"
 	"testing"
 
+	api "github.com/containerd/containerd/api/services/sandbox/v1"
+	"github.com/containerd/containerd/v2/defaults"
 	"github.com/coreos/go-systemd/v22/unit"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/anypb"
+
+	"github.com/berth-dev/berth/sandboxapi"
 )
 
 // TestSocketPath: containerd's proxy plugins take a unix socket's address
@@ -103,5 +112,34 @@ func TestLoadNode(t *testing.T) {
 	}
 	if n.GRPCAddress != "/run/k3s/containerd/containerd.sock" || n.Root != "/var/lib/rancher/k3s/agent/containerd" || n.State != "/run/k3s/containerd" {
 		t.Errorf("address %s, root %s, state %s: want containerd's flags'", n.GRPCAddress, n.Root, n.State)
+	}
+}
+
+// TestLargeRequest: berthd takes a request as large as containerd's proxy
+// client sends (16 MiB), not only gRPC's default 4 MiB. The server is shut
+// down, so the call, once read, fails Unavailable, not ResourceExhausted.
+func TestLargeRequest(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "berthd.sock")
+	l, err := listen(sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	server := sandboxapi.NewServer("berth")
+	server.Shutdown()
+	g := newGRPCServer(newHopMetrics())
+	server.Register(g)
+	go func() { _ = g.Serve(l) }()
+	defer g.Stop()
+	conn, err := grpc.NewClient("unix://"+sock,
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithDefaultCallOptions(grpc.MaxCallSendMsgSize(defaults.DefaultMaxSendMsgSize)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	req := &api.ControllerCreateRequest{SandboxID: "sb", Sandboxer: "berth", Options: &anypb.Any{Value: make([]byte, 6<<20)}}
+	_, err = api.NewControllerClient(conn).Create(context.Background(), req)
+	if status.Code(err) != codes.Unavailable {
+		t.Errorf("Create of %d bytes: %v; want Unavailable", len(req.Options.Value), err)
 	}
 }
