@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"maps"
 	"slices"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -19,6 +20,7 @@ import (
 	"github.com/containerd/containerd/v2/pkg/cio"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/errdefs/pkg/errgrpc"
+	"github.com/containerd/typeurl/v2"
 	"google.golang.org/grpc"
 )
 
@@ -33,8 +35,9 @@ type fakeClient struct {
 	records    map[string]sandbox.Sandbox
 	leases     map[string]leases.Lease
 	// fail maps a step ("new container", "container info", "new task",
-	// "task start", "task kill", "task delete", "container delete", "task
-	// status", "lease delete") to the errors of its next calls.
+	// "task start", "task kill", "task delete", "container delete",
+	// "container update", "task status", "lease delete") to the errors of
+	// its next calls.
 	fail map[string][]error
 	// failFor maps a step to a test of the container IDs all of whose
 	// calls of it fail with errInjected.
@@ -386,17 +389,6 @@ func (c *fakeContainer) Info(context.Context, ...containerd.InfoOpts) (container
 	return c.info, nil
 }
 
-func (c *fakeContainer) Update(ctx context.Context, opts ...containerd.UpdateContainerOpts) error {
-	c.client.mu.Lock()
-	defer c.client.mu.Unlock()
-	for _, o := range opts {
-		if err := o(ctx, nil, &c.info); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
 // Delete refuses a container with a task, as containerd's client does.
 func (c *fakeContainer) Delete(ctx context.Context, _ ...containerd.DeleteOpts) error {
 	if c.hasTask() {
@@ -442,8 +434,29 @@ func (fakeContainerStore) Create(context.Context, containers.Container) (contain
 	panic("not used")
 }
 
-func (fakeContainerStore) Update(context.Context, containers.Container, ...string) (containers.Container, error) {
-	panic("not used")
+// Update writes the extensions fieldpaths name ("extensions.KEY"), as
+// containerd's store does; it refuses any other field.
+func (s fakeContainerStore) Update(_ context.Context, c containers.Container, fieldpaths ...string) (containers.Container, error) {
+	if err := s.call("container update", c.ID); err != nil {
+		return containers.Container{}, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	stored, ok := s.containers[c.ID]
+	if !ok {
+		return containers.Container{}, errdefs.ErrNotFound
+	}
+	for _, path := range fieldpaths {
+		key, ok := strings.CutPrefix(path, "extensions.")
+		if !ok {
+			return containers.Container{}, fmt.Errorf("fake updates extensions only, not %s: %w", path, errdefs.ErrNotImplemented)
+		}
+		if stored.info.Extensions == nil {
+			stored.info.Extensions = map[string]typeurl.Any{}
+		}
+		stored.info.Extensions[key] = c.Extensions[key]
+	}
+	return stored.info, nil
 }
 
 func (c *fakeContainer) NewTask(context.Context, cio.Creator, ...containerd.NewTaskOpts) (containerd.Task, error) {

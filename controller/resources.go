@@ -8,7 +8,7 @@ import (
 	"time"
 
 	"github.com/containerd/containerd/api/types"
-	containerd "github.com/containerd/containerd/v2/client"
+	"github.com/containerd/containerd/v2/core/containers"
 	"github.com/containerd/containerd/v2/core/sandbox"
 	"github.com/containerd/containerd/v2/pkg/protobuf"
 	"github.com/containerd/errdefs"
@@ -80,10 +80,19 @@ func (c *Controller) Update(ctx context.Context, id string, info sandbox.Sandbox
 	} else {
 		log.G(ctx).Info("pod has no cgroup parent; resources recorded, not applied")
 	}
-	// On the container, so that recovery after a restart reads them back.
+	// On the container, so that recovery after a restart reads them back:
+	// berth's record alone, by field. containerd's client would write the
+	// whole container back as it read it, which berthd's client reads from
+	// what it wrote last (containerstore): a label or extension another
+	// client put on the pause container since would be dropped.
 	r := c.recordOf(sb)
 	r.Resources, r.Overhead = upd.Resources, upd.Overhead
-	if err := status.Instance.Container.Update(ctx, containerd.UpdateContainerOpts(withRecord(r, sb.Config))); err != nil {
+	rec, err := jsonExtension(recordTypeURL, r)
+	if err != nil {
+		return fmt.Errorf("encode sandbox record: %w", err)
+	}
+	update := containers.Container{ID: id, Extensions: map[string]typeurl.Any{extensionRecord: rec}}
+	if _, err := c.client.ContainerService().Update(ctx, update, "extensions."+extensionRecord); err != nil {
 		return fmt.Errorf("record pod resources: %w", err)
 	}
 	return sb.Update(func(s store.Status) (store.Status, error) {

@@ -17,6 +17,7 @@ import (
 	"github.com/containerd/cgroups/v3"
 	v1 "github.com/containerd/cgroups/v3/cgroup1/stats"
 	v2 "github.com/containerd/cgroups/v3/cgroup2/stats"
+	"github.com/containerd/containerd/v2/core/containers"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/typeurl/v2"
 	"google.golang.org/grpc/codes"
@@ -44,10 +45,21 @@ func TestUpdatePodResources(t *testing.T) {
 		return err
 	}
 
+	// A label another client puts on the pause container outlives the
+	// resize's record: berthd's client reads the container from what
+	// berthd wrote last, and must not write that back whole.
+	const ownerLabel = "example.com/owner"
+	ctrs := daemon.client.ContainerService()
+	if _, err := ctrs.Update(ctxT(t), containers.Container{ID: id, Labels: map[string]string{ownerLabel: "it"}}, "labels."+ownerLabel); err != nil {
+		t.Fatal(err)
+	}
 	if err := update(&runtimeapi.LinuxContainerResources{CpuPeriod: 100000, CpuQuota: 50000, CpuShares: 512, MemoryLimitInBytes: 256 << 20}, nil); err != nil {
 		t.Fatalf("UpdatePodSandboxResources: %v", err)
 	}
 	checkPodCgroup(t, parent, podLimits{quota: 50000, period: 100000, shares: 512, memory: 256 << 20})
+	if ctr, err := ctrs.Get(ctxT(t), id); err != nil || ctr.Labels[ownerLabel] != "it" {
+		t.Errorf("pause container's labels after a resize: %v (%v), want %s kept", ctr.Labels, err, ownerLabel)
+	}
 
 	// A pod with a RuntimeClass overhead of 100m and 32Mi resized to
 	// 300m/96Mi: kubelet passes the resources without the overhead and
