@@ -9,7 +9,10 @@
 // spec in it. The records of berth's pause containers and keepers are
 // written by berth alone (CRI writes its own containers' records, and the
 // sandbox store's), so the record containerd returned when berthd wrote it
-// is the record containerd holds until berthd writes it again.
+// is the record containerd holds until berthd writes it again, but for
+// labels or extensions another client may add, which no read of berth's
+// needs: berth updates a record by field path, never by writing back what
+// it read.
 package containerstore
 
 import (
