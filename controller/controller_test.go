@@ -1053,6 +1053,43 @@ func TestRecoverUpdatedResources(t *testing.T) {
 	}
 }
 
+// TestOwnCgroup: a pod's cgroup parent is its own to resize and report
+// unless it is the root or another pod's too; a new sandbox of the same
+// pod shares it as its own.
+func TestOwnCgroup(t *testing.T) {
+	client := newFakeClient()
+	c := testController(t, client)
+	pod := func(id, uid, parent string) *store.Sandbox {
+		t.Helper()
+		cfg := testPodConfig(id)
+		cfg.Metadata.Uid, cfg.Linux.CgroupParent = uid, parent
+		if err := create(t, c, client, id, cfg); err != nil {
+			t.Fatal(err)
+		}
+		sb, err := c.store.Get(id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return sb
+	}
+	const slice = "kubepods-besteffort-poda.slice"
+	const path = "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-poda.slice"
+	none, root := pod("none", "none", ""), pod("root", "root", "/")
+	a1 := pod("a1", "a", slice)
+	a2 := pod("a2", "a", slice) // kubelet's new sandbox of pod a
+	for sb, want := range map[*store.Sandbox]string{none: "", root: "", a1: path, a2: path} {
+		if got := c.ownCgroup(sb); got != want {
+			t.Errorf("ownCgroup(%s) = %q, want %q", sb.ID, got, want)
+		}
+	}
+	b := pod("b", "b", path) // the same cgroup, as cgroupfs names it
+	for _, sb := range []*store.Sandbox{a1, a2, b} {
+		if got := c.ownCgroup(sb); got != "" {
+			t.Errorf("ownCgroup(%s) = %q with pods a and b in it, want none", sb.ID, got)
+		}
+	}
+}
+
 // TestUpdateNotReady: an Update of a pod whose pause has exited succeeds
 // and changes nothing, as the built-in's, which kubelet would otherwise
 // report as a rejected resize.

@@ -34,8 +34,8 @@ type criUpdatedResources struct {
 
 // Update applies the pod-level resources CRI stored with
 // UpdatePodSandboxResources (in-place pod resize) to the pod's cgroup, the
-// cgroup_parent kubelet gave the pod, and records them so that verbose
-// status and a containerd restart keep them. kubelet makes that call before
+// cgroup_parent kubelet gave the pod (ownCgroup), and records them so that
+// verbose status and a containerd restart keep them. kubelet makes that call before
 // it writes the pod cgroup itself, and rejects the resize if it fails;
 // berth writes the same values kubelet then writes (podCgroupResources),
 // so that the cgroup never holds less than the pod was given. Fields other
@@ -73,12 +73,12 @@ func (c *Controller) Update(ctx context.Context, id string, info sandbox.Sandbox
 		log.G(ctx).WithField("state", status.State).Info("sandbox is not ready; resources not applied")
 		return nil
 	}
-	if parent := sb.Config.GetLinux().GetCgroupParent(); parent != "" {
-		if err := podcgroup.Update(podcgroup.Path(parent), want); err != nil {
+	if path := c.ownCgroup(sb); path != "" {
+		if err := podcgroup.Update(path, want); err != nil {
 			return err
 		}
 	} else {
-		log.G(ctx).Info("pod has no cgroup parent; resources recorded, not applied")
+		log.G(ctx).WithField("cgroup_parent", sb.Config.GetLinux().GetCgroupParent()).Info("pod has no cgroup of its own; resources recorded, not applied")
 	}
 	// On the container, so that recovery after a restart reads them back:
 	// berth's record alone, by field. containerd's client would write the
@@ -101,9 +101,36 @@ func (c *Controller) Update(ctx context.Context, id string, info sandbox.Sandbox
 	})
 }
 
+// ownCgroup is the path of the pod cgroup kubelet gave sandbox sb (its
+// cgroup_parent), or "" where the pod has no cgroup of its own: no parent,
+// the root cgroup, or one another pod's sandbox has too (kubelet with
+// --cgroups-per-qos=false gives every pod its cgroup root). A cgroup shared
+// is not one pod's to resize, nor its stats the pod's. A sandbox of the
+// same pod (kubelet's new one for a pod whose pause died, beside the old)
+// shares the pod's cgroup as its own.
+func (c *Controller) ownCgroup(sb *store.Sandbox) string {
+	parent := sb.Config.GetLinux().GetCgroupParent()
+	if parent == "" {
+		return ""
+	}
+	path := podcgroup.Path(parent)
+	if path == "/" {
+		return ""
+	}
+	uid := sb.Config.GetMetadata().GetUid()
+	for _, other := range c.store.List() {
+		if other.Config.GetMetadata().GetUid() != uid && other.Config.GetLinux().GetCgroupParent() != "" &&
+			podcgroup.Path(other.Config.GetLinux().GetCgroupParent()) == path {
+			return ""
+		}
+	}
+	return path
+}
+
 // Metrics returns the pod cgroup's stats (CPU, memory, pids, IO) in the
 // encoding of containerd's task metrics: the cgroup_parent kubelet gave
-// the pod, or the pause container's own cgroup for a pod without one.
+// the pod, or the pause container's own cgroup for a pod without one of
+// its own (ownCgroup).
 func (c *Controller) Metrics(ctx context.Context, id string) (*types.Metric, error) {
 	sb, err := c.sandbox(ctx, id)
 	if err != nil {
@@ -117,8 +144,8 @@ func (c *Controller) Metrics(ctx context.Context, id string) (*types.Metric, err
 		// the exit).
 		return nil, fmt.Errorf("sandbox is %s: %w", s.State, errdefs.ErrUnavailable)
 	}
-	path := podcgroup.Path(sb.Config.GetLinux().GetCgroupParent())
-	if sb.Config.GetLinux().GetCgroupParent() == "" {
+	path := c.ownCgroup(sb)
+	if path == "" {
 		path = s.Instance.CgroupsPath
 	}
 	stats, err := podcgroup.Stats(path)
