@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -143,12 +144,12 @@ func (h hierarchy) updateUnified(path string, resources *runtimespec.LinuxResour
 	if err != nil {
 		return err
 	}
-	if resources.Memory != nil && resources.Memory.Limit != nil {
+	if limit := lowestMemoryLimit(resources); limit > 0 {
 		st, err := m.StatFiltered(cgroup2.StatMemory)
 		if err != nil {
 			return fmt.Errorf("read cgroup %s: %w", path, err)
 		}
-		if err := checkMemory(*resources.Memory.Limit, st.GetMemory().GetUsage()); err != nil {
+		if err := checkMemory(limit, st.GetMemory().GetUsage()); err != nil {
 			return err
 		}
 	}
@@ -293,6 +294,25 @@ func kubeletCPUWeight(shares uint64) uint64 {
 		return 10000
 	}
 	return 1 + ((shares-2)*9999)/262142
+}
+
+// lowestMemoryLimit is the lowest memory.max resources write to a cgroup v2
+// group, 0 for none: the memory limit, then a unified memory.max over it.
+// Each is held, for a moment or for good, and either below the pod's use
+// has the kernel reclaim or OOM-kill to meet it.
+func lowestMemoryLimit(resources *runtimespec.LinuxResources) int64 {
+	var limits []int64
+	if resources.Memory != nil && resources.Memory.Limit != nil && *resources.Memory.Limit > 0 {
+		limits = append(limits, *resources.Memory.Limit)
+	}
+	// "max", or anything else the kernel refuses, sets no limit.
+	if v, err := strconv.ParseInt(strings.TrimSpace(resources.Unified["memory.max"]), 10, 64); err == nil && v > 0 {
+		limits = append(limits, v)
+	}
+	if len(limits) == 0 {
+		return 0
+	}
+	return slices.Min(limits)
 }
 
 func memoryUsage(st *cgroup1stats.Metrics) uint64 {

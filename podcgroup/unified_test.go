@@ -293,6 +293,24 @@ func TestUnifiedUpdateRefused(t *testing.T) {
 		},
 		is: errdefs.IsFailedPrecondition,
 	}, {
+		// The same limit as a unified key, which is written last.
+		name: "unified memory.max below usage",
+		set:  map[string]string{"memory.current": "67108864\n"},
+		res: runtimespec.LinuxResources{
+			Memory:  &runtimespec.LinuxMemory{Limit: ptr[int64](256 << 20)},
+			Unified: map[string]string{"memory.max": "33554432"},
+		},
+		is: errdefs.IsFailedPrecondition,
+	}, {
+		// A limit below usage held until a unified "max" lifts it.
+		name: "memory below usage, then unified max",
+		set:  map[string]string{"memory.current": "67108864\n"},
+		res: runtimespec.LinuxResources{
+			Memory:  &runtimespec.LinuxMemory{Limit: ptr[int64](32 << 20)},
+			Unified: map[string]string{"memory.max": "max"},
+		},
+		is: errdefs.IsFailedPrecondition,
+	}, {
 		// hugetlb is not enabled for the fake pod: the key names no file.
 		name: "unified key without a file",
 		res:  runtimespec.LinuxResources{Unified: map[string]string{"hugetlb.2MB.max": "0"}},
