@@ -74,17 +74,26 @@ func (s *pidShim) Connect(context.Context, *taskapi.ConnectRequest) (*taskapi.Co
 	return &taskapi.ConnectResponse{ShimPid: s.pid}, nil
 }
 
-// TestWatchShim checks that the death of a shared shim is seen at once:
-// the exits of the tasks made in its group are recorded when its process
-// dies, without waiting for containerd.
-func TestWatchShim(t *testing.T) {
-	sockets := shimtest.Sockets(t, "k8s.io")
+// startShim starts a process standing for a shim, reaped by the test: the
+// returned channel is closed once it is.
+func startShim(t *testing.T) (*exec.Cmd, <-chan struct{}) {
+	t.Helper()
 	shim := exec.Command("sleep", "60")
 	if err := shim.Start(); err != nil {
 		t.Fatal(err)
 	}
 	reaped := make(chan struct{})
 	go func() { _ = shim.Wait(); close(reaped) }()
+	t.Cleanup(func() { _ = shim.Process.Kill(); <-reaped })
+	return shim, reaped
+}
+
+// TestWatchShim checks that the death of a shared shim is seen at once:
+// the exits of the tasks made in its group are recorded when its process
+// dies, without waiting for containerd.
+func TestWatchShim(t *testing.T) {
+	sockets := shimtest.Sockets(t, "k8s.io")
+	shim, reaped := startShim(t)
 
 	groups := placement.NewGroups(func(string) int { return 4 })
 	died := make(chan []string, 1)
@@ -161,13 +170,7 @@ func (s *flakyPidShim) calls() int {
 // task, and its death is seen.
 func TestWatchShimRetried(t *testing.T) {
 	sockets := shimtest.Sockets(t, "k8s.io")
-	shim := exec.Command("sleep", "60")
-	if err := shim.Start(); err != nil {
-		t.Fatal(err)
-	}
-	reaped := make(chan struct{})
-	go func() { _ = shim.Wait(); close(reaped) }()
-	t.Cleanup(func() { _ = shim.Process.Kill(); <-reaped })
+	shim, _ := startShim(t)
 
 	groups := placement.NewGroups(func(string) int { return 4 })
 	died := make(chan []string, 1)
