@@ -117,10 +117,12 @@ func (c *Controller) ownCgroup(sb *store.Sandbox) string {
 	if path == "/" {
 		return ""
 	}
+	// Asked at every Metrics: Same compares the pods' parents without
+	// working out their paths.
 	uid := sb.Config.GetMetadata().GetUid()
 	for _, other := range c.store.List() {
-		if other.Config.GetMetadata().GetUid() != uid && other.Config.GetLinux().GetCgroupParent() != "" &&
-			podcgroup.Path(other.Config.GetLinux().GetCgroupParent()) == path {
+		op := other.Config.GetLinux().GetCgroupParent()
+		if op != "" && other.Config.GetMetadata().GetUid() != uid && podcgroup.Same(op, parent) {
 			return ""
 		}
 	}

@@ -59,7 +59,7 @@ func host() hierarchy {
 // tree ("/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod1.slice"),
 // as systemd lays slices out; anything else is a cgroupfs path.
 func Path(parent string) string {
-	if !strings.HasSuffix(parent, ".slice") || strings.Contains(parent, "/") {
+	if !isSliceName(parent) {
 		return filepath.Join("/", parent)
 	}
 	path, prefix := "/", ""
@@ -69,6 +69,24 @@ func Path(parent string) string {
 		prefix += "-"
 	}
 	return path
+}
+
+// isSliceName says whether parent is a systemd slice name, not a cgroupfs
+// path.
+func isSliceName(parent string) bool {
+	return strings.HasSuffix(parent, ".slice") && !strings.Contains(parent, "/")
+}
+
+// Same says whether pod cgroup parents a and b, as CRI's Create takes them
+// (clean absolute paths or slice names), name one cgroup. Two of one kind
+// do only when equal; Path, which allocates, runs only for two of two
+// kinds: a caller comparing one pod's parent with every other pod's stays
+// cheap.
+func Same(a, b string) bool {
+	if a == b || isSliceName(a) == isSliceName(b) {
+		return a == b
+	}
+	return Path(a) == Path(b)
 }
 
 // unifiedKey is a cgroup v2 interface file a pod's resources may set:

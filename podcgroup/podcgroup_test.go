@@ -24,6 +24,27 @@ func TestPath(t *testing.T) {
 	}
 }
 
+// TestSame: parents name one cgroup when equal, or when a slice name's
+// place in the tree is a cgroupfs path's.
+func TestSame(t *testing.T) {
+	for _, tc := range []struct {
+		a, b string
+		want bool
+	}{
+		{"/kubepods/pod1", "/kubepods/pod1", true},
+		{"/kubepods/pod1", "/kubepods/pod2", false},
+		{"kubepods-pod1.slice", "kubepods-pod1.slice", true},
+		{"kubepods-pod1.slice", "kubepods-pod2.slice", false},
+		{"kubepods-pod1.slice", "/kubepods.slice/kubepods-pod1.slice", true},
+		{"/kubepods.slice/kubepods-pod1.slice", "kubepods-pod1.slice", true},
+		{"kubepods-pod1.slice", "/kubepods-pod1.slice", false},
+	} {
+		if got := Same(tc.a, tc.b); got != tc.want {
+			t.Errorf("Same(%q, %q) = %v, want %v", tc.a, tc.b, got, tc.want)
+		}
+	}
+}
+
 // TestRemove removes a cgroup made in every hierarchy, as runc makes a
 // container's, and a second time, when it is gone.
 func TestRemove(t *testing.T) {
