@@ -109,16 +109,20 @@ func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (*ta
 	return resp, nil
 }
 
-// Exec records the exec process once the runc shim has it.
+// Exec records the exec process once the runc shim has it, unless the
+// container was deleted meanwhile (its init exited, and containerd
+// deleted it between the two): recorded again, it would outlive it in a
+// shared shim.
 func (s *Service) Exec(ctx context.Context, r *taskAPI.ExecProcessRequest) (*emptypb.Empty, error) {
 	resp, err := s.TTRPCTaskService.Exec(ctx, r)
 	if err != nil {
 		return nil, err
 	}
 	s.mu.Lock()
-	c := s.containers[r.ID]
-	c.execs = append(c.execs, r.ExecID)
-	s.containers[r.ID] = c
+	if c, ok := s.containers[r.ID]; ok {
+		c.execs = append(c.execs, r.ExecID)
+		s.containers[r.ID] = c
+	}
 	s.mu.Unlock()
 	return resp, nil
 }

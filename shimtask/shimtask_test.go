@@ -252,6 +252,26 @@ func TestPidsFromCgroup(t *testing.T) {
 	}
 }
 
+// TestExecAfterDelete: an exec whose answer comes after its container's
+// delete leaves no record of the container behind.
+func TestExecAfterDelete(t *testing.T) {
+	ctx := context.Background()
+	runc, cgroups := newFake(), newCgroups()
+	s := New(runc, cgroups)
+	create(t, s, runc, cgroups, "c", 100, "/pod/c")
+	if _, err := s.Delete(ctx, &taskAPI.DeleteRequest{ID: "c"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Exec(ctx, &taskAPI.ExecProcessRequest{ID: "c", ExecID: "e1"}); err != nil {
+		t.Fatal(err)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if c, ok := s.containers["c"]; ok {
+		t.Errorf("deleted container recorded again: %+v", c)
+	}
+}
+
 // TestPidsAfterInitMoves lists the cgroup the container was created in,
 // not the one its init has moved itself to since.
 func TestPidsAfterInitMoves(t *testing.T) {
