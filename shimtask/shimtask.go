@@ -98,6 +98,9 @@ func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (*ta
 	var cgroup string
 	if r.Checkpoint == "" && resp.Pid != 0 {
 		cgroup, err = s.cgroups.Of(int(resp.Pid))
+		if err == nil {
+			err = s.listsInit(cgroup, resp.Pid)
+		}
 		if err != nil {
 			log.G(ctx).WithError(err).WithField("pid", resp.Pid).Warn("container cgroup unknown, its pids are listed with runc")
 			cgroup = ""
@@ -107,6 +110,21 @@ func (s *Service) Create(ctx context.Context, r *taskAPI.CreateTaskRequest) (*ta
 	s.containers[r.ID] = container{cgroup: cgroup}
 	s.mu.Unlock()
 	return resp, nil
+}
+
+// listsInit checks that cgroup, found from /proc, lists the container's
+// init, pid, which `runc create` put there: a path read wrong (a cgroup
+// mount of a subtree the shim does not see as such) would read as a
+// cgroup gone, and Kill would answer for runc.
+func (s *Service) listsInit(cgroup string, pid uint32) error {
+	pids, err := s.cgroups.Procs(cgroup)
+	if err != nil {
+		return err
+	}
+	if !slices.Contains(pids, pid) {
+		return fmt.Errorf("cgroup %s does not list the container's init %d", cgroup, pid)
+	}
+	return nil
 }
 
 // Exec records the exec process once the runc shim has it, unless the

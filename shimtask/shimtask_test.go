@@ -386,6 +386,20 @@ func TestCreate(t *testing.T) {
 	if c, ok := s.containers["c"]; !ok || c.cgroup != "" {
 		t.Errorf("container with no cgroup found recorded as %+v, %v", c, ok)
 	}
+
+	// Nor is a cgroup found that does not list the init: a path read
+	// wrong. Kill --all, with the cgroup unknown, goes to runc.
+	cgroups.ofErr = nil
+	cgroups.mu.Lock()
+	cgroups.in[101] = "/misread"
+	cgroups.mu.Unlock()
+	runc.createPid = 101
+	if _, err := s.Create(ctx, &taskAPI.CreateTaskRequest{ID: "d"}); err != nil {
+		t.Fatal(err)
+	}
+	if c, ok := s.containers["d"]; !ok || c.cgroup != "" {
+		t.Errorf("container whose cgroup does not list its init recorded as %+v, %v", c, ok)
+	}
 }
 
 func TestPidsUnknownContainer(t *testing.T) {
