@@ -18,6 +18,8 @@
 //     tasks being made, and ends the group's shim.
 //   - Has: whether pods are in a group: a shim of a group no pod is in may
 //     be ended once it serves nothing.
+//   - Watch, Unwatch, TasksOf and ShimDied: the watch of a group's shim
+//     process, whose death records its tasks' exits and ends the group.
 //   - Keep, Unkeep, Rekeep, Fresh, IsOpen, and Keepers: a shim keeper, a
 //     task that keeps a scope's shared shim warm while none of its pods
 //     runs.

@@ -480,6 +480,22 @@ func (s *Groups) DeleteTask(ctx context.Context, id, sb string) (done func(delet
 	}, nil
 }
 
+// ShimDied ends group id, whose shim died: no pod joins it and no task is
+// made in it again (a making waiting for its first task gives up with
+// ErrShimEnding, as a new one does, to be made in another group rather
+// than be refused by the dead shim's socket); its pods leave it as their
+// exits are handled.
+func (s *Groups) ShimDied(id string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	g, ok := s.inUse[id]
+	if !ok || g.ending {
+		return
+	}
+	s.endLocked(g)
+	g.changedLocked()
+}
+
 // Watch reports whether group id's shim is to be watched: true once for a
 // group pods are in, when the first caller claims the watch.
 func (s *Groups) Watch(id string) bool {

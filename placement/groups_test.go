@@ -249,6 +249,49 @@ func TestShimGroupFirstTask(t *testing.T) {
 	}
 }
 
+// TestShimGroupShimDied: a group whose shim died takes no pod and makes
+// no task again, a making waiting for its first task included; its pods
+// leave it as their exits are handled.
+func TestShimGroupShimDied(t *testing.T) {
+	ctx := context.Background()
+	g := NewGroups(func(string) int { return 4 })
+	scope := Scope{Handler: "h"}
+	id := g.Join(scope)
+	first := mustMake(t, g, id, "a")
+	g.Join(scope)
+	waiting := make(chan error, 1)
+	go func() {
+		_, err := g.MakeTask(ctx, id, "b")
+		waiting <- err
+	}()
+	select {
+	case err := <-waiting:
+		t.Fatalf("making a second task while the first is made did not wait: %v", err)
+	case <-time.After(50 * time.Millisecond):
+	}
+	g.ShimDied(id)
+	select {
+	case err := <-waiting:
+		if !errors.Is(err, ErrShimEnding) {
+			t.Errorf("making waiting in a group whose shim died: %v, want ErrShimEnding", err)
+		}
+	case <-time.After(time.Second):
+		t.Fatal("making waiting in a group whose shim died still waits")
+	}
+	if _, err := g.MakeTask(ctx, id, "c"); !errors.Is(err, ErrShimEnding) {
+		t.Errorf("making a task in a group whose shim died: %v, want ErrShimEnding", err)
+	}
+	if got := g.Join(scope); got == id {
+		t.Error("a pod joined a group whose shim died")
+	}
+	first(Refused)
+	g.Leave(id)
+	g.Leave(id)
+	if g.Has(id) {
+		t.Error("the dead shim's group is in use after its pods left")
+	}
+}
+
 // TestShimGroupShimAnswers checks that the makings waiting for a group's
 // first task go ahead, joining its shim, once that shim answers, with the
 // first still being made; that a group whose shim may be exiting is not

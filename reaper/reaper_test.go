@@ -129,6 +129,9 @@ func TestWatchShim(t *testing.T) {
 			t.Errorf("shim death reported for %v, want sb1 and sb2", ids)
 		}
 		t.Logf("shim death seen %s after the kill", time.Since(killed))
+		if got := groups.Join(placement.Scope{Handler: "h"}); got == id {
+			t.Error("a pod joined the group whose shim died")
+		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("shim death not reported")
 	}

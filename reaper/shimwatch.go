@@ -10,8 +10,9 @@ import (
 )
 
 // WatchShim watches the process of group's shared shim, which serves task
-// id, once per group, and calls r.shimDied with the IDs of the tasks made
-// in the group the moment the shim dies. containerd learns of a dead shim through
+// id, once per group, and the moment the shim dies ends the group
+// (placement.Groups.ShimDied) and calls r.shimDied with the IDs of the
+// tasks made in it. containerd learns of a dead shim through
 // its connection, then cleans up after each of its tasks in turn (a `shim
 // delete` each) before it reports each task's exit: with a dozen pods in a
 // shim the last one's exit comes a quarter of a second later on a 16-core
@@ -41,6 +42,9 @@ func (r *Reaper) WatchShim(ctx context.Context, group, id string) {
 			log.G(ctx).WithError(err).Warn("watch shared shim")
 			return
 		}
+		// Ended first: the pods kubelet starts again for the dead shim's
+		// join another group rather than be refused by its socket.
+		r.cfg.Groups.ShimDied(group)
 		ids := r.cfg.Groups.TasksOf(group)
 		if len(ids) > 0 {
 			log.G(ctx).WithField("tasks", ids).Warn("shared shim died; its pause tasks have exited")
