@@ -10,10 +10,12 @@ import (
 	"path/filepath"
 	"runtime"
 	"slices"
+	"sync/atomic"
 	"testing"
 	"testing/synctest"
 	"time"
 
+	taskapi "github.com/containerd/containerd/api/runtime/task/v3"
 	containerd "github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/core/containers"
 	"github.com/containerd/containerd/v2/core/leases"
@@ -31,6 +33,7 @@ import (
 	"github.com/berth-dev/berth/placement"
 	"github.com/berth-dev/berth/podsandbox"
 	"github.com/berth-dev/berth/shimproc"
+	"github.com/berth-dev/berth/shimproc/shimtest"
 	"github.com/berth-dev/berth/store"
 )
 
@@ -498,6 +501,34 @@ func sharingController(t *testing.T, client *fakeClient, change ...func(*Config)
 		cfg.PodsPerShim = 4
 		cfg.Shims = shimproc.Sockets{ContainerdAddress: "/run/berth-test/containerd.sock", Dir: "/run/berth-test/s", Namespace: Namespace}
 	}}, change...)...)
+}
+
+// refusingShim is an idle shim whose first connects fail, as a shim too
+// slow to answer does.
+type refusingShim struct {
+	shimtest.IdleShim
+	refusals atomic.Int32
+}
+
+func (s *refusingShim) Connect(ctx context.Context, r *taskapi.ConnectRequest) (*taskapi.ConnectResponse, error) {
+	if s.refusals.Add(-1) >= 0 {
+		return nil, errgrpc.ToGRPC(fmt.Errorf("shim busy: %w", errdefs.ErrUnavailable))
+	}
+	return s.IdleShim.Connect(ctx, r)
+}
+
+// TestIdleShimEndRetried: the shim of a group the last pod left is shut
+// down though it did not answer at first: the retry queue tries again.
+func TestIdleShimEndRetried(t *testing.T) {
+	client := newFakeClient()
+	sockets := shimtest.Sockets(t, Namespace)
+	c := sharingController(t, client, func(cfg *Config) { cfg.Shims = sockets })
+	started(t, c, client, "sb1")
+	shim := &refusingShim{}
+	shim.refusals.Store(1)
+	shimtest.Serve(t, sockets, groupOf(t, c, "sb1"), shim)
+	removed(t, c, "sb1")
+	eventually(t, "the idle shim shut down", func() bool { return shim.Shutdowns() == 1 })
 }
 
 // TestStartAnswerLost: a pause container or task whose making's answer

@@ -202,20 +202,34 @@ func (r *Reaper) LeaveGroupAsKeeper(ctx context.Context, group, id string) {
 // last task, unless a crash left it a task containerd does not know, which
 // keeps it running, serving nothing, for good; containerd does not ask a
 // shim to exit after deleting a task that joined it at its socket. Failing
-// here never fails the deletion: it is logged.
+// here never fails the deletion: the retry queue tries again until the
+// shim is ended or found serving, keyed by the group ("shim/" and its
+// name, which no sandbox ID can be: a slash is no identifier's).
 func (r *Reaper) EndIdleShim(ctx context.Context, group, id string) {
 	if group == "" || r.cfg.Groups.Has(group) {
 		return
 	}
-	logger := log.G(ctx).WithField("shim_group", group)
+	ctx = log.WithLogger(ctx, log.G(ctx).WithField("shim_group", group))
+	if err := r.endIdleShim(ctx, group, id); err != nil {
+		log.G(ctx).WithError(err).Warn("end the shim of a group no pod is in; retrying")
+		r.cfg.Events.Retry(ctx, "shim/"+group, "end idle shim", func(ctx context.Context) error {
+			return r.endIdleShim(ctx, group, id)
+		})
+	}
+}
+
+// endIdleShim is one attempt of EndIdleShim's: a shim that no longer
+// listens, or is exiting, is ended.
+func (r *Reaper) endIdleShim(ctx context.Context, group, id string) error {
 	shim, err := r.cfg.Shims.Dial(ctx, group)
-	if err == nil && shim != nil {
-		defer shim.Close()
-		err = r.shutdownUnlessServing(log.WithLogger(ctx, logger), shim, id)
+	if err != nil || shim == nil {
+		return err
 	}
-	if err != nil && !shimproc.IsExiting(err) {
-		logger.WithError(err).Warn("end the shim of a group no pod is in")
+	defer shim.Close()
+	if err := r.shutdownUnlessServing(ctx, shim, id); err != nil && !shimproc.IsExiting(err) {
+		return err
 	}
+	return nil
 }
 
 // shutdownUnlessServing shuts the shim down, and ends it if it does not
