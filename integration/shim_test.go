@@ -159,8 +159,9 @@ func TestSharedShimKilled(t *testing.T) {
 	if len(shims) != 1 {
 		t.Fatalf("4 pods in shims %v, want one", shims)
 	}
+	dead := shimOf(t, pods[0].id)
 	start := time.Now()
-	if err := syscall.Kill(shimOf(t, pods[0].id), syscall.SIGKILL); err != nil {
+	if err := syscall.Kill(dead, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
 	for i, p := range pods {
@@ -181,6 +182,12 @@ func TestSharedShimKilled(t *testing.T) {
 	exited()
 	// A killed shim leaves its sockets, which berth removes.
 	eventually(t, 5*time.Second, "the killed shim's sockets removed", func() bool { return len(hostproc.DeadShimSockets(made)) == 0 })
+	// A pod started now, as kubelet starts each again, runs in a new shim:
+	// the dead one's group takes no pod.
+	again := runSharedPods(t, 1, withName("again"))
+	if _, ok := shimsServing(t, again)[dead]; ok {
+		t.Error("a pod started after the shim's death is served by the dead shim's pid")
+	}
 	if err := daemon.kill(syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
