@@ -201,12 +201,6 @@ func run(o options) error {
 	return nil
 }
 
-// drainTimeout bounds how long a stopping berthd lets the calls in flight
-// finish: a Start or a Shutdown cut short leaves its undo to the next
-// berthd's recovery. Under systemd's default stop timeout (90 s).
-const drainTimeout = 30 * time.Second
-
-// drain stops g once the calls in flight have ended, or after timeout.
 // newGRPCServer is berthd's gRPC server, counted by hops. It takes and
 // sends messages as large as containerd's proxy client does (16 MiB, not
 // gRPC's 4): a pod config CRI hands berth in process (a Create carries it
@@ -217,6 +211,12 @@ func newGRPCServer(hops hopMetrics) *grpc.Server {
 		grpc.MaxSendMsgSize(defaults.DefaultMaxSendMsgSize))...)
 }
 
+// drainTimeout bounds how long a stopping berthd lets the calls in flight
+// finish: a Start or a Shutdown cut short leaves its undo to the next
+// berthd's recovery. Under systemd's default stop timeout (90 s).
+const drainTimeout = 30 * time.Second
+
+// drain stops g once the calls in flight have ended, or after timeout.
 func drain(ctx context.Context, g *grpc.Server, timeout time.Duration) {
 	drained := make(chan struct{})
 	go func() {
