@@ -24,6 +24,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/berth-dev/berth/placement"
+	"github.com/berth-dev/berth/shimproc"
 	"github.com/berth-dev/berth/shimproc/shimtest"
 )
 
@@ -64,14 +65,52 @@ func testContext() context.Context {
 	return namespaces.WithNamespace(context.Background(), "k8s.io")
 }
 
-// pidShim answers Connect with the pid of a process of the test's.
+// pidShim answers Connect with pids, of processes of the test's, in turn,
+// the last one from then on, and counts the calls: with more than one, a
+// shim whose first answers are lost.
 type pidShim struct {
 	taskapi.TTRPCTaskService
-	pid uint32
+	mu       sync.Mutex
+	pids     []uint32
+	connects int
 }
 
 func (s *pidShim) Connect(context.Context, *taskapi.ConnectRequest) (*taskapi.ConnectResponse, error) {
-	return &taskapi.ConnectResponse{ShimPid: s.pid}, nil
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.connects++
+	pid := s.pids[0]
+	if len(s.pids) > 1 {
+		s.pids = s.pids[1:]
+	}
+	return &taskapi.ConnectResponse{ShimPid: pid}, nil
+}
+
+func (s *pidShim) calls() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.connects
+}
+
+// watchedGroup is a group of r's, with the tasks of sbs made in it, whose
+// shim r's watch reports dead on died.
+func watchedGroup(t *testing.T, sockets shimproc.Sockets, sbs ...string) (r *Reaper, groups *placement.Groups, id string, died <-chan []string) {
+	t.Helper()
+	groups = placement.NewGroups(func(string) int { return 4 })
+	deaths := make(chan []string, 1)
+	r = New(Config{Shims: sockets, Groups: groups, ShimDied: func(ids []string) { deaths <- ids }})
+	id = groups.Join(placement.Scope{Handler: "h"})
+	for i, sb := range sbs {
+		if i > 0 {
+			groups.Join(placement.Scope{Handler: "h"})
+		}
+		making, err := groups.MakeTask(context.Background(), id, sb)
+		if err != nil {
+			t.Fatal(err)
+		}
+		making.End(placement.Made)
+	}
+	return r, groups, id, deaths
 }
 
 // startShim starts a process standing for a shim, reaped by the test: the
@@ -94,20 +133,8 @@ func startShim(t *testing.T) (*exec.Cmd, <-chan struct{}) {
 func TestWatchShim(t *testing.T) {
 	sockets := shimtest.Sockets(t, "k8s.io")
 	shim, reaped := startShim(t)
-
-	groups := placement.NewGroups(func(string) int { return 4 })
-	died := make(chan []string, 1)
-	r := New(Config{Shims: sockets, Groups: groups, ShimDied: func(ids []string) { died <- ids }})
-	id := groups.Join(placement.Scope{Handler: "h"})
-	groups.Join(placement.Scope{Handler: "h"})
-	for _, sb := range []string{"sb1", "sb2"} {
-		making, err := groups.MakeTask(context.Background(), id, sb)
-		if err != nil {
-			t.Fatal(err)
-		}
-		making.End(placement.Made)
-	}
-	shimtest.Serve(t, sockets, id, &pidShim{pid: uint32(shim.Process.Pid)})
+	r, groups, id, died := watchedGroup(t, sockets, "sb1", "sb2")
+	shimtest.Serve(t, sockets, id, &pidShim{pids: []uint32{uint32(shim.Process.Pid)}})
 	// Each task made in the group asks; the shim is watched once.
 	r.WatchShim(testContext(), id, "sb1")
 	r.WatchShim(testContext(), id, "sb2")
@@ -142,50 +169,15 @@ func TestWatchShim(t *testing.T) {
 	}
 }
 
-// flakyPidShim answers Connect with pids in turn, the last one from then
-// on, and counts the calls: a shim whose first answers are lost.
-type flakyPidShim struct {
-	taskapi.TTRPCTaskService
-	mu       sync.Mutex
-	pids     []uint32
-	connects int
-}
-
-func (s *flakyPidShim) Connect(context.Context, *taskapi.ConnectRequest) (*taskapi.ConnectResponse, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.connects++
-	pid := s.pids[0]
-	if len(s.pids) > 1 {
-		s.pids = s.pids[1:]
-	}
-	return &taskapi.ConnectResponse{ShimPid: pid}, nil
-}
-
-func (s *flakyPidShim) calls() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.connects
-}
-
 // TestWatchShimRetried: a shared shim that did not answer for its watch
 // (here: with another pid the second time) is watched at the group's next
 // task, and its death is seen.
 func TestWatchShimRetried(t *testing.T) {
 	sockets := shimtest.Sockets(t, "k8s.io")
 	shim, _ := startShim(t)
-
-	groups := placement.NewGroups(func(string) int { return 4 })
-	died := make(chan []string, 1)
-	r := New(Config{Shims: sockets, Groups: groups, ShimDied: func(ids []string) { died <- ids }})
-	id := groups.Join(placement.Scope{Handler: "h"})
-	making, err := groups.MakeTask(context.Background(), id, "sb1")
-	if err != nil {
-		t.Fatal(err)
-	}
-	making.End(placement.Made)
+	r, _, id, died := watchedGroup(t, sockets, "sb1")
 	pid := uint32(shim.Process.Pid)
-	svc := &flakyPidShim{pids: []uint32{pid, 1, pid}}
+	svc := &pidShim{pids: []uint32{pid, 1, pid}}
 	shimtest.Serve(t, sockets, id, svc)
 	// The first watch's pidfd is refused (two answers); the group's next
 	// tasks ask until one takes the watch up (two more).
