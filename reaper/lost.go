@@ -218,8 +218,8 @@ func (r *Reaper) EndIdleShim(ctx context.Context, group, id string) {
 	}
 }
 
-// endIdleShim is one attempt of EndIdleShim's: a shim that no longer
-// listens, or is exiting, is ended.
+// endIdleShim is one attempt of EndIdleShim's; a shim that no longer
+// listens, or is already exiting, counts as ended.
 func (r *Reaper) endIdleShim(ctx context.Context, group, id string) error {
 	shim, err := r.cfg.Shims.Dial(ctx, group)
 	if err != nil || shim == nil {
