@@ -26,8 +26,15 @@ func Resources(res, overhead *runtimeapi.LinuxContainerResources) (*runtimespec.
 	if shares > 0 && overhead.GetCpuShares() > 0 {
 		shares = milliCPUToShares(sharesToMilliCPU(shares) + sharesToMilliCPU(overhead.GetCpuShares()))
 	}
-	if memory > 0 {
+	switch {
+	case memory > 0:
 		memory += overhead.GetMemoryLimitInBytes()
+	case memory < 0:
+		// No limit: kubelet reads a cgroup v2 memory.max of "max" as -1
+		// (the largest uint64 as an int64), subtracts the overhead from
+		// it, and sends it back with every CPU resize. The cgroup holds
+		// no limit already; refused, every such resize would be.
+		memory = 0
 	}
 	if err := validateResources(res.GetCpuPeriod(), quota, shares, memory, res.GetUnified()); err != nil {
 		return nil, err

@@ -66,6 +66,10 @@ func TestPodCgroupResources(t *testing.T) {
 		// No CPU request (the minimum shares) and no memory limit: the
 		// overhead's shares, and no memory limit with the overhead either.
 		{"no request, unlimited memory", &runtimeapi.LinuxContainerResources{CpuShares: 2}, overhead, 0, 102, 0},
+		// No memory limit on cgroup v2, as kubelet reads memory.max
+		// ("max" is -1) and subtracts the overhead.
+		{"memory max on cgroup v2", &runtimeapi.LinuxContainerResources{CpuPeriod: 100000, CpuQuota: 50000, MemoryLimitInBytes: -1}, nil, 50000, 0, 0},
+		{"memory max on cgroup v2, less the overhead", &runtimeapi.LinuxContainerResources{CpuPeriod: 100000, CpuQuota: 40000, MemoryLimitInBytes: -1 - 32<<20}, overhead, 50000, 0, 0},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			r, err := Resources(tc.res, tc.overhead)
