@@ -1161,6 +1161,25 @@ func TestMetricsNotReady(t *testing.T) {
 	}
 }
 
+// TestMetricsOfPauseTask: a pod without a cgroup of its own (here none
+// given) reports its pause container's cgroup as the shim reads it, which
+// under the systemd driver berth could not find from the spec's
+// "slice:prefix:name"; a shim that died is Unavailable, which CRI's
+// ListPodSandboxStats skips.
+func TestMetricsOfPauseTask(t *testing.T) {
+	client := newFakeClient()
+	c := testController(t, client)
+	started(t, c, client, "sb1")
+	m, err := c.Metrics(testContext(), "sb1")
+	if err != nil || m.GetID() != "sb1" {
+		t.Fatalf("Metrics: %v, %v; want the pause task's", m, err)
+	}
+	client.failNext("task metrics", errgrpc.ToNative(status.Error(codes.Unknown, "ttrpc: closed")))
+	if _, err := c.Metrics(testContext(), "sb1"); !errdefs.IsUnavailable(err) {
+		t.Errorf("Metrics with the shim gone: %v, want Unavailable", err)
+	}
+}
+
 // TestPlatformAtOnce: Platform answers the node's platform for any
 // sandbox, while recovery runs too, as the built-in does: CRI asks it as
 // it handles app containers' exits, under a deadline of its own.

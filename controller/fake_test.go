@@ -12,6 +12,7 @@ import (
 	"time"
 
 	tasks "github.com/containerd/containerd/api/services/tasks/v1"
+	"github.com/containerd/containerd/api/types"
 	containerd "github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/core/containers"
 	"github.com/containerd/containerd/v2/core/leases"
@@ -613,6 +614,15 @@ func (t *fakeTask) Status(context.Context) (containerd.Status, error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	return containerd.Status{Status: t.status, ExitStatus: t.code}, nil
+}
+
+// Metrics is the task's metrics as its shim reports them: the task's ID,
+// no data.
+func (t *fakeTask) Metrics(context.Context) (*types.Metric, error) {
+	if err := t.c.client.call("task metrics", t.ID()); err != nil {
+		return nil, err
+	}
+	return &types.Metric{ID: t.ID()}, nil
 }
 
 // eventually polls cond until it holds, failing t after a while. Inside a

@@ -17,6 +17,7 @@ import (
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/berth-dev/berth/podcgroup"
+	"github.com/berth-dev/berth/shimproc"
 	"github.com/berth-dev/berth/store"
 )
 
@@ -131,8 +132,11 @@ func (c *Controller) ownCgroup(sb *store.Sandbox) string {
 
 // Metrics returns the pod cgroup's stats (CPU, memory, pids, IO) in the
 // encoding of containerd's task metrics: the cgroup_parent kubelet gave
-// the pod, or the pause container's own cgroup for a pod without one of
-// its own (ownCgroup).
+// the pod, or, for a pod without one of its own (ownCgroup), the pause
+// container's cgroup as its shim reports it. The shim knows where runc
+// made that cgroup, which the spec's cgroupsPath does not say: under the
+// systemd driver it is "slice:prefix:name", and without a parent a path
+// relative to the shim's own cgroup.
 func (c *Controller) Metrics(ctx context.Context, id string) (*types.Metric, error) {
 	sb, err := c.sandbox(ctx, id)
 	if err != nil {
@@ -148,7 +152,16 @@ func (c *Controller) Metrics(ctx context.Context, id string) (*types.Metric, err
 	}
 	path := c.ownCgroup(sb)
 	if path == "" {
-		path = s.Instance.CgroupsPath
+		m, err := s.Instance.Task.Metrics(ctx)
+		if shimproc.IsGone(err) {
+			// The shim died: the pod's exit is on its way. Unavailable,
+			// which CRI's list skips, as for a pod not READY.
+			err = fmt.Errorf("%w: %w", errdefs.ErrUnavailable, err)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("metrics of the pause task: %w", err)
+		}
+		return m, nil
 	}
 	stats, err := podcgroup.Stats(path)
 	if err != nil {
