@@ -95,8 +95,9 @@ func Same(a, b string) bool {
 var unifiedKey = regexp.MustCompile(`^[a-z0-9_]+\.[A-Za-z0-9_.]+$`)
 
 // ValidateUnified refuses cgroup v2 keys this node cannot apply: any on a
-// node without cgroup v2 (the keys would be dropped), and names that are
-// not a controller's interface file. Errors are errdefs.ErrInvalidArgument.
+// node without cgroup v2 (the keys would be dropped), names that are not a
+// controller's interface file, and a memory.max that is not a number of
+// bytes or "max". Errors are errdefs.ErrInvalidArgument.
 func ValidateUnified(unified map[string]string) error {
 	return host().validateUnified(unified)
 }
@@ -108,9 +109,20 @@ func (h hierarchy) validateUnified(unified map[string]string) error {
 	if h.mode != cgroups.Unified {
 		return fmt.Errorf("pod resources: unified keys need cgroup v2, and this node's pod cgroups are v1: %w", errdefs.ErrInvalidArgument)
 	}
-	for k := range unified {
+	for k, v := range unified {
 		if !unifiedKey.MatchString(k) || strings.HasPrefix(k, "cgroup.") {
 			return fmt.Errorf("pod resources: unified key %q is not a controller's interface file: %w", k, errdefs.ErrInvalidArgument)
+		}
+		// The kernel reads memory.max with suffixes and in any base
+		// ("1G", "0x40000000"); Update, which refuses a limit below the
+		// pod's use, reads bytes.
+		if k != "memory.max" {
+			continue
+		}
+		if v := strings.TrimSpace(v); v != "max" {
+			if _, err := strconv.ParseUint(v, 10, 64); err != nil {
+				return fmt.Errorf("pod resources: unified memory.max %q is not a number of bytes or \"max\": %w", v, errdefs.ErrInvalidArgument)
+			}
 		}
 	}
 	return nil
@@ -323,7 +335,8 @@ func lowestMemoryLimit(resources *runtimespec.LinuxResources) int64 {
 	if resources.Memory != nil && resources.Memory.Limit != nil && *resources.Memory.Limit > 0 {
 		limits = append(limits, *resources.Memory.Limit)
 	}
-	// "max", or anything else the kernel refuses, sets no limit.
+	// "max" sets no limit; validateUnified refuses anything else that is
+	// not a number.
 	if v, err := strconv.ParseInt(strings.TrimSpace(resources.Unified["memory.max"]), 10, 64); err == nil && v > 0 {
 		limits = append(limits, v)
 	}

@@ -525,6 +525,12 @@ func TestValidateUnifiedMode(t *testing.T) {
 		{cgroups.Unified, map[string]string{"memory": "1"}, false},
 		{cgroups.Unified, map[string]string{"../memory.max": "1"}, false},
 		{cgroups.Unified, map[string]string{"memory.max/x": "1"}, false},
+		{cgroups.Unified, map[string]string{"memory.max": "1073741824", "memory.high": "1G"}, true},
+		{cgroups.Unified, map[string]string{"memory.max": " max\n"}, true},
+		// Read by the kernel as 1 GiB, by berth's check of the pod's use
+		// as no limit.
+		{cgroups.Unified, map[string]string{"memory.max": "1G"}, false},
+		{cgroups.Unified, map[string]string{"memory.max": "0x40000000"}, false},
 		{cgroups.Hybrid, map[string]string{"memory.high": "max"}, false},
 		{cgroups.Legacy, map[string]string{"memory.high": "max"}, false},
 		{cgroups.Legacy, nil, true},
