@@ -101,7 +101,7 @@ func TestUpdatePodResources(t *testing.T) {
 		code codes.Code
 	}{
 		{&runtimeapi.LinuxContainerResources{CpuQuota: 5}, codes.InvalidArgument},
-		{&runtimeapi.LinuxContainerResources{MemoryLimitInBytes: -1}, codes.InvalidArgument},
+		{&runtimeapi.LinuxContainerResources{MemoryLimitInBytes: 100}, codes.InvalidArgument},
 		{&runtimeapi.LinuxContainerResources{CpuShares: 1}, codes.InvalidArgument},
 		{&runtimeapi.LinuxContainerResources{CpuQuota: 20000, CpuPeriod: 100000, Unified: badUnified}, codes.InvalidArgument},
 		// Below what the pod uses: refused before anything is written.
@@ -155,6 +155,17 @@ func TestUpdatePodResources(t *testing.T) {
 		t.Fatalf("UpdatePodSandboxResources without a CPU limit: %v", err)
 	}
 	checkPodCgroup(t, parent, podLimits{quota: -1, period: 100000, shares: 512, memory: 160 << 20})
+
+	// A negative memory limit is none, and leaves the cgroup's: kubelet
+	// reads cgroup v2's memory.max of "max" as -1, subtracts the overhead,
+	// and sends it with a CPU resize.
+	if err := update(
+		&runtimeapi.LinuxContainerResources{CpuPeriod: 100000, CpuQuota: 30000, CpuShares: 409, MemoryLimitInBytes: -1 - 32<<20},
+		&runtimeapi.LinuxContainerResources{CpuPeriod: 100000, CpuQuota: 10000, CpuShares: 102, MemoryLimitInBytes: 32 << 20},
+	); err != nil {
+		t.Fatalf("UpdatePodSandboxResources with memory max read back: %v", err)
+	}
+	checkPodCgroup(t, parent, podLimits{quota: 40000, period: 100000, shares: 512, memory: 160 << 20})
 }
 
 // podLimits are a pod cgroup's CPU and memory limits in CRI's terms, which
