@@ -226,30 +226,7 @@ func TestPodMetrics(t *testing.T) {
 	startContainer(t, id, cfg, "sh", "-c", "head -c 33554432 /dev/zero > /dev/shm/fill; while :; do :; done")
 
 	ctrl := daemon.client.SandboxController(sandboxerBerth)
-	unified := cgroups.Mode() == cgroups.Unified
-	read := func() podMetrics {
-		t.Helper()
-		m, err := ctrl.Metrics(ctxT(t), id)
-		if err != nil {
-			t.Fatalf("Metrics: %v", err)
-		}
-		v, err := typeurl.UnmarshalAny(m.GetData())
-		if err != nil {
-			t.Fatal(err)
-		}
-		switch s := v.(type) {
-		case *v1.Metrics:
-			if !unified {
-				return podMetrics{time.Duration(s.GetCPU().GetUsage().GetTotal()), s.GetMemory().GetUsage().GetUsage(), s.GetPids().GetCurrent()}
-			}
-		case *v2.Metrics:
-			if unified {
-				return podMetrics{time.Duration(s.GetCPU().GetUsageUsec()) * time.Microsecond, s.GetMemory().GetUsage(), s.GetPids().GetCurrent()}
-			}
-		}
-		t.Fatalf("metrics data is %T on a host with cgroups mode %d (cgroup v2 only: %v)", v, cgroups.Mode(), unified)
-		return podMetrics{}
-	}
+	read := func() podMetrics { return readPodMetrics(t, id) }
 	first := read()
 	eventually(t, 10*time.Second, "pod CPU usage grows and memory holds the 32 MiB", func() bool {
 		m := read()
@@ -266,6 +243,42 @@ func TestPodMetrics(t *testing.T) {
 	}
 	if _, err := ctrl.Metrics(ctxT(t), id); !errdefs.IsUnavailable(err) {
 		t.Errorf("Metrics of a stopped pod: %v, want Unavailable", err)
+	}
+}
+
+// readPodMetrics reads pod id's metrics through containerd's sandbox
+// controller API: cgroup v2 metrics on a cgroup v2 host, v1 on any other.
+func readPodMetrics(t *testing.T, id string) podMetrics {
+	t.Helper()
+	m, err := daemon.client.SandboxController(sandboxerBerth).Metrics(ctxT(t), id)
+	if err != nil {
+		t.Fatalf("Metrics: %v", err)
+	}
+	v, err := typeurl.UnmarshalAny(m.GetData())
+	if err != nil {
+		t.Fatal(err)
+	}
+	unified := cgroups.Mode() == cgroups.Unified
+	switch s := v.(type) {
+	case *v1.Metrics:
+		if !unified {
+			return podMetrics{time.Duration(s.GetCPU().GetUsage().GetTotal()), s.GetMemory().GetUsage().GetUsage(), s.GetPids().GetCurrent()}
+		}
+	case *v2.Metrics:
+		if unified {
+			return podMetrics{time.Duration(s.GetCPU().GetUsageUsec()) * time.Microsecond, s.GetMemory().GetUsage(), s.GetPids().GetCurrent()}
+		}
+	}
+	t.Fatalf("metrics data is %T on a host with cgroups mode %d (cgroup v2 only: %v)", v, cgroups.Mode(), unified)
+	return podMetrics{}
+}
+
+// TestPodMetricsOfPause: a pod without a cgroup of its own (the root for
+// its parent) reports its pause container's cgroup, as the shim reads it.
+func TestPodMetricsOfPause(t *testing.T) {
+	id := runPod(t, podConfig(t, withCgroupParent("/")), handlerBerth)
+	if m := readPodMetrics(t, id); m.pids != 1 {
+		t.Errorf("pause container's metrics count %d pids, want the pause", m.pids)
 	}
 }
 
