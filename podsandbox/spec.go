@@ -17,6 +17,8 @@ import (
 	imagespec "github.com/opencontainers/image-spec/specs-go/v1"
 	runtimespec "github.com/opencontainers/runtime-spec/specs-go"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/berth-dev/berth/placement"
 )
 
 // Annotations CRI, the runc shim and NRI read from the pause spec. containerd
@@ -248,7 +250,7 @@ func sandboxMounts(f Files, ns *runtimeapi.NamespaceOption) []runtimespec.Mount 
 
 // annotations are the io.kubernetes.cri.* annotations the runc shim groups
 // the pod's containers by and NRI reads, plus the pod annotations the
-// runtime handler passes through.
+// runtime handler passes through, but for the runc shim's group.
 func annotations(c SpecConfig) map[string]string {
 	cfg := c.Config
 	a := map[string]string{}
@@ -263,6 +265,14 @@ func annotations(c SpecConfig) map[string]string {
 	// Passed-through pod annotations override the resource annotations and
 	// are overridden by the identity ones, as in the built-in.
 	for k, v := range cfg.GetAnnotations() {
+		// The shim group is berth's alone to give (the controller sets it
+		// on the container when the pod has one): a pod's own would put it
+		// into the shim of any pod naming the same group, across the
+		// namespaces berth keeps apart, while berth counts it as a pod
+		// with a shim of its own.
+		if k == placement.GroupAnnotation {
+			continue
+		}
 		for _, pattern := range c.PodAnnotations {
 			// path.Match, not filepath.Match: keys are not file paths.
 			if ok, _ := path.Match(pattern, k); ok {

@@ -21,6 +21,8 @@ import (
 	runtimespec "github.com/opencontainers/runtime-spec/specs-go"
 	"github.com/opencontainers/selinux/go-selinux"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/berth-dev/berth/placement"
 )
 
 const (
@@ -590,6 +592,12 @@ func TestGenerateSpecAnnotations(t *testing.T) {
 			patterns:  []string{"io.kubernetes.cri.*"},
 			podAnnots: map[string]string{annotationSandboxID: "forged", annotationContainerType: "container"},
 			want:      cri,
+		},
+		{
+			name:      "the pod's shim group is never passed through",
+			patterns:  []string{"*"},
+			podAnnots: map[string]string{placement.GroupAnnotation: "other-tenant", "io.example": "1"},
+			want:      with(map[string]string{"io.example": "1"}),
 		},
 		{
 			name: "resources",
