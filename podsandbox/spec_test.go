@@ -497,6 +497,13 @@ func TestGenerateSpecSysctls(t *testing.T) {
 			want:    map[string]string{ports: "1024", ping: "1 1"},
 		},
 		{
+			name:    "slashed pod values win over defaults",
+			sysctls: map[string]string{"net/ipv4/ip_unprivileged_port_start": "1024", "net/ipv4/ping_group_range": "1 1"},
+			ports:   true,
+			icmp:    true,
+			want:    map[string]string{"net/ipv4/ip_unprivileged_port_start": "1024", "net/ipv4/ping_group_range": "1 1"},
+		},
+		{
 			name:  "no defaults with host network",
 			ns:    &runtimeapi.NamespaceOption{Network: runtimeapi.NamespaceMode_NODE},
 			ports: true,

@@ -23,6 +23,11 @@ const (
 func podSysctls(cfg *runtimeapi.PodSandboxConfig, settings RuntimeSettings, usernsEnabled bool) (map[string]string, error) {
 	ns := cfg.GetLinux().GetSecurityContext().GetNamespaceOptions()
 	sysctls := map[string]string{}
+	// The pod's sysctls by dotted name: runc writes "net/ipv4/x" and
+	// "net.ipv4.x" to one file, in the spec's map order, so a default
+	// added beside the pod's slashed name could overwrite the pod's value.
+	// The built-in looks for the dotted name only.
+	set := map[string]bool{}
 	for k, v := range cfg.GetLinux().GetSysctls() {
 		if err := validateSysctlName(k); err != nil {
 			return nil, err
@@ -31,14 +36,15 @@ func podSysctls(cfg *runtimeapi.PodSandboxConfig, settings RuntimeSettings, user
 			return nil, err
 		}
 		sysctls[k] = v
+		set[dotted(k)] = true
 	}
 	if ns.GetNetwork() != runtimeapi.NamespaceMode_NODE {
-		if _, ok := sysctls[sysctlUnprivilegedPortStart]; !ok && settings.EnableUnprivilegedPorts {
+		if !set[sysctlUnprivilegedPortStart] && settings.EnableUnprivilegedPorts {
 			sysctls[sysctlUnprivilegedPortStart] = "0"
 		}
 		// Group IDs outside the pod's mappings cannot be written in a user
 		// namespace.
-		if _, ok := sysctls[sysctlPingGroupRange]; !ok && settings.EnableUnprivilegedICMP && !usernsEnabled && !userns.RunningInUserNS() {
+		if !set[sysctlPingGroupRange] && settings.EnableUnprivilegedICMP && !usernsEnabled && !userns.RunningInUserNS() {
 			sysctls[sysctlPingGroupRange] = "0 2147483647"
 		}
 	}
