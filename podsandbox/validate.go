@@ -58,12 +58,13 @@ func HostNode() Node {
 // (sysctls, user, groups, seccomp, SELinux, user namespace); its callers
 // must have run Validate for the rest.
 //
-// Every string of the config that berth, runc or CNI puts into a file, a
-// path, a mount or a command line is checked here, so that no byte of a
-// pod's config adds a line to a file (hostname, resolv.conf, /proc/sys,
+// Every string of the config that berth or runc puts into a file, a path,
+// a mount or a command line is checked here, so that no byte of a pod's
+// config adds a line to a file (hostname, resolv.conf, /proc/sys,
 // /proc/<pid>/cgroup) or names a path outside where it belongs: the
-// hostname, DNS config, port mappings, log directory, cgroup parent,
-// sysctls and SELinux names. The rules take everything kubelet sends.
+// hostname, DNS config, log directory, cgroup parent, sysctls and SELinux
+// names. So are the port mappings, though CNI has had them by then (see
+// validatePortMappings). The rules take everything kubelet sends.
 // Strings that only reach JSON, where they are escaped, or containerd's
 // metadata are not checked: the pod's annotations (those the handler's
 // pod_annotations pass into the pause spec, and the containerd.io/snapshot/
@@ -236,8 +237,11 @@ func validateDNSSearch(s string) error {
 // validatePortMappings checks the mappings CRI hands CNI's portmap plugin,
 // which makes iptables rules of them: the host IP an address (no zone, as
 // the API server checks kubelet's), the ports in range (a host port of 0
-// is none: CRI skips the mapping), the protocol one CRI knows. The
-// built-in is not asked: CNI fails, or maps the pod oddly, later.
+// is none: CRI skips the mapping), the protocol one CRI knows. It keeps
+// nothing from CNI: CRI (v2.4.2) sets up the pod's network with them
+// before it calls Create. It refuses the sandbox afterwards, and CRI
+// tears the network down, portmap's rules with it. The built-in checks
+// none: its pod runs with whatever CNI made of them.
 func validatePortMappings(pms []*runtimeapi.PortMapping) error {
 	for i, pm := range pms {
 		field := fmt.Sprintf("port_mappings[%d]", i)
