@@ -125,8 +125,11 @@ func (q *Queue) Stop() {
 // before it, on a context with ctx's namespace and logger (Detached). After
 // Stop, Add only logs that fn is dropped.
 func (q *Queue) Add(ctx context.Context, key, name string, fn Step) {
-	l := log.G(ctx).WithFields(log.Fields{"sandbox_id": key, "step": name})
-	e := &entry{name: name, fn: fn, ctx: log.WithLogger(Detached(ctx), l), log: l, tries: 1}
+	ctx = log.WithLogger(Detached(ctx), log.G(ctx).WithFields(log.Fields{"sandbox_id": key, "step": name}))
+	// The logger from the detached ctx, not the caller's: a logger holds
+	// the context it was taken from, the call's values and all, and the
+	// step may wait for minutes, forever on a wedged shim.
+	e := &entry{name: name, fn: fn, ctx: ctx, log: log.G(ctx), tries: 1}
 	select {
 	case q.adds <- addReq{key: key, e: e}:
 	case <-q.ctx.Done():

@@ -4,13 +4,16 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime"
 	"slices"
 	"sync"
 	"testing"
 	"testing/synctest"
 	"time"
+	"weak"
 
 	"github.com/containerd/containerd/v2/pkg/namespaces"
+	"github.com/containerd/log"
 )
 
 var errFail = errors.New("attempt failed")
@@ -299,6 +302,53 @@ func TestAttemptContextValues(t *testing.T) {
 			t.Fatalf("runs saw namespace and call value %q, want %q", got, want)
 		}
 	})
+}
+
+// callValue stands for what a call's context carries (its gRPC metadata,
+// peer and logger fields), which a retry that outlives the call must not
+// hold.
+type callValue struct{ _ [4 << 10]byte }
+
+type callValueKey struct{}
+
+// collected reports whether p's value is garbage once the collector has
+// run a few times.
+func collected[T any](p weak.Pointer[T]) bool {
+	for range 5 {
+		runtime.GC()
+		if p.Value() == nil {
+			return true
+		}
+	}
+	return false
+}
+
+// TestNothingHeldOfTheCall checks that a step waiting out its backoff holds
+// nothing of its caller's context, whether the context has a logger or
+// not: a failing retry waits for minutes, and forever on a wedged shim.
+// Before, the step's logger was the caller's, which holds its context.
+func TestNothingHeldOfTheCall(t *testing.T) {
+	for _, withLogger := range []bool{false, true} {
+		t.Run(fmt.Sprint("logger ", withLogger), func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				m := NewQueue(backoff())
+				defer m.Stop()
+				value := new(callValue)
+				held := weak.Make(value)
+				ctx := context.WithValue(t.Context(), callValueKey{}, value)
+				if withLogger {
+					ctx = log.WithLogger(ctx, log.G(ctx).WithField("pid", 1))
+				}
+				m.Add(ctx, "a", "step", func(context.Context) error { return errFail })
+				value, ctx = nil, nil
+				time.Sleep(time.Second)
+				synctest.Wait() // failed again, and waits out its backoff.
+				if !collected(held) {
+					t.Error("the caller's context is held while its step waits")
+				}
+			})
+		})
+	}
 }
 
 func TestAttemptTimeout(t *testing.T) {
