@@ -441,6 +441,39 @@ func TestShutdownRetriesDeletionNow(t *testing.T) {
 	})
 }
 
+// TestShutdownDuringDeletionRetry: Shutdown comes while a retry of the
+// exited pause task's deletion is in its call to a slow shim, which then
+// fails: the deletion is tried again at once, not after the retry's next
+// delay, for which Shutdown would wait.
+func TestShutdownDuringDeletionRetry(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		client := newFakeClient()
+		c := testController(t, client)
+		task := started(t, c, client, "sb1")
+		// The first try and the retry at 1s fail; the next would be at 3s.
+		client.failNext("task delete", errdefs.ErrUnavailable, errdefs.ErrUnavailable)
+		task.exit(0)
+		synctest.Wait()
+		release := client.hold("task delete")
+		defer release()
+		time.Sleep(time.Second)
+		synctest.Wait() // the retry at 1s is in its call.
+
+		shut := make(chan error, 1)
+		go func() { shut <- c.Shutdown(testContext(), "sb1") }()
+		synctest.Wait()
+		start := time.Now()
+		release()
+		if err := <-shut; err != nil {
+			t.Fatalf("Shutdown: %v", err)
+		}
+		if waited := time.Since(start); waited > 0 {
+			t.Errorf("Shutdown waited %v after the slow retry failed, for the retry's time", waited)
+		}
+		assertGone(t, c, client, "sb1")
+	})
+}
+
 // TestKillRetriedOnce fails the kills of Stop: however many Stops fail,
 // one kill is retried in the background, until the pause dies.
 func TestKillRetriedOnce(t *testing.T) {

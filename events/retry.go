@@ -55,6 +55,10 @@ type queue struct {
 	delay   time.Duration
 	due     time.Time
 	running bool
+	// now records a Now that came while the batch ran: the steps the
+	// batch leaves are due at once, not after the delay. A launch, which
+	// runs every waiting step, answers it.
+	now bool
 }
 
 type addReq struct {
@@ -140,8 +144,9 @@ func (q *Queue) Add(ctx context.Context, key, name string, fn Step) {
 // Now runs the steps waiting for key at once, without waiting out its
 // delay: for a caller that waits on them, as CRI's removal of a pod waits on
 // its task's deletion, and would otherwise wait up to MaxDelay after their
-// cause is gone. Steps running already are left to finish; a failure backs
-// the key off further, as a retry at its time would.
+// cause is gone. Steps running already are left to finish, and those of
+// them that fail run again at once. A failure backs the key off further, as
+// a retry at its time would.
 func (q *Queue) Now(key string) {
 	select {
 	case q.nows <- key:
@@ -160,7 +165,11 @@ func (q *Queue) run() {
 		case r := <-q.adds:
 			q.add(r)
 		case key := <-q.nows:
-			if k, ok := q.queues[key]; ok && !k.running {
+			k, ok := q.queues[key]
+			switch {
+			case ok && k.running:
+				k.now = true
+			case ok:
 				q.launch(key, k)
 			}
 		case res := <-q.results:
@@ -198,6 +207,7 @@ func (q *Queue) launch(key string, k *queue) {
 	batch := k.steps
 	k.steps = nil
 	k.running = true
+	k.now = false
 	q.running++
 	go q.runBatch(key, batch)
 }
@@ -217,13 +227,19 @@ func (q *Queue) finish(res result) {
 		return
 	}
 	k.delay = q.cfg.next(k.delay)
-	k.due = time.Now().Add(k.delay)
+	wait := k.delay
+	if k.now {
+		// The caller of Now waits on these steps; the batch it found
+		// running was no try of its own.
+		wait = 0
+	}
+	k.due = time.Now().Add(wait)
 	k.steps = append(res.rest, k.steps...)
 	if q.ctx.Err() == nil {
 		e := res.rest[0]
 		e.log.WithError(res.err).WithFields(log.Fields{
 			"attempt": e.tries,
-			"delay":   k.delay,
+			"delay":   wait,
 		}).Warn("retried step failed, will retry")
 	}
 }

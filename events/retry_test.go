@@ -172,6 +172,33 @@ func TestNow(t *testing.T) {
 	})
 }
 
+// TestNowWhileRunning: a Now that finds the key's step running runs it
+// again at once if it fails, rather than after the delay; further failures
+// back off as usual. Before, the Now was dropped, and Shutdown, which waits
+// on the step, could time out behind a slow attempt.
+func TestNowWhileRunning(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		m := NewQueue(backoff())
+		defer m.Stop()
+		r := newRecorder()
+		gate := make(chan struct{})
+
+		m.Add(t.Context(), "a", "step", r.attempt("a", 2, gate))
+		time.Sleep(5 * time.Second)
+		synctest.Wait() // a is running since 1s, held by gate.
+		m.Now("a")
+		close(gate)
+		time.Sleep(time.Hour)
+		synctest.Wait()
+		// Delays 2s (skipped for the Now), then 4s.
+		r.check(t,
+			run{"a", 5 * time.Second, false},
+			run{"a", 5 * time.Second, false},
+			run{"a", 9 * time.Second, true},
+		)
+	})
+}
+
 func TestOrder(t *testing.T) {
 	t.Run("appended and requeued", func(t *testing.T) {
 		synctest.Test(t, func(t *testing.T) {
