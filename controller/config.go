@@ -85,6 +85,7 @@ type Config struct {
 	CrossNamespaceShims []string
 	// ConfigErr is set when berth's own config is invalid: the controller
 	// then runs on defaults, so that the sandboxes it has keep being
-	// stopped and removed, and refuses new ones with this error.
+	// stopped and removed, refuses new ones with this error, and leaves
+	// the shim keepers it finds as they are.
 	ConfigErr error
 }

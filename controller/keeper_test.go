@@ -394,6 +394,33 @@ func TestRecoverKeepers(t *testing.T) {
 	}
 }
 
+// TestRecoverKeepersInvalidConfig: with berth's config invalid, recovery
+// leaves the keepers as they are. The defaults berth then runs on keep no
+// shim warm; a typo elsewhere in the config must not tear down the node's
+// warm shims.
+func TestRecoverKeepersInvalidConfig(t *testing.T) {
+	client := newFakeClient()
+	client.addContainer(keeperContainer(t, "k-live", testHandler, "g1")).setTask(containerd.Running)
+	client.addContainer(keeperContainer(t, "k-stopped", testHandler, "g2")).setTask(containerd.Stopped)
+	// What setup.NewController runs on: the defaults, which warm no handler.
+	c := warmController(t, client, func(cfg *Config) {
+		cfg.WarmShims = nil
+		cfg.ConfigErr = errInjected
+	})
+	if err := c.Recover(testContext(), RecoverConfig{Parallelism: 1, Timeout: time.Second}); err != nil {
+		t.Fatal(err)
+	}
+	// Close waits for the keeper removals recovery began.
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range []string{"k-live", "k-stopped"} {
+		if ctr := client.container(id); ctr == nil || !ctr.hasTask() {
+			t.Errorf("keeper %s removed while berth's config is invalid", id)
+		}
+	}
+}
+
 // recoveredWithWedgedKeeper is a warm controller that recovered a
 // running keeper of a handler keeping no warm shim, whose removal waits in
 // the task's deletion until release is called.

@@ -48,7 +48,8 @@ type RecoverConfig struct {
 // neither can be set by a pod or an image. A berth pause container that no
 // record owns belongs to a sandbox CRI forgot (a failed Start whose
 // rollback containerd's death cut short): it is removed. Shim keepers are
-// taken up or removed (keeper.Keepers.Recover).
+// taken up or removed (keeper.Keepers.Recover), unless berth's config is
+// invalid (Config.ConfigErr): they are then left as they are.
 //
 // It fails only when it cannot list what it needs; a sandbox it cannot
 // reload is reported NOTREADY and its task deleted in the background.
@@ -119,7 +120,16 @@ func (c *Controller) reload(ctx context.Context, cfg RecoverConfig, records map[
 		}()
 	}
 	wg.Wait()
-	c.keepers.Recover(ctx, keepers, cfg.Timeout)
+	switch {
+	case c.config.ConfigErr == nil:
+		c.keepers.Recover(ctx, keepers, cfg.Timeout)
+	case len(keepers) > 0:
+		// The defaults berth runs on keep no shim warm: judged by them,
+		// every keeper would go, and a typo anywhere in the config would
+		// tear down the node's warm shims. The recovery of a berth whose
+		// config is fixed takes them up or removes them.
+		log.G(ctx).WithField("keepers", len(keepers)).Warn("berth's config is invalid: leaving its shim keepers as they are")
+	}
 	c.releaseStartLeases(ctx)
 	c.removeOrphanFiles(ctx)
 	c.config.Shims.RemoveHalfDeletedBundles(ctx)

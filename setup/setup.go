@@ -37,8 +37,9 @@ type Node struct {
 // NewController builds the controller and begins the recovery of its
 // sandboxes. An invalid cfg is logged and replaced by the defaults (its
 // built-in pause settings kept), so that berth keeps stopping and removing
-// the sandboxes it has, and refuses new ones with the error. It fails only
-// when berth cannot list what it had.
+// the sandboxes it has, and refuses new ones with the error; its shim
+// keepers are left as they are. It fails only when berth cannot list what
+// it had.
 func NewController(ctx context.Context, cfg *Config, node Node, client controller.Client) (*controller.Controller, error) {
 	configErr := cfg.Validate()
 	if configErr != nil {
