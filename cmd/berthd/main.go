@@ -18,6 +18,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io/fs"
 	"net"
 	"os"
 	"os/signal"
@@ -30,6 +31,7 @@ import (
 	"github.com/containerd/containerd/v2/core/containers"
 	"github.com/containerd/containerd/v2/defaults"
 	"github.com/containerd/containerd/v2/plugins"
+	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
 	"github.com/containerd/platforms"
 	"github.com/coreos/go-systemd/v22/daemon"
@@ -322,16 +324,12 @@ func socketPath(address string) string {
 }
 
 // listen binds the unix socket at address. A socket left by a berthd that
-// died is replaced; one another process answers on is an error.
+// died is replaced; anything else at address is an error.
 func listen(address string) (net.Listener, error) {
 	if err := os.MkdirAll(filepath.Dir(address), 0o700); err != nil {
 		return nil, err
 	}
-	if conn, err := net.DialTimeout("unix", address, time.Second); err == nil {
-		conn.Close()
-		return nil, fmt.Errorf("another process serves %s", address)
-	}
-	if err := os.Remove(address); err != nil && !errors.Is(err, os.ErrNotExist) {
+	if err := removeDeadSocket(address); err != nil {
 		return nil, err
 	}
 	l, err := net.Listen("unix", address)
@@ -343,4 +341,33 @@ func listen(address string) (net.Listener, error) {
 		return nil, err
 	}
 	return l, nil
+}
+
+// removeDeadSocket removes the unix socket at address if it refuses
+// connections: no process listens on it. What else may be there is not
+// berthd's to remove: a file at a mistyped --address, or a socket whose
+// connect fails otherwise (a full backlog, EAGAIN) that another process
+// may still serve.
+func removeDeadSocket(address string) error {
+	fi, err := os.Lstat(address)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return nil
+	case err != nil:
+		return err
+	case fi.Mode()&fs.ModeSocket == 0:
+		return fmt.Errorf("%s is no socket; not replacing it: %w", address, errdefs.ErrAlreadyExists)
+	}
+	conn, err := net.DialTimeout("unix", address, time.Second)
+	switch {
+	case err == nil:
+		conn.Close()
+		return fmt.Errorf("another process serves %s: %w", address, errdefs.ErrAlreadyExists)
+	case !errors.Is(err, unix.ECONNREFUSED):
+		return fmt.Errorf("socket %s may be another process's; not replacing it: %w: %w", address, errdefs.ErrFailedPrecondition, err)
+	}
+	if err := os.Remove(address); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("remove dead socket: %w", err)
+	}
+	return nil
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"flag"
 	"io/fs"
+	"net"
 	"os"
 	"path/filepath"
 	"slices"
@@ -13,6 +14,7 @@ import (
 
 	api "github.com/containerd/containerd/api/services/sandbox/v1"
 	"github.com/containerd/containerd/v2/defaults"
+	"github.com/containerd/errdefs"
 	"github.com/coreos/go-systemd/v22/unit"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -142,4 +144,38 @@ func TestLargeRequest(t *testing.T) {
 	if status.Code(err) != codes.Unavailable {
 		t.Errorf("Create of %d bytes: %v; want Unavailable", len(req.Options.Value), err)
 	}
+}
+
+// TestListenLeavesOthers: berthd replaces a socket no process listens on
+// (a dead berthd's) and nothing else: a file at a mistyped --address is
+// kept, and so is a socket another process serves.
+func TestListenLeavesOthers(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "config.toml")
+	if err := os.WriteFile(file, []byte("version = 3\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := listen(file); !errdefs.IsAlreadyExists(err) || !strings.Contains(err.Error(), file) {
+		t.Errorf("listen on a file: %v, want AlreadyExists naming it", err)
+	}
+	if b, err := os.ReadFile(file); err != nil || string(b) != "version = 3\n" {
+		t.Errorf("the file at the address: %q, %v; want it kept", b, err)
+	}
+
+	sock := filepath.Join(dir, "berthd.sock")
+	l, err := listen(sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := listen(sock); !errdefs.IsAlreadyExists(err) {
+		t.Errorf("listen on a served socket: %v, want AlreadyExists", err)
+	}
+	// A closed listener removes its socket; a dead process leaves it.
+	l.(*net.UnixListener).SetUnlinkOnClose(false)
+	l.Close()
+	l, err = listen(sock)
+	if err != nil {
+		t.Fatalf("listen on a dead berthd's socket: %v", err)
+	}
+	l.Close()
 }
