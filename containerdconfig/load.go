@@ -91,7 +91,10 @@ func Load(ctx context.Context, path string, o Overrides) (*Node, error) {
 				// Unreadable, or an import is missing: not a syntax error.
 				return nil, fmt.Errorf("containerd config %s: %w", path, err)
 			}
-			return nil, invalid(path, err)
+			// The loader returns the row and column of a file that does
+			// not parse, but not the file, which may be an import; it
+			// logs the file ("Failure unmarshaling TOML").
+			return nil, invalid(path+" or a file it imports", err)
 		}
 	}
 	if err := applyOverrides(cfg, o); err != nil {

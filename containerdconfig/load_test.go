@@ -197,8 +197,23 @@ func TestBadFile(t *testing.T) {
 		}
 	}
 
+	// containerd's loader returns an import's syntax error without its
+	// file (it logs the file): the error must not give the import's row
+	// and column as the main config's.
+	p := writeFile(t, "version = 3\nimports = ['conf.d/*.toml']\n")
+	if err := os.Mkdir(filepath.Join(filepath.Dir(p), "conf.d"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(filepath.Dir(p), "conf.d", "10-bad.toml"), []byte("[plugins\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, err := Load(context.Background(), p, Overrides{})
+	if want := p + " or a file it imports"; !errdefs.IsInvalidArgument(err) || !strings.Contains(err.Error(), want) {
+		t.Errorf("syntax error in an import: got %v, want InvalidArgument naming %q", err, want)
+	}
+
 	// A missing import is not a syntax error, but it fails, as in containerd.
-	p := writeFile(t, "version = 3\nimports = ['missing.toml']\n")
+	p = writeFile(t, "version = 3\nimports = ['missing.toml']\n")
 	if _, err := Load(context.Background(), p, Overrides{}); err == nil || errdefs.IsInvalidArgument(err) || !strings.Contains(err.Error(), "missing.toml") {
 		t.Errorf("missing import: got %v", err)
 	}
