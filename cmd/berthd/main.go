@@ -70,7 +70,10 @@ func main() {
 	o.register(flag.CommandLine)
 	flag.Parse()
 	o.parsed(flag.CommandLine)
-	if err := run(o); err != nil {
+	ctx, stop := signal.NotifyContext(context.Background(), unix.SIGINT, unix.SIGTERM)
+	err := run(ctx, o)
+	stop()
+	if err != nil {
 		log.L.WithError(err).Error("berthd")
 		os.Exit(1)
 	}
@@ -113,15 +116,14 @@ func loadNode(ctx context.Context, o options) (*containerdconfig.Node, error) {
 	return containerdconfig.Load(ctx, o.containerdConfig, o.containerd)
 }
 
-func run(o options) error {
+// run serves until ctx, which SIGINT and SIGTERM end, is done.
+func run(ctx context.Context, o options) error {
 	if err := log.SetLevel(o.logLevel); err != nil {
 		return err
 	}
 	if err := log.SetFormat(log.TextFormat); err != nil {
 		return err
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), unix.SIGINT, unix.SIGTERM)
-	defer stop()
 
 	node, err := loadNode(ctx, o)
 	if err != nil {
@@ -180,6 +182,13 @@ func run(o options) error {
 
 	c, err := startController(ctx, o, cfg, cri, dirs, node, hops.clientOptions())
 	if err != nil {
+		if ctx.Err() != nil {
+			// Stopped before containerd answered (it is down, or not yet
+			// up): an ordinary stop, which systemd must not record as a
+			// failure of the unit.
+			log.G(ctx).WithError(err).Info("berthd stopping")
+			return nil
+		}
 		return err
 	}
 	defer c.Close()

@@ -22,6 +22,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/anypb"
 
+	"github.com/berth-dev/berth/containerdconfig"
 	"github.com/berth-dev/berth/sandboxapi"
 )
 
@@ -178,4 +179,28 @@ func TestListenLeavesOthers(t *testing.T) {
 		t.Fatalf("listen on a dead berthd's socket: %v", err)
 	}
 	l.Close()
+}
+
+// TestStopWaitingForContainerd: stopped while it waits for containerd to
+// answer, berthd exits as from any stop, not failed: systemd would record
+// an ordinary stop as the unit's failure.
+func TestStopWaitingForContainerd(t *testing.T) {
+	dir := t.TempDir()
+	o := options{
+		sandboxer:           "berth",
+		containerdConfig:    "../../containerdconfig/testdata/v3.toml",
+		containerdConfigSet: true,
+		containerd: containerdconfig.Overrides{
+			Address: filepath.Join(dir, "containerd.sock"), // no containerd
+			Root:    filepath.Join(dir, "root"),
+			State:   filepath.Join(dir, "state"),
+		},
+		address:  filepath.Join(dir, "berthd.sock"),
+		logLevel: "info",
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := run(ctx, o); err != nil {
+		t.Errorf("berthd stopped while waiting for containerd: %v, want no error", err)
+	}
 }
