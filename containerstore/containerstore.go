@@ -38,6 +38,12 @@ type Store struct {
 
 	mu      sync.Mutex
 	written map[key]containers.Container
+	// writing numbers the latest write under way to each key (from seq):
+	// only its answer is remembered. An answer that comes after a later
+	// write began, a Delete's, is no longer the record: remembered, it
+	// would bring back a deleted container for good.
+	writing map[key]uint64
+	seq     uint64
 }
 
 type key struct{ namespace, id string }
@@ -47,7 +53,7 @@ var _ containers.Store = (*Store)(nil)
 // New returns a store in front of the one inner returns, for a client whose
 // default namespace is namespace.
 func New(inner func() containers.Store, namespace string) *Store {
-	return &Store{inner: inner, namespace: namespace, written: map[key]containers.Container{}}
+	return &Store{inner: inner, namespace: namespace, written: map[key]containers.Container{}, writing: map[key]uint64{}}
 }
 
 func (s *Store) key(ctx context.Context, id string) key {
@@ -75,42 +81,55 @@ func (s *Store) List(ctx context.Context, filters ...string) ([]containers.Conta
 }
 
 func (s *Store) Create(ctx context.Context, c containers.Container) (containers.Container, error) {
+	k := s.key(ctx, c.ID)
+	n := s.begin(k)
 	created, err := s.inner().Create(ctx, c)
-	if err != nil {
-		return created, err
-	}
-	s.remember(ctx, created)
-	return created, nil
+	s.end(k, n, created, err == nil)
+	return created, err
 }
 
 func (s *Store) Update(ctx context.Context, c containers.Container, fieldpaths ...string) (containers.Container, error) {
 	k := s.key(ctx, c.ID)
+	n := s.begin(k)
+	// Failed, the write may still have been made: the record is
+	// containerd's to say.
 	updated, err := s.inner().Update(ctx, c, fieldpaths...)
-	if err != nil {
-		// Written or not, the record is containerd's to say.
-		s.forget(k)
-		return updated, err
-	}
-	s.remember(ctx, updated)
-	return updated, nil
+	s.end(k, n, updated, err == nil)
+	return updated, err
 }
 
 func (s *Store) Delete(ctx context.Context, id string) error {
 	// Deleted or not, the record is containerd's to say from now on.
-	s.forget(s.key(ctx, id))
-	return s.inner().Delete(ctx, id)
+	k := s.key(ctx, id)
+	n := s.begin(k)
+	err := s.inner().Delete(ctx, id)
+	s.end(k, n, containers.Container{}, false)
+	return err
 }
 
-func (s *Store) remember(ctx context.Context, c containers.Container) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.written[s.key(ctx, c.ID)] = clone(c)
-}
-
-func (s *Store) forget(k key) {
+// begin forgets key k's record, which a write is about to change, and
+// returns the write's number.
+func (s *Store) begin(k key) uint64 {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	delete(s.written, k)
+	s.seq++
+	s.writing[k] = s.seq
+	return s.seq
+}
+
+// end ends write n to key k, remembering c as k's record if ok and no
+// later write to k has begun.
+func (s *Store) end(k key, n uint64, c containers.Container, ok bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.writing[k] != n {
+		return
+	}
+	delete(s.writing, k)
+	if ok {
+		s.written[k] = clone(c)
+	}
 }
 
 // clone copies c's maps, which callers change: containerd's client updates

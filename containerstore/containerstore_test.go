@@ -151,3 +151,47 @@ func TestFailedWritesForgotten(t *testing.T) {
 		t.Errorf("failed Create = %v, %d records remembered; want containerd's error and none", err, len(s.written))
 	}
 }
+
+// heldStore is a fakeStore whose Update, once made, holds its answer until
+// release is closed, as an answer on its way back does.
+type heldStore struct {
+	*fakeStore
+	made, release chan struct{}
+}
+
+func (h *heldStore) Update(ctx context.Context, c containers.Container, fieldpaths ...string) (containers.Container, error) {
+	updated, err := h.fakeStore.Update(ctx, c, fieldpaths...)
+	close(h.made)
+	<-h.release
+	return updated, err
+}
+
+// TestLateAnswerAfterDelete: an Update whose answer comes after the
+// container's Delete does not bring the deleted record back.
+func TestLateAnswerAfterDelete(t *testing.T) {
+	f := &heldStore{fakeStore: &fakeStore{records: map[key]containers.Container{}}, made: make(chan struct{}), release: make(chan struct{})}
+	s := New(func() containers.Store { return f }, "k8s.io")
+	ctx := ctxNS("k8s.io")
+	if _, err := s.Create(ctx, containers.Container{ID: "sb"}); err != nil {
+		t.Fatal(err)
+	}
+	updated := make(chan error)
+	go func() {
+		_, err := s.Update(ctx, containers.Container{ID: "sb", Image: "v2"}, "image")
+		updated <- err
+	}()
+	<-f.made
+	if err := s.Delete(ctx, "sb"); err != nil {
+		t.Fatal(err)
+	}
+	close(f.release)
+	if err := <-updated; err != nil {
+		t.Fatal(err)
+	}
+	if c, err := s.Get(ctx, "sb"); !errdefs.IsNotFound(err) {
+		t.Errorf("Get after Delete: %+v, %v; want NotFound", c, err)
+	}
+	if len(s.written) != 0 || len(s.writing) != 0 {
+		t.Errorf("%d records and %d writes remembered, want none", len(s.written), len(s.writing))
+	}
+}
