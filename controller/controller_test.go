@@ -1019,6 +1019,33 @@ func recovering(t *testing.T, client *fakeClient) *Controller {
 	return c
 }
 
+// TestVerboseBuiltinPause: the verbose status of a pod on the built-in
+// pause names it as its image and no snapshot, as its container records
+// it, before and after a restart.
+func TestVerboseBuiltinPause(t *testing.T) {
+	client := newFakeClient()
+	c := testController(t, client)
+	started(t, c, client, "sb1")
+	verbose := func(c *Controller) (image, snapshotter, key any) {
+		t.Helper()
+		st, err := c.Status(testContext(), "sb1", true)
+		if err != nil {
+			t.Fatalf("Status: %v", err)
+		}
+		var info map[string]any
+		if err := json.Unmarshal([]byte(st.Info["info"]), &info); err != nil {
+			t.Fatal(err)
+		}
+		return info["image"], info["snapshotter"], info["snapshotKey"]
+	}
+	for _, c := range []*Controller{c, recovering(t, client)} {
+		image, snapshotter, key := verbose(c)
+		if image != podsandbox.BuiltinPauseName || snapshotter != "" || key != "" {
+			t.Errorf("verbose image %q, snapshotter %q, snapshot key %q; want %s and no snapshot", image, snapshotter, key, podsandbox.BuiltinPauseName)
+		}
+	}
+}
+
 // TestRecoverInBackground: Recover returns before a sandbox whose shim is
 // slow to answer is reloaded; every operation waits for the reload, and
 // then finds the sandbox in its true state.

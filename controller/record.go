@@ -1,6 +1,7 @@
 package controller
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -18,6 +19,7 @@ import (
 	"google.golang.org/protobuf/types/known/anypb"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
+	"github.com/berth-dev/berth/podsandbox"
 	"github.com/berth-dev/berth/store"
 )
 
@@ -167,11 +169,13 @@ func loadSandbox(container containerd.Container, info containers.Container, cri 
 	md.RuntimeHandler = r.RuntimeHandler
 	sb := store.NewSandbox(md)
 	inst := &store.Instance{
-		Container:    container,
-		Spec:         spec,
-		CgroupsPath:  cgroupsPath,
-		Image:        info.Image,
+		Container:   container,
+		Spec:        spec,
+		CgroupsPath: cgroupsPath,
+		// The built-in pause's container has no image.
+		Image:        cmp.Or(info.Image, podsandbox.BuiltinPauseName),
 		Snapshotter:  info.Snapshotter,
+		SnapshotKey:  info.SnapshotKey,
 		RuntimeType:  info.Runtime.Name,
 		ProcessLabel: r.ProcessLabel,
 		ShimGroup:    r.ShimGroup,

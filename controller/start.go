@@ -157,11 +157,13 @@ func (c *Controller) start(ctx context.Context, sb *store.Sandbox, undo *rollbac
 		Spec:         specJSON,
 		CgroupsPath:  cgroupsPath,
 		Image:        p.pause.name,
-		Snapshotter:  p.snapshotter,
 		RuntimeType:  p.runtime.Type,
 		ProcessLabel: p.spec.ProcessLabel,
 		ShimGroup:    p.group,
 		ShimRuntime:  p.shimRuntime,
+	}
+	if p.pause.image != nil {
+		inst.Snapshotter, inst.SnapshotKey = p.snapshotter, sb.ID
 	}
 	_ = sb.Update(func(s store.Status) (store.Status, error) {
 		// A shared shim that died since the task was made has had its

@@ -53,7 +53,10 @@ func (c *Controller) Status(ctx context.Context, id string, verbose bool) (sandb
 }
 
 // sandboxInfo is the verbose status CRI merges pod resources into. Its JSON
-// keys are those of containerd's podsandbox SandboxInfo, which CRI decodes.
+// keys are those of containerd's podsandbox SandboxInfo, which CRI decodes
+// and encodes again: runtimeHandler, which SandboxInfo lacks, reaches only
+// the callers of containerd's sandbox controller API (CRI's own status has
+// the handler).
 type sandboxInfo struct {
 	Pid            uint32                       `json:"pid"`
 	Status         string                       `json:"processStatus"`
@@ -106,7 +109,7 @@ func verboseInfo(sb *store.Sandbox, s store.Status) (string, error) {
 	}
 	if inst := s.Instance; inst != nil {
 		info.Image = inst.Image
-		info.SnapshotKey = sb.ID
+		info.SnapshotKey = inst.SnapshotKey
 		info.Snapshotter = inst.Snapshotter
 		info.RuntimeType = inst.RuntimeType
 		info.RuntimeSpec = inst.Spec

@@ -92,7 +92,10 @@ type Instance struct {
 	// CgroupsPath is the spec's linux.cgroupsPath.
 	CgroupsPath string
 	Image       string
+	// Snapshotter and SnapshotKey are the pause rootfs snapshot's, as the
+	// container records them: "" for the built-in pause, which has none.
 	Snapshotter string
+	SnapshotKey string
 	RuntimeType string
 	// ProcessLabel is the SELinux process label, "" without SELinux.
 	ProcessLabel string
