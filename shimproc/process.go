@@ -41,7 +41,8 @@ func (s *Shim) kill(ctx context.Context, id string, shimPid int, serving func(co
 	}
 	pidfd, err := unix.PidfdOpen(shimPid, 0)
 	if errors.Is(err, unix.ESRCH) {
-		return s.sockets.RemoveDeadSockets(ctx, s.group)
+		s.removeSockets(ctx)
+		return nil
 	}
 	if err != nil {
 		return fmt.Errorf("pidfd of shim %d: %w", shimPid, err)
@@ -52,7 +53,8 @@ func (s *Shim) kill(ctx context.Context, id string, shimPid int, serving func(co
 		// A group's shim leaves its sockets (RemoveDeadSockets), and one
 		// whose group berth does not watch (a pod's recovered stopped
 		// pause's) has no watch to remove them.
-		return s.sockets.RemoveDeadSockets(ctx, s.group)
+		s.removeSockets(ctx)
+		return nil
 	}
 	// The pidfd is the shim's only if the shim still answers with its pid.
 	info, err := s.svc.Connect(ctx, &taskapi.ConnectRequest{ID: id})
@@ -68,9 +70,19 @@ func (s *Shim) kill(ctx context.Context, id string, shimPid int, serving func(co
 	log.G(ctx).WithField("pid", shimPid).Info("killed a shim that would not exit")
 	// Killed, it leaves its sockets.
 	if exited(pidfd, time.Second) {
-		return s.sockets.RemoveDeadSockets(ctx, s.group)
+		s.removeSockets(ctx)
 	}
 	return nil
+}
+
+// removeSockets removes the sockets of the shim, which exited. The shim is
+// shut down whether they go or not: a failure to remove them is logged,
+// not the shutdown's, whose callers would retry what is done, or take the
+// pod for one that cannot be reattached.
+func (s *Shim) removeSockets(ctx context.Context) {
+	if err := s.sockets.RemoveDeadSockets(ctx, s.group); err != nil {
+		log.G(ctx).WithError(err).WithField("shim_group", s.group).Warn("shim exited; its sockets stay")
+	}
 }
 
 // exited waits up to timeout for the process of pidfd to exit.

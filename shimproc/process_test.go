@@ -4,8 +4,12 @@ import (
 	"context"
 	"os"
 	"os/exec"
+	"path/filepath"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/containerd/containerd/v2/pkg/namespaces"
 )
 
 // startProcess starts a process standing for a shim, reaped by the test:
@@ -125,5 +129,26 @@ func TestShutdownRemovesExitedShimSockets(t *testing.T) {
 		if names := socketNames(t, s); len(names) != 0 {
 			t.Errorf("sockets left after the shim exited (before Shutdown: %v): %v", gone, names)
 		}
+	}
+}
+
+// TestShutdownSocketsStay: a shim that exited is shut down though a socket
+// path of its cannot be removed (here a directory with a file in it):
+// Shutdown's callers would retry it, or take its pod for one that cannot
+// be reattached.
+func TestShutdownSocketsStay(t *testing.T) {
+	s := socketDir(t)
+	addr, err := s.address(namespaces.WithNamespace(context.Background(), s.Namespace), "g", true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(filepath.Join(strings.TrimPrefix(addr, "unix://"), "x"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	proc, _ := startProcess(t)
+	shim := &fakeShim{pids: []uint32{uint32(proc.Pid)}, exit: proc}
+	idle := func(context.Context) (bool, error) { return false, nil }
+	if err := (&Shim{svc: shim, sockets: s, group: "g"}).Shutdown(context.Background(), "id", idle); err != nil {
+		t.Errorf("Shutdown of a shim that exited: %v", err)
 	}
 }
