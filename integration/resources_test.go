@@ -274,12 +274,14 @@ func readPodMetrics(t *testing.T, id string) podMetrics {
 }
 
 // TestPodMetricsOfPause: a pod without a cgroup of its own (the root for
-// its parent) reports its pause container's cgroup, as the shim reads it.
+// its parent) reports its pause container's cgroup, as the shim reads it:
+// the pause alone, once runc's init (threads of its own, which the pids
+// controller counts) has become it, which runc start does not wait for.
 func TestPodMetricsOfPause(t *testing.T) {
 	id := runPod(t, podConfig(t, withCgroupParent("/")), handlerBerth)
-	if m := readPodMetrics(t, id); m.pids != 1 {
-		t.Errorf("pause container's metrics count %d pids, want the pause", m.pids)
-	}
+	eventually(t, 10*time.Second, "the pause container's metrics count the pause", func() bool {
+		return readPodMetrics(t, id).pids == 1
+	})
 }
 
 // TestPrometheusSeries scrapes containerd's metrics endpoint around one pod
