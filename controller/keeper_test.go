@@ -3,6 +3,7 @@ package controller
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"slices"
 	"strings"
 	"testing"
@@ -20,6 +21,7 @@ import (
 
 	"github.com/berth-dev/berth/keeper"
 	"github.com/berth-dev/berth/placement"
+	"github.com/berth-dev/berth/rollback"
 	"github.com/berth-dev/berth/shimproc/shimtest"
 )
 
@@ -584,4 +586,115 @@ func TestCloseLeavesStaleKeeper(t *testing.T) {
 	if !stale.hasTask() {
 		t.Errorf("stale keeper %s removed after Close", stale.info.ID)
 	}
+}
+
+// TestRecoverKeepersInParallel: keepers load up to the recovery's
+// parallelism at once, as sandboxes do: with shims slow to answer after a
+// restart, one at a time would hold every call to berth for a timeout per
+// warm namespace.
+func TestRecoverKeepersInParallel(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		client := newFakeClient()
+		var ids []string
+		for i := range 4 {
+			id := fmt.Sprint("k", i)
+			ids = append(ids, id)
+			client.addContainer(keeperContainerOf(t, id, keeper.Record{Sandboxer: "berth", RuntimeHandler: testHandler,
+				Namespace: fmt.Sprint("ns", i), ShimGroup: fmt.Sprint("g", i), ShimRuntime: warmScope.Runtime})).setTask(containerd.Running)
+		}
+		release := client.hold("task status")
+		c := warmController(t, client)
+		if err := c.Recover(testContext(), RecoverConfig{Parallelism: 16, Timeout: 10 * time.Second}); err != nil {
+			t.Fatal(err)
+		}
+		synctest.Wait()
+		asked := client.count("task status")
+		release()
+		if err := c.awaitRecovery(testContext()); err != nil {
+			t.Fatal(err)
+		}
+		if asked != len(ids) {
+			t.Errorf("%d of %d keepers loading at once, want all", asked, len(ids))
+		}
+		if n := len(ownKeepers(client)); n != len(ids) {
+			t.Errorf("%d keepers taken up, want %d", n, len(ids))
+		}
+		for _, id := range ids {
+			client.container(id).task.exit(137)
+		}
+		eventually(t, "keepers removed", func() bool { return len(keeperContainers(client)) == 0 })
+	})
+}
+
+// TestRecoverKeeperBesideStopped: of two keepers of one scope loading at
+// once, the one whose task runs is kept, though the other, whose task has
+// stopped, was first to ask: a scope's keeper is claimed once its task is
+// known to run.
+func TestRecoverKeeperBesideStopped(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		client := newFakeClient()
+		client.addContainer(keeperContainer(t, "k-stopped", testHandler, "g1")).setTask(containerd.Stopped)
+		client.addContainer(keeperContainer(t, "k-live", testHandler, "g2")).setTask(containerd.Running)
+		release := client.hold("task status")
+		c := warmController(t, client)
+		if err := c.Recover(testContext(), RecoverConfig{Parallelism: 2, Timeout: time.Minute}); err != nil {
+			t.Fatal(err)
+		}
+		synctest.Wait() // each keeper's load asks for its task's status
+		release()
+		if err := c.awaitRecovery(testContext()); err != nil {
+			t.Fatal(err)
+		}
+		synctest.Wait() // the stopped keeper's removal
+		if ctr := client.container("k-live"); ctr == nil || !ctr.hasTask() {
+			t.Error("the running keeper was removed")
+		}
+		if client.container("k-stopped") != nil {
+			t.Error("the stopped keeper was kept")
+		}
+		if ctr := client.container("k-live"); ctr != nil && ctr.hasTask() {
+			ctr.task.exit(137)
+		}
+		synctest.Wait()
+	})
+}
+
+// TestCloseDuringIdleSweep: Close stops an idle sweep between removals:
+// each removal may wait on a wedged shim for its bound, and Close waits for
+// the sweep; the keepers left are the next start's to expire.
+func TestCloseDuringIdleSweep(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		client := newFakeClient()
+		c := warmController(t, client, func(cfg *Config) { cfg.WarmShimIdleTimeout = time.Hour })
+		for i := range 4 {
+			id := fmt.Sprint("sb", i)
+			cfg := testPodConfig(id)
+			cfg.Metadata.Namespace = fmt.Sprint("ns", i) // a keeper each
+			if err := create(t, c, client, id, cfg); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := c.Start(testContext(), id); err != nil {
+				t.Fatal(err)
+			}
+			removed(t, c, id)
+		}
+		release := client.hold("task delete")
+		defer release()
+		time.Sleep(time.Hour + time.Minute) // a sweep runs; its first removal waits
+		synctest.Wait()
+		start := time.Now()
+		if err := c.Close(); err != nil {
+			t.Fatal(err)
+		}
+		if took := time.Since(start); took > rollback.StepTimeout {
+			t.Errorf("Close took %v during an idle sweep, want at most the removal under way (%v)", took, rollback.StepTimeout)
+		}
+		release()
+		for _, k := range keeperContainers(client) {
+			if k.hasTask() {
+				k.task.exit(137)
+			}
+		}
+		synctest.Wait()
+	})
 }

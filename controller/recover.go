@@ -122,7 +122,7 @@ func (c *Controller) reload(ctx context.Context, cfg RecoverConfig, records map[
 	wg.Wait()
 	switch {
 	case c.config.ConfigErr == nil:
-		c.keepers.Recover(ctx, keepers, cfg.Timeout)
+		c.keepers.Recover(ctx, keepers, cfg.Timeout, cfg.Parallelism)
 	case len(keepers) > 0:
 		// The defaults berth runs on keep no shim warm: judged by them,
 		// every keeper would go, and a typo anywhere in the config would

@@ -334,6 +334,13 @@ func (k *Keepers) ExpireIdle(ctx context.Context) {
 		case <-tick.C:
 		}
 		for _, kp := range k.live.List() {
+			// A sweep stopped halfway leaves the rest to the next
+			// start, which takes them up and expires them in turn:
+			// each removal here may wait on a wedged shim, and berth's
+			// Close waits for the sweep.
+			if ctx.Err() != nil {
+				return
+			}
 			if k.live.DropIf(kp, func() bool { return k.cfg.Groups.RetireIdle(kp.Group, idle) }) {
 				log.G(ctx).WithFields(log.Fields{"keeper_id": kp.ID, "shim_group": kp.Group, "idle": idle}).Info("no pod of the shim keeper's scope ran for its idle timeout; removing it")
 				k.removeKeeperOrRetry(ctx, kp)
@@ -410,14 +417,21 @@ func (k *Keepers) removeKeeper(ctx context.Context, kp *keeper) error {
 // Recover takes up, after a restart, the keeper of each warm scope
 // whose task runs, and removes every other keeper container: of a handler
 // no longer warm, of a scope the config no longer makes, a second of a
-// scope, or one whose task is gone. Each keeper's load is bounded by
-// timeout, as each sandbox's reload is, and its removal runs in the
-// background: every call to berth waits for recovery, and a wedged shim
-// must not hold them, nor CRI's start.
-func (k *Keepers) Recover(ctx context.Context, found []containerd.Container, timeout time.Duration) {
+// scope, or one whose task is gone. Up to parallelism keepers load at
+// once, each bounded by timeout, as sandboxes reload, and a removal runs in
+// the background: every call to berth waits for recovery, and wedged shims
+// must not hold them, nor CRI's start, for a timeout each.
+func (k *Keepers) Recover(ctx context.Context, found []containerd.Container, timeout time.Duration, parallelism int) {
+	sem := make(chan struct{}, max(parallelism, 1))
+	var wg sync.WaitGroup
 	for _, container := range found {
-		k.recoverKeeper(ctx, container, timeout)
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			k.recoverKeeper(ctx, container, timeout)
+		})
 	}
+	wg.Wait()
 }
 
 // recoverKeeper takes up or removes keeper container, within timeout.
@@ -460,9 +474,6 @@ func (k *Keepers) loadKeeper(ctx context.Context, container containerd.Container
 	if k.cfg.Policy.SharesAcrossNamespaces(rec.RuntimeHandler) != (rec.Namespace == "") {
 		return kp, fmt.Errorf("the keeper's namespace %q is not a shim scope of runtime handler %q", rec.Namespace, rec.RuntimeHandler)
 	}
-	if ok, _ := k.live.Claim(scope, func(string) bool { return true }); !ok {
-		return kp, fmt.Errorf("runtime handler %q has a keeper for namespace %q", rec.RuntimeHandler, rec.Namespace)
-	}
 	task, err := container.Task(ctx, nil)
 	if err == nil {
 		var st containerd.Status
@@ -470,10 +481,16 @@ func (k *Keepers) loadKeeper(ctx context.Context, container containerd.Container
 			err = fmt.Errorf("keeper task is %s", st.Status)
 		}
 	}
-	var w *events.Wait
-	if err == nil {
-		w, err = k.cfg.Events.WaitFor(ctx, task)
+	if err != nil {
+		return kp, err
 	}
+	// Claimed once its task is known to run: a second keeper of the scope
+	// whose task has stopped, loading beside it, must not have this one
+	// removed as the second.
+	if ok, _ := k.live.Claim(scope, func(string) bool { return true }); !ok {
+		return kp, fmt.Errorf("runtime handler %q has a keeper for namespace %q", rec.RuntimeHandler, rec.Namespace)
+	}
+	w, err := k.cfg.Events.WaitFor(ctx, task)
 	if err != nil {
 		k.live.Set(scope, nil)
 		return kp, err

@@ -68,7 +68,8 @@ type Config struct {
 
 // Recovery configures the reload of sandboxes after a containerd restart.
 type Recovery struct {
-	// Parallelism is how many sandboxes are reloaded at once. Default 16.
+	// Parallelism is how many sandboxes, then how many shim keepers, are
+	// reloaded at once. Default 16.
 	Parallelism int `toml:"parallelism"`
 	// SandboxTimeout bounds the reload of one sandbox; a sandbox whose shim
 	// does not answer in time is reported NOTREADY and its task deleted in
