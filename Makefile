@@ -3,6 +3,7 @@
 #   make build   containerd (with berth), shims, ctr, runc, images -> bin/
 #   make up      run that containerd in the foreground under _output/
 #   make install berthd, berth's shim and pause -> $(PREFIX)/bin, berthd's unit
+#   make uninstall  what make install installed, removed
 #   make install-containerd  containerd with berth built in, berth's shim and pause
 #   make test    unit tests, then integration tests (root, real containerd)
 #   make soak    1000 pod lifecycles, built-in then berth: leaks, heap, RSS
@@ -30,25 +31,33 @@ PAUSE_IMAGE   := localhost/berth/pause:1
 BUSYBOX_IMAGE := localhost/berth/busybox:1
 BUSYBOX       ?= /bin/busybox
 
-.PHONY: build binaries images kube install install-containerd up test unit integration e2e soak chaos bench bench-restart critest critest-berthd critest-binaries lint clean
+.PHONY: build binaries node-binaries berth-containerd images kube install install-containerd uninstall up test unit integration e2e soak chaos bench bench-restart critest critest-berthd critest-binaries lint clean
 
 build: binaries images
 
-binaries:
+# What berth puts on a node beside its own containerd: berthd and berth's
+# shim, static (a build host's glibc may be newer than the node's), and the
+# built-in pause.
+node-binaries:
+	CGO_ENABLED=0 $(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/berthd ./cmd/berthd
+	CGO_ENABLED=0 $(GO) build -tags "urfave_cli_no_docs no_grpc" -ldflags "$(LDFLAGS) -extldflags -static" \
+		-o $(BIN)/containerd-shim-berth-v2 ./cmd/containerd-shim-berth-v2
+	$(CC) -Os -static -s -Wall -Werror -o $(BIN)/berth-pause cmd/berth-pause/pause.c
+
+# containerd with berth built in.
+berth-containerd:
 	$(GO) build -tags "urfave_cli_no_docs no_btrfs" -ldflags "$(LDFLAGS)" -o $(BIN)/containerd ./cmd/containerd
+
+binaries: node-binaries berth-containerd
 	$(GO) build -tags "urfave_cli_no_docs no_btrfs berth_failpoint" -ldflags "$(LDFLAGS)" -o $(BIN)/containerd-failpoint ./cmd/containerd
-	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/berthd ./cmd/berthd
-	$(GO) build -tags berth_failpoint -ldflags "$(LDFLAGS)" -o $(BIN)/berthd-failpoint ./cmd/berthd
+	CGO_ENABLED=0 $(GO) build -tags berth_failpoint -ldflags "$(LDFLAGS)" -o $(BIN)/berthd-failpoint ./cmd/berthd
 	cd tools/containerd && $(GO) build -trimpath -tags "urfave_cli_no_docs no_btrfs" \
 		-ldflags "-X $(PKG_VERSION).Version=$(STOCK_CONTAINERD_VERSION)" \
 		-o $(BIN)/containerd-stock github.com/containerd/containerd/v2/cmd/containerd
 	CGO_ENABLED=0 $(GO) build -tags "urfave_cli_no_docs no_grpc" -ldflags "$(LDFLAGS) -extldflags -static" \
 		-o $(BIN)/containerd-shim-runc-v2 github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2
-	CGO_ENABLED=0 $(GO) build -tags "urfave_cli_no_docs no_grpc" -ldflags "$(LDFLAGS) -extldflags -static" \
-		-o $(BIN)/containerd-shim-berth-v2 ./cmd/containerd-shim-berth-v2
 	$(GO) build -tags urfave_cli_no_docs -ldflags "$(LDFLAGS)" -o $(BIN)/ctr github.com/containerd/containerd/v2/cmd/ctr
 	cd tools/runc && CGO_ENABLED=1 $(GO) build -trimpath -tags "seccomp urfave_cli_no_docs" -o $(BIN)/runc github.com/opencontainers/runc
-	$(CC) -Os -static -s -Wall -Werror -o $(BIN)/berth-pause cmd/berth-pause/pause.c
 	$(GO) build -o $(BIN)/berth-image ./cmd/berth-image
 	cd tools/critools && $(GO) build -trimpath -o $(BIN)/crictl sigs.k8s.io/cri-tools/cmd/crictl
 
@@ -83,19 +92,30 @@ images: binaries
 # of containerd's: a containerd, runc shim, runc or ctr of berth's build in
 # $(PREFIX)/bin would shadow the node's own (or be the node's own, where it
 # runs /usr/local/bin/containerd). The unit goes where systemd looks for an
-# administrator's units whatever the PREFIX.
+# administrator's units whatever the PREFIX. berth's part of containerd's
+# config, config/conf.d/berth.toml, goes to $(PREFIX)/share/berth with the
+# paths of the PREFIX, for the operator to put among containerd's imports.
 PREFIX ?= /usr/local
 UNITDIR ?= /usr/local/lib/systemd/system
 NODE_BINARIES := $(BIN)/containerd-shim-berth-v2 $(BIN)/berth-pause
-install: binaries
+INSTALLED := $(PREFIX)/bin/berthd $(PREFIX)/bin/containerd-shim-berth-v2 $(PREFIX)/bin/berth-pause \
+	$(PREFIX)/share/berth/berth.toml $(UNITDIR)/berthd.service
+install: node-binaries
 	install -D -m 0755 -t $(DESTDIR)$(PREFIX)/bin $(BIN)/berthd $(NODE_BINARIES)
+	sed 's#/usr/local/bin/#$(PREFIX)/bin/#' config/conf.d/berth.toml | \
+		install -D -m 0644 /dev/stdin $(DESTDIR)$(PREFIX)/share/berth/berth.toml
 	sed 's#/usr/local/bin/berthd#$(PREFIX)/bin/berthd#' config/systemd/berthd.service | \
 		install -D -m 0644 /dev/stdin $(DESTDIR)$(UNITDIR)/berthd.service
+
+# Removes what install installed, for a node berth has left (README,
+# "Removing berth").
+uninstall:
+	rm -f $(addprefix $(DESTDIR),$(INSTALLED))
 
 # Installs containerd with berth built in, for a node that runs it in place
 # of its own (README, "Using berth built into containerd"), with berth's
 # shim and the built-in pause; the node's runc shim, runc and ctr stay.
-install-containerd: binaries
+install-containerd: node-binaries berth-containerd
 	install -D -m 0755 -t $(DESTDIR)$(PREFIX)/bin $(BIN)/containerd $(NODE_BINARIES)
 
 up: build

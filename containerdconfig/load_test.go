@@ -361,7 +361,7 @@ func TestReadmeShowsDropIn(t *testing.T) {
 
 // TestInstalledDropIn loads config/conf.d/berth.toml, berth's part of a
 // node's config as the README installs it, imported by a config.toml of
-// either version: berth's handler and proxy plugin are added, and the
+// any version: berth's handler and proxy plugin are added, and the
 // node's own handlers keep their options. (Pasted into a version-2 file
 // instead, its version-3 tables would make CRI's migration drop that
 // file's handlers.)
@@ -381,6 +381,16 @@ imports = ["@DIR@/*.toml"]
   runtime_type = "io.containerd.other.v1"
 `,
 		"version 3": `version = 3
+imports = ["@DIR@/*.toml"]
+[plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]
+  runtime_type = 'io.containerd.runc.v2'
+  [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc.options]
+    SystemdCgroup = true
+[plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.other]
+  runtime_type = 'io.containerd.other.v1'
+`,
+		// What containerd 2.4's config default writes.
+		"version 4": `version = 4
 imports = ["@DIR@/*.toml"]
 [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]
   runtime_type = 'io.containerd.runc.v2'
@@ -412,6 +422,12 @@ imports = ["@DIR@/*.toml"]
 			}
 			if got := rt.Containerd.Runtimes["other"].Type; got != "io.containerd.other.v1" {
 				t.Errorf("the node's handler other: runtime_type %q", got)
+			}
+			var berth struct {
+				BuiltinPauseBinary string `toml:"builtin_pause_binary"`
+			}
+			if err := n.DecodePlugin(context.Background(), "io.containerd.sandbox.controller.v1.berth", &berth); err != nil || berth.BuiltinPauseBinary != "/usr/local/bin/berth-pause" {
+				t.Errorf("berth's table: %+v, %v; want the built-in pause's path", berth, err)
 			}
 		})
 	}
