@@ -366,6 +366,16 @@ func TestReadmeShowsDropIn(t *testing.T) {
 // instead, its version-3 tables would make CRI's migration drop that
 // file's handlers.)
 func TestInstalledDropIn(t *testing.T) {
+	// The node's own config.toml of version 3 or 4, which write CRI's
+	// tables alike.
+	const v3Main = `imports = ["@DIR@/*.toml"]
+[plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]
+  runtime_type = 'io.containerd.runc.v2'
+  [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc.options]
+    SystemdCgroup = true
+[plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.other]
+  runtime_type = 'io.containerd.other.v1'
+`
 	dropIn, err := os.ReadFile("../config/conf.d/berth.toml")
 	if err != nil {
 		t.Fatal(err)
@@ -380,25 +390,9 @@ imports = ["@DIR@/*.toml"]
 [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.other]
   runtime_type = "io.containerd.other.v1"
 `,
-		"version 3": `version = 3
-imports = ["@DIR@/*.toml"]
-[plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]
-  runtime_type = 'io.containerd.runc.v2'
-  [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc.options]
-    SystemdCgroup = true
-[plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.other]
-  runtime_type = 'io.containerd.other.v1'
-`,
+		"version 3": "version = 3\n" + v3Main,
 		// What containerd 2.4's config default writes.
-		"version 4": `version = 4
-imports = ["@DIR@/*.toml"]
-[plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]
-  runtime_type = 'io.containerd.runc.v2'
-  [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc.options]
-    SystemdCgroup = true
-[plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.other]
-  runtime_type = 'io.containerd.other.v1'
-`,
+		"version 4": "version = 4\n" + v3Main,
 	} {
 		t.Run(name, func(t *testing.T) {
 			dir := t.TempDir()
