@@ -6,6 +6,7 @@ package podcgroup
 import (
 	"errors"
 	"fmt"
+	"math"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -113,19 +114,27 @@ func (h hierarchy) validateUnified(unified map[string]string) error {
 		if !unifiedKey.MatchString(k) || strings.HasPrefix(k, "cgroup.") {
 			return fmt.Errorf("pod resources: unified key %q is not a controller's interface file: %w", k, errdefs.ErrInvalidArgument)
 		}
-		// The kernel reads memory.max with suffixes and in any base
-		// ("1G", "0x40000000"); Update, which refuses a limit below the
-		// pod's use, reads bytes.
 		if k != "memory.max" {
 			continue
 		}
-		if v := strings.TrimSpace(v); v != "max" {
-			if _, err := strconv.ParseUint(v, 10, 64); err != nil {
-				return fmt.Errorf("pod resources: unified memory.max %q is not a number of bytes or \"max\": %w", v, errdefs.ErrInvalidArgument)
-			}
+		if _, _, err := unifiedMemoryMax(v); err != nil {
+			return fmt.Errorf("pod resources: unified memory.max %q is not a number of bytes or \"max\": %w", v, errdefs.ErrInvalidArgument)
 		}
 	}
 	return nil
+}
+
+// unifiedMemoryMax reads a unified memory.max as berth takes it: a number
+// of bytes, or "max" (not limited). The kernel reads suffixes and any base
+// too ("1G", "0x40000000"), which Update, refusing a limit below the pod's
+// use, would not read as a limit: validateUnified refuses them.
+func unifiedMemoryMax(v string) (bytes uint64, limited bool, err error) {
+	v = strings.TrimSpace(v)
+	if v == "max" {
+		return 0, false, nil
+	}
+	bytes, err = strconv.ParseUint(v, 10, 64)
+	return bytes, err == nil, err
 }
 
 // Update writes resources to the cgroup at path, unified keys included
@@ -335,10 +344,11 @@ func lowestMemoryLimit(resources *runtimespec.LinuxResources) int64 {
 	if resources.Memory != nil && resources.Memory.Limit != nil && *resources.Memory.Limit > 0 {
 		limits = append(limits, *resources.Memory.Limit)
 	}
-	// "max" sets no limit; validateUnified refuses anything else that is
-	// not a number.
-	if v, err := strconv.ParseInt(strings.TrimSpace(resources.Unified["memory.max"]), 10, 64); err == nil && v > 0 {
-		limits = append(limits, v)
+	if v, ok := resources.Unified["memory.max"]; ok {
+		// Above the largest int64, as good as none: no use is above it.
+		if b, limited, err := unifiedMemoryMax(v); err == nil && limited && b > 0 {
+			limits = append(limits, int64(min(b, math.MaxInt64)))
+		}
 	}
 	if len(limits) == 0 {
 		return 0
