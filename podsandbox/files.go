@@ -140,17 +140,25 @@ func (f Files) PinUserNamespace(netnsPath string) error {
 }
 
 // Relink puts back the links into CRI's directories if they are missing,
-// after a crash. Links already there are left alone.
+// after a crash. Links already there are left alone, and so are files a
+// reboot took: the state directory is on tmpfs, and with it went CRI's,
+// which it would have linked into; nothing the pod had there is left to
+// link.
 func (f Files) Relink() error {
 	return f.link(true)
 }
 
-func (f Files) link(keepExisting bool) error {
+func (f Files) link(relink bool) error {
 	for _, l := range []struct{ target, link string }{
 		{f.RootDir, f.CRIRootDir}, {f.StateDir, f.CRIStateDir},
 	} {
+		if relink {
+			if _, err := os.Stat(l.target); errors.Is(err, fs.ErrNotExist) {
+				continue
+			}
+		}
 		err := os.Symlink(l.target, l.link)
-		if err != nil && !(keepExisting && errors.Is(err, fs.ErrExist)) {
+		if err != nil && !(relink && errors.Is(err, fs.ErrExist)) {
 			return fmt.Errorf("link sandbox files into CRI's directory: %w", err)
 		}
 	}

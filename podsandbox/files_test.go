@@ -437,6 +437,63 @@ func TestFilesRemove(t *testing.T) {
 	}
 }
 
+// TestFilesRelink puts back the links a crash lost and keeps those still
+// there; after a reboot, which empties the state directories, berth's and
+// CRI's alike, it links the files that are left and nothing else.
+func TestFilesRelink(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		before func(t *testing.T, f Files)
+		// linked is whether each of the root and the state directory is
+		// linked into CRI's afterwards.
+		linked [2]bool
+	}{
+		{name: "links kept", linked: [2]bool{true, true}},
+		{name: "links lost", before: func(t *testing.T, f Files) {
+			for _, l := range []string{f.CRIRootDir, f.CRIStateDir} {
+				if err := os.Remove(l); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}, linked: [2]bool{true, true}},
+		{name: "reboot", before: func(t *testing.T, f Files) {
+			if err := f.UnmountShm(); err != nil {
+				t.Fatal(err)
+			}
+			for _, d := range []string{filepath.Dir(f.StateDir), filepath.Dir(f.CRIStateDir), f.CRIRootDir} {
+				if err := os.RemoveAll(d); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}, linked: [2]bool{true, false}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			testRequireRoot(t)
+			f := testDirs(t).Files("sb1")
+			testCleanupFiles(t, f)
+			if err := f.Create(&runtimeapi.PodSandboxConfig{Hostname: "pod"}, fakeHostFiles(t)); err != nil {
+				t.Fatalf("Create: %v", err)
+			}
+			if tc.before != nil {
+				tc.before(t, f)
+			}
+			if err := f.Relink(); err != nil {
+				t.Fatalf("Relink: %v", err)
+			}
+			for i, l := range []struct{ link, target string }{{f.CRIRootDir, f.RootDir}, {f.CRIStateDir, f.StateDir}} {
+				if tc.linked[i] {
+					testIsSymlinkTo(t, l.link, l.target)
+				} else {
+					testNotExist(t, l.link)
+				}
+			}
+			if got := testReadFile(t, filepath.Join(f.CRIRootDir, "hostname")); got != "pod\n" {
+				t.Errorf("hostname through CRI's link = %q", got)
+			}
+		})
+	}
+}
+
 func TestFilesRemoveNeverCreated(t *testing.T) {
 	f := testDirs(t).Files("sb1")
 	for i := range 2 {
