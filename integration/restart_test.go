@@ -19,6 +19,7 @@ import (
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/berth-dev/berth/controller"
+	"github.com/berth-dev/berth/integration/hostproc"
 )
 
 // restartPod is a pod made before a restart, and what the test expects of
@@ -401,4 +402,103 @@ func TestRestartIgnoresPodLabels(t *testing.T) {
 	if info := verboseInfo(t, st.Info); info["runtimeHandler"] != handlerBerth {
 		t.Errorf("berth pod's runtime handler after the restart is %v, want %s", info["runtimeHandler"], handlerBerth)
 	}
+}
+
+// TestRestartAfterReboot reboots the node under containerd, as far as a
+// test can: containerd, every shim and every pod process die at once, and
+// what lives on tmpfs or in the kernel is gone when containerd starts
+// again (containerd's state directory with the task bundles, rootfs, shm
+// and netns mounts, berth's and CRI's state, runc's state, the shims'
+// sockets, the pods' cgroups, the CNI bridge). containerd's metadata,
+// CRI's and berth's root directories and CNI's IP leases remain. A
+// built-in pod, two pods sharing a berth shim and a pod of a warm handler
+// with its shim keeper are then NOTREADY with their containers exited, on
+// both controllers alike; each stops and removes leaving nothing, the
+// dead keeper goes, and new pods run in new shims.
+func TestRestartAfterReboot(t *testing.T) {
+	since := time.Now()
+	builtinCfg := podConfig(t, withName("builtin"), withKubeletNamespaces())
+	builtin := &sharedPod{cfg: builtinCfg, id: runPod(t, builtinCfg, handlerBuiltin)}
+	builtin.ctr = startContainerWith(t, builtin.id, builtinCfg, func(c *runtimeapi.ContainerConfig) {
+		c.Linux.SecurityContext = kubeletContainerSecurity()
+	}, "sleep", "3600")
+	pods := append(runSharedPods(t, 2), builtin)
+	warm := runPod(t, podConfig(t, withName("warm")), handlerWarm)
+	keeper := onlyKeeper(t, handlerWarm)
+
+	ids := []string{warm, keeper.id}
+	shims := map[int]bool{shimOf(t, warm): true}
+	for _, p := range pods {
+		ids = append(ids, p.id, p.ctr)
+		shims[shimOf(t, p.id)] = true
+	}
+	if err := daemon.kill(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	for shim := range shims {
+		for _, pid := range append(hostproc.Children(shim), shim) {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+		}
+	}
+	for _, id := range ids {
+		eventually(t, 10*time.Second, "processes of "+id+" gone", func() bool { return len(cgroupProcs(id)) == 0 })
+		for _, dir := range cgroupDirs(id) {
+			if err := os.Remove(dir); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := os.RemoveAll(filepath.Join(runcNamespaceDir, id)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	state := filepath.Join(daemon.dir, "state")
+	for _, m := range mountsUnder(state) {
+		if err := syscall.Unmount(m, syscall.MNT_DETACH); err != nil {
+			t.Fatalf("unmount %s: %v", m, err)
+		}
+	}
+	if err := os.RemoveAll(state); err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range hostproc.DeadShimSockets(since) {
+		if err := os.Remove(filepath.Join(hostproc.ShimSocketDir, s)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	deleteBridge()
+	if err := daemon.start(); err != nil {
+		t.Fatal(err)
+	}
+
+	for _, p := range pods {
+		if got := podStatus(t, p.id).GetStatus().GetState(); got != runtimeapi.PodSandboxState_SANDBOX_NOTREADY {
+			t.Errorf("pod %s is %v after the reboot, want NOTREADY", p.id, got)
+		}
+		resp, err := daemon.runtime.ContainerStatus(ctxT(t), &runtimeapi.ContainerStatusRequest{ContainerId: p.ctr})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := resp.GetStatus().GetState(); got != runtimeapi.ContainerState_CONTAINER_EXITED {
+			t.Errorf("container %s of pod %s is %v after the reboot, want EXITED", p.ctr, p.id, got)
+		}
+	}
+	if got := podStatus(t, warm).GetStatus().GetState(); got != runtimeapi.PodSandboxState_SANDBOX_NOTREADY {
+		t.Errorf("warm handler's pod is %v after the reboot, want NOTREADY", got)
+	}
+	assertKeeperGone(t, keeper)
+	for _, p := range pods {
+		removePod(t, p.id)
+	}
+	removePod(t, warm)
+
+	after := runSharedPods(t, 2)
+	if shim := shimOf(t, after[0].id); shims[shim] || shimOf(t, after[1].id) != shim {
+		t.Errorf("pods after the reboot in shims %d and %d, want one new shim", shim, shimOf(t, after[1].id))
+	}
+	for i, p := range after {
+		if out := execSync(t, p.ctr, "echo", "ok"); out != "ok\n" {
+			t.Errorf("exec in pod %d after the reboot: %q", i, out)
+		}
+	}
+	podAfterKeeper(t, "warm-after", keeper)
 }
