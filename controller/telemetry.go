@@ -16,8 +16,8 @@ type telemetry struct {
 	// operations times Start, Stop and Shutdown.
 	operations metrics.LabeledTimer
 	// retries counts steps queued for a retry, and retryFailures the
-	// retried runs that failed again, by step ("kill", "delete exited
-	// task", "rollback", "remove orphan").
+	// retried runs that failed again, by step: the name each Retry call
+	// gives it (the README lists them, and TestReadmeRetrySteps checks).
 	retries       metrics.LabeledCounter
 	retryFailures metrics.LabeledCounter
 	// recovery is how long the last recovery took.
@@ -27,15 +27,21 @@ type telemetry struct {
 	groupWaits metrics.LabeledTimer
 }
 
+// durationBuckets reach from 5 ms to 82 s: Prometheus's defaults stop at
+// 10 s, and a Stop may wait stop_timeout (1 m by default) for its pause,
+// a Start or a group wait as long for a slow image or shim. Beyond the
+// last bound a time is only counted, not placed.
+var durationBuckets = prometheus.ExponentialBuckets(0.005, 2, 15)
+
 func newTelemetry(s *store.Store) *telemetry {
 	ns := metrics.NewNamespace("berth", "sandbox", nil)
 	t := &telemetry{
 		ns:            ns,
-		operations:    ns.NewLabeledTimer("operation", "Time taken by sandbox operations", "operation"),
+		operations:    ns.NewLabeledTimerWithBuckets("operation", "Time taken by sandbox operations", durationBuckets, "operation"),
 		retries:       ns.NewLabeledCounter("retries", "Steps that failed and were queued for a retry, by step", "step"),
 		retryFailures: ns.NewLabeledCounter("retry_failures", "Retried runs of a step that failed again, by step", "step"),
 		recovery:      ns.NewGauge("recovery_duration", "Time the last reload of sandboxes after a containerd start took", metrics.Seconds),
-		groupWaits:    ns.NewLabeledTimer("group_wait", "Time a pod waited on other pods of its shim group, by step: its pause task's making for the group's first, its deletion for the tasks being made, its Start for the group's keeper", "step"),
+		groupWaits:    ns.NewLabeledTimerWithBuckets("group_wait", "Time a pod waited on other pods of its shim group, by step: its pause task's making for the group's first, its deletion for the tasks being made, its Start for the group's keeper", durationBuckets, "step"),
 	}
 	ns.Add(&stateCollector{
 		store: s,
