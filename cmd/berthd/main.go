@@ -30,6 +30,7 @@ import (
 	"github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/core/containers"
 	"github.com/containerd/containerd/v2/defaults"
+	"github.com/containerd/containerd/v2/pkg/identifiers"
 	"github.com/containerd/containerd/v2/plugins"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
@@ -116,13 +117,40 @@ func loadNode(ctx context.Context, o options) (*containerdconfig.Node, error) {
 	return containerdconfig.Load(ctx, o.containerdConfig, o.containerd)
 }
 
+// validate rejects flags berthd cannot run with before it touches
+// anything.
+func (o options) validate() error {
+	// The name is a plugin ID and names berth's directories: a slash or
+	// a dot-dot would put them elsewhere.
+	if err := identifiers.Validate(o.sandboxer); err != nil {
+		return fmt.Errorf("--sandboxer: %w", err)
+	}
+	if o.waitContainerd < 0 {
+		return fmt.Errorf("--containerd-timeout %v is negative: %w", o.waitContainerd, errdefs.ErrInvalidArgument)
+	}
+	return nil
+}
+
 // run serves until ctx, which SIGINT and SIGTERM end, is done.
 func run(ctx context.Context, o options) error {
+	if err := o.validate(); err != nil {
+		return err
+	}
 	if err := log.SetLevel(o.logLevel); err != nil {
 		return err
 	}
 	if err := log.SetFormat(log.TextFormat); err != nil {
 		return err
+	}
+
+	var metricsListener net.Listener
+	if o.metricsAddress != "" {
+		l, err := listenMetrics(o.metricsAddress)
+		if err != nil {
+			return err
+		}
+		defer l.Close()
+		metricsListener = l
 	}
 
 	node, err := loadNode(ctx, o)
@@ -192,8 +220,10 @@ func run(ctx context.Context, o options) error {
 		return err
 	}
 	defer c.Close()
-	if o.metricsAddress != "" {
-		go serveMetrics(ctx, o.metricsAddress, c.MetricsNamespace(), hops.server, hops.client)
+	if metricsListener != nil {
+		// Scrapes before now wait in the listener's backlog: the series
+		// are the controller's, which exists once containerd answers.
+		go serveMetrics(ctx, metricsListener, c.MetricsNamespace(), hops.server, hops.client)
 	}
 	server.Serve(c)
 	log.G(ctx).Info("berthd serving")

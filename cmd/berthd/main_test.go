@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	api "github.com/containerd/containerd/api/services/sandbox/v1"
 	"github.com/containerd/containerd/v2/defaults"
@@ -202,5 +203,52 @@ func TestStopWaitingForContainerd(t *testing.T) {
 	cancel()
 	if err := run(ctx, o); err != nil {
 		t.Errorf("berthd stopped while waiting for containerd: %v, want no error", err)
+	}
+}
+
+// TestBadFlags: a flag berthd cannot run with fails it at once, before it
+// serves, listens or makes anything.
+func TestBadFlags(t *testing.T) {
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	for _, tc := range []struct {
+		name string
+		set  func(o *options)
+		want string
+	}{
+		{"metrics address without a port", func(o *options) { o.metricsAddress = "1338" }, "metrics address"},
+		{"metrics address taken", func(o *options) { o.metricsAddress = busy.Addr().String() }, "address already in use"},
+		{"negative containerd timeout", func(o *options) { o.waitContainerd = -time.Second }, "negative"},
+		{"empty sandboxer", func(o *options) { o.sandboxer = "" }, "--sandboxer"},
+		{"sandboxer with a slash", func(o *options) { o.sandboxer = "../berth" }, "--sandboxer"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			o := options{
+				sandboxer:           "berth",
+				containerdConfig:    "../../containerdconfig/testdata/v3.toml",
+				containerdConfigSet: true,
+				containerd: containerdconfig.Overrides{
+					Address: filepath.Join(dir, "containerd.sock"), // no containerd
+					Root:    filepath.Join(dir, "root"),
+					State:   filepath.Join(dir, "state"),
+				},
+				address:  filepath.Join(dir, "berthd.sock"),
+				logLevel: "info",
+			}
+			tc.set(&o)
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			err := run(ctx, o)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("run = %v, want an error with %q", err, tc.want)
+			}
+			if entries, _ := os.ReadDir(dir); len(entries) != 0 {
+				t.Errorf("left %v in %s", entries, dir)
+			}
+		})
 	}
 }

@@ -3,6 +3,8 @@ package main
 import (
 	"context"
 	"errors"
+	"fmt"
+	"net"
 	"net/http"
 	"time"
 
@@ -47,22 +49,33 @@ func (h hopMetrics) clientOptions() []grpc.DialOption {
 	}
 }
 
-// serveMetrics serves berth's Prometheus series, ns, and collectors until
-// ctx ends: from a registry of berthd's own, since containerd's packages
-// berthd links register series of their own (CRI's image pulls) that
-// berthd never updates.
-func serveMetrics(ctx context.Context, address string, ns *metrics.Namespace, collectors ...prometheus.Collector) {
+// listenMetrics listens on address, host:port, for serveMetrics: at start,
+// so that a bad or busy address fails berthd rather than leave it serving
+// without its series.
+func listenMetrics(address string) (net.Listener, error) {
+	l, err := net.Listen("tcp", address)
+	if err != nil {
+		return nil, fmt.Errorf("metrics address %q: %w", address, err)
+	}
+	return l, nil
+}
+
+// serveMetrics serves berth's Prometheus series, ns, and collectors on l
+// until ctx ends: from a registry of berthd's own, since containerd's
+// packages berthd links register series of their own (CRI's image pulls)
+// that berthd never updates.
+func serveMetrics(ctx context.Context, l net.Listener, ns *metrics.Namespace, collectors ...prometheus.Collector) {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(ns)
 	reg.MustRegister(collectors...)
 	mux := http.NewServeMux()
 	mux.Handle("/v1/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-	srv := &http.Server{Addr: address, Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	go func() {
 		<-ctx.Done()
 		srv.Close()
 	}()
-	if err := srv.ListenAndServe(); err != nil && !errors.Is(err, http.ErrServerClosed) {
+	if err := srv.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
 		log.G(ctx).WithError(err).Error("serve metrics")
 	}
 }
