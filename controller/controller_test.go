@@ -358,6 +358,29 @@ func TestStartRollbackRetried(t *testing.T) {
 	})
 }
 
+// TestStartLeaseReleaseRetried fails the release of a Start's lease, as a
+// containerd restarting under berthd fails it: Start succeeds, and the
+// retry queue releases the lease once containerd answers.
+func TestStartLeaseReleaseRetried(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		client := newFakeClient()
+		c := testController(t, client)
+		client.failNext("lease release", errdefs.ErrUnavailable)
+		started(t, c, client, "sb1")
+		if got := state(t, c, "sb1"); got != runtimeapi.PodSandboxState_SANDBOX_READY.String() {
+			t.Fatalf("state %s after Start, want READY", got)
+		}
+		eventually(t, "start lease released", func() bool { return len(client.leaseIDs()) == 0 })
+		if n := client.count("lease release"); n != 2 {
+			t.Errorf("%d lease releases, want 2: the failed one and its retry", n)
+		}
+		if err := c.Shutdown(testContext(), "sb1"); err != nil {
+			t.Fatalf("Shutdown: %v", err)
+		}
+		assertGone(t, c, client, "sb1")
+	})
+}
+
 // TestExitDeleteRetried fails the deletion of an exited pause task: the
 // exit is reported at once, and the deletion retried until it succeeds.
 func TestExitDeleteRetried(t *testing.T) {

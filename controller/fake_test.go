@@ -246,6 +246,9 @@ func (f *fakeClient) WithLease(ctx context.Context, opts ...leases.Opt) (context
 	f.leases[l.ID] = l
 	f.mu.Unlock()
 	return ctx, func(context.Context) error {
+		if err := f.call("lease release", l.ID); err != nil {
+			return err
+		}
 		f.mu.Lock()
 		defer f.mu.Unlock()
 		delete(f.leases, l.ID)

@@ -249,15 +249,25 @@ func startLeaseOpts(sandboxer, id string) []leases.Opt {
 }
 
 // startLease makes the lease sandbox id's Start makes its pause container,
-// snapshot and task under; release ends it, logging what it cannot.
+// snapshot and task under; release ends it, or has the retry queue end it:
+// a berthd outlives a containerd restart, whose recovery, unlike berth's
+// in process, never runs to release a lease a Start left.
 func (c *Controller) startLease(ctx context.Context, id string) (_ context.Context, release func(), _ error) {
 	ctx, done, err := c.client.WithLease(ctx, startLeaseOpts(c.config.Sandboxer, id)...)
 	if err != nil {
 		return nil, nil, fmt.Errorf("create start lease: %w", err)
 	}
+	releaseLease := func(ctx context.Context) error {
+		if err := done(ctx); err != nil && !errdefs.IsNotFound(err) {
+			return fmt.Errorf("release start lease: %w", err)
+		}
+		return nil
+	}
 	return ctx, func() {
-		if err := done(context.WithoutCancel(ctx)); err != nil && !errdefs.IsNotFound(err) {
-			log.G(ctx).WithError(err).Warn("release start lease")
+		ctx := context.WithoutCancel(ctx)
+		if err := releaseLease(ctx); err != nil {
+			log.G(ctx).WithError(err).Warn("release start lease; retrying")
+			c.events.Retry(ctx, id, "release start lease", releaseLease)
 		}
 	}, nil
 }
