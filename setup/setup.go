@@ -7,7 +7,9 @@ package setup
 import (
 	"cmp"
 	"context"
+	"maps"
 	"path/filepath"
+	"slices"
 
 	"github.com/containerd/log"
 
@@ -48,6 +50,9 @@ func NewController(ctx context.Context, cfg *Config, node Node, client controlle
 		cfg = DefaultConfig()
 		cfg.BuiltinPauseHandlers, cfg.BuiltinPauseBinary = builtin.BuiltinPauseHandlers, builtin.BuiltinPauseBinary
 	}
+	for _, u := range unknownHandlers(cfg, node.CRI) {
+		log.G(ctx).WithField("runtime_handler", u.handler).Warn(u.setting + " names a runtime handler CRI does not have")
+	}
 	c := controller.New(controller.Config{
 		Sandboxer:           cmp.Or(node.Sandboxer, ID),
 		CRI:                 node.CRI,
@@ -57,7 +62,7 @@ func NewController(ctx context.Context, cfg *Config, node Node, client controlle
 		ExitRetry:           cfg.ExitRetry.backoff(),
 		Node:                podsandbox.HostNode(),
 		HostFiles:           podsandbox.DefaultHostFiles,
-		BuiltinPause:        builtinPause(ctx, cfg, node.CRI, node.Dirs.Root),
+		BuiltinPause:        builtinPause(ctx, cfg, node.Dirs.Root),
 		Shims:               node.Shims,
 		PodsPerShim:         cfg.PodsPerShim,
 		HandlerPodsPerShim:  cfg.HandlerPodsPerShim,
@@ -81,17 +86,10 @@ func NewController(ctx context.Context, cfg *Config, node Node, client controlle
 // handlers. A setting or binary that does not work disables the built-in
 // pause alone: its handlers' pods fail with the error, warm handlers keep
 // no shim warm, every other pod runs.
-func builtinPause(ctx context.Context, cfg *Config, cri controller.CRIConfig, root string) controller.BuiltinPause {
+func builtinPause(ctx context.Context, cfg *Config, root string) controller.BuiltinPause {
 	b := controller.BuiltinPause{Handlers: cfg.BuiltinPauseHandlers}
 	if len(b.Handlers) == 0 && len(cfg.WarmShimHandlers) == 0 {
 		return b
-	}
-	for key, handlers := range map[string][]string{"builtin_pause_handlers": b.Handlers, "warm_shim_handlers": cfg.WarmShimHandlers} {
-		for _, h := range handlers {
-			if _, ok := cri.Runtimes[h]; !ok {
-				log.G(ctx).WithField("runtime_handler", h).Warn(key + " names a runtime handler CRI does not have")
-			}
-		}
 	}
 	if b.Err = cfg.validateBuiltinPause(); b.Err == nil {
 		b.Rootfs, b.Err = podsandbox.PrepareRootfs(filepath.Join(root, "pause"), cfg.BuiltinPauseBinary)
@@ -100,4 +98,31 @@ func builtinPause(ctx context.Context, cfg *Config, cri controller.CRIConfig, ro
 		log.G(ctx).WithError(b.Err).WithFields(log.Fields{"runtime_handlers": b.Handlers, "warm_shim_handlers": cfg.WarmShimHandlers}).Error("berth's built-in pause is disabled; its handlers' pods will fail, and no shim is kept warm")
 	}
 	return b
+}
+
+// unknownHandler is a runtime handler a setting of berth's names that CRI
+// does not have: a typo, or a handler not yet configured, which berth can
+// only warn of, since CRI's config may gain it on the next restart.
+type unknownHandler struct{ setting, handler string }
+
+// unknownHandlers lists the handlers cfg's per-handler settings name that
+// cri does not have, by setting, in their order.
+func unknownHandlers(cfg *Config, cri controller.CRIConfig) []unknownHandler {
+	var unknown []unknownHandler
+	for _, s := range []struct {
+		key      string
+		handlers []string
+	}{
+		{"builtin_pause_handlers", cfg.BuiltinPauseHandlers},
+		{"warm_shim_handlers", cfg.WarmShimHandlers},
+		{"cross_namespace_shim_handlers", cfg.CrossNamespaceShimHandlers},
+		{"handler_pods_per_shim", slices.Sorted(maps.Keys(cfg.HandlerPodsPerShim))},
+	} {
+		for _, h := range s.handlers {
+			if _, ok := cri.Runtimes[h]; !ok {
+				unknown = append(unknown, unknownHandler{s.key, h})
+			}
+		}
+	}
+	return unknown
 }
