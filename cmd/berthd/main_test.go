@@ -182,12 +182,10 @@ func TestListenLeavesOthers(t *testing.T) {
 	l.Close()
 }
 
-// TestStopWaitingForContainerd: stopped while it waits for containerd to
-// answer, berthd exits as from any stop, not failed: systemd would record
-// an ordinary stop as the unit's failure.
-func TestStopWaitingForContainerd(t *testing.T) {
-	dir := t.TempDir()
-	o := options{
+// testOptions are berthd's flags for a node whose containerd, configured
+// by testdata/v3.toml with its directories under dir, is not running.
+func testOptions(dir string) options {
+	return options{
 		sandboxer:           "berth",
 		containerdConfig:    "../../containerdconfig/testdata/v3.toml",
 		containerdConfigSet: true,
@@ -199,6 +197,13 @@ func TestStopWaitingForContainerd(t *testing.T) {
 		address:  filepath.Join(dir, "berthd.sock"),
 		logLevel: "info",
 	}
+}
+
+// TestStopWaitingForContainerd: stopped while it waits for containerd to
+// answer, berthd exits as from any stop, not failed: systemd would record
+// an ordinary stop as the unit's failure.
+func TestStopWaitingForContainerd(t *testing.T) {
+	o := testOptions(t.TempDir())
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
 	if err := run(ctx, o); err != nil {
@@ -227,18 +232,7 @@ func TestBadFlags(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := t.TempDir()
-			o := options{
-				sandboxer:           "berth",
-				containerdConfig:    "../../containerdconfig/testdata/v3.toml",
-				containerdConfigSet: true,
-				containerd: containerdconfig.Overrides{
-					Address: filepath.Join(dir, "containerd.sock"), // no containerd
-					Root:    filepath.Join(dir, "root"),
-					State:   filepath.Join(dir, "state"),
-				},
-				address:  filepath.Join(dir, "berthd.sock"),
-				logLevel: "info",
-			}
+			o := testOptions(dir)
 			tc.set(&o)
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
