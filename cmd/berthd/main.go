@@ -223,7 +223,11 @@ func run(ctx context.Context, o options) error {
 	if metricsListener != nil {
 		// Scrapes before now wait in the listener's backlog: the series
 		// are the controller's, which exists once containerd answers.
-		go serveMetrics(ctx, metricsListener, c.MetricsNamespace(), hops.server, hops.client)
+		go func() {
+			if err := serveMetrics(ctx, metricsListener, c.MetricsNamespace(), hops.server, hops.client); err != nil {
+				log.G(ctx).WithError(err).Error("berthd serves no metrics")
+			}
+		}()
 	}
 	server.Serve(c)
 	log.G(ctx).Info("berthd serving")

@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"flag"
+	"io"
 	"io/fs"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
@@ -17,6 +19,7 @@ import (
 	"github.com/containerd/containerd/v2/defaults"
 	"github.com/containerd/errdefs"
 	"github.com/coreos/go-systemd/v22/unit"
+	"github.com/docker/go-metrics"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
@@ -242,6 +245,50 @@ func TestBadFlags(t *testing.T) {
 			}
 			if entries, _ := os.ReadDir(dir); len(entries) != 0 {
 				t.Errorf("left %v in %s", entries, dir)
+			}
+		})
+	}
+}
+
+// TestServeMetrics serves the series until berthd stops, by its context
+// or by the closing of the listener, neither of which is a failure.
+func TestServeMetrics(t *testing.T) {
+	for _, stop := range []string{"context", "listener"} {
+		t.Run(stop, func(t *testing.T) {
+			l, err := listenMetrics("127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer l.Close()
+			ns := metrics.NewNamespace("berth", "test", nil)
+			ns.NewCounter("served", "a series to scrape").Inc()
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			served := make(chan error, 1)
+			go func() { served <- serveMetrics(ctx, l, ns) }()
+
+			resp, err := http.Get("http://" + l.Addr().String() + "/v1/metrics")
+			if err != nil {
+				t.Fatal(err)
+			}
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if !strings.Contains(string(body), "berth_test_served_total 1") {
+				t.Errorf("scrape:\n%s", body)
+			}
+
+			if stop == "context" {
+				cancel()
+			} else {
+				l.Close()
+			}
+			select {
+			case err := <-served:
+				if err != nil {
+					t.Errorf("serveMetrics stopped by its %s: %v, want nil", stop, err)
+				}
+			case <-time.After(10 * time.Second):
+				t.Fatalf("serveMetrics still serving after its %s ended", stop)
 			}
 		})
 	}

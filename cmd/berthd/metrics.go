@@ -8,7 +8,6 @@ import (
 	"net/http"
 	"time"
 
-	"github.com/containerd/log"
 	"github.com/docker/go-metrics"
 	grpcprom "github.com/grpc-ecosystem/go-grpc-middleware/providers/prometheus"
 	"github.com/prometheus/client_golang/prometheus"
@@ -61,21 +60,20 @@ func listenMetrics(address string) (net.Listener, error) {
 }
 
 // serveMetrics serves berth's Prometheus series, ns, and collectors on l
-// until ctx ends: from a registry of berthd's own, since containerd's
-// packages berthd links register series of their own (CRI's image pulls)
-// that berthd never updates.
-func serveMetrics(ctx context.Context, l net.Listener, ns *metrics.Namespace, collectors ...prometheus.Collector) {
+// until ctx ends or l is closed, berthd stopping: from a registry of
+// berthd's own, since containerd's packages berthd links register series
+// of their own (CRI's image pulls) that berthd never updates.
+func serveMetrics(ctx context.Context, l net.Listener, ns *metrics.Namespace, collectors ...prometheus.Collector) error {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(ns)
 	reg.MustRegister(collectors...)
 	mux := http.NewServeMux()
 	mux.Handle("/v1/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
-	go func() {
-		<-ctx.Done()
-		srv.Close()
-	}()
-	if err := srv.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
-		log.G(ctx).WithError(err).Error("serve metrics")
+	stop := context.AfterFunc(ctx, func() { srv.Close() })
+	defer stop()
+	if err := srv.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, net.ErrClosed) {
+		return fmt.Errorf("serve metrics: %w", err)
 	}
+	return nil
 }
