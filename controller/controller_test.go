@@ -1247,8 +1247,9 @@ func TestMetricsNotReady(t *testing.T) {
 // TestMetricsOfPauseTask: a pod without a cgroup of its own (here none
 // given) reports its pause container's cgroup as the shim reads it, which
 // under the systemd driver berth could not find from the spec's
-// "slice:prefix:name"; a shim that died is Unavailable, which CRI's
-// ListPodSandboxStats skips.
+// "slice:prefix:name"; a shim that died or stats it could not read are
+// Unavailable, which CRI's ListPodSandboxStats skips: any error but that
+// and NotFound fails the node's whole list.
 func TestMetricsOfPauseTask(t *testing.T) {
 	client := newFakeClient()
 	c := testController(t, client)
@@ -1260,6 +1261,21 @@ func TestMetricsOfPauseTask(t *testing.T) {
 	client.failNext("task metrics", errgrpc.ToNative(status.Error(codes.Unknown, "ttrpc: closed")))
 	if _, err := c.Metrics(testContext(), "sb1"); !errdefs.IsUnavailable(err) {
 		t.Errorf("Metrics with the shim gone: %v, want Unavailable", err)
+	}
+	// containerd's client, when the shim could not read the cgroup.
+	client.failNext("task metrics", errors.New("no metrics received"))
+	if _, err := c.Metrics(testContext(), "sb1"); !errdefs.IsUnavailable(err) {
+		t.Errorf("Metrics the shim could not read: %v, want Unavailable", err)
+	}
+	client.failNext("task metrics", errdefs.ErrNotFound)
+	if _, err := c.Metrics(testContext(), "sb1"); !errdefs.IsNotFound(err) {
+		t.Errorf("Metrics of a task gone: %v, want NotFound", err)
+	}
+	ctx, cancel := context.WithCancel(testContext())
+	cancel()
+	client.failNext("task metrics", context.Canceled)
+	if _, err := c.Metrics(ctx, "sb1"); !errors.Is(err, context.Canceled) || errdefs.IsUnavailable(err) {
+		t.Errorf("Metrics the caller gave up: %v, want its cancellation alone", err)
 	}
 }
 

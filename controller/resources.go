@@ -153,23 +153,36 @@ func (c *Controller) Metrics(ctx context.Context, id string) (*types.Metric, err
 	path := c.ownCgroup(sb)
 	if path == "" {
 		m, err := s.Instance.Task.Metrics(ctx)
-		if shimproc.IsGone(err) {
-			// The shim died: the pod's exit is on its way. Unavailable,
-			// which CRI's list skips, as for a pod not READY.
-			err = fmt.Errorf("%w: %w", errdefs.ErrUnavailable, err)
-		}
 		if err != nil {
-			return nil, fmt.Errorf("metrics of the pause task: %w", err)
+			return nil, fmt.Errorf("metrics of the pause task: %w", onePodsStatsError(ctx, err))
 		}
 		return m, nil
 	}
 	stats, err := podcgroup.Stats(path)
 	if err != nil {
-		return nil, fmt.Errorf("metrics: %w", err)
+		return nil, fmt.Errorf("metrics: %w", onePodsStatsError(ctx, err))
 	}
 	data, err := typeurl.MarshalAnyToProto(stats)
 	if err != nil {
 		return nil, fmt.Errorf("metrics: %w", err)
 	}
 	return &types.Metric{Timestamp: protobuf.ToTimestamp(time.Now()), ID: id, Data: data}, nil
+}
+
+// onePodsStatsError makes err, one pod's failure to give its stats, an
+// error CRI's ListPodSandboxStats skips: it fails the whole node's list on
+// any error but NotFound and Unavailable. A shim that died (the pod's exit
+// is on its way), a pause task whose stats containerd dropped (its
+// Tasks.Metrics swallows the shim's error, and the client answers "no
+// metrics received"), a cgroup file that cannot be read: the pod is
+// missing from the list, not the node's stats. The caller's own deadline
+// is the list's, and stays its error.
+func onePodsStatsError(ctx context.Context, err error) error {
+	if errdefs.IsNotFound(err) || errdefs.IsUnavailable(err) || ctx.Err() != nil {
+		return err
+	}
+	if !shimproc.IsGone(err) {
+		log.G(ctx).WithError(err).Warn("pod stats unavailable")
+	}
+	return fmt.Errorf("%w: %w", errdefs.ErrUnavailable, err)
 }
