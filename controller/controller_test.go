@@ -705,6 +705,40 @@ func TestStartInRefusingSharedShim(t *testing.T) {
 	}
 }
 
+// TestStartRefusedLeaseReleaseLost: a Start whose pause task a shared
+// shim refused, and whose release of its first attempt's lease lost its
+// answer, tries again under a lease of its own: the retried release of the
+// first does not end the second's while the pod is made.
+func TestStartRefusedLeaseReleaseLost(t *testing.T) {
+	client := newFakeClient()
+	c := sharingController(t, client)
+	started(t, c, client, "sb1")
+	if err := create(t, c, client, "sb2", testPodConfig("sb2")); err != nil {
+		t.Fatal(err)
+	}
+	client.failNext("new task", errgrpc.ToNative(status.Error(codes.Unknown, "ttrpc: closed")))
+	client.loseNextAnswer("lease release")
+	releases := client.count("lease release")
+	release := client.hold("task start")
+	defer release()
+	started := make(chan error, 1)
+	go func() {
+		_, err := c.Start(testContext(), "sb2")
+		started <- err
+	}()
+	eventually(t, "the first attempt's release retried", func() bool { return client.count("lease release") == releases+2 })
+	if ls := client.leaseIDs(); len(ls) != 1 {
+		t.Errorf("leases while the second attempt starts its task: %v, want its own", ls)
+	}
+	release()
+	if err := <-started; err != nil {
+		t.Fatalf("Start: %v", err)
+	}
+	if ls := client.leaseIDs(); len(ls) != 0 {
+		t.Errorf("start leases %v outlive Start", ls)
+	}
+}
+
 // TestStartRefusedUndoFails: a Start whose pause task a shared shim
 // refused, and whose undo of it then fails, fails with both errors, and
 // its retried undo leaves nothing.
@@ -962,12 +996,12 @@ func TestRecover(t *testing.T) {
 		t.Fatal(err)
 	}
 	// What a Start cut short left.
-	if _, _, err := client.WithLease(testContext(), startLeaseOpts("berth", "no-task")...); err != nil {
+	if _, _, err := client.WithLease(testContext(), startLeaseOpts("berth", "no-task", 1)...); err != nil {
 		t.Fatal(err)
 	}
 	// A Start another berth has in flight, and one of a berth from before
-	// leases named their berth (released).
-	if _, _, err := client.WithLease(testContext(), startLeaseOpts("berthd", "others-starting")...); err != nil {
+	// leases named their berth or the attempt (released).
+	if _, _, err := client.WithLease(testContext(), startLeaseOpts("berthd", "others-starting", 1)...); err != nil {
 		t.Fatal(err)
 	}
 	if _, _, err := client.WithLease(testContext(), leases.WithID(startLeasePrefix+"unnamed"), leases.WithLabel(LabelKind, LabelKindStartLease)); err != nil {
@@ -1022,7 +1056,7 @@ func TestRecover(t *testing.T) {
 	if _, err := c.store.Get("others"); !errdefs.IsNotFound(err) {
 		t.Errorf("another berth's pod is in berth's store: %v", err)
 	}
-	if got := client.leaseIDs(); !slices.Equal(got, []string{startLeasePrefix + "others-starting", "no-task"}) {
+	if got := client.leaseIDs(); !slices.Equal(got, []string{startLeasePrefix + "others-starting.1", "no-task"}) {
 		t.Errorf("leases after recovery %v, want berth's start leases released, CRI's and the other berth's kept", got)
 	}
 	// The pod's removal right after the restart finds its snapshot gone.

@@ -92,8 +92,8 @@ func (f *fakeClient) failAlways(step string, match func(id string) bool) {
 // answer was lost: containerd died under berthd before it answered.
 var errAnswerLost = fmt.Errorf("answer lost: %w", errdefs.ErrUnavailable)
 
-// loseNextAnswer makes the next call of step, "new container" or "new
-// task", do its work and fail with errAnswerLost.
+// loseNextAnswer makes the next call of step, "new container", "new task"
+// or "lease release", do its work and fail with errAnswerLost.
 func (f *fakeClient) loseNextAnswer(step string) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -252,7 +252,7 @@ func (f *fakeClient) WithLease(ctx context.Context, opts ...leases.Opt) (context
 		f.mu.Lock()
 		defer f.mu.Unlock()
 		delete(f.leases, l.ID)
-		return nil
+		return f.answerLocked("lease release")
 	}, nil
 }
 

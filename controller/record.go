@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"maps"
+	"strconv"
 	"strings"
 	"time"
 
@@ -221,8 +222,11 @@ func specRecord(spec typeurl.Any) (json.RawMessage, string, error) {
 }
 
 // A Start makes the pause snapshot under a lease of its own, named after
-// the sandbox (CRI has one with the bare sandbox ID), and releases it when
-// it ends. A start lease found at recovery means containerd died during
+// the sandbox (CRI has one with the bare sandbox ID) and the attempt, and
+// releases it when it ends. Each attempt has its own: a Start that a
+// shared shim refused makes its pause container again, and a release of
+// the first attempt's lease, retried because its answer was lost, must
+// not end the second's. A start lease found at recovery means containerd died during
 // that Start: recovery releases it, and the snapshot, if no container came
 // to hold it, to the garbage collector, instead of the client's anonymous
 // 24-hour lease holding it.
@@ -239,21 +243,21 @@ const (
 // a pod gave.
 const labelStartLeaseSandboxer = "io.berth.sandboxer"
 
-func startLeaseOpts(sandboxer, id string) []leases.Opt {
+func startLeaseOpts(sandboxer, id string, attempt int) []leases.Opt {
 	return []leases.Opt{
-		leases.WithID(startLeasePrefix + id),
+		leases.WithID(startLeasePrefix + id + "." + strconv.Itoa(attempt)),
 		leases.WithExpiration(startLeaseExpiry),
 		leases.WithLabel(LabelKind, LabelKindStartLease),
 		leases.WithLabel(labelStartLeaseSandboxer, sandboxer),
 	}
 }
 
-// startLease makes the lease sandbox id's Start makes its pause container,
-// snapshot and task under; release ends it, or has the retry queue end it:
+// startLease makes the lease the attempt of sandbox id's Start makes its
+// pause container, snapshot and task under; release ends it, or has the retry queue end it:
 // a berthd outlives a containerd restart, whose recovery, unlike berth's
 // in process, never runs to release a lease a Start left.
-func (c *Controller) startLease(ctx context.Context, id string) (_ context.Context, release func(), _ error) {
-	ctx, done, err := c.client.WithLease(ctx, startLeaseOpts(c.config.Sandboxer, id)...)
+func (c *Controller) startLease(ctx context.Context, id string, attempt int) (_ context.Context, release func(), _ error) {
+	ctx, done, err := c.client.WithLease(ctx, startLeaseOpts(c.config.Sandboxer, id, attempt)...)
 	if err != nil {
 		return nil, nil, fmt.Errorf("create start lease: %w", err)
 	}

@@ -45,7 +45,7 @@ func (c *Controller) Start(ctx context.Context, id string) (sandbox.ControllerIn
 	c.abandoned.disarm(id)
 
 	var undo rollback.Stack
-	inst, err := c.start(ctx, sb, &undo)
+	inst, err := c.start(ctx, sb, 1, &undo)
 	if errors.Is(err, errSharedShimRefused) {
 		// Undone at once, so that the sandbox's container can be made
 		// again; if that fails, so does Start.
@@ -54,7 +54,7 @@ func (c *Controller) Start(ctx context.Context, id string) (sandbox.ControllerIn
 		var rest rollback.Stack
 		if rest, err = undo.Run(ctx); err == nil {
 			undo = nil
-			inst, err = c.start(ctx, sb, &undo)
+			inst, err = c.start(ctx, sb, 2, &undo)
 		} else {
 			// Both: the refusal is why Start failed, the undo's error why
 			// it did not start the pod elsewhere.
@@ -71,9 +71,10 @@ func (c *Controller) Start(ctx context.Context, id string) (sandbox.ControllerIn
 	return inst, nil
 }
 
-// start does Start's work, pushing the undo of each step it completes. Its
-// last step hands the task to the reaper, after which nothing can fail.
-func (c *Controller) start(ctx context.Context, sb *store.Sandbox, undo *rollback.Stack) (_ sandbox.ControllerInstance, retErr error) {
+// start does Start's work, its attempt'th try, pushing the undo of each
+// step it completes. Its last step hands the task to the reaper, after
+// which nothing can fail.
+func (c *Controller) start(ctx context.Context, sb *store.Sandbox, attempt int, undo *rollback.Stack) (_ sandbox.ControllerInstance, retErr error) {
 	p, err := c.plan(ctx, sb)
 	if err != nil {
 		return sandbox.ControllerInstance{}, err
@@ -106,7 +107,7 @@ func (c *Controller) start(ctx context.Context, sb *store.Sandbox, undo *rollbac
 	}
 	// The lease spans the container's and the task's making, so that
 	// recovery can tell a Start containerd's death cut short (record.go).
-	ctx, releaseLease, err := c.startLease(ctx, sb.ID)
+	ctx, releaseLease, err := c.startLease(ctx, sb.ID, attempt)
 	if err != nil {
 		return sandbox.ControllerInstance{}, err
 	}
