@@ -201,6 +201,19 @@ func (c *Controller) awaitRecovery(ctx context.Context) error {
 	}
 }
 
+// recovering says whether Recover is reloading the sandboxes.
+func (c *Controller) recovering() bool {
+	if !c.recoveryStarted.Load() {
+		return false
+	}
+	select {
+	case <-c.recovered:
+		return false
+	default:
+		return true
+	}
+}
+
 // sandbox returns sandbox id once recovery has ended.
 func (c *Controller) sandbox(ctx context.Context, id string) (*store.Sandbox, error) {
 	if err := c.awaitRecovery(ctx); err != nil {

@@ -1337,6 +1337,35 @@ func TestPlatformAtOnce(t *testing.T) {
 	})
 }
 
+// TestMetricsDuringRecovery: Metrics answers Unavailable at once while
+// recovery runs, so that CRI's stats list skips berth's pods instead of
+// failing for every pod when its deadline passes; once recovery ends it
+// answers as ever.
+func TestMetricsDuringRecovery(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		client := newFakeClient()
+		ownedContainer(t, client, "stopped").setTask(containerd.Stopped)
+		release := client.hold("task delete")
+		defer release()
+		c := recovering(t, client)
+		ctx, cancel := context.WithTimeout(testContext(), 100*time.Millisecond)
+		defer cancel()
+		if _, err := c.Metrics(ctx, "stopped"); !errdefs.IsUnavailable(err) || ctx.Err() != nil {
+			t.Errorf("Metrics during recovery = %v (caller's context: %v), want Unavailable at once", err, ctx.Err())
+		}
+		release()
+		if err := c.awaitRecovery(testContext()); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.Metrics(testContext(), "stopped"); !errdefs.IsUnavailable(err) {
+			t.Errorf("Metrics of a recovered pod not ready = %v, want Unavailable", err)
+		}
+		if _, err := c.Metrics(testContext(), "nosuch"); !errdefs.IsNotFound(err) {
+			t.Errorf("Metrics of an unknown pod after recovery = %v, want NotFound", err)
+		}
+	})
+}
+
 // TestRecoveredGroupAfterRuntimeChange: a handler's runtime_path (its shim
 // binary) changed across a restart. A pod started before runs on in its
 // shim, which a new pod of the handler does not join, so that the change

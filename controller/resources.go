@@ -138,6 +138,12 @@ func (c *Controller) ownCgroup(sb *store.Sandbox) string {
 // systemd driver it is "slice:prefix:name", and without a parent a path
 // relative to the shim's own cgroup.
 func (c *Controller) Metrics(ctx context.Context, id string) (*types.Metric, error) {
+	if c.recovering() {
+		// CRI's ListPodSandboxStats skips the pods berth has not
+		// reloaded yet, as it skips pods not ready, rather than wait:
+		// the list's deadline passed would fail it for every pod.
+		return nil, fmt.Errorf("berth is recovering its sandboxes: %w", errdefs.ErrUnavailable)
+	}
 	sb, err := c.sandbox(ctx, id)
 	if err != nil {
 		return nil, err
