@@ -6,7 +6,6 @@ package podcgroup
 import (
 	"errors"
 	"fmt"
-	"math"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -163,12 +162,13 @@ func (h hierarchy) update(path string, resources *runtimespec.LinuxResources) er
 	if err != nil {
 		return fmt.Errorf("load cgroup %s: %w", path, classify(err))
 	}
-	if resources.Memory != nil && resources.Memory.Limit != nil {
+	// 0 and -1 are no limit.
+	if resources.Memory != nil && resources.Memory.Limit != nil && *resources.Memory.Limit > 0 {
 		st, err := cg.Stat(cgroup1.IgnoreNotExist)
 		if err != nil {
 			return fmt.Errorf("read cgroup %s: %w", path, err)
 		}
-		if err := checkMemory(*resources.Memory.Limit, memoryUsage(st)); err != nil {
+		if err := checkMemory(uint64(*resources.Memory.Limit), memoryUsage(st)); err != nil {
 			return err
 		}
 	}
@@ -183,7 +183,7 @@ func (h hierarchy) updateUnified(path string, resources *runtimespec.LinuxResour
 	if err != nil {
 		return err
 	}
-	if limit := lowestMemoryLimit(resources); limit > 0 {
+	if limit, limited := lowestMemoryLimit(resources); limited {
 		st, err := m.StatFiltered(cgroup2.StatMemory)
 		if err != nil {
 			return fmt.Errorf("read cgroup %s: %w", path, err)
@@ -336,32 +336,32 @@ func kubeletCPUWeight(shares uint64) uint64 {
 }
 
 // lowestMemoryLimit is the lowest memory.max resources write to a cgroup v2
-// group, 0 for none: the memory limit, then a unified memory.max over it.
-// Each is held, for a moment or for good, and either below the pod's use
-// has the kernel reclaim or OOM-kill to meet it.
-func lowestMemoryLimit(resources *runtimespec.LinuxResources) int64 {
-	var limits []int64
+// group, if they write one: the memory limit (0 and -1 are none), then a
+// unified memory.max over it, where "0" is a limit of no bytes. Each is
+// held, for a moment or for good, and either below the pod's use has the
+// kernel reclaim or OOM-kill to meet it.
+func lowestMemoryLimit(resources *runtimespec.LinuxResources) (limit uint64, limited bool) {
+	var limits []uint64
 	if resources.Memory != nil && resources.Memory.Limit != nil && *resources.Memory.Limit > 0 {
-		limits = append(limits, *resources.Memory.Limit)
+		limits = append(limits, uint64(*resources.Memory.Limit))
 	}
 	if v, ok := resources.Unified["memory.max"]; ok {
-		// Above the largest int64, as good as none: no use is above it.
-		if b, limited, err := unifiedMemoryMax(v); err == nil && limited && b > 0 {
-			limits = append(limits, int64(min(b, math.MaxInt64)))
+		if b, limited, err := unifiedMemoryMax(v); err == nil && limited {
+			limits = append(limits, b)
 		}
 	}
 	if len(limits) == 0 {
-		return 0
+		return 0, false
 	}
-	return slices.Min(limits)
+	return slices.Min(limits), true
 }
 
 func memoryUsage(st *cgroup1stats.Metrics) uint64 {
 	return st.GetMemory().GetUsage().GetUsage()
 }
 
-func checkMemory(limit int64, usage uint64) error {
-	if limit > 0 && uint64(limit) < usage {
+func checkMemory(limit, usage uint64) error {
+	if limit < usage {
 		return fmt.Errorf("pod resources: memory limit %d is below the pod's use of %d bytes: %w", limit, usage, errdefs.ErrFailedPrecondition)
 	}
 	return nil

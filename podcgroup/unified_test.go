@@ -302,6 +302,13 @@ func TestUnifiedUpdateRefused(t *testing.T) {
 		},
 		is: errdefs.IsFailedPrecondition,
 	}, {
+		// "0" is a limit of no bytes, not none: the kernel would OOM-kill
+		// every process of the pod.
+		name: "unified memory.max 0",
+		set:  map[string]string{"memory.current": "67108864\n"},
+		res:  runtimespec.LinuxResources{Unified: map[string]string{"memory.max": "0"}},
+		is:   errdefs.IsFailedPrecondition,
+	}, {
 		// A limit below usage held until a unified "max" lifts it.
 		name: "memory below usage, then unified max",
 		set:  map[string]string{"memory.current": "67108864\n"},
