@@ -298,6 +298,10 @@ func startController(ctx context.Context, o options, cfg *setup.Config, cri setu
 		cc.Close()
 		return nil, err
 	}
+	if err := checkContainerdVersion(ctx, cc); err != nil {
+		cc.Close()
+		return nil, err
+	}
 	return setup.NewController(ctx, cfg, setup.Node{
 		Sandboxer: o.sandboxer,
 		CRI:       cri.Config,

@@ -293,3 +293,31 @@ func TestServeMetrics(t *testing.T) {
 		})
 	}
 }
+
+// TestCompareRelease: berthd refuses a containerd before 2, and warns of
+// any other release than its own or a version it cannot read.
+func TestCompareRelease(t *testing.T) {
+	for _, tc := range []struct {
+		running string
+		warns   bool
+		refused bool
+	}{
+		{running: "v2.4.2"},
+		{running: "2.4.0+unknown"},
+		{running: "v2.4.2+berth.8f406f4"},
+		{running: "2.1.4~ds1", warns: true},
+		{running: "v2.5.0", warns: true},
+		{running: "v3.0.0", warns: true},
+		{running: "", warns: true},
+		{running: "main", warns: true},
+		{running: "1.7.24-0ubuntu1", refused: true},
+	} {
+		warning, err := compareRelease(tc.running, "2.4.2+unknown")
+		if tc.refused != errdefs.IsFailedPrecondition(err) || (err != nil && !tc.refused) {
+			t.Errorf("containerd %q: error %v, want refused %v", tc.running, err, tc.refused)
+		}
+		if tc.warns != (warning != "") {
+			t.Errorf("containerd %q: warning %q, want one %v", tc.running, warning, tc.warns)
+		}
+	}
+}
