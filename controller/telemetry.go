@@ -17,7 +17,7 @@ type telemetry struct {
 	operations metrics.LabeledTimer
 	// retries counts steps queued for a retry, and retryFailures the
 	// retried runs that failed again, by step: the name each Retry call
-	// gives it (the README lists them, and TestReadmeRetrySteps checks).
+	// gives it (retrySteps).
 	retries       metrics.LabeledCounter
 	retryFailures metrics.LabeledCounter
 	// recovery is how long the last recovery took.
@@ -26,6 +26,14 @@ type telemetry struct {
 	// for, by step (placement.WithWaitObserver).
 	groupWaits metrics.LabeledTimer
 }
+
+// retrySteps are the steps berth queues for a retry, the name each Retry
+// call gives its step (the README lists them; TestReadmeRetrySteps checks
+// both). Their counters read 0 from the start rather than appear at their
+// first count: Prometheus's increase() and rate() miss a series' first
+// count, which for a retry is often the only one, and an alert on it
+// would never fire.
+var retrySteps = []string{"kill", "delete exited task", "rollback", "remove orphan", "remove shim keeper", "end idle shim", "release start lease"}
 
 // durationBuckets reach from 5 ms to 82 s: Prometheus's defaults stop at
 // 10 s, and a Stop may wait stop_timeout (1 m by default) for its pause,
@@ -42,6 +50,10 @@ func newTelemetry(s *store.Store) *telemetry {
 		retryFailures: ns.NewLabeledCounter("retry_failures", "Retried runs of a step that failed again, by step", "step"),
 		recovery:      ns.NewGauge("recovery_duration", "Time the last reload of sandboxes after a containerd start took", metrics.Seconds),
 		groupWaits:    ns.NewLabeledTimerWithBuckets("group_wait", "Time a pod waited on other pods of its shim group, by step: its pause task's making for the group's first, its deletion for the tasks being made, its Start for the group's keeper", durationBuckets, "step"),
+	}
+	for _, step := range retrySteps {
+		t.retries.WithValues(step)
+		t.retryFailures.WithValues(step)
 	}
 	ns.Add(&stateCollector{
 		store: s,

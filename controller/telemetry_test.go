@@ -61,8 +61,8 @@ func TestTelemetryLongDurations(t *testing.T) {
 }
 
 // TestReadmeRetrySteps checks that the README's berth_sandbox_retries_total
-// row names every step berth queues for a retry (the name argument of
-// each Retry call in the module's code) and no other.
+// row and retrySteps name every step berth queues for a retry (the name
+// argument of each Retry call in the module's code) and no other.
 func TestReadmeRetrySteps(t *testing.T) {
 	var inCode []string
 	fset := token.NewFileSet()
@@ -120,5 +120,40 @@ func TestReadmeRetrySteps(t *testing.T) {
 	slices.Sort(inReadme)
 	if !slices.Equal(inCode, inReadme) {
 		t.Errorf("retry steps: code %q, README %q", inCode, inReadme)
+	}
+	if listed := slices.Sorted(slices.Values(retrySteps)); !slices.Equal(inCode, listed) {
+		t.Errorf("retry steps: code %q, retrySteps %q", inCode, listed)
+	}
+}
+
+// TestRetryCountersFromZero: each step's retry counters are exported, at
+// 0, before any step is retried, so that increase() sees the first retry.
+func TestRetryCountersFromZero(t *testing.T) {
+	tel := newTelemetry(store.New())
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(tel.ns)
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"berth_sandbox_retries_total", "berth_sandbox_retry_failures_total"} {
+		var steps []string
+		for _, f := range families {
+			if f.GetName() != name {
+				continue
+			}
+			for _, m := range f.GetMetric() {
+				if v := m.GetCounter().GetValue(); v != 0 {
+					t.Errorf("%s %v = %v before any retry", name, m.GetLabel(), v)
+				}
+				for _, l := range m.GetLabel() {
+					steps = append(steps, l.GetValue())
+				}
+			}
+		}
+		slices.Sort(steps)
+		if want := slices.Sorted(slices.Values(retrySteps)); !slices.Equal(steps, want) {
+			t.Errorf("%s steps %q, want %q", name, steps, want)
+		}
 	}
 }
