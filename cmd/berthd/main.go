@@ -64,6 +64,8 @@ type options struct {
 	logLevel       string
 	// waitContainerd bounds the wait for containerd to answer at start.
 	waitContainerd time.Duration
+	// version asks for berthd's version alone.
+	version bool
 }
 
 func main() {
@@ -71,6 +73,10 @@ func main() {
 	o.register(flag.CommandLine)
 	flag.Parse()
 	o.parsed(flag.CommandLine)
+	if o.version {
+		fmt.Println(versionLine())
+		return
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), unix.SIGINT, unix.SIGTERM)
 	err := run(ctx, o)
 	stop()
@@ -91,6 +97,7 @@ func (o *options) register(fs *flag.FlagSet) {
 	fs.StringVar(&o.containerd.Address, "containerd-address", "", "containerd's --address, if its service sets one: it wins over the config's, as in containerd")
 	fs.StringVar(&o.containerd.Root, "containerd-root", "", "containerd's --root, if its service sets one")
 	fs.StringVar(&o.containerd.State, "containerd-state", "", "containerd's --state, if its service sets one")
+	fs.BoolVar(&o.version, "version", false, "print berthd's version and exit")
 }
 
 // parsed completes o once fs, on which register defined berthd's flags,

@@ -17,6 +17,7 @@ import (
 
 	api "github.com/containerd/containerd/api/services/sandbox/v1"
 	"github.com/containerd/containerd/v2/defaults"
+	"github.com/containerd/containerd/v2/version"
 	"github.com/containerd/errdefs"
 	"github.com/coreos/go-systemd/v22/unit"
 	"github.com/docker/go-metrics"
@@ -319,5 +320,19 @@ func TestCompareRelease(t *testing.T) {
 		if tc.warns != (warning != "") {
 			t.Errorf("containerd %q: warning %q, want one %v", tc.running, warning, tc.warns)
 		}
+	}
+}
+
+// TestVersionFlag: --version asks for the version containerd's version
+// package holds, which make stamps, before anything else.
+func TestVersionFlag(t *testing.T) {
+	fs := flag.NewFlagSet("berthd", flag.ContinueOnError)
+	var o options
+	o.register(fs)
+	if err := fs.Parse([]string{"--version"}); err != nil || !o.version {
+		t.Fatalf("--version parsed to %v (%v)", o.version, err)
+	}
+	if line := versionLine(); !strings.HasPrefix(line, "berthd ") || !strings.Contains(line, " "+version.Version+" ") {
+		t.Errorf("version line %q, want berthd's and the version %s", line, version.Version)
 	}
 }

@@ -12,6 +12,14 @@ import (
 	"github.com/containerd/log"
 )
 
+// versionLine is what --version prints: the version stamped into
+// containerd's version package, as containerd --version prints it
+// (v2.4.2+berth.<commit> from make: the containerd release berth is built
+// against, and berth's commit).
+func versionLine() string {
+	return fmt.Sprintf("berthd %s %s %s", version.Package, version.Version, version.GoVersion)
+}
+
 // releasePattern reads a containerd version's release, major and minor:
 // "v2.4.2", "2.4.2+unknown", and distributions' "2.1.4~ds1".
 var releasePattern = regexp.MustCompile(`^v?(\d+)\.(\d+)`)
