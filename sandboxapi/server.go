@@ -83,6 +83,16 @@ func (s *Server) isDown() bool {
 	}
 }
 
+// served says whether Serve has given the server its controller.
+func (s *Server) served() bool {
+	select {
+	case <-s.ready:
+		return true
+	default:
+		return false
+	}
+}
+
 func (s *Server) errDown() error {
 	return fmt.Errorf("sandboxer %q is shutting down: %w", s.name, errdefs.ErrUnavailable)
 }
@@ -267,7 +277,13 @@ func (v *service) Shutdown(ctx context.Context, req *api.ControllerShutdownReque
 	})
 }
 
+// Metrics does not wait for Serve: CRI's stats lists skip a pod whose
+// Metrics is Unavailable, and fail for every pod if their deadline passes
+// first. The controller answers so while it reloads its sandboxes too.
 func (v *service) Metrics(ctx context.Context, req *api.ControllerMetricsRequest) (*api.ControllerMetricsResponse, error) {
+	if !v.s.served() && !v.s.isDown() && (req.GetSandboxer() == "" || req.GetSandboxer() == v.s.name) {
+		return nil, errgrpc.ToGRPC(fmt.Errorf("sandboxer %q is recovering its sandboxes: %w", v.s.name, errdefs.ErrUnavailable))
+	}
 	return serve(ctx, v.s, "Metrics", req.GetSandboxer(), req.GetSandboxID(), func(ctx context.Context) (*api.ControllerMetricsResponse, error) {
 		m, err := v.s.c.Metrics(ctx, req.GetSandboxID())
 		if err != nil {

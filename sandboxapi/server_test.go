@@ -410,6 +410,28 @@ func TestServe(t *testing.T) {
 	}
 }
 
+// TestMetricsBeforeServe: Metrics answers Unavailable at once until Serve,
+// where every other call waits, so that CRI's stats lists skip berth's
+// pods rather than fail when their deadline passes.
+func TestMetricsBeforeServe(t *testing.T) {
+	e := newEnv(t, false)
+	ctx, cancel := context.WithTimeout(criCtx(t), 5*time.Second)
+	defer cancel()
+	if _, err := e.ctrl.Metrics(ctx, "sb1"); !errdefs.IsUnavailable(err) || ctx.Err() != nil {
+		t.Errorf("Metrics before Serve: %v (deadline: %v), want Unavailable at once", err, ctx.Err())
+	}
+	if _, err := e.raw.Metrics(ctx, &sandboxv1.ControllerMetricsRequest{SandboxID: "sb1", Sandboxer: "other"}); status.Code(err) != codes.NotFound {
+		t.Errorf("Metrics of another sandboxer before Serve: %v, want NotFound", err)
+	}
+	if n := e.f.get().calls; n != 0 {
+		t.Errorf("controller called %d times before Serve", n)
+	}
+	e.srv.Serve(e.f)
+	if _, err := e.ctrl.Metrics(criCtx(t), "sb1"); err != nil {
+		t.Errorf("Metrics after Serve: %v", err)
+	}
+}
+
 func TestShutdown(t *testing.T) {
 	e := newEnv(t, true)
 	e.f.blockWait = true
