@@ -718,7 +718,7 @@ func TestStartRefusedLeaseReleaseLost(t *testing.T) {
 	}
 	client.failNext("new task", errgrpc.ToNative(status.Error(codes.Unknown, "ttrpc: closed")))
 	client.loseNextAnswer("lease release")
-	releases := client.count("lease release")
+	releases, taskStarts := client.count("lease release"), client.count("task start")
 	release := client.hold("task start")
 	defer release()
 	started := make(chan error, 1)
@@ -726,6 +726,7 @@ func TestStartRefusedLeaseReleaseLost(t *testing.T) {
 		_, err := c.Start(testContext(), "sb2")
 		started <- err
 	}()
+	eventually(t, "the second attempt at its task's start", func() bool { return client.count("task start") == taskStarts+1 })
 	eventually(t, "the first attempt's release retried", func() bool { return client.count("lease release") == releases+2 })
 	if ls := client.leaseIDs(); len(ls) != 1 {
 		t.Errorf("leases while the second attempt starts its task: %v, want its own", ls)
@@ -1000,7 +1001,7 @@ func TestRecover(t *testing.T) {
 		t.Fatal(err)
 	}
 	// A Start another berth has in flight, and one of a berth from before
-	// leases named their berth or the attempt (released).
+	// start leases carried the berth's name and the attempt (released).
 	if _, _, err := client.WithLease(testContext(), startLeaseOpts("berthd", "others-starting", 1)...); err != nil {
 		t.Fatal(err)
 	}

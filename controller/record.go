@@ -226,10 +226,10 @@ func specRecord(spec typeurl.Any) (json.RawMessage, string, error) {
 // releases it when it ends. Each attempt has its own: a Start that a
 // shared shim refused makes its pause container again, and a release of
 // the first attempt's lease, retried because its answer was lost, must
-// not end the second's. A start lease found at recovery means containerd died during
-// that Start: recovery releases it, and the snapshot, if no container came
-// to hold it, to the garbage collector, instead of the client's anonymous
-// 24-hour lease holding it.
+// not end the second's. A start lease found at recovery means containerd
+// died during that Start: recovery releases it, and the snapshot, if no
+// container came to hold it, to the garbage collector, instead of the
+// client's anonymous 24-hour lease holding it.
 const (
 	startLeasePrefix = "io.berth.start."
 	// startLeaseExpiry is the longest a start lease can outlive a
@@ -253,9 +253,10 @@ func startLeaseOpts(sandboxer, id string, attempt int) []leases.Opt {
 }
 
 // startLease makes the lease the attempt of sandbox id's Start makes its
-// pause container, snapshot and task under; release ends it, or has the retry queue end it:
-// a berthd outlives a containerd restart, whose recovery, unlike berth's
-// in process, never runs to release a lease a Start left.
+// pause container, snapshot and task under; release ends it, or has the
+// retry queue end it: a berthd outlives a containerd restart, whose
+// recovery, unlike berth's in process, never runs to release a lease a
+// Start left.
 func (c *Controller) startLease(ctx context.Context, id string, attempt int) (_ context.Context, release func(), _ error) {
 	ctx, done, err := c.client.WithLease(ctx, startLeaseOpts(c.config.Sandboxer, id, attempt)...)
 	if err != nil {

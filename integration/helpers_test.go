@@ -261,7 +261,7 @@ func assertNoLeaks(t *testing.T, id string) {
 			t.Errorf("leak: %s snapshot %s: %v", sn, id, err)
 		}
 	}
-	// CRI's lease of the sandbox, and berth's start leases, one an attempt.
+	// CRI's lease of the sandbox, and berth's start leases, one per attempt.
 	all, err := daemon.client.LeasesService().List(ctx)
 	if err != nil {
 		t.Errorf("list leases: %v", err)

@@ -276,8 +276,8 @@ func TestRestartReleasesStartLease(t *testing.T) {
 	ctx := ctxT(t)
 	id := strings.Repeat("ab", 32) // a sandbox ID no pod has
 	ls := daemon.client.LeasesService()
-	lease, err := ls.Create(ctx, leases.WithID("io.berth.start."+id), leases.WithExpiration(time.Hour),
-		leases.WithLabel(controller.LabelKind, controller.LabelKindStartLease))
+	lease, err := ls.Create(ctx, leases.WithID("io.berth.start."+id+".1"), leases.WithExpiration(time.Hour),
+		leases.WithLabel(controller.LabelKind, controller.LabelKindStartLease), leases.WithLabel("io.berth.sandboxer", sandboxerBerth))
 	if err != nil {
 		t.Fatal(err)
 	}

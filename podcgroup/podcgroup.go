@@ -346,7 +346,7 @@ func lowestMemoryLimit(resources *runtimespec.LinuxResources) (limit uint64, lim
 		limits = append(limits, uint64(*resources.Memory.Limit))
 	}
 	if v, ok := resources.Unified["memory.max"]; ok {
-		if b, limited, err := unifiedMemoryMax(v); err == nil && limited {
+		if b, ok, err := unifiedMemoryMax(v); err == nil && ok {
 			limits = append(limits, b)
 		}
 	}

@@ -324,7 +324,7 @@ func TestCompareRelease(t *testing.T) {
 }
 
 // TestVersionFlag: --version asks for the version containerd's version
-// package holds, which make stamps, before anything else.
+// package holds, which make stamps.
 func TestVersionFlag(t *testing.T) {
 	fs := flag.NewFlagSet("berthd", flag.ContinueOnError)
 	var o options
@@ -332,7 +332,7 @@ func TestVersionFlag(t *testing.T) {
 	if err := fs.Parse([]string{"--version"}); err != nil || !o.version {
 		t.Fatalf("--version parsed to %v (%v)", o.version, err)
 	}
-	if line := versionLine(); !strings.HasPrefix(line, "berthd ") || !strings.Contains(line, " "+version.Version+" ") {
+	if line := versionLine(); !strings.HasPrefix(line, "berthd ") || !strings.HasSuffix(line, " "+version.Version) {
 		t.Errorf("version line %q, want berthd's and the version %s", line, version.Version)
 	}
 }

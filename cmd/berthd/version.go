@@ -12,12 +12,12 @@ import (
 	"github.com/containerd/log"
 )
 
-// versionLine is what --version prints: the version stamped into
-// containerd's version package, as containerd --version prints it
-// (v2.4.2+berth.<commit> from make: the containerd release berth is built
-// against, and berth's commit).
+// versionLine is what --version prints: the package and version make
+// stamps into containerd's version package, as containerd --version
+// prints them (github.com/berth-dev/berth v2.4.2+berth.<commit>: the
+// containerd release berth is built against, and berth's commit).
 func versionLine() string {
-	return fmt.Sprintf("berthd %s %s %s", version.Package, version.Version, version.GoVersion)
+	return fmt.Sprintf("berthd %s %s", version.Package, version.Version)
 }
 
 // releasePattern reads a containerd version's release, major and minor:
@@ -27,10 +27,10 @@ var releasePattern = regexp.MustCompile(`^v?(\d+)\.(\d+)`)
 // checkContainerdVersion checks the version of the containerd berthd
 // serves. A containerd before 2 loads no proxy sandbox controller the way
 // berth needs: an error. One of another 2.x release than berth is built
-// against (version.Version, from go.mod) is served with a warning: CRI's
-// use of sandbox controllers changed between releases (in 2.4 its pod
-// stats go through Metrics), and berth is tested only on its own. A
-// version that cannot be had or read is warned of too.
+// against (version.Version, which make stamps with go.mod's containerd) is
+// served with a warning: CRI's use of sandbox controllers changed between
+// releases (in 2.4 its pod stats go through Metrics), and berth is tested
+// only on its own. A version that cannot be had or read is warned of too.
 func checkContainerdVersion(ctx context.Context, cc *client.Client) error {
 	v, err := cc.Version(ctx)
 	if err != nil {
@@ -64,6 +64,7 @@ func compareRelease(running, built string) (warning string, _ error) {
 	return "", nil
 }
 
+// release reads the major and minor release of containerd version v.
 func release(v string) (major, minor int, ok bool) {
 	m := releasePattern.FindStringSubmatch(v)
 	if m == nil {
