@@ -140,7 +140,7 @@ CONFIG_TESTS := TestPodLifecycle|TestContainerJoinsPod|TestPauseKilled|TestPreci
 # With -berthd, berth runs as berthd beside containerd-stock (containerd's
 # own build): the config-sensitive tests, berthd's and containerd's
 # restarts under it, and the failpoints.
-BERTHD_TESTS := $(CONFIG_TESTS)|TestRestartAfterReboot|TestPodMetrics|TestPrometheusSeries|TestSharedShim|TestWarmShim|TestBerthd|TestContainerdKilledUnderBerthd
+BERTHD_TESTS := $(CONFIG_TESTS)|TestRestartAfterReboot|TestPodMetrics|TestPrometheusSeries|TestSharedShim|TestWarmShim|TestBerthd|TestContainerdKilledUnderBerthd|TestCallsRightAfterContainerdRestart
 INTEGRATION := $(GO) test -count=1 -timeout 30m -v ./integration
 integration: build
 	$(INTEGRATION) -args -bin $(BIN) -soak $(SOAK) -chaos $(CHAOS)

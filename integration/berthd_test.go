@@ -174,6 +174,35 @@ func TestContainerdKilledUnderBerthd(t *testing.T) {
 	assertSurvived(t, live, killed)
 }
 
+// TestCallsRightAfterContainerdRestart keeps containerd down long enough
+// for berthd's connection to it to back off (5 s), then makes CRI calls
+// that need containerd the moment CRI answers again: each succeeds at its
+// first try, as in process, rather than fail Unavailable until berthd's
+// next connection attempt.
+func TestCallsRightAfterContainerdRestart(t *testing.T) {
+	needBerthd(t)
+	old := runPod(t, podConfig(t, withName("old")), handlerBerth)
+	must(t, daemon.killContainerd(syscall.SIGKILL))
+	time.Sleep(5 * time.Second)
+	must(t, daemon.start())
+	start := time.Now()
+	ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
+	defer cancel()
+	if _, err := daemon.runtime.StopPodSandbox(ctx, &runtimeapi.StopPodSandboxRequest{PodSandboxId: old}); err != nil {
+		t.Errorf("StopPodSandbox right after containerd's restart: %v", err)
+	}
+	if _, err := daemon.runtime.RemovePodSandbox(ctx, &runtimeapi.RemovePodSandboxRequest{PodSandboxId: old}); err != nil {
+		t.Errorf("RemovePodSandbox right after containerd's restart: %v", err)
+	}
+	resp, err := daemon.runtime.RunPodSandbox(ctx, &runtimeapi.RunPodSandboxRequest{Config: podConfig(t, withName("new")), RuntimeHandler: handlerBerth})
+	if err != nil {
+		t.Fatalf("RunPodSandbox right after containerd's restart: %v", err)
+	}
+	t.Logf("a pod removed and one run %s after CRI answered", time.Since(start).Round(time.Millisecond))
+	removePod(t, resp.GetPodSandboxId())
+	assertNoLeaks(t, old)
+}
+
 // TestBerthdBeforeContainerd starts berthd, then containerd 2 s later, as
 // at a node's boot: berthd waits for containerd, and every pod comes back.
 func TestBerthdBeforeContainerd(t *testing.T) {

@@ -215,7 +215,7 @@ func run(ctx context.Context, o options) error {
 	// berthd's recovery waits for containerd.
 	notifyReady(ctx)
 
-	c, err := startController(ctx, o, cfg, cri, dirs, node, hops.clientOptions())
+	c, err := startController(ctx, o, cfg, cri, dirs, node, append(hops.clientOptions(), containerdConnOptions()...))
 	if err != nil {
 		if ctx.Err() != nil {
 			// Stopped before containerd answered (it is down, or not yet

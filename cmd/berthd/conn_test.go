@@ -1,0 +1,72 @@
+package main
+
+import (
+	"context"
+	"net"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/status"
+)
+
+// TestContainerdConnAcrossRestart stops the server berthd's connection
+// options dial long enough for the connection to back off, starts it
+// again, and calls at once: a call with a deadline waits for the
+// connection and succeeds; one without fails at once while the server is
+// down, rather than wait for it.
+func TestContainerdConnAcrossRestart(t *testing.T) {
+	socket := filepath.Join(t.TempDir(), "containerd.sock")
+	serve := func() *grpc.Server {
+		l, err := net.Listen("unix", socket)
+		if err != nil {
+			t.Fatal(err)
+		}
+		g := grpc.NewServer()
+		healthpb.RegisterHealthServer(g, health.NewServer())
+		go func() { _ = g.Serve(l) }()
+		return g
+	}
+	g := serve()
+	conn, err := grpc.NewClient("unix://"+socket, append(containerdConnOptions(), grpc.WithTransportCredentials(insecure.NewCredentials()))...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	hc := healthpb.NewHealthClient(conn)
+	check := func(ctx context.Context) error {
+		_, err := hc.Check(ctx, &healthpb.HealthCheckRequest{})
+		return err
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+	defer cancel()
+	if err := check(ctx); err != nil {
+		t.Fatalf("call before the restart: %v", err)
+	}
+
+	g.Stop()
+	// Long enough for several failed attempts: containerd's client would
+	// wait seconds before its next one.
+	time.Sleep(3 * time.Second)
+	start := time.Now()
+	if err := check(context.Background()); status.Code(err) != codes.Unavailable || time.Since(start) > time.Second {
+		t.Errorf("call without a deadline while the server is down: %v after %s, want Unavailable at once", err, time.Since(start))
+	}
+
+	g = serve()
+	defer g.Stop()
+	start = time.Now()
+	ctx, cancel = context.WithTimeout(t.Context(), 5*time.Second)
+	defer cancel()
+	if err := check(ctx); err != nil {
+		t.Fatalf("call with a deadline right after the restart: %v", err)
+	}
+	if took := time.Since(start); took > 2*time.Second {
+		t.Errorf("call right after the restart took %s, want the connection back within a second or so", took)
+	}
+}
