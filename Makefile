@@ -139,7 +139,9 @@ CHAOS ?= 200
 CONFIG_TESTS := TestPodLifecycle|TestContainerJoinsPod|TestPauseKilled|TestPreciseErrors|TestRestartRecovery|TestRestartLostShim|TestUpdatePodResources
 # With -berthd, berth runs as berthd beside containerd-stock (containerd's
 # own build): the config-sensitive tests, berthd's and containerd's
-# restarts under it, and the failpoints.
+# restarts under it, a chaos run whose restarts take berthd, containerd
+# and both in turn, and the failpoints.
+BERTHD_CHAOS ?= 400
 BERTHD_TESTS := $(CONFIG_TESTS)|TestRestartAfterReboot|TestPodMetrics|TestPrometheusSeries|TestSharedShim|TestWarmShim|TestBerthd|TestContainerdKilledUnderBerthd|TestCallsRightAfterContainerdRestart
 INTEGRATION := $(GO) test -count=1 -timeout 30m -v ./integration
 integration: build
@@ -149,7 +151,7 @@ integration: build
 	$(INTEGRATION) -run '$(CONFIG_TESTS)' -args -bin $(BIN) -handler berth-native
 	$(INTEGRATION) -run '$(CONFIG_TESTS)' -args -bin $(BIN) -default-runtime berth -handler=
 	$(INTEGRATION) -run Failpoint -args -bin $(BIN) -failpoints
-	$(INTEGRATION) -run '$(BERTHD_TESTS)' -args -bin $(BIN) -berthd
+	$(INTEGRATION) -run '$(BERTHD_TESTS)|TestChaos' -args -bin $(BIN) -berthd -chaos $(BERTHD_CHAOS)
 	$(INTEGRATION) -run Failpoint -args -bin $(BIN) -berthd -failpoints
 	$(GO) test -count=1 -timeout 10m -v -run '^$$' -bench Compare -benchtime 1x ./integration \
 		-args -bin $(BIN) -bench-out $(OUT)/bench-smoke -bench-serial 2 -bench-parallel 8 -bench-count 1 \
@@ -191,10 +193,12 @@ soak: build
 	$(GO) test -count=1 -timeout 60m -v -run Soak ./integration -args -bin $(BIN) -soak 1000 -soak-idle 2m10s -soak-profiles $(SOAK_PROFILES)
 
 # 1000 pod lifecycles under SIGKILLs of pause processes, shims and
-# containerd; CHAOS_SEED replays a run's kills.
+# containerd; CHAOS_SEED replays a run's kills; CHAOS_ARGS=-berthd runs it
+# on berthd, whose restarts take berthd, containerd and both in turn.
 CHAOS_SEED ?= 0
+CHAOS_ARGS ?=
 chaos: build
-	$(GO) test -count=1 -timeout 90m -v -run Chaos ./integration -args -bin $(BIN) -chaos 1000 -chaos-seed $(CHAOS_SEED)
+	$(GO) test -count=1 -timeout 90m -v -run Chaos ./integration -args -bin $(BIN) -chaos 1000 -chaos-seed $(CHAOS_SEED) $(CHAOS_ARGS)
 
 # critest (tools/critools pins cri-tools), its report, and the programs of
 # the images critest pulls (critest/images; hack/critest-images.sh).

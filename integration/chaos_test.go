@@ -3,6 +3,7 @@ package integration
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"maps"
@@ -17,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/containerd/errdefs"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/berth-dev/berth/integration/hostproc"
@@ -56,10 +58,11 @@ type chaosPod struct {
 // TestChaos runs -chaos pod lifecycles with an app container each, 8 at a
 // time, as kubelet would (one PID namespace per container), while SIGKILLs
 // hit about 5% of the pause processes, 2% of the shims, and containerd
-// itself every 100 lifecycles. Each lifecycle's steps hold a read lock that
-// a restart takes for writing, so a restart finds every live pod at a known
-// step; after it, each pod's state and its container's are checked against
-// what happened to it. At the end nothing may be left.
+// itself every 100 lifecycles (with -berthd, berthd, containerd or both in
+// turn). Each lifecycle's steps hold a read lock that a restart takes for
+// writing, so a restart finds every live pod at a known step; after it,
+// each pod's state and its container's are checked against what happened
+// to it. At the end nothing may be left.
 func TestChaos(t *testing.T) {
 	if *chaos == 0 {
 		t.Skip("needs -chaos N")
@@ -88,7 +91,7 @@ func TestChaos(t *testing.T) {
 		podsMu   sync.Mutex
 		pods     = map[string]*chaosPod{}
 		done     atomic.Int64
-		killed   struct{ pause, shim, containerd atomic.Int64 }
+		killed   struct{ pause, shim, containerd, berthd atomic.Int64 }
 		restarts = make(chan struct{}, *chaos/chaosRestartEvery+1)
 	)
 	setPhase := func(p *chaosPod, ph chaosPhase) {
@@ -166,12 +169,18 @@ func TestChaos(t *testing.T) {
 					if err != nil {
 						return err
 					}
-					var ids []string
+					var ids, ctrs []string
 					for _, v := range victims {
 						setPhase(v, chaosShimDied)
 						ids = append(ids, v.id)
+						if v.ctr != "" {
+							ctrs = append(ctrs, v.ctr)
+						}
 					}
-					return chaosKill(chaosShimPid, ids)
+					if err := chaosKill(chaosShimPid, ids); err != nil {
+						return err
+					}
+					return chaosExited(ctrs)
 				})
 			}
 		}
@@ -198,6 +207,7 @@ func TestChaos(t *testing.T) {
 	restarted := make(chan struct{})
 	go func() {
 		defer close(restarted)
+		n := 0
 		for range restarts {
 			steps.Lock()
 			podsMu.Lock()
@@ -206,12 +216,18 @@ func TestChaos(t *testing.T) {
 				want[id] = *p
 			}
 			podsMu.Unlock()
-			killed.containerd.Add(1)
-			if err := daemon.kill(syscall.SIGKILL); err != nil {
-				t.Error(err)
-			} else if err := daemon.start(); err != nil {
+			kind := chaosRestartKind(n)
+			n++
+			if kind != "berthd" {
+				killed.containerd.Add(1)
+			}
+			if kind != "containerd" {
+				killed.berthd.Add(1)
+			}
+			if err := chaosRestart(kind); err != nil {
 				t.Error(err)
 			} else {
+				t.Logf("restarted %s", kind)
 				checkChaosStates(t, want)
 			}
 			steps.Unlock()
@@ -225,8 +241,8 @@ func TestChaos(t *testing.T) {
 	if err != nil {
 		t.Error(err)
 	}
-	t.Logf("%d lifecycles in %s; killed %d pause processes, %d shims, containerd %d times",
-		done.Load(), time.Since(start).Round(time.Second), killed.pause.Load(), killed.shim.Load(), killed.containerd.Load())
+	t.Logf("%d lifecycles in %s; killed %d pause processes, %d shims, containerd %d times, berthd %d times",
+		done.Load(), time.Since(start).Round(time.Second), killed.pause.Load(), killed.shim.Load(), killed.containerd.Load(), killed.berthd.Load())
 	// Pods a failed lifecycle left, removed as kubelet would.
 	for id, p := range pods {
 		ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
@@ -353,6 +369,28 @@ func chaosKill(pidOf func(context.Context, string) (int, error), pods []string) 
 	return nil
 }
 
+// chaosExited waits until CRI reports containers whose shim was killed
+// exited. It learns of that from containerd's cleanup of the dead shim, a
+// moment after the pods' exits, on the built-in controller too: a restart
+// of berthd alone, which leaves containerd and its cleanup running, must
+// then find them exited, not catch that moment.
+func chaosExited(ctrs []string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
+	defer cancel()
+	for _, ctr := range ctrs {
+		for ; ; time.Sleep(10 * time.Millisecond) {
+			resp, err := daemon.runtime.ContainerStatus(ctx, &runtimeapi.ContainerStatusRequest{ContainerId: ctr})
+			if err != nil {
+				return fmt.Errorf("status of container %s: %w", ctr, err)
+			}
+			if resp.GetStatus().GetState() != runtimeapi.ContainerState_CONTAINER_RUNNING {
+				break
+			}
+		}
+	}
+	return nil
+}
+
 // chaosStop stops the pod's container and the pod, as kubelet does: it
 // stops the container until CRI reports it exited, which for a container
 // whose shim died takes CRI a moment (on the built-in controller too).
@@ -398,6 +436,51 @@ func chaosRemove(ctx context.Context, p *chaosPod) error {
 
 // checkChaosStates checks, after a restart, each live pod's state and its
 // container's against the phase its lifecycle was at.
+// chaosRestartKind is what the chaos test's restart n SIGKILLs: in
+// process, containerd; with -berthd, in turn berthd alone (containerd's
+// CRI waits for it), containerd alone under a running berthd, and both.
+func chaosRestartKind(n int) string {
+	if !*berthdMode {
+		return "containerd"
+	}
+	return []string{"berthd", "containerd", "containerd and berthd"}[n%3]
+}
+
+// chaosRestart SIGKILLs what kind names and starts it again. A berthd
+// restarted alone is reached once containerd's proxy connection to it,
+// which backs off while berthd is away (up to 3 s), tries again: kubelet
+// retries what fails meanwhile, and so does this wait.
+func chaosRestart(kind string) error {
+	switch kind {
+	case "berthd":
+		if err := daemon.killBerthd(syscall.SIGKILL); err != nil {
+			return err
+		}
+		if err := daemon.startBerthd(); err != nil {
+			return err
+		}
+		reached := within(30*time.Second, func() bool {
+			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+			defer cancel()
+			_, err := daemon.client.SandboxController(sandboxerBerth).Status(ctx, "no-such-pod", false)
+			return errdefs.IsNotFound(err)
+		})
+		if !reached {
+			return errors.New("containerd did not reach the restarted berthd in 30 s")
+		}
+		return nil
+	case "containerd":
+		if err := daemon.killContainerd(syscall.SIGKILL); err != nil {
+			return err
+		}
+	default:
+		if err := daemon.kill(syscall.SIGKILL); err != nil {
+			return err
+		}
+	}
+	return daemon.start()
+}
+
 func checkChaosStates(t *testing.T, want map[string]chaosPod) {
 	t.Helper()
 	wrong := 0
