@@ -655,6 +655,20 @@ func TestStartFailsUndoFails(t *testing.T) {
 	})
 }
 
+// refusingSecondPod is a controller sharing shims with pod sb1 started
+// and sb2 created, whose pause task sb1's shim will refuse, as a shim
+// shutting down refuses it (its connection closed).
+func refusingSecondPod(t *testing.T, client *fakeClient) *Controller {
+	t.Helper()
+	c := sharingController(t, client)
+	started(t, c, client, "sb1")
+	if err := create(t, c, client, "sb2", testPodConfig("sb2")); err != nil {
+		t.Fatal(err)
+	}
+	client.failNext("new task", errgrpc.ToNative(status.Error(codes.Unknown, "ttrpc: closed")))
+	return c
+}
+
 // TestStartInRefusingSharedShim fails the pause task's creation in a
 // shared shim, as a shim shutting down fails it (its connection closed): Start undoes what it made
 // and makes the pod again in another shim group, and the refusing group
@@ -662,16 +676,12 @@ func TestStartFailsUndoFails(t *testing.T) {
 // socket, which containerd takes only for a container of a sandbox.
 func TestStartInRefusingSharedShim(t *testing.T) {
 	client := newFakeClient()
-	c := sharingController(t, client)
-	started(t, c, client, "sb1")
-	first := c.store.List()[0].Status().Instance.ShimGroup
+	c := refusingSecondPod(t, client)
+	sb1, _ := c.store.Get("sb1")
+	first := sb1.Status().Instance.ShimGroup
 	if first == "" {
 		t.Fatal("no shim group with 4 pods per shim")
 	}
-	if err := create(t, c, client, "sb2", testPodConfig("sb2")); err != nil {
-		t.Fatal(err)
-	}
-	client.failNext("new task", errgrpc.ToNative(status.Error(codes.Unknown, "ttrpc: closed")))
 	if _, err := c.Start(testContext(), "sb2"); err != nil {
 		t.Fatalf("Start in a refusing shared shim: %v", err)
 	}
@@ -711,12 +721,7 @@ func TestStartInRefusingSharedShim(t *testing.T) {
 // first does not end the second's while the pod is made.
 func TestStartRefusedLeaseReleaseLost(t *testing.T) {
 	client := newFakeClient()
-	c := sharingController(t, client)
-	started(t, c, client, "sb1")
-	if err := create(t, c, client, "sb2", testPodConfig("sb2")); err != nil {
-		t.Fatal(err)
-	}
-	client.failNext("new task", errgrpc.ToNative(status.Error(codes.Unknown, "ttrpc: closed")))
+	c := refusingSecondPod(t, client)
 	client.loseNextAnswer("lease release")
 	releases, taskStarts := client.count("lease release"), client.count("task start")
 	release := client.hold("task start")
@@ -745,12 +750,7 @@ func TestStartRefusedLeaseReleaseLost(t *testing.T) {
 // its retried undo leaves nothing.
 func TestStartRefusedUndoFails(t *testing.T) {
 	client := newFakeClient()
-	c := sharingController(t, client)
-	started(t, c, client, "sb1")
-	if err := create(t, c, client, "sb2", testPodConfig("sb2")); err != nil {
-		t.Fatal(err)
-	}
-	client.failNext("new task", errgrpc.ToNative(status.Error(codes.Unknown, "ttrpc: closed")))
+	c := refusingSecondPod(t, client)
 	client.failNext("container delete", errInjected)
 	if _, err := c.Start(testContext(), "sb2"); !errors.Is(err, errSharedShimRefused) || !errors.Is(err, errInjected) {
 		t.Fatalf("Start = %v, want the refusal and the undo's error", err)
@@ -1314,10 +1314,13 @@ func TestMetricsOfPauseTask(t *testing.T) {
 	}
 }
 
-// TestPlatformAtOnce: Platform answers the node's platform for any
-// sandbox, while recovery runs too, as the built-in does: CRI asks it as
-// it handles app containers' exits, under a deadline of its own.
-func TestPlatformAtOnce(t *testing.T) {
+// TestAnsweredDuringRecovery: while recovery runs, Platform answers the
+// node's platform for any sandbox, as the built-in does (CRI asks it as it
+// handles app containers' exits, under a deadline of its own), and Metrics
+// answers Unavailable, so that CRI's stats list skips berth's pods instead
+// of failing for every pod when its deadline passes. Neither waits; once
+// recovery ends Metrics answers as ever.
+func TestAnsweredDuringRecovery(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		client := newFakeClient()
 		ownedContainer(t, client, "stopped").setTask(containerd.Stopped)
@@ -1331,26 +1334,6 @@ func TestPlatformAtOnce(t *testing.T) {
 				t.Errorf("Platform(%s) during recovery = %+v, %v; want the node's at once", id, p, err)
 			}
 		}
-		release()
-		if err := c.awaitRecovery(testContext()); err != nil {
-			t.Fatal(err)
-		}
-	})
-}
-
-// TestMetricsDuringRecovery: Metrics answers Unavailable at once while
-// recovery runs, so that CRI's stats list skips berth's pods instead of
-// failing for every pod when its deadline passes; once recovery ends it
-// answers as ever.
-func TestMetricsDuringRecovery(t *testing.T) {
-	synctest.Test(t, func(t *testing.T) {
-		client := newFakeClient()
-		ownedContainer(t, client, "stopped").setTask(containerd.Stopped)
-		release := client.hold("task delete")
-		defer release()
-		c := recovering(t, client)
-		ctx, cancel := context.WithTimeout(testContext(), 100*time.Millisecond)
-		defer cancel()
 		if _, err := c.Metrics(ctx, "stopped"); !errdefs.IsUnavailable(err) || ctx.Err() != nil {
 			t.Errorf("Metrics during recovery = %v (caller's context: %v), want Unavailable at once", err, ctx.Err())
 		}

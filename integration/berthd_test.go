@@ -186,21 +186,9 @@ func TestCallsRightAfterContainerdRestart(t *testing.T) {
 	time.Sleep(5 * time.Second)
 	must(t, daemon.start())
 	start := time.Now()
-	ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
-	defer cancel()
-	if _, err := daemon.runtime.StopPodSandbox(ctx, &runtimeapi.StopPodSandboxRequest{PodSandboxId: old}); err != nil {
-		t.Errorf("StopPodSandbox right after containerd's restart: %v", err)
-	}
-	if _, err := daemon.runtime.RemovePodSandbox(ctx, &runtimeapi.RemovePodSandboxRequest{PodSandboxId: old}); err != nil {
-		t.Errorf("RemovePodSandbox right after containerd's restart: %v", err)
-	}
-	resp, err := daemon.runtime.RunPodSandbox(ctx, &runtimeapi.RunPodSandboxRequest{Config: podConfig(t, withName("new")), RuntimeHandler: handlerBerth})
-	if err != nil {
-		t.Fatalf("RunPodSandbox right after containerd's restart: %v", err)
-	}
+	removePod(t, old)
+	runPod(t, podConfig(t, withName("new")), handlerBerth)
 	t.Logf("a pod removed and one run %s after CRI answered", time.Since(start).Round(time.Millisecond))
-	removePod(t, resp.GetPodSandboxId())
-	assertNoLeaks(t, old)
 }
 
 // TestBerthdBeforeContainerd starts berthd, then containerd 2 s later, as

@@ -74,19 +74,14 @@ func (s *Server) Serve(c sandbox.Controller) {
 // other answer, Canceled included, would be taken as the sandbox's exit.
 func (s *Server) Shutdown() { s.downOnce.Do(func() { close(s.down) }) }
 
-func (s *Server) isDown() bool {
-	select {
-	case <-s.down:
-		return true
-	default:
-		return false
-	}
-}
+func (s *Server) isDown() bool { return closed(s.down) }
 
 // served says whether Serve has given the server its controller.
-func (s *Server) served() bool {
+func (s *Server) served() bool { return closed(s.ready) }
+
+func closed(ch <-chan struct{}) bool {
 	select {
-	case <-s.ready:
+	case <-ch:
 		return true
 	default:
 		return false
