@@ -21,6 +21,9 @@ OUT         := $(CURDIR)/_output
 # The containerd release berth is built against, from go.mod: stamped into
 # the version berthd checks a running containerd's against.
 CONTAINERD_VERSION := $(shell $(GO) list -m -f '{{.Version}}' github.com/containerd/containerd/v2)
+ifeq ($(CONTAINERD_VERSION),)
+$(error cannot read go.mod's containerd version with $(GO) list)
+endif
 VERSION     ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 PKG_VERSION := github.com/containerd/containerd/v2/version
 LDFLAGS     := -X $(PKG_VERSION).Version=$(CONTAINERD_VERSION)+berth.$(VERSION) -X $(PKG_VERSION).Package=github.com/berth-dev/berth

@@ -836,6 +836,10 @@ func TestIsShimRefusal(t *testing.T) {
 		// containerd away under berthd: the task may be made.
 		{"connection error: desc = \"transport: Error while dialing: dial unix /run/containerd/containerd.sock: connect: connection refused\"", codes.Unavailable, false},
 		{"error reading from server: read unix @->/run/containerd/containerd.sock: read: connection reset by peer", codes.Unavailable, false},
+		// A call that ran out of time while berthd's connection to
+		// containerd came back carries its last error.
+		{"context deadline exceeded: latest balancer error: read unix @->/run/containerd/containerd.sock: read: connection reset by peer", codes.DeadlineExceeded, false},
+		{"context canceled: write unix @->/run/containerd/containerd.sock: write: broken pipe", codes.Canceled, false},
 		{`failed to create shim task: OCI runtime create failed: runc create failed: error running hook #0: exit status 1`, codes.Unknown, false},
 		{"failed to create shim task: OCI runtime create failed: invalid mount", codes.InvalidArgument, false},
 	} {

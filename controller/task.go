@@ -185,7 +185,9 @@ func isShimRefusal(err error) bool {
 	// says containerd is away, with the task perhaps made in a shim that
 	// is fine, whatever its text (gRPC's "connection reset by peer" of
 	// containerd's own socket).
-	if errdefs.IsUnavailable(err) {
+	// Nor a call that ran out of time or was given up, whose text may
+	// carry the last error of a connection to containerd that was down.
+	if errdefs.IsUnavailable(err) || errdefs.IsDeadlineExceeded(err) || errdefs.IsCanceled(err) {
 		return false
 	}
 	if shimproc.IsGone(err) {

@@ -3,7 +3,6 @@ package integration
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"flag"
 	"fmt"
 	"maps"
@@ -434,8 +433,6 @@ func chaosRemove(ctx context.Context, p *chaosPod) error {
 	return nil
 }
 
-// checkChaosStates checks, after a restart, each live pod's state and its
-// container's against the phase its lifecycle was at.
 // chaosRestartKind is what the chaos test's restart n SIGKILLs: in
 // process, containerd; with -berthd, in turn berthd alone (containerd's
 // CRI waits for it), containerd alone under a running berthd, and both.
@@ -459,16 +456,18 @@ func chaosRestart(kind string) error {
 		if err := daemon.startBerthd(); err != nil {
 			return err
 		}
-		reached := within(30*time.Second, func() bool {
+		// Every 200 ms: containerd logs each call.
+		for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(200 * time.Millisecond) {
 			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-			defer cancel()
 			_, err := daemon.client.SandboxController(sandboxerBerth).Status(ctx, "no-such-pod", false)
-			return errdefs.IsNotFound(err)
-		})
-		if !reached {
-			return errors.New("containerd did not reach the restarted berthd in 30 s")
+			cancel()
+			if errdefs.IsNotFound(err) {
+				return nil
+			}
+			if time.Now().After(deadline) {
+				return fmt.Errorf("containerd did not reach the restarted berthd in 30 s: %w", err)
+			}
 		}
-		return nil
 	case "containerd":
 		if err := daemon.killContainerd(syscall.SIGKILL); err != nil {
 			return err
@@ -481,6 +480,8 @@ func chaosRestart(kind string) error {
 	return daemon.start()
 }
 
+// checkChaosStates checks, after a restart, each live pod's state and its
+// container's against the phase its lifecycle was at.
 func checkChaosStates(t *testing.T, want map[string]chaosPod) {
 	t.Helper()
 	wrong := 0

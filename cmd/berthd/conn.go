@@ -6,20 +6,25 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
+	"google.golang.org/grpc/connectivity"
 )
+
+// readyWait bounds how long a call of berthd's waits for its connection to
+// containerd to be ready before it goes out: long enough for the
+// connection to come back once containerd serves again (an attempt at
+// least every second), short enough that a containerd that stays down
+// fails calls soon, as before, and holds no stop or rollback for long.
+const readyWait = 3 * time.Second
 
 // containerdConnOptions are the options of berthd's connection to
 // containerd that carry it across a containerd restart. containerd's CRI
 // calls berthd as soon as it serves again, and those calls need
 // containerd, while berthd's connection is still backing off from the
-// restart (containerd's client waits up to 10 s between attempts, failing
-// every call in the gap with "connection refused"). Each attempt here
-// follows the last within a second, on a local socket where an attempt
-// costs nothing; and a call with a deadline, as CRI's and the retry
-// queue's all have, waits for the connection, up to its deadline, instead
-// of failing at once. A call without one (a wait on a pause task) fails
-// at once as before, so that nothing waits for good on a containerd that
-// stays down.
+// restart: containerd's client waits up to 10 s between attempts, and gRPC
+// fails every call in the gap at once with "connection refused". Here each
+// attempt follows the last within a second, on a local socket where an
+// attempt costs nothing, and a call first waits for the connection, for
+// at most readyWait and within its own deadline.
 func containerdConnOptions() []grpc.DialOption {
 	return []grpc.DialOption{
 		grpc.WithConnectParams(grpc.ConnectParams{
@@ -27,19 +32,32 @@ func containerdConnOptions() []grpc.DialOption {
 			MinConnectTimeout: 10 * time.Second,
 		}),
 		grpc.WithChainUnaryInterceptor(func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
-			return invoker(ctx, method, req, reply, cc, waitForReady(ctx, opts)...)
+			awaitReady(ctx, cc)
+			return invoker(ctx, method, req, reply, cc, opts...)
 		}),
 		grpc.WithChainStreamInterceptor(func(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string, streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
-			return streamer(ctx, desc, cc, method, waitForReady(ctx, opts)...)
+			awaitReady(ctx, cc)
+			return streamer(ctx, desc, cc, method, opts...)
 		}),
 	}
 }
 
-// waitForReady adds WaitForReady to the options of a call whose ctx has a
-// deadline.
-func waitForReady(ctx context.Context, opts []grpc.CallOption) []grpc.CallOption {
-	if _, ok := ctx.Deadline(); ok {
-		return append(opts, grpc.WaitForReady(true))
+// awaitReady waits until cc is ready, for at most readyWait and while ctx
+// lives; the call then goes out as gRPC sends it, failing at once if the
+// connection is still down.
+func awaitReady(ctx context.Context, cc *grpc.ClientConn) {
+	s := cc.GetState()
+	if s == connectivity.Ready {
+		return
 	}
-	return opts
+	ctx, cancel := context.WithTimeout(ctx, readyWait)
+	defer cancel()
+	for ; s != connectivity.Ready; s = cc.GetState() {
+		if s == connectivity.Idle {
+			cc.Connect()
+		}
+		if !cc.WaitForStateChange(ctx, s) {
+			return
+		}
+	}
 }
