@@ -43,8 +43,9 @@ func containerdConnOptions() []grpc.DialOption {
 }
 
 // awaitReady waits until cc is ready, for at most readyWait and while ctx
-// lives; the call then goes out as gRPC sends it, failing at once if the
-// connection is still down.
+// lives; the call then goes out as gRPC sends it: it fails at once while
+// the connection backs off, and waits for an attempt under way (which
+// containerd's dialer stretches while its socket is missing).
 func awaitReady(ctx context.Context, cc *grpc.ClientConn) {
 	s := cc.GetState()
 	if s == connectivity.Ready {
