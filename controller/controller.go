@@ -78,6 +78,10 @@ type Controller struct {
 	// reload ends. Every operation waits for it (awaitRecovery).
 	recoveryStarted atomic.Bool
 	recovered       chan struct{}
+	// closing ends when Close begins: recovery stops waiting for a
+	// containerd that does not answer.
+	closing    context.Context
+	beginClose context.CancelFunc
 }
 
 var _ sandbox.Controller = (*Controller)(nil)
@@ -96,6 +100,7 @@ func New(cfg Config, client Client) *Controller {
 		abandoned: newTimers(),
 		recovered: make(chan struct{}),
 	}
+	c.closing, c.beginClose = context.WithCancel(context.Background())
 	c.policy = placement.Policy{
 		PodsPerShim:    cfg.PodsPerShim,
 		PerHandler:     cfg.HandlerPodsPerShim,
@@ -174,6 +179,7 @@ func (c *Controller) shimDied(ids []string) {
 // began, whose steps may queue retries, and stops the retry queue.
 // containerd calls it when it shuts down.
 func (c *Controller) Close() error {
+	c.beginClose()
 	if c.recoveryStarted.Load() {
 		<-c.recovered
 	}

@@ -1168,6 +1168,51 @@ func TestStopAfterReattachFailed(t *testing.T) {
 	}
 }
 
+// TestReattachWhileContainerdAway: a reattach that containerd does not
+// answer (berthd's containerd restarting during berthd's recovery) is
+// tried again until it answers; the pod stays READY and its pause runs.
+func TestReattachWhileContainerdAway(t *testing.T) {
+	client := newFakeClient()
+	ownedContainer(t, client, "running").setTask(containerd.Running)
+	client.failNext("task status", errdefs.ErrUnavailable, errdefs.ErrUnavailable, errdefs.ErrUnavailable)
+	c := recovering(t, client)
+	if got := state(t, c, "running"); got != runtimeapi.PodSandboxState_SANDBOX_READY.String() {
+		t.Errorf("%s after containerd answered again, want READY", got)
+	}
+	if n := client.count("task status"); n != 4 {
+		t.Errorf("%d reattach attempts, want 4 (three unanswered)", n)
+	}
+	if n := client.count("task delete") + client.count("task kill") + client.count("task killall"); n != 0 {
+		t.Errorf("%d kills and deletions of a live pod's pause task", n)
+	}
+}
+
+// TestCloseWhileContainerdAway: Close ends a recovery that waits for a
+// containerd that does not answer, and leaves the pod's pause task as it
+// is for the next recovery.
+func TestCloseWhileContainerdAway(t *testing.T) {
+	client := newFakeClient()
+	ownedContainer(t, client, "running").setTask(containerd.Running)
+	client.failNext("task status", slices.Repeat([]error{errdefs.ErrUnavailable}, 1000)...)
+	c := recovering(t, client)
+	for client.count("task status") < 2 {
+		time.Sleep(10 * time.Millisecond)
+	}
+	closed := make(chan error, 1)
+	go func() { closed <- c.Close() }()
+	select {
+	case err := <-closed:
+		if err != nil {
+			t.Errorf("Close: %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Close still waits for a recovery that waits for containerd")
+	}
+	if n := client.count("task delete") + client.count("task kill") + client.count("task killall"); n != 0 {
+		t.Errorf("%d kills and deletions of a live pod's pause task", n)
+	}
+}
+
 // updateResources calls Update as CRI's UpdatePodSandboxResources does,
 // with the pod's new resources in the sandbox's extension.
 func updateResources(t *testing.T, c *Controller, id string, res *runtimeapi.LinuxContainerResources) error {

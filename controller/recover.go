@@ -22,6 +22,7 @@ import (
 	"github.com/berth-dev/berth/events"
 	"github.com/berth-dev/berth/keeper"
 	"github.com/berth-dev/berth/reaper"
+	"github.com/berth-dev/berth/store"
 )
 
 // RecoverConfig bounds recovery after a containerd restart.
@@ -178,9 +179,14 @@ func (c *Controller) recoverSandbox(ctx context.Context, container containerd.Co
 		logger.WithError(err).Warn("relink sandbox files")
 	}
 
-	loadCtx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	if err := c.reaper.Reattach(loadCtx, sb, c.podShimScope(sb.Metadata, sb.Status().Instance.ShimRuntime)); err != nil {
+	err = c.reattach(ctx, sb, timeout)
+	switch {
+	case err == nil:
+	case c.closing.Err() != nil:
+		// Closed while containerd did not answer: the next berth's recovery
+		// finds the sandbox as it is.
+		logger.WithError(err).Warn("closed before the pause task could be reattached")
+	default:
 		// A shim that does not answer leaves the sandbox unknown: report it
 		// NOTREADY, so that kubelet replaces it, and delete its task in the
 		// background.
@@ -189,6 +195,37 @@ func (c *Controller) recoverSandbox(ctx context.Context, container containerd.Co
 		c.events.Retry(ctx, id, "delete exited task", func(ctx context.Context) error {
 			return c.reaper.DeleteUnloaded(ctx, sb)
 		})
+	}
+}
+
+// Bounds of the wait between attempts of a reattach that containerd did
+// not answer.
+const (
+	reattachFirstDelay = 100 * time.Millisecond
+	reattachMaxDelay   = time.Second
+)
+
+// reattach reattaches to sb's pause task, each attempt bounded by timeout.
+// It tries again for as long as containerd itself does not answer
+// (Unavailable: berthd's containerd restarting during berthd's recovery)
+// and the controller is not closing: a shim that does not answer is
+// wedged, but a containerd away says nothing of the pod, which must not be
+// taken for dead and its pause killed. Every CRI call waits for the
+// recovery meanwhile, as CRI, in the containerd away, makes none.
+func (c *Controller) reattach(ctx context.Context, sb *store.Sandbox, timeout time.Duration) error {
+	for delay := reattachFirstDelay; ; delay = min(2*delay, reattachMaxDelay) {
+		attempt, cancel := context.WithTimeout(ctx, timeout)
+		err := c.reaper.Reattach(attempt, sb, c.podShimScope(sb.Metadata, sb.Status().Instance.ShimRuntime))
+		cancel()
+		if err == nil || !errdefs.IsUnavailable(err) {
+			return err
+		}
+		log.G(ctx).WithError(err).WithField("retry_in", delay).Info("containerd does not answer; reattaching to the pause task again")
+		select {
+		case <-time.After(delay):
+		case <-c.closing.Done():
+			return err
+		}
 	}
 }
 
