@@ -20,6 +20,7 @@ import (
 	"github.com/opencontainers/selinux/go-selinux"
 
 	"github.com/berth-dev/berth/events"
+	"github.com/berth-dev/berth/failpoint"
 	"github.com/berth-dev/berth/keeper"
 	"github.com/berth-dev/berth/reaper"
 	"github.com/berth-dev/berth/store"
@@ -179,6 +180,7 @@ func (c *Controller) recoverSandbox(ctx context.Context, container containerd.Co
 		logger.WithError(err).Warn("relink sandbox files")
 	}
 
+	failpoint.Hold(sb, failpoint.HoldReattach)
 	err = c.reattach(ctx, sb, timeout)
 	switch {
 	case err == nil:

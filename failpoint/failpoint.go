@@ -43,7 +43,7 @@ func Inject(sb *store.Sandbox, point string) error {
 	return nil
 }
 
-// Hold pauses a sandbox's Start at point for as long as its pod's
+// Hold pauses a sandbox's step at point for as long as its pod's
 // annotation AnnotationPrefix+point says ("2s"; none, or one that
 // does not parse, is no pause), for tests that make another step overlap
 // it.

@@ -8,7 +8,7 @@ import "github.com/berth-dev/berth/store"
 // failpoint.go).
 func Inject(*store.Sandbox, string) error { return nil }
 
-// Hold pauses a sandbox's Start at a point in test builds only.
+// Hold pauses a sandbox's step at a point in test builds only.
 func Hold(*store.Sandbox, string) {}
 
 // Clear forgets a removed sandbox's counters in test builds only.

@@ -24,6 +24,9 @@ const (
 	// HoldTaskMake holds Start for the annotation's duration
 	// ("2s") just before it makes the pause task, the making begun.
 	HoldTaskMake = "start.hold-task-make"
+	// HoldReattach holds recovery's reload of the sandbox for the
+	// annotation's duration just before it reattaches to the pause task.
+	HoldReattach = "recover.hold-reattach"
 	// LostShimDelete fails the deletion of a pause task containerd
 	// lost in its shim, as a shim that did not answer in time would.
 	LostShimDelete = "lost.shim-delete"

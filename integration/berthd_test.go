@@ -16,6 +16,8 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/berth-dev/berth/failpoint"
 )
 
 // needBerthd skips a test of berthd's own restarts when berth runs in
@@ -29,9 +31,10 @@ func needBerthd(t *testing.T) {
 
 // berthdPods runs a pod with a sleeping container that must outlive a
 // restart, and a pod whose pause the test kills while something is down.
-func berthdPods(t *testing.T) (live *restartPod, killed *restartPod) {
+// opts apply to the live pod's config.
+func berthdPods(t *testing.T, opts ...podOpt) (live *restartPod, killed *restartPod) {
 	t.Helper()
-	live = &restartPod{cfg: podConfig(t, withName("live"))}
+	live = &restartPod{cfg: podConfig(t, append([]podOpt{withName("live")}, opts...)...)}
 	live.id = runPod(t, live.cfg, handlerBerth)
 	live.pid = podPid(t, live.id)
 	live.container = startContainer(t, live.id, live.cfg, "sleep", "3600")
@@ -170,6 +173,39 @@ func TestContainerdKilledUnderBerthd(t *testing.T) {
 		t.Fatalf("berthd died while containerd was down: %v", err)
 	}
 	// berthd lives on: start starts containerd alone.
+	must(t, daemon.start())
+	assertSurvived(t, live, killed)
+}
+
+// TestFailpointContainerdKilledDuringRecovery SIGKILLs containerd while a
+// restarted berthd reloads its sandboxes, held just before it reattaches
+// to the live pod's pause task: the reattach waits for containerd to come
+// back, and the pod is READY with its pause and container, not taken for
+// one whose shim is wedged, its pause deleted. Named for make
+// integration's -berthd -failpoints pass (-run Failpoint).
+func TestFailpointContainerdKilledDuringRecovery(t *testing.T) {
+	needBerthd(t)
+	if !*failpoints {
+		t.Skip("needs -failpoints")
+	}
+	live, killed := berthdPods(t, func(c *runtimeapi.PodSandboxConfig) {
+		c.Annotations[failpoint.AnnotationPrefix+failpoint.HoldReattach] = "2s"
+	})
+	must(t, daemon.killBerthd(syscall.SIGKILL))
+	logged, err := os.Stat(daemon.berthdLogPath)
+	must(t, err)
+	must(t, daemon.startBerthd())
+	// berthd serves once its recovery has begun; the live pod's reload
+	// is then held.
+	eventually(t, 30*time.Second, "berthd serving", func() bool {
+		b, err := os.ReadFile(daemon.berthdLogPath)
+		return err == nil && bytes.Contains(b[logged.Size():], []byte("berthd serving"))
+	})
+	must(t, daemon.killContainerd(syscall.SIGKILL))
+	must(t, syscall.Kill(killed.pid, syscall.SIGKILL))
+	// The hold ends and the reattach finds containerd away (berthd's
+	// connection gives up waiting for it after 3 s).
+	time.Sleep(6 * time.Second)
 	must(t, daemon.start())
 	assertSurvived(t, live, killed)
 }
