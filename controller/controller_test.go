@@ -1187,6 +1187,28 @@ func TestReattachWhileContainerdAway(t *testing.T) {
 	}
 }
 
+// TestReleaseStartLeasesWhileContainerdAway: recovery releases the leases
+// of interrupted Starts once containerd answers, not leaving them to
+// expire: no Start may release them after recovery.
+func TestReleaseStartLeasesWhileContainerdAway(t *testing.T) {
+	client := newFakeClient()
+	if _, _, err := client.WithLease(testContext(), startLeaseOpts("berth", "cut-short", 1)...); err != nil {
+		t.Fatal(err)
+	}
+	client.failNext("lease list", errdefs.ErrUnavailable, errdefs.ErrUnavailable)
+	client.failNext("lease delete and collect", errdefs.ErrUnavailable)
+	c := recovering(t, client)
+	if err := c.awaitRecovery(testContext()); err != nil {
+		t.Fatal(err)
+	}
+	if got := client.leaseIDs(); len(got) != 0 {
+		t.Errorf("leases after recovery %v, want the interrupted start's released", got)
+	}
+	if n := client.count("lease list"); n != 4 {
+		t.Errorf("%d lease lists, want 4 (two unanswered, one whose deletion was not answered)", n)
+	}
+}
+
 // TestCloseWhileContainerdAway: Close ends a recovery that waits for a
 // containerd that does not answer, and leaves the pod's pause task as it
 // is for the next recovery.
@@ -1195,9 +1217,7 @@ func TestCloseWhileContainerdAway(t *testing.T) {
 	ownedContainer(t, client, "running").setTask(containerd.Running)
 	client.failNext("task status", slices.Repeat([]error{errdefs.ErrUnavailable}, 1000)...)
 	c := recovering(t, client)
-	for client.count("task status") < 2 {
-		time.Sleep(10 * time.Millisecond)
-	}
+	eventually(t, "a reattach tried again", func() bool { return client.count("task status") >= 2 })
 	closed := make(chan error, 1)
 	go func() { closed <- c.Close() }()
 	select {

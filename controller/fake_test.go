@@ -37,7 +37,7 @@ type fakeClient struct {
 	leases     map[string]leases.Lease
 	// fail maps a step ("new container", "container info", "new task",
 	// "task start", "task kill", "task delete", "container delete",
-	// "container update", "task status", "lease delete") to the errors of
+	// "container update", "task status", "lease list", "lease delete") to the errors of
 	// its next calls.
 	fail map[string][]error
 	// failFor maps a step to a test of the container IDs all of whose
@@ -332,6 +332,9 @@ func (l fakeLeases) Delete(ctx context.Context, lease leases.Lease, opts ...leas
 }
 
 func (l fakeLeases) List(context.Context, ...string) ([]leases.Lease, error) {
+	if err := l.call("lease list", ""); err != nil {
+		return nil, err
+	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return slices.Collect(maps.Values(l.leases)), nil

@@ -132,7 +132,7 @@ func (c *Controller) reload(ctx context.Context, cfg RecoverConfig, records map[
 		// config is fixed takes them up or removes them.
 		log.G(ctx).WithField("keepers", len(keepers)).Warn("berth's config is invalid: leaving its shim keepers as they are")
 	}
-	c.releaseStartLeases(ctx)
+	c.releaseStartLeases(ctx, cfg.Timeout)
 	c.removeOrphanFiles(ctx)
 	c.config.Shims.RemoveHalfDeletedBundles(ctx)
 	return recovered
@@ -200,35 +200,44 @@ func (c *Controller) recoverSandbox(ctx context.Context, container containerd.Co
 	}
 }
 
-// Bounds of the wait between attempts of a reattach that containerd did
-// not answer.
+// Bounds of the wait between attempts of a step of recovery that
+// containerd did not answer.
 const (
-	reattachFirstDelay = 100 * time.Millisecond
-	reattachMaxDelay   = time.Second
+	unansweredFirstDelay = 100 * time.Millisecond
+	unansweredMaxDelay   = time.Second
 )
 
-// reattach reattaches to sb's pause task, each attempt bounded by timeout.
-// It tries again for as long as containerd itself does not answer
-// (Unavailable: berthd's containerd restarting during berthd's recovery)
-// and the controller is not closing: a shim that does not answer is
-// wedged, but a containerd away says nothing of the pod, which must not be
-// taken for dead and its pause killed. Every CRI call waits for the
-// recovery meanwhile, as CRI, in the containerd away, makes none.
-func (c *Controller) reattach(ctx context.Context, sb *store.Sandbox, timeout time.Duration) error {
-	for delay := reattachFirstDelay; ; delay = min(2*delay, reattachMaxDelay) {
-		attempt, cancel := context.WithTimeout(ctx, timeout)
-		err := c.reaper.Reattach(attempt, sb, c.podShimScope(sb.Metadata, sb.Status().Instance.ShimRuntime))
-		cancel()
+// untilAnswered runs attempt, a step of recovery, again for as long as
+// containerd itself does not answer it (Unavailable: berthd's containerd
+// restarting during berthd's recovery) and the controller is not closing,
+// and returns its last error. Every CRI call waits for the recovery
+// meanwhile, and CRI, in the containerd away, makes none.
+func (c *Controller) untilAnswered(ctx context.Context, step string, attempt func() error) error {
+	for delay := unansweredFirstDelay; ; delay = min(2*delay, unansweredMaxDelay) {
+		err := attempt()
 		if err == nil || !errdefs.IsUnavailable(err) {
 			return err
 		}
-		log.G(ctx).WithError(err).WithField("retry_in", delay).Info("containerd does not answer; reattaching to the pause task again")
+		log.G(ctx).WithError(err).WithField("retry_in", delay).Infof("containerd does not answer; %s again", step)
 		select {
 		case <-time.After(delay):
 		case <-c.closing.Done():
 			return err
 		}
 	}
+}
+
+// reattach reattaches to sb's pause task, each attempt bounded by timeout:
+// a shim that does not answer is wedged, but a containerd away says
+// nothing of the pod, which must not be taken for dead and its pause
+// killed.
+func (c *Controller) reattach(ctx context.Context, sb *store.Sandbox, timeout time.Duration) error {
+	scope := c.podShimScope(sb.Metadata, sb.Status().Instance.ShimRuntime)
+	return c.untilAnswered(ctx, "reattaching to the pause task", func() error {
+		attempt, cancel := context.WithTimeout(ctx, timeout)
+		defer cancel()
+		return c.reaper.Reattach(attempt, sb, scope)
+	})
 }
 
 // removeOrphan deletes, in the background, a berth pause container no
@@ -253,13 +262,27 @@ func (c *Controller) removeOrphan(ctx context.Context, container containerd.Cont
 // snapshot that no container holds is then garbage. The last deletion
 // waits for a garbage collection, which takes every such snapshot: kubelet
 // removes the half-made pods as soon as CRI answers, and their removal
-// must leave nothing, not a snapshot for a later collection.
-func (c *Controller) releaseStartLeases(ctx context.Context) {
+// must leave nothing, not a snapshot for a later collection. Only recovery
+// may release them, so it waits for a containerd that does not answer;
+// each attempt is bounded by timeout.
+func (c *Controller) releaseStartLeases(ctx context.Context, timeout time.Duration) {
+	err := c.untilAnswered(ctx, "releasing the leases of interrupted starts", func() error {
+		attempt, cancel := context.WithTimeout(ctx, timeout)
+		defer cancel()
+		return c.releaseStaleStartLeases(attempt)
+	})
+	if err != nil {
+		log.G(ctx).WithError(err).Warn("release the leases of interrupted starts")
+	}
+}
+
+// releaseStaleStartLeases is one attempt of releaseStartLeases. It fails
+// if it cannot list the leases, or containerd does not answer a deletion.
+func (c *Controller) releaseStaleStartLeases(ctx context.Context) error {
 	ls := c.client.LeasesService()
 	all, err := ls.List(ctx)
 	if err != nil {
-		log.G(ctx).WithError(err).Warn("list leases")
-		return
+		return fmt.Errorf("list leases: %w", err)
 	}
 	var stale []leases.Lease
 	for _, l := range all {
@@ -272,12 +295,17 @@ func (c *Controller) releaseStartLeases(ctx context.Context) {
 		if i == len(stale)-1 {
 			opts = append(opts, leases.SynchronousDelete)
 		}
-		if err := ls.Delete(ctx, l, opts...); err != nil && !errdefs.IsNotFound(err) {
+		err := ls.Delete(ctx, l, opts...)
+		switch {
+		case errdefs.IsUnavailable(err):
+			return fmt.Errorf("release start lease %s: %w", l.ID, err)
+		case err != nil && !errdefs.IsNotFound(err):
 			log.G(ctx).WithError(err).WithField("lease", l.ID).Warn("release start lease")
 			continue
 		}
 		log.G(ctx).WithField("lease", l.ID).Info("released the lease of an interrupted start")
 	}
+	return nil
 }
 
 // removeOrphanFiles removes the files of sandboxes that have no pause
