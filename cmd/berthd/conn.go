@@ -6,7 +6,9 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/connectivity"
+	"google.golang.org/grpc/status"
 )
 
 // readyWait bounds how long a call of berthd's waits for its connection to
@@ -24,7 +26,7 @@ const readyWait = 3 * time.Second
 // fails every call in the gap at once with "connection refused". Here each
 // attempt follows the last within a second, on a local socket where an
 // attempt costs nothing, and a call first waits for the connection, for
-// at most readyWait and within its own deadline.
+// at most readyWait and within its own deadline (awaitReady).
 func containerdConnOptions() []grpc.DialOption {
 	return []grpc.DialOption{
 		grpc.WithConnectParams(grpc.ConnectParams{
@@ -32,33 +34,46 @@ func containerdConnOptions() []grpc.DialOption {
 			MinConnectTimeout: 10 * time.Second,
 		}),
 		grpc.WithChainUnaryInterceptor(func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
-			awaitReady(ctx, cc)
+			if err := awaitReady(ctx, cc); err != nil {
+				return err
+			}
 			return invoker(ctx, method, req, reply, cc, opts...)
 		}),
 		grpc.WithChainStreamInterceptor(func(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string, streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
-			awaitReady(ctx, cc)
+			if err := awaitReady(ctx, cc); err != nil {
+				return nil, err
+			}
 			return streamer(ctx, desc, cc, method, opts...)
 		}),
 	}
 }
 
 // awaitReady waits until cc is ready, for at most readyWait and while ctx
-// lives; the call then goes out as gRPC sends it: it fails at once while
-// the connection backs off, and waits for an attempt under way (which
-// containerd's dialer stretches while its socket is missing).
-func awaitReady(ctx context.Context, cc *grpc.ClientConn) {
+// lives. A connection still not ready then fails the call Unavailable, as
+// gRPC fails one while the connection backs off: containerd away is always
+// Unavailable to berth, which waits for it, and never a call that ran out
+// of time, which berth takes for a shim that does not answer. gRPC would
+// hold the call while an attempt is under way, and containerd's dialer
+// stretches an attempt to 10 s while its socket is missing (between a
+// containerd's clean stop and the next one's start).
+func awaitReady(ctx context.Context, cc *grpc.ClientConn) error {
 	s := cc.GetState()
 	if s == connectivity.Ready {
-		return
+		return nil
 	}
-	ctx, cancel := context.WithTimeout(ctx, readyWait)
+	wait, cancel := context.WithTimeout(ctx, readyWait)
 	defer cancel()
 	for ; s != connectivity.Ready; s = cc.GetState() {
 		if s == connectivity.Idle {
 			cc.Connect()
 		}
-		if !cc.WaitForStateChange(ctx, s) {
-			return
+		if cc.WaitForStateChange(wait, s) {
+			continue
 		}
+		if err := ctx.Err(); err != nil {
+			return status.FromContextError(err).Err()
+		}
+		return status.Errorf(codes.Unavailable, "connection to containerd not ready after %s (%s)", readyWait, s)
 	}
+	return nil
 }

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/containerd/containerd/v2/pkg/dialer"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
@@ -18,8 +19,9 @@ import (
 // TestContainerdConnAcrossRestart stops the server berthd's connection
 // options dial long enough for the connection to back off, starts it
 // again, and calls at once: the call waits for the connection and
-// succeeds. While the server is down a call fails after readyWait, not at
-// its deadline nor at once.
+// succeeds. While the server is down, its socket gone, a call fails
+// Unavailable after readyWait, not at once nor when its deadline or the
+// dialer's attempt ends.
 func TestContainerdConnAcrossRestart(t *testing.T) {
 	socket := filepath.Join(t.TempDir(), "containerd.sock")
 	serve := func() *grpc.Server {
@@ -33,7 +35,11 @@ func TestContainerdConnAcrossRestart(t *testing.T) {
 		return g
 	}
 	g := serve()
-	conn, err := grpc.NewClient("unix://"+socket, append(containerdConnOptions(), grpc.WithTransportCredentials(insecure.NewCredentials()))...)
+	// Dialled as containerd's client dials, with its dialer: it waits for
+	// a missing socket (Stop removed it) until the attempt's deadline.
+	conn, err := grpc.NewClient(dialer.DialAddress(socket), append(containerdConnOptions(),
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithContextDialer(dialer.ContextDialer))...)
 	if err != nil {
 		t.Fatal(err)
 	}
