@@ -142,6 +142,7 @@ func New(cfg Config, client Client) *Controller {
 		Lost:                lostTask,
 		Waited:              t.groupWaited,
 		IdleTimeout:         cfg.WarmShimIdleTimeout,
+		UntilAnswered:       c.untilAnswered,
 	})
 	ctx, stop := context.WithCancel(namespaces.WithNamespace(context.Background(), Namespace))
 	c.stopKeepers = stop

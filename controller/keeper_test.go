@@ -400,6 +400,29 @@ func TestRecoverKeepers(t *testing.T) {
 	}
 }
 
+// TestRecoverKeeperWhileContainerdAway: a keeper whose load containerd
+// does not answer (berthd's containerd restarting during berthd's
+// recovery) is taken up once it answers, not removed with its warm shim.
+func TestRecoverKeeperWhileContainerdAway(t *testing.T) {
+	client := newFakeClient()
+	client.addContainer(keeperContainer(t, "k-live", testHandler, "g1")).setTask(containerd.Running)
+	client.failNext("task status", errdefs.ErrUnavailable, errdefs.ErrUnavailable)
+	c := warmController(t, client)
+	if err := c.Recover(testContext(), RecoverConfig{Parallelism: 1, Timeout: time.Second}); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.awaitRecovery(testContext()); err != nil {
+		t.Fatal(err)
+	}
+	kept := client.container("k-live")
+	if kept == nil || !kept.hasTask() || !c.groups.IsOpen(warmScope, "g1") {
+		t.Fatal("the keeper was not taken up once containerd answered")
+	}
+	if n := client.count("task delete") + client.count("task kill") + client.count("task killall"); n != 0 {
+		t.Errorf("%d kills and deletions of a live keeper's task", n)
+	}
+}
+
 // TestRecoverKeepersInvalidConfig: with berth's config invalid, recovery
 // leaves the keepers as they are. The defaults berth then runs on keep no
 // shim warm; a typo elsewhere in the config must not tear down the node's

@@ -91,6 +91,10 @@ type Config struct {
 	// IdleTimeout is how long a keeper outlives the last pod of its scope
 	// (ExpireIdle); 0 keeps it for good.
 	IdleTimeout time.Duration
+	// UntilAnswered runs a step of recovery again for as long as containerd
+	// does not answer it (Unavailable) and berth is not closing, and
+	// returns its last error: Unavailable only when berth closed first.
+	UntilAnswered func(ctx context.Context, step string, attempt func() error) error
 }
 
 // Keepers are the live shim keepers, one per warm scope at most.
@@ -434,12 +438,23 @@ func (k *Keepers) Recover(ctx context.Context, found []containerd.Container, tim
 	wg.Wait()
 }
 
-// recoverKeeper takes up or removes keeper container, within timeout.
+// recoverKeeper takes up or removes keeper container, each attempt within
+// timeout. A containerd that does not answer (berthd's, restarting during
+// berthd's recovery) says nothing of the keeper: it is tried again, not
+// removed with the warm shim it keeps.
 func (k *Keepers) recoverKeeper(ctx context.Context, container containerd.Container, timeout time.Duration) {
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	kp, err := k.loadKeeper(ctx, container)
-	if errors.Is(err, errOthers) {
+	var kp *keeper
+	err := k.cfg.UntilAnswered(ctx, "taking up a shim keeper", func() (err error) {
+		attempt, cancel := context.WithTimeout(ctx, timeout)
+		defer cancel()
+		kp, err = k.loadKeeper(attempt, container)
+		return err
+	})
+	switch {
+	case errors.Is(err, errOthers):
+		return
+	case errdefs.IsUnavailable(err):
+		log.G(ctx).WithError(err).WithField("keeper_id", container.ID()).Warn("closed before the shim keeper could be taken up")
 		return
 	}
 	if err != nil {
