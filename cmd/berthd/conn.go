@@ -26,12 +26,17 @@ const readyWait = 3 * time.Second
 // fails every call in the gap at once with "connection refused". Here each
 // attempt follows the last within a second, on a local socket where an
 // attempt costs nothing, and a call first waits for the connection, for
-// at most readyWait and within its own deadline (awaitReady).
+// at most readyWait and within its own deadline (awaitReady). An attempt
+// lasts at most readyWait too: gRPC holds a call that finds the connection
+// attempting (it was ready a moment before) until the attempt fails, and
+// containerd's dialer stretches an attempt to its deadline while the socket
+// is missing (from a clean stop to the next start); a call must not run
+// out of time there, as if a shim did not answer.
 func containerdConnOptions() []grpc.DialOption {
 	return []grpc.DialOption{
 		grpc.WithConnectParams(grpc.ConnectParams{
 			Backoff:           backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: time.Second},
-			MinConnectTimeout: 10 * time.Second,
+			MinConnectTimeout: readyWait,
 		}),
 		grpc.WithChainUnaryInterceptor(func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
 			if err := awaitReady(ctx, cc); err != nil {
@@ -52,10 +57,7 @@ func containerdConnOptions() []grpc.DialOption {
 // lives. A connection still not ready then fails the call Unavailable, as
 // gRPC fails one while the connection backs off: containerd away is always
 // Unavailable to berth, which waits for it, and never a call that ran out
-// of time, which berth takes for a shim that does not answer. gRPC would
-// hold the call while an attempt is under way, and containerd's dialer
-// stretches an attempt to 10 s while its socket is missing (between a
-// containerd's clean stop and the next one's start).
+// of time, which berth takes for a shim that does not answer.
 func awaitReady(ctx context.Context, cc *grpc.ClientConn) error {
 	s := cc.GetState()
 	if s == connectivity.Ready {

@@ -10,6 +10,7 @@ import (
 	"github.com/containerd/containerd/v2/pkg/dialer"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
@@ -74,5 +75,32 @@ func TestContainerdConnAcrossRestart(t *testing.T) {
 	}
 	if took := time.Since(start); took > 2*time.Second {
 		t.Errorf("call right after the restart took %s, want the connection back within a second or so", took)
+	}
+}
+
+// TestContainerdConnAttemptBounded: an attempt to connect to a containerd
+// whose socket is missing, which containerd's dialer waits for, fails
+// within readyWait, so that a call gRPC holds for the attempt fails
+// Unavailable rather than at its own deadline.
+func TestContainerdConnAttemptBounded(t *testing.T) {
+	socket := filepath.Join(t.TempDir(), "containerd.sock")
+	conn, err := grpc.NewClient(dialer.DialAddress(socket), append(containerdConnOptions(),
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithContextDialer(dialer.ContextDialer))...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	start := time.Now()
+	conn.Connect()
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	for s := conn.GetState(); s != connectivity.TransientFailure; s = conn.GetState() {
+		if !conn.WaitForStateChange(ctx, s) {
+			t.Fatalf("connection still %s after %s, want the attempt failed within %s", s, time.Since(start), readyWait)
+		}
+	}
+	if took := time.Since(start); took > readyWait+time.Second {
+		t.Errorf("attempt failed after %s, want within %s", took, readyWait)
 	}
 }
