@@ -36,15 +36,7 @@ func TestContainerdConnAcrossRestart(t *testing.T) {
 		return g
 	}
 	g := serve()
-	// Dialled as containerd's client dials, with its dialer: it waits for
-	// a missing socket (Stop removed it) until the attempt's deadline.
-	conn, err := grpc.NewClient(dialer.DialAddress(socket), append(containerdConnOptions(),
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithContextDialer(dialer.ContextDialer))...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
+	conn := containerdConn(t, socket)
 	hc := healthpb.NewHealthClient(conn)
 	check := func(ctx context.Context) error {
 		_, err := hc.Check(ctx, &healthpb.HealthCheckRequest{})
@@ -83,14 +75,7 @@ func TestContainerdConnAcrossRestart(t *testing.T) {
 // within readyWait, so that a call gRPC holds for the attempt fails
 // Unavailable rather than at its own deadline.
 func TestContainerdConnAttemptBounded(t *testing.T) {
-	socket := filepath.Join(t.TempDir(), "containerd.sock")
-	conn, err := grpc.NewClient(dialer.DialAddress(socket), append(containerdConnOptions(),
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithContextDialer(dialer.ContextDialer))...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
+	conn := containerdConn(t, filepath.Join(t.TempDir(), "containerd.sock"))
 	start := time.Now()
 	conn.Connect()
 	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
@@ -103,4 +88,39 @@ func TestContainerdConnAttemptBounded(t *testing.T) {
 	if took := time.Since(start); took > readyWait+time.Second {
 		t.Errorf("attempt failed after %s, want within %s", took, readyWait)
 	}
+}
+
+// TestContainerdAwayIsUnavailable: while containerd's socket is missing, a
+// call fails Unavailable even when its own deadline ends first, never
+// DeadlineExceeded, which berth takes for a shim that does not answer; a
+// call on a closed connection fails Canceled at once.
+func TestContainerdAwayIsUnavailable(t *testing.T) {
+	conn := containerdConn(t, filepath.Join(t.TempDir(), "containerd.sock"))
+	hc := healthpb.NewHealthClient(conn)
+	ctx, cancel := context.WithTimeout(t.Context(), time.Second)
+	defer cancel()
+	if _, err := hc.Check(ctx, &healthpb.HealthCheckRequest{}); status.Code(err) != codes.Unavailable {
+		t.Errorf("call with a 1 s deadline: %v, want Unavailable", err)
+	}
+	conn.Close()
+	start := time.Now()
+	if _, err := hc.Check(t.Context(), &healthpb.HealthCheckRequest{}); status.Code(err) != codes.Canceled || time.Since(start) > time.Second {
+		t.Errorf("call on a closed connection: %v after %s, want Canceled at once", err, time.Since(start))
+	}
+}
+
+// containerdConn is a connection to socket made as berthd makes it:
+// containerd's client's options (its dialer, which waits for a missing
+// socket until the attempt's deadline), then berthd's.
+func containerdConn(t *testing.T, socket string) *grpc.ClientConn {
+	t.Helper()
+	conn, err := grpc.NewClient(dialer.DialAddress(socket), append([]grpc.DialOption{
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithContextDialer(dialer.ContextDialer),
+	}, containerdConnOptions()...)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return conn
 }
