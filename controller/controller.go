@@ -176,9 +176,10 @@ func (c *Controller) shimDied(ids []string) {
 	}
 }
 
-// Close waits for a recovery in progress and the keeper removals it
-// began, whose steps may queue retries, and stops the retry queue.
-// containerd calls it when it shuts down.
+// Close waits for a recovery in progress, ending its waits for a
+// containerd that does not answer, and for the keeper removals it began,
+// whose steps may queue retries, and stops the retry queue. containerd
+// calls it when it shuts down.
 func (c *Controller) Close() error {
 	c.beginClose()
 	if c.recoveryStarted.Load() {

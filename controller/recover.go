@@ -30,8 +30,9 @@ import (
 type RecoverConfig struct {
 	// Parallelism is how many sandboxes are reloaded at once.
 	Parallelism int
-	// Timeout bounds the reload of one sandbox, so that one wedged shim
-	// cannot hold up containerd's start.
+	// Timeout bounds each attempt at the reload of one sandbox, so that
+	// one wedged shim cannot hold up containerd's start; an attempt that
+	// containerd itself does not answer is made again (untilAnswered).
 	Timeout time.Duration
 }
 
@@ -68,7 +69,8 @@ func (c *Controller) Recover(ctx context.Context, cfg RecoverConfig) error {
 	}
 	c.recoveryStarted.Store(true)
 	// Not cut short when containerd's init context ends: Close waits for
-	// the reload, which each sandbox's timeout bounds.
+	// the reload, whose attempts are bounded by cfg.Timeout, and ends its
+	// waits for a containerd that does not answer.
 	ctx = context.WithoutCancel(ctx)
 	go func() {
 		defer close(c.recovered)
@@ -184,7 +186,7 @@ func (c *Controller) recoverSandbox(ctx context.Context, container containerd.Co
 	err = c.reattach(ctx, sb, timeout)
 	switch {
 	case err == nil:
-	case c.closing.Err() != nil:
+	case errdefs.IsUnavailable(err) && c.closing.Err() != nil:
 		// Closed while containerd did not answer: the next berth's recovery
 		// finds the sandbox as it is.
 		logger.WithError(err).Warn("closed before the pause task could be reattached")
@@ -209,11 +211,15 @@ const (
 
 // untilAnswered runs attempt, a step of recovery, again for as long as
 // containerd itself does not answer it (Unavailable: berthd's containerd
-// restarting during berthd's recovery) and the controller is not closing,
-// and returns its last error. Every CRI call waits for the recovery
-// meanwhile, and CRI, in the containerd away, makes none.
+// restarting during berthd's recovery), and returns its last error. Once
+// the controller is closing it makes no attempt more and fails
+// Unavailable. Every CRI call waits for the recovery meanwhile, and CRI,
+// in the containerd away, makes none.
 func (c *Controller) untilAnswered(ctx context.Context, step string, attempt func() error) error {
 	for delay := unansweredFirstDelay; ; delay = min(2*delay, unansweredMaxDelay) {
+		if c.closing.Err() != nil {
+			return fmt.Errorf("%s: berth is closing: %w", step, errdefs.ErrUnavailable)
+		}
 		err := attempt()
 		if err == nil || !errdefs.IsUnavailable(err) {
 			return err
@@ -222,7 +228,6 @@ func (c *Controller) untilAnswered(ctx context.Context, step string, attempt fun
 		select {
 		case <-time.After(delay):
 		case <-c.closing.Done():
-			return err
 		}
 	}
 }
@@ -264,23 +269,24 @@ func (c *Controller) removeOrphan(ctx context.Context, container containerd.Cont
 // removes the half-made pods as soon as CRI answers, and their removal
 // must leave nothing, not a snapshot for a later collection. Only recovery
 // may release them, so it waits for a containerd that does not answer;
-// each attempt is bounded by timeout.
+// each call is bounded by timeout.
 func (c *Controller) releaseStartLeases(ctx context.Context, timeout time.Duration) {
 	err := c.untilAnswered(ctx, "releasing the leases of interrupted starts", func() error {
-		attempt, cancel := context.WithTimeout(ctx, timeout)
-		defer cancel()
-		return c.releaseStaleStartLeases(attempt)
+		return c.releaseStaleStartLeases(ctx, timeout)
 	})
 	if err != nil {
 		log.G(ctx).WithError(err).Warn("release the leases of interrupted starts")
 	}
 }
 
-// releaseStaleStartLeases is one attempt of releaseStartLeases. It fails
-// if it cannot list the leases, or containerd does not answer a deletion.
-func (c *Controller) releaseStaleStartLeases(ctx context.Context) error {
+// releaseStaleStartLeases is one attempt of releaseStartLeases, each call
+// bounded by timeout. It fails if it cannot list the leases, or containerd
+// does not answer a deletion.
+func (c *Controller) releaseStaleStartLeases(ctx context.Context, timeout time.Duration) error {
 	ls := c.client.LeasesService()
-	all, err := ls.List(ctx)
+	listCtx, cancel := context.WithTimeout(ctx, timeout)
+	all, err := ls.List(listCtx)
+	cancel()
 	if err != nil {
 		return fmt.Errorf("list leases: %w", err)
 	}
@@ -295,7 +301,9 @@ func (c *Controller) releaseStaleStartLeases(ctx context.Context) error {
 		if i == len(stale)-1 {
 			opts = append(opts, leases.SynchronousDelete)
 		}
-		err := ls.Delete(ctx, l, opts...)
+		deleteCtx, cancel := context.WithTimeout(ctx, timeout)
+		err := ls.Delete(deleteCtx, l, opts...)
+		cancel()
 		switch {
 		case errdefs.IsUnavailable(err):
 			return fmt.Errorf("release start lease %s: %w", l.ID, err)

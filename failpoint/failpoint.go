@@ -3,6 +3,7 @@
 package failpoint
 
 import (
+	"context"
 	"fmt"
 	"strconv"
 	"strings"
@@ -25,6 +26,18 @@ var failpoints sync.Map
 // error, as a shim that did not answer would. Only test builds (build tag
 // berth_failpoint) have it; tests use it to prove retries and rollbacks.
 func Inject(sb *store.Sandbox, point string) error {
+	return inject(sb, point, errdefs.ErrUnavailable)
+}
+
+// InjectTimeout is Inject with a DeadlineExceeded error, as a call to a
+// shim that did not answer in time fails: berth's recovery waits out an
+// Unavailable one, as containerd away.
+func InjectTimeout(sb *store.Sandbox, point string) error {
+	return inject(sb, point, context.DeadlineExceeded)
+}
+
+// inject fails the first N calls of point for sb with kind.
+func inject(sb *store.Sandbox, point string, kind error) error {
 	if sb == nil {
 		return nil
 	}
@@ -38,7 +51,7 @@ func Inject(sb *store.Sandbox, point string) error {
 	}
 	c, _ := failpoints.LoadOrStore(sb.ID+"/"+point, new(atomic.Int64))
 	if k := c.(*atomic.Int64).Add(1); k <= int64(n) {
-		return fmt.Errorf("failpoint %s: injected failure %d of %d: %w", point, k, n, errdefs.ErrUnavailable)
+		return fmt.Errorf("failpoint %s: injected failure %d of %d: %w", point, k, n, kind)
 	}
 	return nil
 }

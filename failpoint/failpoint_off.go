@@ -8,6 +8,9 @@ import "github.com/berth-dev/berth/store"
 // failpoint.go).
 func Inject(*store.Sandbox, string) error { return nil }
 
+// InjectTimeout is Inject's DeadlineExceeded form, in test builds only.
+func InjectTimeout(*store.Sandbox, string) error { return nil }
+
 // Hold pauses a sandbox's step at a point in test builds only.
 func Hold(*store.Sandbox, string) {}
 

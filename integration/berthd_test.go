@@ -189,7 +189,7 @@ func TestFailpointContainerdStoppedDuringRecovery(t *testing.T) {
 		t.Skip("needs -failpoints")
 	}
 	live, killed := berthdPods(t, func(c *runtimeapi.PodSandboxConfig) {
-		c.Annotations[failpoint.AnnotationPrefix+failpoint.HoldReattach] = "2s"
+		c.Annotations[failpoint.AnnotationPrefix+failpoint.HoldReattach] = "4s"
 	})
 	must(t, daemon.killBerthd(syscall.SIGKILL))
 	logged, err := os.Stat(daemon.berthdLogPath)
@@ -208,6 +208,13 @@ func TestFailpointContainerdStoppedDuringRecovery(t *testing.T) {
 	must(t, daemon.killContainerd(syscall.SIGTERM))
 	must(t, syscall.Kill(killed.pid, syscall.SIGKILL))
 	time.Sleep(15 * time.Second)
+	// The test is only worth its name if the reattach found containerd
+	// away.
+	b, err := os.ReadFile(daemon.berthdLogPath)
+	must(t, err)
+	if !bytes.Contains(b[logged.Size():], []byte("containerd does not answer; reattaching to the pause task again")) {
+		t.Error("berthd reattached to the live pod's pause task before containerd stopped")
+	}
 	must(t, daemon.start())
 	assertSurvived(t, live, killed)
 }

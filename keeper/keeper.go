@@ -422,7 +422,8 @@ func (k *Keepers) removeKeeper(ctx context.Context, kp *keeper) error {
 // whose task runs, and removes every other keeper container: of a handler
 // no longer warm, of a scope the config no longer makes, a second of a
 // scope, or one whose task is gone. Up to parallelism keepers load at
-// once, each bounded by timeout, as sandboxes reload, and a removal runs in
+// once, each attempt bounded by timeout, as sandboxes reload (one that
+// containerd does not answer is made again), and a removal runs in
 // the background: every call to berth waits for recovery, and wedged shims
 // must not hold them, nor CRI's start, for a timeout each.
 func (k *Keepers) Recover(ctx context.Context, found []containerd.Container, timeout time.Duration, parallelism int) {

@@ -161,7 +161,7 @@ func (r *Reaper) endLostShim(ctx context.Context, t LostTask) error {
 	// shared shim must not keep this one: the shim would outlive its last
 	// pod, serving nothing. A delete that fails is retried with the rest of
 	// the cleanup.
-	err = failpoint.Inject(t.Sandbox, failpoint.LostShimDelete)
+	err = failpoint.InjectTimeout(t.Sandbox, failpoint.LostShimDelete)
 	if err == nil {
 		err = shim.DeleteTask(ctx, t.ID)
 	}

@@ -71,9 +71,10 @@ type Recovery struct {
 	// Parallelism is how many sandboxes, then how many shim keepers, are
 	// reloaded at once. Default 16.
 	Parallelism int `toml:"parallelism"`
-	// SandboxTimeout bounds the reload of one sandbox; a sandbox whose shim
-	// does not answer in time is reported NOTREADY and its task deleted in
-	// the background. Default 10s.
+	// SandboxTimeout bounds each attempt at the reload of one sandbox; a
+	// sandbox whose shim does not answer in time is reported NOTREADY and
+	// its task deleted in the background, and an attempt containerd itself
+	// does not answer (berthd's, restarting) is made again. Default 10s.
 	SandboxTimeout Duration `toml:"sandbox_timeout"`
 }
 
