@@ -1182,7 +1182,7 @@ func TestReattachWhileContainerdAway(t *testing.T) {
 	if n := client.count("task status"); n != 4 {
 		t.Errorf("%d reattach attempts, want 4 (three unanswered)", n)
 	}
-	if n := client.count("task delete") + client.count("task kill") + client.count("task killall"); n != 0 {
+	if n := killsAndDeletes(client); n != 0 {
 		t.Errorf("%d kills and deletions of a live pod's pause task", n)
 	}
 }
@@ -1209,6 +1209,12 @@ func TestReleaseStartLeasesWhileContainerdAway(t *testing.T) {
 	}
 }
 
+// killsAndDeletes counts the kills and deletions of tasks client was
+// asked for.
+func killsAndDeletes(client *fakeClient) int {
+	return client.count("task delete") + client.count("task kill") + client.count("task killall")
+}
+
 // TestCloseWhileContainerdAway: Close ends a recovery that waits for a
 // containerd that does not answer, and leaves the pod's pause task as it
 // is for the next recovery.
@@ -1228,7 +1234,7 @@ func TestCloseWhileContainerdAway(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("Close still waits for a recovery that waits for containerd")
 	}
-	if n := client.count("task delete") + client.count("task kill") + client.count("task killall"); n != 0 {
+	if n := killsAndDeletes(client); n != 0 {
 		t.Errorf("%d kills and deletions of a live pod's pause task", n)
 	}
 }

@@ -418,7 +418,7 @@ func TestRecoverKeeperWhileContainerdAway(t *testing.T) {
 	if kept == nil || !kept.hasTask() || !c.groups.IsOpen(warmScope, "g1") {
 		t.Fatal("the keeper was not taken up once containerd answered")
 	}
-	if n := client.count("task delete") + client.count("task kill") + client.count("task killall"); n != 0 {
+	if n := killsAndDeletes(client); n != 0 {
 		t.Errorf("%d kills and deletions of a live keeper's task", n)
 	}
 }
