@@ -1187,6 +1187,27 @@ func TestReattachWhileContainerdAway(t *testing.T) {
 	}
 }
 
+// TestRecoverListsWhileContainerdAway: Recover waits for a containerd
+// that does not answer its listings (berthd's, restarting right after it
+// answered berthd), until its context ends.
+func TestRecoverListsWhileContainerdAway(t *testing.T) {
+	client := newFakeClient()
+	ownedContainer(t, client, "running").setTask(containerd.Running)
+	client.failNext("containers list", errdefs.ErrUnavailable, errdefs.ErrUnavailable)
+	c := recovering(t, client)
+	if got := state(t, c, "running"); got != runtimeapi.PodSandboxState_SANDBOX_READY.String() {
+		t.Errorf("%s after containerd answered the listing, want READY", got)
+	}
+
+	away := newFakeClient()
+	away.failNext("containers list", slices.Repeat([]error{errdefs.ErrUnavailable}, 1000)...)
+	ctx, cancel := context.WithTimeout(testContext(), 500*time.Millisecond)
+	defer cancel()
+	if err := testController(t, away).Recover(ctx, RecoverConfig{Parallelism: 1, Timeout: time.Second}); !errdefs.IsUnavailable(err) || ctx.Err() == nil {
+		t.Errorf("Recover with containerd away: %v, want Unavailable once its context ended", err)
+	}
+}
+
 // TestReleaseStartLeasesWhileContainerdAway: recovery releases the leases
 // of interrupted Starts once containerd answers, not leaving them to
 // expire: no Start may release them after recovery.

@@ -37,8 +37,8 @@ type fakeClient struct {
 	leases     map[string]leases.Lease
 	// fail maps a step ("new container", "container info", "new task",
 	// "task start", "task kill", "task delete", "container delete",
-	// "container update", "task status", "lease list", "lease delete") to the errors of
-	// its next calls.
+	// "container update", "task status", "containers list", "lease list",
+	// "lease delete") to the errors of its next calls.
 	fail map[string][]error
 	// failFor maps a step to a test of the container IDs all of whose
 	// calls of it fail with errInjected.
@@ -222,6 +222,9 @@ func (f *fakeClient) addContainer(info containers.Container) *fakeContainer {
 }
 
 func (f *fakeClient) Containers(context.Context, ...string) ([]containerd.Container, error) {
+	if err := f.call("containers list", ""); err != nil {
+		return nil, err
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	var out []containerd.Container

@@ -54,18 +54,26 @@ type RecoverConfig struct {
 // taken up or removed (keeper.Keepers.Recover), unless berth's config is
 // invalid (Config.ConfigErr): they are then left as they are.
 //
-// It fails only when it cannot list what it needs; a sandbox it cannot
-// reload is reported NOTREADY and its task deleted in the background.
+// It fails only when it cannot list what it needs (a containerd that does
+// not answer is waited for until ctx ends); a sandbox it cannot reload is
+// reported NOTREADY and its task deleted in the background.
 func (c *Controller) Recover(ctx context.Context, cfg RecoverConfig) error {
 	ctx = namespaces.WithNamespace(ctx, Namespace)
 	start := time.Now()
-	records, err := c.sandboxRecords(ctx)
-	if err != nil {
+	var (
+		records map[string]sandbox.Sandbox
+		all     []containerd.Container
+	)
+	if err := c.untilAnswered(ctx, "listing the sandboxes", func() (err error) {
+		if records, err = c.sandboxRecords(ctx); err != nil {
+			return err
+		}
+		if all, err = c.client.Containers(ctx); err != nil {
+			return fmt.Errorf("list containers: %w", err)
+		}
+		return nil
+	}); err != nil {
 		return err
-	}
-	all, err := c.client.Containers(ctx)
-	if err != nil {
-		return fmt.Errorf("list containers: %w", err)
 	}
 	c.recoveryStarted.Store(true)
 	// Not cut short when containerd's init context ends: Close waits for
@@ -213,12 +221,12 @@ const (
 // containerd itself does not answer it (Unavailable: berthd's containerd
 // restarting during berthd's recovery), and returns its last error. Once
 // the controller is closing it makes no attempt more and fails
-// Unavailable. Every CRI call waits for the recovery meanwhile, and CRI,
-// in the containerd away, makes none.
+// Unavailable, as it does once ctx ends. Every CRI call waits for the
+// recovery meanwhile, and CRI, in the containerd away, makes none.
 func (c *Controller) untilAnswered(ctx context.Context, step string, attempt func() error) error {
 	for delay := unansweredFirstDelay; ; delay = min(2*delay, unansweredMaxDelay) {
-		if c.closing.Err() != nil {
-			return fmt.Errorf("%s: berth is closing: %w", step, errdefs.ErrUnavailable)
+		if c.closing.Err() != nil || ctx.Err() != nil {
+			return fmt.Errorf("%s: no longer waiting for containerd: %w", step, errdefs.ErrUnavailable)
 		}
 		err := attempt()
 		if err == nil || !errdefs.IsUnavailable(err) {
@@ -228,6 +236,7 @@ func (c *Controller) untilAnswered(ctx context.Context, step string, attempt fun
 		select {
 		case <-time.After(delay):
 		case <-c.closing.Done():
+		case <-ctx.Done():
 		}
 	}
 }
