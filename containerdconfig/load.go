@@ -67,6 +67,9 @@ type Node struct {
 	// migrated, as CRI's own Config() would encode them.
 	CRIRuntime, CRIImages []byte
 	ProxyPlugins          map[string]ProxyPlugin
+	// DisabledPlugins are the URIs of the plugins containerd does not
+	// load, proxy plugins included.
+	DisabledPlugins []string
 
 	path string
 	cfg  *srvconfig.Config
@@ -101,7 +104,7 @@ func Load(ctx context.Context, path string, o Overrides) (*Node, error) {
 		return nil, err
 	}
 	n := &Node{Root: cfg.Root, State: cfg.State, GRPCAddress: defaults.DefaultAddress,
-		ProxyPlugins: map[string]ProxyPlugin{}, path: path, cfg: cfg}
+		ProxyPlugins: map[string]ProxyPlugin{}, DisabledPlugins: cfg.DisabledPlugins, path: path, cfg: cfg}
 	if g, ok := cfg.Plugins[grpcURI].(map[string]any); ok {
 		if a, ok := g["address"].(string); ok && a != "" {
 			n.GRPCAddress = a

@@ -23,6 +23,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -150,16 +151,6 @@ func run(ctx context.Context, o options) error {
 		return err
 	}
 
-	var metricsListener net.Listener
-	if o.metricsAddress != "" {
-		l, err := listenMetrics(o.metricsAddress)
-		if err != nil {
-			return err
-		}
-		defer l.Close()
-		metricsListener = l
-	}
-
 	node, err := loadNode(ctx, o)
 	if err != nil {
 		return err
@@ -184,6 +175,17 @@ func run(ctx context.Context, o options) error {
 		notifyReady(ctx)
 		<-ctx.Done()
 		return nil
+	}
+	// Opened only for a berthd containerd calls, before anything is made:
+	// one it does not call leaves the port to whoever serves berth.
+	var metricsListener net.Listener
+	if o.metricsAddress != "" {
+		l, err := listenMetrics(o.metricsAddress)
+		if err != nil {
+			return err
+		}
+		defer l.Close()
+		metricsListener = l
 	}
 	dirs := podsandbox.Dirs{
 		Root:     filepath.Join(node.Root, dirName),
@@ -353,26 +355,36 @@ func notifyReady(ctx context.Context) {
 	}
 }
 
-// checkProxy says whether containerd's config makes berthd its sandbox
-// controller name, logging why not, and warns when that proxy plugin's
-// address is not berthd's (it may name the same socket another way).
+// checkProxy says whether containerd, by its config, calls berthd as its
+// sandbox controller name, logging why not, and warns when that proxy
+// plugin's address is not berthd's (it may name the same socket another
+// way).
 func checkProxy(ctx context.Context, node *containerdconfig.Node, name, address string) bool {
 	p, ok := node.ProxyPlugins[name]
+	uri := plugins.SandboxControllerPlugin.String() + "." + name
+	const until = "berthd serves nothing and takes up no pods until it is restarted with a config that"
 	switch {
 	case !ok:
-		log.G(ctx).Errorf("containerd's config has no [proxy_plugins.%s]: berthd serves nothing and takes up no pods until it is restarted with a config that has it", name)
+		log.G(ctx).Errorf("containerd's config has no [proxy_plugins.%s]: %s has it", name, until)
 		return false
 	case p.Type != "sandbox" && p.Type != plugins.SandboxControllerPlugin.String():
-		log.G(ctx).Errorf("containerd's [proxy_plugins.%s] is of type %q, not \"sandbox\": berthd serves nothing and takes up no pods until it is restarted with a config that makes it a sandbox controller", name, p.Type)
+		log.G(ctx).Errorf("containerd's [proxy_plugins.%s] is of type %q, not \"sandbox\": %s makes it a sandbox controller", name, p.Type, until)
 		return false
-	case socketPath(p.Address) != address:
+	case slices.Contains(node.DisabledPlugins, uri):
+		log.G(ctx).Errorf("containerd's config lists %s in disabled_plugins: %s enables it", uri, until)
+		return false
+	case strings.Contains(p.Address, "://"):
+		// containerd dials unix:// and the address, whatever it holds.
+		log.G(ctx).Errorf("containerd's [proxy_plugins.%s] address %q has a scheme, which containerd cannot dial: %s gives the socket's path alone", name, p.Address, until)
+		return false
+	case p.Address != address:
 		log.G(ctx).Warnf("containerd's [proxy_plugins.%s] address is %q, berthd serves %q", name, p.Address, address)
 	}
 	return true
 }
 
-// socketPath is the path of unix socket address, which containerd's
-// proxy plugins take with or without a unix:// scheme.
+// socketPath is the path of --address, given with or without a unix://
+// scheme, as kubelet's endpoints are.
 func socketPath(address string) string {
 	return strings.TrimPrefix(address, "unix://")
 }

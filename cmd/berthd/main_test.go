@@ -31,13 +31,71 @@ import (
 	"github.com/berth-dev/berth/sandboxapi"
 )
 
-// TestSocketPath: containerd's proxy plugins take a unix socket's address
-// with or without its scheme; berthd listens on the path either way.
+// TestSocketPath: berthd's --address is a unix socket's path, with or
+// without its scheme, as kubelet's endpoints are written.
 func TestSocketPath(t *testing.T) {
 	for _, address := range []string{"/run/berthd/berthd.sock", "unix:///run/berthd/berthd.sock"} {
 		if got := socketPath(address); got != "/run/berthd/berthd.sock" {
 			t.Errorf("socketPath(%q) = %q", address, got)
 		}
+	}
+}
+
+// TestCheckProxy: berthd serves only when containerd's config makes it a
+// sandbox controller containerd can reach: a proxy plugin address with a
+// scheme is one containerd cannot dial (it puts unix:// before whatever
+// the address holds), and a disabled plugin is never loaded.
+func TestCheckProxy(t *testing.T) {
+	const sock = "/run/berthd/berthd.sock"
+	for _, tc := range []struct {
+		name     string
+		proxy    *containerdconfig.ProxyPlugin
+		disabled []string
+		serves   bool
+	}{
+		{"no proxy plugin", nil, nil, false},
+		{"of another type", &containerdconfig.ProxyPlugin{Type: "snapshot", Address: sock}, nil, false},
+		{"with a scheme", &containerdconfig.ProxyPlugin{Type: "sandbox", Address: "unix://" + sock}, nil, false},
+		{"disabled", &containerdconfig.ProxyPlugin{Type: "sandbox", Address: sock}, []string{"io.containerd.sandbox.controller.v1.berth"}, false},
+		{"another disabled", &containerdconfig.ProxyPlugin{Type: "sandbox", Address: sock}, []string{"io.containerd.sandbox.controller.v1.kata"}, true},
+		{"sandbox", &containerdconfig.ProxyPlugin{Type: "sandbox", Address: sock}, nil, true},
+		{"by its plugin type", &containerdconfig.ProxyPlugin{Type: "io.containerd.sandbox.controller.v1", Address: sock}, nil, true},
+		// Maybe the same socket through a link: berthd warns and serves.
+		{"elsewhere", &containerdconfig.ProxyPlugin{Type: "sandbox", Address: "/var/run/berthd/berthd.sock"}, nil, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			node := &containerdconfig.Node{ProxyPlugins: map[string]containerdconfig.ProxyPlugin{}, DisabledPlugins: tc.disabled}
+			if tc.proxy != nil {
+				node.ProxyPlugins["berth"] = *tc.proxy
+			}
+			if got := checkProxy(context.Background(), node, "berth", sock); got != tc.serves {
+				t.Errorf("checkProxy = %v, want %v", got, tc.serves)
+			}
+		})
+	}
+}
+
+// TestNotProxiedHoldsNoMetricsPort: a berthd containerd does not call
+// leaves the metrics port to whoever serves berth (its own containerd
+// build, on a node that moved to it): it does not listen there, so a
+// port another process holds does not fail it.
+func TestNotProxiedHoldsNoMetricsPort(t *testing.T) {
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	dir := t.TempDir()
+	config := filepath.Join(dir, "config.toml")
+	if err := os.WriteFile(config, []byte("version = 3\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	o := testOptions(dir)
+	o.containerdConfig, o.metricsAddress = config, busy.Addr().String()
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel() // stopped at once: it waits for a stop, serving nothing
+	if err := run(ctx, o); err != nil {
+		t.Errorf("berthd without its proxy plugin, metrics port taken: %v, want no error", err)
 	}
 }
 
