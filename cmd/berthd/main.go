@@ -78,6 +78,7 @@ func main() {
 		fmt.Println(versionLine())
 		return
 	}
+	ignoreSIGPIPE()
 	ctx, stop := signal.NotifyContext(context.Background(), unix.SIGINT, unix.SIGTERM)
 	err := run(ctx, o)
 	stop()
@@ -85,6 +86,14 @@ func main() {
 		log.L.WithError(err).Error("berthd")
 		os.Exit(1)
 	}
+}
+
+// ignoreSIGPIPE keeps berthd alive when its standard error, where it logs,
+// is a pipe or socket whose reader went away (journald stopped, a log
+// supervisor gone): Go kills a program on a write there unless SIGPIPE is
+// handled, and the write fails EPIPE instead. containerd ignores it too.
+func ignoreSIGPIPE() {
+	signal.Ignore(unix.SIGPIPE)
 }
 
 // register defines berthd's flags, into o, on fs.

@@ -4,14 +4,17 @@ import (
 	"context"
 	"errors"
 	"flag"
+	"fmt"
 	"io"
 	"io/fs"
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -96,6 +99,32 @@ func TestNotProxiedHoldsNoMetricsPort(t *testing.T) {
 	cancel() // stopped at once: it waits for a stop, serving nothing
 	if err := run(ctx, o); err != nil {
 		t.Errorf("berthd without its proxy plugin, metrics port taken: %v, want no error", err)
+	}
+}
+
+// TestIgnoresSIGPIPE: berthd survives a log write to a standard error
+// whose reader is gone. The test runs itself again as that process.
+func TestIgnoresSIGPIPE(t *testing.T) {
+	if os.Getenv("BERTHD_TEST_SIGPIPE") == "1" {
+		ignoreSIGPIPE()
+		_, err := fmt.Fprintln(os.Stderr, "a log line nobody reads")
+		if !errors.Is(err, syscall.EPIPE) {
+			os.Exit(3)
+		}
+		os.Exit(0)
+	}
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.Close()
+	cmd := exec.Command(os.Args[0], "-test.run=^TestIgnoresSIGPIPE$")
+	cmd.Env = append(os.Environ(), "BERTHD_TEST_SIGPIPE=1")
+	cmd.Stderr = w
+	err = cmd.Run()
+	w.Close()
+	if err != nil {
+		t.Errorf("a write to a pipe with no reader: %v, want the write to fail EPIPE and the process to live", err)
 	}
 }
 
