@@ -16,7 +16,6 @@ import (
 
 	"github.com/containerd/cgroups/v3"
 	"github.com/containerd/cgroups/v3/cgroup1"
-	cgroup1stats "github.com/containerd/cgroups/v3/cgroup1/stats"
 	"github.com/containerd/cgroups/v3/cgroup2"
 	"github.com/containerd/errdefs"
 	runtimespec "github.com/opencontainers/runtime-spec/specs-go"
@@ -138,9 +137,9 @@ func unifiedMemoryMax(v string) (bytes uint64, limited bool, err error) {
 
 // Update writes resources to the cgroup at path, unified keys included
 // (cgroup v2; see ValidateUnified). A memory limit below what the cgroup
-// uses is refused with errdefs.ErrFailedPrecondition before anything is
-// written: the kernel would fail it (v1) or OOM-kill the pod to meet it
-// (v2). A cgroup that does not exist is errdefs.ErrNotFound.
+// uses, and below the limit it holds, is refused with
+// errdefs.ErrFailedPrecondition before anything is written: the kernel
+// would fail it (v1) or OOM-kill the pod to meet it (v2). A cgroup that does not exist is errdefs.ErrNotFound.
 //
 // CPU on cgroup v2 is written as kubelet writes the pod cgroup, which is
 // kubelet's: shares as cpu.weight by kubelet's linear conversion (1024
@@ -168,7 +167,8 @@ func (h hierarchy) update(path string, resources *runtimespec.LinuxResources) er
 		if err != nil {
 			return fmt.Errorf("read cgroup %s: %w", path, err)
 		}
-		if err := checkMemory(uint64(*resources.Memory.Limit), memoryUsage(st)); err != nil {
+		usage := st.GetMemory().GetUsage()
+		if err := checkMemory(uint64(*resources.Memory.Limit), usage.GetUsage(), usage.GetLimit()); err != nil {
 			return err
 		}
 	}
@@ -188,7 +188,7 @@ func (h hierarchy) updateUnified(path string, resources *runtimespec.LinuxResour
 		if err != nil {
 			return fmt.Errorf("read cgroup %s: %w", path, err)
 		}
-		if err := checkMemory(limit, st.GetMemory().GetUsage()); err != nil {
+		if err := checkMemory(limit, st.GetMemory().GetUsage(), st.GetMemory().GetUsageLimit()); err != nil {
 			return err
 		}
 	}
@@ -356,12 +356,13 @@ func lowestMemoryLimit(resources *runtimespec.LinuxResources) (limit uint64, lim
 	return slices.Min(limits), true
 }
 
-func memoryUsage(st *cgroup1stats.Metrics) uint64 {
-	return st.GetMemory().GetUsage().GetUsage()
-}
-
-func checkMemory(limit, usage uint64) error {
-	if limit < usage {
+// checkMemory refuses a memory limit below the pod's use, unless it is no
+// lower than the limit the cgroup holds: cgroup v2's use can pass its
+// limit for a moment (charges the kernel must not fail), and kubelet sends
+// the limit unchanged with a resize of CPU, which must not fail for that.
+// kubelet checks use only for a lower limit too.
+func checkMemory(limit, usage, current uint64) error {
+	if limit < usage && limit < current {
 		return fmt.Errorf("pod resources: memory limit %d is below the pod's use of %d bytes: %w", limit, usage, errdefs.ErrFailedPrecondition)
 	}
 	return nil

@@ -240,6 +240,16 @@ func TestUnifiedUpdate(t *testing.T) {
 		res:  runtimespec.LinuxResources{Memory: &runtimespec.LinuxMemory{Limit: ptr[int64](32 << 20)}},
 		want: map[string]string{"memory.max": "33554432"},
 	}, {
+		// Use can pass memory.max for a moment; kubelet sends the limit
+		// the cgroup holds with a CPU resize, which must not fail for it.
+		name: "memory use above the limit held",
+		set:  map[string]string{"memory.current": "67108864\n", "memory.max": "33554432\n"},
+		res: runtimespec.LinuxResources{
+			CPU:    &runtimespec.LinuxCPU{Quota: ptr[int64](50000), Period: ptr[uint64](100000)},
+			Memory: &runtimespec.LinuxMemory{Limit: ptr[int64](32 << 20)},
+		},
+		want: map[string]string{"cpu.max": "50000 100000", "memory.max": "33554432"},
+	}, {
 		name: "unified keys after the rest",
 		res: runtimespec.LinuxResources{
 			Memory:  &runtimespec.LinuxMemory{Limit: ptr[int64](256 << 20)},
@@ -292,6 +302,12 @@ func TestUnifiedUpdateRefused(t *testing.T) {
 			Memory: &runtimespec.LinuxMemory{Limit: ptr[int64](32 << 20)},
 		},
 		is: errdefs.IsFailedPrecondition,
+	}, {
+		// Lower than the limit held, though use passed that already.
+		name: "memory below usage and the limit held",
+		set:  map[string]string{"memory.current": "67108864\n", "memory.max": "50331648\n"},
+		res:  runtimespec.LinuxResources{Memory: &runtimespec.LinuxMemory{Limit: ptr[int64](32 << 20)}},
+		is:   errdefs.IsFailedPrecondition,
 	}, {
 		// The same limit as a unified key, which is written last.
 		name: "unified memory.max below usage",
