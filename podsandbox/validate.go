@@ -18,6 +18,7 @@ import (
 	"github.com/containerd/containerd/v2/pkg/apparmor"
 	"github.com/containerd/containerd/v2/pkg/seccomp"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+	netutils "k8s.io/utils/net"
 
 	"github.com/berth-dev/berth/podcgroup"
 )
@@ -165,7 +166,9 @@ const (
 // each server is a line of its own and the searches and options are
 // separated by blanks: no entry may hold a blank or a line break.
 // Servers are IP addresses, as kubelet sends them (an IPv6 zone, which
-// glibc reads, included); searches are domain names (a trailing dot, "."
+// glibc reads, included; IPv4 with leading zeros, which Kubernetes
+// accepted before v1.36 and kubelet passes on from a node's resolv.conf);
+// searches are domain names (a trailing dot, "."
 // and underscores included, as Kubernetes allows them); options are
 // "name" or "name:value". The built-in writes them as they come.
 func validateDNS(dns *runtimeapi.DNSConfig) error {
@@ -173,6 +176,9 @@ func validateDNS(dns *runtimeapi.DNSConfig) error {
 		field := fmt.Sprintf("dns_config.servers[%d]", i)
 		a, err := netip.ParseAddr(s)
 		if err != nil {
+			if netutils.ParseIPSloppy(s) != nil {
+				continue
+			}
 			return invalidf(field, "%q is not an IP address", s)
 		}
 		// netip takes any zone; a zone names an interface.

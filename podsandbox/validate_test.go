@@ -180,6 +180,11 @@ func TestValidateFileInputsAccepts(t *testing.T) {
 		{"IPv6 DNS servers", func(c *runtimeapi.PodSandboxConfig) {
 			c.DnsConfig = &runtimeapi.DNSConfig{Servers: []string{"fd00:10:96::a", "fe80::1%eth0", "::ffff:10.0.0.1"}}
 		}},
+		{"IPv4 DNS server with leading zeros", func(c *runtimeapi.PodSandboxConfig) {
+			// Kubernetes' legacy form (ParseIPSloppy), in pods made before
+			// StrictIPCIDRValidation and in nodes' resolv.conf files.
+			c.DnsConfig = &runtimeapi.DNSConfig{Servers: []string{"010.096.000.010"}}
+		}},
 		{"DNS searches Kubernetes allows", func(c *runtimeapi.PodSandboxConfig) {
 			// A trailing dot, the root, underscores (RelaxedDNSSearchValidation).
 			c.DnsConfig = &runtimeapi.DNSConfig{Searches: []string{"ns1.svc.cluster-domain.example.", ".", "_sip._tcp.example.com", "Example.COM"}}
