@@ -167,7 +167,7 @@ func TestWarmShimKeeperFails(t *testing.T) {
 	for _, step := range []string{"new task", "task start"} {
 		t.Run(step+" always", func(t *testing.T) {
 			client := newFakeClient()
-			c := warmController(t, client)
+			c := warmController(t, client, func(cfg *Config) { cfg.PodsPerShim = 2 })
 			client.failAlways(step, func(id string) bool { return strings.HasPrefix(id, "berth-keeper-") })
 			started(t, c, client, "sb1")
 			eventually(t, "failed keepers removed", func() bool { return len(keeperContainers(client)) == 0 })
@@ -177,8 +177,50 @@ func TestWarmShimKeeperFails(t *testing.T) {
 			if n := client.count("new task"); n != 2 {
 				t.Errorf("%d tasks made, want one keeper's and the pod's", n)
 			}
+			// The scope is backed off: the next pods try no keeper, though
+			// the third opens a group (two pods a shim).
+			started(t, c, client, "sb2")
+			started(t, c, client, "sb3")
+			if n := client.count("new task"); n != 4 {
+				t.Errorf("%d tasks made, want one keeper's and three pods'", n)
+			}
 		})
 	}
+	// Pods that joined the group of a keeper whose task fails lose the
+	// first of their Start's two tries with it; the backoff keeps a second
+	// keeper from costing them the second.
+	t.Run("always, pods together", func(t *testing.T) {
+		client := newFakeClient()
+		c := warmController(t, client)
+		client.failAlways("new task", func(id string) bool { return strings.HasPrefix(id, "berth-keeper-") })
+		release := client.hold("new task")
+		ids := []string{"sb1", "sb2", "sb3", "sb4"}
+		for _, id := range ids {
+			if err := create(t, c, client, id, testPodConfig(id)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		errs := make(chan error, len(ids))
+		for _, id := range ids {
+			go func() {
+				_, err := c.Start(testContext(), id)
+				errs <- err
+			}()
+		}
+		eventually(t, "keeper's task asked for", func() bool { return client.count("new task") == 1 })
+		release()
+		for range ids {
+			if err := <-errs; err != nil {
+				t.Errorf("Start: %v", err)
+			}
+		}
+		client.mu.Lock()
+		keepers := len(slices.DeleteFunc(slices.Clone(client.calls), func(c string) bool { return !strings.HasPrefix(c, "new task berth-keeper-") }))
+		client.mu.Unlock()
+		if keepers != 1 {
+			t.Errorf("%d keeper tasks asked for, want 1", keepers)
+		}
+	})
 	t.Run("no built-in pause", func(t *testing.T) {
 		client := newFakeClient()
 		c := testController(t, client, func(cfg *Config) {

@@ -167,14 +167,17 @@ func (k *Keepers) KeepWarm(ctx context.Context, runtime sandbox.RuntimeOpts, sco
 	}
 	switch {
 	case err == nil:
-		return nil
 	case errors.Is(err, errShimUp):
 		// Another pod's task came first: the shim is warm already.
 		log.G(ctx).WithError(err).Debug("no shim keeper made")
+		k.live.Set(scope, nil)
 	default:
-		log.G(ctx).WithError(err).WithField("shim_group", group).Warn("cannot make a shim keeper; the pod starts its group's shim")
+		// The claim becomes the backoff in one step: a pod of the scope
+		// whose group the failure ended must not find the scope free when
+		// it tries again, and make a keeper that fails too.
+		wait := k.live.Failed(scope)
+		log.G(ctx).WithError(err).WithFields(log.Fields{"shim_group": group, "backoff": wait}).Warn("cannot make a shim keeper; the pod starts its group's shim, and the scope's pods make none for a while")
 	}
-	k.live.Set(scope, nil)
 	return err
 }
 

@@ -582,6 +582,53 @@ func TestKeepersClaim(t *testing.T) {
 	}
 }
 
+// TestKeepersBackoff: a scope whose keeper could not be made is not
+// claimed until its backoff passes, which doubles with each failure up to
+// its bound; a keeper made ends it.
+func TestKeepersBackoff(t *testing.T) {
+	k := NewKeepers[struct{}]()
+	now := time.Now()
+	k.now = func() time.Time { return now }
+	scope := Scope{Handler: "h", Namespace: "a"}
+	isOpen := func(string) bool { return true }
+	claim := func() bool { ok, _ := k.Claim(scope, isOpen); return ok }
+	for _, want := range []time.Duration{firstBackoff, 2 * firstBackoff, 4 * firstBackoff} {
+		if !claim() {
+			t.Fatal("scope not claimable after its backoff")
+		}
+		if got := k.Failed(scope); got != want {
+			t.Fatalf("backoff %v, want %v", got, want)
+		}
+		if k.Claimed(scope) {
+			t.Error("a failed keeper's claim held")
+		}
+		now = now.Add(want - time.Nanosecond)
+		if claim() {
+			t.Fatalf("claimed %v into a backoff of %v", want-time.Nanosecond, want)
+		}
+		other := Scope{Handler: "h", Namespace: "b"}
+		if ok, _ := k.Claim(other, isOpen); !ok {
+			t.Fatal("another scope backed off")
+		}
+		k.Set(other, nil)
+		now = now.Add(time.Nanosecond)
+	}
+	for range 10 {
+		now = now.Add(maxBackoff)
+		claim()
+		if got := k.Failed(scope); got > maxBackoff {
+			t.Fatalf("backoff %v, over its bound %v", got, maxBackoff)
+		}
+	}
+	now = now.Add(maxBackoff)
+	claim()
+	k.Set(scope, &Keeper[struct{}]{ID: "k", Scope: scope, Group: "g"})
+	k.Drop(k.List()[0])
+	if got := k.Failed(scope); got != firstBackoff {
+		t.Errorf("backoff after a keeper was made %v, want %v", got, firstBackoff)
+	}
+}
+
 // TestShimGroupTaskFails checks that a task the group's shim was asked for
 // and did not make leaves a group with a task as it was: the shim serves
 // that task, and the next pod joins it. Only a refusal retires the group.

@@ -4,6 +4,17 @@ import (
 	"maps"
 	"slices"
 	"sync"
+	"time"
+)
+
+// A scope whose keeper could not be made is not claimed again for
+// firstBackoff, then twice as long after each failure, up to maxBackoff,
+// until a keeper of it is made: every attempt costs the pod that makes it
+// a shim started and ended, and, when its task fails, the pods that joined
+// its group meanwhile one of their Start's two tries each.
+const (
+	firstBackoff = 10 * time.Second
+	maxBackoff   = 5 * time.Minute
 )
 
 // Keeper is a live shim keeper: a task of berth's own, made as the first
@@ -22,17 +33,33 @@ type Keepers[T any] struct {
 	// byScope holds each scope's keeper; a nil one is being made or taken
 	// up.
 	byScope map[Scope]*Keeper[T]
+	// backoffs holds the scopes whose last keeper could not be made.
+	backoffs map[Scope]backoff
+	now      func() time.Time
+}
+
+// backoff is a scope not claimed before until; its next failure backs it
+// off for twice wait.
+type backoff struct {
+	until time.Time
+	wait  time.Duration
 }
 
 // NewKeepers returns an empty set of keepers.
-func NewKeepers[T any]() *Keepers[T] { return &Keepers[T]{byScope: map[Scope]*Keeper[T]{}} }
+func NewKeepers[T any]() *Keepers[T] {
+	return &Keepers[T]{byScope: map[Scope]*Keeper[T]{}, backoffs: map[Scope]backoff{}, now: time.Now}
+}
 
 // Claim reserves scope's keeper for the caller to make, if the scope has
-// none. A keeper whose group no pod may join any more serves none: it is
-// returned, for the caller to remove, and the claim succeeds.
+// none and is not backed off (Failed). A keeper whose group no pod may join
+// any more serves none: it is returned, for the caller to remove, and the
+// claim succeeds.
 func (k *Keepers[T]) Claim(scope Scope, isOpen func(group string) bool) (ok bool, stale *Keeper[T]) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
+	if b, ok := k.backoffs[scope]; ok && k.now().Before(b.until) {
+		return false, nil
+	}
 	cur, has := k.byScope[scope]
 	if has && (cur == nil || isOpen(cur.Group)) {
 		return false, nil
@@ -49,7 +76,8 @@ func (k *Keepers[T]) Claimed(scope Scope) bool {
 	return ok
 }
 
-// Set makes kp the keeper of scope; nil releases a claim.
+// Set makes kp the keeper of scope, which ends the scope's backoff; nil
+// releases a claim.
 func (k *Keepers[T]) Set(scope Scope, kp *Keeper[T]) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
@@ -58,6 +86,21 @@ func (k *Keepers[T]) Set(scope Scope, kp *Keeper[T]) {
 		return
 	}
 	k.byScope[scope] = kp
+	delete(k.backoffs, scope)
+}
+
+// Failed releases the claim of a scope whose keeper could not be made, and
+// backs the scope off: no claim of it succeeds for the time it returns.
+func (k *Keepers[T]) Failed(scope Scope) time.Duration {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	delete(k.byScope, scope)
+	wait := firstBackoff
+	if b, ok := k.backoffs[scope]; ok {
+		wait = min(2*b.wait, maxBackoff)
+	}
+	k.backoffs[scope] = backoff{until: k.now().Add(wait), wait: wait}
+	return wait
 }
 
 // Drop forgets keeper kp if it is still its scope's, and says whether it
