@@ -166,8 +166,10 @@ const (
 // each server is a line of its own and the searches and options are
 // separated by blanks: no entry may hold a blank or a line break.
 // Servers are IP addresses, as kubelet sends them (an IPv6 zone, which
-// glibc reads, included; IPv4 with leading zeros, which Kubernetes
-// accepted before v1.36 and kubelet passes on from a node's resolv.conf);
+// glibc reads, included), but not IPv4 with leading zeros, which
+// Kubernetes took as decimal before StrictIPCIDRValidation (v1.36) and
+// the pod's resolver reads as octal (010.0.0.10 is 8.0.0.10), or drops:
+// written as given, the pod would start with DNS other than it asked for;
 // searches are domain names (a trailing dot, "."
 // and underscores included, as Kubernetes allows them); options are
 // "name" or "name:value". The built-in writes them as they come.
@@ -177,7 +179,7 @@ func validateDNS(dns *runtimeapi.DNSConfig) error {
 		a, err := netip.ParseAddr(s)
 		if err != nil {
 			if netutils.ParseIPSloppy(s) != nil {
-				continue
+				return invalidf(field, "%q has leading zeros, which Kubernetes reads as decimal and the pod's resolver as octal", s)
 			}
 			return invalidf(field, "%q is not an IP address", s)
 		}

@@ -70,6 +70,7 @@ func TestValidateFileInputs(t *testing.T) {
 		{"dns server with a new line", server("10.0.0.1\nnameserver 192.0.2.1"), "dns_config.servers[1]"},
 		{"dns server with a trailing new line", server("10.0.0.1\n"), "dns_config.servers[1]"},
 		{"dns server with a port", server("10.0.0.1:53"), "dns_config.servers[1]"},
+		{"dns server with leading zeros", server("010.0.0.10"), "dns_config.servers[1]"},
 		{"dns server zone with a new line", server("fe80::1%eth0\nnameserver 192.0.2.1"), "dns_config.servers[1]"},
 		{"dns server zone with a blank", server("fe80::1%eth0 x"), "dns_config.servers[1]"},
 		{"dns search with a new line", search("svc.cluster.local\nnameserver 192.0.2.1"), "dns_config.searches[1]"},
@@ -179,11 +180,6 @@ func TestValidateFileInputsAccepts(t *testing.T) {
 		{"empty DNS config", func(c *runtimeapi.PodSandboxConfig) { c.DnsConfig = &runtimeapi.DNSConfig{} }},
 		{"IPv6 DNS servers", func(c *runtimeapi.PodSandboxConfig) {
 			c.DnsConfig = &runtimeapi.DNSConfig{Servers: []string{"fd00:10:96::a", "fe80::1%eth0", "::ffff:10.0.0.1"}}
-		}},
-		{"IPv4 DNS server with leading zeros", func(c *runtimeapi.PodSandboxConfig) {
-			// Kubernetes' legacy form (ParseIPSloppy), in pods made before
-			// StrictIPCIDRValidation and in nodes' resolv.conf files.
-			c.DnsConfig = &runtimeapi.DNSConfig{Servers: []string{"010.096.000.010"}}
 		}},
 		{"DNS searches Kubernetes allows", func(c *runtimeapi.PodSandboxConfig) {
 			// A trailing dot, the root, underscores (RelaxedDNSSearchValidation).
