@@ -20,6 +20,7 @@ import (
 	"fmt"
 	"io/fs"
 	"net"
+	"net/url"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -31,6 +32,7 @@ import (
 	"github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/core/containers"
 	"github.com/containerd/containerd/v2/defaults"
+	"github.com/containerd/containerd/v2/pkg/dialer"
 	"github.com/containerd/containerd/v2/pkg/identifiers"
 	"github.com/containerd/containerd/v2/plugins"
 	"github.com/containerd/errdefs"
@@ -91,9 +93,11 @@ func main() {
 // ignoreSIGPIPE keeps berthd alive when its standard error, where it logs,
 // is a pipe or socket whose reader went away (journald stopped, a log
 // supervisor gone): Go kills a program on a write there unless SIGPIPE is
-// handled, and the write fails EPIPE instead. containerd ignores it too.
+// handled, and the write fails EPIPE instead. Handled, as containerd does,
+// not ignored: an ignored signal stays ignored in the processes berthd
+// runs (runc, shims).
 func ignoreSIGPIPE() {
-	signal.Ignore(unix.SIGPIPE)
+	signal.Notify(make(chan os.Signal, 1), unix.SIGPIPE)
 }
 
 // register defines berthd's flags, into o, on fs.
@@ -141,6 +145,14 @@ func (o options) validate() error {
 	// a dot-dot would put them elsewhere.
 	if err := identifiers.Validate(o.sandboxer); err != nil {
 		return fmt.Errorf("--sandboxer: %w", err)
+	}
+	if o.metricsAddress != "" {
+		// Checked here as well as when it is listened on: a berthd that
+		// containerd does not call never listens, and must fail a flag
+		// it could never serve on all the same.
+		if _, _, err := net.SplitHostPort(o.metricsAddress); err != nil {
+			return fmt.Errorf("--metrics-address: %w: %w", errdefs.ErrInvalidArgument, err)
+		}
 	}
 	if o.waitContainerd < 0 {
 		return fmt.Errorf("--containerd-timeout %v is negative: %w", o.waitContainerd, errdefs.ErrInvalidArgument)
@@ -382,14 +394,29 @@ func checkProxy(ctx context.Context, node *containerdconfig.Node, name, address 
 	case slices.Contains(node.DisabledPlugins, uri):
 		log.G(ctx).Errorf("containerd's config lists %s in disabled_plugins: %s enables it", uri, until)
 		return false
-	case strings.Contains(p.Address, "://"):
-		// containerd dials unix:// and the address, whatever it holds.
-		log.G(ctx).Errorf("containerd's [proxy_plugins.%s] address %q has a scheme, which containerd cannot dial: %s gives the socket's path alone", name, p.Address, until)
+	}
+	dialed, ok := proxySocket(p.Address)
+	switch {
+	case !ok:
+		log.G(ctx).Errorf("containerd's [proxy_plugins.%s] address %q is no socket containerd can dial (it dials unix:// and the address, which must be an absolute path, with no scheme): %s gives the socket's path alone", name, p.Address, until)
 		return false
-	case p.Address != address:
-		log.G(ctx).Warnf("containerd's [proxy_plugins.%s] address is %q, berthd serves %q", name, p.Address, address)
+	case dialed != address:
+		log.G(ctx).Warnf("containerd's [proxy_plugins.%s] address is %q, berthd serves %q", name, dialed, address)
 	}
 	return true
+}
+
+// proxySocket is the path of the unix socket containerd dials for a proxy
+// plugin's address, and whether it can dial one: it puts unix:// before
+// the address whatever it holds, and gRPC's unix resolver refuses a target
+// with a host, which a scheme ("unix:///run/x.sock"), a relative path or
+// an abstract socket's "@" name gives it.
+func proxySocket(address string) (string, bool) {
+	u, err := url.Parse(dialer.DialAddress(address))
+	if err != nil || u.Host != "" || !filepath.IsAbs(u.Path) {
+		return "", false
+	}
+	return u.Path, true
 }
 
 // socketPath is the path of --address, given with or without a unix://

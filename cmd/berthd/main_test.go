@@ -59,6 +59,10 @@ func TestCheckProxy(t *testing.T) {
 		{"no proxy plugin", nil, nil, false},
 		{"of another type", &containerdconfig.ProxyPlugin{Type: "snapshot", Address: sock}, nil, false},
 		{"with a scheme", &containerdconfig.ProxyPlugin{Type: "sandbox", Address: "unix://" + sock}, nil, false},
+		{"with an opaque scheme", &containerdconfig.ProxyPlugin{Type: "sandbox", Address: "unix:" + sock}, nil, false},
+		{"relative", &containerdconfig.ProxyPlugin{Type: "sandbox", Address: "run/berthd/berthd.sock"}, nil, false},
+		{"abstract", &containerdconfig.ProxyPlugin{Type: "sandbox", Address: "@berthd"}, nil, false},
+		{"with :// in its path", &containerdconfig.ProxyPlugin{Type: "sandbox", Address: "/run/a://b.sock"}, nil, true},
 		{"disabled", &containerdconfig.ProxyPlugin{Type: "sandbox", Address: sock}, []string{"io.containerd.sandbox.controller.v1.berth"}, false},
 		{"another disabled", &containerdconfig.ProxyPlugin{Type: "sandbox", Address: sock}, []string{"io.containerd.sandbox.controller.v1.kata"}, true},
 		{"sandbox", &containerdconfig.ProxyPlugin{Type: "sandbox", Address: sock}, nil, true},
@@ -99,6 +103,11 @@ func TestNotProxiedHoldsNoMetricsPort(t *testing.T) {
 	cancel() // stopped at once: it waits for a stop, serving nothing
 	if err := run(ctx, o); err != nil {
 		t.Errorf("berthd without its proxy plugin, metrics port taken: %v, want no error", err)
+	}
+	// A flag it could never serve on still fails it.
+	o.metricsAddress = "1338"
+	if err := run(ctx, o); !errdefs.IsInvalidArgument(err) {
+		t.Errorf("berthd without its proxy plugin, metrics address without a port: %v, want InvalidArgument", err)
 	}
 }
 
@@ -315,7 +324,7 @@ func TestBadFlags(t *testing.T) {
 		set  func(o *options)
 		want string
 	}{
-		{"metrics address without a port", func(o *options) { o.metricsAddress = "1338" }, "metrics address"},
+		{"metrics address without a port", func(o *options) { o.metricsAddress = "1338" }, "metrics-address"},
 		{"metrics address taken", func(o *options) { o.metricsAddress = busy.Addr().String() }, "address already in use"},
 		{"negative containerd timeout", func(o *options) { o.waitContainerd = -time.Second }, "negative"},
 		{"empty sandboxer", func(o *options) { o.sandboxer = "" }, "--sandboxer"},
