@@ -3,6 +3,7 @@ package controller
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -12,6 +13,7 @@ import (
 
 	containerd "github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/core/containers"
+	"github.com/containerd/containerd/v2/core/sandbox"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/errdefs/pkg/errgrpc"
 	"github.com/containerd/typeurl/v2"
@@ -237,6 +239,28 @@ func TestWarmShimKeeperFails(t *testing.T) {
 			t.Errorf("%d containers made without a built-in pause, want no keeper", n)
 		}
 	})
+}
+
+// TestWarmShimKeeperNotFirst: a keeper not made because another's task
+// ended its group first says nothing of the keeper: the scope is not
+// backed off, and its next pod makes one.
+func TestWarmShimKeeperNotFirst(t *testing.T) {
+	client := newFakeClient()
+	c := warmController(t, client)
+	group := c.groups.Join(warmScope)
+	making, err := c.groups.MakeTask(testContext(), group, "other")
+	if err != nil {
+		t.Fatal(err)
+	}
+	making.End(placement.Failed) // the group's first task: it ends the group
+	if err := c.keepers.KeepWarm(testContext(), sandbox.RuntimeOpts{Name: testRuntime}, warmScope, group); !errors.Is(err, placement.ErrShimEnding) {
+		t.Fatalf("KeepWarm in an ended group: %v, want ErrShimEnding", err)
+	}
+	c.groups.Leave(group)
+	started(t, c, client, "sb1")
+	if n := len(keeperContainers(client)); n != 1 {
+		t.Errorf("%d keepers after a keeper not made for want of a first task, want 1", n)
+	}
 }
 
 // TestWarmShimKeeperIdle: a keeper outlives its scope's last pod for the

@@ -167,8 +167,9 @@ func (k *Keepers) KeepWarm(ctx context.Context, runtime sandbox.RuntimeOpts, sco
 	}
 	switch {
 	case err == nil:
-	case errors.Is(err, errShimUp):
-		// Another pod's task came first: the shim is warm already.
+	case errors.Is(err, errNotFirst):
+		// Another pod's task came first: the shim is warm already, or
+		// that task's failure ended the group.
 		log.G(ctx).WithError(err).Debug("no shim keeper made")
 		k.live.Set(scope, nil)
 	default:
@@ -184,10 +185,12 @@ func (k *Keepers) KeepWarm(ctx context.Context, runtime sandbox.RuntimeOpts, sco
 // errOthers says a keeper is another berth's, on the same containerd.
 var errOthers = errors.New("the keeper is another berth's")
 
-// errShimUp says a keeper was not made because its group's shim already
-// serves a task: a keeper is only ever a group's first task, made by the
-// shim's start command with no shim listening.
-var errShimUp = errors.New("the group's shim is up")
+// errNotFirst says a keeper was not made because it would not be its
+// group's first task, which a keeper only ever is (made by the shim's
+// start command with no shim listening): another's task is made or being
+// made there, or ended the group. It says nothing of whether a keeper can
+// be made, and backs the scope off no more than a keeper made would.
+var errNotFirst = errors.New("a keeper is only its group's first task")
 
 // startKeeper makes and starts a keeper of scope as the first task of
 // group, and makes it the scope's keeper; it removes all it made if it
@@ -215,7 +218,7 @@ func (k *Keepers) startKeeper(ctx context.Context, runtime sandbox.RuntimeOpts, 
 		}
 	}()
 	if !k.cfg.Groups.Keep(group, id) {
-		return fmt.Errorf("shim group %s has a keeper: %w", group, errdefs.ErrAlreadyExists)
+		return fmt.Errorf("shim group %s has a keeper: %w: %w", group, errNotFirst, errdefs.ErrAlreadyExists)
 	}
 	// Last of the undo, as in removeKeeper.
 	undo.Push("take keeper out of its group", func(ctx context.Context) error {
@@ -224,11 +227,13 @@ func (k *Keepers) startKeeper(ctx context.Context, runtime sandbox.RuntimeOpts, 
 	})
 	making, err := k.cfg.Groups.MakeTask(ctx, group, id)
 	if err != nil {
-		return fmt.Errorf("shim group %s: %w", group, err)
+		// Waited for another's making, which ended the group, or did
+		// not end within startTimeout.
+		return fmt.Errorf("shim group %s: %w: %w", group, errNotFirst, err)
 	}
 	if making.ShimUp {
 		making.End(placement.Abandoned)
-		return fmt.Errorf("shim group %s: %w", group, errShimUp)
+		return fmt.Errorf("shim group %s: the shim is up: %w", group, errNotFirst)
 	}
 	// Ended as the making fails, not in turn with the undo: the group's
 	// pods wait on it in MakeTask, and an undo step that fails (the

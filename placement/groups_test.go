@@ -627,6 +627,19 @@ func TestKeepersBackoff(t *testing.T) {
 	if got := k.Failed(scope); got != firstBackoff {
 		t.Errorf("backoff after a keeper was made %v, want %v", got, firstBackoff)
 	}
+	// A backoff long past is forgotten, its scope's as another's: scopes
+	// of namespaces that are gone leave nothing.
+	gone := Scope{Handler: "h", Namespace: "gone"}
+	k.Claim(gone, isOpen)
+	k.Failed(gone)
+	now = now.Add(firstBackoff + maxBackoff + time.Nanosecond)
+	claim()
+	if got := k.Failed(scope); got != firstBackoff {
+		t.Errorf("backoff after one long past %v, want %v", got, firstBackoff)
+	}
+	if _, ok := k.backoffs[gone]; ok || len(k.backoffs) != 1 {
+		t.Errorf("backoffs %v, want the failed scope's alone", k.backoffs)
+	}
 }
 
 // TestShimGroupTaskFails checks that a task the group's shim was asked for

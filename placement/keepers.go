@@ -90,16 +90,25 @@ func (k *Keepers[T]) Set(scope Scope, kp *Keeper[T]) {
 }
 
 // Failed releases the claim of a scope whose keeper could not be made, and
-// backs the scope off: no claim of it succeeds for the time it returns.
+// backs the scope off: no claim of it succeeds for the time it returns,
+// twice the last unless that ended more than maxBackoff ago.
 func (k *Keepers[T]) Failed(scope Scope) time.Duration {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	delete(k.byScope, scope)
+	now := k.now()
+	// A backoff long past is forgotten, here rather than at a claim: the
+	// scopes of namespaces that are gone are never claimed again.
+	for s, b := range k.backoffs {
+		if now.Sub(b.until) > maxBackoff {
+			delete(k.backoffs, s)
+		}
+	}
 	wait := firstBackoff
 	if b, ok := k.backoffs[scope]; ok {
 		wait = min(2*b.wait, maxBackoff)
 	}
-	k.backoffs[scope] = backoff{until: k.now().Add(wait), wait: wait}
+	k.backoffs[scope] = backoff{until: now.Add(wait), wait: wait}
 	return wait
 }
 
