@@ -139,7 +139,8 @@ func unifiedMemoryMax(v string) (bytes uint64, limited bool, err error) {
 // (cgroup v2; see ValidateUnified). A memory limit below what the cgroup
 // uses, and below the limit it holds, is refused with
 // errdefs.ErrFailedPrecondition before anything is written: the kernel
-// would fail it (v1) or OOM-kill the pod to meet it (v2). A cgroup that does not exist is errdefs.ErrNotFound.
+// would fail it (v1) or OOM-kill the pod to meet it (v2). A cgroup that
+// does not exist is errdefs.ErrNotFound.
 //
 // CPU on cgroup v2 is written as kubelet writes the pod cgroup, which is
 // kubelet's: shares as cpu.weight by kubelet's linear conversion (1024

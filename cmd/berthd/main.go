@@ -80,7 +80,7 @@ func main() {
 		fmt.Println(versionLine())
 		return
 	}
-	ignoreSIGPIPE()
+	handleSIGPIPE()
 	ctx, stop := signal.NotifyContext(context.Background(), unix.SIGINT, unix.SIGTERM)
 	err := run(ctx, o)
 	stop()
@@ -90,13 +90,13 @@ func main() {
 	}
 }
 
-// ignoreSIGPIPE keeps berthd alive when its standard error, where it logs,
+// handleSIGPIPE keeps berthd alive when its standard error, where it logs,
 // is a pipe or socket whose reader went away (journald stopped, a log
 // supervisor gone): Go kills a program on a write there unless SIGPIPE is
 // handled, and the write fails EPIPE instead. Handled, as containerd does,
 // not ignored: an ignored signal stays ignored in the processes berthd
 // runs (runc, shims).
-func ignoreSIGPIPE() {
+func handleSIGPIPE() {
 	signal.Notify(make(chan os.Signal, 1), unix.SIGPIPE)
 }
 

@@ -111,11 +111,11 @@ func TestNotProxiedHoldsNoMetricsPort(t *testing.T) {
 	}
 }
 
-// TestIgnoresSIGPIPE: berthd survives a log write to a standard error
+// TestSurvivesSIGPIPE: berthd survives a log write to a standard error
 // whose reader is gone. The test runs itself again as that process.
-func TestIgnoresSIGPIPE(t *testing.T) {
+func TestSurvivesSIGPIPE(t *testing.T) {
 	if os.Getenv("BERTHD_TEST_SIGPIPE") == "1" {
-		ignoreSIGPIPE()
+		handleSIGPIPE()
 		_, err := fmt.Fprintln(os.Stderr, "a log line nobody reads")
 		if !errors.Is(err, syscall.EPIPE) {
 			os.Exit(3)
@@ -127,7 +127,7 @@ func TestIgnoresSIGPIPE(t *testing.T) {
 		t.Fatal(err)
 	}
 	r.Close()
-	cmd := exec.Command(os.Args[0], "-test.run=^TestIgnoresSIGPIPE$")
+	cmd := exec.Command(os.Args[0], "-test.run=^TestSurvivesSIGPIPE$")
 	cmd.Env = append(os.Environ(), "BERTHD_TEST_SIGPIPE=1")
 	cmd.Stderr = w
 	err = cmd.Run()
