@@ -9,6 +9,8 @@ import (
 	"testing"
 	"testing/synctest"
 	"time"
+
+	clocktesting "k8s.io/utils/clock/testing"
 )
 
 func TestShimGroups(t *testing.T) {
@@ -586,9 +588,8 @@ func TestKeepersClaim(t *testing.T) {
 // claimed until its backoff passes, which doubles with each failure up to
 // its bound; a keeper made ends it.
 func TestKeepersBackoff(t *testing.T) {
-	k := NewKeepers[struct{}]()
-	now := time.Now()
-	k.now = func() time.Time { return now }
+	clk := clocktesting.NewFakeClock(time.Now())
+	k := newKeepers[struct{}](clk)
 	scope := Scope{Handler: "h", Namespace: "a"}
 	isOpen := func(string) bool { return true }
 	claim := func() bool { ok, _ := k.Claim(scope, isOpen); return ok }
@@ -602,7 +603,7 @@ func TestKeepersBackoff(t *testing.T) {
 		if k.Claimed(scope) {
 			t.Error("a failed keeper's claim held")
 		}
-		now = now.Add(want - time.Nanosecond)
+		clk.Step(want - time.Nanosecond)
 		if claim() {
 			t.Fatalf("claimed %v into a backoff of %v", want-time.Nanosecond, want)
 		}
@@ -611,16 +612,16 @@ func TestKeepersBackoff(t *testing.T) {
 			t.Fatal("another scope backed off")
 		}
 		k.Set(other, nil)
-		now = now.Add(time.Nanosecond)
+		clk.Step(time.Nanosecond)
 	}
 	for range 10 {
-		now = now.Add(maxBackoff)
+		clk.Step(maxBackoff)
 		claim()
 		if got := k.Failed(scope); got > maxBackoff {
 			t.Fatalf("backoff %v, over its bound %v", got, maxBackoff)
 		}
 	}
-	now = now.Add(maxBackoff)
+	clk.Step(maxBackoff)
 	claim()
 	k.Set(scope, &Keeper[struct{}]{ID: "k", Scope: scope, Group: "g"})
 	k.Drop(k.List()[0])
@@ -632,13 +633,32 @@ func TestKeepersBackoff(t *testing.T) {
 	gone := Scope{Handler: "h", Namespace: "gone"}
 	k.Claim(gone, isOpen)
 	k.Failed(gone)
-	now = now.Add(firstBackoff + maxBackoff + time.Nanosecond)
+	clk.Step(2*maxBackoff + time.Nanosecond)
 	claim()
 	if got := k.Failed(scope); got != firstBackoff {
 		t.Errorf("backoff after one long past %v, want %v", got, firstBackoff)
 	}
-	if _, ok := k.backoffs[gone]; ok || len(k.backoffs) != 1 {
-		t.Errorf("backoffs %v, want the failed scope's alone", k.backoffs)
+	if got := k.backoffs.Get(backoffKey(gone)); got != 0 {
+		t.Errorf("a scope gone for %v still backed off %v", 2*maxBackoff, got)
+	}
+}
+
+// TestBackoffKey: scopes that differ in any field back off apart, however
+// their fields split the same text.
+func TestBackoffKey(t *testing.T) {
+	scopes := []Scope{
+		{Handler: "ab", Namespace: "c"},
+		{Handler: "a", Namespace: "bc"},
+		{Handler: "a", Namespace: "b", Runtime: "c"},
+		{Handler: "a", Namespace: "", Runtime: "bc"},
+		{Handler: `a"`, Namespace: `"b`},
+	}
+	keys := map[string]Scope{}
+	for _, s := range scopes {
+		if o, ok := keys[backoffKey(s)]; ok {
+			t.Errorf("scopes %+v and %+v share the key %q", s, o, backoffKey(s))
+		}
+		keys[backoffKey(s)] = s
 	}
 }
 

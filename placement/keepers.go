@@ -3,15 +3,20 @@ package placement
 import (
 	"maps"
 	"slices"
+	"strconv"
 	"sync"
 	"time"
+
+	"k8s.io/client-go/util/flowcontrol"
+	"k8s.io/utils/clock"
 )
 
 // A scope whose keeper could not be made is not claimed again for
 // firstBackoff, then twice as long after each failure, up to maxBackoff,
 // until a keeper of it is made: every attempt costs the pod that makes it
 // a shim started and ended, and, when its task fails, the pods that joined
-// its group meanwhile one of their Start's two tries each.
+// its group meanwhile one of their Start's two tries each. A scope that
+// has not failed for twice maxBackoff starts again from firstBackoff.
 const (
 	firstBackoff = 10 * time.Second
 	maxBackoff   = 5 * time.Minute
@@ -33,21 +38,27 @@ type Keepers[T any] struct {
 	// byScope holds each scope's keeper; a nil one is being made or taken
 	// up.
 	byScope map[Scope]*Keeper[T]
-	// backoffs holds the scopes whose last keeper could not be made.
-	backoffs map[Scope]backoff
-	now      func() time.Time
-}
-
-// backoff is a scope not claimed before until; its next failure backs it
-// off for twice wait.
-type backoff struct {
-	until time.Time
-	wait  time.Duration
+	// backoffs holds the scopes whose last keeper could not be made, by
+	// backoffKey.
+	backoffs *flowcontrol.Backoff
 }
 
 // NewKeepers returns an empty set of keepers.
 func NewKeepers[T any]() *Keepers[T] {
-	return &Keepers[T]{byScope: map[Scope]*Keeper[T]{}, backoffs: map[Scope]backoff{}, now: time.Now}
+	return newKeepers[T](clock.RealClock{})
+}
+
+func newKeepers[T any](c clock.Clock) *Keepers[T] {
+	return &Keepers[T]{
+		byScope:  map[Scope]*Keeper[T]{},
+		backoffs: flowcontrol.NewFakeBackOff(firstBackoff, maxBackoff, c),
+	}
+}
+
+// backoffKey is scope as a backoff's ID, each field quoted so that no two
+// scopes share one.
+func backoffKey(scope Scope) string {
+	return strconv.Quote(scope.Handler) + strconv.Quote(scope.Namespace) + strconv.Quote(scope.Runtime)
 }
 
 // Claim reserves scope's keeper for the caller to make, if the scope has
@@ -57,7 +68,7 @@ func NewKeepers[T any]() *Keepers[T] {
 func (k *Keepers[T]) Claim(scope Scope, isOpen func(group string) bool) (ok bool, stale *Keeper[T]) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	if b, ok := k.backoffs[scope]; ok && k.now().Before(b.until) {
+	if k.backoffs.IsInBackOffSinceUpdate(backoffKey(scope), k.backoffs.Clock.Now()) {
 		return false, nil
 	}
 	cur, has := k.byScope[scope]
@@ -86,30 +97,21 @@ func (k *Keepers[T]) Set(scope Scope, kp *Keeper[T]) {
 		return
 	}
 	k.byScope[scope] = kp
-	delete(k.backoffs, scope)
+	k.backoffs.Reset(backoffKey(scope))
 }
 
 // Failed releases the claim of a scope whose keeper could not be made, and
-// backs the scope off: no claim of it succeeds for the time it returns,
-// twice the last unless that ended more than maxBackoff ago.
+// backs the scope off: no claim of it succeeds for the time it returns.
 func (k *Keepers[T]) Failed(scope Scope) time.Duration {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	delete(k.byScope, scope)
-	now := k.now()
-	// A backoff long past is forgotten, here rather than at a claim: the
+	// Backoffs long past are forgotten here rather than at a claim: the
 	// scopes of namespaces that are gone are never claimed again.
-	for s, b := range k.backoffs {
-		if now.Sub(b.until) > maxBackoff {
-			delete(k.backoffs, s)
-		}
-	}
-	wait := firstBackoff
-	if b, ok := k.backoffs[scope]; ok {
-		wait = min(2*b.wait, maxBackoff)
-	}
-	k.backoffs[scope] = backoff{until: now.Add(wait), wait: wait}
-	return wait
+	k.backoffs.GC()
+	key := backoffKey(scope)
+	k.backoffs.Next(key, k.backoffs.Clock.Now())
+	return k.backoffs.Get(key)
 }
 
 // Drop forgets keeper kp if it is still its scope's, and says whether it
