@@ -95,7 +95,8 @@ func initController(ic *plugin.InitContext) (_ *controller.Controller, retErr er
 	// recovery, which runs once every plugin has loaded and asks berth for
 	// the state of each of its sandboxes, waits for it.
 	c, err := setup.NewController(ic.Context, cfg, setup.Node{
-		CRI: cri.Config,
+		CRI:      cri.Config,
+		Handlers: cri.Handlers,
 		Dirs: podsandbox.Dirs{
 			Root:     ic.Properties[plugins.PropertyRootDir],
 			State:    ic.Properties[plugins.PropertyStateDir],

@@ -1,6 +1,7 @@
 package setup
 
 import (
+	"cmp"
 	"encoding/json"
 	"fmt"
 	"path/filepath"
@@ -26,6 +27,8 @@ type criRuntimeConfig struct {
 			Path           string   `json:"runtimePath"`
 			PodAnnotations []string `json:"PodAnnotations"`
 			Snapshotter    string   `json:"snapshotter"`
+			Sandboxer      string   `json:"sandboxer"`
+			NoPausePull    bool     `json:"disablePauseImagePull"`
 		} `json:"runtimes"`
 	} `json:"containerd"`
 	podsandbox.RuntimeSettings
@@ -42,10 +45,26 @@ type criImageConfig struct {
 // CRI is what berth reads of CRI's config.
 type CRI struct {
 	Config controller.CRIConfig
+	// Handlers are the runtime handlers as CRI hands their pods out.
+	Handlers map[string]Handler
 	// Root and State are CRI's directories, where it keeps each sandbox's
 	// files.
 	Root, State string
 }
+
+// Handler is how CRI hands a runtime handler's pods out, which berth checks
+// its per-handler settings against.
+type Handler struct {
+	// Sandboxer is the sandbox controller that runs the handler's pods.
+	Sandboxer string
+	// PullsPause says whether CRI pulls the pause image before it hands
+	// a pod of the handler to its sandboxer.
+	PullsPause bool
+}
+
+// criDefaultSandboxer is the sandboxer of a runtime handler that names
+// none (containerd v2.4's ValidateRuntimeConfig).
+const criDefaultSandboxer = "podsandbox"
 
 // DecodeCRI decodes CRI's runtime and image configs, as the JSON of CRI's
 // config types, for a containerd whose root and state directories are
@@ -66,6 +85,7 @@ func DecodeCRI(runtimeJSON, imagesJSON []byte, root, state string) (CRI, error) 
 		Runtimes:           map[string]controller.Runtime{},
 		RuntimeSettings:    rc.RuntimeSettings,
 	}
+	handlers := map[string]Handler{}
 	if cfg.SandboxImage == "" {
 		cfg.SandboxImage = criDefaultSandboxImage
 	}
@@ -73,11 +93,12 @@ func DecodeCRI(runtimeJSON, imagesJSON []byte, root, state string) (CRI, error) 
 		cfg.Runtimes[name] = controller.Runtime{
 			Type: r.Type, Path: r.Path, Snapshotter: r.Snapshotter, PodAnnotations: r.PodAnnotations,
 		}
+		handlers[name] = Handler{Sandboxer: cmp.Or(r.Sandboxer, criDefaultSandboxer), PullsPause: !r.NoPausePull}
 	}
 	// CRI's directories are named after CRI's gRPC plugin under
 	// containerd's; this is how containerd's CRI runtime plugin derives
 	// them too.
-	cri := CRI{Config: cfg, Root: rc.RootDir, State: rc.StateDir}
+	cri := CRI{Config: cfg, Handlers: handlers, Root: rc.RootDir, State: rc.StateDir}
 	if cri.Root == "" {
 		cri.Root = filepath.Join(root, "io.containerd.grpc.v1.cri")
 	}

@@ -1,13 +1,14 @@
 package setup
 
 import (
+	"reflect"
 	"testing"
 
 	"github.com/containerd/errdefs"
 )
 
 func TestDecodeCRI(t *testing.T) {
-	cri, err := DecodeCRI([]byte(`{"containerd":{"defaultRuntimeName":"runc","runtimes":{"runc":{"runtimeType":"io.containerd.runc.v2","runtimePath":"/opt/runc-shim","PodAnnotations":["io.x/*"],"snapshotter":"native"}}},"restrictOOMScoreAdj":true}`),
+	cri, err := DecodeCRI([]byte(`{"containerd":{"defaultRuntimeName":"runc","runtimes":{"runc":{"runtimeType":"io.containerd.runc.v2","runtimePath":"/opt/runc-shim","PodAnnotations":["io.x/*"],"snapshotter":"native"},"berth":{"sandboxer":"berth","disablePauseImagePull":true}}},"restrictOOMScoreAdj":true}`),
 		[]byte(`{"snapshotter":"overlayfs"}`), "/var/lib/containerd", "/run/containerd")
 	if err != nil {
 		t.Fatal(err)
@@ -16,6 +17,12 @@ func TestDecodeCRI(t *testing.T) {
 	if cri.Config.DefaultRuntimeName != "runc" || rt.Type != "io.containerd.runc.v2" || rt.Path != "/opt/runc-shim" ||
 		rt.Snapshotter != "native" || len(rt.PodAnnotations) != 1 || !cri.Config.RestrictOOMScoreAdj {
 		t.Errorf("config %+v", cri.Config)
+	}
+	// A handler with no sandboxer is CRI's built-in's, as CRI's config
+	// validation makes it.
+	want := map[string]Handler{"runc": {Sandboxer: "podsandbox", PullsPause: true}, "berth": {Sandboxer: "berth"}}
+	if !reflect.DeepEqual(cri.Handlers, want) {
+		t.Errorf("handlers %+v, want %+v", cri.Handlers, want)
 	}
 	// No pinned sandbox image: CRI's default. No CRI directories: CRI's
 	// plugin's, under containerd's.

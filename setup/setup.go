@@ -30,6 +30,8 @@ type Node struct {
 	Sandboxer string
 	// CRI is CRI's config of runtime handlers and images.
 	CRI controller.CRIConfig
+	// Handlers are CRI's runtime handlers as it hands their pods out.
+	Handlers map[string]Handler
 	// Dirs are berth's root and state directories and CRI's.
 	Dirs podsandbox.Dirs
 	// Shims is where containerd's runc shims listen.
@@ -50,11 +52,12 @@ func NewController(ctx context.Context, cfg *Config, node Node, client controlle
 		cfg = DefaultConfig()
 		cfg.BuiltinPauseHandlers, cfg.BuiltinPauseBinary = builtin.BuiltinPauseHandlers, builtin.BuiltinPauseBinary
 	}
-	for _, u := range unknownHandlers(cfg, node.CRI) {
-		log.G(ctx).WithField("runtime_handler", u.handler).Warn(u.setting + " names a runtime handler CRI does not have")
+	sandboxer := cmp.Or(node.Sandboxer, ID)
+	for _, m := range misnamedHandlers(cfg, sandboxer, node.Handlers) {
+		log.G(ctx).WithField("runtime_handler", m.handler).Warn(m.setting + " names " + m.problem)
 	}
 	c := controller.New(controller.Config{
-		Sandboxer:           cmp.Or(node.Sandboxer, ID),
+		Sandboxer:           sandboxer,
 		CRI:                 node.CRI,
 		Dirs:                node.Dirs,
 		StopTimeout:         cfg.StopTimeout.Duration(),
@@ -100,29 +103,46 @@ func builtinPause(ctx context.Context, cfg *Config, root string) controller.Buil
 	return b
 }
 
-// unknownHandler is a runtime handler a setting of berth's names that CRI
-// does not have: a typo, or a handler not yet configured, which berth can
-// only warn of, since CRI's config may gain it on the next restart.
-type unknownHandler struct{ setting, handler string }
+// misnamedHandler is a runtime handler that a setting of berth's names and
+// that cannot work as the setting means: a typo, a handler not yet
+// configured, one whose pods another sandbox controller runs. berth can
+// only warn of it, since CRI's config may change with the next restart.
+type misnamedHandler struct{ setting, handler, problem string }
 
-// unknownHandlers lists the handlers cfg's per-handler settings name that
-// cri does not have, by setting, in their order.
-func unknownHandlers(cfg *Config, cri controller.CRIConfig) []unknownHandler {
-	var unknown []unknownHandler
+// Problems of a handler a setting names.
+const (
+	unknownHandler = "a runtime handler CRI does not have"
+	otherSandboxer = "a runtime handler whose pods another sandbox controller runs (its sandboxer is not berth's)"
+	pausePulled    = "a runtime handler for whose pods CRI pulls the pause image, which berth's built-in pause does not need: its pods fail where the image cannot be pulled (set disable_pause_image_pull = true on it)"
+)
+
+// misnamedHandlers lists, by setting and in their order, the handlers that
+// cfg's per-handler settings name and that handlers do not run as the
+// setting means for berth, whose name in containerd is sandboxer.
+func misnamedHandlers(cfg *Config, sandboxer string, handlers map[string]Handler) []misnamedHandler {
+	var misnamed []misnamedHandler
 	for _, s := range []struct {
 		key      string
 		handlers []string
+		// builtinPause: the handlers run berth's built-in pause.
+		builtinPause bool
 	}{
-		{"builtin_pause_handlers", cfg.BuiltinPauseHandlers},
-		{"warm_shim_handlers", cfg.WarmShimHandlers},
-		{"cross_namespace_shim_handlers", cfg.CrossNamespaceShimHandlers},
-		{"handler_pods_per_shim", slices.Sorted(maps.Keys(cfg.HandlerPodsPerShim))},
+		{"builtin_pause_handlers", cfg.BuiltinPauseHandlers, true},
+		{"warm_shim_handlers", cfg.WarmShimHandlers, false},
+		{"cross_namespace_shim_handlers", cfg.CrossNamespaceShimHandlers, false},
+		{"handler_pods_per_shim", slices.Sorted(maps.Keys(cfg.HandlerPodsPerShim)), false},
 	} {
-		for _, h := range s.handlers {
-			if _, ok := cri.Runtimes[h]; !ok {
-				unknown = append(unknown, unknownHandler{s.key, h})
+		for _, name := range s.handlers {
+			h, ok := handlers[name]
+			switch {
+			case !ok:
+				misnamed = append(misnamed, misnamedHandler{s.key, name, unknownHandler})
+			case h.Sandboxer != sandboxer:
+				misnamed = append(misnamed, misnamedHandler{s.key, name, otherSandboxer})
+			case s.builtinPause && h.PullsPause:
+				misnamed = append(misnamed, misnamedHandler{s.key, name, pausePulled})
 			}
 		}
 	}
-	return unknown
+	return misnamed
 }

@@ -335,6 +335,7 @@ func startController(ctx context.Context, o options, cfg *setup.Config, cri setu
 	return setup.NewController(ctx, cfg, setup.Node{
 		Sandboxer: o.sandboxer,
 		CRI:       cri.Config,
+		Handlers:  cri.Handlers,
 		Dirs:      dirs,
 		Shims: shimproc.Sockets{
 			ContainerdAddress: node.GRPCAddress,
