@@ -57,7 +57,14 @@ func (s *Shim) kill(ctx context.Context, id string, shimPid int, serving func(co
 		return nil
 	}
 	// The pidfd is the shim's only if the shim still answers with its pid.
+	// One that does not answer is left, but only one that is exiting
+	// (its connection closed) is shut down: a call that failed otherwise,
+	// the caller's deadline spent in the wait above among them, is the
+	// caller's to retry, or a shim that would not exit stays for good.
 	info, err := s.svc.Connect(ctx, &taskapi.ConnectRequest{ID: id})
+	if err != nil && !IsExiting(err) {
+		return fmt.Errorf("ask shim %d, which did not exit, for its pid: %w", shimPid, err)
+	}
 	if err != nil || int(info.GetShimPid()) != shimPid {
 		return nil
 	}

@@ -2,6 +2,7 @@ package shimproc
 
 import (
 	"context"
+	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -10,6 +11,7 @@ import (
 	"time"
 
 	"github.com/containerd/containerd/v2/pkg/namespaces"
+	"github.com/containerd/ttrpc"
 )
 
 // startProcess starts a process standing for a shim, reaped by the test:
@@ -104,6 +106,35 @@ func TestShutdownKillsShimThatStays(t *testing.T) {
 	case <-reaped:
 	case <-time.After(5 * time.Second):
 		t.Fatal("shim that stays not killed")
+	}
+}
+
+// TestShutdownShimStaysUnanswering: a shim that stays and does not answer
+// again is not killed, since its pid may be another process's by then; the
+// shutdown fails, for the caller to retry, unless the shim's connection
+// closed (it is exiting).
+func TestShutdownShimStaysUnanswering(t *testing.T) {
+	ctx := context.Background()
+	proc, reaped := startProcess(t)
+	idle := func(context.Context) (bool, error) { return false, nil }
+	for _, tc := range []struct {
+		reconnect error
+		wantErr   bool
+	}{
+		{context.DeadlineExceeded, true},
+		{errors.New("connection refused"), true},
+		{ttrpc.ErrClosed, false},
+	} {
+		shim := &fakeShim{pids: []uint32{uint32(proc.Pid)}, reconnect: tc.reconnect}
+		err := (&Shim{svc: shim}).Shutdown(ctx, "id", idle)
+		if (err != nil) != tc.wantErr || tc.wantErr && !errors.Is(err, tc.reconnect) {
+			t.Errorf("Shutdown of a shim answering %v = %v, want an error: %v", tc.reconnect, err, tc.wantErr)
+		}
+		select {
+		case <-reaped:
+			t.Fatal("a shim that did not answer killed")
+		default:
+		}
 	}
 }
 

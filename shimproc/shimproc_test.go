@@ -34,6 +34,9 @@ type fakeShim struct {
 	bundles   string
 	exit      *os.Process
 	shutdowns int
+	// reconnect, if set, fails each Connect after the first.
+	reconnect error
+	connects  int
 }
 
 func (s *fakeShim) State(_ context.Context, r *taskapi.StateRequest) (*taskapi.StateResponse, error) {
@@ -45,6 +48,9 @@ func (s *fakeShim) State(_ context.Context, r *taskapi.StateRequest) (*taskapi.S
 }
 
 func (s *fakeShim) Connect(context.Context, *taskapi.ConnectRequest) (*taskapi.ConnectResponse, error) {
+	if s.connects++; s.connects > 1 && s.reconnect != nil {
+		return nil, s.reconnect
+	}
 	pid := s.pids[0]
 	if len(s.pids) > 1 {
 		s.pids = s.pids[1:]
