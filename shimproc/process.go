@@ -39,7 +39,7 @@ func (s *Shim) kill(ctx context.Context, id string, shimPid int, serving func(co
 	if shimPid <= 0 {
 		return nil
 	}
-	pidfd, err := unix.PidfdOpen(shimPid, 0)
+	pidfd, err := pidfdOpen(shimPid, 0)
 	if errors.Is(err, unix.ESRCH) {
 		s.removeSockets(ctx)
 		return nil
@@ -128,12 +128,18 @@ func (s *Shim) pidfd(ctx context.Context, id string) (*os.File, error) {
 	if err != nil {
 		return nil, err
 	}
-	fd, err := unix.PidfdOpen(pid, unix.PIDFD_NONBLOCK)
+	// Non-blocking, so that os waits for it in the runtime's poller, not
+	// in a thread of its own. Made so after the open: pidfd_open takes
+	// PIDFD_NONBLOCK from Linux 5.10 on, and refuses any flag before.
+	fd, err := pidfdOpen(pid, 0)
+	if err == nil {
+		if err = unix.SetNonblock(fd, true); err != nil {
+			unix.Close(fd)
+		}
+	}
 	if err != nil {
 		return nil, fmt.Errorf("pidfd of shim %d: %w", pid, err)
 	}
-	// Non-blocking, so that os waits for it in the runtime's poller, not
-	// in a thread of its own.
 	pidfd := os.NewFile(uintptr(fd), "shim pidfd")
 	if again, err := s.pid(ctx, id); err != nil || again != pid {
 		pidfd.Close()
@@ -141,6 +147,9 @@ func (s *Shim) pidfd(ctx context.Context, id string) (*os.File, error) {
 	}
 	return pidfd, nil
 }
+
+// pidfdOpen is pidfd_open(2); tests stand a kernel's in for it.
+var pidfdOpen = unix.PidfdOpen
 
 // pid asks the shim, which serves container id's task, for its pid.
 func (s *Shim) pid(ctx context.Context, id string) (int, error) {

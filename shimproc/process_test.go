@@ -12,6 +12,7 @@ import (
 
 	"github.com/containerd/containerd/v2/pkg/namespaces"
 	"github.com/containerd/ttrpc"
+	"golang.org/x/sys/unix"
 )
 
 // startProcess starts a process standing for a shim, reaped by the test:
@@ -41,9 +42,27 @@ func TestPidfd(t *testing.T) {
 		}
 	}
 
+	// As Linux 5.3 to 5.9 open pidfds: no flags taken. The pidfd must
+	// still be waited for in the runtime's poller.
+	open := pidfdOpen
+	pidfdOpen = func(pid, flags int) (int, error) {
+		if flags != 0 {
+			return -1, unix.EINVAL
+		}
+		return open(pid, flags)
+	}
+	t.Cleanup(func() { pidfdOpen = open })
 	pidfd, err := (&Shim{svc: &fakeShim{pids: []uint32{pid}}}).pidfd(ctx, "id")
 	if err != nil {
 		t.Fatal(err)
+	}
+	rc, err := pidfd.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var flags int
+	if err := rc.Control(func(fd uintptr) { flags, err = unix.FcntlInt(fd, unix.F_GETFL, 0) }); err != nil || flags&unix.O_NONBLOCK == 0 {
+		t.Errorf("pidfd flags %#x, %v: want O_NONBLOCK", flags, err)
 	}
 	defer pidfd.Close()
 	waited := make(chan error, 1)
