@@ -68,8 +68,10 @@ type Controller struct {
 	// once it has ended.
 	stopKeepers context.CancelFunc
 	keepersDone chan struct{}
-	// abandoned are the checks for sandboxes created and never started
-	// (forgetIfAbandoned), by sandbox ID.
+	// abandoned are the checks for sandboxes CRI may drop without a
+	// Shutdown, by sandbox ID: those created and never started
+	// (forgetIfAbandoned), and those recovered before CRI saw their Start
+	// (shutDownIfDropped).
 	abandoned *timers
 	// pauseImages is what berth read of the pause image, by snapshotter.
 	pauseImages pauseImages

@@ -943,6 +943,52 @@ func TestAbandonedCheckBounded(t *testing.T) {
 	})
 }
 
+// TestRecoveredDroppedShutDown: a sandbox recovered while CRI had not yet
+// recorded its Start (berthd killed under the Start) is shut down once CRI
+// drops its record, as CRI does for a Start that failed, and not before; one
+// whose Start CRI recorded is left to CRI's own calls.
+func TestRecoveredDroppedShutDown(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		client := newFakeClient()
+		ownedContainer(t, client, "starting").setTask(containerd.Running)
+		ownedContainer(t, client, "created").setTask(containerd.Created)
+		client.addContainer(berthContainer(t, "started")).setTask(containerd.Running)
+		if _, err := client.SandboxStore().Create(testContext(), sandbox.Sandbox{ID: "started", Sandboxer: "berth", Spec: &anypb.Any{}}); err != nil {
+			t.Fatal(err)
+		}
+		c := testController(t, client)
+		if err := c.Recover(testContext(), RecoverConfig{Parallelism: 1, Timeout: time.Second}); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(3 * abandonedAfter)
+		synctest.Wait()
+		for _, id := range []string{"starting", "created", "started"} {
+			if _, err := c.store.Get(id); err != nil || client.container(id) == nil {
+				t.Fatalf("%s shut down while CRI still has its record: %v", id, err)
+			}
+		}
+		for _, id := range []string{"starting", "created", "started"} {
+			if err := client.SandboxStore().Delete(testContext(), id); err != nil {
+				t.Fatal(err)
+			}
+		}
+		time.Sleep(abandonedAfter)
+		synctest.Wait()
+		for _, id := range []string{"starting", "created"} {
+			if _, err := c.store.Get(id); !errdefs.IsNotFound(err) {
+				t.Errorf("%s kept after CRI dropped it: %v", id, err)
+			}
+			if client.container(id) != nil {
+				t.Errorf("%s: pause container left after CRI dropped it", id)
+			}
+		}
+		if _, err := c.store.Get("started"); err != nil {
+			t.Errorf("a sandbox CRI saw start shut down unasked: %v", err)
+		}
+		removed(t, c, "started")
+	})
+}
+
 // berthContainer is a pause container of sandbox id as Start leaves it.
 func berthContainer(t *testing.T, id string) containers.Container {
 	t.Helper()

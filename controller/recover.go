@@ -179,6 +179,9 @@ func (c *Controller) recoverSandbox(ctx context.Context, container containerd.Co
 		logger.WithError(err).Error("reload sandbox")
 		return
 	}
+	if cri.Spec == nil {
+		c.shutDownIfDropped(ctx, id)
+	}
 	// The label stays the pod's until Shutdown releases it: no new pod may
 	// be given it meanwhile.
 	if err := selinux.ReserveLabelV2(sb.Status().Instance.ProcessLabel); err != nil && !errors.Is(err, selinux.ErrMCSAlreadyExists) {
@@ -208,6 +211,44 @@ func (c *Controller) recoverSandbox(ctx context.Context, container containerd.Co
 			return c.reaper.DeleteUnloaded(ctx, sb)
 		})
 	}
+}
+
+// shutDownIfDropped shuts recovered sandbox id down once CRI has dropped
+// its record without asking. A berthd killed under a Start never answers
+// it: CRI fails the RunPodSandbox, and deletes its record without a
+// Shutdown, which it sends only for sandboxes that started. A berthd that
+// recovered in between took the sandbox up, and would keep it, its pause
+// process among it, until its next restart. CRI records the spec Start
+// returns, so a record without one is watched, until it has one.
+func (c *Controller) shutDownIfDropped(ctx context.Context, id string) {
+	ctx = events.Detached(ctx)
+	c.abandoned.arm(id, abandonedAfter, func() {
+		if c.closing.Err() != nil {
+			return
+		}
+		lookup, cancel := context.WithTimeout(ctx, abandonedLookupTimeout)
+		cri, err := c.client.SandboxStore().Get(lookup, id)
+		cancel()
+		switch {
+		case err == nil && cri.Spec != nil:
+			return
+		case !errdefs.IsNotFound(err):
+			// Not started yet in CRI's eyes, or CRI cannot say.
+			c.shutDownIfDropped(ctx, id)
+			return
+		}
+		if _, err := c.store.Get(id); err != nil {
+			// CRI shut it down, then dropped its record.
+			return
+		}
+		logger := log.G(ctx).WithField("sandbox_id", id)
+		if err := c.Shutdown(ctx, id); err != nil {
+			logger.WithError(err).Warn("shut down a recovered sandbox CRI dropped; retrying")
+			c.shutDownIfDropped(ctx, id)
+			return
+		}
+		logger.Info("shut down a recovered sandbox CRI dropped without a Shutdown")
+	})
 }
 
 // Bounds of the wait between attempts of a step of recovery that
