@@ -32,6 +32,7 @@ import (
 	"github.com/berth-dev/berth/events"
 	"github.com/berth-dev/berth/placement"
 	"github.com/berth-dev/berth/podsandbox"
+	"github.com/berth-dev/berth/rollback"
 	"github.com/berth-dev/berth/shimproc"
 	"github.com/berth-dev/berth/shimproc/shimtest"
 	"github.com/berth-dev/berth/store"
@@ -377,6 +378,26 @@ func TestStartLeaseReleaseRetried(t *testing.T) {
 		if err := c.Shutdown(testContext(), "sb1"); err != nil {
 			t.Fatalf("Shutdown: %v", err)
 		}
+		assertGone(t, c, client, "sb1")
+	})
+}
+
+// TestStartLeaseReleaseBounded: a containerd that does not answer the
+// release of a start lease holds Start, and the sandbox's lock with it, for
+// an undo step's bound, not for good; the release is retried.
+func TestStartLeaseReleaseBounded(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		client := newFakeClient()
+		c := testController(t, client)
+		release := client.hold("lease release")
+		start := time.Now()
+		started(t, c, client, "sb1")
+		if took := time.Since(start); took > rollback.StepTimeout {
+			t.Errorf("Start took %v with the lease release unanswered, want at most %v", took, rollback.StepTimeout)
+		}
+		release()
+		eventually(t, "start lease released", func() bool { return len(client.leaseIDs()) == 0 })
+		removed(t, c, "sb1")
 		assertGone(t, c, client, "sb1")
 	})
 }

@@ -248,8 +248,8 @@ func (f *fakeClient) WithLease(ctx context.Context, opts ...leases.Opt) (context
 	f.mu.Lock()
 	f.leases[l.ID] = l
 	f.mu.Unlock()
-	return ctx, func(context.Context) error {
-		if err := f.call("lease release", l.ID); err != nil {
+	return ctx, func(ctx context.Context) error {
+		if err := f.callCtx(ctx, "lease release", l.ID); err != nil {
 			return err
 		}
 		f.mu.Lock()

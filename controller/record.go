@@ -20,7 +20,9 @@ import (
 	"google.golang.org/protobuf/types/known/anypb"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
+	"github.com/berth-dev/berth/events"
 	"github.com/berth-dev/berth/podsandbox"
+	"github.com/berth-dev/berth/rollback"
 	"github.com/berth-dev/berth/store"
 )
 
@@ -269,8 +271,14 @@ func (c *Controller) startLease(ctx context.Context, id string, attempt int) (_ 
 		return nil
 	}
 	return ctx, func() {
-		ctx := context.WithoutCancel(ctx)
-		if err := releaseLease(ctx); err != nil {
+		// Past the caller's deadline, as an undo step, and bounded as one:
+		// Start holds the sandbox's lock until the release returns. Detached:
+		// the bound's timer, which the runtime drops only some time after
+		// it is stopped, must not hold Start's context.
+		ctx := events.Detached(ctx)
+		first, cancel := context.WithTimeout(ctx, rollback.StepTimeout)
+		defer cancel()
+		if err := releaseLease(first); err != nil {
 			log.G(ctx).WithError(err).Warn("release start lease; retrying")
 			c.events.Retry(ctx, id, "release start lease", releaseLease)
 		}
