@@ -474,6 +474,13 @@ func TestGenerateSpecSysctls(t *testing.T) {
 			want:  map[string]string{ports: "0"},
 		},
 		{
+			// Per user namespace: runc v1.4 sets them in one.
+			name:    "user namespace sysctls with a pod user namespace",
+			ns:      &runtimeapi.NamespaceOption{UsernsOptions: testUserns(runtimeapi.NamespaceMode_POD)},
+			sysctls: map[string]string{"user.max_user_namespaces": "0", "user/max_ipc_namespaces": "10"},
+			want:    map[string]string{"user.max_user_namespaces": "0", "user/max_ipc_namespaces": "10"},
+		},
+		{
 			name:  "unprivileged defaults",
 			ports: true,
 			icmp:  true,
@@ -1142,6 +1149,9 @@ func TestValidate(t *testing.T) {
 		{"slashed net sysctl with host network", sysctl(hostNet, "net/core/somaxconn"), invalid, "linux.sysctls"},
 		{"uts sysctl with host network", sysctl(hostNet, "kernel.domainname"), invalid, "linux.sysctls"},
 		{"shm sysctl with host ipc", sysctl(hostIPC, "kernel.shmmax"), invalid, "linux.sysctls"},
+		{"user sysctl without a pod user namespace", sysctl(nil, "user.max_user_namespaces"), invalid, "linux.sysctls"},
+		{"user sysctl with the host's user namespace", sysctl(&runtimeapi.NamespaceOption{
+			UsernsOptions: &runtimeapi.UserNamespace{Mode: runtimeapi.NamespaceMode_NODE}}, "user.max_user_namespaces"), invalid, "linux.sysctls"},
 		{"mqueue sysctl with host ipc", sysctl(hostIPC, "fs.mqueue.msg_max"), invalid, "linux.sysctls"},
 		{"run_as_group without run_as_user", sc(func(s *runtimeapi.LinuxSandboxSecurityContext) {
 			s.RunAsGroup = &runtimeapi.Int64Value{Value: 1000}

@@ -32,7 +32,7 @@ func podSysctls(cfg *runtimeapi.PodSandboxConfig, settings RuntimeSettings, user
 		if err := validateSysctlName(k); err != nil {
 			return nil, err
 		}
-		if err := validateSysctl(k, ns); err != nil {
+		if err := validateSysctl(k, ns, usernsEnabled); err != nil {
 			return nil, err
 		}
 		sysctls[k] = v
@@ -58,10 +58,13 @@ var ipcSysctls = map[string]bool{
 	"kernel.shmall": true, "kernel.shmmax": true, "kernel.shmmni": true, "kernel.shm_rmid_forced": true,
 }
 
-// validateSysctl accepts a sysctl when runc (v1.3) would: it belongs to a
-// namespace the pause container has its own of. The pod's pid and user
-// namespaces own no sysctls runc allows.
-func validateSysctl(name string, ns *runtimeapi.NamespaceOption) error {
+// validateSysctl accepts a sysctl when runc would: it belongs to a
+// namespace the pause container has its own of, usernsEnabled saying
+// whether it has a user namespace. runc allows the user namespace's
+// (user.*) from v1.4 on (runc#4889; containerd v2.4 ships v1.5); an older
+// one refuses them at create, as it does under the built-in. The pod's pid
+// namespace owns no sysctls runc allows.
+func validateSysctl(name string, ns *runtimeapi.NamespaceOption, usernsEnabled bool) error {
 	s := dotted(name)
 	field := fmt.Sprintf("linux.sysctls[%q]", name)
 	switch {
@@ -81,6 +84,11 @@ func validateSysctl(name string, ns *runtimeapi.NamespaceOption) error {
 		// A host-network pod shares the host's UTS namespace too.
 		return invalidf(field, "not allowed: the pod uses the host's UTS namespace")
 	case s == "kernel.domainname":
+		return nil
+	case strings.HasPrefix(s, "user."):
+		if !usernsEnabled {
+			return invalidf(field, "not allowed: the pod shares the host's user namespace")
+		}
 		return nil
 	}
 	return invalidf(field, "not allowed: it is not in a namespace of the pod's own")
