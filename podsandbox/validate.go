@@ -243,9 +243,11 @@ func validateDNSSearch(s string) error {
 }
 
 // validatePortMappings checks the mappings CRI hands CNI's portmap plugin,
-// which makes iptables rules of them: the host IP an address (no zone, as
-// the API server checks kubelet's), the ports in range (a host port of 0
-// is none: CRI skips the mapping), the protocol one CRI knows. It keeps
+// which makes iptables rules of them: the host IP an address (no zone),
+// the ports in range, the protocol one CRI knows. A host port of 0 is
+// none: CRI skips the mapping, and no host IP of it reaches CNI, so none
+// is checked (the API server does not check a pod's, and the built-in
+// runs the pod with any). It keeps
 // nothing from CNI: CRI (v2.4.2) sets up the pod's network with them
 // before it calls Create. It refuses the sandbox afterwards, and CRI
 // tears the network down, portmap's rules with it. The built-in checks
@@ -262,7 +264,7 @@ func validatePortMappings(pms []*runtimeapi.PortMapping) error {
 		if p := pm.GetHostPort(); p < 0 || p > 65535 {
 			return invalidf(field+".host_port", "%d is outside 0..65535 (0: none)", p)
 		}
-		if ip := pm.GetHostIp(); ip != "" {
+		if ip := pm.GetHostIp(); ip != "" && pm.GetHostPort() != 0 {
 			if a, err := netip.ParseAddr(ip); err != nil || a.Zone() != "" {
 				return invalidf(field+".host_ip", "%q is not an IP address", ip)
 			}

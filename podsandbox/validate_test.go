@@ -214,6 +214,9 @@ func TestValidateFileInputsAccepts(t *testing.T) {
 				{Protocol: runtimeapi.Protocol_UDP, ContainerPort: 53, HostPort: 53, HostIp: "10.0.0.5"},
 				{Protocol: runtimeapi.Protocol_SCTP, ContainerPort: 65535, HostPort: 65535, HostIp: "::"},
 				{ContainerPort: 8080, HostPort: 12000, HostIp: "0.0.0.0"},
+				// No host port: CRI hands CNI no mapping, nor its host IP,
+				// which the API server does not check.
+				{ContainerPort: 81, HostIp: "localhost"},
 			}
 		}},
 		{"kubelet log directory", func(c *runtimeapi.PodSandboxConfig) { c.LogDirectory = "/var/log/pods/default_web-0_" + uid }},
