@@ -52,13 +52,17 @@ func New(inner shim.Shim) *Manager {
 // for the container the runc shim's Stop runs, `runc delete --force`
 // first. Without one that runc delete would do nothing, so Stop does the
 // rest of the runc shim's Stop without it: unmount the rootfs and report
-// the exit the shim recorded, or a SIGKILL of the init pid.
+// the exit the shim recorded, or a SIGKILL of the init pid. A container of
+// another runtime binary always gets the runc shim's Stop.
 func (m *Manager) Stop(ctx context.Context, id string) (shim.StopStatus, error) {
 	cwd, err := os.Getwd()
 	if err != nil {
 		return shim.StopStatus{}, err
 	}
 	bundle := filepath.Join(filepath.Dir(cwd), id)
+	if !runsRunc(bundle) {
+		return m.Shim.Stop(ctx, id)
+	}
 	state, err := runcStateDir(ctx, bundle, id)
 	if err != nil {
 		return shim.StopStatus{}, err
@@ -68,6 +72,19 @@ func (m *Manager) Stop(ctx context.Context, id string) (shim.StopStatus, error) 
 	}
 	log.G(ctx).WithField("id", id).Debug("no runc container left: skipping runc delete")
 	return stopWithoutRunc(ctx, bundle), nil
+}
+
+// runsRunc says whether bundle's container runs on runc, whose state
+// layout runcStateDir knows: the runc shim runs whatever binary the
+// runtime options name (BinaryName), which it records in the bundle, and
+// one may keep its state elsewhere (gVisor's runsc does). No record means
+// runc, the runc shim's default, or a create that never reached it.
+func runsRunc(bundle string) bool {
+	binary, err := runc.ReadRuntime(bundle)
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return false
+	}
+	return binary == "" || filepath.Base(binary) == "runc"
 }
 
 // runcStateDir is where runc keeps the state of container id of bundle:

@@ -119,6 +119,23 @@ func TestStopWithoutRuncContainer(t *testing.T) {
 	})
 }
 
+// TestStopOtherRuntime: a container of a runtime binary other than runc,
+// whose state may be elsewhere, gets the runc shim's Stop though runc's
+// state directory is not there; runc named by its path does not.
+func TestStopOtherRuntime(t *testing.T) {
+	for binary, wantInner := range map[string]bool{"runsc": true, "/usr/local/bin/runsc": true, "/usr/local/bin/runc": false, "runc": false} {
+		b, _ := bundle(t)
+		if err := runc.WriteRuntime(b, binary); err != nil {
+			t.Fatal(err)
+		}
+		inner := &fakeShim{}
+		stop(t, inner)
+		if got := len(inner.stops) == 1; got != wantInner {
+			t.Errorf("runtime %q: runc shim's Stop calls %v, want the runc shim's Stop: %v", binary, inner.stops, wantInner)
+		}
+	}
+}
+
 func TestStopNeedsNamespace(t *testing.T) {
 	bundle(t)
 	inner := &fakeShim{}
