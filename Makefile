@@ -20,9 +20,13 @@ BIN         := $(CURDIR)/bin
 OUT         := $(CURDIR)/_output
 # The containerd release berth is built against, from go.mod: stamped into
 # the version berthd checks a running containerd's against.
+# uninstall needs no Go: a node installed from another host's build
+# (README) has none.
+ifneq ($(MAKECMDGOALS),uninstall)
 CONTAINERD_VERSION := $(shell $(GO) list -m -f '{{.Version}}' github.com/containerd/containerd/v2)
 ifeq ($(CONTAINERD_VERSION),)
 $(error cannot read go.mod's containerd version with $(GO) list)
+endif
 endif
 VERSION     ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 PKG_VERSION := github.com/containerd/containerd/v2/version
@@ -116,6 +120,7 @@ install: node-binaries
 # "Removing berth").
 uninstall:
 	rm -f $(addprefix $(DESTDIR),$(INSTALLED))
+	[ ! -d $(DESTDIR)$(PREFIX)/share/berth ] || rmdir --ignore-fail-on-non-empty $(DESTDIR)$(PREFIX)/share/berth
 
 # Installs containerd with berth built in, for a node that runs it in place
 # of its own (README, "Using berth built into containerd"), with berth's

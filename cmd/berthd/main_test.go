@@ -163,6 +163,7 @@ func TestSystemdUnit(t *testing.T) {
 	for _, want := range []struct{ section, name, value string }{
 		{"Unit", "Before", "containerd.service"},
 		{"Unit", "PartOf", "containerd.service"},
+		{"Unit", "StartLimitIntervalSec", "0"},
 		{"Install", "WantedBy", "containerd.service"},
 		{"Service", "Type", "notify"},
 	} {
@@ -178,6 +179,42 @@ func TestSystemdUnit(t *testing.T) {
 	new(options).register(fs)
 	if err := fs.Parse(exec[1:]); err != nil || fs.NArg() != 0 {
 		t.Errorf("ExecStart %v: %v, arguments left %v", exec, err, fs.Args())
+	}
+}
+
+// TestUninstallNeedsNoGo: make uninstall removes what make install put in
+// place, and the directory it made, on a node without Go (one installed
+// from another host's build), leaving anything else.
+func TestUninstallNeedsNoGo(t *testing.T) {
+	if _, err := exec.LookPath("make"); err != nil {
+		t.Skip("no make")
+	}
+	root := t.TempDir()
+	installed := []string{
+		"usr/local/bin/berthd", "usr/local/bin/containerd-shim-berth-v2", "usr/local/bin/berth-pause",
+		"usr/local/share/berth/berth.toml", "usr/local/lib/systemd/system/berthd.service",
+	}
+	other := "usr/local/bin/other"
+	for _, p := range append(installed, other) {
+		if err := os.MkdirAll(filepath.Dir(filepath.Join(root, p)), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(root, p), nil, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cmd := exec.Command("make", "-C", "../..", "uninstall", "DESTDIR="+root)
+	cmd.Env = append(os.Environ(), "PATH=/usr/bin:/bin", "GO=/no/such/go")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("make uninstall: %v\n%s", err, out)
+	}
+	for _, p := range append(installed, "usr/local/share/berth") {
+		if _, err := os.Lstat(filepath.Join(root, p)); !errors.Is(err, fs.ErrNotExist) {
+			t.Errorf("%s left: %v", p, err)
+		}
+	}
+	if _, err := os.Lstat(filepath.Join(root, other)); err != nil {
+		t.Errorf("%s, not installed, removed: %v", other, err)
 	}
 }
 
@@ -344,6 +381,33 @@ func TestBadFlags(t *testing.T) {
 				t.Errorf("left %v in %s", entries, dir)
 			}
 		})
+	}
+}
+
+// TestListenMetricsBeforeTheAddress: an IP the node does not have yet (at
+// boot, before the network is up) is listened on; a port in use is not.
+func TestListenMetricsBeforeTheAddress(t *testing.T) {
+	addrs := []string{"192.0.2.1:0"}
+	if l, err := net.Listen("tcp6", "[::1]:0"); err == nil {
+		l.Close()
+		addrs = append(addrs, "[2001:db8::1]:0")
+	}
+	for _, addr := range addrs {
+		l, err := listenMetrics(addr)
+		if err != nil {
+			t.Errorf("listen on %s, not the node's yet: %v", addr, err)
+			continue
+		}
+		l.Close()
+	}
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	if l, err := listenMetrics(busy.Addr().String()); err == nil {
+		l.Close()
+		t.Errorf("listened on %s, which is in use", busy.Addr())
 	}
 }
 

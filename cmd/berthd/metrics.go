@@ -6,12 +6,14 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"syscall"
 	"time"
 
 	"github.com/docker/go-metrics"
 	grpcprom "github.com/grpc-ecosystem/go-grpc-middleware/providers/prometheus"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
 )
 
@@ -50,9 +52,23 @@ func (h hopMetrics) clientOptions() []grpc.DialOption {
 
 // listenMetrics listens on address, host:port, for serveMetrics: at start,
 // so that a bad or busy address fails berthd rather than leave it serving
-// without its series.
+// without its series. An IP the node does not have yet is not bad:
+// berthd starts before containerd, at boot before the network has given
+// the node its addresses, so the socket binds freely (IP_FREEBIND, as
+// systemd's FreeBind=) and serves once the address comes.
 func listenMetrics(address string) (net.Listener, error) {
-	l, err := net.Listen("tcp", address)
+	lc := net.ListenConfig{Control: func(network, _ string, c syscall.RawConn) error {
+		level, opt := unix.IPPROTO_IP, unix.IP_FREEBIND
+		if network == "tcp6" {
+			level, opt = unix.IPPROTO_IPV6, unix.IPV6_FREEBIND
+		}
+		var err error
+		if cerr := c.Control(func(fd uintptr) { err = unix.SetsockoptInt(int(fd), level, opt, 1) }); cerr != nil {
+			return cerr
+		}
+		return err
+	}}
+	l, err := lc.Listen(context.Background(), "tcp", address)
 	if err != nil {
 		return nil, fmt.Errorf("metrics address %q: %w", address, err)
 	}
