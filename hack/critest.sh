@@ -203,9 +203,11 @@ ctr -n critest-push images rm --sync $(ctr -n critest-push images ls -q) >/dev/n
 ctr namespaces rm critest-push >/dev/null
 timing "images, registry, push" $(($(now) - t0))
 
-# critest's own flags; ginkgo's take the -ginkgo. prefix.
+# critest's own flags; ginkgo's take the -ginkgo. prefix. A test that
+# fails is run once more, on every handler: CRI races its own exit handling
+# (critest-report prints each test that passed only then).
 common=(-runtime-endpoint "unix://$sock" -image-endpoint "unix://$sock" -config /dev/null
-  -nri-socket "$tmp/nri.sock" -ginkgo.no-color)
+  -nri-socket "$tmp/nri.sock" -ginkgo.no-color -ginkgo.flake-attempts 2)
 skip_args=()
 for s in "${skips[@]}"; do skip_args+=(-ginkgo.skip "$s"); done
 [ -n "$focus" ] && skip_args+=(-ginkgo.focus "$focus")

@@ -10,6 +10,12 @@
 // late NRI plugin synchronizes, so the same test passes or skips by timing,
 // for any handler. Such a difference is printed, marked as not counted.
 //
+// Nor is a test that passed only when run again (critest runs with
+// -ginkgo.flake-attempts): CRI races its own exit handling (RemoveContainer
+// of a container that just exited can find its task deleted and its state
+// not yet updated, "container is still running, to stop first"), whatever
+// the handler. Each such test is printed, with the handler and its tries.
+//
 //	critest-report runc=runc/report.json berth=berth/report.json ...
 //
 // Each report is ginkgo's JSON report (-ginkgo.json-report). It prints the
@@ -60,8 +66,9 @@ type run struct {
 }
 
 type result struct {
-	state   string // ginkgo's: passed, failed, skipped, panicked, timedout, ...
-	message string // why it failed or was skipped
+	state    string // ginkgo's: passed, failed, skipped, panicked, timedout, ...
+	message  string // why it failed or was skipped
+	attempts int    // how many times it ran
 }
 
 // passed and skipped are the states counted as such; every other state
@@ -91,6 +98,13 @@ func compare(w io.Writer, runs []run) int {
 			}
 		}
 		fmt.Fprintf(w, "%-14s %3d passed, %3d failed, %3d skipped\n", r.handler+":", pass, fail, skip)
+	}
+	for _, r := range runs {
+		for _, name := range testNames(r) {
+			if res := r.results[name]; res.passed() && res.attempts > 1 {
+				fmt.Fprintf(w, "\n%s passed on try %d (not counted: by timing):\n  %s\n", r.handler, res.attempts, name)
+			}
+		}
 	}
 	ref := runs[0]
 	regressions := 0
@@ -152,6 +166,7 @@ type report struct {
 		LeafNodeType            string
 		LeafNodeText            string
 		State                   string
+		NumAttempts             int
 		Failure                 struct {
 			Message  string
 			Location struct {
@@ -187,7 +202,7 @@ func readReport(path string) (map[string]result, error) {
 			if loc := s.Failure.Location; loc.FileName != "" && !strings.HasPrefix(s.State, "skip") {
 				msg += fmt.Sprintf(" (%s:%d)", shortPath(loc.FileName), loc.LineNumber)
 			}
-			results[name] = result{state: s.State, message: msg}
+			results[name] = result{state: s.State, message: msg, attempts: s.NumAttempts}
 		}
 	}
 	if len(results) == 0 {

@@ -113,6 +113,37 @@ func TestCompareContainerdDiscrepancy(t *testing.T) {
 	}
 }
 
+// A test that passed only on its second try passes, and is printed with
+// its handler and tries, on the reference as elsewhere.
+func TestCompareRetried(t *testing.T) {
+	const name = "[k8s.io] Image Identifier Consistency should return the same image identifier across all APIs [Conformance]"
+	for _, tc := range []struct{ ref, other result }{
+		{ref: result{state: "passed", attempts: 1}, other: result{state: "passed", attempts: 2}},
+		{ref: result{state: "passed", attempts: 2}, other: result{state: "passed", attempts: 1}},
+	} {
+		ref := run{handler: "runc", results: map[string]result{name: tc.ref}}
+		other := run{handler: "berth", results: map[string]result{name: tc.other}}
+		var out strings.Builder
+		if n := compare(&out, []run{ref, other}); n != 0 {
+			t.Errorf("regressions %d, want none:\n%s", n, out.String())
+		}
+		retried := "berth"
+		if tc.ref.attempts > 1 {
+			retried = "runc"
+		}
+		if !strings.Contains(out.String(), retried+" passed on try 2 (not counted: by timing):\n  "+name) {
+			t.Errorf("output lacks %s's retry:\n%s", retried, out.String())
+		}
+	}
+	r, err := readReport(writeReport(t, `passed", "NumAttempts": 2, "X": "`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := r["[k8s.io] PodSandbox runtime should support running PodSandbox"]; got.attempts != 2 {
+		t.Errorf("read %+v, want 2 attempts", got)
+	}
+}
+
 func TestWithoutDumps(t *testing.T) {
 	msg := "failed to create PodSandbox\nUnexpected error:\n    <*status.Error | 0x1>: \n    rpc error: code = Unknown desc = boom\n    {\n        s: {\n            Code: 2,\n        },\n    }\noccurred"
 	want := "failed to create PodSandbox\nUnexpected error:\n    <*status.Error | 0x1>: \n    rpc error: code = Unknown desc = boom\noccurred"
