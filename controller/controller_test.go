@@ -974,7 +974,7 @@ func TestRecoveredDroppedShutDown(t *testing.T) {
 		ownedContainer(t, client, "starting").setTask(containerd.Running)
 		ownedContainer(t, client, "created").setTask(containerd.Created)
 		client.addContainer(berthContainer(t, "started")).setTask(containerd.Running)
-		if _, err := client.SandboxStore().Create(testContext(), sandbox.Sandbox{ID: "started", Sandboxer: "berth", Spec: &anypb.Any{}}); err != nil {
+		if _, err := client.SandboxStore().Create(testContext(), sandbox.Sandbox{ID: "started", Sandboxer: "berth", Spec: &anypb.Any{TypeUrl: "types.containerd.io/opencontainers/runtime-spec/1/Spec"}}); err != nil {
 			t.Fatal(err)
 		}
 		c := testController(t, client)

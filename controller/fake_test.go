@@ -290,13 +290,23 @@ func (s fakeSandboxStore) Get(ctx context.Context, id string) (sandbox.Sandbox, 
 	if !ok {
 		return sandbox.Sandbox{}, errdefs.ErrNotFound
 	}
-	return sb, nil
+	return asStored(sb), nil
 }
 
 func (s fakeSandboxStore) List(context.Context, ...string) ([]sandbox.Sandbox, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return slices.Collect(maps.Values(s.records)), nil
+	var list []sandbox.Sandbox
+	for _, sb := range s.records {
+		list = append(list, asStored(sb))
+	}
+	return list, nil
+}
+
+// asStored is record sb as containerd's stores hand it back: through its
+// protobuf form, a field not set (Spec) a typed nil.
+func asStored(sb sandbox.Sandbox) sandbox.Sandbox {
+	return sandbox.FromProto(sandbox.ToProto(&sb))
 }
 
 func (s fakeSandboxStore) Delete(_ context.Context, id string) error {

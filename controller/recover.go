@@ -179,7 +179,7 @@ func (c *Controller) recoverSandbox(ctx context.Context, container containerd.Co
 		logger.WithError(err).Error("reload sandbox")
 		return
 	}
-	if cri.Spec == nil {
+	if !startRecorded(cri) {
 		c.shutDownIfDropped(ctx, id)
 	}
 	// The label stays the pod's until Shutdown releases it: no new pod may
@@ -230,7 +230,7 @@ func (c *Controller) shutDownIfDropped(ctx context.Context, id string) {
 		cri, err := c.client.SandboxStore().Get(lookup, id)
 		cancel()
 		switch {
-		case err == nil && cri.Spec != nil:
+		case err == nil && startRecorded(cri):
 			return
 		case !errdefs.IsNotFound(err):
 			// Not started yet in CRI's eyes, or CRI cannot say.
@@ -249,6 +249,14 @@ func (c *Controller) shutDownIfDropped(ctx context.Context, id string) {
 		}
 		logger.Info("shut down a recovered sandbox CRI dropped without a Shutdown")
 	})
+}
+
+// startRecorded says whether CRI recorded the sandbox's Start in its
+// record r: the spec Start returned. containerd's stores hand a record
+// without one back with a nil *anypb.Any, which is no nil typeurl.Any, so
+// its type tells (as runtimeOptions reads a handler's options).
+func startRecorded(r sandbox.Sandbox) bool {
+	return r.Spec != nil && r.Spec.GetTypeUrl() != ""
 }
 
 // Bounds of the wait between attempts of a step of recovery that
