@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
 	"slices"
 	"strings"
 	"testing"
@@ -203,13 +204,33 @@ func TestWarmShimKeeperFails(t *testing.T) {
 			}
 		}
 		errs := make(chan error, len(ids))
-		for _, id := range ids {
+		start := func(id string) {
 			go func() {
 				_, err := c.Start(testContext(), id)
 				errs <- err
 			}()
 		}
-		eventually(t, "keeper's task asked for", func() bool { return client.count("new task") == 1 })
+		// The first pod's keeper is first in the group, as its making
+		// begins before the pod's task; the others join the group while it
+		// is being made. Started together, a pod's task could come first,
+		// and the group keep no keeper.
+		start(ids[0])
+		eventually(t, "keeper's task asked for", func() bool {
+			client.mu.Lock()
+			defer client.mu.Unlock()
+			return slices.ContainsFunc(client.calls, func(c string) bool { return strings.HasPrefix(c, "new task berth-keeper-") })
+		})
+		for _, id := range ids[1:] {
+			start(id)
+		}
+		// Their files are made as they join; their tasks then wait for the
+		// keeper's.
+		eventually(t, "pods joining the keeper's group", func() bool {
+			return !slices.ContainsFunc(ids[1:], func(id string) bool {
+				_, err := os.Stat(c.config.Dirs.Files(id).Hostname())
+				return err != nil
+			})
+		})
 		release()
 		for range ids {
 			if err := <-errs; err != nil {
