@@ -186,16 +186,29 @@ func TestChaos(t *testing.T) {
 		if err != nil && !shimDied() {
 			return err
 		}
-		if err := step(func(ctx context.Context) error { return chaosStop(ctx, p) }); err != nil {
+		// Each step records what it did before it ends: a restart waits for
+		// the steps in flight, then reads every pod's phase, and one that
+		// came between a step and its record read a stopped pod as ready.
+		if err := step(func(ctx context.Context) error {
+			if err := chaosStop(ctx, p); err != nil {
+				return err
+			}
+			setPhase(p, chaosStopped)
+			return nil
+		}); err != nil {
 			return err
 		}
-		setPhase(p, chaosStopped)
-		if err := step(func(ctx context.Context) error { return chaosRemove(ctx, p) }); err != nil {
+		if err := step(func(ctx context.Context) error {
+			if err := chaosRemove(ctx, p); err != nil {
+				return err
+			}
+			podsMu.Lock()
+			delete(pods, p.id)
+			podsMu.Unlock()
+			return nil
+		}); err != nil {
 			return err
 		}
-		podsMu.Lock()
-		delete(pods, p.id)
-		podsMu.Unlock()
 		if n := done.Add(1); n%chaosRestartEvery == 0 && n < int64(*chaos) {
 			restarts <- struct{}{}
 		}
