@@ -74,7 +74,7 @@ func (c *Controller) Create(ctx context.Context, info sandbox.Sandbox, opts ...s
 		ID:        info.ID,
 		NetNSPath: o.NetNSPath,
 		Config:    &cfg,
-		Runtime:   sandbox.RuntimeOpts{Name: info.Runtime.Name, Options: runtimeOptions(info.Runtime.Options)},
+		Runtime:   sandbox.RuntimeOpts{Name: info.Runtime.Name, Options: present(info.Runtime.Options)},
 	}
 	if err := withCRIMetadata(&md, info); err != nil {
 		return err

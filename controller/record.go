@@ -193,13 +193,14 @@ func loadSandbox(container containerd.Container, info containers.Container, cri 
 
 // runtimeOf is the runtime a container runs on.
 func runtimeOf(info containers.Container) sandbox.RuntimeOpts {
-	return sandbox.RuntimeOpts{Name: info.Runtime.Name, Options: runtimeOptions(info.Runtime.Options)}
+	return sandbox.RuntimeOpts{Name: info.Runtime.Name, Options: present(info.Runtime.Options)}
 }
 
-// runtimeOptions returns a handler's runtime options, nil for none. A
-// handler without an options table reaches berth as an Any with no type,
-// which nothing can decode.
-func runtimeOptions(o typeurl.Any) typeurl.Any {
+// present returns o, or nil for an Any that holds nothing: one with no
+// type, which nothing can decode. A handler without an options table
+// reaches berth so, and containerd's stores hand an unset field (a
+// record's spec) back as a nil *anypb.Any, which is no nil typeurl.Any.
+func present(o typeurl.Any) typeurl.Any {
 	if o == nil || o.GetTypeUrl() == "" {
 		return nil
 	}

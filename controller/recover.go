@@ -252,11 +252,9 @@ func (c *Controller) shutDownIfDropped(ctx context.Context, id string) {
 }
 
 // startRecorded says whether CRI recorded the sandbox's Start in its
-// record r: the spec Start returned. containerd's stores hand a record
-// without one back with a nil *anypb.Any, which is no nil typeurl.Any, so
-// its type tells (as runtimeOptions reads a handler's options).
+// record r: the spec Start returned.
 func startRecorded(r sandbox.Sandbox) bool {
-	return r.Spec != nil && r.Spec.GetTypeUrl() != ""
+	return present(r.Spec) != nil
 }
 
 // Bounds of the wait between attempts of a step of recovery that
